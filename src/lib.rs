@@ -1,0 +1,19 @@
+//! multiclient: serve many network clients at the same time, correctly, safely and
+//! fast.
+//!
+//! The crate has three layers, each using only the ones below it:
+//!
+//! - [`service`]: protocols as sans-IO state machines (bytes in, bytes out, close);
+//! - [`model`]: concurrency models that own the sockets and drive sessions with shared
+//!   limits, timeouts, logging and graceful shutdown;
+//! - the command line tools on top: [`serve`], [`connect`].
+//!
+//! To serve a protocol of your own, implement [`service::Service`] and
+//! [`service::Session`] and hand the service to [`model::Server::listen`]; see
+//! `examples/upper.rs`.
+
+pub mod connect;
+pub mod logging;
+pub mod model;
+pub mod serve;
+pub mod service;

@@ -1,0 +1,191 @@
+//! The `multiclient` command: argument parsing, and nothing else.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use multiclient::connect::{self, ConnectOptions};
+use multiclient::logging::{self, LogFormat};
+use multiclient::model::{Limits, Model};
+use multiclient::serve::{self, ServeOptions};
+use multiclient::service::{ServiceName, ServiceOptions, TCP_SERVICES};
+
+#[derive(Parser)]
+#[command(
+    name = "multiclient",
+    version,
+    about = "Serve many network clients at the same time"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run services (default: ack, greet and hello on 127.0.0.1, async model).
+    Serve(ServeArgs),
+    /// Talk to a service from the terminal.
+    Connect(ConnectArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModelName {
+    Single,
+    Threads,
+    Pool,
+    Async,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// A service to run, optionally with its address: `ack` or `ack=127.0.0.1:9999`.
+    /// Repeatable. Default: every TCP service on its default port.
+    #[arg(long = "service", value_name = "NAME[=ADDR]")]
+    services: Vec<String>,
+    /// Concurrency model.
+    #[arg(long, value_enum, default_value = "async")]
+    model: ModelName,
+    /// Address to listen on, with a single service.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Worker threads: pool size (default 10) or async runtime threads (default: cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Connections served at once per service; the next client is told it is busy.
+    #[arg(long, default_value_t = Limits::default().max_conns)]
+    max_conns: usize,
+    /// Close a connection silent for this long (`300`, `300s`, `500ms`, `5m`).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// On SIGINT/SIGTERM, how long connections get to finish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
+    /// Drop a client whose replies make no progress for this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    write_timeout: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    /// More logs (-v: every message received).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Fewer logs (-q: warnings only).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    quiet: u8,
+}
+
+#[derive(Args)]
+struct ConnectArgs {
+    /// The service to talk to.
+    #[arg(value_enum)]
+    service: ServiceName,
+    /// Its address (default: 127.0.0.1 and the service's port).
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// A message to send; repeatable. Each waits for the server's answer.
+    #[arg(long = "send", value_name = "TEXT")]
+    send: Vec<String>,
+    /// Rounds of the messages (for greet: answers to the greeting).
+    #[arg(long)]
+    count: Option<u64>,
+    /// Pause between messages, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval: u64,
+}
+
+/// `300`, `300s`, `500ms`, `5m`: a bare number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
+    let mut services = Vec::new();
+    for spec in &a.services {
+        let (name, addr) = match spec.split_once('=') {
+            Some((n, addr)) => (n, Some(addr.parse::<SocketAddr>()?)),
+            None => (spec.as_str(), None),
+        };
+        let name = ServiceName::from_str(name, true)
+            .map_err(|e| anyhow::anyhow!("--service {name}: {e}"))?;
+        services.push((name, addr));
+    }
+    if services.is_empty() {
+        services = TCP_SERVICES.iter().map(|&s| (s, None)).collect();
+    }
+    if a.addr.is_some() && services.len() != 1 {
+        bail!("--addr needs exactly one --service (or use --service NAME=ADDR)");
+    }
+    let services = services
+        .into_iter()
+        .map(|(name, addr)| (name, addr.or(a.addr).unwrap_or_else(|| name.default_addr())))
+        .collect();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let model = match a.model {
+        ModelName::Single => Model::Single,
+        ModelName::Threads => Model::Threads,
+        ModelName::Pool => Model::Pool {
+            workers: a.workers.unwrap_or(10),
+        },
+        ModelName::Async => Model::Async {
+            workers: a.workers.unwrap_or(cores),
+        },
+    };
+    let limits = Limits {
+        max_conns: a.max_conns,
+        idle_timeout: a.idle_timeout,
+        shutdown_timeout: a.shutdown_timeout,
+        write_timeout: a.write_timeout,
+        ..Limits::default()
+    };
+    let service = ServiceOptions::default();
+    Ok(ServeOptions {
+        services,
+        model,
+        limits,
+        service,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(a) => {
+            logging::init(a.log_format, a.verbose as i8 - a.quiet as i8);
+            let opts = serve_options(&a)?;
+            let code = serve::run(&opts)?;
+            std::process::exit(code);
+        }
+        Command::Connect(a) => {
+            let opts = ConnectOptions {
+                service: a.service,
+                addr: a.addr.unwrap_or_else(|| a.service.default_addr()),
+                send: a.send,
+                count: a.count,
+                interval: Duration::from_millis(a.interval),
+            };
+            connect::run(&opts, &mut std::io::stdout())
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The blocking side shared by `single`, `threads` and `pool`: an accept that wakes
+//! on shutdown, and a connection driver for a thread of its own.
+//!
+//! The thread sleeps in `poll(2)` on the socket, the shutdown eventfd and, once the
+//! session has one, its mailbox's eventfd, with the connection's next deadline as the
+//! timeout: a thread blocked on a silent client still wakes for a chat message, a
+//! timer or a shutdown, and never busy-polls.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use super::conn::{Conn, Phase, Read_};
+use super::mailbox::WakeKind;
+use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
+use crate::service::{ConnInfo, Service};
+
+/// Read buffer of a blocking connection, on its thread's stack.
+const SCRATCH: usize = 16 * 1024;
+/// Stack of a connection thread: small, so that thousands of them fit.
+pub(crate) const STACK: usize = 256 * 1024;
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos() as _,
+    }
+}
+
+/// Waits for the next client; `None` once the drain has started.
+pub(crate) fn accept<S: Service>(
+    listener: &TcpListener,
+    ctx: &Ctx<S>,
+    backoff: &mut Duration,
+) -> Option<(TcpStream, SocketAddr)> {
+    let drain = &ctx.drain;
+    loop {
+        if drain.is_started() {
+            return None;
+        }
+        let mut fds = [
+            PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN),
+            PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::error!("poll on listener failed: {e}");
+                return None;
+            }
+        }
+        if !fds[1].revents().is_empty() {
+            return None;
+        }
+        if fds[0].revents().is_empty() {
+            continue;
+        }
+        let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
+        match rustix::net::acceptfrom_with(listener, flags) {
+            Ok((fd, addr)) => {
+                *backoff = BACKOFF_START;
+                let stream = TcpStream::from(fd);
+                let peer = addr
+                    .and_then(|a| SocketAddr::try_from(a).ok())
+                    .or_else(|| stream.peer_addr().ok())
+                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                if let Some(wait) = accept_backoff(&e.into(), &ctx.stats, backoff) {
+                    let mut fds = [PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN)];
+                    let _ = rustix::event::poll(&mut fds, Some(&timespec(wait)));
+                }
+            }
+        }
+    }
+}
+
+/// Serves one connection on the calling thread until it ends. `refused` connections
+/// are only told why (the service's busy goodbye) and closed.
+pub(crate) fn serve<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S>, refused: bool) {
+    let id = next_conn_id();
+    let span = ctx.span(id, peer);
+    let _enter = span.enter();
+    let local = stream.local_addr().unwrap_or(peer);
+    let info = ConnInfo { id, peer, local };
+    let session = ctx.service.session(&info);
+    let now = Instant::now();
+    let mut conn = Conn::new(
+        session,
+        info,
+        ctx.limits.clone(),
+        ctx.stats.clone(),
+        WakeKind::Fd,
+        now,
+    );
+    let _live = ctx.drain.live();
+    let mut scratch = [0u8; SCRATCH];
+    conn.open(now, refused);
+    if let Err(e) = drive(&stream, &mut conn, ctx, &mut scratch) {
+        tracing::error!("poll failed: {e}");
+    }
+}
+
+fn drive<S: Service>(
+    sock: &TcpStream,
+    conn: &mut Conn<S::Session>,
+    ctx: &Ctx<S>,
+    scratch: &mut [u8],
+) -> io::Result<()> {
+    let drain = &ctx.drain;
+    loop {
+        let now = Instant::now();
+        conn.flush(sock, now);
+        if conn.phase() == Phase::Done {
+            return Ok(());
+        }
+        let mut sock_events = PollFlags::empty();
+        if conn.wants_read() {
+            sock_events |= PollFlags::IN;
+        }
+        if conn.has_output() {
+            sock_events |= PollFlags::OUT;
+        }
+        let watch_drain = !conn.is_draining();
+        let mailbox = conn.mailbox().filter(|_| conn.wants_events()).cloned();
+        let mut fds = [
+            PollFd::from_borrowed_fd(sock.as_fd(), sock_events),
+            PollFd::from_borrowed_fd(
+                drain.fd(),
+                if watch_drain {
+                    PollFlags::IN
+                } else {
+                    PollFlags::empty()
+                },
+            ),
+            PollFd::from_borrowed_fd(drain.fd(), PollFlags::empty()),
+        ];
+        if let Some(fd) = mailbox.as_ref().and_then(|m| m.fd()) {
+            fds[2] = PollFd::from_borrowed_fd(fd, PollFlags::IN);
+        }
+        let deadline = conn.next_deadline();
+        let wait = deadline.saturating_duration_since(now);
+        match rustix::event::poll(&mut fds, Some(&timespec(wait))) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let now = Instant::now();
+        let sock_ready = fds[0].revents();
+        let drain_ready = watch_drain && !fds[1].revents().is_empty();
+        let mail_ready = !fds[2].revents().is_empty();
+        if mail_ready {
+            conn.deliver(now);
+        }
+        if !sock_ready.is_empty() && conn.wants_read() {
+            while let Read_::Data { more: true } = conn.read_from(sock, scratch, now) {}
+        } else if sock_ready.intersects(PollFlags::ERR | PollFlags::HUP) {
+            // Both directions are gone while we were not reading: nothing more can be
+            // read or delivered.
+            conn.hang_up();
+        }
+        if drain_ready {
+            conn.drain(sock, scratch, now);
+        }
+        conn.tick(now);
+    }
+}

@@ -1,0 +1,230 @@
+//! A session's mailbox: a bounded queue that other connections, timers and shared state
+//! push events into, and that wakes the session's thread or task.
+//!
+//! The bound is in bytes (each event is sent with its cost), so a slow member of a busy
+//! chat room holds at most the configured amount. Overflow is never a silent drop: the
+//! mailbox is marked overflowed, the receiver is woken, and the model ends the session
+//! with [`Goodbye::SlowConsumer`](crate::service::Goodbye::SlowConsumer).
+//!
+//! The receiver is woken only when the queue goes from empty to non-empty: it takes the
+//! whole batch at once, so a burst of events costs one wake-up and one write.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+/// How a model wants its sessions woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeKind {
+    /// Nobody is woken: the test harness polls the mailbox itself.
+    None,
+    /// A tokio task waiting on a `Notify`.
+    Task,
+    /// A thread blocked in `poll(2)` on an eventfd.
+    Fd,
+}
+
+enum Wake {
+    None,
+    Task(Notify),
+    Fd(OwnedFd),
+}
+
+struct Queue<E> {
+    items: VecDeque<E>,
+    bytes: usize,
+    overflowed: bool,
+    closed: bool,
+}
+
+/// The receiving end, owned by the model's connection driver.
+pub struct Mailbox<E> {
+    queue: Mutex<Queue<E>>,
+    limit: usize,
+    wake: Wake,
+}
+
+/// Why an event was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The receiver would exceed its byte limit; it is being disconnected as a slow
+    /// consumer.
+    #[error("mailbox full: slow consumer")]
+    Overflow,
+    /// The connection has ended.
+    #[error("connection closed")]
+    Closed,
+}
+
+impl<E> Mailbox<E> {
+    pub(crate) fn new(limit: usize, kind: WakeKind) -> io::Result<Self> {
+        let wake = match kind {
+            WakeKind::None => Wake::None,
+            WakeKind::Task => Wake::Task(Notify::new()),
+            WakeKind::Fd => Wake::Fd(rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )?),
+        };
+        Ok(Mailbox {
+            queue: Mutex::new(Queue {
+                items: VecDeque::new(),
+                bytes: 0,
+                overflowed: false,
+                closed: false,
+            }),
+            limit,
+            wake,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue<E>> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // critical section is a push or a swap), so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn notify(&self) {
+        match &self.wake {
+            Wake::None => {}
+            Wake::Task(n) => n.notify_one(),
+            Wake::Fd(fd) => {
+                // EAGAIN means the counter is already non-zero: the thread will wake.
+                let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+            }
+        }
+    }
+
+    /// Moves every queued event into `into`; returns whether the mailbox overflowed.
+    pub(crate) fn take(&self, into: &mut VecDeque<E>) -> bool {
+        if let Wake::Fd(fd) = &self.wake {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut buf);
+        }
+        let mut q = self.lock();
+        if into.is_empty() {
+            std::mem::swap(into, &mut q.items);
+        } else {
+            into.extend(q.items.drain(..));
+        }
+        q.bytes = 0;
+        q.overflowed
+    }
+
+    /// Marks the mailbox closed: later sends fail with [`SendError::Closed`].
+    pub(crate) fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.items.clear();
+    }
+
+    /// Waits (async models) until an event is pushed.
+    pub(crate) async fn notified(&self) {
+        if let Wake::Task(n) = &self.wake {
+            n.notified().await
+        } else {
+            std::future::pending().await
+        }
+    }
+
+    /// The eventfd a blocking model polls, if this mailbox wakes a thread.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.wake {
+            Wake::Fd(fd) => Some(fd.as_fd()),
+            _ => None,
+        }
+    }
+}
+
+/// The sending end: cheap to clone, safe to use from any thread.
+pub struct Sender<E>(Arc<Mailbox<E>>);
+
+impl<E> Clone for Sender<E> {
+    fn clone(&self) -> Self {
+        Sender(self.0.clone())
+    }
+}
+
+impl<E> Sender<E> {
+    pub(crate) fn new(mailbox: Arc<Mailbox<E>>) -> Self {
+        Sender(mailbox)
+    }
+
+    /// Queues `event`, counted as `cost` bytes against the mailbox's limit.
+    pub fn send(&self, event: E, cost: usize) -> Result<(), SendError> {
+        let mb = &*self.0;
+        let was_empty;
+        {
+            let mut q = mb.lock();
+            if q.closed {
+                return Err(SendError::Closed);
+            }
+            if q.overflowed {
+                return Err(SendError::Overflow);
+            }
+            if q.bytes + cost > mb.limit && !q.items.is_empty() {
+                q.overflowed = true;
+                q.items.clear();
+                drop(q);
+                mb.notify();
+                return Err(SendError::Overflow);
+            }
+            was_empty = q.items.is_empty();
+            q.items.push_back(event);
+            q.bytes += cost;
+        }
+        if was_empty {
+            mb.notify();
+        }
+        Ok(())
+    }
+
+    /// Whether the receiving connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.0.lock().closed
+    }
+
+    /// Whether two senders reach the same mailbox.
+    pub fn same(&self, other: &Sender<E>) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_is_reported_and_sticky() {
+        let mb = Arc::new(Mailbox::new(10, WakeKind::None).unwrap());
+        let tx = Sender::new(mb.clone());
+        tx.send(1, 6).unwrap();
+        assert_eq!(tx.send(2, 6), Err(SendError::Overflow));
+        assert_eq!(tx.send(3, 1), Err(SendError::Overflow));
+        let mut got = VecDeque::new();
+        assert!(mb.take(&mut got));
+    }
+
+    #[test]
+    fn one_event_larger_than_the_limit_is_still_delivered() {
+        let mb = Arc::new(Mailbox::new(10, WakeKind::None).unwrap());
+        let tx = Sender::new(mb.clone());
+        tx.send(1, 100).unwrap();
+        let mut got = VecDeque::new();
+        assert!(!mb.take(&mut got));
+        assert_eq!(got, [1]);
+    }
+
+    #[test]
+    fn closed_mailbox_refuses() {
+        let mb = Arc::new(Mailbox::new(10, WakeKind::Fd).unwrap());
+        let tx = Sender::new(mb.clone());
+        tx.send(1, 1).unwrap();
+        mb.close();
+        assert_eq!(tx.send(2, 1), Err(SendError::Closed));
+        assert!(tx.is_closed());
+    }
+}

@@ -1,0 +1,374 @@
+//! Models: the concurrency strategies that own sockets and drive sessions.
+//!
+//! Each model is written once and knows no service by name. They share the limits,
+//! the shutdown signal, the per-listener counters and the per-connection logic in
+//! [`conn`]; they differ only in how they wait: one thread for everyone (`single`), a
+//! thread per client (`threads`), a fixed pool of threads (`pool`), or tokio tasks
+//! (`async`).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::service::Service;
+
+#[path = "async.rs"]
+mod async_;
+mod blocking;
+pub(crate) mod conn;
+pub mod drain;
+pub mod mailbox;
+mod pool;
+mod single;
+mod threads;
+
+pub use drain::Drain;
+
+/// A concurrency model, as chosen with `--model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// One thread, blocking, one client at a time (seed 003 §1).
+    Single,
+    /// A thread per connection (seeds 000–003).
+    Threads,
+    /// A fixed pool of worker threads; clients beyond it wait in a bounded queue.
+    Pool {
+        /// Worker threads (the seed's `max_workers=10`).
+        workers: usize,
+    },
+    /// Tokio tasks on `workers` threads; 1 is a single-threaded event loop.
+    Async {
+        /// Runtime worker threads.
+        workers: usize,
+    },
+}
+
+impl Model {
+    /// The model's name as the CLI spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Model::Single => "single",
+            Model::Threads => "threads",
+            Model::Pool { .. } => "pool",
+            Model::Async { .. } => "async",
+        }
+    }
+}
+
+/// Every limit of a server, with its default, in one place.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once per listener; the next client is refused with the
+    /// service's busy goodbye. Under `pool` this bounds running plus queued clients.
+    pub max_conns: usize,
+    /// A connection with no bytes in or out for this long is told and closed.
+    pub idle_timeout: Duration,
+    /// A connection whose replies make no progress for this long is dropped.
+    pub write_timeout: Duration,
+    /// After a shutdown signal, how long connections get to finish.
+    pub shutdown_timeout: Duration,
+    /// Unconsumed input held per connection.
+    pub max_input: usize,
+    /// Unsent output above which the connection stops reading (backpressure).
+    pub max_output: usize,
+    /// Bytes a session's mailbox holds before the session is a slow consumer.
+    pub max_queue: usize,
+    /// Listen backlog.
+    pub backlog: i32,
+    /// Refused connections being told why at once; beyond this they are just closed.
+    pub max_refusing: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_conns: 10_000,
+            idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(10),
+            max_input: 64 * 1024,
+            max_output: 1 << 20,
+            max_queue: 1 << 20,
+            backlog: 1024,
+            max_refusing: 64,
+        }
+    }
+}
+
+/// Counters of one listener. Per-message figures are added once per connection, at
+/// its close, so the per-message path touches no shared cache line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted and served.
+    pub accepted: AtomicU64,
+    /// Connections refused at `--max-conns`.
+    pub refused: AtomicU64,
+    /// Connections open now (served or queued).
+    pub active: AtomicUsize,
+    /// Connections closed.
+    pub closed: AtomicU64,
+    /// Bytes read, from closed connections.
+    pub bytes_in: AtomicU64,
+    /// Bytes written, from closed connections.
+    pub bytes_out: AtomicU64,
+    /// Idle timeouts.
+    pub idle_timeouts: AtomicU64,
+    /// Connections dropped because they stopped reading.
+    pub slow_readers: AtomicU64,
+    /// Sessions whose mailbox overflowed.
+    pub slow_consumers: AtomicU64,
+    /// Failed `accept` calls.
+    pub accept_errors: AtomicU64,
+}
+
+/// One service listening on one address.
+#[derive(Clone)]
+pub struct Listening {
+    /// The bound address (with the real port when 0 was asked).
+    pub addr: SocketAddr,
+    /// The service's name.
+    pub service: String,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+}
+
+/// What a listener's accept loop needs, whatever the model.
+pub(crate) struct Ctx<S: Service> {
+    pub service: Arc<S>,
+    pub limits: Arc<Limits>,
+    pub stats: Arc<Stats>,
+    pub drain: Drain,
+    pub refusing: Arc<AtomicUsize>,
+}
+
+impl<S: Service> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Ctx {
+            service: self.service.clone(),
+            limits: self.limits.clone(),
+            stats: self.stats.clone(),
+            drain: self.drain.clone(),
+            refusing: self.refusing.clone(),
+        }
+    }
+}
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_conn_id() -> u64 {
+    NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+impl<S: Service> Ctx<S> {
+    /// Admits one more connection, or says it must be refused.
+    pub(crate) fn admit(&self) -> bool {
+        let n = self.stats.active.fetch_add(1, Ordering::AcqRel);
+        if n >= self.limits.max_conns {
+            self.stats.active.fetch_sub(1, Ordering::AcqRel);
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            false
+        } else {
+            self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.stats.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn span(&self, id: u64, peer: SocketAddr) -> tracing::Span {
+        tracing::info_span!("conn", svc = self.service.name(), id, %peer)
+    }
+}
+
+/// Logs an accept error and says how long to back off before the next accept:
+/// resource exhaustion (out of descriptors or memory) backs off exponentially up to a
+/// second, per-connection failures (the client gave up) retry at once.
+pub(crate) fn accept_backoff(
+    e: &io::Error,
+    stats: &Stats,
+    backoff: &mut Duration,
+) -> Option<Duration> {
+    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+    match e.raw_os_error() {
+        Some(libc_errno) if is_resource_error(libc_errno) => {
+            tracing::warn!("accept failed: {e}; backing off {:?}", *backoff);
+            let d = *backoff;
+            *backoff = (*backoff * 2).min(Duration::from_secs(1));
+            Some(d)
+        }
+        _ => {
+            tracing::debug!("accept failed: {e}");
+            None
+        }
+    }
+}
+
+fn is_resource_error(errno: i32) -> bool {
+    use rustix::io::Errno;
+    let e = Errno::from_raw_os_error(errno);
+    e == Errno::MFILE || e == Errno::NFILE || e == Errno::NOBUFS || e == Errno::NOMEM
+}
+
+/// The first backoff after a resource error.
+pub(crate) const BACKOFF_START: Duration = Duration::from_millis(10);
+
+/// A server: one model, one set of limits, one shutdown signal, any number of
+/// listeners.
+///
+/// ```no_run
+/// use multiclient::model::{Limits, Model, Server};
+/// use multiclient::service::ack::Ack;
+/// let mut server = Server::new(Model::Threads, Limits::default()).unwrap();
+/// let l = server.listen("127.0.0.1:0", Ack).unwrap();
+/// println!("ack on {}", l.addr);
+/// server.drain().start();
+/// server.wait();
+/// ```
+pub struct Server {
+    model: Model,
+    limits: Arc<Limits>,
+    drain: Drain,
+    runtime: Option<tokio::runtime::Runtime>,
+    threads: Vec<JoinHandle<()>>,
+    listening: Vec<Listening>,
+}
+
+impl Server {
+    /// A server with no listener yet. The async model starts its runtime here.
+    pub fn new(model: Model, limits: Limits) -> io::Result<Server> {
+        let runtime = match model {
+            Model::Async { workers } => Some(async_::runtime(workers)?),
+            _ => None,
+        };
+        Ok(Server {
+            model,
+            limits: Arc::new(limits),
+            drain: Drain::new()?,
+            runtime,
+            threads: Vec::new(),
+            listening: Vec::new(),
+        })
+    }
+
+    /// Binds `addr` and serves `service` on it under this server's model.
+    pub fn listen<S: Service>(
+        &mut self,
+        addr: impl ToSocketAddrs,
+        service: S,
+    ) -> io::Result<Listening> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
+        let listener = bind(addr, self.limits.backlog)?;
+        let local = listener.local_addr()?;
+        let stats = Arc::new(Stats::default());
+        let name = service.name().to_string();
+        let ctx = Ctx {
+            service: Arc::new(service),
+            limits: self.limits.clone(),
+            stats: stats.clone(),
+            drain: self.drain.clone(),
+            refusing: Arc::new(AtomicUsize::new(0)),
+        };
+        tracing::info!("Listening on {local} ({name}, {})", self.model.name());
+        match self.model {
+            Model::Single => self.threads.push(single::spawn(listener, ctx)?),
+            Model::Threads => self.threads.push(threads::spawn(listener, ctx)?),
+            Model::Pool { workers } => self.threads.extend(pool::spawn(listener, ctx, workers)?),
+            Model::Async { .. } => {
+                let rt = self.runtime.as_ref().expect("async model has a runtime");
+                async_::spawn(rt, listener, ctx)?;
+            }
+        }
+        let l = Listening {
+            addr: local,
+            service: name,
+            stats,
+        };
+        self.listening.push(l.clone());
+        Ok(l)
+    }
+
+    /// The shutdown signal: `server.drain().start()` begins a graceful shutdown.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
+    }
+
+    /// Every listener so far.
+    pub fn listening(&self) -> &[Listening] {
+        &self.listening
+    }
+
+    /// Blocks until the drain has started and every connection has finished, or the
+    /// shutdown timeout has passed since the drain started. Returns how many
+    /// connections were cut off by that timeout.
+    pub fn wait(mut self) -> usize {
+        let drain = self.drain.clone();
+        {
+            let fd = drain.fd();
+            let mut fds = [rustix::event::PollFd::new(
+                &fd,
+                rustix::event::PollFlags::IN,
+            )];
+            while !drain.is_started() {
+                let _ = rustix::event::poll(&mut fds, None);
+            }
+        }
+        let deadline = Instant::now() + self.limits.shutdown_timeout;
+        let left = drain.wait_idle(deadline);
+        if left > 0 {
+            tracing::warn!("shutdown timeout: cutting off {left} connections");
+        } else {
+            tracing::info!("All connections closed");
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_millis(100));
+        }
+        if left == 0 {
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+        left
+    }
+}
+
+/// A listening socket with our backlog and `SO_REUSEADDR`, so a restarted server
+/// binds at once.
+fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+/// Takes one of the `max_refusing` slots for telling a refused client why.
+pub(crate) fn refusal_slot<S: Service>(ctx: &Ctx<S>) -> bool {
+    let n = ctx.refusing.fetch_add(1, Ordering::AcqRel);
+    if n >= ctx.limits.max_refusing {
+        ctx.refusing.fetch_sub(1, Ordering::AcqRel);
+        tracing::warn!("too many refusals in flight; closing a client without a word");
+        false
+    } else {
+        tracing::info!(
+            "Refusing connection: server busy ({} connections)",
+            ctx.limits.max_conns
+        );
+        true
+    }
+}
+
+pub(crate) fn refusal_done<S: Service>(ctx: &Ctx<S>) {
+    ctx.refusing.fetch_sub(1, Ordering::AcqRel);
+}

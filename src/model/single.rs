@@ -1,0 +1,29 @@
+//! `single`: one thread accepts and serves one client at a time, as the seed's first
+//! server does. The next client waits in the listen backlog until the current one
+//! leaves: "if one client takes time, others must wait".
+
+use std::io;
+use std::net::TcpListener;
+use std::thread::JoinHandle;
+
+use super::blocking::{accept, serve, STACK};
+use super::{Ctx, BACKOFF_START};
+use crate::service::Service;
+
+pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Result<JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let live = ctx.drain.live();
+    std::thread::Builder::new()
+        .name(format!("{}-single", ctx.service.name()))
+        .stack_size(STACK)
+        .spawn(move || {
+            let _live = live;
+            let mut backoff = BACKOFF_START;
+            while let Some((stream, peer)) = accept(&listener, &ctx, &mut backoff) {
+                if ctx.admit() {
+                    serve(stream, peer, &ctx, false);
+                    ctx.release();
+                }
+            }
+        })
+}

@@ -1,0 +1,320 @@
+//! Services: each protocol written once, as a sans-IO state machine.
+//!
+//! A [`Service`] is a factory of [`Session`]s, one per connection. A session never
+//! touches a socket, a thread or a clock of its own: the model that drives it hands it
+//! the bytes it read, the events pushed into its mailbox and the passing of time, and
+//! the session answers through a [`Cx`]: bytes to send, a close, a mailbox sender to
+//! register with shared state. That is what lets one protocol run under every
+//! concurrency model, and what lets a unit test or a fuzzer drive it on plain buffers.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::model::mailbox::{Mailbox, Sender, WakeKind};
+use std::sync::Arc;
+
+pub mod ack;
+pub mod greet;
+pub mod hello;
+mod registry;
+
+pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
+
+/// Who a session is talking to.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// Process-wide unique connection number, also shown in the connection's log span.
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listening address the client connected to.
+    pub local: SocketAddr,
+}
+
+impl ConnInfo {
+    /// A connection description for tests and fuzzers that drive a session directly.
+    pub fn test(id: u64) -> ConnInfo {
+        let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+        ConnInfo {
+            id,
+            peer: addr,
+            local: addr,
+        }
+    }
+}
+
+/// Why the model asks a session to say goodbye: the session answers in its own
+/// protocol (`ERR server busy`, an HTTP 503, a WebSocket close code) and closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goodbye {
+    /// The server is at `--max-conns`: this client is refused.
+    Busy,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    /// The server is shutting down.
+    Shutdown,
+    /// The session's mailbox overflowed because the client does not read fast enough.
+    SlowConsumer,
+}
+
+/// A protocol: makes one session per accepted connection.
+pub trait Service: Send + Sync + 'static {
+    /// The per-connection state machine.
+    type Session: Session;
+    /// Short name used in logs (`ack`, `http`, ...).
+    fn name(&self) -> &str;
+    /// A fresh session for a connection just accepted.
+    fn session(&self, conn: &ConnInfo) -> Self::Session;
+}
+
+/// One connection's protocol state. Every method is called by the model on the
+/// connection's own thread or task, never concurrently.
+pub trait Session: Send + 'static {
+    /// What other parts of the server can push into this session's mailbox.
+    /// Sessions that are only driven by their own bytes use `()`.
+    type Event: Send + 'static;
+
+    /// The connection is established: a greeting goes here.
+    fn open(&mut self, cx: &mut Cx<'_, Self::Event>) {
+        let _ = cx;
+    }
+
+    /// Bytes arrived. Returns how many were consumed; the rest is handed again, with
+    /// more, on the next call ("need more bytes" is a normal answer). A session given
+    /// [`Cx::input_limit`] bytes or more must consume some or close.
+    fn read(&mut self, input: &[u8], cx: &mut Cx<'_, Self::Event>) -> usize;
+
+    /// The client closed its sending side. The default closes once replies are sent.
+    fn eof(&mut self, cx: &mut Cx<'_, Self::Event>) {
+        cx.close();
+    }
+
+    /// An event arrived in the mailbox (see [`Cx::mailbox`]).
+    fn event(&mut self, event: Self::Event, cx: &mut Cx<'_, Self::Event>) {
+        let _ = (event, cx);
+    }
+
+    /// When the session next wants [`Session::timeout`] called (pings, request timers).
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline returned by [`Session::deadline`] has passed.
+    fn timeout(&mut self, cx: &mut Cx<'_, Self::Event>) {
+        let _ = cx;
+    }
+
+    /// The model ends the connection for `why`; the session writes its protocol's
+    /// farewell. The default closes without a word. After a goodbye the session gets
+    /// no more input; it may still finish a protocol exchange (a WebSocket handshake
+    /// before its close frame, say) if it does not close at once.
+    fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, Self::Event>) {
+        let _ = why;
+        cx.close();
+    }
+}
+
+/// What a session can do in answer to a call: write bytes, close, get a mailbox.
+pub struct Cx<'a, E> {
+    now: Instant,
+    out: &'a mut Vec<u8>,
+    closing: &'a mut bool,
+    mailbox: &'a mut Option<Arc<Mailbox<E>>>,
+    mailbox_limit: usize,
+    wake: WakeKind,
+    conn: &'a ConnInfo,
+    input_limit: usize,
+}
+
+impl<'a, E> Cx<'a, E> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        now: Instant,
+        out: &'a mut Vec<u8>,
+        closing: &'a mut bool,
+        mailbox: &'a mut Option<Arc<Mailbox<E>>>,
+        mailbox_limit: usize,
+        wake: WakeKind,
+        conn: &'a ConnInfo,
+        input_limit: usize,
+    ) -> Self {
+        Cx {
+            now,
+            out,
+            closing,
+            mailbox,
+            mailbox_limit,
+            wake,
+            conn,
+            input_limit,
+        }
+    }
+
+    /// The time of this call, as read by the model.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The connection this session serves.
+    pub fn conn(&self) -> &ConnInfo {
+        self.conn
+    }
+
+    /// Queue bytes for the client.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// The outgoing buffer itself, for encoders that write in place.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        self.out
+    }
+
+    /// Bytes queued and not yet written to the socket.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Close the connection once everything queued is sent.
+    pub fn close(&mut self) {
+        *self.closing = true;
+    }
+
+    /// Whether [`Cx::close`] was called.
+    pub fn is_closing(&self) -> bool {
+        *self.closing
+    }
+
+    /// The most input bytes the model will hold for this session at once.
+    pub fn input_limit(&self) -> usize {
+        self.input_limit
+    }
+
+    /// A sender into this session's mailbox, made on first use. Whoever holds it can
+    /// wake the session with events; the mailbox is bounded and overflowing it ends the
+    /// session with [`Goodbye::SlowConsumer`].
+    pub fn mailbox(&mut self) -> std::io::Result<Sender<E>> {
+        if self.mailbox.is_none() {
+            *self.mailbox = Some(Arc::new(Mailbox::new(self.mailbox_limit, self.wake)?));
+        }
+        Ok(Sender::new(
+            self.mailbox.as_ref().expect("just made").clone(),
+        ))
+    }
+}
+
+/// Drives a session on plain buffers, with no socket: for unit tests, property tests
+/// and fuzzers.
+pub struct Harness<S: Session> {
+    /// The session under test.
+    pub session: S,
+    out: Vec<u8>,
+    closing: bool,
+    mailbox: Option<Arc<Mailbox<S::Event>>>,
+    info: ConnInfo,
+    pending: Vec<u8>,
+    /// The clock handed to the session; tests move it forward by hand.
+    pub now: Instant,
+}
+
+impl<S: Session> Harness<S> {
+    /// Wraps a session and calls its `open`.
+    pub fn new(session: S) -> Self {
+        let mut h = Harness {
+            session,
+            out: Vec::new(),
+            closing: false,
+            mailbox: None,
+            info: ConnInfo::test(1),
+            pending: Vec::new(),
+            now: Instant::now(),
+        };
+        h.with(|s, cx| s.open(cx));
+        h
+    }
+
+    fn with<R>(&mut self, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
+        let mut cx = Cx::new(
+            self.now,
+            &mut self.out,
+            &mut self.closing,
+            &mut self.mailbox,
+            1 << 20,
+            WakeKind::None,
+            &self.info,
+            64 * 1024,
+        );
+        f(&mut self.session, &mut cx)
+    }
+
+    /// Feeds bytes as the model would: unconsumed bytes are kept and handed again.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.closing {
+            return;
+        }
+        self.pending.extend_from_slice(bytes);
+        let pending = std::mem::take(&mut self.pending);
+        let n = self.with(|s, cx| s.read(&pending, cx));
+        self.pending = pending;
+        self.pending.drain(..n.min(self.pending.len()));
+    }
+
+    /// The client half-closes.
+    pub fn eof(&mut self) {
+        if !self.closing {
+            self.with(|s, cx| s.eof(cx));
+        }
+    }
+
+    /// Asks the session for a goodbye.
+    pub fn goodbye(&mut self, why: Goodbye) {
+        self.with(|s, cx| s.goodbye(why, cx));
+    }
+
+    /// Delivers everything waiting in the session's mailbox.
+    pub fn deliver(&mut self) {
+        let Some(mb) = self.mailbox.clone() else {
+            return;
+        };
+        let mut batch = std::collections::VecDeque::new();
+        mb.take(&mut batch);
+        for ev in batch {
+            self.with(|s, cx| s.event(ev, cx));
+        }
+    }
+
+    /// Calls the session's timer if its deadline is at or before `now`.
+    pub fn advance_to(&mut self, now: Instant) {
+        self.now = now;
+        if self.session.deadline().is_some_and(|d| d <= now) {
+            self.with(|s, cx| s.timeout(cx));
+        }
+    }
+
+    /// Everything the session has written so far, taken out.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Whether the session asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+}
+
+/// The farewell of the line-oriented seed services: one `ERR` line, then close.
+pub fn line_goodbye<E>(why: Goodbye, cx: &mut Cx<'_, E>) {
+    cx.send(match why {
+        Goodbye::Busy => b"ERR server busy\n".as_slice(),
+        Goodbye::Idle => b"ERR idle timeout\n",
+        Goodbye::Shutdown => b"ERR server shutting down\n",
+        Goodbye::SlowConsumer => b"ERR slow-consumer\n",
+    });
+    cx.close();
+}
+
+/// Logs a received message at debug level, lossily: invalid UTF-8 is shown with
+/// replacement characters and never fails. Nothing is formatted unless debug is on.
+pub fn log_received(bytes: &[u8]) {
+    tracing::debug!("Received: {}", String::from_utf8_lossy(bytes));
+}

@@ -1,0 +1,82 @@
+//! The built-in services by name, with their default ports: what `serve --service`
+//! and `connect` accept.
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::model::{Listening, Server};
+
+/// A built-in service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum ServiceName {
+    /// `ACK!` for every message (seeds 000/001), port 9999.
+    Ack,
+    /// `Hi! I am server` on connect and after every message (seed 002), port 52000.
+    Greet,
+    /// One message, one `Hello from server!`, close (seed 003), port 8081.
+    Hello,
+}
+
+/// Options of the services, set from the command line; each service reads its own.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOptions {}
+
+/// The services `serve` runs when none is named.
+pub const TCP_SERVICES: &[ServiceName] =
+    &[ServiceName::Ack, ServiceName::Greet, ServiceName::Hello];
+
+impl ServiceName {
+    /// The name as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Ack => "ack",
+            ServiceName::Greet => "greet",
+            ServiceName::Hello => "hello",
+        }
+    }
+
+    /// The port the service listens on by default.
+    pub fn default_port(self) -> u16 {
+        match self {
+            ServiceName::Ack => 9999,
+            ServiceName::Greet => 52000,
+            ServiceName::Hello => 8081,
+        }
+    }
+
+    /// `127.0.0.1:<default port>`.
+    pub fn default_addr(self) -> SocketAddr {
+        ([127, 0, 0, 1], self.default_port()).into()
+    }
+
+    /// Whether the server speaks first (the client waits for it before sending).
+    pub fn server_speaks_first(self) -> bool {
+        matches!(self, ServiceName::Greet)
+    }
+
+    /// Whether messages are lines (sent with a newline) rather than raw text.
+    pub fn is_line_protocol(self) -> bool {
+        false
+    }
+
+    /// Starts this service on `server`, listening on `addr`.
+    pub fn listen(
+        self,
+        server: &mut Server,
+        addr: SocketAddr,
+        opts: &ServiceOptions,
+    ) -> io::Result<Listening> {
+        let _ = opts;
+        match self {
+            ServiceName::Ack => server.listen(addr, super::ack::Ack),
+            ServiceName::Greet => server.listen(addr, super::greet::Greet),
+            ServiceName::Hello => server.listen(addr, super::hello::Hello),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
