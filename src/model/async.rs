@@ -73,7 +73,13 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = ctx.drain.started() => return,
+            _ = ctx.drain.started() => {
+                // Clients already in the backlog get their messages answered, not a reset.
+                match super::blocking::accept_now(listener.get_ref()) {
+                    Ok(conn) => Ok(conn),
+                    Err(_) => return,
+                }
+            }
             r = accept(&listener) => r,
         };
         match accepted {
@@ -113,19 +119,8 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
 async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
     loop {
         let mut guard = listener.readable().await?;
-        let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
-        match guard
-            .try_io(|l| rustix::net::acceptfrom_with(l.get_ref(), flags).map_err(io::Error::from))
-        {
-            Ok(Ok((fd, addr))) => {
-                let stream = TcpStream::from(fd);
-                let peer = addr
-                    .and_then(|a| SocketAddr::try_from(a).ok())
-                    .or_else(|| stream.peer_addr().ok())
-                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, peer));
-            }
+        match guard.try_io(|l| super::blocking::accept_now(l.get_ref())) {
+            Ok(Ok(conn)) => return Ok(conn),
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
             Ok(Err(e)) => return Err(e),
             Err(_would_block) => continue,

@@ -30,7 +30,22 @@ fn timespec(d: Duration) -> Timespec {
     }
 }
 
-/// Waits for the next client; `None` once the drain has started.
+/// Accepts one connection if one is waiting, without blocking.
+pub(crate) fn accept_now(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
+    let (fd, addr) = rustix::net::acceptfrom_with(listener, flags)?;
+    let stream = TcpStream::from(fd);
+    let peer = addr
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .or_else(|| stream.peer_addr().ok())
+        .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
+    let _ = stream.set_nodelay(true);
+    Ok((stream, peer))
+}
+
+/// Waits for the next client. Once the drain has started it only returns the clients
+/// already waiting in the backlog (so their messages are answered, not reset), then
+/// `None`.
 pub(crate) fn accept<S: Service>(
     listener: &TcpListener,
     ctx: &Ctx<S>,
@@ -39,7 +54,7 @@ pub(crate) fn accept<S: Service>(
     let drain = &ctx.drain;
     loop {
         if drain.is_started() {
-            return None;
+            return accept_now(listener).ok();
         }
         let mut fds = [
             PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN),
@@ -52,27 +67,21 @@ pub(crate) fn accept<S: Service>(
                 return None;
             }
         }
-        if !fds[1].revents().is_empty() {
-            return None;
-        }
         if fds[0].revents().is_empty() {
             continue;
         }
-        let flags = rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK;
-        match rustix::net::acceptfrom_with(listener, flags) {
-            Ok((fd, addr)) => {
+        match accept_now(listener) {
+            Ok(conn) => {
                 *backoff = BACKOFF_START;
-                let stream = TcpStream::from(fd);
-                let peer = addr
-                    .and_then(|a| SocketAddr::try_from(a).ok())
-                    .or_else(|| stream.peer_addr().ok())
-                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into());
-                let _ = stream.set_nodelay(true);
-                return Some((stream, peer));
+                return Some(conn);
             }
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
-                if let Some(wait) = accept_backoff(&e.into(), &ctx.stats, backoff) {
+                if let Some(wait) = accept_backoff(&e, &ctx.stats, backoff) {
                     let mut fds = [PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN)];
                     let _ = rustix::event::poll(&mut fds, Some(&timespec(wait)));
                 }

@@ -1,0 +1,286 @@
+//! Hardening under every model: load shedding, idle timeout, resets mid-message,
+//! graceful shutdown of the real binary, and accept errors under a descriptor limit.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use multiclient::model::{Limits, Model};
+use multiclient::service::ack::Ack;
+use multiclient::service::hello::{self, Hello};
+
+fn busy_client_is_told_and_others_unaffected(model: Model) {
+    let limits = Limits {
+        max_conns: 10,
+        ..Limits::default()
+    };
+    let srv = start(model, limits, Ack);
+    let mut clients: Vec<_> = (0..10).map(|_| connect(srv.addr())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        round_trip(c, format!("client {i}").as_bytes(), b"ACK!");
+    }
+    let mut eleventh = connect(srv.addr());
+    assert_eq!(read_to_end(&mut eleventh), b"ERR server busy\n");
+    for c in clients.iter_mut() {
+        round_trip(c, b"still here", b"ACK!");
+    }
+    assert_eq!(srv.listening.stats.refused.load(Ordering::Relaxed), 1);
+    // A freed slot is given to the next client.
+    drop(clients.pop());
+    let mut next = loop {
+        let mut c = connect(srv.addr());
+        c.write_all(b"next").unwrap();
+        let mut buf = [0u8; 4];
+        match c.read_exact(&mut buf) {
+            Ok(()) if &buf == b"ACK!" => break c,
+            // The slot is released just after the close is seen: a refusal until then.
+            _ => continue,
+        }
+    };
+    round_trip(&mut next, b"served", b"ACK!");
+}
+
+#[test]
+fn busy_client_is_told_and_others_unaffected_threads() {
+    busy_client_is_told_and_others_unaffected(Model::Threads);
+}
+
+#[test]
+fn busy_client_is_told_and_others_unaffected_pool() {
+    busy_client_is_told_and_others_unaffected(Model::Pool { workers: 10 });
+}
+
+#[test]
+fn busy_client_is_told_and_others_unaffected_pool_queue() {
+    // Two workers and room for ten: eight wait in the queue, the eleventh is refused.
+    let limits = Limits {
+        max_conns: 10,
+        ..Limits::default()
+    };
+    let srv = start(Model::Pool { workers: 2 }, limits, Ack);
+    let mut clients: Vec<_> = (0..10).map(|_| connect(srv.addr())).collect();
+    round_trip(&mut clients[0], b"a", b"ACK!");
+    round_trip(&mut clients[1], b"b", b"ACK!");
+    // Every queued client is accepted (admitted) before the eleventh arrives.
+    while srv.listening.stats.accepted.load(Ordering::Relaxed) < 10 {
+        std::thread::yield_now();
+    }
+    let mut eleventh = connect(srv.addr());
+    assert_eq!(read_to_end(&mut eleventh), b"ERR server busy\n");
+}
+
+#[test]
+fn busy_client_is_told_and_others_unaffected_async() {
+    busy_client_is_told_and_others_unaffected(Model::Async { workers: 2 });
+}
+
+fn idle_client_is_told_and_closed(model: Model) {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let srv = start(model, limits, Ack);
+    let mut c = connect(srv.addr());
+    round_trip(&mut c, b"then silence", b"ACK!");
+    assert_eq!(read_to_end(&mut c), b"ERR idle timeout\n");
+    assert_eq!(srv.listening.stats.idle_timeouts.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn idle_client_is_told_and_closed_under_every_model() {
+    for model in MODELS {
+        idle_client_is_told_and_closed(model);
+    }
+}
+
+fn reset_mid_message_does_not_affect_others(model: Model) {
+    let srv = start(model, Limits::default(), Hello);
+    // Under `single` the reset client must be done before the next is served.
+    for _ in 0..5 {
+        let c = connect(srv.addr());
+        let sock = socket2::SockRef::from(&c);
+        sock.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(c); // RST without sending anything
+    }
+    let mut half = connect(srv.addr());
+    half.write_all(&[0xe2, 0x82]).unwrap(); // a UTF-8 sequence cut in the middle
+    assert_eq!(read_to_end(&mut half), hello::REPLY);
+    let mut c = connect(srv.addr());
+    c.write_all(b"after the resets").unwrap();
+    assert_eq!(read_to_end(&mut c), hello::REPLY);
+}
+
+#[test]
+fn reset_mid_message_does_not_affect_others_under_every_model() {
+    for model in MODELS {
+        reset_mid_message_does_not_affect_others(model);
+    }
+}
+
+fn graceful_shutdown_answers_every_message_and_exits_0(model: &str) {
+    let mut srv = spawn_serve(&[
+        "--service",
+        "ack",
+        "--addr",
+        "127.0.0.1:0",
+        "--model",
+        model,
+    ]);
+    // Clients being served, and (single, pool) clients still waiting for a turn.
+    let (served, waiting) = match model {
+        "single" => (1, 2),
+        "pool" => (10, 5),
+        _ => (20, 0),
+    };
+    let mut clients: Vec<_> = (0..served).map(|_| connect(srv.addr)).collect();
+    for c in clients.iter_mut() {
+        round_trip(c, b"before", b"ACK!");
+    }
+    clients.extend((0..waiting).map(|_| connect(srv.addr)));
+    // Each client sends one more message and the signal follows at once: the
+    // server must answer it (it was sent before the shutdown) and then say goodbye.
+    for c in clients.iter_mut() {
+        c.write_all(b"last words").unwrap();
+    }
+    srv.signal(rustix::process::Signal::TERM);
+    for c in clients.iter_mut() {
+        assert_eq!(read_to_end(c), b"ACK!ERR server shutting down\n");
+    }
+    let status = srv.wait();
+    assert_eq!(status.code(), Some(0), "exit status");
+    assert!(
+        std::net::TcpStream::connect(srv.addr).is_err(),
+        "still accepting after shutdown"
+    );
+}
+
+#[test]
+fn graceful_shutdown_single() {
+    graceful_shutdown_answers_every_message_and_exits_0("single");
+}
+
+#[test]
+fn graceful_shutdown_threads() {
+    graceful_shutdown_answers_every_message_and_exits_0("threads");
+}
+
+#[test]
+fn graceful_shutdown_pool() {
+    graceful_shutdown_answers_every_message_and_exits_0("pool");
+}
+
+#[test]
+fn graceful_shutdown_async() {
+    graceful_shutdown_answers_every_message_and_exits_0("async");
+}
+
+#[test]
+fn second_signal_exits_at_once() {
+    // A client that never reads keeps the drain from finishing within its timeout.
+    let mut srv = spawn_serve(&[
+        "--service",
+        "greet",
+        "--addr",
+        "127.0.0.1:0",
+        "--shutdown-timeout",
+        "60s",
+    ]);
+    let c = connect(srv.addr);
+    socket2::SockRef::from(&c)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let mut w = c.try_clone().unwrap();
+    // Fill the server's output towards this client: every chunk gets a greeting.
+    let chunk = vec![b'x'; 1024];
+    let mut sent = 0;
+    w.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    while sent < 64 << 20 {
+        match w.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    srv.signal(rustix::process::Signal::TERM);
+    srv.expect_log("shutting down gracefully");
+    srv.signal(rustix::process::Signal::INT);
+    let status = srv.wait();
+    assert_eq!(status.code(), Some(multiclient::serve::EXIT_INTERRUPTED));
+}
+
+#[test]
+fn accept_errors_back_off_and_the_server_recovers() {
+    // Run the server with so few descriptors that accept fails with EMFILE.
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 16 && exec {} serve --service ack --addr 127.0.0.1:0 --model async --workers 1",
+            env!("CARGO_BIN_EXE_multiclient")
+        ))
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: std::net::SocketAddr = loop {
+        let line = rx.recv_timeout(TIMEOUT).expect("Listening line");
+        if let Some(rest) = line.split("Listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(connect(addr));
+    }
+    loop {
+        let line = rx.recv_timeout(TIMEOUT).expect("an accept error is logged");
+        if line.contains("accept failed") && line.contains("backing off") {
+            break;
+        }
+    }
+    drop(clients);
+    // Descriptors are free again: a new client is served.
+    let mut served = false;
+    for _ in 0..200 {
+        let mut c = connect(addr);
+        c.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 4];
+        if c.read_exact(&mut buf).is_ok() && &buf == b"ACK!" {
+            served = true;
+            break;
+        }
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        served,
+        "server did not recover after the descriptor shortage"
+    );
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn half_closed_client_still_gets_every_answer() {
+    for model in MODELS {
+        let srv = start(model, Limits::default(), Ack);
+        let mut c = connect(srv.addr());
+        c.write_all(b"one message then EOF").unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&mut c), b"ACK!", "{model:?}");
+    }
+}
