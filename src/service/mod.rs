@@ -318,3 +318,53 @@ pub fn line_goodbye<E>(why: Goodbye, cx: &mut Cx<'_, E>) {
 pub fn log_received(bytes: &[u8]) {
     tracing::debug!("Received: {}", String::from_utf8_lossy(bytes));
 }
+
+#[cfg(test)]
+mod props {
+    //! Property tests: any split of the same bytes into reads gives the same replies
+    //! where the protocol is framed, the seeds' per-read counts where it is not, and
+    //! never a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn splits() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..3000), 0..8)
+    }
+
+    proptest! {
+        #[test]
+        fn ack_answers_each_read_once_per_1024_bytes(reads in splits()) {
+            let mut h = Harness::new(ack::AckSession);
+            let mut expected = 0;
+            for r in &reads {
+                h.feed(r);
+                expected += r.len().div_ceil(ack::CHUNK);
+            }
+            let out = h.take_output();
+            prop_assert_eq!(out, ack::REPLY.repeat(expected));
+        }
+
+        #[test]
+        fn greet_answers_each_read_once_per_1024_bytes(reads in splits()) {
+            let mut h = Harness::new(greet::GreetSession);
+            let mut expected = 1;
+            for r in &reads {
+                h.feed(r);
+                expected += r.len().div_ceil(ack::CHUNK);
+            }
+            prop_assert_eq!(h.take_output(), greet::GREETING.repeat(expected));
+        }
+
+        #[test]
+        fn hello_answers_exactly_once_whatever_the_split(reads in splits()) {
+            let mut h = Harness::new(hello::HelloSession);
+            for r in &reads {
+                h.feed(r);
+            }
+            h.eof();
+            prop_assert_eq!(h.take_output(), hello::REPLY);
+            prop_assert!(h.is_closing());
+        }
+    }
+}
