@@ -103,3 +103,26 @@ impl WriteChecked for std::net::TcpStream {
         std::io::Write::write_all(self, b).expect("write");
     }
 }
+
+fn thousand_clients_connected_at_once_are_all_served(model: Model) {
+    let srv = start(model, Limits::default(), Ack);
+    // All 1,000 are connected before any is answered.
+    let mut clients: Vec<_> = (0..1000).map(|_| connect(srv.addr())).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all_checked(format!("client {i}").as_bytes());
+    }
+    for c in clients.iter_mut() {
+        assert_eq!(read_n(c, 4), b"ACK!");
+    }
+    assert_eq!(srv.listening.stats.accepted.load(std::sync::atomic::Ordering::Relaxed), 1000);
+}
+
+#[test]
+fn thousand_clients_at_once_under_async() {
+    thousand_clients_connected_at_once_are_all_served(Model::Async { workers: 2 });
+}
+
+#[test]
+fn thousand_clients_at_once_under_threads() {
+    thousand_clients_connected_at_once_are_all_served(Model::Threads);
+}
