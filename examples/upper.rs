@@ -69,8 +69,11 @@ fn main() -> std::io::Result<()> {
 
 /// Starts a graceful shutdown on SIGINT or SIGTERM.
 fn ctrlc_like(on_signal: impl Fn() + Send + 'static) {
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .expect("signal handlers");
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .expect("signal handlers");
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             on_signal();

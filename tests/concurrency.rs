@@ -114,7 +114,13 @@ fn thousand_clients_connected_at_once_are_all_served(model: Model) {
     for c in clients.iter_mut() {
         assert_eq!(read_n(c, 4), b"ACK!");
     }
-    assert_eq!(srv.listening.stats.accepted.load(std::sync::atomic::Ordering::Relaxed), 1000);
+    assert_eq!(
+        srv.listening
+            .stats
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1000
+    );
 }
 
 #[test]

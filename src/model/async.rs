@@ -11,7 +11,10 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
+use std::future::Future;
+use std::task::Poll;
+
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
 use tracing::Instrument;
 
@@ -156,8 +159,14 @@ async fn serve<S: Service>(
         }
     };
     conn.open(now, refused);
+    // Everything the task waits on is polled by hand below: readiness and the mailbox
+    // keep their wakers in the socket's and the mailbox's own state, so the future of
+    // an idle connection holds only the connection, one timer and the shutdown signal.
     let sleep = tokio::time::sleep_until(conn.next_deadline().into());
     tokio::pin!(sleep);
+    let drain = ctx.drain.clone();
+    let started = drain.started();
+    tokio::pin!(started);
     let mut armed = conn.next_deadline();
     loop {
         let now = Instant::now();
@@ -170,44 +179,70 @@ async fn serve<S: Service>(
             armed = deadline;
             sleep.as_mut().reset(deadline.into());
         }
+        let (draining, wants_read) = (conn.is_draining(), conn.wants_read());
         let mailbox = conn.mailbox().filter(|_| conn.wants_events()).cloned();
-        tokio::select! {
-            biased;
-            _ = ctx.drain.started(), if !conn.is_draining() => {
-                with_scratch(|s| conn.drain(fd.get_ref(), s, Instant::now()));
+        let wake = std::future::poll_fn(|cx| {
+            if !draining && started.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Drain);
             }
-            g = fd.readable(), if conn.wants_read() => {
-                let Ok(mut g) = g else { return };
-                let now = Instant::now();
-                with_scratch(|s| {
-                    for _ in 0..READS_PER_WAKE {
-                        match conn.read_from(g.get_inner(), s, now) {
-                            Read_::Data { more: true } => continue,
-                            Read_::Data { more: false } | Read_::WouldBlock => {
-                                g.clear_ready_matching(tokio::io::Ready::READABLE);
-                                break;
-                            }
-                            Read_::Closed => break,
+            if wants_read {
+                if let Poll::Ready(g) = fd.poll_read_ready(cx) {
+                    return Poll::Ready(Wake::Read(g));
+                }
+            }
+            if blocked {
+                if let Poll::Ready(g) = fd.poll_write_ready(cx) {
+                    return Poll::Ready(Wake::Write(g));
+                }
+            }
+            if let Some(mb) = &mailbox {
+                if mb.poll_notified(cx).is_ready() {
+                    return Poll::Ready(Wake::Mail);
+                }
+            }
+            if sleep.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            Poll::Pending
+        })
+        .await;
+        let now = Instant::now();
+        match wake {
+            Wake::Drain => with_scratch(|s| conn.drain(fd.get_ref(), s, now)),
+            Wake::Read(Err(_)) | Wake::Write(Err(_)) => return,
+            Wake::Read(Ok(mut g)) => with_scratch(|s| {
+                for _ in 0..READS_PER_WAKE {
+                    match conn.read_from(g.get_inner(), s, now) {
+                        Read_::Data { more: true } => continue,
+                        Read_::Data { more: false } | Read_::WouldBlock => {
+                            g.clear_ready_matching(tokio::io::Ready::READABLE);
+                            break;
                         }
+                        Read_::Closed => break,
                     }
-                });
-            }
-            g = fd.writable(), if blocked => {
-                let Ok(mut g) = g else { return };
-                let now = Instant::now();
+                }
+            }),
+            Wake::Write(Ok(mut g)) => {
                 if !conn.flush(g.get_inner(), now) {
                     g.clear_ready_matching(tokio::io::Ready::WRITABLE);
                 }
             }
-            _ = async { mailbox.as_ref().expect("guarded").notified().await }, if mailbox.is_some() => {
-                conn.deliver(Instant::now());
-            }
-            _ = &mut sleep => {
-                conn.tick(Instant::now());
+            Wake::Mail => conn.deliver(now),
+            Wake::Timer => {
+                conn.tick(now);
                 // Re-arm even if the deadline did not move, or the fired timer would
                 // spin.
-                armed = Instant::now() - Duration::from_secs(1);
+                armed = now - Duration::from_secs(1);
             }
         }
     }
+}
+
+/// What woke a connection's task.
+enum Wake<'a> {
+    Drain,
+    Read(io::Result<AsyncFdReadyGuard<'a, TcpStream>>),
+    Write(io::Result<AsyncFdReadyGuard<'a, TcpStream>>),
+    Mail,
+    Timer,
 }

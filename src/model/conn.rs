@@ -101,7 +101,6 @@ pub(crate) struct Conn<S: Session> {
     out_pos: usize,
     pending: Vec<u8>,
     mailbox: Option<Arc<Mailbox<S::Event>>>,
-    batch: VecDeque<S::Event>,
     closing: bool,
     phase: Phase,
     eof: bool,
@@ -136,7 +135,6 @@ impl<S: Session> Conn<S> {
             out_pos: 0,
             pending: Vec::new(),
             mailbox: None,
-            batch: VecDeque::new(),
             closing: false,
             phase: Phase::Open,
             eof: false,
@@ -376,9 +374,9 @@ impl<S: Session> Conn<S> {
         let Some(mb) = self.mailbox.clone() else {
             return;
         };
-        let overflowed = mb.take(&mut self.batch);
+        let mut batch = VecDeque::new();
+        let overflowed = mb.take(&mut batch);
         if overflowed {
-            self.batch.clear();
             self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 "slow consumer: mailbox over {} bytes",
@@ -387,15 +385,11 @@ impl<S: Session> Conn<S> {
             self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, now);
             return;
         }
-        while let Some(ev) = self.batch.pop_front() {
+        for ev in batch {
             if self.phase != Phase::Open {
-                self.batch.clear();
                 break;
             }
             self.call(now, |s, cx| s.event(ev, cx));
-        }
-        if self.batch.capacity() > 64 {
-            self.batch = VecDeque::new();
         }
     }
 

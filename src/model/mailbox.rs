@@ -14,14 +14,17 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Notify;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 /// How a model wants its sessions woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakeKind {
     /// Nobody is woken: the test harness polls the mailbox itself.
     None,
-    /// A tokio task waiting on a `Notify`.
+    /// An async task, woken through its waker.
     Task,
     /// A thread blocked in `poll(2)` on an eventfd.
     Fd,
@@ -29,7 +32,9 @@ pub enum WakeKind {
 
 enum Wake {
     None,
-    Task(Notify),
+    /// The task's waker, and whether a wake is pending. The waker lives here rather
+    /// than in the task's future, so an idle connection's future stays small.
+    Task(AtomicWaker, AtomicBool),
     Fd(OwnedFd),
 }
 
@@ -63,7 +68,7 @@ impl<E> Mailbox<E> {
     pub(crate) fn new(limit: usize, kind: WakeKind) -> io::Result<Self> {
         let wake = match kind {
             WakeKind::None => Wake::None,
-            WakeKind::Task => Wake::Task(Notify::new()),
+            WakeKind::Task => Wake::Task(AtomicWaker::new(), AtomicBool::new(false)),
             WakeKind::Fd => Wake::Fd(rustix::event::eventfd(
                 0,
                 rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
@@ -90,7 +95,10 @@ impl<E> Mailbox<E> {
     fn notify(&self) {
         match &self.wake {
             Wake::None => {}
-            Wake::Task(n) => n.notify_one(),
+            Wake::Task(waker, pending) => {
+                pending.store(true, Ordering::Release);
+                waker.wake();
+            }
             Wake::Fd(fd) => {
                 // EAGAIN means the counter is already non-zero: the thread will wake.
                 let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
@@ -121,13 +129,15 @@ impl<E> Mailbox<E> {
         q.items.clear();
     }
 
-    /// Waits (async models) until an event is pushed.
-    pub(crate) async fn notified(&self) {
-        if let Wake::Task(n) = &self.wake {
-            n.notified().await
-        } else {
-            std::future::pending().await
+    /// Ready (async models) once an event was pushed since the last ready poll.
+    pub(crate) fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Wake::Task(waker, pending) = &self.wake {
+            waker.register(cx.waker());
+            if pending.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
         }
+        Poll::Pending
     }
 
     /// The eventfd a blocking model polls, if this mailbox wakes a thread.
