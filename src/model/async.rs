@@ -12,15 +12,22 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use std::future::Future;
-use std::task::Poll;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::io::Ready;
+use tokio::time::Sleep;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
 use super::conn::{Conn, Phase, Read_};
+use super::drain::Live;
 use super::mailbox::WakeKind;
-use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
+use super::{accept_backoff, next_conn_id, Ctx, Stats, BACKOFF_START};
 use crate::service::{ConnInfo, Service};
 
 /// Per-thread read buffer shared by every connection of that thread.
@@ -92,20 +99,15 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
                 if !admitted && !super::refusal_slot(&ctx) {
                     continue;
                 }
-                let c = ctx.clone();
                 let id = next_conn_id();
                 let span = ctx.span(id, peer);
-                tokio::spawn(
-                    async move {
-                        serve(stream, peer, id, &c, !admitted).await;
-                        if admitted {
-                            c.release();
-                        } else {
-                            super::refusal_done(&c);
-                        }
-                    }
-                    .instrument(span),
-                );
+                let task = {
+                    let _enter = span.enter();
+                    Task::new(stream, ConnInfo { id, peer }, &ctx, admitted)
+                };
+                if let Some(task) = task {
+                    tokio::spawn(task.instrument(span));
+                }
             }
             Err(e) => {
                 if let Some(wait) = accept_backoff(&e, &ctx.stats, &mut backoff) {
@@ -131,118 +133,149 @@ async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(TcpStream, Socke
     }
 }
 
-async fn serve<S: Service>(
-    stream: TcpStream,
-    peer: SocketAddr,
-    id: u64,
-    ctx: &Ctx<S>,
-    refused: bool,
-) {
-    let _live = ctx.drain.live();
-    let local = stream.local_addr().unwrap_or(peer);
-    let info = ConnInfo { id, peer, local };
-    let session = ctx.service.session(&info);
-    let now = Instant::now();
-    let mut conn = Conn::new(
-        session,
-        info,
-        ctx.limits.clone(),
-        ctx.stats.clone(),
-        WakeKind::Task,
-        now,
-    );
-    let fd = match register(stream, Interest::READABLE | Interest::WRITABLE) {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::error!("cannot register connection: {e}");
-            return;
-        }
-    };
-    conn.open(now, refused);
-    // Everything the task waits on is polled by hand below: readiness and the mailbox
-    // keep their wakers in the socket's and the mailbox's own state, so the future of
-    // an idle connection holds only the connection, one timer and the shutdown signal.
-    let sleep = tokio::time::sleep_until(conn.next_deadline().into());
-    tokio::pin!(sleep);
-    let drain = ctx.drain.clone();
-    let started = drain.started();
-    tokio::pin!(started);
-    let mut armed = conn.next_deadline();
-    loop {
-        let now = Instant::now();
-        let blocked = !conn.flush(fd.get_ref(), now);
-        if conn.phase() == Phase::Done {
-            return;
-        }
-        let deadline = conn.next_deadline();
-        if deadline != armed {
-            armed = deadline;
-            sleep.as_mut().reset(deadline.into());
-        }
-        let (draining, wants_read) = (conn.is_draining(), conn.wants_read());
-        let mailbox = conn.mailbox().filter(|_| conn.wants_events()).cloned();
-        let wake = std::future::poll_fn(|cx| {
-            if !draining && started.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Drain);
+pin_project_lite::pin_project! {
+    /// One connection's task, written as a plain future so that it holds exactly the
+    /// connection, its socket, one timer and the shutdown signal: readiness and the
+    /// mailbox keep their wakers in their own state, not in the future.
+    struct Task<S: Service> {
+        conn: Conn<S::Session>,
+        fd: AsyncFd<TcpStream>,
+        #[pin]
+        sleep: Sleep,
+        #[pin]
+        started: WaitForCancellationFutureOwned,
+        armed: Instant,
+        slot: Slot,
+    }
+}
+
+/// Gives back the connection's place (or its refusal slot) when the task ends.
+struct Slot {
+    stats: Arc<Stats>,
+    refusing: Option<Arc<AtomicUsize>>,
+    _live: Live,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        match &self.refusing {
+            None => {
+                self.stats.active.fetch_sub(1, Ordering::AcqRel);
             }
-            if wants_read {
-                if let Poll::Ready(g) = fd.poll_read_ready(cx) {
-                    return Poll::Ready(Wake::Read(g));
-                }
-            }
-            if blocked {
-                if let Poll::Ready(g) = fd.poll_write_ready(cx) {
-                    return Poll::Ready(Wake::Write(g));
-                }
-            }
-            if let Some(mb) = &mailbox {
-                if mb.poll_notified(cx).is_ready() {
-                    return Poll::Ready(Wake::Mail);
-                }
-            }
-            if sleep.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Wake::Timer);
-            }
-            Poll::Pending
-        })
-        .await;
-        let now = Instant::now();
-        match wake {
-            Wake::Drain => with_scratch(|s| conn.drain(fd.get_ref(), s, now)),
-            Wake::Read(Err(_)) | Wake::Write(Err(_)) => return,
-            Wake::Read(Ok(mut g)) => with_scratch(|s| {
-                for _ in 0..READS_PER_WAKE {
-                    match conn.read_from(g.get_inner(), s, now) {
-                        Read_::Data { more: true } => continue,
-                        Read_::Data { more: false } | Read_::WouldBlock => {
-                            g.clear_ready_matching(tokio::io::Ready::READABLE);
-                            break;
-                        }
-                        Read_::Closed => break,
-                    }
-                }
-            }),
-            Wake::Write(Ok(mut g)) => {
-                if !conn.flush(g.get_inner(), now) {
-                    g.clear_ready_matching(tokio::io::Ready::WRITABLE);
-                }
-            }
-            Wake::Mail => conn.deliver(now),
-            Wake::Timer => {
-                conn.tick(now);
-                // Re-arm even if the deadline did not move, or the fired timer would
-                // spin.
-                armed = now - Duration::from_secs(1);
+            Some(r) => {
+                r.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
 }
 
-/// What woke a connection's task.
-enum Wake<'a> {
-    Drain,
-    Read(io::Result<AsyncFdReadyGuard<'a, TcpStream>>),
-    Write(io::Result<AsyncFdReadyGuard<'a, TcpStream>>),
-    Mail,
-    Timer,
+impl<S: Service> Task<S> {
+    fn new(stream: TcpStream, info: ConnInfo, ctx: &Ctx<S>, admitted: bool) -> Option<Self> {
+        let slot = Slot {
+            stats: ctx.stats.clone(),
+            refusing: (!admitted).then(|| ctx.refusing.clone()),
+            _live: ctx.drain.live(),
+        };
+        let fd = match register(stream, Interest::READABLE | Interest::WRITABLE) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::error!("cannot register connection: {e}");
+                return None;
+            }
+        };
+        let session = ctx.service.session(&info);
+        let now = Instant::now();
+        let mut conn = Conn::new(
+            session,
+            info,
+            ctx.limits.clone(),
+            ctx.stats.clone(),
+            WakeKind::Task,
+            now,
+        );
+        conn.open(now, !admitted);
+        let armed = conn.next_deadline();
+        Some(Task {
+            conn,
+            fd,
+            sleep: tokio::time::sleep_until(armed.into()),
+            started: ctx.drain.started_owned(),
+            armed,
+            slot,
+        })
+    }
+}
+
+/// Turns of the loop below in one poll before yielding to other connections.
+const TURNS_PER_POLL: usize = 32;
+
+impl<S: Service> Future for Task<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        let conn = this.conn;
+        for _ in 0..TURNS_PER_POLL {
+            let now = Instant::now();
+            let blocked = !conn.flush(this.fd.get_ref(), now);
+            if conn.phase() == Phase::Done {
+                return Poll::Ready(());
+            }
+            let deadline = conn.next_deadline();
+            if deadline != *this.armed {
+                *this.armed = deadline;
+                this.sleep.as_mut().reset(deadline.into());
+            }
+            if !conn.is_draining() && this.started.as_mut().poll(cx).is_ready() {
+                with_scratch(|s| conn.drain(this.fd.get_ref(), s, now));
+                continue;
+            }
+            if conn.wants_read() {
+                if let Poll::Ready(g) = this.fd.poll_read_ready(cx) {
+                    let Ok(mut g) = g else { return Poll::Ready(()) };
+                    with_scratch(|s| {
+                        for _ in 0..READS_PER_WAKE {
+                            match conn.read_from(g.get_inner(), s, now) {
+                                Read_::Data { more: true } => continue,
+                                Read_::Data { more: false } | Read_::WouldBlock => {
+                                    g.clear_ready_matching(Ready::READABLE);
+                                    break;
+                                }
+                                Read_::Closed => break,
+                            }
+                        }
+                    });
+                    continue;
+                }
+            }
+            if blocked {
+                if let Poll::Ready(g) = this.fd.poll_write_ready(cx) {
+                    let Ok(mut g) = g else { return Poll::Ready(()) };
+                    if !conn.flush(g.get_inner(), now) {
+                        g.clear_ready_matching(Ready::WRITABLE);
+                    }
+                    continue;
+                }
+            }
+            if conn.wants_events() {
+                if let Some(mb) = conn.mailbox() {
+                    if mb.poll_notified(cx).is_ready() {
+                        conn.deliver(now);
+                        continue;
+                    }
+                }
+            }
+            if this.sleep.as_mut().poll(cx).is_ready() {
+                conn.tick(now);
+                // Re-arm even if the deadline did not move, or the fired timer would
+                // fire again at once.
+                *this.armed = now - Duration::from_secs(1);
+                continue;
+            }
+            return Poll::Pending;
+        }
+        // A busy connection had its turns: let the others run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }

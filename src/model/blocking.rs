@@ -96,8 +96,7 @@ pub(crate) fn serve<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S
     let id = next_conn_id();
     let span = ctx.span(id, peer);
     let _enter = span.enter();
-    let local = stream.local_addr().unwrap_or(peer);
-    let info = ConnInfo { id, peer, local };
+    let info = ConnInfo { id, peer };
     let session = ctx.service.session(&info);
     let now = Instant::now();
     let mut conn = Conn::new(

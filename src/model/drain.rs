@@ -72,6 +72,11 @@ impl Drain {
         self.0.token.cancelled().await
     }
 
+    /// Completes when the drain starts; owns what it waits on, so it can be stored.
+    pub(crate) fn started_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.token.clone().cancelled_owned()
+    }
+
     /// Readable once the drain has started; never reset.
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.0.fd.as_fd()

@@ -27,19 +27,13 @@ pub struct ConnInfo {
     pub id: u64,
     /// The client's address.
     pub peer: SocketAddr,
-    /// The listening address the client connected to.
-    pub local: SocketAddr,
 }
 
 impl ConnInfo {
     /// A connection description for tests and fuzzers that drive a session directly.
     pub fn test(id: u64) -> ConnInfo {
         let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-        ConnInfo {
-            id,
-            peer: addr,
-            local: addr,
-        }
+        ConnInfo { id, peer: addr }
     }
 }
 
