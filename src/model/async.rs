@@ -257,12 +257,14 @@ impl<S: Service> Future for Task<S> {
                     continue;
                 }
             }
-            if conn.wants_events() {
-                if let Some(mb) = conn.mailbox() {
-                    if mb.poll_notified(cx).is_ready() {
-                        conn.deliver(now);
-                        continue;
-                    }
+            if conn.mail_waiting() {
+                conn.on_mail(now);
+                continue;
+            }
+            if let Some(mb) = conn.mailbox() {
+                if mb.poll_notified(cx).is_ready() {
+                    conn.on_mail(now);
+                    continue;
                 }
             }
             if this.sleep.as_mut().poll(cx).is_ready() {

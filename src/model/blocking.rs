@@ -136,7 +136,11 @@ fn drive<S: Service>(
             sock_events |= PollFlags::OUT;
         }
         let watch_drain = !conn.is_draining();
-        let mailbox = conn.mailbox().filter(|_| conn.wants_events()).cloned();
+        if conn.mail_waiting() {
+            conn.on_mail(now);
+            continue;
+        }
+        let mailbox = conn.mailbox().cloned();
         let mut fds = [
             PollFd::from_borrowed_fd(sock.as_fd(), sock_events),
             PollFd::from_borrowed_fd(
@@ -163,7 +167,7 @@ fn drive<S: Service>(
         let drain_ready = watch_drain && !fds[1].revents().is_empty();
         let mail_ready = !fds[2].revents().is_empty();
         if mail_ready {
-            conn.deliver(now);
+            conn.on_mail(now);
         }
         if !sock_ready.is_empty() && conn.wants_read() {
             while let Read_::Data { more: true } = conn.read_from(sock, scratch, now) {}

@@ -369,8 +369,31 @@ impl<S: Session> Conn<S> {
         Ok(())
     }
 
+    /// Whether the mailbox has something for [`Conn::on_mail`] to do now: an overflow
+    /// always, events only while the client keeps up with its replies.
+    pub(crate) fn mail_waiting(&self) -> bool {
+        self.phase == Phase::Open
+            && self
+                .mailbox
+                .as_ref()
+                .is_some_and(|mb| mb.is_waiting() && (self.wants_events() || mb.is_overflowed()))
+    }
+
+    /// The mailbox woke the connection: ends a slow consumer, or delivers the events
+    /// if the client keeps up with its replies (otherwise they wait, bounded, in the
+    /// mailbox).
+    pub(crate) fn on_mail(&mut self, now: Instant) {
+        let Some(mb) = self.mailbox.clone() else {
+            return;
+        };
+        mb.reset_wake();
+        if self.mail_waiting() {
+            self.deliver(now);
+        }
+    }
+
     /// Delivers the mailbox's events to the session.
-    pub(crate) fn deliver(&mut self, now: Instant) {
+    fn deliver(&mut self, now: Instant) {
         let Some(mb) = self.mailbox.clone() else {
             return;
         };

@@ -48,6 +48,8 @@ struct Queue<E> {
 /// The receiving end, owned by the model's connection driver.
 pub struct Mailbox<E> {
     queue: Mutex<Queue<E>>,
+    /// Mirrors "the queue has items or overflowed", readable without the lock.
+    waiting: AtomicBool,
     limit: usize,
     wake: Wake,
 }
@@ -81,6 +83,7 @@ impl<E> Mailbox<E> {
                 overflowed: false,
                 closed: false,
             }),
+            waiting: AtomicBool::new(false),
             limit,
             wake,
         })
@@ -106,13 +109,30 @@ impl<E> Mailbox<E> {
         }
     }
 
-    /// Moves every queued event into `into`; returns whether the mailbox overflowed.
-    pub(crate) fn take(&self, into: &mut VecDeque<E>) -> bool {
+    /// Whether events (or an overflow) wait to be taken.
+    pub(crate) fn is_waiting(&self) -> bool {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Whether the mailbox overflowed.
+    pub(crate) fn is_overflowed(&self) -> bool {
+        self.lock().overflowed
+    }
+
+    /// Consumes a pending wake-up (the eventfd's count), so a thread that leaves
+    /// events queued while its client is not reading does not wake again at once.
+    pub(crate) fn reset_wake(&self) {
         if let Wake::Fd(fd) = &self.wake {
             let mut buf = [0u8; 8];
             let _ = rustix::io::read(fd, &mut buf);
         }
+    }
+
+    /// Moves every queued event into `into`; returns whether the mailbox overflowed.
+    pub(crate) fn take(&self, into: &mut VecDeque<E>) -> bool {
+        self.reset_wake();
         let mut q = self.lock();
+        self.waiting.store(q.overflowed, Ordering::Release);
         if into.is_empty() {
             std::mem::swap(into, &mut q.items);
         } else {
@@ -178,6 +198,7 @@ impl<E> Sender<E> {
             if q.bytes + cost > mb.limit && !q.items.is_empty() {
                 q.overflowed = true;
                 q.items.clear();
+                mb.waiting.store(true, Ordering::Release);
                 drop(q);
                 mb.notify();
                 return Err(SendError::Overflow);
@@ -185,6 +206,7 @@ impl<E> Sender<E> {
             was_empty = q.items.is_empty();
             q.items.push_back(event);
             q.bytes += cost;
+            mb.waiting.store(true, Ordering::Release);
         }
         if was_empty {
             mb.notify();
