@@ -19,7 +19,7 @@ use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
 use crate::service::{ConnInfo, Service};
 
 /// Read buffer of a blocking connection, on its thread's stack.
-const SCRATCH: usize = 16 * 1024;
+const SCRATCH: usize = 4 * 1024;
 /// Stack of a connection thread: small, so that thousands of them fit.
 pub(crate) const STACK: usize = 256 * 1024;
 
