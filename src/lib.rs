@@ -12,6 +12,7 @@
 //! [`service::Session`] and hand the service to [`model::Server::listen`]; see
 //! `examples/upper.rs`.
 
+pub mod bench;
 pub mod connect;
 pub mod logging;
 pub mod model;

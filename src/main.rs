@@ -29,6 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Talk to a service from the terminal.
     Connect(ConnectArgs),
+    /// Load-test a server, or compare every model (`bench compare`).
+    Bench(multiclient::bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -187,5 +189,6 @@ fn main() -> anyhow::Result<()> {
             };
             connect::run(&opts, &mut std::io::stdout())
         }
+        Command::Bench(a) => multiclient::bench::run(a),
     }
 }

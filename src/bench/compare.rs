@@ -1,0 +1,379 @@
+//! `bench compare`: one workload against every concurrency model of our server (each
+//! started once, on a free loopback port) and against peer servers given as commands
+//! (the seeds' Python servers, a minimal tokio server), at each concurrency level; the
+//! seeds' comparison table printed with measured numbers, and an SVG plot.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+
+use super::plot;
+use super::proc;
+use super::run::{self, LoadConfig};
+use super::workload::Workload;
+
+/// Options of `bench compare`.
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The service (ack, greet, hello, http, ws).
+    #[arg(long, default_value = "ack")]
+    pub service: String,
+    /// Concurrency levels, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+    pub conns: Vec<usize>,
+    /// Our models to run, comma separated (single, threads, pool, async).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "single,threads,pool,async"
+    )]
+    pub models: Vec<String>,
+    /// A peer server: `NAME=COMMAND`, run with `sh -c`; `{port}` in the command (and
+    /// the `PORT` environment variable) is the port it must listen on. Repeatable.
+    #[arg(long = "peer", value_name = "NAME=COMMAND")]
+    pub peers: Vec<String>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
+    /// Runs per point; the median (by throughput) is kept.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 16)]
+    pub msg_size: usize,
+    /// Seconds one operation may take.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Tester threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Pin each server to these CPUs (`taskset -c`), e.g. `1`.
+    #[arg(long)]
+    pub server_cpus: Option<String>,
+    /// Our server's binary (default: this executable).
+    #[arg(long)]
+    pub server_bin: Option<String>,
+    /// Write the plot here (SVG).
+    #[arg(long)]
+    pub plot: Option<String>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One measured point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Connections.
+    pub conns: usize,
+    /// Successful operations per second.
+    pub throughput: f64,
+    /// p50 latency, µs.
+    pub p50_us: u64,
+    /// p99 latency, µs.
+    pub p99_us: u64,
+    /// Errors.
+    pub errors: u64,
+    /// Server CPU per operation, µs.
+    pub cpu_us_per_op: f64,
+    /// Server peak RSS during the run, KiB.
+    pub rss_kib: u64,
+    /// (peak RSS − idle RSS) / connections, KiB.
+    pub kib_per_conn: f64,
+    /// Server threads at the peak.
+    pub threads: u64,
+    /// Whether the tester was saturated.
+    pub tester_bound: bool,
+}
+
+/// One server's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Series {
+    /// Model or peer name.
+    pub name: String,
+    /// Idle RSS, KiB.
+    pub idle_rss_kib: u64,
+    /// The points, by concurrency.
+    pub points: Vec<Point>,
+    /// Why the server could not be measured, if it could not.
+    pub failed: Option<String>,
+}
+
+impl Series {
+    /// The highest concurrency served without any error.
+    pub fn max_clean_conns(&self) -> Option<usize> {
+        self.points
+            .iter()
+            .filter(|p| p.errors == 0 && p.throughput > 0.0)
+            .map(|p| p.conns)
+            .max()
+    }
+
+    /// The best throughput.
+    pub fn best(&self) -> Option<&Point> {
+        self.points
+            .iter()
+            .max_by(|a, b| a.throughput.total_cmp(&b.throughput))
+    }
+}
+
+fn workload(service: &str) -> anyhow::Result<Workload> {
+    Ok(match service {
+        "ack" => Workload::Ack,
+        "greet" => Workload::Greet,
+        "hello" => Workload::Hello,
+        "http" => Workload::Http {
+            pipeline: 1,
+            path: "/".into(),
+            body: super::workload::HTTP_BODY.to_vec(),
+        },
+        "ws" => Workload::Ws { path: "/".into() },
+        other => anyhow::bail!("unknown service {other:?} (ack, greet, hello, http, ws)"),
+    })
+}
+
+/// A free loopback port (bound and released; the server binds it right after).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A started server, killed (by its own PID) when dropped.
+struct Started {
+    child: Child,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(cmd: &str, cpus: Option<&str>, port: u16) -> anyhow::Result<Started> {
+    let cmd = cmd.replace("{port}", &port.to_string());
+    let cmd = match cpus {
+        Some(c) => format!("exec taskset -c {c} {cmd}"),
+        None => format!("exec {cmd}"),
+    };
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(&cmd)
+        .env("PORT", port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut s = Started { child };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = s.child.try_wait()? {
+            anyhow::bail!("`{cmd}` exited at start: {status}");
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The probe connection itself is gone; give the server a moment to see it
+            // close so it does not count against the first run.
+            std::thread::sleep(Duration::from_millis(200));
+            return Ok(s);
+        }
+        if Instant::now() > until {
+            anyhow::bail!("`{cmd}` did not listen on {addr} within 15 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The shell word for a path (single quotes).
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Runs `bench compare`.
+pub fn run(a: CompareArgs) -> anyhow::Result<()> {
+    let w = workload(&a.service)?;
+    let bin = match &a.server_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?.to_string_lossy().into_owned(),
+    };
+    let mut targets: Vec<(String, String)> = Vec::new();
+    for m in &a.models {
+        targets.push((
+            m.clone(),
+            format!(
+                "{} serve --service {} --model {m} --addr 127.0.0.1:{{port}} --max-conns 19000 -qq",
+                quote(&bin),
+                a.service
+            ),
+        ));
+    }
+    for p in &a.peers {
+        let (name, cmd) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--peer wants NAME=COMMAND, got {p:?}"))?;
+        targets.push((name.to_string(), cmd.to_string()));
+    }
+    let mut all = Vec::new();
+    for (name, cmd) in &targets {
+        eprintln!("== {name}: {cmd}");
+        all.push(measure(&a, &w, name, cmd));
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        print!("{}", table(&all, &a.service));
+    }
+    if let Some(path) = &a.plot {
+        plot::draw(path, &a.service, &all)?;
+        eprintln!("plot written to {path}");
+    }
+    Ok(())
+}
+
+fn measure(a: &CompareArgs, w: &Workload, name: &str, cmd: &str) -> Series {
+    let mut series = Series {
+        name: name.to_string(),
+        idle_rss_kib: 0,
+        points: Vec::new(),
+        failed: None,
+    };
+    let started =
+        free_port().and_then(|port| Ok((start(cmd, a.server_cpus.as_deref(), port)?, port)));
+    let (server, port) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("   {name}: {e:#}");
+            series.failed = Some(format!("{e:#}"));
+            return series;
+        }
+    };
+    let pid = server.child.id();
+    series.idle_rss_kib = proc::sample(Some(pid)).map(|s| s.rss_kib).unwrap_or(0);
+    for &conns in &a.conns {
+        let mut runs = Vec::new();
+        for _ in 0..a.runs.max(1) {
+            let mut cfg = LoadConfig::new(w.clone(), ([127, 0, 0, 1], port).into());
+            cfg.conns = conns;
+            cfg.duration = Duration::from_secs_f64(a.secs);
+            cfg.msg_size = a.msg_size;
+            cfg.timeout = Duration::from_secs_f64(a.timeout);
+            cfg.server_pid = Some(pid);
+            cfg.threads = a.threads.unwrap_or_else(run::default_threads);
+            cfg.src_ips = if conns > 20_000 { 4 } else { 1 };
+            match run::run_load(&cfg) {
+                Ok(r) => runs.push(r),
+                Err(e) => {
+                    series.failed = Some(format!("{conns} conns: {e:#}"));
+                    break;
+                }
+            }
+            // Let the closed connections' sockets drain before the next run.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if runs.is_empty() {
+            break;
+        }
+        runs.sort_by(|x, y| x.throughput.total_cmp(&y.throughput));
+        let r = &runs[runs.len() / 2];
+        let sv = r.server.unwrap_or_default();
+        let p = Point {
+            conns,
+            throughput: r.throughput,
+            p50_us: r.latency.p50_us,
+            p99_us: r.latency.p99_us,
+            errors: r.errors.total(),
+            cpu_us_per_op: sv.cpu_us_per_op,
+            rss_kib: sv.rss_after_kib,
+            kib_per_conn: (sv.rss_after_kib as f64 - series.idle_rss_kib as f64) / conns as f64,
+            threads: sv.threads_after,
+            tester_bound: r.tester_bound(),
+        };
+        eprintln!(
+            "   {name} {conns:>6} conns: {:>9.0} ops/s  p99 {:>9}  errors {:>6}  cpu {:>7.1} µs/op  {:>7.2} KiB/conn{}",
+            p.throughput,
+            super::report::us(p.p99_us),
+            p.errors,
+            p.cpu_us_per_op,
+            p.kib_per_conn,
+            if p.tester_bound { "  (tester-bound)" } else { "" }
+        );
+        series.points.push(p);
+        if server_gone(pid) {
+            series.failed = Some(format!("server exited during the {conns}-connection run"));
+            break;
+        }
+    }
+    drop(server);
+    series
+}
+
+fn server_gone(pid: u32) -> bool {
+    proc::sample(Some(pid)).is_err()
+}
+
+/// The seeds' comparison table, measured: one block per concurrency level, then a
+/// summary with the ratios to the first series.
+pub fn table(all: &[Series], service: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "\n{service}: measured");
+    let _ = writeln!(
+        s,
+        "{:<16} {:>7} {:>11} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}",
+        "server", "conns", "ops/s", "p50", "p99", "errors", "CPU µs/op", "KiB/conn", "threads"
+    );
+    for series in all {
+        if let Some(f) = &series.failed {
+            if series.points.is_empty() {
+                let _ = writeln!(s, "{:<16} failed: {f}", series.name);
+                continue;
+            }
+        }
+        for p in &series.points {
+            let _ = writeln!(
+                s,
+                "{:<16} {:>7} {:>11.0} {:>10} {:>10} {:>8} {:>10.1} {:>10.2} {:>8}{}",
+                series.name,
+                p.conns,
+                p.throughput,
+                super::report::us(p.p50_us),
+                super::report::us(p.p99_us),
+                p.errors,
+                p.cpu_us_per_op,
+                p.kib_per_conn,
+                p.threads,
+                if p.tester_bound { " tester-bound" } else { "" }
+            );
+        }
+    }
+    let _ = writeln!(s, "\nthe seeds' table, measured");
+    let _ = writeln!(
+        s,
+        "{:<16} {:>14} {:>10} {:>22} {:>14}",
+        "server", "best ops/s", "p99 there", "max conns, 0 errors", "vs first"
+    );
+    let base = all.first().and_then(|x| x.best()).map(|p| p.throughput);
+    for series in all {
+        let best = series.best();
+        let _ = writeln!(
+            s,
+            "{:<16} {:>14} {:>10} {:>22} {:>14}",
+            series.name,
+            best.map(|p| format!("{:.0}", p.throughput))
+                .unwrap_or("-".into()),
+            best.map(|p| super::report::us(p.p99_us))
+                .unwrap_or("-".into()),
+            series
+                .max_clean_conns()
+                .map(|c| c.to_string())
+                .unwrap_or("none".into()),
+            match (best, base) {
+                (Some(p), Some(b)) if b > 0.0 => format!("{:.2}x", p.throughput / b),
+                _ => "-".into(),
+            }
+        );
+    }
+    s
+}

@@ -1,0 +1,277 @@
+//! The `hold` workload: open N connections at a steady ramp, keep them open and idle,
+//! and measure what they cost the server (RSS and threads before and after, from
+//! /proc): memory per connection, and the ceiling of a model (refused or reset
+//! connections when it runs out of threads or descriptors).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+use super::proc;
+use super::report::ErrorKind;
+use super::run::source_ip;
+use super::workload::{self, connect};
+
+/// How a held connection proves that the server serves it (not only that the kernel
+/// queued it in the backlog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Probe {
+    /// Send one message and wait for `ACK!`.
+    Ack,
+    /// Wait for the greeting.
+    Greet,
+    /// Nothing: the connection counts as established once connected.
+    None,
+}
+
+/// What to hold.
+#[derive(Debug, Clone)]
+pub struct HoldConfig {
+    /// The server.
+    pub addr: SocketAddr,
+    /// Connections to open.
+    pub conns: usize,
+    /// Connections opened per second.
+    pub ramp: f64,
+    /// How long to keep them open once all are up.
+    pub hold: Duration,
+    /// How long one connect (and probe) may take.
+    pub timeout: Duration,
+    /// The proof of service.
+    pub probe: Probe,
+    /// Source addresses 127.0.0.1 ..= 127.0.0.N.
+    pub src_ips: u8,
+    /// The server's PID, for its RSS and threads.
+    pub server_pid: Option<u32>,
+    /// Tester threads.
+    pub threads: usize,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What a hold measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HoldReport {
+    /// Connections asked for.
+    pub conns: usize,
+    /// Connections opened (and probed) successfully.
+    pub established: u64,
+    /// Connections refused.
+    pub refused: u64,
+    /// Connections reset, while opening or while held.
+    pub reset: u64,
+    /// Connections the server closed while they were held.
+    pub closed: u64,
+    /// Connects or probes that timed out.
+    pub timeout: u64,
+    /// Probes answered with the wrong bytes, and other failures.
+    pub other: u64,
+    /// Seconds the ramp took.
+    pub ramp_secs: f64,
+    /// Server RSS before, in KiB.
+    pub rss_before_kib: Option<u64>,
+    /// Server RSS with every connection held, in KiB.
+    pub rss_held_kib: Option<u64>,
+    /// Server threads before.
+    pub threads_before: Option<u64>,
+    /// Server threads with every connection held.
+    pub threads_held: Option<u64>,
+    /// (RSS held − RSS before) / established, in KiB.
+    pub kib_per_conn: Option<f64>,
+}
+
+impl HoldReport {
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "hold: {} asked, {} established, {} refused, {} reset, {} closed, {} timeout, {} other (ramp {:.1} s)\n",
+            self.conns, self.established, self.refused, self.reset, self.closed, self.timeout,
+            self.other, self.ramp_secs
+        );
+        if let (Some(b), Some(h)) = (self.rss_before_kib, self.rss_held_kib) {
+            s += &format!(
+                "  server RSS {b} KiB -> {h} KiB, threads {} -> {}",
+                self.threads_before.unwrap_or(0),
+                self.threads_held.unwrap_or(0)
+            );
+            if let Some(k) = self.kib_per_conn {
+                s += &format!(", {k:.2} KiB per connection");
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    established: AtomicU64,
+    finished_opening: AtomicU64,
+    refused: AtomicU64,
+    reset: AtomicU64,
+    closed: AtomicU64,
+    timeout: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Counts {
+    fn add(&self, k: ErrorKind) {
+        let c = match k {
+            ErrorKind::Refused => &self.refused,
+            ErrorKind::Reset => &self.reset,
+            ErrorKind::Closed => &self.closed,
+            ErrorKind::Timeout => &self.timeout,
+            ErrorKind::WrongReply | ErrorKind::Other => &self.other,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens, holds and releases the connections.
+pub fn run_hold(cfg: &HoldConfig) -> anyhow::Result<HoldReport> {
+    anyhow::ensure!(cfg.ramp > 0.0, "--ramp must be positive");
+    anyhow::ensure!(
+        cfg.src_ips > 0 && cfg.src_ips < 255,
+        "--src-ips must be 1..=254"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .enable_all()
+        .build()?;
+    let before = cfg.server_pid.map(|p| proc::sample(Some(p))).transpose()?;
+    let counts = Arc::new(Counts::default());
+    let (release, released) = tokio::sync::watch::channel(false);
+    let bar = if cfg.progress {
+        ProgressBar::new(cfg.conns as u64)
+    } else {
+        ProgressBar::with_draw_target(Some(cfg.conns as u64), ProgressDrawTarget::hidden())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (ramp_secs, held) = rt.block_on(async {
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(cfg.conns);
+        let interval = Duration::from_secs_f64(1.0 / cfg.ramp);
+        for i in 0..cfg.conns {
+            tokio::time::sleep_until(start + interval.mul_f64(i as f64)).await;
+            tasks.push(tokio::spawn(hold_one(
+                cfg.clone(),
+                i,
+                counts.clone(),
+                released.clone(),
+            )));
+            if i % 256 == 0 {
+                bar.set_position(counts.established.load(Ordering::Relaxed));
+            }
+        }
+        // Every connection has finished opening (or failed) by its timeout.
+        let opened_by = Instant::now() + cfg.timeout + Duration::from_secs(1);
+        while counts.finished_opening.load(Ordering::Relaxed) < cfg.conns as u64
+            && Instant::now() < opened_by
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            bar.set_position(counts.established.load(Ordering::Relaxed));
+        }
+        let ramp_secs = start.elapsed().as_secs_f64();
+        bar.set_message("holding");
+        // Let the server settle (threads started, buffers allocated) before sampling.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let held = cfg.server_pid.map(|p| proc::sample(Some(p)));
+        tokio::time::sleep(cfg.hold).await;
+        let _ = release.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        (ramp_secs, held)
+    });
+    bar.finish_and_clear();
+    let held = held.transpose()?;
+    let c = &counts;
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let established = g(&c.established);
+    let kib_per_conn = match (before, held) {
+        (Some(b), Some(h)) if established > 0 => {
+            Some((h.rss_kib as f64 - b.rss_kib as f64) / established as f64)
+        }
+        _ => None,
+    };
+    Ok(HoldReport {
+        conns: cfg.conns,
+        established,
+        refused: g(&c.refused),
+        reset: g(&c.reset),
+        closed: g(&c.closed),
+        timeout: g(&c.timeout),
+        other: g(&c.other),
+        ramp_secs,
+        rss_before_kib: before.map(|s| s.rss_kib),
+        rss_held_kib: held.map(|s| s.rss_kib),
+        threads_before: before.map(|s| s.threads),
+        threads_held: held.map(|s| s.threads),
+        kib_per_conn,
+    })
+}
+
+async fn hold_one(
+    cfg: HoldConfig,
+    i: usize,
+    counts: Arc<Counts>,
+    mut released: tokio::sync::watch::Receiver<bool>,
+) {
+    let opened = tokio::time::timeout(cfg.timeout, async {
+        let mut s = connect(cfg.addr, source_ip(i, cfg.src_ips)).await?;
+        let mut buf = Vec::with_capacity(32);
+        match cfg.probe {
+            Probe::Ack => {
+                s.write_all(b"hold")
+                    .await
+                    .map_err(|e| ErrorKind::of_io(&e))?;
+                read_reply(&mut s, &mut buf, workload::ACK_REPLY).await?;
+            }
+            Probe::Greet => read_reply(&mut s, &mut buf, workload::GREETING).await?,
+            Probe::None => {}
+        }
+        Ok::<_, ErrorKind>(s)
+    })
+    .await;
+    counts.finished_opening.fetch_add(1, Ordering::Relaxed);
+    let mut s = match opened {
+        Ok(Ok(s)) => s,
+        Ok(Err(k)) => return counts.add(k),
+        Err(_) => return counts.add(ErrorKind::Timeout),
+    };
+    counts.established.fetch_add(1, Ordering::Relaxed);
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        _ = released.wait_for(|r| *r) => {}
+        r = s.read(&mut byte) => match r {
+            Ok(0) => counts.add(ErrorKind::Closed),
+            Ok(_) => counts.add(ErrorKind::Other),
+            Err(e) => counts.add(ErrorKind::of_io(&e)),
+        },
+    }
+}
+
+async fn read_reply(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    want: &[u8],
+) -> Result<(), ErrorKind> {
+    let mut chunk = [0u8; 64];
+    while buf.len() < want.len() {
+        let n = s.read(&mut chunk).await.map_err(|e| ErrorKind::of_io(&e))?;
+        if n == 0 {
+            return Err(ErrorKind::Closed);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    workload::check_reply(buf, want)
+}

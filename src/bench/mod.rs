@@ -1,0 +1,232 @@
+//! The load tester: `multiclient bench <workload>` drives a server with many tokio
+//! client connections and reports throughput, latency percentiles, errors by kind, its
+//! own CPU and (with `--server-pid`) the server's CPU per operation and memory;
+//! `bench compare` runs one workload against every model and any peer server and
+//! prints the seeds' comparison table, measured.
+//!
+//! One file per concern: [`workload`] (what an operation is and the exact reply),
+//! [`http`] (response framing), [`run`] (the driver), [`hold`] (idle connections),
+//! [`report`] (histograms and summaries), [`proc`] (sampling /proc), [`compare`] and
+//! `plot`. A chat workload (`bench chat`) belongs beside them as `chat.rs` with its
+//! own variant of [`BenchCommand`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+pub mod compare;
+pub mod hold;
+pub mod http;
+mod plot;
+pub mod proc;
+pub mod report;
+pub mod run;
+pub mod workload;
+
+use hold::{HoldConfig, Probe};
+use run::LoadConfig;
+use workload::Workload;
+
+/// `multiclient bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: BenchCommand,
+}
+
+/// The workloads and `compare`.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Round trips to the ack service: a message, an `ACK!`.
+    Ack(LoadArgs),
+    /// Round trips to the greet service: `HI! I am client.`, `Hi! I am server`.
+    Greet(LoadArgs),
+    /// Connections per second to the hello service: connect, send, read to EOF, close.
+    Hello(LoadArgs),
+    /// Keep-alive `GET`s to the http service (`--pipeline N` in flight per connection).
+    Http(LoadArgs),
+    /// WebSocket message round trips to the ws service.
+    Ws(LoadArgs),
+    /// Open `--conns` idle connections at `--ramp` per second and hold them.
+    Hold(HoldArgs),
+    /// Every model (and `--peer` servers) under one workload at several concurrencies.
+    Compare(compare::CompareArgs),
+}
+
+/// Options of a load run.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// The server (default: 127.0.0.1 and the service's default port).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 10)]
+    pub conns: usize,
+    /// Run for this many seconds (default 10; with --requests, at most this long,
+    /// default 60).
+    #[arg(long)]
+    pub secs: Option<f64>,
+    /// Stop after this many operations.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Open loop at this many operations per second in total; latency is measured from
+    /// each operation's intended send time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Message size in bytes (ack, hello, ws).
+    #[arg(long, default_value_t = 16)]
+    pub msg_size: usize,
+    /// HTTP requests in flight per connection.
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Path for http and ws.
+    #[arg(long, default_value = "/")]
+    pub path: String,
+    /// The body every http response must have.
+    #[arg(long, default_value = "Hello from Multi-threaded Flask Server!")]
+    pub expect_body: String,
+    /// Spread connections over source addresses 127.0.0.1..=127.0.0.N (past the ~28k
+    /// ephemeral ports of one source address).
+    #[arg(long, default_value_t = 1)]
+    pub src_ips: u8,
+    /// Seconds one operation may take before it counts as a timeout.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// The server's PID: report its CPU per operation, RSS and threads.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Tester threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `bench hold`.
+#[derive(Args, Debug, Clone)]
+pub struct HoldArgs {
+    /// The server (default: 127.0.0.1:9999).
+    #[arg(long)]
+    pub addr: Option<SocketAddr>,
+    /// The service, for the probe that proves each connection is served: `ack` sends
+    /// one message, `greet` waits for the greeting, anything else only connects.
+    #[arg(long, default_value = "ack")]
+    pub service: String,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+    /// Connections opened per second.
+    #[arg(long, default_value_t = 2000.0)]
+    pub ramp: f64,
+    /// Seconds to hold them once all are open.
+    #[arg(long, default_value_t = 2.0)]
+    pub secs: f64,
+    /// Seconds one connect and probe may take.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Spread connections over source addresses 127.0.0.1..=127.0.0.N.
+    #[arg(long, default_value_t = 1)]
+    pub src_ips: u8,
+    /// The server's PID: report its RSS and threads, and memory per connection.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Tester threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+impl LoadArgs {
+    /// The run these options describe, for `workload`.
+    pub fn config(&self, workload: Workload) -> anyhow::Result<LoadConfig> {
+        let addr = self
+            .addr
+            .unwrap_or_else(|| ([127, 0, 0, 1], workload.default_port()).into());
+        let duration = match (self.secs, self.requests) {
+            (Some(s), _) => secs(s, "--secs")?,
+            (None, Some(_)) => Duration::from_secs(60),
+            (None, None) => Duration::from_secs(10),
+        };
+        let mut cfg = LoadConfig::new(workload, addr);
+        cfg.conns = self.conns;
+        cfg.duration = duration;
+        cfg.requests = self.requests;
+        cfg.rate = self.rate;
+        cfg.msg_size = self.msg_size;
+        cfg.src_ips = self.src_ips;
+        cfg.timeout = secs(self.timeout, "--timeout")?;
+        cfg.server_pid = self.server_pid;
+        cfg.threads = self.threads.unwrap_or_else(run::default_threads);
+        cfg.progress = !self.json;
+        Ok(cfg)
+    }
+}
+
+/// Runs `multiclient bench`.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (a, workload) = match args.command {
+        BenchCommand::Ack(a) => (a, Workload::Ack),
+        BenchCommand::Greet(a) => (a, Workload::Greet),
+        BenchCommand::Hello(a) => (a, Workload::Hello),
+        BenchCommand::Http(a) => {
+            let w = Workload::Http {
+                pipeline: a.pipeline.max(1),
+                path: a.path.clone(),
+                body: a.expect_body.clone().into_bytes(),
+            };
+            (a, w)
+        }
+        BenchCommand::Ws(a) => {
+            let w = Workload::Ws {
+                path: a.path.clone(),
+            };
+            (a, w)
+        }
+        BenchCommand::Hold(h) => return hold(h),
+        BenchCommand::Compare(c) => return compare::run(c),
+    };
+    let cfg = a.config(workload)?;
+    let report = run::run_load(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(())
+}
+
+fn hold(h: HoldArgs) -> anyhow::Result<()> {
+    let probe = match h.service.as_str() {
+        "ack" => Probe::Ack,
+        "greet" => Probe::Greet,
+        _ => Probe::None,
+    };
+    let cfg = HoldConfig {
+        addr: h.addr.unwrap_or_else(|| ([127, 0, 0, 1], 9999).into()),
+        conns: h.conns,
+        ramp: h.ramp,
+        hold: secs(h.secs, "--secs")?,
+        timeout: secs(h.timeout, "--timeout")?,
+        probe,
+        src_ips: h.src_ips,
+        server_pid: h.server_pid,
+        threads: h.threads.unwrap_or_else(run::default_threads),
+        progress: !h.json,
+    };
+    let report = hold::run_hold(&cfg)?;
+    if h.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The load driver: one tokio task per client connection, closed loop (send, wait for
+//! the reply, send again) or open loop at `--rate`, bounded in time and in count.
+//!
+//! Under `--rate` each connection has a schedule of intended send times and latency is
+//! measured from the intended time, not from when the send actually happened: a server
+//! that stalls delays every later send of the schedule and all of that delay shows in
+//! the percentiles (no coordinated omission, as in wrk2).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::time::Instant;
+
+use super::proc;
+use super::report::{histogram, ErrorCounters, ErrorKind, Latency, Report, ServerUse};
+use super::workload::{Client, Conn, Workload};
+
+/// How long a connection that was refused waits before trying again, so a refusing
+/// server is not hammered in a tight loop.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The workload.
+    pub workload: Workload,
+    /// The server.
+    pub addr: SocketAddr,
+    /// Concurrent connections.
+    pub conns: usize,
+    /// Run for this long (with `requests`: at most this long).
+    pub duration: Duration,
+    /// Stop after this many operations.
+    pub requests: Option<u64>,
+    /// Total target rate in operations per second (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Message size in bytes.
+    pub msg_size: usize,
+    /// Source addresses 127.0.0.1 ..= 127.0.0.N, used round robin by the connections.
+    pub src_ips: u8,
+    /// How long one operation may take before it is a timeout.
+    pub timeout: Duration,
+    /// The server's PID, to sample its CPU, memory and threads from /proc.
+    pub server_pid: Option<u32>,
+    /// Tester threads.
+    pub threads: usize,
+    /// Show a progress bar (on a terminal).
+    pub progress: bool,
+}
+
+impl LoadConfig {
+    /// A closed-loop run of `workload` on `addr` with defaults.
+    pub fn new(workload: Workload, addr: SocketAddr) -> LoadConfig {
+        LoadConfig {
+            workload,
+            addr,
+            conns: 10,
+            duration: Duration::from_secs(10),
+            requests: None,
+            rate: None,
+            msg_size: 16,
+            src_ips: 1,
+            timeout: Duration::from_secs(5),
+            server_pid: None,
+            threads: default_threads(),
+            progress: false,
+        }
+    }
+}
+
+/// The tester's default thread count: every core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The source address of connection `i`, or `None` when only one is used (then the
+/// kernel picks it).
+pub fn source_ip(i: usize, src_ips: u8) -> Option<Ipv4Addr> {
+    (src_ips > 1).then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % src_ips as usize) as u8))
+}
+
+/// State shared by the connection tasks.
+struct Shared {
+    ok: AtomicU64,
+    claimed: AtomicU64,
+    errors: ErrorCounters,
+    stop: AtomicBool,
+    requests: Option<u64>,
+    deadline: Instant,
+}
+
+impl Shared {
+    /// Claims up to `n` operations; 0 means the run is over.
+    fn claim(&self, n: usize) -> usize {
+        if self.stop.load(Ordering::Relaxed) || Instant::now() >= self.deadline {
+            return 0;
+        }
+        match self.requests {
+            None => n,
+            Some(max) => {
+                let first = self.claimed.fetch_add(n as u64, Ordering::Relaxed);
+                max.saturating_sub(first).min(n as u64) as usize
+            }
+        }
+    }
+}
+
+/// Runs the load and returns what it measured.
+pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
+    anyhow::ensure!(cfg.conns > 0, "--conns must be at least 1");
+    anyhow::ensure!(
+        cfg.src_ips > 0 && cfg.src_ips < 255,
+        "--src-ips must be 1..=254"
+    );
+    if let Some(r) = cfg.rate {
+        anyhow::ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .enable_all()
+        .build()?;
+    let server_before = cfg.server_pid.map(|p| proc::sample(Some(p))).transpose()?;
+    let tester_before = proc::sample(None)?;
+    let (hist, secs, shared, peak) = rt.block_on(drive(cfg));
+    let tester_after = proc::sample(None)?;
+    let server = match (cfg.server_pid, server_before) {
+        (Some(p), Some(before)) => {
+            let after = proc::sample(Some(p))?;
+            let ok = shared.ok.load(Ordering::Relaxed);
+            let cpu = after.cpu_secs - before.cpu_secs;
+            Some(ServerUse {
+                cpu_secs: cpu,
+                cpu_us_per_op: if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 },
+                rss_before_kib: before.rss_kib,
+                rss_after_kib: peak.rss_kib.max(after.rss_kib),
+                threads_before: before.threads,
+                threads_after: peak.threads.max(after.threads),
+            })
+        }
+        _ => None,
+    };
+    let ok = shared.ok.load(Ordering::Relaxed);
+    let tester_cpu = tester_after.cpu_secs - tester_before.cpu_secs;
+    Ok(Report {
+        workload: cfg.workload.name().to_string(),
+        conns: cfg.conns,
+        secs,
+        ok,
+        throughput: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
+        rate: cfg.rate,
+        latency: Latency::of(&hist),
+        errors: shared.errors.snapshot(),
+        tester_cpu_secs: tester_cpu,
+        tester_busy: if secs > 0.0 {
+            tester_cpu / (secs * cfg.threads.max(1) as f64)
+        } else {
+            0.0
+        },
+        server,
+    })
+}
+
+async fn drive(cfg: &LoadConfig) -> (Histogram<u64>, f64, Arc<Shared>, proc::Sample) {
+    let start = Instant::now();
+    let shared = Arc::new(Shared {
+        ok: AtomicU64::new(0),
+        claimed: AtomicU64::new(0),
+        errors: ErrorCounters::default(),
+        stop: AtomicBool::new(false),
+        requests: cfg.requests,
+        deadline: start + cfg.duration,
+    });
+    let mut tasks = Vec::with_capacity(cfg.conns);
+    for i in 0..cfg.conns {
+        let client = Client::new(
+            cfg.workload.clone(),
+            cfg.addr,
+            source_ip(i, cfg.src_ips),
+            cfg.msg_size,
+        );
+        let pace = cfg.rate.map(|r| {
+            let interval = Duration::from_secs_f64(cfg.conns as f64 / r);
+            // Spread the connections' schedules over one interval.
+            (
+                interval,
+                start + interval.mul_f64(i as f64 / cfg.conns as f64),
+            )
+        });
+        tasks.push(tokio::spawn(conn_task(
+            client,
+            shared.clone(),
+            pace,
+            cfg.timeout,
+        )));
+    }
+    let progress = tokio::spawn(watch(cfg.clone(), shared.clone(), start));
+    let mut hist = histogram();
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = hist.add(&h);
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    shared.stop.store(true, Ordering::Relaxed);
+    let peak = progress.await.unwrap_or_default();
+    (hist, secs, shared, peak)
+}
+
+/// One connection's loop; returns its latency histogram.
+async fn conn_task(
+    client: Client,
+    sh: Arc<Shared>,
+    pace: Option<(Duration, Instant)>,
+    timeout: Duration,
+) -> Histogram<u64> {
+    let mut hist = histogram();
+    let mut conn: Option<Conn> = None;
+    let mut next = pace.map(|(_, first)| first);
+    let batch = client.workload.batch();
+    loop {
+        let n = sh.claim(batch);
+        if n == 0 {
+            break;
+        }
+        let intended = match (&mut next, pace) {
+            (Some(t), Some((interval, _))) => {
+                let at = *t;
+                *t += interval;
+                if at >= sh.deadline {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                at
+            }
+            _ => Instant::now(),
+        };
+        let limit = (Instant::now() + timeout).min(sh.deadline);
+        let mut done = 0usize;
+        let result = tokio::time::timeout_at(
+            limit,
+            client.run(&mut conn, || {
+                let us = intended.elapsed().as_micros() as u64;
+                let _ = hist.record(us.max(1));
+                done += 1;
+            }),
+        )
+        .await;
+        // A pipelined batch may answer more than was claimed at the end of a
+        // `--requests` run; only the claimed ones count.
+        let done = done.min(n);
+        if done > 0 {
+            sh.ok.fetch_add(done as u64, Ordering::Relaxed);
+        }
+        let failed = n.saturating_sub(done) as u64;
+        match result {
+            Ok(Ok(())) => {}
+            Err(_) if limit == sh.deadline => break, // cut by the end of the run
+            Err(_) => {
+                conn = None;
+                for _ in 0..failed {
+                    sh.errors.add(ErrorKind::Timeout);
+                }
+            }
+            Ok(Err(kind)) => {
+                for _ in 0..failed.max(1) {
+                    sh.errors.add(kind);
+                }
+                if matches!(kind, ErrorKind::Refused | ErrorKind::Other) {
+                    let until = (Instant::now() + RECONNECT_PAUSE).min(sh.deadline);
+                    tokio::time::sleep_until(until).await;
+                }
+            }
+        }
+    }
+    hist
+}
+
+/// Updates the progress bar and samples the server until the run stops; returns the
+/// server's peak RSS and threads seen while the connections were open.
+async fn watch(cfg: LoadConfig, sh: Arc<Shared>, start: Instant) -> proc::Sample {
+    let bar = if cfg.progress {
+        match cfg.requests {
+            Some(n) => ProgressBar::new(n),
+            None => ProgressBar::new(cfg.duration.as_millis() as u64),
+        }
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut peak = proc::Sample::default();
+    let mut last_ok = 0u64;
+    let mut last_t = start;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    while !sh.stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let now = Instant::now();
+        let ok = sh.ok.load(Ordering::Relaxed);
+        let rate = (ok - last_ok) as f64 / (now - last_t).as_secs_f64().max(1e-3);
+        last_ok = ok;
+        last_t = now;
+        bar.set_message(format!(
+            "{rate:>9.0}/s  ok {ok}  errors {}",
+            sh.errors.total()
+        ));
+        match cfg.requests {
+            Some(_) => bar.set_position(ok + sh.errors.total()),
+            None => bar.set_position((now - start).as_millis() as u64),
+        }
+        if let Some(Ok(s)) = cfg.server_pid.map(|p| proc::sample(Some(p))) {
+            peak.rss_kib = peak.rss_kib.max(s.rss_kib);
+            peak.threads = peak.threads.max(s.threads);
+        }
+    }
+    bar.finish_and_clear();
+    peak
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses_round_robin() {
+        assert_eq!(source_ip(5, 1), None);
+        assert_eq!(source_ip(0, 3), Some(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(source_ip(4, 3), Some(Ipv4Addr::new(127, 0, 0, 2)));
+    }
+}

@@ -1,0 +1,197 @@
+//! The load tester against real servers on port 0: exact operation counts with no
+//! errors against our own server, and wrong replies counted as errors.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use multiclient::bench::hold::{run_hold, HoldConfig, Probe};
+use multiclient::bench::run::{run_load, LoadConfig};
+use multiclient::bench::workload::Workload;
+use multiclient::model::{Limits, Model, Server};
+use multiclient::service::{ack::Ack, greet::Greet, hello::Hello, Service};
+
+/// Our server with `service` on a free loopback port.
+fn serve<S: Service>(service: S) -> (Server, SocketAddr) {
+    let mut server = Server::new(Model::Async { workers: 2 }, Limits::default()).unwrap();
+    let addr = server.listen("127.0.0.1:0", service).unwrap().addr;
+    (server, addr)
+}
+
+fn stop(server: Server) {
+    server.drain().start();
+    assert_eq!(server.wait(), 0, "connections cut off at shutdown");
+}
+
+fn bounded(workload: Workload, addr: SocketAddr, conns: usize, requests: u64) -> LoadConfig {
+    let mut cfg = LoadConfig::new(workload, addr);
+    cfg.conns = conns;
+    cfg.requests = Some(requests);
+    cfg.duration = Duration::from_secs(30);
+    cfg.threads = 2;
+    cfg
+}
+
+#[test]
+fn ack_runs_the_exact_count_without_errors() {
+    let (server, addr) = serve(Ack);
+    let r = run_load(&bounded(Workload::Ack, addr, 8, 2_000)).unwrap();
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert_eq!(r.ok, 2_000);
+    assert_eq!(r.latency.count, 2_000);
+    stop(server);
+}
+
+#[test]
+fn greet_runs_the_exact_count_without_errors() {
+    let (server, addr) = serve(Greet);
+    let r = run_load(&bounded(Workload::Greet, addr, 5, 1_000)).unwrap();
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert_eq!(r.ok, 1_000);
+    stop(server);
+}
+
+#[test]
+fn hello_runs_the_exact_count_without_errors() {
+    let (server, addr) = serve(Hello);
+    let r = run_load(&bounded(Workload::Hello, addr, 4, 300)).unwrap();
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert_eq!(r.ok, 300);
+    stop(server);
+}
+
+#[test]
+fn open_loop_keeps_the_rate_and_the_count() {
+    let (server, addr) = serve(Ack);
+    let mut cfg = bounded(Workload::Ack, addr, 4, 200);
+    cfg.rate = Some(1_000.0);
+    let r = run_load(&cfg).unwrap();
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert_eq!(r.ok, 200);
+    // 200 operations at 1000/s cannot finish in much less than 0.2 s.
+    assert!(
+        r.secs >= 0.19,
+        "open loop ran ahead of its schedule: {} s",
+        r.secs
+    );
+    stop(server);
+}
+
+#[test]
+fn hold_establishes_every_connection_and_measures_the_server() {
+    let (server, addr) = serve(Ack);
+    let cfg = HoldConfig {
+        addr,
+        conns: 200,
+        ramp: 2_000.0,
+        hold: Duration::from_millis(200),
+        timeout: Duration::from_secs(5),
+        probe: Probe::Ack,
+        src_ips: 2,
+        server_pid: Some(std::process::id()),
+        threads: 2,
+        progress: false,
+    };
+    let r = run_hold(&cfg).unwrap();
+    assert_eq!(r.established, 200, "{r:?}");
+    assert_eq!(
+        r.refused + r.reset + r.closed + r.timeout + r.other,
+        0,
+        "{r:?}"
+    );
+    assert!(r.rss_held_kib.unwrap() > 0);
+    assert!(r.kib_per_conn.is_some());
+    stop(server);
+}
+
+#[test]
+fn refused_connections_are_counted() {
+    // A port with nothing listening: bind, learn the port, close.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let r = run_load(&bounded(Workload::Ack, addr, 2, 20)).unwrap();
+    assert_eq!(r.ok, 0);
+    assert_eq!(r.errors.refused, 20, "{r:?}");
+}
+
+/// A server that answers every read with `reply`, on a thread of its own, for at most
+/// `conns` connections.
+fn liar(reply: &'static [u8], conns: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(conns) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(reply).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn wrong_reply_is_an_error_not_a_success() {
+    let addr = liar(b"NAK!", 50);
+    let r = run_load(&bounded(Workload::Ack, addr, 2, 10)).unwrap();
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert_eq!(r.errors.wrong_reply, 10, "{r:?}");
+}
+
+#[test]
+fn wrong_http_body_is_an_error() {
+    let resp: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    let addr = liar(resp, 50);
+    let w = Workload::Http {
+        pipeline: 1,
+        path: "/".into(),
+        body: b"Hello from Multi-threaded Flask Server!".to_vec(),
+    };
+    let r = run_load(&bounded(w, addr, 1, 5)).unwrap();
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert_eq!(r.errors.wrong_reply, 5, "{r:?}");
+}
+
+#[test]
+fn http_keep_alive_and_pipelining_count_every_response() {
+    let resp: &'static [u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    // One read may hold several pipelined requests: answer each request in it.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(4) {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..i + 4);
+                        if s.write_all(resp).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let w = Workload::Http {
+        pipeline: 4,
+        path: "/".into(),
+        body: b"hello".to_vec(),
+    };
+    let r = run_load(&bounded(w, addr, 2, 400)).unwrap();
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert_eq!(r.ok, 400);
+}
