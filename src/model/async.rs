@@ -21,11 +21,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::io::Ready;
 use tokio::time::Sleep;
-use tokio_util::sync::WaitForCancellationFutureOwned;
-use tracing::Instrument;
 
 use super::conn::{Conn, Phase, Read_};
-use super::drain::Live;
+use super::drain::{Live, Registered};
 use super::mailbox::WakeKind;
 use super::{accept_backoff, next_conn_id, Ctx, Stats, BACKOFF_START};
 use crate::service::{ConnInfo, Service};
@@ -101,12 +99,8 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
                 }
                 let id = next_conn_id();
                 let span = ctx.span(id, peer);
-                let task = {
-                    let _enter = span.enter();
-                    Task::new(stream, ConnInfo { id, peer }, &ctx, admitted)
-                };
-                if let Some(task) = task {
-                    tokio::spawn(task.instrument(span));
+                if let Some(task) = Task::new(stream, ConnInfo { id, peer }, span, &ctx, admitted) {
+                    tokio::spawn(task);
                 }
             }
             Err(e) => {
@@ -142,9 +136,8 @@ pin_project_lite::pin_project! {
         fd: AsyncFd<TcpStream>,
         #[pin]
         sleep: Sleep,
-        #[pin]
-        started: WaitForCancellationFutureOwned,
         armed: Instant,
+        drain: Option<Registered>,
         slot: Slot,
     }
 }
@@ -153,7 +146,7 @@ pin_project_lite::pin_project! {
 struct Slot {
     stats: Arc<Stats>,
     refusing: Option<Arc<AtomicUsize>>,
-    _live: Live,
+    live: Live,
 }
 
 impl Drop for Slot {
@@ -170,11 +163,17 @@ impl Drop for Slot {
 }
 
 impl<S: Service> Task<S> {
-    fn new(stream: TcpStream, info: ConnInfo, ctx: &Ctx<S>, admitted: bool) -> Option<Self> {
+    fn new(
+        stream: TcpStream,
+        info: ConnInfo,
+        span: tracing::Span,
+        ctx: &Ctx<S>,
+        admitted: bool,
+    ) -> Option<Self> {
         let slot = Slot {
             stats: ctx.stats.clone(),
             refusing: (!admitted).then(|| ctx.refusing.clone()),
-            _live: ctx.drain.live(),
+            live: ctx.drain.live(),
         };
         let fd = match register(stream, Interest::READABLE | Interest::WRITABLE) {
             Ok(fd) => fd,
@@ -188,6 +187,7 @@ impl<S: Service> Task<S> {
         let mut conn = Conn::new(
             session,
             info,
+            span,
             ctx.limits.clone(),
             ctx.stats.clone(),
             WakeKind::Task,
@@ -199,8 +199,8 @@ impl<S: Service> Task<S> {
             conn,
             fd,
             sleep: tokio::time::sleep_until(armed.into()),
-            started: ctx.drain.started_owned(),
             armed,
+            drain: None,
             slot,
         })
     }
@@ -215,8 +215,13 @@ impl<S: Service> Future for Task<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         let conn = this.conn;
+        if this.drain.is_none() {
+            *this.drain = Some(this.slot.live.drain().register(conn.info.id, cx.waker()));
+        }
+        let drain = this.slot.live.drain();
+        // One clock reading per wake-up is precise enough for every timer here.
+        let now = Instant::now();
         for _ in 0..TURNS_PER_POLL {
-            let now = Instant::now();
             let blocked = !conn.flush(this.fd.get_ref(), now);
             if conn.phase() == Phase::Done {
                 return Poll::Ready(());
@@ -226,7 +231,7 @@ impl<S: Service> Future for Task<S> {
                 *this.armed = deadline;
                 this.sleep.as_mut().reset(deadline.into());
             }
-            if !conn.is_draining() && this.started.as_mut().poll(cx).is_ready() {
+            if !conn.is_draining() && drain.is_started() {
                 with_scratch(|s| conn.drain(this.fd.get_ref(), s, now));
                 continue;
             }

@@ -102,6 +102,7 @@ pub(crate) fn serve<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S
     let mut conn = Conn::new(
         session,
         info,
+        span.clone(),
         ctx.limits.clone(),
         ctx.stats.clone(),
         WakeKind::Fd,

@@ -7,7 +7,7 @@
 //! goodbye on shutdown, and a lingering close so a reply is not destroyed by a reset.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -94,6 +94,8 @@ pub(crate) enum Read_ {
 pub(crate) struct Conn<S: Session> {
     session: S,
     pub(crate) info: ConnInfo,
+    /// The connection's log span: every line this connection logs is inside it.
+    pub(crate) span: tracing::Span,
     limits: Arc<Limits>,
     stats: Arc<Stats>,
     wake: WakeKind,
@@ -119,6 +121,7 @@ impl<S: Session> Conn<S> {
     pub(crate) fn new(
         session: S,
         info: ConnInfo,
+        span: tracing::Span,
         limits: Arc<Limits>,
         stats: Arc<Stats>,
         wake: WakeKind,
@@ -128,6 +131,7 @@ impl<S: Session> Conn<S> {
         Conn {
             session,
             info,
+            span,
             limits,
             stats,
             wake,
@@ -151,6 +155,10 @@ impl<S: Session> Conn<S> {
     }
 
     fn call<R>(&mut self, now: Instant, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
+        // Sessions log per message at debug level; entering the span costs as much as
+        // a small reply, so it is entered only when those lines are wanted.
+        let _entered =
+            tracing::enabled!(tracing::Level::DEBUG).then(|| self.span.clone().entered());
         let mut cx = Cx::new(
             now,
             &mut self.out,
@@ -177,7 +185,8 @@ impl<S: Session> Conn<S> {
 
     /// Starts the session. A refused connection is opened straight into its goodbye.
     pub(crate) fn open(&mut self, now: Instant, refused: bool) {
-        tracing::info!("Accepted connection from {}", self.info.peer);
+        self.span
+            .in_scope(|| tracing::info!("Accepted connection from {}", self.info.peer));
         self.call(now, |s, cx| s.open(cx));
         if refused {
             self.say_goodbye(Goodbye::Busy, Reason::Busy, now);
@@ -230,8 +239,10 @@ impl<S: Session> Conn<S> {
         let buf_len = room.min(scratch.len());
         let buf = &mut scratch[..buf_len];
         let n = loop {
-            match (&*sock).read(buf) {
-                Ok(n) => break n,
+            match rustix::net::recv(sock, &mut *buf, rustix::net::RecvFlags::empty())
+                .map_err(io::Error::from)
+            {
+                Ok((n, _)) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read_::WouldBlock,
                 Err(e) => {
@@ -280,7 +291,9 @@ impl<S: Session> Conn<S> {
             self.pending = Vec::new();
         }
         if consumed == 0 && self.pending.len() >= self.limits.max_input && !self.closing {
-            tracing::warn!("session consumed none of a full input buffer; closing");
+            self.span.in_scope(|| {
+                tracing::warn!("session consumed none of a full input buffer; closing")
+            });
             self.reason = Reason::InputLimit;
             self.phase = Phase::Done;
         }
@@ -310,7 +323,8 @@ impl<S: Session> Conn<S> {
     }
 
     fn fail(&mut self, e: io::Error) {
-        tracing::debug!("connection error: {e}");
+        self.span
+            .in_scope(|| tracing::debug!("connection error: {e}"));
         if self.reason == Reason::Open || self.phase == Phase::Open {
             self.reason = Reason::Error;
         }
@@ -329,7 +343,14 @@ impl<S: Session> Conn<S> {
 
     fn write_to(&mut self, sock: &TcpStream, now: Instant) -> io::Result<()> {
         while self.out_pos < self.out.len() {
-            match (&*sock).write(&self.out[self.out_pos..]) {
+            // Raw send(2) with MSG_NOSIGNAL: no SIGPIPE from a client that has gone.
+            match rustix::net::send(
+                sock,
+                &self.out[self.out_pos..],
+                rustix::net::SendFlags::NOSIGNAL,
+            )
+            .map_err(io::Error::from)
+            {
                 Ok(0) => {
                     self.fail(io::ErrorKind::WriteZero.into());
                     return Ok(());
@@ -401,10 +422,9 @@ impl<S: Session> Conn<S> {
         let overflowed = mb.take(&mut batch);
         if overflowed {
             self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                "slow consumer: mailbox over {} bytes",
-                self.limits.max_queue
-            );
+            let limit = self.limits.max_queue;
+            self.span
+                .in_scope(|| tracing::warn!("slow consumer: mailbox over {limit} bytes"));
             self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, now);
             return;
         }
@@ -470,10 +490,9 @@ impl<S: Session> Conn<S> {
         if let Some(since) = self.stalled_since {
             if now >= since + self.limits.write_timeout {
                 self.stats.slow_readers.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "slow reader: no write progress for {:?}",
-                    self.limits.write_timeout
-                );
+                let t = self.limits.write_timeout;
+                self.span
+                    .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
                 self.reason = Reason::SlowReader;
                 self.phase = Phase::Done;
                 return;
@@ -515,12 +534,14 @@ impl<S: Session> Drop for Conn<S> {
         s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
         s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            duration = ?self.opened.elapsed(),
-            bytes_in = self.bytes_in,
-            bytes_out = self.bytes_out,
-            reason = %self.reason,
-            "Closed connection"
-        );
+        self.span.in_scope(|| {
+            tracing::info!(
+                duration = ?self.opened.elapsed(),
+                bytes_in = self.bytes_in,
+                bytes_out = self.bytes_out,
+                reason = %self.reason,
+                "Closed connection"
+            )
+        });
     }
 }

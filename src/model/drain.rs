@@ -11,6 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use std::task::Waker;
+
+use slab::Slab;
 use tokio_util::sync::CancellationToken;
 
 /// Shutdown signal plus a count of live connections.
@@ -20,13 +23,43 @@ pub struct Drain(Arc<Inner>);
 struct Inner {
     started: AtomicBool,
     token: CancellationToken,
+    /// Wakers of the async connections, registered once per connection, so that a
+    /// connection only reads an atomic flag per message to know about the drain.
+    wakers: [Mutex<Slab<Waker>>; SHARDS],
     fd: OwnedFd,
     live: Mutex<usize>,
     idle: Condvar,
 }
 
+/// Shards of the waker registry: connections register and leave without all contending
+/// for one lock.
+const SHARDS: usize = 16;
+
+/// An async connection's place in the drain's waker registry; leaves it on drop.
+pub(crate) struct Registered {
+    drain: Drain,
+    shard: usize,
+    key: usize,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let mut slab = self.drain.0.wakers[self.shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slab.try_remove(self.key);
+    }
+}
+
 /// Held by everything the drain must wait for.
 pub(crate) struct Live(Drain);
+
+impl Live {
+    /// The drain this guard counts for.
+    pub(crate) fn drain(&self) -> &Drain {
+        &self.0
+    }
+}
 
 impl Drop for Live {
     fn drop(&mut self) {
@@ -48,6 +81,7 @@ impl Drain {
         Ok(Drain(Arc::new(Inner {
             started: AtomicBool::new(false),
             token: CancellationToken::new(),
+            wakers: std::array::from_fn(|_| Mutex::new(Slab::new())),
             fd,
             live: Mutex::new(0),
             idle: Condvar::new(),
@@ -58,6 +92,11 @@ impl Drain {
     pub fn start(&self) {
         if !self.0.started.swap(true, Ordering::SeqCst) {
             self.0.token.cancel();
+            for shard in &self.0.wakers {
+                for (_, w) in shard.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                    w.wake_by_ref();
+                }
+            }
             let _ = rustix::io::write(&self.0.fd, &1u64.to_ne_bytes());
         }
     }
@@ -72,9 +111,19 @@ impl Drain {
         self.0.token.cancelled().await
     }
 
-    /// Completes when the drain starts; owns what it waits on, so it can be stored.
-    pub(crate) fn started_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.0.token.clone().cancelled_owned()
+    /// Registers a task's waker, woken when the drain starts. A task's waker stays
+    /// valid for its whole life, so one registration per connection is enough.
+    pub(crate) fn register(&self, id: u64, waker: &Waker) -> Registered {
+        let shard = id as usize % SHARDS;
+        let key = self.0.wakers[shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(waker.clone());
+        Registered {
+            drain: self.clone(),
+            shard,
+            key,
+        }
     }
 
     /// Readable once the drain has started; never reset.
