@@ -98,8 +98,7 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
                     continue;
                 }
                 let id = next_conn_id();
-                let span = ctx.span(id, peer);
-                if let Some(task) = Task::new(stream, ConnInfo { id, peer }, span, &ctx, admitted) {
+                if let Some(task) = Task::new(stream, ConnInfo { id, peer }, &ctx, admitted) {
                     tokio::spawn(task);
                 }
             }
@@ -163,13 +162,7 @@ impl Drop for Slot {
 }
 
 impl<S: Service> Task<S> {
-    fn new(
-        stream: TcpStream,
-        info: ConnInfo,
-        span: tracing::Span,
-        ctx: &Ctx<S>,
-        admitted: bool,
-    ) -> Option<Self> {
+    fn new(stream: TcpStream, info: ConnInfo, ctx: &Ctx<S>, admitted: bool) -> Option<Self> {
         let slot = Slot {
             stats: ctx.stats.clone(),
             refusing: (!admitted).then(|| ctx.refusing.clone()),
@@ -187,7 +180,7 @@ impl<S: Service> Task<S> {
         let mut conn = Conn::new(
             session,
             info,
-            span,
+            ctx.name.clone(),
             ctx.limits.clone(),
             ctx.stats.clone(),
             WakeKind::Task,

@@ -94,15 +94,13 @@ pub(crate) fn accept<S: Service>(
 /// are only told why (the service's busy goodbye) and closed.
 pub(crate) fn serve<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S>, refused: bool) {
     let id = next_conn_id();
-    let span = ctx.span(id, peer);
-    let _enter = span.enter();
     let info = ConnInfo { id, peer };
     let session = ctx.service.session(&info);
     let now = Instant::now();
     let mut conn = Conn::new(
         session,
         info,
-        span.clone(),
+        ctx.name.clone(),
         ctx.limits.clone(),
         ctx.stats.clone(),
         WakeKind::Fd,

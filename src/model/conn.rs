@@ -94,8 +94,8 @@ pub(crate) enum Read_ {
 pub(crate) struct Conn<S: Session> {
     session: S,
     pub(crate) info: ConnInfo,
-    /// The connection's log span: every line this connection logs is inside it.
-    pub(crate) span: tracing::Span,
+    /// The service's name, for the connection's log span.
+    svc: Arc<str>,
     limits: Arc<Limits>,
     stats: Arc<Stats>,
     wake: WakeKind,
@@ -121,7 +121,7 @@ impl<S: Session> Conn<S> {
     pub(crate) fn new(
         session: S,
         info: ConnInfo,
-        span: tracing::Span,
+        svc: Arc<str>,
         limits: Arc<Limits>,
         stats: Arc<Stats>,
         wake: WakeKind,
@@ -131,7 +131,7 @@ impl<S: Session> Conn<S> {
         Conn {
             session,
             info,
-            span,
+            svc,
             limits,
             stats,
             wake,
@@ -157,8 +157,8 @@ impl<S: Session> Conn<S> {
     fn call<R>(&mut self, now: Instant, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
         // Sessions log per message at debug level; entering the span costs as much as
         // a small reply, so it is entered only when those lines are wanted.
-        let _entered =
-            tracing::enabled!(tracing::Level::DEBUG).then(|| self.span.clone().entered());
+        let _entered = (tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG)
+            .then(|| self.span().entered());
         let mut cx = Cx::new(
             now,
             &mut self.out,
@@ -183,9 +183,16 @@ impl<S: Session> Conn<S> {
         r
     }
 
+    /// The connection's log span (service, id, peer). It is made when a line is
+    /// logged rather than kept for the connection's life: the lines read the same, and
+    /// an idle connection holds no span in the subscriber's registry.
+    pub(crate) fn span(&self) -> tracing::Span {
+        tracing::info_span!("conn", svc = &*self.svc, id = self.info.id, peer = %self.info.peer)
+    }
+
     /// Starts the session. A refused connection is opened straight into its goodbye.
     pub(crate) fn open(&mut self, now: Instant, refused: bool) {
-        self.span
+        self.span()
             .in_scope(|| tracing::info!("Accepted connection from {}", self.info.peer));
         self.call(now, |s, cx| s.open(cx));
         if refused {
@@ -291,7 +298,7 @@ impl<S: Session> Conn<S> {
             self.pending = Vec::new();
         }
         if consumed == 0 && self.pending.len() >= self.limits.max_input && !self.closing {
-            self.span.in_scope(|| {
+            self.span().in_scope(|| {
                 tracing::warn!("session consumed none of a full input buffer; closing")
             });
             self.reason = Reason::InputLimit;
@@ -323,7 +330,7 @@ impl<S: Session> Conn<S> {
     }
 
     fn fail(&mut self, e: io::Error) {
-        self.span
+        self.span()
             .in_scope(|| tracing::debug!("connection error: {e}"));
         if self.reason == Reason::Open || self.phase == Phase::Open {
             self.reason = Reason::Error;
@@ -423,7 +430,7 @@ impl<S: Session> Conn<S> {
         if overflowed {
             self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
             let limit = self.limits.max_queue;
-            self.span
+            self.span()
                 .in_scope(|| tracing::warn!("slow consumer: mailbox over {limit} bytes"));
             self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, now);
             return;
@@ -491,7 +498,7 @@ impl<S: Session> Conn<S> {
             if now >= since + self.limits.write_timeout {
                 self.stats.slow_readers.fetch_add(1, Ordering::Relaxed);
                 let t = self.limits.write_timeout;
-                self.span
+                self.span()
                     .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
                 self.reason = Reason::SlowReader;
                 self.phase = Phase::Done;
@@ -534,7 +541,7 @@ impl<S: Session> Drop for Conn<S> {
         s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
         s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);
-        self.span.in_scope(|| {
+        self.span().in_scope(|| {
             tracing::info!(
                 duration = ?self.opened.elapsed(),
                 bytes_in = self.bytes_in,

@@ -138,6 +138,7 @@ pub struct Listening {
 /// What a listener's accept loop needs, whatever the model.
 pub(crate) struct Ctx<S: Service> {
     pub service: Arc<S>,
+    pub name: Arc<str>,
     pub limits: Arc<Limits>,
     pub stats: Arc<Stats>,
     pub drain: Drain,
@@ -148,6 +149,7 @@ impl<S: Service> Clone for Ctx<S> {
     fn clone(&self) -> Self {
         Ctx {
             service: self.service.clone(),
+            name: self.name.clone(),
             limits: self.limits.clone(),
             stats: self.stats.clone(),
             drain: self.drain.clone(),
@@ -178,10 +180,6 @@ impl<S: Service> Ctx<S> {
 
     pub(crate) fn release(&self) {
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn span(&self, id: u64, peer: SocketAddr) -> tracing::Span {
-        tracing::info_span!("conn", svc = self.service.name(), id, %peer)
     }
 }
 
@@ -270,6 +268,7 @@ impl Server {
         let stats = Arc::new(Stats::default());
         let name = service.name().to_string();
         let ctx = Ctx {
+            name: Arc::from(name.as_str()),
             service: Arc::new(service),
             limits: self.limits.clone(),
             stats: stats.clone(),
