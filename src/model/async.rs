@@ -22,7 +22,7 @@ use tokio::io::Interest;
 use tokio::io::Ready;
 use tokio::time::Sleep;
 
-use super::conn::{Conn, Phase, Read_};
+use super::conn::{Clock, Conn, Phase, Read_};
 use super::drain::{Live, Registered};
 use super::mailbox::WakeKind;
 use super::{accept_backoff, next_conn_id, Ctx, Stats, BACKOFF_START};
@@ -186,7 +186,7 @@ impl<S: Service> Task<S> {
             WakeKind::Task,
             now,
         );
-        conn.open(now, !admitted);
+        conn.open(&Clock::at(now), !admitted);
         let armed = conn.next_deadline();
         Some(Task {
             conn,
@@ -212,10 +212,10 @@ impl<S: Service> Future for Task<S> {
             *this.drain = Some(this.slot.live.drain().register(conn.info.id, cx.waker()));
         }
         let drain = this.slot.live.drain();
-        // One clock reading per wake-up is precise enough for every timer here.
-        let now = Instant::now();
+        // The clock is read only if something on this wake-up needs the time.
+        let clock = Clock::lazy();
         for _ in 0..TURNS_PER_POLL {
-            let blocked = !conn.flush(this.fd.get_ref(), now);
+            let blocked = !conn.flush(this.fd.get_ref(), &clock);
             if conn.phase() == Phase::Done {
                 return Poll::Ready(());
             }
@@ -225,7 +225,7 @@ impl<S: Service> Future for Task<S> {
                 this.sleep.as_mut().reset(deadline.into());
             }
             if !conn.is_draining() && drain.is_started() {
-                with_scratch(|s| conn.drain(this.fd.get_ref(), s, now));
+                with_scratch(|s| conn.drain(this.fd.get_ref(), s, &clock));
                 continue;
             }
             if conn.wants_read() {
@@ -233,7 +233,7 @@ impl<S: Service> Future for Task<S> {
                     let Ok(mut g) = g else { return Poll::Ready(()) };
                     with_scratch(|s| {
                         for _ in 0..READS_PER_WAKE {
-                            match conn.read_from(g.get_inner(), s, now) {
+                            match conn.read_from(g.get_inner(), s, &clock) {
                                 Read_::Data { more: true } => continue,
                                 Read_::Data { more: false } | Read_::WouldBlock => {
                                     g.clear_ready_matching(Ready::READABLE);
@@ -249,27 +249,27 @@ impl<S: Service> Future for Task<S> {
             if blocked {
                 if let Poll::Ready(g) = this.fd.poll_write_ready(cx) {
                     let Ok(mut g) = g else { return Poll::Ready(()) };
-                    if !conn.flush(g.get_inner(), now) {
+                    if !conn.flush(g.get_inner(), &clock) {
                         g.clear_ready_matching(Ready::WRITABLE);
                     }
                     continue;
                 }
             }
             if conn.mail_waiting() {
-                conn.on_mail(now);
+                conn.on_mail(&clock);
                 continue;
             }
             if let Some(mb) = conn.mailbox() {
                 if mb.poll_notified(cx).is_ready() {
-                    conn.on_mail(now);
+                    conn.on_mail(&clock);
                     continue;
                 }
             }
             if this.sleep.as_mut().poll(cx).is_ready() {
-                conn.tick(now);
+                conn.tick(&clock);
                 // Re-arm even if the deadline did not move, or the fired timer would
                 // fire again at once.
-                *this.armed = now - Duration::from_secs(1);
+                *this.armed = clock.now() - Duration::from_secs(1);
                 continue;
             }
             return Poll::Pending;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::conn::{Conn, Phase, Read_};
+use super::conn::{Clock, Conn, Phase, Read_};
 use super::mailbox::WakeKind;
 use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
 use crate::service::{ConnInfo, Service};
@@ -108,7 +108,7 @@ pub(crate) fn serve<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S
     );
     let _live = ctx.drain.live();
     let mut scratch = [0u8; SCRATCH];
-    conn.open(now, refused);
+    conn.open(&Clock::at(now), refused);
     if let Err(e) = drive(&stream, &mut conn, ctx, &mut scratch) {
         tracing::error!("poll failed: {e}");
     }
@@ -123,7 +123,8 @@ fn drive<S: Service>(
     let drain = &ctx.drain;
     loop {
         let now = Instant::now();
-        conn.flush(sock, now);
+        let clock = Clock::at(now);
+        conn.flush(sock, &clock);
         if conn.phase() == Phase::Done {
             return Ok(());
         }
@@ -136,7 +137,7 @@ fn drive<S: Service>(
         }
         let watch_drain = !conn.is_draining();
         if conn.mail_waiting() {
-            conn.on_mail(now);
+            conn.on_mail(&clock);
             continue;
         }
         let mailbox = conn.mailbox().cloned();
@@ -161,23 +162,23 @@ fn drive<S: Service>(
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
-        let now = Instant::now();
+        let clock = Clock::lazy();
         let sock_ready = fds[0].revents();
         let drain_ready = watch_drain && !fds[1].revents().is_empty();
         let mail_ready = !fds[2].revents().is_empty();
         if mail_ready {
-            conn.on_mail(now);
+            conn.on_mail(&clock);
         }
         if !sock_ready.is_empty() && conn.wants_read() {
-            while let Read_::Data { more: true } = conn.read_from(sock, scratch, now) {}
+            while let Read_::Data { more: true } = conn.read_from(sock, scratch, &clock) {}
         } else if sock_ready.intersects(PollFlags::ERR | PollFlags::HUP) {
             // Both directions are gone while we were not reading: nothing more can be
             // read or delivered.
             conn.hang_up();
         }
         if drain_ready {
-            conn.drain(sock, scratch, now);
+            conn.drain(sock, scratch, &clock);
         }
-        conn.tick(now);
+        conn.tick(&clock);
     }
 }

@@ -26,6 +26,39 @@ const GOODBYE_GRACE: Duration = Duration::from_secs(5);
 /// Largest buffer capacity kept on an idle connection; larger ones are freed.
 const KEEP_CAPACITY: usize = 4096;
 
+/// The time of one wake-up, read from the system clock only if something asks: a
+/// reply on the hot path needs no clock at all.
+pub struct Clock(std::cell::Cell<Option<Instant>>);
+
+impl Clock {
+    /// A clock not yet read.
+    pub fn lazy() -> Clock {
+        Clock(std::cell::Cell::new(None))
+    }
+
+    /// A clock fixed at `now`.
+    pub fn at(now: Instant) -> Clock {
+        Clock(std::cell::Cell::new(Some(now)))
+    }
+
+    /// The time of this wake-up (read once, then the same for every caller).
+    pub fn now(&self) -> Instant {
+        match self.0.get() {
+            Some(t) => t,
+            None => {
+                let t = Instant::now();
+                self.0.set(Some(t));
+                t
+            }
+        }
+    }
+}
+
+/// Quarters of the idle timeout: a connection is checked at each quarter and closed
+/// after four quiet ones, so it is closed between 1 and 1.25 idle timeouts after its
+/// last byte, without reading the clock for every message.
+const IDLE_QUARTERS: u32 = 4;
+
 /// Why a connection ended, as logged and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reason {
@@ -109,7 +142,10 @@ pub(crate) struct Conn<S: Session> {
     goodbye: Option<(Goodbye, Instant)>,
     draining: bool,
     opened: Instant,
-    last_active: Instant,
+    /// Bytes moved since the last idle check.
+    active: bool,
+    /// Idle checks in a row that saw no bytes.
+    quiet: u32,
     idle_check: Instant,
     stalled_since: Option<Instant>,
     bytes_in: u64,
@@ -127,7 +163,7 @@ impl<S: Session> Conn<S> {
         wake: WakeKind,
         now: Instant,
     ) -> Self {
-        let idle_check = now + limits.idle_timeout;
+        let idle_check = now + limits.idle_timeout / IDLE_QUARTERS;
         Conn {
             session,
             info,
@@ -145,7 +181,8 @@ impl<S: Session> Conn<S> {
             goodbye: None,
             draining: false,
             opened: now,
-            last_active: now,
+            active: false,
+            quiet: 0,
             idle_check,
             stalled_since: None,
             bytes_in: 0,
@@ -154,13 +191,13 @@ impl<S: Session> Conn<S> {
         }
     }
 
-    fn call<R>(&mut self, now: Instant, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
+    fn call<R>(&mut self, clock: &Clock, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
         // Sessions log per message at debug level; entering the span costs as much as
         // a small reply, so it is entered only when those lines are wanted.
         let _entered = (tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG)
             .then(|| self.span().entered());
         let mut cx = Cx::new(
-            now,
+            clock,
             &mut self.out,
             &mut self.closing,
             &mut self.mailbox,
@@ -191,12 +228,12 @@ impl<S: Session> Conn<S> {
     }
 
     /// Starts the session. A refused connection is opened straight into its goodbye.
-    pub(crate) fn open(&mut self, now: Instant, refused: bool) {
+    pub(crate) fn open(&mut self, clock: &Clock, refused: bool) {
         self.span()
             .in_scope(|| tracing::info!("Accepted connection from {}", self.info.peer));
-        self.call(now, |s, cx| s.open(cx));
+        self.call(clock, |s, cx| s.open(cx));
         if refused {
-            self.say_goodbye(Goodbye::Busy, Reason::Busy, now);
+            self.say_goodbye(Goodbye::Busy, Reason::Busy, clock);
         }
     }
 
@@ -236,7 +273,7 @@ impl<S: Session> Conn<S> {
         &mut self,
         sock: &TcpStream,
         scratch: &mut [u8],
-        now: Instant,
+        clock: &Clock,
     ) -> Read_ {
         let room = self
             .limits
@@ -259,25 +296,25 @@ impl<S: Session> Conn<S> {
             }
         };
         if n == 0 {
-            self.on_eof(now);
+            self.on_eof(clock);
             return Read_::Closed;
         }
         self.bytes_in += n as u64;
-        self.last_active = now;
+        self.active = true;
         if let Phase::Lingering(_) = self.phase {
             return Read_::Data { more: n == buf_len };
         }
         if self.phase != Phase::Open {
             return Read_::Data { more: false };
         }
-        self.on_input(&buf[..n], now);
+        self.on_input(&buf[..n], clock);
         Read_::Data { more: n == buf_len }
     }
 
-    fn on_input(&mut self, data: &[u8], now: Instant) {
+    fn on_input(&mut self, data: &[u8], clock: &Clock) {
         let consumed;
         if self.pending.is_empty() {
-            consumed = self.call(now, |s, cx| s.read(data, cx)).min(data.len());
+            consumed = self.call(clock, |s, cx| s.read(data, cx)).min(data.len());
             if consumed < data.len() && !self.closing {
                 self.pending.extend_from_slice(&data[consumed..]);
             }
@@ -285,7 +322,7 @@ impl<S: Session> Conn<S> {
             self.pending.extend_from_slice(data);
             let pending = std::mem::take(&mut self.pending);
             let n = self
-                .call(now, |s, cx| s.read(&pending, cx))
+                .call(clock, |s, cx| s.read(&pending, cx))
                 .min(pending.len());
             self.pending = pending;
             self.pending.drain(..n);
@@ -306,11 +343,11 @@ impl<S: Session> Conn<S> {
         }
     }
 
-    fn on_eof(&mut self, now: Instant) {
+    fn on_eof(&mut self, clock: &Clock) {
         self.eof = true;
         match self.phase {
             Phase::Open => {
-                self.call(now, |s, cx| s.eof(cx));
+                self.call(clock, |s, cx| s.eof(cx));
                 if self.phase == Phase::Open {
                     // The session keeps the connection half-open: it can still send.
                     return;
@@ -340,15 +377,15 @@ impl<S: Session> Conn<S> {
 
     /// Writes as much queued output as the socket takes, and half-closes once a closing
     /// session's output is all sent. Returns false when the socket would block.
-    pub(crate) fn flush(&mut self, sock: &TcpStream, now: Instant) -> bool {
+    pub(crate) fn flush(&mut self, sock: &TcpStream, clock: &Clock) -> bool {
         if self.has_output() || self.phase == Phase::Closing {
-            self.write_to(sock, now).is_ok()
+            self.write_to(sock, clock).is_ok()
         } else {
             true
         }
     }
 
-    fn write_to(&mut self, sock: &TcpStream, now: Instant) -> io::Result<()> {
+    fn write_to(&mut self, sock: &TcpStream, clock: &Clock) -> io::Result<()> {
         while self.out_pos < self.out.len() {
             // Raw send(2) with MSG_NOSIGNAL: no SIGPIPE from a client that has gone.
             match rustix::net::send(
@@ -365,12 +402,12 @@ impl<S: Session> Conn<S> {
                 Ok(n) => {
                     self.out_pos += n;
                     self.bytes_out += n as u64;
-                    self.last_active = now;
+                    self.active = true;
                     self.stalled_since = None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stalled_since.get_or_insert(now);
+                    self.stalled_since.get_or_insert_with(|| clock.now());
                     return Err(e);
                 }
                 Err(e) => {
@@ -391,7 +428,7 @@ impl<S: Session> Conn<S> {
             self.phase = if self.eof {
                 Phase::Done
             } else {
-                Phase::Lingering(now + LINGER)
+                Phase::Lingering(clock.now() + LINGER)
             };
         }
         Ok(())
@@ -410,18 +447,18 @@ impl<S: Session> Conn<S> {
     /// The mailbox woke the connection: ends a slow consumer, or delivers the events
     /// if the client keeps up with its replies (otherwise they wait, bounded, in the
     /// mailbox).
-    pub(crate) fn on_mail(&mut self, now: Instant) {
+    pub(crate) fn on_mail(&mut self, clock: &Clock) {
         let Some(mb) = self.mailbox.clone() else {
             return;
         };
         mb.reset_wake();
         if self.mail_waiting() {
-            self.deliver(now);
+            self.deliver(clock);
         }
     }
 
     /// Delivers the mailbox's events to the session.
-    fn deliver(&mut self, now: Instant) {
+    fn deliver(&mut self, clock: &Clock) {
         let Some(mb) = self.mailbox.clone() else {
             return;
         };
@@ -432,38 +469,38 @@ impl<S: Session> Conn<S> {
             let limit = self.limits.max_queue;
             self.span()
                 .in_scope(|| tracing::warn!("slow consumer: mailbox over {limit} bytes"));
-            self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, now);
+            self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, clock);
             return;
         }
         for ev in batch {
             if self.phase != Phase::Open {
                 break;
             }
-            self.call(now, |s, cx| s.event(ev, cx));
+            self.call(clock, |s, cx| s.event(ev, cx));
         }
     }
 
-    fn say_goodbye(&mut self, why: Goodbye, reason: Reason, now: Instant) {
+    fn say_goodbye(&mut self, why: Goodbye, reason: Reason, clock: &Clock) {
         if self.goodbye.is_some() || self.phase != Phase::Open {
             return;
         }
-        self.goodbye = Some((why, now + GOODBYE_GRACE));
+        self.goodbye = Some((why, clock.now() + GOODBYE_GRACE));
         self.reason = reason;
         self.pending.clear();
-        self.call(now, |s, cx| s.goodbye(why, cx));
+        self.call(clock, |s, cx| s.goodbye(why, cx));
     }
 
     /// The server is shutting down: answer what the client already sent, then say
     /// goodbye.
-    pub(crate) fn drain(&mut self, sock: &TcpStream, scratch: &mut [u8], now: Instant) {
+    pub(crate) fn drain(&mut self, sock: &TcpStream, scratch: &mut [u8], clock: &Clock) {
         self.draining = true;
         while self.wants_read() {
-            match self.read_from(sock, scratch, now) {
+            match self.read_from(sock, scratch, clock) {
                 Read_::Data { more: true } => continue,
                 _ => break,
             }
         }
-        self.say_goodbye(Goodbye::Shutdown, Reason::Shutdown, now);
+        self.say_goodbye(Goodbye::Shutdown, Reason::Shutdown, clock);
     }
 
     /// The next time [`Conn::tick`] must run.
@@ -487,7 +524,8 @@ impl<S: Session> Conn<S> {
     }
 
     /// Runs whatever timers have come due.
-    pub(crate) fn tick(&mut self, now: Instant) {
+    pub(crate) fn tick(&mut self, clock: &Clock) {
+        let now = clock.now();
         if let Phase::Lingering(until) = self.phase {
             if now >= until {
                 self.phase = Phase::Done;
@@ -515,16 +553,20 @@ impl<S: Session> Conn<S> {
             return;
         }
         if now >= self.idle_check {
-            let due = self.last_active + self.limits.idle_timeout;
-            if now >= due {
-                self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
-                self.say_goodbye(Goodbye::Idle, Reason::Idle, now);
+            if std::mem::take(&mut self.active) {
+                self.quiet = 0;
             } else {
-                self.idle_check = due;
+                self.quiet += 1;
+            }
+            if self.quiet >= IDLE_QUARTERS {
+                self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.say_goodbye(Goodbye::Idle, Reason::Idle, clock);
+            } else {
+                self.idle_check = now + self.limits.idle_timeout / IDLE_QUARTERS;
             }
         }
         if self.phase == Phase::Open && self.session.deadline().is_some_and(|d| now >= d) {
-            self.call(now, |s, cx| s.timeout(cx));
+            self.call(clock, |s, cx| s.timeout(cx));
         }
     }
 }

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::model::conn::Clock;
 use crate::model::mailbox::{Mailbox, Sender, WakeKind};
 use std::sync::Arc;
 
@@ -110,7 +111,7 @@ pub trait Session: Send + 'static {
 
 /// What a session can do in answer to a call: write bytes, close, get a mailbox.
 pub struct Cx<'a, E> {
-    now: Instant,
+    clock: &'a Clock,
     out: &'a mut Vec<u8>,
     closing: &'a mut bool,
     mailbox: &'a mut Option<Arc<Mailbox<E>>>,
@@ -123,7 +124,7 @@ pub struct Cx<'a, E> {
 impl<'a, E> Cx<'a, E> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        now: Instant,
+        clock: &'a Clock,
         out: &'a mut Vec<u8>,
         closing: &'a mut bool,
         mailbox: &'a mut Option<Arc<Mailbox<E>>>,
@@ -133,7 +134,7 @@ impl<'a, E> Cx<'a, E> {
         input_limit: usize,
     ) -> Self {
         Cx {
-            now,
+            clock,
             out,
             closing,
             mailbox,
@@ -144,9 +145,10 @@ impl<'a, E> Cx<'a, E> {
         }
     }
 
-    /// The time of this call, as read by the model.
+    /// The time of this call, as read by the model (the system clock is read only if
+    /// a session asks).
     pub fn now(&self) -> Instant {
-        self.now
+        self.clock.now()
     }
 
     /// The connection this session serves.
@@ -228,8 +230,9 @@ impl<S: Session> Harness<S> {
     }
 
     fn with<R>(&mut self, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
+        let clock = Clock::at(self.now);
         let mut cx = Cx::new(
-            self.now,
+            &clock,
             &mut self.out,
             &mut self.closing,
             &mut self.mailbox,
