@@ -234,7 +234,10 @@ impl<S: Service> Future for Task<S> {
                     with_scratch(|s| {
                         for _ in 0..READS_PER_WAKE {
                             match conn.read_from(g.get_inner(), s, &clock) {
-                                Read_::Data { more: true } => continue,
+                                // Backpressure holds within a burst too: stop reading
+                                // (keeping the readiness) once replies pile up.
+                                Read_::Data { more: true } if conn.wants_read() => continue,
+                                Read_::Data { more: true } => break,
                                 Read_::Data { more: false } | Read_::WouldBlock => {
                                     g.clear_ready_matching(Ready::READABLE);
                                     break;
@@ -243,6 +246,14 @@ impl<S: Service> Future for Task<S> {
                             }
                         }
                     });
+                    if conn.mailbox().is_some() {
+                        // This input may have woken other sessions (a chat message
+                        // wakes its whole room); tokio runs a task woken from a worker
+                        // in a slot other workers cannot steal, so a client that never
+                        // stops sending would starve them. Yield after each burst.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     continue;
                 }
             }

@@ -170,7 +170,12 @@ fn drive<S: Service>(
             conn.on_mail(&clock);
         }
         if !sock_ready.is_empty() && conn.wants_read() {
-            while let Read_::Data { more: true } = conn.read_from(sock, scratch, &clock) {}
+            // Backpressure holds within a burst too: stop once replies pile up.
+            while let Read_::Data { more: true } = conn.read_from(sock, scratch, &clock) {
+                if !conn.wants_read() {
+                    break;
+                }
+            }
         } else if sock_ready.intersects(PollFlags::ERR | PollFlags::HUP) {
             // Both directions are gone while we were not reading: nothing more can be
             // read or delivered.

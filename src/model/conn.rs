@@ -308,6 +308,12 @@ impl<S: Session> Conn<S> {
             return Read_::Data { more: false };
         }
         self.on_input(&buf[..n], clock);
+        // Events pushed while this input was handled (a chat member's own messages) are
+        // taken between reads: a client that sends fast and reads its replies is not
+        // mistaken for a slow consumer because its input came in one long burst.
+        if self.mail_waiting() {
+            self.deliver(clock);
+        }
         Read_::Data { more: n == buf_len }
     }
 
