@@ -1,0 +1,473 @@
+//! `ws` (seed 003, the `websockets` echo server): RFC 6455 after an HTTP upgrade.
+//!
+//! Every message is answered `Server received: <message>`, text as text and binary as
+//! binary; with `--echo` the message itself comes back (what conformance suites such
+//! as Autobahn expect). The framing, masking, fragmentation, UTF-8 validation across
+//! fragments, control-frame rules and the close handshake are tungstenite's
+//! [`WebSocketContext`], driven sans-IO: it reads from the bytes the model handed us
+//! and writes into the session's output buffer, so the same engine runs under every
+//! model and under the test harness.
+//!
+//! The handshake itself is read by the HTTP engine ([`super::http`]): the standalone
+//! `ws` service on port 8765 is that engine with a route table where every path is an
+//! upgrade, and the `http` service upgrades `GET /ws`. After the `101`, a [`WsConn`]
+//! runs a [`Handler`]: the echo handler here, a JSON chat handler later, each with its
+//! own mailbox events.
+//!
+//! Close codes: 1000/peer's code echoed on a normal close, 1001 on shutdown and on a
+//! client that stops answering pings, 1002 protocol errors, 1007 invalid UTF-8, 1008
+//! slow consumer, 1009 message over `--max-message`, 1011 internal error, 1013 server
+//! busy (sent right after a completed handshake, so browser code can read why).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tungstenite::error::{CapacityError, Error as WsError};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+
+pub use tungstenite::{Bytes, Message, Utf8Bytes};
+
+use super::http::{self, Method, Reply, Request, Response, Route};
+use super::{log_received, ConnInfo, Cx, Goodbye, Service};
+
+/// The seed's reply prefix.
+pub const PREFIX: &str = "Server received: ";
+
+/// The only protocol version there is (RFC 6455 §4.1).
+const VERSION: &str = "13";
+
+/// WebSocket settings, shared by every connection of a listener.
+#[derive(Debug, Clone)]
+pub struct WsOptions {
+    /// Answer with exactly the message instead of `Server received: <message>`.
+    pub echo: bool,
+    /// Largest message (and frame) accepted; beyond it the connection is closed 1009.
+    pub max_message: usize,
+    /// A client silent this long is pinged.
+    pub ping_interval: Duration,
+    /// A pinged client that sends nothing for this long is closed 1001.
+    pub ping_timeout: Duration,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        WsOptions {
+            echo: false,
+            max_message: 1 << 20,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What a WebSocket application does with messages: the echo service here, the chat
+/// later. Every method gets a [`WsCx`] to send messages, close, or reach the session's
+/// [`Cx`] (its mailbox, its clock).
+pub trait Handler: Send + 'static {
+    /// What other connections push into this session's mailbox.
+    type Event: Send + 'static;
+
+    /// The handshake completed.
+    fn open(&mut self, ws: &mut WsCx<'_, '_, '_, Self::Event>) {
+        let _ = ws;
+    }
+
+    /// A complete text or binary message arrived (control frames are handled by the
+    /// engine: pings are answered, closes echoed).
+    fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, Self::Event>);
+
+    /// A mailbox event arrived.
+    fn event(&mut self, event: Self::Event, ws: &mut WsCx<'_, '_, '_, Self::Event>) {
+        let _ = (event, ws);
+    }
+}
+
+/// The seed's handler: `Server received: <message>`, or the message itself with `echo`.
+#[derive(Debug, Clone, Default)]
+pub struct Echo {
+    /// Answer with exactly the message.
+    pub exact: bool,
+}
+
+impl Handler for Echo {
+    type Event = ();
+
+    fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, ()>) {
+        let reply = match msg {
+            Message::Text(t) => {
+                log_received(t.as_bytes());
+                if self.exact {
+                    Message::Text(t)
+                } else {
+                    let mut s = String::with_capacity(PREFIX.len() + t.len());
+                    s.push_str(PREFIX);
+                    s.push_str(&t);
+                    Message::text(s)
+                }
+            }
+            Message::Binary(b) => {
+                log_received(&b);
+                if self.exact {
+                    Message::Binary(b)
+                } else {
+                    let mut v = Vec::with_capacity(PREFIX.len() + b.len());
+                    v.extend_from_slice(PREFIX.as_bytes());
+                    v.extend_from_slice(&b);
+                    Message::binary(v)
+                }
+            }
+            _ => return,
+        };
+        ws.send(reply);
+    }
+}
+
+/// The bytes tungstenite sees as its stream: the input handed to the session, then
+/// `WouldBlock`; writes go straight into the session's output buffer.
+struct Pipe<'i, 'o> {
+    input: &'i [u8],
+    out: &'o mut Vec<u8>,
+}
+
+impl io::Read for Pipe<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input = &self.input[n..];
+        Ok(n)
+    }
+}
+
+impl io::Write for Pipe<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A handler's view of its connection: send, close, and the session's [`Cx`].
+pub struct WsCx<'w, 'c, 'x, E> {
+    ws: &'w mut WebSocketContext,
+    cx: &'c mut Cx<'x, E>,
+}
+
+impl<'x, E> WsCx<'_, '_, 'x, E> {
+    /// Sends a message. After a close it is dropped: the peer will not read it.
+    pub fn send(&mut self, msg: Message) {
+        let mut pipe = Pipe {
+            input: &[],
+            out: self.cx.out(),
+        };
+        let r = self
+            .ws
+            .write(&mut pipe, msg)
+            .and_then(|_| self.ws.flush(&mut pipe));
+        if let Err(e) = r {
+            tracing::debug!("websocket send after close: {e}");
+        }
+    }
+
+    /// Starts the close handshake with `code`.
+    pub fn close(&mut self, code: CloseCode, reason: &'static str) {
+        start_close(self.ws, self.cx, code, reason);
+    }
+
+    /// The session's context (mailbox, clock, connection info).
+    pub fn cx(&mut self) -> &mut Cx<'x, E> {
+        self.cx
+    }
+}
+
+fn start_close<E>(
+    ws: &mut WebSocketContext,
+    cx: &mut Cx<'_, E>,
+    code: CloseCode,
+    reason: &'static str,
+) {
+    let mut pipe = Pipe {
+        input: &[],
+        out: cx.out(),
+    };
+    let frame = CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    };
+    match ws.close(&mut pipe, Some(frame)) {
+        Ok(()) => {}
+        Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => cx.close(),
+        Err(e) => {
+            tracing::debug!("websocket close: {e}");
+            cx.close();
+        }
+    }
+}
+
+/// One upgraded connection: tungstenite's engine, a handler and the ping timer.
+pub struct WsConn<H: Handler> {
+    ws: WebSocketContext,
+    handler: H,
+    opts: Arc<WsOptions>,
+    /// When the client last sent anything.
+    heard: Instant,
+    /// When our unanswered ping went out.
+    pinged: Option<Instant>,
+}
+
+impl<H: Handler> WsConn<H> {
+    /// An engine for a connection whose handshake just completed.
+    pub fn new(handler: H, opts: Arc<WsOptions>, now: Instant) -> Self {
+        let max = Some(opts.max_message);
+        let config = WebSocketConfig::default()
+            // Small buffers: an idle connection holds little; large messages grow them.
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
+            .max_message_size(max)
+            .max_frame_size(max);
+        WsConn {
+            ws: WebSocketContext::new(Role::Server, Some(config)),
+            handler,
+            opts,
+            heard: now,
+            pinged: None,
+        }
+    }
+
+    /// The handler, for tests and for applications that inspect it.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// Runs the handler's `open`.
+    pub fn open(&mut self, cx: &mut Cx<'_, H::Event>) {
+        let mut wcx = WsCx {
+            ws: &mut self.ws,
+            cx,
+        };
+        self.handler.open(&mut wcx);
+    }
+
+    /// Feeds frames; always consumes everything (partial frames and fragments are
+    /// kept by the engine, bounded by `max_message`).
+    pub fn read(&mut self, input: &[u8], cx: &mut Cx<'_, H::Event>) -> usize {
+        if !input.is_empty() {
+            self.heard = cx.now();
+            self.pinged = None;
+        }
+        let mut rest = input;
+        while !cx.is_closing() {
+            let mut pipe = Pipe {
+                input: rest,
+                out: cx.out(),
+            };
+            let r = self.ws.read(&mut pipe);
+            rest = pipe.input;
+            match r {
+                Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
+                    let mut wcx = WsCx {
+                        ws: &mut self.ws,
+                        cx,
+                    };
+                    self.handler.message(msg, &mut wcx);
+                }
+                Ok(Message::Close(_)) => {
+                    // Our echo of the peer's close (or the end of our own handshake)
+                    // is written by the flush; then the server closes TCP first.
+                    let mut pipe = Pipe {
+                        input: &[],
+                        out: cx.out(),
+                    };
+                    let _ = self.ws.flush(&mut pipe);
+                    cx.close();
+                }
+                Ok(_) => {} // pings are answered by the engine; pongs only show life
+                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => cx.close(),
+                Err(e) => self.fail(e, cx),
+            }
+        }
+        input.len()
+    }
+
+    /// Fails the connection (RFC 6455 §7.1.7): the close code for `e`, then close.
+    fn fail(&mut self, e: WsError, cx: &mut Cx<'_, H::Event>) {
+        let (code, reason) = match &e {
+            WsError::Capacity(CapacityError::MessageTooLong { .. }) => {
+                (CloseCode::Size, "message too big")
+            }
+            WsError::Capacity(_) => (CloseCode::Size, "too big"),
+            WsError::Utf8(_) => (CloseCode::Invalid, "invalid UTF-8"),
+            WsError::Protocol(_) => (CloseCode::Protocol, "protocol error"),
+            _ => (CloseCode::Error, "internal error"),
+        };
+        tracing::info!("websocket closed {}: {e}", u16::from(code));
+        start_close(&mut self.ws, cx, code, reason);
+        cx.close();
+    }
+
+    /// Delivers a mailbox event to the handler.
+    pub fn event(&mut self, ev: H::Event, cx: &mut Cx<'_, H::Event>) {
+        let mut wcx = WsCx {
+            ws: &mut self.ws,
+            cx,
+        };
+        self.handler.event(ev, &mut wcx);
+    }
+
+    /// When the ping timer next fires.
+    pub fn deadline(&self) -> Option<Instant> {
+        if !self.ws.can_write() {
+            return None; // closing: the model's goodbye grace bounds the wait
+        }
+        Some(match self.pinged {
+            Some(t) => t + self.opts.ping_timeout,
+            None => self.heard + self.opts.ping_interval,
+        })
+    }
+
+    /// Pings a silent client; closes 1001 one that did not answer.
+    pub fn timeout(&mut self, cx: &mut Cx<'_, H::Event>) {
+        let now = cx.now();
+        match self.pinged {
+            Some(t) if now >= t + self.opts.ping_timeout => {
+                tracing::info!("websocket client stopped answering pings");
+                start_close(&mut self.ws, cx, CloseCode::Away, "ping timeout");
+                cx.close();
+            }
+            None if now >= self.heard + self.opts.ping_interval => {
+                self.pinged = Some(now);
+                let mut pipe = Pipe {
+                    input: &[],
+                    out: cx.out(),
+                };
+                let r = self
+                    .ws
+                    .write(&mut pipe, Message::Ping(Bytes::new()))
+                    .and_then(|_| self.ws.flush(&mut pipe));
+                if r.is_err() {
+                    cx.close();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The model ends the connection: the close code for `why`. Shutdown waits for
+    /// the client's close reply (bounded by the model's grace); the others close TCP
+    /// once the frame is sent.
+    pub fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, H::Event>) {
+        let (code, reason) = match why {
+            Goodbye::Busy => (CloseCode::Again, "server busy"),
+            Goodbye::Idle => (CloseCode::Away, "idle timeout"),
+            Goodbye::Shutdown => (CloseCode::Away, "server shutting down"),
+            Goodbye::SlowConsumer => (CloseCode::Policy, "slow consumer"),
+        };
+        start_close(&mut self.ws, cx, code, reason);
+        if why != Goodbye::Shutdown {
+            cx.close();
+        }
+    }
+}
+
+/// Checks an upgrade request (RFC 6455 §4.2.1) and writes the `101`, or says which
+/// error response the client gets: 400 for a malformed request, 426 with
+/// `Sec-WebSocket-Version: 13` for a missing upgrade or another version.
+pub fn accept(req: &Request<'_>) -> Result<String, Response> {
+    let bad = |why: &'static str| Err(Response::text(400, why).close());
+    let upgrade_required = |why: &'static str| {
+        Err(Response::text(426, why)
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", VERSION)
+            .close())
+    };
+    if req.method != Method::Get {
+        return bad("WebSocket upgrade needs GET\n");
+    }
+    if req.version < 1 {
+        return bad("WebSocket upgrade needs HTTP/1.1\n");
+    }
+    if !req.header_has_token("upgrade", "websocket") {
+        return upgrade_required("This is a WebSocket endpoint: upgrade needed\n");
+    }
+    if !req.header_has_token("connection", "upgrade") {
+        return bad("missing Connection: Upgrade\n");
+    }
+    if req.header("host").is_none() {
+        return bad("missing Host\n");
+    }
+    match req.header("sec-websocket-version") {
+        None => return bad("missing Sec-WebSocket-Version\n"),
+        Some(v) if v.trim_ascii() != VERSION.as_bytes() => {
+            return upgrade_required("unsupported WebSocket version\n")
+        }
+        Some(_) => {}
+    }
+    let Some(key) = req.header("sec-websocket-key") else {
+        return bad("missing Sec-WebSocket-Key\n");
+    };
+    let key = key.trim_ascii();
+    match data_encoding::BASE64.decode(key) {
+        Ok(k) if k.len() == 16 => {}
+        _ => return bad("bad Sec-WebSocket-Key\n"),
+    }
+    Ok(tungstenite::handshake::derive_accept_key(key))
+}
+
+/// The standalone WebSocket service: every path upgrades to the echo handler.
+#[derive(Debug, Clone, Default)]
+pub struct Ws {
+    app: Arc<WsApp>,
+    opts: Arc<http::HttpOptions>,
+}
+
+impl Ws {
+    /// A service with these options.
+    pub fn new(opts: http::HttpOptions) -> Self {
+        Ws {
+            app: Arc::new(WsApp { echo: opts.ws.echo }),
+            opts: Arc::new(opts),
+        }
+    }
+}
+
+/// The route table of the standalone service: any path, GET, upgrade.
+#[derive(Debug, Clone, Default)]
+pub struct WsApp {
+    echo: bool,
+}
+
+const UPGRADE_ONLY: &[Route] = &[Route {
+    path: "*",
+    methods: &[Method::Get],
+}];
+
+impl http::App for WsApp {
+    type Ws = Echo;
+
+    fn routes(&self) -> &[Route] {
+        UPGRADE_ONLY
+    }
+
+    fn handle(&self, _req: &Request<'_>, _cx: &mut Cx<'_, ()>) -> Reply<Echo> {
+        Reply::Upgrade(Echo { exact: self.echo })
+    }
+}
+
+impl Service for Ws {
+    type Session = http::HttpSession<WsApp>;
+
+    fn name(&self) -> &str {
+        "ws"
+    }
+
+    fn session(&self, _conn: &ConnInfo) -> Self::Session {
+        http::HttpSession::new(self.app.clone(), self.opts.clone())
+    }
+}
