@@ -851,15 +851,13 @@ impl<A: App> Session for HttpSession<A> {
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_, Self::Event>) {
+        let head_late = self
+            .head_since
+            .is_some_and(|t| cx.now() >= t + self.opts.header_timeout);
         match &mut self.state {
             State::Ws(conn) => conn.timeout(cx),
-            State::Head => {
-                if self
-                    .head_since
-                    .is_some_and(|t| cx.now() >= t + self.opts.header_timeout)
-                {
-                    self.error(408, "request head not received in time\n", cx);
-                }
+            State::Head if head_late => {
+                self.error(408, "request head not received in time\n", cx);
             }
             _ => {}
         }
