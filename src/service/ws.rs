@@ -475,7 +475,7 @@ impl Service for Ws {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::service::{Harness, Service, Session};
+    use crate::service::{Harness, Service};
 
     /// The RFC 6455 §1.3 sample key and its accept value.
     pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
