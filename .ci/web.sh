@@ -9,7 +9,8 @@
 # target/web-ci/ (wrk output, kosoku reports, summary.txt).
 #
 # Environment: MODELS (default "single threads pool async"), WRK_SECS (default 5),
-# SKIP_INSTALL=1 to use the tools already installed.
+# SKIP_INSTALL=1 to use the tools already installed, FUZZ_SECS=N to also run each
+# cargo-fuzz target for N seconds (needs nightly and cargo-fuzz; off by default).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -45,8 +46,13 @@ install_tools() {
     fi
     if [[ "${CI:-}" == true ]] || ! python3 -c 'import websockets' 2>/dev/null ||
         ! command -v kosoku >/dev/null; then
-        python3 -m pip install -q websockets kosoku
+        python3 -m pip --version >/dev/null 2>&1 ||
+            DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q python3-pip
+        # A Debian system Python refuses user installs unless told (PEP 668).
+        python3 -m pip install -q websockets kosoku ||
+            python3 -m pip install -q --break-system-packages websockets kosoku
     fi
+    export PATH="$HOME/.local/bin:$PATH"
     command -v curl >/dev/null || fail "curl missing"
     command -v wrk >/dev/null || fail "wrk missing"
     command -v kosoku >/dev/null || fail "kosoku missing"
@@ -217,6 +223,19 @@ for model in $MODELS; do
     kosoku_run "$model" "$echo_port"
     stop_server "$pid"
 done
+
+if [[ -n "${FUZZ_SECS:-}" ]]; then
+    # Opt-in (a nightly toolchain and cargo-fuzz are needed, and the build is long).
+    log "fuzzing each target for ${FUZZ_SECS}s"
+    for target in http_request ws_frames; do
+        work="$OUT/fuzz-corpus-$target"
+        mkdir -p "$work"
+        (cd fuzz && cargo +nightly fuzz run -O "$target" "$work" "corpus/$target" -- \
+            -max_total_time="$FUZZ_SECS" -rss_limit_mb=2048) >"$OUT/fuzz-$target.log" 2>&1 ||
+            fail "fuzz target $target: $(tail -20 "$OUT/fuzz-$target.log")"
+        echo "fuzz $target: $(grep -E '^Done' "$OUT/fuzz-$target.log")" | tee -a "$OUT/summary.txt"
+    done
+fi
 
 log "summary"
 cat "$OUT/summary.txt"
