@@ -32,6 +32,13 @@ pub struct ConnectOptions {
 
 /// Runs the client; output goes to `out`.
 pub fn run(opts: &ConnectOptions, out: &mut dyn Write) -> anyhow::Result<()> {
+    if opts.service == ServiceName::Ws {
+        // Raw lines are not WebSocket frames: say so rather than send garbage.
+        anyhow::bail!(
+            "connect does not speak WebSocket yet; try `python3 -m websockets ws://{}/`",
+            opts.addr
+        );
+    }
     let stream = TcpStream::connect(opts.addr)?;
     stream.set_nodelay(true)?;
     if opts.send.is_empty() && opts.count.is_none() {

@@ -10,6 +10,8 @@ use multiclient::connect::{self, ConnectOptions};
 use multiclient::logging::{self, LogFormat};
 use multiclient::model::{Limits, Model};
 use multiclient::serve::{self, ServeOptions};
+use multiclient::service::http::HttpOptions;
+use multiclient::service::ws::WsOptions;
 use multiclient::service::{ServiceName, ServiceOptions, TCP_SERVICES};
 
 #[derive(Parser)]
@@ -25,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run services (default: ack, greet and hello on 127.0.0.1, async model).
+    /// Run services (default: ack, greet, hello, http and ws on 127.0.0.1, async model).
     Serve(ServeArgs),
     /// Talk to a service from the terminal.
     Connect(ConnectArgs),
@@ -68,6 +70,18 @@ struct ServeArgs {
     /// Drop a client whose replies make no progress for this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
+    /// http/ws: a request head must be complete this long after its first byte (408).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// http: largest request body in bytes (413).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body: usize,
+    /// ws: answer every message with exactly itself (for conformance suites).
+    #[arg(long)]
+    echo: bool,
+    /// ws: largest message in bytes (close 1009).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_message: usize,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -161,7 +175,17 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         write_timeout: a.write_timeout,
         ..Limits::default()
     };
-    let service = ServiceOptions::default();
+    let service = ServiceOptions {
+        http: HttpOptions {
+            header_timeout: a.header_timeout,
+            max_body: a.max_body,
+            ws: std::sync::Arc::new(WsOptions {
+                echo: a.echo,
+                max_message: a.max_message,
+                ..WsOptions::default()
+            }),
+        },
+    };
     Ok(ServeOptions {
         services,
         model,

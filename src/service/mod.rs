@@ -17,7 +17,9 @@ use std::sync::Arc;
 pub mod ack;
 pub mod greet;
 pub mod hello;
+pub mod http;
 mod registry;
+pub mod ws;
 
 pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
 

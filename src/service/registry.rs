@@ -15,15 +15,29 @@ pub enum ServiceName {
     Greet,
     /// One message, one `Hello from server!`, close (seed 003), port 8081.
     Hello,
+    /// HTTP/1.1: `GET /` says `Hello from Multi-threaded Flask Server!`, `GET /ws`
+    /// upgrades (seed 003, Flask), port 8080.
+    Http,
+    /// WebSocket: `Server received: <message>` (seed 003, websockets), port 8765.
+    Ws,
 }
 
 /// Options of the services, set from the command line; each service reads its own.
 #[derive(Debug, Clone, Default)]
-pub struct ServiceOptions {}
+pub struct ServiceOptions {
+    /// http and ws: HTTP settings (header timeout, body limit) and WebSocket settings
+    /// (echo, message limit).
+    pub http: super::http::HttpOptions,
+}
 
 /// The services `serve` runs when none is named.
-pub const TCP_SERVICES: &[ServiceName] =
-    &[ServiceName::Ack, ServiceName::Greet, ServiceName::Hello];
+pub const TCP_SERVICES: &[ServiceName] = &[
+    ServiceName::Ack,
+    ServiceName::Greet,
+    ServiceName::Hello,
+    ServiceName::Http,
+    ServiceName::Ws,
+];
 
 impl ServiceName {
     /// The name as written on the command line.
@@ -32,6 +46,8 @@ impl ServiceName {
             ServiceName::Ack => "ack",
             ServiceName::Greet => "greet",
             ServiceName::Hello => "hello",
+            ServiceName::Http => "http",
+            ServiceName::Ws => "ws",
         }
     }
 
@@ -41,6 +57,8 @@ impl ServiceName {
             ServiceName::Ack => 9999,
             ServiceName::Greet => 52000,
             ServiceName::Hello => 8081,
+            ServiceName::Http => 8080,
+            ServiceName::Ws => 8765,
         }
     }
 
@@ -66,11 +84,12 @@ impl ServiceName {
         addr: SocketAddr,
         opts: &ServiceOptions,
     ) -> io::Result<Listening> {
-        let _ = opts;
         match self {
             ServiceName::Ack => server.listen(addr, super::ack::Ack),
             ServiceName::Greet => server.listen(addr, super::greet::Greet),
             ServiceName::Hello => server.listen(addr, super::hello::Hello),
+            ServiceName::Http => server.listen(addr, super::http::Http::new(opts.http.clone())),
+            ServiceName::Ws => server.listen(addr, super::ws::Ws::new(opts.http.clone())),
         }
     }
 }

@@ -1,0 +1,365 @@
+//! The http and ws rows of the conformance matrix: every model, real sockets, a raw
+//! HTTP client and tungstenite's WebSocket client; shedding at `--max-conns` (503,
+//! close 1013) with the admitted client unaffected; graceful shutdown giving WebSocket
+//! clients close 1001 and finishing the HTTP response in flight.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use multiclient::model::{Limits, Model, Server};
+use multiclient::service::http::{Http, HttpOptions, HELLO};
+use multiclient::service::ws::{Ws, WsOptions};
+use multiclient::service::Service;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+/// A safety net only: a test that waits this long has already failed.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Running {
+    server: Option<Server>,
+    addr: SocketAddr,
+}
+
+impl Running {
+    /// Starts the drain and waits for it; returns the connections cut off.
+    fn stop(mut self) -> usize {
+        let server = self.server.take().expect("running");
+        server.drain().start();
+        server.wait()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.drain().start();
+            server.wait();
+        }
+    }
+}
+
+fn start<S: Service>(model: Model, limits: Limits, service: S) -> Running {
+    let mut server = Server::new(model, limits).expect("server");
+    let addr = server.listen("127.0.0.1:0", service).expect("listen").addr;
+    Running {
+        server: Some(server),
+        addr,
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Reads one response: (status, head text, body). HEAD responses have no body.
+fn read_response(s: &mut TcpStream, head_only: bool) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).expect("reading a response head");
+        assert_eq!(
+            n,
+            1,
+            "EOF inside a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; if head_only { 0 } else { len }];
+    s.read_exact(&mut body).expect("reading a body");
+    (status, head, body)
+}
+
+fn assert_eof(s: &mut TcpStream) {
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("reading to EOF");
+    assert!(rest.is_empty(), "unexpected bytes before EOF: {rest:?}");
+}
+
+fn http_conversation(model: Model) {
+    let srv = start(model, Limits::default(), Http::new(HttpOptions::default()));
+    let mut c = connect(srv.addr);
+    // Keep-alive: two requests on one connection.
+    for _ in 0..2 {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let (status, head, body) = read_response(&mut c, false);
+        assert_eq!(status, 200);
+        assert!(head.contains("Content-Length: 39\r\n"));
+        assert!(head.contains("Date: "));
+        assert_eq!(body, HELLO.as_bytes());
+    }
+    // Pipelined, with a body to skip, answered in order.
+    c.write_all(
+        b"HEAD / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /nope HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(read_response(&mut c, true).0, 200);
+    let (status, head, _) = read_response(&mut c, false);
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: GET, HEAD\r\n"));
+    assert_eq!(read_response(&mut c, false).0, 404);
+    let (status, head, body) = read_response(&mut c, false);
+    assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
+    assert!(head.contains("Connection: close\r\n"));
+    assert_eof(&mut c);
+    // Bad input is answered and closed; the server keeps serving.
+    let mut c = connect(srv.addr);
+    c.write_all(b"GET / HTTP/9.9\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).0, 505);
+    assert_eof(&mut c);
+    let mut c = connect(srv.addr);
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).0, 200);
+    drop(c);
+    assert_eq!(srv.stop(), 0);
+}
+
+fn ws_client(addr: SocketAddr, path: &str) -> WebSocket<TcpStream> {
+    let (ws, resp) = tungstenite::client(format!("ws://{addr}{path}"), connect(addr))
+        .expect("websocket handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Reads the next data message, skipping control frames.
+fn next_message(ws: &mut WebSocket<TcpStream>) -> Message {
+    loop {
+        match ws.read().expect("reading a message") {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+/// Reads until the server's close frame; returns its code.
+fn close_code(ws: &mut WebSocket<TcpStream>) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return u16::from(f.code),
+            Ok(Message::Close(None)) => panic!("close frame without a code"),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// After a close frame: tungstenite answers it; the server then closes TCP.
+fn finish_close(ws: &mut WebSocket<TcpStream>) {
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => return,
+            Err(tungstenite::Error::AlreadyClosed) => return,
+            Err(e) => panic!("unclean close: {e}"),
+        }
+    }
+}
+
+fn ws_exchange(ws: &mut WebSocket<TcpStream>) {
+    ws.send(Message::text("hi")).unwrap();
+    assert_eq!(next_message(ws), Message::text("Server received: hi"));
+    ws.send(Message::binary(vec![0u8, 1, 255])).unwrap();
+    assert_eq!(
+        next_message(ws),
+        Message::binary(b"Server received: \x00\x01\xff".to_vec())
+    );
+    let big = "x".repeat(300_000);
+    ws.send(Message::text(big.clone())).unwrap();
+    assert_eq!(
+        next_message(ws),
+        Message::text(format!("Server received: {big}"))
+    );
+    ws.send(Message::Ping(b"p".to_vec().into())).unwrap();
+    match ws.read().unwrap() {
+        Message::Pong(p) => assert_eq!(&p[..], b"p"),
+        m => panic!("expected a pong, got {m:?}"),
+    }
+}
+
+fn ws_conversation(model: Model) {
+    let opts = HttpOptions {
+        ws: std::sync::Arc::new(WsOptions {
+            max_message: 400_000,
+            ..WsOptions::default()
+        }),
+        ..HttpOptions::default()
+    };
+    let srv = start(model, Limits::default(), Ws::new(opts.clone()));
+    let mut ws = ws_client(srv.addr, "/");
+    ws_exchange(&mut ws);
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "done".into(),
+    }))
+    .unwrap();
+    assert_eq!(close_code(&mut ws), 4000, "the peer's code is echoed");
+    finish_close(&mut ws);
+    // Over the limit: 1009, and the next client is served.
+    let mut ws = ws_client(srv.addr, "/");
+    ws.send(Message::binary(vec![0u8; 400_001])).unwrap();
+    assert_eq!(close_code(&mut ws), 1009);
+    finish_close(&mut ws);
+    let mut ws = ws_client(srv.addr, "/any/path");
+    ws.send(Message::text("again")).unwrap();
+    assert_eq!(
+        next_message(&mut ws),
+        Message::text("Server received: again")
+    );
+    ws.close(None).unwrap();
+    finish_close(&mut ws);
+    assert_eq!(srv.stop(), 0);
+    // The same engine behind the http service's /ws.
+    let srv = start(model, Limits::default(), Http::new(opts));
+    let mut ws = ws_client(srv.addr, "/ws");
+    ws_exchange(&mut ws);
+    ws.close(None).unwrap();
+    finish_close(&mut ws);
+    assert_eq!(srv.stop(), 0);
+}
+
+fn slowloris_gets_408(model: Model) {
+    let opts = HttpOptions {
+        header_timeout: Duration::from_millis(300),
+        ..HttpOptions::default()
+    };
+    let srv = start(model, Limits::default(), Http::new(opts));
+    let mut c = connect(srv.addr);
+    c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    let (status, head, _) = read_response(&mut c, false);
+    assert_eq!(status, 408);
+    assert!(head.contains("Connection: close\r\n"));
+    assert_eof(&mut c);
+    let mut c = connect(srv.addr);
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).0, 200);
+}
+
+fn one_conn() -> Limits {
+    Limits {
+        max_conns: 1,
+        ..Limits::default()
+    }
+}
+
+fn http_sheds_with_503(model: Model) {
+    let srv = start(model, one_conn(), Http::new(HttpOptions::default()));
+    let mut a = connect(srv.addr);
+    a.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut a, false).0, 200);
+    let mut b = connect(srv.addr);
+    b.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let (status, head, _) = read_response(&mut b, false);
+    assert_eq!(status, 503);
+    assert!(head.contains("Retry-After: 1\r\n"));
+    assert_eof(&mut b);
+    // The admitted client is unaffected.
+    a.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut a, false).0, 200);
+}
+
+fn ws_sheds_with_1013(model: Model) {
+    let srv = start(model, one_conn(), Ws::new(HttpOptions::default()));
+    let mut a = ws_client(srv.addr, "/");
+    a.send(Message::text("first")).unwrap();
+    assert_eq!(
+        next_message(&mut a),
+        Message::text("Server received: first")
+    );
+    let mut b = ws_client(srv.addr, "/");
+    assert_eq!(close_code(&mut b), 1013);
+    a.send(Message::text("still here")).unwrap();
+    assert_eq!(
+        next_message(&mut a),
+        Message::text("Server received: still here")
+    );
+}
+
+fn shutdown_closes_ws_1001(model: Model, clients: usize) {
+    let srv = start(model, Limits::default(), Ws::new(HttpOptions::default()));
+    let mut wss: Vec<_> = (0..clients).map(|_| ws_client(srv.addr, "/")).collect();
+    for ws in &mut wss {
+        ws.send(Message::text("x")).unwrap();
+        assert_eq!(next_message(ws), Message::text("Server received: x"));
+    }
+    let stopper = std::thread::spawn(move || srv.stop());
+    for ws in &mut wss {
+        assert_eq!(close_code(ws), 1001);
+        finish_close(ws);
+    }
+    assert_eq!(
+        stopper.join().unwrap(),
+        0,
+        "every connection closed in time"
+    );
+}
+
+fn shutdown_finishes_http_in_flight(model: Model) {
+    let srv = start(model, Limits::default(), Http::new(HttpOptions::default()));
+    let mut c = connect(srv.addr);
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).0, 200);
+    c.write_all(b"GET / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+        .unwrap();
+    let drain = srv.server.as_ref().unwrap().drain();
+    let stopper = std::thread::spawn(move || srv.stop());
+    drain.start();
+    // Whether the drain reaches the connection before or after the rest of the body,
+    // the request in flight is answered in full, then the connection closes (the
+    // `Connection: close` on it is checked deterministically in the unit tests).
+    c.write_all(b"cd").unwrap();
+    let (status, _, body) = read_response(&mut c, false);
+    assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
+    assert_eof(&mut c);
+    assert_eq!(stopper.join().unwrap(), 0);
+}
+
+macro_rules! matrix {
+    ($($name:ident: $model:expr, $concurrent:expr;)*) => {
+        mod http_under { use super::*; $(#[test] fn $name() { http_conversation($model) })* }
+        mod ws_under { use super::*; $(#[test] fn $name() { ws_conversation($model) })* }
+        mod slowloris_under { use super::*; $(#[test] fn $name() { slowloris_gets_408($model) })* }
+        mod ws_shutdown_under { use super::*; $(#[test] fn $name() {
+            shutdown_closes_ws_1001($model, if $concurrent { 3 } else { 1 })
+        })* }
+        mod http_shutdown_under { use super::*; $(#[test] fn $name() { shutdown_finishes_http_in_flight($model) })* }
+    };
+}
+
+matrix! {
+    single: Model::Single, false;
+    threads: Model::Threads, true;
+    pool: Model::Pool { workers: 10 }, true;
+    async_multi: Model::Async { workers: 2 }, true;
+    async_one_thread: Model::Async { workers: 1 }, true;
+}
+
+/// Shedding needs a second client served at the same time as the first, which the
+/// `single` model never does (it serves one client at a time and queues the rest).
+macro_rules! shedding {
+    ($($name:ident: $model:expr;)*) => {
+        mod http_shed_under { use super::*; $(#[test] fn $name() { http_sheds_with_503($model) })* }
+        mod ws_shed_under { use super::*; $(#[test] fn $name() { ws_sheds_with_1013($model) })* }
+    };
+}
+
+shedding! {
+    threads: Model::Threads;
+    pool: Model::Pool { workers: 10 };
+    async_multi: Model::Async { workers: 2 };
+    async_one_thread: Model::Async { workers: 1 };
+}
