@@ -284,3 +284,48 @@ fn half_closed_client_still_gets_every_answer() {
         assert_eq!(read_to_end(&mut c), b"ACK!", "{model:?}");
     }
 }
+
+/// Panics on the byte `!`: a stand-in for a bug in a protocol.
+struct Fragile;
+struct FragileSession;
+
+impl multiclient::service::Service for Fragile {
+    type Session = FragileSession;
+    fn name(&self) -> &str {
+        "fragile"
+    }
+    fn session(&self, _conn: &multiclient::service::ConnInfo) -> FragileSession {
+        FragileSession
+    }
+}
+
+impl multiclient::service::Session for FragileSession {
+    type Event = ();
+    fn read(&mut self, input: &[u8], cx: &mut multiclient::service::Cx<'_, ()>) -> usize {
+        assert!(!input.contains(&b'!'), "fragile session meets '!'");
+        cx.send(b"ok");
+        input.len()
+    }
+}
+
+#[test]
+fn a_panicking_session_ends_only_its_own_connection() {
+    for model in MODELS {
+        let limits = Limits {
+            max_conns: 2,
+            ..Limits::default()
+        };
+        let srv = start(model, limits, Fragile);
+        for _ in 0..3 {
+            let mut c = connect(srv.addr());
+            c.write_all(b"boom!").unwrap();
+            assert_eq!(read_to_end(&mut c), b"", "{model:?}");
+        }
+        let mut c = connect(srv.addr());
+        round_trip(&mut c, b"fine", b"ok");
+        assert!(
+            srv.listening.stats.active.load(Ordering::Relaxed) <= 1,
+            "{model:?}: slots leaked"
+        );
+    }
+}

@@ -98,6 +98,8 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
                     continue;
                 }
                 let id = next_conn_id();
+                // A panic in a session ends its own task only; tokio reports it and
+                // the slot is given back as the task unwinds.
                 if let Some(task) = Task::new(stream, ConnInfo { id, peer }, &ctx, admitted) {
                     tokio::spawn(task);
                 }

@@ -91,8 +91,17 @@ pub(crate) fn accept<S: Service>(
 }
 
 /// Serves one connection on the calling thread until it ends. `refused` connections
-/// are only told why (the service's busy goodbye) and closed.
+/// are only told why (the service's busy goodbye) and closed. A panic in the session
+/// ends this connection only: the thread (a pool worker, the single server's only
+/// thread) goes on serving.
 pub(crate) fn serve<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S>, refused: bool) {
+    let run = std::panic::AssertUnwindSafe(|| serve_inner(stream, peer, ctx, refused));
+    if std::panic::catch_unwind(run).is_err() {
+        tracing::error!(%peer, "session panicked; connection closed");
+    }
+}
+
+fn serve_inner<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S>, refused: bool) {
     let id = next_conn_id();
     let info = ConnInfo { id, peer };
     let session = ctx.service.session(&info);
