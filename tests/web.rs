@@ -117,11 +117,14 @@ fn http_conversation(model: Model) {
     assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
     assert!(head.contains("Connection: close\r\n"));
     assert_eof(&mut c);
+    // A shadowed client would stay open (and the server linger on it) until the end.
+    drop(c);
     // Bad input is answered and closed; the server keeps serving.
     let mut c = connect(srv.addr);
     c.write_all(b"GET / HTTP/9.9\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 505);
     assert_eof(&mut c);
+    drop(c);
     let mut c = connect(srv.addr);
     c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
@@ -209,11 +212,13 @@ fn ws_conversation(model: Model) {
     .unwrap();
     assert_eq!(close_code(&mut ws), 4000, "the peer's code is echoed");
     finish_close(&mut ws);
+    drop(ws);
     // Over the limit: 1009, and the next client is served.
     let mut ws = ws_client(srv.addr, "/");
     ws.send(Message::binary(vec![0u8; 400_001])).unwrap();
     assert_eq!(close_code(&mut ws), 1009);
     finish_close(&mut ws);
+    drop(ws);
     let mut ws = ws_client(srv.addr, "/any/path");
     ws.send(Message::text("again")).unwrap();
     assert_eq!(
@@ -222,6 +227,7 @@ fn ws_conversation(model: Model) {
     );
     ws.close(None).unwrap();
     finish_close(&mut ws);
+    drop(ws);
     assert_eq!(srv.stop(), 0);
     // The same engine behind the http service's /ws.
     let srv = start(model, Limits::default(), Http::new(opts));
@@ -229,6 +235,7 @@ fn ws_conversation(model: Model) {
     ws_exchange(&mut ws);
     ws.close(None).unwrap();
     finish_close(&mut ws);
+    drop(ws);
     assert_eq!(srv.stop(), 0);
 }
 
@@ -244,6 +251,7 @@ fn slowloris_gets_408(model: Model) {
     assert_eq!(status, 408);
     assert!(head.contains("Connection: close\r\n"));
     assert_eof(&mut c);
+    drop(c);
     let mut c = connect(srv.addr);
     c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
@@ -325,6 +333,7 @@ fn shutdown_finishes_http_in_flight(model: Model) {
     let (status, _, body) = read_response(&mut c, false);
     assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
     assert_eof(&mut c);
+    drop(c);
     assert_eq!(stopper.join().unwrap(), 0);
 }
 

@@ -774,6 +774,7 @@ impl<A: App> HttpSession<A> {
             return;
         }
         match app.handle(&req, cx) {
+            Reply::Respond(_) if self.busy => self.error(503, "server busy, try again\n", cx),
             Reply::Respond(resp) => self.write(&resp, head_only, cx),
             Reply::Upgrade(handler) => match ws::accept(&req) {
                 Ok(key) => {
@@ -1183,6 +1184,12 @@ mod tests {
         let r = responses(&h.take_output(), &[]);
         assert_eq!(r[0].status, 503);
         assert_eq!(r[0].headers["retry-after"], "1");
+        assert!(h.is_closing());
+        // An upgrade header on a plain route does not get past the refusal.
+        let mut h = harness();
+        h.goodbye(Goodbye::Busy);
+        h.feed(upgrade_request("/").as_bytes());
+        assert_eq!(responses(&h.take_output(), &[])[0].status, 503);
         assert!(h.is_closing());
     }
 

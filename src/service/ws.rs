@@ -775,6 +775,54 @@ pub(crate) mod tests {
         assert!(h.is_closing());
     }
 
+    /// A handler woken by its mailbox, as the chat's will be: events pushed by
+    /// another connection arrive as text frames.
+    struct Notified {
+        registry: Arc<std::sync::Mutex<Option<crate::model::mailbox::Sender<String>>>>,
+    }
+
+    impl Handler for Notified {
+        type Event = String;
+        fn open(&mut self, ws: &mut WsCx<'_, '_, '_, String>) {
+            let tx = ws.cx().mailbox().expect("mailbox");
+            *self.registry.lock().unwrap() = Some(tx);
+        }
+        fn message(&mut self, _msg: Message, _ws: &mut WsCx<'_, '_, '_, String>) {}
+        fn event(&mut self, ev: String, ws: &mut WsCx<'_, '_, '_, String>) {
+            ws.send(Message::text(ev));
+        }
+    }
+
+    struct NotifyApp(Arc<std::sync::Mutex<Option<crate::model::mailbox::Sender<String>>>>);
+
+    impl http::App for NotifyApp {
+        type Ws = Notified;
+        fn routes(&self) -> &[Route] {
+            UPGRADE_ONLY
+        }
+        fn handle(&self, _req: &Request<'_>, _cx: &mut Cx<'_, String>) -> Reply<Notified> {
+            Reply::Upgrade(Notified {
+                registry: self.0.clone(),
+            })
+        }
+    }
+
+    #[test]
+    fn mailbox_events_reach_an_upgraded_session() {
+        let registry = Arc::new(std::sync::Mutex::new(None));
+        let app = Arc::new(NotifyApp(registry.clone()));
+        let mut h = Harness::new(http::HttpSession::new(app, Arc::default()));
+        h.feed(upgrade_request("/chat/ws").as_bytes());
+        assert!(h.take_output().starts_with(b"HTTP/1.1 101 "));
+        let tx = registry.lock().unwrap().take().expect("registered on open");
+        tx.send("from elsewhere".to_string(), 14).unwrap();
+        h.deliver();
+        assert_eq!(
+            frames(&h.take_output()),
+            [(TEXT, b"from elsewhere".to_vec())]
+        );
+    }
+
     fn run_split(bytes: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
         let mut h = Harness::new(service(false, 1000).session(&ConnInfo::test(1)));
         let mut last = 0;
