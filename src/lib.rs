@@ -13,6 +13,7 @@
 //! `examples/upper.rs`.
 
 pub mod connect;
+pub mod hub;
 pub mod logging;
 pub mod model;
 pub mod serve;
