@@ -66,6 +66,20 @@ struct ServeArgs {
     /// Drop a client whose replies make no progress for this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
+    /// Bytes of events queued for one client before it is dropped as a slow consumer
+    /// (chat: `ERR slow-consumer`).
+    #[arg(long, default_value_t = Limits::default().max_queue)]
+    max_queue: usize,
+    /// Chat: messages kept per room for HISTORY and JOIN ... AFTER.
+    #[arg(long, default_value_t = multiclient::hub::DEFAULT_HISTORY)]
+    history: usize,
+    /// Chat: longest command line in bytes; longer ones get `ERR line-too-long`.
+    #[arg(long, default_value_t = multiclient::service::chat::DEFAULT_MAX_LINE)]
+    max_line: usize,
+    /// Chat: commands per second per connection, beyond which `ERR rate-limited`
+    /// (default: unlimited).
+    #[arg(long)]
+    max_rate: Option<u32>,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -157,9 +171,13 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         idle_timeout: a.idle_timeout,
         shutdown_timeout: a.shutdown_timeout,
         write_timeout: a.write_timeout,
+        max_queue: a.max_queue,
         ..Limits::default()
     };
-    let service = ServiceOptions::default();
+    let mut service = ServiceOptions::default();
+    service.chat.history = a.history;
+    service.chat.max_line = a.max_line;
+    service.chat.max_rate = a.max_rate;
     Ok(ServeOptions {
         services,
         model,

@@ -14,6 +14,7 @@ use crate::model::mailbox::{Mailbox, Sender, WakeKind};
 use std::sync::Arc;
 
 pub mod ack;
+pub mod chat;
 pub mod greet;
 pub mod hello;
 mod registry;

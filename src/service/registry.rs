@@ -15,15 +15,24 @@ pub enum ServiceName {
     Greet,
     /// One message, one `Hello from server!`, close (seed 003), port 8081.
     Hello,
+    /// Chat rooms over a TCP line protocol (seed 003's "real-time chat"), port 7000.
+    Chat,
 }
 
 /// Options of the services, set from the command line; each service reads its own.
 #[derive(Debug, Clone, Default)]
-pub struct ServiceOptions {}
+pub struct ServiceOptions {
+    /// The chat's options and its shared hub.
+    pub chat: super::chat::ChatOptions,
+}
 
 /// The services `serve` runs when none is named.
-pub const TCP_SERVICES: &[ServiceName] =
-    &[ServiceName::Ack, ServiceName::Greet, ServiceName::Hello];
+pub const TCP_SERVICES: &[ServiceName] = &[
+    ServiceName::Ack,
+    ServiceName::Greet,
+    ServiceName::Hello,
+    ServiceName::Chat,
+];
 
 impl ServiceName {
     /// The name as written on the command line.
@@ -32,6 +41,7 @@ impl ServiceName {
             ServiceName::Ack => "ack",
             ServiceName::Greet => "greet",
             ServiceName::Hello => "hello",
+            ServiceName::Chat => "chat",
         }
     }
 
@@ -41,6 +51,7 @@ impl ServiceName {
             ServiceName::Ack => 9999,
             ServiceName::Greet => 52000,
             ServiceName::Hello => 8081,
+            ServiceName::Chat => 7000,
         }
     }
 
@@ -56,7 +67,7 @@ impl ServiceName {
 
     /// Whether messages are lines (sent with a newline) rather than raw text.
     pub fn is_line_protocol(self) -> bool {
-        false
+        matches!(self, ServiceName::Chat)
     }
 
     /// Starts this service on `server`, listening on `addr`.
@@ -66,11 +77,23 @@ impl ServiceName {
         addr: SocketAddr,
         opts: &ServiceOptions,
     ) -> io::Result<Listening> {
-        let _ = opts;
         match self {
             ServiceName::Ack => server.listen(addr, super::ack::Ack),
             ServiceName::Greet => server.listen(addr, super::greet::Greet),
             ServiceName::Hello => server.listen(addr, super::hello::Hello),
+            ServiceName::Chat => {
+                // One client at a time cannot chat: the first member would wait alone
+                // while everyone else sits unserved in the backlog. Refuse clearly.
+                if server.model() == crate::model::Model::Single {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "chat needs many members at once; --model single serves one \
+                         client at a time (use threads, pool or async)",
+                    ));
+                }
+                let chat = super::chat::Chat::new(opts.chat.hub(), &opts.chat);
+                server.listen(addr, chat)
+            }
         }
     }
 }
