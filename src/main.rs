@@ -143,16 +143,6 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
             .map_err(|e| anyhow::anyhow!("--service {name}: {e}"))?;
         services.push((name, addr));
     }
-    if services.is_empty() {
-        services = TCP_SERVICES.iter().map(|&s| (s, None)).collect();
-    }
-    if a.addr.is_some() && services.len() != 1 {
-        bail!("--addr needs exactly one --service (or use --service NAME=ADDR)");
-    }
-    let services = services
-        .into_iter()
-        .map(|(name, addr)| (name, addr.or(a.addr).unwrap_or_else(|| name.default_addr())))
-        .collect();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -166,6 +156,20 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
             workers: a.workers.unwrap_or(cores),
         },
     };
+    if services.is_empty() {
+        services = TCP_SERVICES
+            .iter()
+            .filter(|s| s.runs_under(model))
+            .map(|&s| (s, None))
+            .collect();
+    }
+    if a.addr.is_some() && services.len() != 1 {
+        bail!("--addr needs exactly one --service (or use --service NAME=ADDR)");
+    }
+    let services = services
+        .into_iter()
+        .map(|(name, addr)| (name, addr.or(a.addr).unwrap_or_else(|| name.default_addr())))
+        .collect();
     let limits = Limits {
         max_conns: a.max_conns,
         idle_timeout: a.idle_timeout,

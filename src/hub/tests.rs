@@ -57,7 +57,7 @@ fn members_see_each_other_and_the_author_gets_its_own_message() {
     assert!(b.lines().is_empty(), "a joiner is not told of its own join");
     let id = hub.say(a.id, "lobby", "hi there").unwrap();
     let want = format!("MSG lobby {id} {} hi there\n", a.nick);
-    assert_eq!(a.lines(), [want.clone()]);
+    assert_eq!(a.lines(), std::slice::from_ref(&want));
     assert_eq!(b.lines(), [want]);
     hub.part(b.id, "lobby").unwrap();
     assert_eq!(a.lines(), [format!("PART lobby {}\n", b.nick)]);
@@ -91,7 +91,7 @@ fn guest_nicks_are_unique_and_nick_changes_are_announced() {
     assert_eq!(joined.since, 1);
     c.join(&hub, "r", None);
     a.lines();
-    hub.set_nick(a.id, &ann, "anna", &[joined.room.clone()])
+    hub.set_nick(a.id, &ann, "anna", std::slice::from_ref(&joined.room))
         .unwrap();
     assert_eq!(c.lines(), ["NICK r ann anna\n"]);
     assert!(

@@ -166,6 +166,7 @@ async fn serve<S: Service>(
     let mut armed = conn.next_deadline();
     loop {
         let now = Instant::now();
+        conn.resume_events(now);
         let blocked = !conn.flush(fd.get_ref(), now);
         if conn.phase() == Phase::Done {
             return;
@@ -175,7 +176,9 @@ async fn serve<S: Service>(
             armed = deadline;
             sleep.as_mut().reset(deadline.into());
         }
-        let mailbox = conn.mailbox().filter(|_| conn.wants_events()).cloned();
+        // Watched even under backpressure, so an overflow is seen at once.
+        let mailbox = conn.mailbox().cloned();
+        let mut yield_after_input = false;
         tokio::select! {
             biased;
             _ = ctx.drain.started(), if !conn.is_draining() => {
@@ -184,10 +187,18 @@ async fn serve<S: Service>(
             g = fd.readable(), if conn.wants_read() => {
                 let Ok(mut g) = g else { return };
                 let now = Instant::now();
+                // Input may wake other sessions (a chat message wakes every member of
+                // its room). Tokio runs a task woken from a worker in that worker's
+                // LIFO slot, which other workers cannot steal: a client that never
+                // stops sending would starve them. Yield after each burst.
+                yield_after_input = true;
                 with_scratch(|s| {
                     for _ in 0..READS_PER_WAKE {
                         match conn.read_from(g.get_inner(), s, now) {
-                            Read_::Data { more: true } => continue,
+                            // Backpressure holds within a burst too: stop reading
+                            // once replies pile up.
+                            Read_::Data { more: true } if conn.wants_read() => continue,
+                            Read_::Data { more: true } => break,
                             Read_::Data { more: false } | Read_::WouldBlock => {
                                 g.clear_ready_matching(tokio::io::Ready::READABLE);
                                 break;
@@ -205,7 +216,7 @@ async fn serve<S: Service>(
                 }
             }
             _ = async { mailbox.as_ref().expect("guarded").notified().await }, if mailbox.is_some() => {
-                conn.deliver(Instant::now());
+                conn.on_mailbox(Instant::now());
             }
             _ = &mut sleep => {
                 conn.tick(Instant::now());
@@ -213,6 +224,9 @@ async fn serve<S: Service>(
                 // spin.
                 armed = Instant::now() - Duration::from_secs(1);
             }
+        }
+        if yield_after_input {
+            tokio::task::yield_now().await;
         }
     }
 }

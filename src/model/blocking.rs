@@ -117,6 +117,8 @@ fn drive<S: Service>(
     loop {
         let now = Instant::now();
         conn.flush(sock, now);
+        conn.resume_events(now);
+        conn.flush(sock, now);
         if conn.phase() == Phase::Done {
             return Ok(());
         }
@@ -128,7 +130,8 @@ fn drive<S: Service>(
             sock_events |= PollFlags::OUT;
         }
         let watch_drain = !conn.is_draining();
-        let mailbox = conn.mailbox().filter(|_| conn.wants_events()).cloned();
+        // Watched even under backpressure, so an overflow is seen at once.
+        let mailbox = conn.mailbox().cloned();
         let mut fds = [
             PollFd::from_borrowed_fd(sock.as_fd(), sock_events),
             PollFd::from_borrowed_fd(
@@ -155,10 +158,14 @@ fn drive<S: Service>(
         let drain_ready = watch_drain && !fds[1].revents().is_empty();
         let mail_ready = !fds[2].revents().is_empty();
         if mail_ready {
-            conn.deliver(now);
+            conn.on_mailbox(now);
         }
         if !sock_ready.is_empty() && conn.wants_read() {
-            while let Read_::Data { more: true } = conn.read_from(sock, scratch, now) {}
+            while let Read_::Data { more: true } = conn.read_from(sock, scratch, now) {
+                if !conn.wants_read() {
+                    break; // Backpressure holds within a burst too.
+                }
+            }
         } else if sock_ready.intersects(PollFlags::ERR | PollFlags::HUP) {
             // Both directions are gone while we were not reading: nothing more can be
             // read or delivered.

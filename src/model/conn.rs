@@ -102,6 +102,9 @@ pub(crate) struct Conn<S: Session> {
     pending: Vec<u8>,
     mailbox: Option<Arc<Mailbox<S::Event>>>,
     batch: VecDeque<S::Event>,
+    /// Events arrived while the session was not taking them (backpressure); their
+    /// wake-up was consumed, so they are delivered when output drains.
+    events_pending: bool,
     closing: bool,
     phase: Phase,
     eof: bool,
@@ -137,6 +140,7 @@ impl<S: Session> Conn<S> {
             pending: Vec::new(),
             mailbox: None,
             batch: VecDeque::new(),
+            events_pending: false,
             closing: false,
             phase: Phase::Open,
             eof: false,
@@ -255,6 +259,12 @@ impl<S: Session> Conn<S> {
             return Read_::Data { more: false };
         }
         self.on_input(&buf[..n], now);
+        // Events pushed while this input was handled (a chat member's own messages) are
+        // taken between reads: a client that sends fast and reads its replies is not
+        // mistaken for a slow consumer because its input came in one long burst.
+        if self.mailbox.is_some() && self.wants_events() {
+            self.deliver(now);
+        }
         Read_::Data { more: n == buf_len }
     }
 
@@ -371,6 +381,30 @@ impl<S: Session> Conn<S> {
         Ok(())
     }
 
+    /// The mailbox woke the connection. Under backpressure the events stay queued (and
+    /// are delivered by [`Conn::resume_events`]), but an overflow is acted on at once:
+    /// a client that never reads is a slow consumer, not only a slow reader.
+    pub(crate) fn on_mailbox(&mut self, now: Instant) {
+        if self.wants_events() {
+            self.events_pending = false;
+            self.deliver(now);
+        } else if let Some(mb) = self.mailbox.clone() {
+            if mb.clear_wake() {
+                self.deliver(now);
+            } else {
+                self.events_pending = true;
+            }
+        }
+    }
+
+    /// Delivers events held back by backpressure once output has drained.
+    pub(crate) fn resume_events(&mut self, now: Instant) {
+        if self.events_pending && self.wants_events() {
+            self.events_pending = false;
+            self.deliver(now);
+        }
+    }
+
     /// Delivers the mailbox's events to the session.
     pub(crate) fn deliver(&mut self, now: Instant) {
         let Some(mb) = self.mailbox.clone() else {
@@ -379,6 +413,9 @@ impl<S: Session> Conn<S> {
         let overflowed = mb.take(&mut self.batch);
         if overflowed {
             self.batch.clear();
+            if self.phase != Phase::Open || self.goodbye.is_some() {
+                return; // Already told and counted: the overflow flag stays set.
+            }
             self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 "slow consumer: mailbox over {} bytes",

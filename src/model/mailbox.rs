@@ -114,6 +114,16 @@ impl<E> Mailbox<E> {
         q.overflowed
     }
 
+    /// Consumes a pending wake-up without taking the events (the session is not
+    /// taking events now, under backpressure); returns whether the mailbox overflowed.
+    pub(crate) fn clear_wake(&self) -> bool {
+        if let Wake::Fd(fd) = &self.wake {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(fd, &mut buf);
+        }
+        self.lock().overflowed
+    }
+
     /// Marks the mailbox closed: later sends fail with [`SendError::Closed`].
     pub(crate) fn close(&self) {
         let mut q = self.lock();

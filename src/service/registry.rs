@@ -70,6 +70,13 @@ impl ServiceName {
         matches!(self, ServiceName::Chat)
     }
 
+    /// Whether the service can run under `model`. Chat cannot run under `single`: one
+    /// client at a time means the first member waits alone while everyone else sits
+    /// unserved in the backlog. The default set of `serve` leaves it out there.
+    pub fn runs_under(self, model: crate::model::Model) -> bool {
+        !(self == ServiceName::Chat && model == crate::model::Model::Single)
+    }
+
     /// Starts this service on `server`, listening on `addr`.
     pub fn listen(
         self,
@@ -82,9 +89,7 @@ impl ServiceName {
             ServiceName::Greet => server.listen(addr, super::greet::Greet),
             ServiceName::Hello => server.listen(addr, super::hello::Hello),
             ServiceName::Chat => {
-                // One client at a time cannot chat: the first member would wait alone
-                // while everyone else sits unserved in the backlog. Refuse clearly.
-                if server.model() == crate::model::Model::Single {
+                if !self.runs_under(server.model()) {
                     return Err(io::Error::new(
                         io::ErrorKind::Unsupported,
                         "chat needs many members at once; --model single serves one \
