@@ -80,6 +80,10 @@ struct ServeArgs {
     /// (default: unlimited).
     #[arg(long)]
     max_rate: Option<u32>,
+    /// Chat: a Redis URL (`redis://127.0.0.1:6379`); every process given the same one
+    /// is one chat.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -182,6 +186,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     service.chat.history = a.history;
     service.chat.max_line = a.max_line;
     service.chat.max_rate = a.max_rate;
+    service.chat.redis = a.redis.clone();
     Ok(ServeOptions {
         services,
         model,

@@ -41,7 +41,10 @@ use bytes::Bytes;
 
 use crate::model::mailbox::{SendError, Sender};
 
+mod bridge;
 pub mod names;
+
+pub use bridge::BACKOFF_MAX as REDIS_BACKOFF_MAX;
 
 pub use names::{valid_nick, valid_room, MAX_NICK, MAX_ROOM};
 
@@ -193,6 +196,29 @@ impl Publication {
     }
 }
 
+/// An answer to one member's request that comes later, through its mailbox (with
+/// `--redis`, where history lives in Redis and messages are ordered there).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The messages of a `HISTORY`, oldest first.
+    History {
+        /// The room asked about.
+        room: Arc<str>,
+        /// The messages, or why there are none.
+        msgs: Result<Vec<Arc<Publication>>, HubError>,
+    },
+    /// The replay of a `JOIN ... AFTER`, oldest first; live events of the room wait
+    /// in the session until it arrives.
+    Replay {
+        /// The room joined.
+        room: Arc<str>,
+        /// The messages, or why there are none.
+        msgs: Result<Vec<Arc<Publication>>, HubError>,
+    },
+    /// A request failed (a `SAY` that Redis did not take: nothing was delivered).
+    Failed(HubError),
+}
+
 /// What a member's mailbox receives from the hub.
 #[derive(Debug, Clone)]
 pub enum ChatEvent {
@@ -205,6 +231,8 @@ pub enum ChatEvent {
         /// The event.
         publication: Arc<Publication>,
     },
+    /// The answer to one of this member's requests.
+    Answer(Answer),
 }
 
 /// Why the hub refused a request; each maps to the protocol's error code.
@@ -324,6 +352,8 @@ pub struct Joined {
     pub since: u64,
     /// Messages after the `AFTER` id still in history, oldest first.
     pub replay: Vec<Arc<Publication>>,
+    /// The replay comes later, as [`Answer::Replay`] (with `--redis`).
+    pub replay_pending: bool,
 }
 
 /// Hub settings.
@@ -351,6 +381,10 @@ pub struct HubStats {
     /// Sends refused because the member's mailbox overflowed (the model then ends
     /// that member as a slow consumer).
     pub overflows: AtomicU64,
+    /// Connections to Redis made (the first and every reconnection).
+    pub redis_connects: AtomicU64,
+    /// Connections to Redis lost.
+    pub redis_losses: AtomicU64,
 }
 
 /// The chat state of one process. See the module documentation.
@@ -362,6 +396,7 @@ pub struct Hub {
     next_guest: AtomicU64,
     next_msg: AtomicU64,
     config: HubConfig,
+    bridge: Option<bridge::Bridge>,
     /// Counters.
     pub stats: HubStats,
 }
@@ -395,8 +430,56 @@ impl Hub {
             next_guest: AtomicU64::new(1),
             next_msg: AtomicU64::new(start),
             config,
+            bridge: None,
             stats: HubStats::default(),
         }
+    }
+
+    /// A hub that is one chat with every other process given the same Redis `url`
+    /// (see the bridge's documentation). Connects in the background; an invalid URL
+    /// is an error now.
+    pub fn with_redis(config: HubConfig, url: &str) -> Result<Arc<Hub>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        let history = config.history;
+        Ok(Arc::new_cyclic(|weak| {
+            let mut hub = Hub::new(config);
+            hub.bridge = Some(bridge::Bridge::start(client, weak.clone(), history));
+            hub
+        }))
+    }
+
+    /// Whether the shared backend is reachable (always, without `--redis`).
+    pub fn is_available(&self) -> bool {
+        self.bridge.as_ref().map_or(true, |b| b.is_up())
+    }
+
+    /// Publishes a join, part or nick change through Redis; while it is down the event
+    /// reaches nobody (logged and counted by the bridge's state).
+    fn publish_event(&self, b: &bridge::Bridge, room: &Arc<str>, kind: Kind, member: MemberId) {
+        let r = bridge::Request::Event {
+            room: room.clone(),
+            kind,
+            member,
+        };
+        if b.send(r).is_err() {
+            tracing::warn!("redis unavailable: a {room} membership event was not published");
+        }
+    }
+
+    /// An event of `room` from Redis, for this process's members of it.
+    fn inject(&self, room: &str, kind: Kind, skip: Option<MemberId>) {
+        let name = {
+            let mut shard = lock(self.shard(room));
+            let Some(r) = shard.get_mut(room) else {
+                return; // No member here.
+            };
+            let name = r.name.clone();
+            if !r.push(Arc::new(Publication::new(name.clone(), kind)), skip) {
+                return;
+            }
+            name
+        };
+        self.deliver(&name);
     }
 
     fn shard(&self, room: &str) -> &Mutex<Shard> {
@@ -454,14 +537,16 @@ impl Hub {
                     continue;
                 };
                 Arc::make_mut(&mut r.members)[i].nick = new.clone();
-                let p = Publication::new(
-                    room.clone(),
-                    Kind::Nick {
-                        old: old.clone(),
-                        new: new.clone(),
-                    },
-                );
-                r.push(Arc::new(p), Some(id))
+                let kind = Kind::Nick {
+                    old: old.clone(),
+                    new: new.clone(),
+                };
+                if let Some(b) = &self.bridge {
+                    drop(shard);
+                    self.publish_event(b, room, kind, id);
+                    continue;
+                }
+                r.push(Arc::new(Publication::new(room.clone(), kind)), Some(id))
             };
             if deliver {
                 self.deliver(room);
@@ -485,6 +570,9 @@ impl Hub {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
+        if after.is_some() && !self.is_available() {
+            return Err(HubError::Unavailable);
+        }
         let (joined, deliver) = {
             let mut shard = lock(self.shard(room));
             if !shard.contains_key(room) {
@@ -496,8 +584,13 @@ impl Hub {
             if r.index.contains_key(&id) {
                 return Err(HubError::AlreadyMember);
             }
-            let p = Publication::new(name.clone(), Kind::Join { nick: nick.clone() });
-            let deliver = r.push(Arc::new(p), None);
+            let deliver = match self.bridge {
+                Some(_) => false, // Published through Redis below.
+                None => {
+                    let p = Publication::new(name.clone(), Kind::Join { nick: nick.clone() });
+                    r.push(Arc::new(p), None)
+                }
+            };
             let since = r.seq;
             r.index.insert(id, r.members.len());
             Arc::make_mut(&mut r.members).push(Entry {
@@ -508,6 +601,7 @@ impl Hub {
                 since,
             });
             let replay = match after {
+                Some(_) if self.bridge.is_some() => Vec::new(),
                 Some(after) => r
                     .history
                     .iter()
@@ -521,12 +615,31 @@ impl Hub {
                     room: name,
                     since,
                     replay,
+                    replay_pending: false,
                 },
                 deliver,
             )
         };
         if deliver {
             self.deliver(&joined.room);
+        }
+        let mut joined = joined;
+        if let Some(b) = &self.bridge {
+            let kind = Kind::Join { nick: nick.clone() };
+            self.publish_event(b, &joined.room, kind, id);
+            if let Some(after) = after {
+                let r = bridge::Request::Range {
+                    room: joined.room.clone(),
+                    after: Some(after),
+                    last: 0,
+                    to: tx.clone(),
+                };
+                if let Err(e) = b.send(r) {
+                    let _ = self.part(id, room);
+                    return Err(e);
+                }
+                joined.replay_pending = true;
+            }
         }
         Ok(joined)
     }
@@ -542,8 +655,17 @@ impl Hub {
             let Some(e) = r.remove(id) else {
                 return Err(HubError::NotMember);
             };
-            let p = Publication::new(name.clone(), Kind::Part { nick: e.nick });
-            if !r.push(Arc::new(p), None) {
+            let kind = Kind::Part { nick: e.nick };
+            if let Some(b) = &self.bridge {
+                let empty = r.members.is_empty() && !r.delivering;
+                if empty {
+                    shard.remove(room);
+                }
+                drop(shard);
+                self.publish_event(b, &name, kind, id);
+                return Ok(());
+            }
+            if !r.push(Arc::new(Publication::new(name.clone(), kind)), None) {
                 return Ok(());
             }
             name
@@ -554,14 +676,30 @@ impl Hub {
 
     /// Says `text` in `room` as member `id`: every member, the author included,
     /// receives it. Returns the message's id.
-    pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<MsgId, HubError> {
+    ///
+    /// With `--redis` the id is given by Redis and `None` is returned: the message
+    /// comes back to every member, the author included, through the shared channel.
+    pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Option<MsgId>, HubError> {
         let (name, msg, deliver) = {
             let mut shard = lock(self.shard(room));
             let Some(r) = shard.get_mut(room) else {
                 return Err(HubError::NotMember);
             };
             let name = r.name.clone();
-            let nick = r.entry(id).ok_or(HubError::NotMember)?.nick.clone();
+            let entry = r.entry(id).ok_or(HubError::NotMember)?;
+            let nick = entry.nick.clone();
+            if let Some(b) = &self.bridge {
+                let author = entry.tx.clone();
+                drop(shard);
+                b.send(bridge::Request::Say {
+                    room: name,
+                    nick,
+                    text: text.into(),
+                    author,
+                })?;
+                self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
             let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
             let p = Arc::new(Publication::new(
                 name.clone(),
@@ -583,7 +721,7 @@ impl Hub {
         if deliver {
             self.deliver(&name);
         }
-        Ok(msg)
+        Ok(Some(msg))
     }
 
     /// The nicks in `room`, sorted.
@@ -600,16 +738,31 @@ impl Hub {
     }
 
     /// Up to `n` (at most [`MAX_HISTORY_REPLY`]) most recent messages of `room`,
-    /// oldest first.
-    pub fn history(&self, room: &str, n: usize) -> Result<Vec<Arc<Publication>>, HubError> {
+    /// oldest first. With `--redis` they come later to `to`, as [`Answer::History`],
+    /// and `None` is returned.
+    pub fn history(
+        &self,
+        room: &str,
+        n: usize,
+        to: &Sender<ChatEvent>,
+    ) -> Result<Option<Vec<Arc<Publication>>>, HubError> {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
         let n = n.min(MAX_HISTORY_REPLY);
+        if let Some(b) = &self.bridge {
+            b.send(bridge::Request::Range {
+                room: room.into(),
+                after: None,
+                last: n,
+                to: to.clone(),
+            })?;
+            return Ok(None);
+        }
         let shard = lock(self.shard(room));
         let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
         let skip = r.history.len().saturating_sub(n);
-        Ok(r.history.iter().skip(skip).cloned().collect())
+        Ok(Some(r.history.iter().skip(skip).cloned().collect()))
     }
 
     /// The member has gone: it parts from each of its `rooms` and its nick is freed.

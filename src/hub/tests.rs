@@ -32,8 +32,11 @@ impl M {
         let mut q = VecDeque::new();
         assert!(!self.mb.take(&mut q), "mailbox overflowed");
         q.into_iter()
-            .map(|ChatEvent::Room { publication, .. }| {
-                String::from_utf8(publication.encoded(Wire::Line).to_vec()).unwrap()
+            .map(|ev| match ev {
+                ChatEvent::Room { publication, .. } => {
+                    String::from_utf8(publication.encoded(Wire::Line).to_vec()).unwrap()
+                }
+                ChatEvent::Answer(a) => panic!("unexpected answer {a:?}"),
             })
             .collect()
     }
@@ -41,7 +44,10 @@ impl M {
         let mut q = VecDeque::new();
         self.mb.take(&mut q);
         q.into_iter()
-            .filter_map(|ChatEvent::Room { publication, .. }| publication.msg_id())
+            .filter_map(|ev| match ev {
+                ChatEvent::Room { publication, .. } => publication.msg_id(),
+                ChatEvent::Answer(_) => None,
+            })
             .collect()
     }
 }
@@ -55,7 +61,7 @@ fn members_see_each_other_and_the_author_gets_its_own_message() {
     b.join(&hub, "lobby", None);
     assert_eq!(a.lines(), [format!("JOIN lobby {}\n", b.nick)]);
     assert!(b.lines().is_empty(), "a joiner is not told of its own join");
-    let id = hub.say(a.id, "lobby", "hi there").unwrap();
+    let id = hub.say(a.id, "lobby", "hi there").unwrap().unwrap();
     let want = format!("MSG lobby {id} {} hi there\n", a.nick);
     assert_eq!(a.lines(), std::slice::from_ref(&want));
     assert_eq!(b.lines(), [want]);
@@ -112,17 +118,23 @@ fn who_and_history_and_rooms_vanish_when_empty() {
     who.sort();
     assert_eq!(hub.who("r").unwrap(), who);
     let ids: Vec<MsgId> = (0..5)
-        .map(|i| hub.say(a.id, "r", &format!("m{i}")).unwrap())
+        .map(|i| hub.say(a.id, "r", &format!("m{i}")).unwrap().unwrap())
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
-    let h = hub.history("r", 10).unwrap();
+    let h = hub.history("r", 10, &a.tx).unwrap().unwrap();
     assert_eq!(
         h.iter().map(|p| p.msg_id().unwrap()).collect::<Vec<_>>(),
         ids[2..]
     );
-    assert_eq!(hub.history("r", 1).unwrap()[0].msg_id(), Some(ids[4]));
+    assert_eq!(
+        hub.history("r", 1, &a.tx).unwrap().unwrap()[0].msg_id(),
+        Some(ids[4])
+    );
     assert_eq!(hub.who("nowhere"), Err(HubError::NoSuchRoom));
-    assert_eq!(hub.history("bad name", 1).err(), Some(HubError::BadName));
+    assert_eq!(
+        hub.history("bad name", 1, &a.tx).err(),
+        Some(HubError::BadName)
+    );
     hub.disconnect(a.id, &a.nick, &[Arc::from("r")]);
     hub.disconnect(b.id, &b.nick, &[Arc::from("r")]);
     assert_eq!(hub.who("r"), Err(HubError::NoSuchRoom));
@@ -137,7 +149,7 @@ fn join_after_replays_exactly_what_follows() {
     let a = member(&hub, 1 << 20);
     a.join(&hub, "r", None);
     let ids: Vec<MsgId> = (0..5)
-        .map(|i| hub.say(a.id, "r", &i.to_string()).unwrap())
+        .map(|i| hub.say(a.id, "r", &i.to_string()).unwrap().unwrap())
         .collect();
     let b = member(&hub, 1 << 20);
     let j = b.join(&hub, "r", Some(ids[1]));
@@ -148,7 +160,7 @@ fn join_after_replays_exactly_what_follows() {
             .collect::<Vec<_>>(),
         ids[2..]
     );
-    let next = hub.say(a.id, "r", "live").unwrap();
+    let next = hub.say(a.id, "r", "live").unwrap().unwrap();
     assert_eq!(b.msg_ids(), [next]);
 }
 
@@ -177,7 +189,11 @@ fn an_overflowing_member_does_not_cost_the_others_a_message() {
     fast.join(&hub, "r", None);
     let mut ids = Vec::new();
     for i in 0..50 {
-        ids.push(hub.say(fast.id, "r", &format!("message {i}")).unwrap());
+        ids.push(
+            hub.say(fast.id, "r", &format!("message {i}"))
+                .unwrap()
+                .unwrap(),
+        );
     }
     assert_eq!(fast.msg_ids(), ids);
     let mut q = VecDeque::new();
@@ -222,7 +238,7 @@ fn concurrent_publishers_and_a_joiner_meet_without_gap_or_duplicate() {
         .map(|(id, hub)| {
             std::thread::spawn(move || {
                 for i in 0..2000 {
-                    hub.say(id, "r", &i.to_string()).unwrap();
+                    hub.say(id, "r", &i.to_string()).unwrap().unwrap();
                 }
             })
         })
@@ -260,7 +276,7 @@ proptest! {
         let mut b_in = false;
         for op in ops {
             match op {
-                0 | 1 => all.push(hub.say(a.id, "r", "x").unwrap()),
+                0 | 1 => all.push(hub.say(a.id, "r", "x").unwrap().unwrap()),
                 2 if !b_in => { b.join(&hub, "r", None); b_in = true; }
                 _ if b_in => { hub.part(b.id, "r").unwrap(); b_in = false; }
                 _ => {}
@@ -269,7 +285,7 @@ proptest! {
         let after = all.get(cut).copied().unwrap_or(MsgId(0));
         let c = member(&hub, 1 << 20);
         let j = c.join(&hub, "r", Some(after));
-        let more = hub.say(a.id, "r", "y").unwrap();
+        let more = hub.say(a.id, "r", "y").unwrap().unwrap();
         let mut got: Vec<MsgId> = j.replay.iter().map(|p| p.msg_id().unwrap()).collect();
         got.extend(c.msg_ids());
         let mut want: Vec<MsgId> = all.into_iter().filter(|&m| m > after).collect();

@@ -28,7 +28,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::hub::{valid_nick, valid_room, ChatEvent, Hub, HubConfig, MemberId, MsgId, Wire};
+use crate::hub::{
+    valid_nick, valid_room, Answer, ChatEvent, Hub, HubConfig, MemberId, MsgId, Publication, Wire,
+};
 use crate::model::mailbox::Sender;
 
 use super::{line_goodbye, Cx, Goodbye, Service, Session};
@@ -47,7 +49,9 @@ pub struct ChatOptions {
     /// Commands per second per connection (`--max-rate`); none by default, since the
     /// load tester sends thousands of messages per second on one connection.
     pub max_rate: Option<u32>,
-    hub: Arc<OnceLock<Arc<Hub>>>,
+    /// Redis URL (`--redis`): several processes given the same one are one chat.
+    pub redis: Option<String>,
+    hub: Arc<OnceLock<Result<Arc<Hub>, String>>>,
 }
 
 impl Default for ChatOptions {
@@ -56,6 +60,7 @@ impl Default for ChatOptions {
             history: crate::hub::DEFAULT_HISTORY,
             max_line: DEFAULT_MAX_LINE,
             max_rate: None,
+            redis: None,
             hub: Arc::default(),
         }
     }
@@ -63,13 +68,17 @@ impl Default for ChatOptions {
 
 impl ChatOptions {
     /// The process's hub, made on first use with these options; every clone of these
-    /// options gets the same one.
-    pub fn hub(&self) -> Arc<Hub> {
+    /// options gets the same one. Fails only on an invalid `--redis` URL.
+    pub fn hub(&self) -> Result<Arc<Hub>, String> {
         self.hub
             .get_or_init(|| {
-                Arc::new(Hub::new(HubConfig {
+                let config = HubConfig {
                     history: self.history,
-                }))
+                };
+                match &self.redis {
+                    Some(url) => Hub::with_redis(config, url),
+                    None => Ok(Arc::new(Hub::new(config))),
+                }
             })
             .clone()
     }
@@ -280,6 +289,30 @@ impl Rate {
     }
 }
 
+/// A session's view of one room it is in.
+struct RoomState {
+    /// The room sequence number at join: events up to it belong to an earlier
+    /// membership and are not handed on.
+    since: u64,
+    /// The last message id handed on: a message at or before it is a duplicate (a
+    /// replayed message that also arrived live).
+    last: Option<MsgId>,
+    /// Live events held while a replay is on its way (with `--redis`).
+    held: Option<Vec<Arc<Publication>>>,
+}
+
+impl RoomState {
+    fn hand_on<E>(&mut self, p: &Publication, cx: &mut Cx<'_, E>) {
+        if let Some(id) = p.msg_id() {
+            if self.last.is_some_and(|last| id <= last) {
+                return;
+            }
+            self.last = Some(id);
+        }
+        cx.send(p.encoded(Wire::Line));
+    }
+}
+
 struct Me {
     id: MemberId,
     nick: Arc<str>,
@@ -290,9 +323,8 @@ struct Me {
 pub struct ChatSession {
     hub: Arc<Hub>,
     me: Option<Me>,
-    /// The rooms joined, each with the room sequence number at join: events up to it
-    /// belong to an earlier membership and are not handed on.
-    rooms: HashMap<Arc<str>, u64>,
+    /// The rooms joined.
+    rooms: HashMap<Arc<str>, RoomState>,
     max_line: usize,
     /// The rest of an over-long line, already answered, is being discarded.
     skipping: bool,
@@ -366,10 +398,15 @@ impl ChatSession {
                 .join(me.id, &me.nick, &me.tx, Wire::Line, room, after)
                 .map(|j| {
                     cx.send(format!("OK JOIN {}\n", j.room).as_bytes());
+                    let mut st = RoomState {
+                        since: j.since,
+                        last: None,
+                        held: j.replay_pending.then(Vec::new),
+                    };
                     for p in &j.replay {
-                        cx.send(p.encoded(Wire::Line));
+                        st.hand_on(p, cx);
                     }
-                    self.rooms.insert(j.room, j.since);
+                    self.rooms.insert(j.room, st);
                 }),
             Command::Part(room) => hub.part(me.id, room).map(|()| {
                 self.rooms.remove(room);
@@ -378,6 +415,11 @@ impl ChatSession {
             // The author's own MSG line arrives through its mailbox like everyone's,
             // so it is in the room's order.
             Command::Say { room, text } => hub.say(me.id, room, text).map(|_| ()),
+            Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| {
+                if let Some(msgs) = msgs {
+                    history_lines(room, &msgs, cx);
+                }
+            }),
             Command::Who(room) => hub.who(room).map(|nicks| {
                 let out = cx.out();
                 out.extend_from_slice(b"WHO ");
@@ -388,18 +430,19 @@ impl ChatSession {
                 }
                 out.push(b'\n');
             }),
-            Command::History { room, n } => hub.history(room, n).map(|msgs| {
-                for p in &msgs {
-                    cx.send(p.encoded(Wire::Line));
-                }
-                cx.send(format!("OK HISTORY {room}\n").as_bytes());
-            }),
             Command::Quit => Ok(()), // Answered above.
         };
         if let Err(e) = res {
             err(cx, e.code(), &e.to_string());
         }
     }
+}
+
+fn history_lines<E>(room: &str, msgs: &[Arc<Publication>], cx: &mut Cx<'_, E>) {
+    for p in msgs {
+        cx.send(p.encoded(Wire::Line));
+    }
+    cx.send(format!("OK HISTORY {room}\n").as_bytes());
 }
 
 impl Session for ChatSession {
@@ -455,14 +498,38 @@ impl Session for ChatSession {
     fn event(&mut self, event: ChatEvent, cx: &mut Cx<'_, ChatEvent>) {
         match event {
             ChatEvent::Room { seq, publication } => {
-                if self
-                    .rooms
-                    .get(&publication.room)
-                    .is_some_and(|&since| seq > since)
-                {
-                    cx.send(publication.encoded(Wire::Line));
+                let Some(st) = self.rooms.get_mut(&publication.room) else {
+                    return;
+                };
+                if seq <= st.since {
+                    return;
+                }
+                match &mut st.held {
+                    Some(held) => held.push(publication),
+                    None => st.hand_on(&publication, cx),
                 }
             }
+            ChatEvent::Answer(Answer::History { room, msgs }) => match msgs {
+                Ok(msgs) => history_lines(&room, &msgs, cx),
+                Err(e) => err(cx, e.code(), &e.to_string()),
+            },
+            ChatEvent::Answer(Answer::Replay { room, msgs }) => {
+                let Some(st) = self.rooms.get_mut(&room) else {
+                    return; // Parted meanwhile.
+                };
+                match msgs {
+                    Ok(msgs) => {
+                        for p in &msgs {
+                            st.hand_on(p, cx);
+                        }
+                    }
+                    Err(e) => err(cx, e.code(), "the replay of missed messages failed"),
+                }
+                for p in st.held.take().unwrap_or_default() {
+                    st.hand_on(&p, cx);
+                }
+            }
+            ChatEvent::Answer(Answer::Failed(e)) => err(cx, e.code(), &e.to_string()),
         }
     }
 

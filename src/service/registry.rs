@@ -96,7 +96,11 @@ impl ServiceName {
                          client at a time (use threads, pool or async)",
                     ));
                 }
-                let chat = super::chat::Chat::new(opts.chat.hub(), &opts.chat);
+                let hub = opts
+                    .chat
+                    .hub()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let chat = super::chat::Chat::new(hub, &opts.chat);
                 server.listen(addr, chat)
             }
         }

@@ -5,7 +5,7 @@ use crate::service::Harness;
 use proptest::prelude::*;
 
 fn service(opts: &ChatOptions) -> Chat {
-    Chat::new(opts.hub(), opts)
+    Chat::new(opts.hub().unwrap(), opts)
 }
 
 fn client(chat: &Chat) -> (Harness<ChatSession>, String) {

@@ -1,0 +1,468 @@
+//! The Redis bridge: makes several processes one chat (`--redis URL`).
+//!
+//! Every room event goes through Redis, and each process delivers to its own members
+//! only what comes back on the shared channel, so all processes see each room in one
+//! order: Redis runs commands one at a time, and pub/sub hands messages out in the
+//! order they were published.
+//!
+//! - A message is one Lua script, atomic in Redis: `INCR` the room's counter (the
+//!   message id), `XADD` the event to the room's stream (its history, trimmed to
+//!   `--history`, keyed by that id so `AFTER <id>` is an `XRANGE`), and `PUBLISH` it.
+//!   Either all three happen or none: a failed `SAY` is answered `ERR unavailable` and
+//!   nothing is half-delivered.
+//! - Joins, parts and nick changes are published as they are.
+//! - `HISTORY` and the replay of `JOIN ... AFTER` are read from the stream and reach
+//!   the member through its mailbox, like everything else.
+//!
+//! The bridge runs on a thread of its own with a single-threaded tokio runtime, so it
+//! works the same under every model. When Redis cannot be reached it marks itself
+//! down (`SAY` then fails at once with `unavailable`; members stay connected), answers
+//! queued requests with `unavailable`, and reconnects with exponential backoff capped
+//! at [`BACKOFF_MAX`], subscribing again by itself.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{Answer, ChatEvent, Hub, HubError, Kind, MemberId, MsgId, Publication};
+use crate::model::mailbox::Sender;
+
+/// The pub/sub channel every process subscribes to.
+const CHANNEL: &str = "mc:events";
+/// Requests waiting for the bridge; beyond this, `SAY` is answered `unavailable`
+/// rather than queued without bound.
+const QUEUE: usize = 8192;
+/// First reconnection delay.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest reconnection delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest wait for one Redis command or connection.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin.
+const SAY_SCRIPT: &str = r#"
+local id = redis.call('INCR', KEYS[1])
+local ev = cjson.encode({t='msg', room=ARGV[2], id=tostring(id), nick=ARGV[3], text=ARGV[4], o=ARGV[5]})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], tostring(id) .. '-0', 'e', ev)
+redis.call('PUBLISH', KEYS[3], ev)
+return id
+"#;
+
+/// What sessions ask of Redis, through the hub.
+pub(crate) enum Request {
+    /// A message; a failure is answered to its author.
+    Say {
+        room: Arc<str>,
+        nick: Arc<str>,
+        text: Box<str>,
+        author: Sender<ChatEvent>,
+    },
+    /// A join, part or nick change, by `member` of this process.
+    Event {
+        room: Arc<str>,
+        kind: Kind,
+        member: MemberId,
+    },
+    /// Messages from the room's history: after `after` (a replay) or the last `last`.
+    Range {
+        room: Arc<str>,
+        after: Option<MsgId>,
+        last: usize,
+        to: Sender<ChatEvent>,
+    },
+}
+
+/// The hub's handle on the bridge thread.
+pub(crate) struct Bridge {
+    tx: mpsc::Sender<Request>,
+    up: Arc<AtomicBool>,
+}
+
+fn keys(room: &str) -> (String, String) {
+    (
+        format!("mc:room:{room}:seq"),
+        format!("mc:room:{room}:hist"),
+    )
+}
+
+impl Bridge {
+    /// Starts the bridge thread for `client`; it connects in the background.
+    pub(crate) fn start(client: redis::Client, hub: Weak<Hub>, history: usize) -> Bridge {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let up = Arc::new(AtomicBool::new(false));
+        let instance = instance_id();
+        let state = Run {
+            client,
+            hub,
+            history: history.max(1),
+            instance,
+            up: up.clone(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("redis-bridge".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("redis: cannot start the bridge runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(state.run(rx));
+            });
+        if let Err(e) = spawned {
+            tracing::error!("redis: cannot start the bridge thread: {e}");
+        }
+        Bridge { tx, up }
+    }
+
+    /// Whether Redis is reachable now.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Queues a request, or says Redis is unavailable.
+    pub(crate) fn send(&self, r: Request) -> Result<(), HubError> {
+        if !self.is_up() {
+            return Err(HubError::Unavailable);
+        }
+        self.tx.try_send(r).map_err(|_| HubError::Unavailable)
+    }
+}
+
+/// A process-unique id, so a process recognises its own events coming back.
+fn instance_id() -> Arc<str> {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}-{:x}", std::process::id(), t & 0xffff_ffff_ffff).into()
+}
+
+struct Run {
+    client: redis::Client,
+    hub: Weak<Hub>,
+    history: usize,
+    instance: Arc<str>,
+    up: Arc<AtomicBool>,
+}
+
+type Conn = redis::aio::MultiplexedConnection;
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {COMMAND_TIMEOUT:?}")),
+    }
+}
+
+impl Run {
+    fn hub(&self) -> Option<Arc<Hub>> {
+        self.hub.upgrade()
+    }
+
+    async fn run(self, mut rx: mpsc::Receiver<Request>) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            match self.connect().await {
+                Ok((conn, stream)) => {
+                    tracing::info!("redis: connected and subscribed");
+                    if let Some(h) = self.hub() {
+                        h.stats.redis_connects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.up.store(true, Ordering::Release);
+                    backoff = BACKOFF_START;
+                    let why = self.serve(conn, stream, &mut rx).await;
+                    self.up.store(false, Ordering::Release);
+                    if let Some(h) = self.hub() {
+                        h.stats.redis_losses.fetch_add(1, Ordering::Relaxed);
+                    }
+                    match why {
+                        Some(why) => tracing::warn!("redis: connection lost: {why}; reconnecting"),
+                        None => return, // The hub is gone.
+                    }
+                }
+                Err(e) => tracing::warn!("redis: cannot connect: {e}; retrying in {backoff:?}"),
+            }
+            // While down, queued requests are answered at once rather than left waiting.
+            let until = tokio::time::Instant::now() + backoff;
+            loop {
+                tokio::select! {
+                    r = rx.recv() => match r {
+                        Some(r) => self.fail(r),
+                        None => return,
+                    },
+                    _ = tokio::time::sleep_until(until) => break,
+                }
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    async fn connect(&self) -> Result<(Conn, redis::aio::PubSubStream), String> {
+        let conn = timed(self.client.get_multiplexed_async_connection()).await?;
+        let mut ps = timed(self.client.get_async_pubsub()).await?;
+        timed(ps.subscribe(CHANNEL)).await?;
+        Ok((conn, ps.into_on_message()))
+    }
+
+    /// Serves until the connection fails (the reason) or the hub is gone (`None`).
+    async fn serve(
+        &self,
+        mut conn: Conn,
+        mut stream: redis::aio::PubSubStream,
+        rx: &mut mpsc::Receiver<Request>,
+    ) -> Option<String> {
+        loop {
+            tokio::select! {
+                m = stream.next() => match m {
+                    Some(m) => self.inject(m.get_payload_bytes())?,
+                    None => return Some("subscription closed".into()),
+                },
+                r = rx.recv() => {
+                    let r = r?;
+                    if let Err(e) = self.handle(&mut conn, r).await {
+                        return Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands an event from the channel to this process's members.
+    fn inject(&self, payload: &[u8]) -> Option<()> {
+        let hub = self.hub()?;
+        match parse_event(payload) {
+            Some(ev) => {
+                let skip = match (&ev.kind, ev.member) {
+                    // The member that joined or renamed itself got its OK instead.
+                    (Kind::Join { .. } | Kind::Nick { .. }, Some(m))
+                        if ev.origin.as_deref() == Some(&*self.instance) =>
+                    {
+                        Some(m)
+                    }
+                    _ => None,
+                };
+                hub.inject(&ev.room, ev.kind, skip);
+            }
+            None => tracing::warn!(
+                "redis: ignoring a malformed event: {}",
+                String::from_utf8_lossy(payload)
+            ),
+        }
+        Some(())
+    }
+
+    fn fail(&self, r: Request) {
+        let ev = match r {
+            Request::Say { author, .. } => (
+                author,
+                ChatEvent::Answer(Answer::Failed(HubError::Unavailable)),
+            ),
+            Request::Range {
+                room, after, to, ..
+            } => (to, range_answer(room, after, Err(HubError::Unavailable))),
+            Request::Event { .. } => return,
+        };
+        let _ = ev.0.send(ev.1, 64);
+    }
+
+    async fn handle(&self, conn: &mut Conn, r: Request) -> Result<(), String> {
+        match r {
+            Request::Say {
+                room,
+                nick,
+                text,
+                author,
+            } => {
+                let (seq, hist) = keys(&room);
+                let script = redis::Script::new(SAY_SCRIPT);
+                let mut inv = script.key(seq);
+                inv.key(hist)
+                    .key(CHANNEL)
+                    .arg(self.history)
+                    .arg(&*room)
+                    .arg(&*nick)
+                    .arg(&*text)
+                    .arg(&*self.instance);
+                let res: Result<u64, String> = timed(inv.invoke_async(conn)).await;
+                if let Err(e) = res {
+                    let _ =
+                        author.send(ChatEvent::Answer(Answer::Failed(HubError::Unavailable)), 64);
+                    return Err(e);
+                }
+            }
+            Request::Event { room, kind, member } => {
+                let mut v = match &kind {
+                    Kind::Join { nick } => serde_json::json!({"t": "join", "nick": &**nick}),
+                    Kind::Part { nick } => serde_json::json!({"t": "part", "nick": &**nick}),
+                    Kind::Nick { old, new } => {
+                        serde_json::json!({"t": "nick", "old": &**old, "new": &**new})
+                    }
+                    Kind::Msg { .. } => return Ok(()), // Messages go through the script.
+                };
+                v["room"] = (&*room).into();
+                v["o"] = (&*self.instance).into();
+                v["m"] = member.0.into();
+                let payload = v.to_string();
+                let _: i64 = timed(
+                    redis::cmd("PUBLISH")
+                        .arg(CHANNEL)
+                        .arg(payload)
+                        .query_async(conn),
+                )
+                .await?;
+            }
+            Request::Range {
+                room,
+                after,
+                last,
+                to,
+            } => {
+                let (_, hist) = keys(&room);
+                let reply: Result<redis::streams::StreamRangeReply, String> = match after {
+                    Some(after) => {
+                        timed(
+                            redis::cmd("XRANGE")
+                                .arg(&hist)
+                                .arg(format!("({after}-0"))
+                                .arg("+")
+                                .query_async(conn),
+                        )
+                        .await
+                    }
+                    None => {
+                        timed(
+                            redis::cmd("XREVRANGE")
+                                .arg(&hist)
+                                .arg("+")
+                                .arg("-")
+                                .arg("COUNT")
+                                .arg(last)
+                                .query_async(conn),
+                        )
+                        .await
+                    }
+                };
+                let ev = match &reply {
+                    Ok(r) => {
+                        let mut msgs: Vec<Arc<Publication>> = r
+                            .ids
+                            .iter()
+                            .filter_map(|e| {
+                                let v: Vec<u8> = e.get("e")?;
+                                let ev = parse_event(&v)?;
+                                Some(Arc::new(Publication::new(ev.room, ev.kind)))
+                            })
+                            .collect();
+                        if after.is_none() {
+                            msgs.reverse();
+                        }
+                        range_answer(room, after, Ok(msgs))
+                    }
+                    Err(_) => range_answer(room, after, Err(HubError::Unavailable)),
+                };
+                let _ = to.send(ev, 64);
+                reply?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn range_answer(
+    room: Arc<str>,
+    after: Option<MsgId>,
+    msgs: Result<Vec<Arc<Publication>>, HubError>,
+) -> ChatEvent {
+    ChatEvent::Answer(match after {
+        Some(_) => Answer::Replay { room, msgs },
+        None => Answer::History { room, msgs },
+    })
+}
+
+/// An event as carried on the channel.
+struct Event {
+    room: Arc<str>,
+    kind: Kind,
+    origin: Option<String>,
+    member: Option<MemberId>,
+}
+
+fn parse_event(payload: &[u8]) -> Option<Event> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+    let name =
+        |k: &str| -> Option<Arc<str>> { s(k).filter(|n| super::valid_nick(n)).map(Arc::from) };
+    let room = s("room").filter(|r| super::valid_room(r))?;
+    let kind = match s("t")? {
+        "msg" => Kind::Msg {
+            id: s("id")?.parse().ok()?,
+            nick: name("nick")?,
+            text: s("text")?.into(),
+        },
+        "join" => Kind::Join {
+            nick: name("nick")?,
+        },
+        "part" => Kind::Part {
+            nick: name("nick")?,
+        },
+        "nick" => Kind::Nick {
+            old: name("old")?,
+            new: name("new")?,
+        },
+        _ => return None,
+    };
+    Some(Event {
+        room: room.into(),
+        kind,
+        origin: s("o").map(String::from),
+        member: v.get("m").and_then(|m| m.as_u64()).map(MemberId),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_bad_ones_are_refused() {
+        let ev = parse_event(
+            br#"{"t":"msg","room":"r","id":"7","nick":"ann","text":"hi \/ there","o":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ev.kind,
+            Kind::Msg {
+                id: MsgId(7),
+                nick: "ann".into(),
+                text: "hi / there".into()
+            }
+        );
+        assert_eq!(ev.origin.as_deref(), Some("x"));
+        let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3}"#).unwrap();
+        assert_eq!(ev.member, Some(MemberId(3)));
+        for bad in [
+            &br#"{"t":"msg","room":"r","id":"x","nick":"ann","text":"hi"}"#[..],
+            br#"{"t":"join","room":"bad room","nick":"bob"}"#,
+            br#"{"t":"join","room":"r","nick":"b b"}"#,
+            br#"{"t":"other","room":"r"}"#,
+            b"not json",
+        ] {
+            assert!(
+                parse_event(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}
