@@ -43,10 +43,19 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin.
+///
+/// A room's counter starts at Redis's clock in microseconds, so ids keep increasing
+/// even when Redis restarts empty: a client's `AFTER <old id>` then misses nothing and
+/// sessions never take new messages for duplicates. (`%.0f`: Lua numbers are doubles,
+/// exact below 2^53, and `tostring` would print them in exponent form.)
 const SAY_SCRIPT: &str = r#"
-local id = redis.call('INCR', KEYS[1])
-local ev = cjson.encode({t='msg', room=ARGV[2], id=tostring(id), nick=ARGV[3], text=ARGV[4], o=ARGV[5]})
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], tostring(id) .. '-0', 'e', ev)
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
+end
+local id = string.format('%.0f', redis.call('INCR', KEYS[1]))
+local ev = cjson.encode({t='msg', room=ARGV[2], id=id, nick=ARGV[3], text=ARGV[4], o=ARGV[5]})
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', ev)
 redis.call('PUBLISH', KEYS[3], ev)
 return id
 "#;
@@ -294,7 +303,7 @@ impl Run {
                     .arg(&*nick)
                     .arg(&*text)
                     .arg(&*self.instance);
-                let res: Result<u64, String> = timed(inv.invoke_async(conn)).await;
+                let res: Result<String, String> = timed(inv.invoke_async(conn)).await;
                 if let Err(e) = res {
                     let _ =
                         author.send(ChatEvent::Answer(Answer::Failed(HubError::Unavailable)), 64);

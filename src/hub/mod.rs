@@ -466,7 +466,8 @@ impl Hub {
         }
     }
 
-    /// An event of `room` from Redis, for this process's members of it.
+    /// An event of `room` from Redis, for this process's members of it. `skip` is the
+    /// member of this process the event is about, when it must not receive it.
     fn inject(&self, room: &str, kind: Kind, skip: Option<MemberId>) {
         let name = {
             let mut shard = lock(self.shard(room));
@@ -474,12 +475,35 @@ impl Hub {
                 return; // No member here.
             };
             let name = r.name.clone();
-            if !r.push(Arc::new(Publication::new(name.clone(), kind)), skip) {
+            let own_join = matches!(kind, Kind::Join { .. });
+            let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip);
+            if let (true, Some(m)) = (own_join, skip) {
+                // The member's own JOIN, in Redis's order: it receives what follows.
+                if let Some(&i) = r.index.get(&m) {
+                    let seq = r.seq;
+                    let e = &mut Arc::make_mut(&mut r.members)[i];
+                    if e.since == u64::MAX {
+                        e.since = seq;
+                    }
+                }
+            }
+            if !deliver {
                 return;
             }
             name
         };
         self.deliver(&name);
+    }
+
+    /// Removes a member from a room without telling anyone (its join never happened).
+    fn remove_local(&self, id: MemberId, room: &str) {
+        let mut shard = lock(self.shard(room));
+        if let Some(r) = shard.get_mut(room) {
+            r.remove(id);
+            if r.members.is_empty() && !r.delivering {
+                shard.remove(room);
+            }
+        }
     }
 
     fn shard(&self, room: &str) -> &Mutex<Shard> {
@@ -591,7 +615,13 @@ impl Hub {
                     r.push(Arc::new(p), None)
                 }
             };
-            let since = r.seq;
+            // With Redis, the member starts receiving at its own JOIN as Redis orders
+            // it (see `inject`): events ordered before it are not for it.
+            let since = if self.bridge.is_some() {
+                u64::MAX
+            } else {
+                r.seq
+            };
             r.index.insert(id, r.members.len());
             Arc::make_mut(&mut r.members).push(Entry {
                 id,
@@ -625,8 +655,16 @@ impl Hub {
         }
         let mut joined = joined;
         if let Some(b) = &self.bridge {
-            let kind = Kind::Join { nick: nick.clone() };
-            self.publish_event(b, &joined.room, kind, id);
+            let r = bridge::Request::Event {
+                room: joined.room.clone(),
+                kind: Kind::Join { nick: nick.clone() },
+                member: id,
+            };
+            if let Err(e) = b.send(r) {
+                // Not ordered in Redis, the membership would never start: refuse.
+                self.remove_local(id, room);
+                return Err(e);
+            }
             if let Some(after) = after {
                 let r = bridge::Request::Range {
                     room: joined.room.clone(),
@@ -640,6 +678,9 @@ impl Hub {
                 }
                 joined.replay_pending = true;
             }
+            // The hub starts this membership at its own JOIN; the session's filter
+            // has nothing earlier to drop.
+            joined.since = 0;
         }
         Ok(joined)
     }
