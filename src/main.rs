@@ -84,6 +84,10 @@ struct ServeArgs {
     /// is one chat.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Chat with Redis: how long the members of a process that stopped (even killed)
+    /// stay listed before they part everywhere.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    presence_ttl: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -187,6 +191,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     service.chat.max_line = a.max_line;
     service.chat.max_rate = a.max_rate;
     service.chat.redis = a.redis.clone();
+    service.chat.presence_ttl = a.presence_ttl;
     Ok(ServeOptions {
         services,
         model,

@@ -14,6 +14,8 @@ use multiclient::service::chat::ChatOptions;
 use multiclient::service::{ServiceName, ServiceOptions};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// `--presence-ttl` of every instance in these tests.
+const TTL: Duration = Duration::from_secs(2);
 
 /// A `redis-server` child process, killed (by its PID) when dropped.
 struct Redis {
@@ -101,6 +103,7 @@ impl Instance {
     fn start(model: Model, url: &str) -> Instance {
         let mut chat = ChatOptions::default();
         chat.redis = Some(url.to_string());
+        chat.presence_ttl = TTL;
         let hub = chat.hub().unwrap();
         let mut server = Server::new(model, Limits::default()).unwrap();
         let l = ServiceName::Chat
@@ -238,6 +241,10 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     let ids: Vec<u64> = seen_a.iter().map(|l| id(l).parse().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
 
+    // WHO lists the members of every instance.
+    ann.send("WHO lobby");
+    ann.expect("WHO lobby ann bob");
+
     // HISTORY on the other instance, and AFTER across instances.
     let mut cat = Client::connect(two.addr, "cat");
     cat.send("HISTORY lobby 2");
@@ -254,6 +261,45 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     let live = ann.until("MSG lobby ");
     cat.expect(&live);
 
+    // A third instance, a separate process, is killed with SIGKILL: its member parts
+    // everywhere within about the TTL.
+    let port3 = free_port();
+    let mut three = Command::new(env!("CARGO_BIN_EXE_multiclient"))
+        .args(["serve", "--service", "chat", "-q", "--redis", &url])
+        .args(["--addr", &format!("127.0.0.1:{port3}")])
+        .args(["--presence-ttl", &format!("{}ms", TTL.as_millis())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut dan = loop {
+        // Its readiness: it accepts and welcomes.
+        if TcpStream::connect(("127.0.0.1", port3)).is_ok() {
+            break Client::connect(([127, 0, 0, 1], port3).into(), "dan");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the third instance did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    dan.send("JOIN lobby");
+    dan.expect("OK JOIN lobby");
+    ann.until("JOIN lobby dan");
+    bob.until("JOIN lobby dan");
+    ann.send("WHO lobby");
+    ann.expect("WHO lobby ann bob cat dan");
+    three.kill().unwrap(); // SIGKILL
+    three.wait().unwrap();
+    let killed = Instant::now();
+    ann.until("PART lobby dan");
+    bob.until("PART lobby dan");
+    let took = killed.elapsed();
+    assert!(took <= TTL * 2, "parted after {took:?}, TTL {TTL:?}");
+    ann.send("WHO lobby");
+    ann.expect("WHO lobby ann bob cat");
+
     // Redis goes away: SAY is refused, members stay connected and served locally.
     let port = redis.kill();
     one.wait_available(false);
@@ -261,7 +307,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     let l = ann.line();
     assert!(l.starts_with("ERR unavailable "), "{l}");
     ann.send("WHO lobby");
-    assert!(ann.until("WHO lobby").starts_with("WHO lobby ann"));
+    assert!(ann.line().starts_with("ERR unavailable "));
 
     // Redis comes back, empty: the instances reconnect by themselves.
     let _redis = Redis::start(port);

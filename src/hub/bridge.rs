@@ -13,6 +13,12 @@
 //! - Joins, parts and nick changes are published as they are.
 //! - `HISTORY` and the replay of `JOIN ... AFTER` are read from the stream and reach
 //!   the member through its mailbox, like everything else.
+//! - Presence: each room has a sorted set of nicks scored by when their listing
+//!   expires. Every process refreshes its own members every third of
+//!   `--presence-ttl` (which also re-registers them after Redis comes back empty), and
+//!   removes the expired entries of the rooms it has members in; whoever removes an
+//!   entry publishes its `PART`. So the members of a killed process part everywhere
+//!   within about the TTL. `WHO` reads the set: the members of every process.
 //!
 //! The bridge runs on a thread of its own with a single-threaded tokio runtime, so it
 //! works the same under every model. When Redis cannot be reached it marks itself
@@ -75,6 +81,11 @@ pub(crate) enum Request {
         kind: Kind,
         member: MemberId,
     },
+    /// The members of a room on every process.
+    Who {
+        room: Arc<str>,
+        to: Sender<ChatEvent>,
+    },
     /// Messages from the room's history: after `after` (a replay) or the last `last`.
     Range {
         room: Arc<str>,
@@ -90,6 +101,17 @@ pub(crate) struct Bridge {
     up: Arc<AtomicBool>,
 }
 
+fn who_key(room: &str) -> String {
+    format!("mc:room:{room}:who")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn keys(room: &str) -> (String, String) {
     (
         format!("mc:room:{room}:seq"),
@@ -99,7 +121,12 @@ fn keys(room: &str) -> (String, String) {
 
 impl Bridge {
     /// Starts the bridge thread for `client`; it connects in the background.
-    pub(crate) fn start(client: redis::Client, hub: Weak<Hub>, history: usize) -> Bridge {
+    pub(crate) fn start(
+        client: redis::Client,
+        hub: Weak<Hub>,
+        history: usize,
+        ttl: Duration,
+    ) -> Bridge {
         let (tx, rx) = mpsc::channel(QUEUE);
         let up = Arc::new(AtomicBool::new(false));
         let instance = instance_id();
@@ -109,6 +136,7 @@ impl Bridge {
             history: history.max(1),
             instance,
             up: up.clone(),
+            ttl: ttl.max(Duration::from_millis(300)),
         };
         let spawned = std::thread::Builder::new()
             .name("redis-bridge".into())
@@ -160,6 +188,7 @@ struct Run {
     history: usize,
     instance: Arc<str>,
     up: Arc<AtomicBool>,
+    ttl: Duration,
 }
 
 type Conn = redis::aio::MultiplexedConnection;
@@ -231,8 +260,16 @@ impl Run {
         mut stream: redis::aio::PubSubStream,
         rx: &mut mpsc::Receiver<Request>,
     ) -> Option<String> {
+        // The first tick is at once: members are (re-)registered on every connect.
+        let mut refresh = tokio::time::interval(self.ttl / 3);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = refresh.tick() => {
+                    if let Err(e) = self.refresh(&mut conn).await {
+                        return Some(e);
+                    }
+                }
                 m = stream.next() => match m {
                     Some(m) => self.inject(m.get_payload_bytes())?,
                     None => return Some("subscription closed".into()),
@@ -245,6 +282,54 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// Refreshes this process's members in the rooms' presence sets, then parts the
+    /// members whose listing expired (their process stopped refreshing them).
+    async fn refresh(&self, conn: &mut Conn) -> Result<(), String> {
+        let Some(hub) = self.hub() else {
+            return Ok(());
+        };
+        let presence = hub.local_presence();
+        if presence.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let until = now + self.ttl.as_millis() as u64;
+        let mut p = redis::pipe();
+        for (room, nicks) in &presence {
+            let key = who_key(room);
+            for n in nicks {
+                p.zadd(&key, &**n, until).ignore();
+            }
+            // A room nobody refreshes any more disappears by itself.
+            p.pexpire(&key, 2 * self.ttl.as_millis() as i64).ignore();
+            p.cmd("ZRANGEBYSCORE").arg(&key).arg("-inf").arg(now);
+        }
+        let expired: Vec<Vec<String>> = timed(p.query_async(conn)).await?;
+        for ((room, _), gone) in presence.iter().zip(expired) {
+            for nick in gone {
+                let removed: i64 = timed(
+                    redis::cmd("ZREM")
+                        .arg(who_key(room))
+                        .arg(&nick)
+                        .query_async(conn),
+                )
+                .await?;
+                if removed == 1 && super::valid_nick(&nick) {
+                    tracing::info!("redis: {nick} in {room} expired: parting it everywhere");
+                    let v = serde_json::json!({"t": "part", "room": &**room, "nick": nick});
+                    let _: i64 = timed(
+                        redis::cmd("PUBLISH")
+                            .arg(CHANNEL)
+                            .arg(v.to_string())
+                            .query_async(conn),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Hands an event from the channel to this process's members.
@@ -280,6 +365,13 @@ impl Run {
             Request::Range {
                 room, after, to, ..
             } => (to, range_answer(room, after, Err(HubError::Unavailable))),
+            Request::Who { to, room } => (
+                to,
+                ChatEvent::Answer(Answer::Who {
+                    room,
+                    nicks: Err(HubError::Unavailable),
+                }),
+            ),
             Request::Event { .. } => return,
         };
         let _ = ev.0.send(ev.1, 64);
@@ -322,14 +414,53 @@ impl Run {
                 v["room"] = (&*room).into();
                 v["o"] = (&*self.instance).into();
                 v["m"] = member.0.into();
-                let payload = v.to_string();
-                let _: i64 = timed(
-                    redis::cmd("PUBLISH")
-                        .arg(CHANNEL)
-                        .arg(payload)
+                let key = who_key(&room);
+                let until = now_ms() + self.ttl.as_millis() as u64;
+                let mut p = redis::pipe();
+                p.atomic();
+                match &kind {
+                    Kind::Join { nick } => {
+                        p.zadd(&key, &**nick, until).ignore();
+                    }
+                    Kind::Part { nick } => {
+                        p.zrem(&key, &**nick).ignore();
+                    }
+                    Kind::Nick { old, new } => {
+                        p.zrem(&key, &**old).ignore();
+                        p.zadd(&key, &**new, until).ignore();
+                    }
+                    Kind::Msg { .. } => {}
+                }
+                p.cmd("PUBLISH").arg(CHANNEL).arg(v.to_string()).ignore();
+                let () = timed(p.query_async(conn)).await?;
+            }
+            Request::Who { room, to } => {
+                let nicks: Result<Vec<String>, String> = timed(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(who_key(&room))
+                        .arg(now_ms())
+                        .arg("+inf")
                         .query_async(conn),
                 )
-                .await?;
+                .await;
+                let answer = match &nicks {
+                    Ok(n) if n.is_empty() => Err(HubError::NoSuchRoom),
+                    Ok(n) => {
+                        let mut n: Vec<Arc<str>> =
+                            n.iter().map(|s| Arc::from(s.as_str())).collect();
+                        n.sort();
+                        Ok(n)
+                    }
+                    Err(_) => Err(HubError::Unavailable),
+                };
+                let _ = to.send(
+                    ChatEvent::Answer(Answer::Who {
+                        room,
+                        nicks: answer,
+                    }),
+                    64,
+                );
+                nicks?;
             }
             Request::Range {
                 room,

@@ -215,6 +215,13 @@ pub enum Answer {
         /// The messages, or why there are none.
         msgs: Result<Vec<Arc<Publication>>, HubError>,
     },
+    /// The members of a room on every process (`WHO` with `--redis`), sorted.
+    Who {
+        /// The room asked about.
+        room: Arc<str>,
+        /// The nicks, or why there are none.
+        nicks: Result<Vec<Arc<str>>, HubError>,
+    },
     /// A request failed (a `SAY` that Redis did not take: nothing was delivered).
     Failed(HubError),
 }
@@ -361,12 +368,20 @@ pub struct Joined {
 pub struct HubConfig {
     /// Messages kept per room (`--history`).
     pub history: usize,
+    /// With Redis: how long a process's members stay listed after it stops
+    /// refreshing them (`--presence-ttl`); a killed process's members part everywhere
+    /// within about this long.
+    pub presence_ttl: std::time::Duration,
 }
+
+/// Default `--presence-ttl`.
+pub const DEFAULT_PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             history: DEFAULT_HISTORY,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
         }
     }
 }
@@ -440,10 +455,10 @@ impl Hub {
     /// is an error now.
     pub fn with_redis(config: HubConfig, url: &str) -> Result<Arc<Hub>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
-        let history = config.history;
+        let (history, ttl) = (config.history, config.presence_ttl);
         Ok(Arc::new_cyclic(|weak| {
             let mut hub = Hub::new(config);
-            hub.bridge = Some(bridge::Bridge::start(client, weak.clone(), history));
+            hub.bridge = Some(bridge::Bridge::start(client, weak.clone(), history, ttl));
             hub
         }))
     }
@@ -765,7 +780,46 @@ impl Hub {
         Ok(Some(msg))
     }
 
-    /// The nicks in `room`, sorted.
+    /// This process's members, room by room (what it refreshes in Redis).
+    fn local_presence(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for r in shard.values() {
+                if !r.members.is_empty() {
+                    all.push((
+                        r.name.clone(),
+                        r.members.iter().map(|e| e.nick.clone()).collect(),
+                    ));
+                }
+            }
+        }
+        all
+    }
+
+    /// The nicks in `room`, sorted. With `--redis` they are the members on every
+    /// process and come later to `to`, as [`Answer::Who`]; `None` is returned.
+    pub fn who_all(
+        &self,
+        room: &str,
+        to: &Sender<ChatEvent>,
+    ) -> Result<Option<Vec<Arc<str>>>, HubError> {
+        if !valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        match &self.bridge {
+            Some(b) => {
+                b.send(bridge::Request::Who {
+                    room: room.into(),
+                    to: to.clone(),
+                })?;
+                Ok(None)
+            }
+            None => self.who(room).map(Some),
+        }
+    }
+
+    /// The nicks in `room` on this process, sorted.
     pub fn who(&self, room: &str) -> Result<Vec<Arc<str>>, HubError> {
         if !valid_room(room) {
             return Err(HubError::BadName);

@@ -109,7 +109,10 @@ fn guest_nicks_are_unique_and_nick_changes_are_announced() {
 
 #[test]
 fn who_and_history_and_rooms_vanish_when_empty() {
-    let hub = Hub::new(HubConfig { history: 3 });
+    let hub = Hub::new(HubConfig {
+        history: 3,
+        ..HubConfig::default()
+    });
     let a = member(&hub, 1 << 20);
     let b = member(&hub, 1 << 20);
     a.join(&hub, "r", None);
@@ -225,7 +228,10 @@ fn json_encoding_is_one_object() {
 
 #[test]
 fn concurrent_publishers_and_a_joiner_meet_without_gap_or_duplicate() {
-    let hub = Arc::new(Hub::new(HubConfig { history: 100_000 }));
+    let hub = Arc::new(Hub::new(HubConfig {
+        history: 100_000,
+        ..HubConfig::default()
+    }));
     let writers: Vec<M> = (0..4).map(|_| member(&hub, 1 << 30)).collect();
     for w in &writers {
         w.join(&hub, "r", None);
@@ -268,7 +274,7 @@ proptest! {
     /// `AFTER` gets every message after that id exactly once, in order.
     #[test]
     fn after_is_exact(ops in proptest::collection::vec(0u8..4, 1..60), cut in 0usize..40) {
-        let hub = Hub::new(HubConfig { history: 1000 });
+        let hub = Hub::new(HubConfig { history: 1000, ..HubConfig::default() });
         let a = member(&hub, 1 << 20);
         let b = member(&hub, 1 << 20);
         a.join(&hub, "r", None);

@@ -51,6 +51,9 @@ pub struct ChatOptions {
     pub max_rate: Option<u32>,
     /// Redis URL (`--redis`): several processes given the same one are one chat.
     pub redis: Option<String>,
+    /// With Redis: how long members of a stopped process stay listed
+    /// (`--presence-ttl`).
+    pub presence_ttl: std::time::Duration,
     hub: Arc<OnceLock<Result<Arc<Hub>, String>>>,
 }
 
@@ -61,6 +64,7 @@ impl Default for ChatOptions {
             max_line: DEFAULT_MAX_LINE,
             max_rate: None,
             redis: None,
+            presence_ttl: crate::hub::DEFAULT_PRESENCE_TTL,
             hub: Arc::default(),
         }
     }
@@ -74,6 +78,7 @@ impl ChatOptions {
             .get_or_init(|| {
                 let config = HubConfig {
                     history: self.history,
+                    presence_ttl: self.presence_ttl,
                 };
                 match &self.redis {
                     Some(url) => Hub::with_redis(config, url),
@@ -420,15 +425,10 @@ impl ChatSession {
                     history_lines(room, &msgs, cx);
                 }
             }),
-            Command::Who(room) => hub.who(room).map(|nicks| {
-                let out = cx.out();
-                out.extend_from_slice(b"WHO ");
-                out.extend_from_slice(room.as_bytes());
-                for n in nicks {
-                    out.push(b' ');
-                    out.extend_from_slice(n.as_bytes());
+            Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| {
+                if let Some(nicks) = nicks {
+                    who_line(room, &nicks, cx);
                 }
-                out.push(b'\n');
             }),
             Command::Quit => Ok(()), // Answered above.
         };
@@ -436,6 +436,17 @@ impl ChatSession {
             err(cx, e.code(), &e.to_string());
         }
     }
+}
+
+fn who_line<E>(room: &str, nicks: &[Arc<str>], cx: &mut Cx<'_, E>) {
+    let out = cx.out();
+    out.extend_from_slice(b"WHO ");
+    out.extend_from_slice(room.as_bytes());
+    for n in nicks {
+        out.push(b' ');
+        out.extend_from_slice(n.as_bytes());
+    }
+    out.push(b'\n');
 }
 
 fn history_lines<E>(room: &str, msgs: &[Arc<Publication>], cx: &mut Cx<'_, E>) {
@@ -529,6 +540,10 @@ impl Session for ChatSession {
                     st.hand_on(&p, cx);
                 }
             }
+            ChatEvent::Answer(Answer::Who { room, nicks }) => match nicks {
+                Ok(nicks) => who_line(&room, &nicks, cx),
+                Err(e) => err(cx, e.code(), &e.to_string()),
+            },
             ChatEvent::Answer(Answer::Failed(e)) => err(cx, e.code(), &e.to_string()),
         }
     }
