@@ -204,6 +204,10 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     bob.send("JOIN lobby");
     bob.expect("OK JOIN lobby");
     ann.expect("JOIN lobby bob");
+    // Nicks are unique across instances.
+    bob.send("NICK ann");
+    let l = bob.line();
+    assert!(l.starts_with("ERR nick-taken "), "{l}");
 
     // A message from either instance reaches both, with one id.
     ann.send("SAY lobby hello from one");

@@ -86,6 +86,15 @@ pub(crate) enum Request {
         room: Arc<str>,
         to: Sender<ChatEvent>,
     },
+    /// Claims `nick` for `member` across processes, releasing `old`.
+    Claim {
+        nick: Arc<str>,
+        old: Arc<str>,
+        member: MemberId,
+        to: Sender<ChatEvent>,
+    },
+    /// `member` has gone: its nick is free.
+    Release { nick: Arc<str>, member: MemberId },
     /// Messages from the room's history: after `after` (a replay) or the last `last`.
     Range {
         room: Arc<str>,
@@ -100,6 +109,16 @@ pub(crate) struct Bridge {
     tx: mpsc::Sender<Request>,
     up: Arc<AtomicBool>,
 }
+
+fn nick_key(nick: &str) -> String {
+    format!("mc:nick:{nick}")
+}
+
+/// Deletes a nick's claim only if it is still this member's.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
 
 fn who_key(room: &str) -> String {
     format!("mc:room:{room}:who")
@@ -290,12 +309,26 @@ impl Run {
         let Some(hub) = self.hub() else {
             return Ok(());
         };
+        let ttl_ms = self.ttl.as_millis() as u64;
+        let nicks = hub.local_nicks();
+        if !nicks.is_empty() {
+            let mut p = redis::pipe();
+            for (nick, member) in &nicks {
+                p.cmd("SET")
+                    .arg(nick_key(nick))
+                    .arg(self.owner(*member))
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .ignore();
+            }
+            let () = timed(p.query_async(conn)).await?;
+        }
         let presence = hub.local_presence();
         if presence.is_empty() {
             return Ok(());
         }
         let now = now_ms();
-        let until = now + self.ttl.as_millis() as u64;
+        let until = now + ttl_ms;
         let mut p = redis::pipe();
         for (room, nicks) in &presence {
             let key = who_key(room);
@@ -330,6 +363,11 @@ impl Run {
             }
         }
         Ok(())
+    }
+
+    /// The value of a nick claim: which process and member hold it.
+    fn owner(&self, member: MemberId) -> String {
+        format!("{}:{}", self.instance, member.0)
     }
 
     /// Hands an event from the channel to this process's members.
@@ -372,7 +410,11 @@ impl Run {
                     nicks: Err(HubError::Unavailable),
                 }),
             ),
-            Request::Event { .. } => return,
+            Request::Claim { to, .. } => (
+                to,
+                ChatEvent::Answer(Answer::Nick(Err(HubError::Unavailable))),
+            ),
+            Request::Event { .. } | Request::Release { .. } => return,
         };
         let _ = ev.0.send(ev.1, 64);
     }
@@ -433,6 +475,50 @@ impl Run {
                 }
                 p.cmd("PUBLISH").arg(CHANNEL).arg(v.to_string()).ignore();
                 let () = timed(p.query_async(conn)).await?;
+            }
+            Request::Claim {
+                nick,
+                old,
+                member,
+                to,
+            } => {
+                let owner = self.owner(member);
+                let set: Result<Option<String>, String> = timed(
+                    redis::cmd("SET")
+                        .arg(nick_key(&nick))
+                        .arg(&owner)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(self.ttl.as_millis() as u64)
+                        .query_async(conn),
+                )
+                .await;
+                let answer = match &set {
+                    Ok(Some(_)) => Ok(nick),
+                    Ok(None) => Err(HubError::NickTaken),
+                    Err(_) => Err(HubError::Unavailable),
+                };
+                let claimed = answer.is_ok();
+                let _ = to.send(ChatEvent::Answer(Answer::Nick(answer)), 64);
+                set?;
+                if claimed {
+                    let _: i64 = timed(
+                        redis::Script::new(RELEASE_SCRIPT)
+                            .key(nick_key(&old))
+                            .arg(&owner)
+                            .invoke_async(conn),
+                    )
+                    .await?;
+                }
+            }
+            Request::Release { nick, member } => {
+                let _: i64 = timed(
+                    redis::Script::new(RELEASE_SCRIPT)
+                        .key(nick_key(&nick))
+                        .arg(self.owner(member))
+                        .invoke_async(conn),
+                )
+                .await?;
             }
             Request::Who { room, to } => {
                 let nicks: Result<Vec<String>, String> = timed(

@@ -222,6 +222,8 @@ pub enum Answer {
         /// The nicks, or why there are none.
         nicks: Result<Vec<Arc<str>>, HubError>,
     },
+    /// The outcome of a `NICK` claimed in Redis.
+    Nick(Result<Arc<str>, HubError>),
     /// A request failed (a `SAY` that Redis did not take: nothing was delivered).
     Failed(HubError),
 }
@@ -411,6 +413,9 @@ pub struct Hub {
     next_guest: AtomicU64,
     next_msg: AtomicU64,
     config: HubConfig,
+    /// With Redis, guest nicks carry a random per-process part so that processes do
+    /// not hand out the same ones.
+    guest_prefix: String,
     bridge: Option<bridge::Bridge>,
     /// Counters.
     pub stats: HubStats,
@@ -445,6 +450,7 @@ impl Hub {
             next_guest: AtomicU64::new(1),
             next_msg: AtomicU64::new(start),
             config,
+            guest_prefix: String::new(),
             bridge: None,
             stats: HubStats::default(),
         }
@@ -458,6 +464,11 @@ impl Hub {
         let (history, ttl) = (config.history, config.presence_ttl);
         Ok(Arc::new_cyclic(|weak| {
             let mut hub = Hub::new(config);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
+                .unwrap_or(0);
+            hub.guest_prefix = format!("{t:08x}-");
             hub.bridge = Some(bridge::Bridge::start(client, weak.clone(), history, ttl));
             hub
         }))
@@ -531,7 +542,7 @@ impl Hub {
         let mut nicks = lock(&self.nicks);
         loop {
             let n = self.next_guest.fetch_add(1, Ordering::Relaxed);
-            let nick: Arc<str> = format!("guest-{n}").into();
+            let nick: Arc<str> = format!("guest-{}{n}", self.guest_prefix).into();
             if !nicks.contains_key(&nick) {
                 nicks.insert(nick.clone(), id);
                 return (id, nick);
@@ -540,21 +551,53 @@ impl Hub {
     }
 
     /// Changes a member's nick from `old` to `new` and tells the other members of each
-    /// of its `rooms`.
+    /// of its `rooms`. With `--redis` the nick is first claimed in Redis (unique across
+    /// processes): `None` is returned and the outcome comes later to `to`, as
+    /// [`Answer::Nick`]; the session then calls [`Hub::apply_nick`].
     pub fn set_nick(
         &self,
         id: MemberId,
         old: &Arc<str>,
         new: &str,
         rooms: &[Arc<str>],
-    ) -> Result<Arc<str>, HubError> {
+        to: &Sender<ChatEvent>,
+    ) -> Result<Option<Arc<str>>, HubError> {
         if !valid_nick(new) {
             return Err(HubError::BadName);
         }
         if **old == *new {
-            return Ok(old.clone());
+            return Ok(Some(old.clone()));
         }
         let new: Arc<str> = new.into();
+        if let Some(b) = &self.bridge {
+            if lock(&self.nicks)
+                .get(&new)
+                .is_some_and(|owner| *owner != id)
+            {
+                return Err(HubError::NickTaken);
+            }
+            b.send(bridge::Request::Claim {
+                nick: new,
+                old: old.clone(),
+                member: id,
+                to: to.clone(),
+            })?;
+            return Ok(None);
+        }
+        self.apply_nick(id, old, &new, rooms)?;
+        Ok(Some(new))
+    }
+
+    /// Makes a nick change (claimed in Redis already, with `--redis`) and tells the
+    /// other members of each of the member's `rooms`.
+    pub fn apply_nick(
+        &self,
+        id: MemberId,
+        old: &Arc<str>,
+        new: &Arc<str>,
+        rooms: &[Arc<str>],
+    ) -> Result<(), HubError> {
+        let new = new.clone();
         {
             let mut nicks = lock(&self.nicks);
             match nicks.get(&new) {
@@ -591,7 +634,7 @@ impl Hub {
                 self.deliver(room);
             }
         }
-        Ok(new)
+        Ok(())
     }
 
     /// Adds a member to `room` (created if need be) and tells the others. With
@@ -868,7 +911,21 @@ impl Hub {
         let mut nicks = lock(&self.nicks);
         if nicks.get(nick) == Some(&id) {
             nicks.remove(nick);
+            if let Some(b) = &self.bridge {
+                let _ = b.send(bridge::Request::Release {
+                    nick: nick.clone(),
+                    member: id,
+                });
+            }
         }
+    }
+
+    /// This process's nicks and their members (what it refreshes in Redis).
+    fn local_nicks(&self) -> Vec<(Arc<str>, MemberId)> {
+        lock(&self.nicks)
+            .iter()
+            .map(|(n, id)| (n.clone(), *id))
+            .collect()
     }
 
     /// Hands out a room's outbox in order, batch by batch, until it is empty. Called by

@@ -78,27 +78,36 @@ fn guest_nicks_are_unique_and_nick_changes_are_announced() {
     let b = member(&hub, 1 << 20);
     assert_ne!(a.nick, b.nick);
     assert!(a.nick.starts_with("guest-"));
-    let ann = hub.set_nick(a.id, &a.nick, "ann", &[]).unwrap();
+    let ann = hub
+        .set_nick(a.id, &a.nick, "ann", &[], &a.tx)
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        hub.set_nick(b.id, &b.nick, "ann", &[]),
+        hub.set_nick(b.id, &b.nick, "ann", &[], &b.tx),
         Err(HubError::NickTaken)
     );
     assert_eq!(
-        hub.set_nick(b.id, &b.nick, "a b", &[]),
+        hub.set_nick(b.id, &b.nick, "a b", &[], &b.tx),
         Err(HubError::BadName)
     );
     // The guest nick a gave up is free again.
-    hub.set_nick(b.id, &b.nick, &a.nick, &[]).unwrap();
+    hub.set_nick(b.id, &b.nick, &a.nick, &[], &b.tx).unwrap();
     // A later guest never collides with a nick taken by hand.
-    hub.set_nick(b.id, &a.nick, "guest-3", &[]).unwrap();
+    hub.set_nick(b.id, &a.nick, "guest-3", &[], &b.tx).unwrap();
     let c = member(&hub, 1 << 20);
     assert_ne!(&*c.nick, "guest-3");
     let joined = hub.join(a.id, &ann, &a.tx, Wire::Line, "r", None).unwrap();
     assert_eq!(joined.since, 1);
     c.join(&hub, "r", None);
     a.lines();
-    hub.set_nick(a.id, &ann, "anna", std::slice::from_ref(&joined.room))
-        .unwrap();
+    hub.set_nick(
+        a.id,
+        &ann,
+        "anna",
+        std::slice::from_ref(&joined.room),
+        &a.tx,
+    )
+    .unwrap();
     assert_eq!(c.lines(), ["NICK r ann anna\n"]);
     assert!(
         a.lines().is_empty(),
@@ -143,7 +152,7 @@ fn who_and_history_and_rooms_vanish_when_empty() {
     assert_eq!(hub.who("r"), Err(HubError::NoSuchRoom));
     // The nicks are free again.
     let c = member(&hub, 1 << 20);
-    hub.set_nick(c.id, &c.nick, &a.nick, &[]).unwrap();
+    hub.set_nick(c.id, &c.nick, &a.nick, &[], &c.tx).unwrap();
 }
 
 #[test]

@@ -394,10 +394,13 @@ impl ChatSession {
         let res = match cmd {
             Command::Nick(nick) => {
                 let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-                hub.set_nick(me.id, &me.nick, nick, &rooms).map(|new| {
-                    cx.send(format!("OK NICK {new}\n").as_bytes());
-                    me.nick = new;
-                })
+                hub.set_nick(me.id, &me.nick, nick, &rooms, &me.tx)
+                    .map(|new| {
+                        if let Some(new) = new {
+                            cx.send(format!("OK NICK {new}\n").as_bytes());
+                            me.nick = new;
+                        }
+                    })
             }
             Command::Join { room, after } => hub
                 .join(me.id, &me.nick, &me.tx, Wire::Line, room, after)
@@ -544,6 +547,20 @@ impl Session for ChatSession {
                 Ok(nicks) => who_line(&room, &nicks, cx),
                 Err(e) => err(cx, e.code(), &e.to_string()),
             },
+            ChatEvent::Answer(Answer::Nick(Ok(new))) => {
+                let rooms = self.room_list();
+                let Some(me) = &mut self.me else {
+                    return;
+                };
+                match self.hub.apply_nick(me.id, &me.nick, &new, &rooms) {
+                    Ok(()) => {
+                        cx.send(format!("OK NICK {new}\n").as_bytes());
+                        me.nick = new;
+                    }
+                    Err(e) => err(cx, e.code(), &e.to_string()),
+                }
+            }
+            ChatEvent::Answer(Answer::Nick(Err(e))) => err(cx, e.code(), &e.to_string()),
             ChatEvent::Answer(Answer::Failed(e)) => err(cx, e.code(), &e.to_string()),
         }
     }
