@@ -68,12 +68,12 @@ return id
 
 /// What sessions ask of Redis, through the hub.
 pub(crate) enum Request {
-    /// A message; a failure is answered to its author.
+    /// A message; a failure is answered to its author (none for a server notice).
     Say {
         room: Arc<str>,
         nick: Arc<str>,
         text: Box<str>,
-        author: Sender<ChatEvent>,
+        author: Option<Sender<ChatEvent>>,
     },
     /// A join, part or nick change, by `member` of this process.
     Event {
@@ -396,10 +396,14 @@ impl Run {
 
     fn fail(&self, r: Request) {
         let ev = match r {
-            Request::Say { author, .. } => (
+            Request::Say {
+                author: Some(author),
+                ..
+            } => (
                 author,
                 ChatEvent::Answer(Answer::Failed(HubError::Unavailable)),
             ),
+            Request::Say { author: None, .. } => return,
             Request::Range {
                 room, after, to, ..
             } => (to, range_answer(room, after, Err(HubError::Unavailable))),
@@ -439,8 +443,10 @@ impl Run {
                     .arg(&*self.instance);
                 let res: Result<String, String> = timed(inv.invoke_async(conn)).await;
                 if let Err(e) = res {
-                    let _ =
-                        author.send(ChatEvent::Answer(Answer::Failed(HubError::Unavailable)), 64);
+                    if let Some(author) = author {
+                        let failed = ChatEvent::Answer(Answer::Failed(HubError::Unavailable));
+                        let _ = author.send(failed, 64);
+                    }
                     return Err(e);
                 }
             }

@@ -48,6 +48,17 @@ pub use bridge::BACKOFF_MAX as REDIS_BACKOFF_MAX;
 
 pub use names::{valid_nick, valid_room, MAX_NICK, MAX_ROOM};
 
+/// The nick of backend notifications ([`Hub::announce`]); no member can take it.
+pub const SERVER_NICK: &str = "server";
+
+fn check_text(text: &str) -> Result<(), HubError> {
+    if text.contains(['\n', '\r']) {
+        Err(HubError::BadText)
+    } else {
+        Ok(())
+    }
+}
+
 /// Room shards: enough that unrelated rooms rarely share a lock.
 const SHARDS: usize = 64;
 /// Default number of messages kept per room (`--history`).
@@ -262,6 +273,9 @@ pub enum HubError {
     /// No room of that name exists (nobody is in it).
     #[error("no such room")]
     NoSuchRoom,
+    /// Message text that is not one line (a line break would forge protocol lines).
+    #[error("text must be one line")]
+    BadText,
     /// The shared backend (Redis) cannot be reached; nothing was delivered.
     #[error("chat backend unavailable, try again")]
     Unavailable,
@@ -276,6 +290,7 @@ impl HubError {
             HubError::NotMember => "not-member",
             HubError::AlreadyMember => "already-member",
             HubError::NoSuchRoom => "no-such-room",
+            HubError::BadText => "bad-text",
             HubError::Unavailable => "unavailable",
         }
     }
@@ -568,6 +583,9 @@ impl Hub {
         if **old == *new {
             return Ok(Some(old.clone()));
         }
+        if new == SERVER_NICK {
+            return Err(HubError::NickTaken);
+        }
         let new: Arc<str> = new.into();
         if let Some(b) = &self.bridge {
             if lock(&self.nicks)
@@ -779,6 +797,7 @@ impl Hub {
     /// With `--redis` the id is given by Redis and `None` is returned: the message
     /// comes back to every member, the author included, through the shared channel.
     pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Option<MsgId>, HubError> {
+        check_text(text)?;
         let (name, msg, deliver) = {
             let mut shard = lock(self.shard(room));
             let Some(r) = shard.get_mut(room) else {
@@ -788,7 +807,7 @@ impl Hub {
             let entry = r.entry(id).ok_or(HubError::NotMember)?;
             let nick = entry.nick.clone();
             if let Some(b) = &self.bridge {
-                let author = entry.tx.clone();
+                let author = Some(entry.tx.clone());
                 drop(shard);
                 b.send(bridge::Request::Say {
                     room: name,
@@ -821,6 +840,53 @@ impl Hub {
             self.deliver(&name);
         }
         Ok(Some(msg))
+    }
+
+    /// Says `text` in `room` as [`SERVER_NICK`], delivered like a member's `SAY`: the
+    /// entry point of backend notifications (`POST /rooms/<room>/messages` on the http
+    /// service). Without Redis the room must have a member here ([`HubError::NoSuchRoom`]
+    /// otherwise); with Redis it goes to every process, into the room's history.
+    pub fn announce(&self, room: &str, text: &str) -> Result<(), HubError> {
+        if !valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        check_text(text)?;
+        if let Some(b) = &self.bridge {
+            b.send(bridge::Request::Say {
+                room: room.into(),
+                nick: SERVER_NICK.into(),
+                text: text.into(),
+                author: None,
+            })?;
+            self.stats.messages.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let name = {
+            let mut shard = lock(self.shard(room));
+            let r = shard.get_mut(room).ok_or(HubError::NoSuchRoom)?;
+            let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
+            let p = Arc::new(Publication::new(
+                r.name.clone(),
+                Kind::Msg {
+                    id: msg,
+                    nick: SERVER_NICK.into(),
+                    text: text.into(),
+                },
+            ));
+            if self.config.history > 0 {
+                if r.history.len() >= self.config.history {
+                    r.history.pop_front();
+                }
+                r.history.push_back(p.clone());
+            }
+            if !r.push(p, None) {
+                return Ok(());
+            }
+            r.name.clone()
+        };
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&name);
+        Ok(())
     }
 
     /// This process's members, room by room (what it refreshes in Redis).

@@ -214,6 +214,27 @@ fn an_overflowing_member_does_not_cost_the_others_a_message() {
 }
 
 #[test]
+fn announcements_reach_members_and_history_as_server() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    assert_eq!(hub.announce("r", "deploy done"), Err(HubError::NoSuchRoom));
+    a.join(&hub, "r", None);
+    hub.announce("r", "deploy done").unwrap();
+    let got = a.lines();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("MSG r ") && got[0].ends_with(" server deploy done\n"));
+    assert_eq!(hub.history("r", 5, &a.tx).unwrap().unwrap().len(), 1);
+    assert_eq!(hub.announce("r", "two\nlines"), Err(HubError::BadText));
+    assert_eq!(hub.say(a.id, "r", "x\ry"), Err(HubError::BadText));
+    assert_eq!(hub.announce("bad room", "x"), Err(HubError::BadName));
+    assert!(a.lines().is_empty(), "nothing half-delivered");
+    assert_eq!(
+        hub.set_nick(a.id, &a.nick, SERVER_NICK, &[], &a.tx),
+        Err(HubError::NickTaken)
+    );
+}
+
+#[test]
 fn json_encoding_is_one_object() {
     let p = Publication::new(
         "lobby".into(),
