@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod connect;
+pub mod hub;
 pub mod logging;
 pub mod model;
 pub mod serve;

@@ -82,6 +82,28 @@ struct ServeArgs {
     /// ws: largest message in bytes (close 1009).
     #[arg(long, default_value_t = 1 << 20)]
     max_message: usize,
+    /// Bytes of events queued for one client before it is dropped as a slow consumer
+    /// (chat: `ERR slow-consumer`).
+    #[arg(long, default_value_t = Limits::default().max_queue)]
+    max_queue: usize,
+    /// Chat: messages kept per room for HISTORY and JOIN ... AFTER.
+    #[arg(long, default_value_t = multiclient::hub::DEFAULT_HISTORY)]
+    history: usize,
+    /// Chat: longest command line in bytes; longer ones get `ERR line-too-long`.
+    #[arg(long, default_value_t = multiclient::service::chat::DEFAULT_MAX_LINE)]
+    max_line: usize,
+    /// Chat: commands per second per connection, beyond which `ERR rate-limited`
+    /// (default: unlimited).
+    #[arg(long)]
+    max_rate: Option<u32>,
+    /// Chat: a Redis URL (`redis://127.0.0.1:6379`); every process given the same one
+    /// is one chat.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Chat with Redis: how long the members of a process that stopped (even killed)
+    /// stay listed before they part everywhere.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    presence_ttl: Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -145,16 +167,6 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
             .map_err(|e| anyhow::anyhow!("--service {name}: {e}"))?;
         services.push((name, addr));
     }
-    if services.is_empty() {
-        services = TCP_SERVICES.iter().map(|&s| (s, None)).collect();
-    }
-    if a.addr.is_some() && services.len() != 1 {
-        bail!("--addr needs exactly one --service (or use --service NAME=ADDR)");
-    }
-    let services = services
-        .into_iter()
-        .map(|(name, addr)| (name, addr.or(a.addr).unwrap_or_else(|| name.default_addr())))
-        .collect();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -168,14 +180,30 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
             workers: a.workers.unwrap_or(cores),
         },
     };
+    if services.is_empty() {
+        services = TCP_SERVICES
+            .iter()
+            .filter(|s| s.runs_under(model))
+            .map(|&s| (s, None))
+            .collect();
+    }
+    if a.addr.is_some() && services.len() != 1 {
+        bail!("--addr needs exactly one --service (or use --service NAME=ADDR)");
+    }
+    let services = services
+        .into_iter()
+        .map(|(name, addr)| (name, addr.or(a.addr).unwrap_or_else(|| name.default_addr())))
+        .collect();
     let limits = Limits {
         max_conns: a.max_conns,
         idle_timeout: a.idle_timeout,
         shutdown_timeout: a.shutdown_timeout,
         write_timeout: a.write_timeout,
+        max_queue: a.max_queue,
         ..Limits::default()
     };
     let service = ServiceOptions {
+        chat: Default::default(),
         http: HttpOptions {
             header_timeout: a.header_timeout,
             max_body: a.max_body,
@@ -186,6 +214,12 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
             }),
         },
     };
+    let mut service = service;
+    service.chat.history = a.history;
+    service.chat.max_line = a.max_line;
+    service.chat.max_rate = a.max_rate;
+    service.chat.redis = a.redis.clone();
+    service.chat.presence_ttl = a.presence_ttl;
     Ok(ServeOptions {
         services,
         model,

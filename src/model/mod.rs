@@ -294,6 +294,11 @@ impl Server {
         Ok(l)
     }
 
+    /// The model this server runs (services that cannot run under one refuse it).
+    pub fn model(&self) -> Model {
+        self.model
+    }
+
     /// The shutdown signal: `server.drain().start()` begins a graceful shutdown.
     pub fn drain(&self) -> Drain {
         self.drain.clone()

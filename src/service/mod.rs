@@ -15,6 +15,7 @@ use crate::model::mailbox::{Mailbox, Sender, WakeKind};
 use std::sync::Arc;
 
 pub mod ack;
+pub mod chat;
 pub mod greet;
 pub mod hello;
 pub mod http;

@@ -20,6 +20,8 @@ pub enum ServiceName {
     Http,
     /// WebSocket: `Server received: <message>` (seed 003, websockets), port 8765.
     Ws,
+    /// Chat rooms over a TCP line protocol (seed 003's "real-time chat"), port 7000.
+    Chat,
 }
 
 /// Options of the services, set from the command line; each service reads its own.
@@ -28,6 +30,8 @@ pub struct ServiceOptions {
     /// http and ws: HTTP settings (header timeout, body limit) and WebSocket settings
     /// (echo, message limit).
     pub http: super::http::HttpOptions,
+    /// The chat's options and its shared hub.
+    pub chat: super::chat::ChatOptions,
 }
 
 /// The services `serve` runs when none is named.
@@ -37,6 +41,7 @@ pub const TCP_SERVICES: &[ServiceName] = &[
     ServiceName::Hello,
     ServiceName::Http,
     ServiceName::Ws,
+    ServiceName::Chat,
 ];
 
 impl ServiceName {
@@ -48,6 +53,7 @@ impl ServiceName {
             ServiceName::Hello => "hello",
             ServiceName::Http => "http",
             ServiceName::Ws => "ws",
+            ServiceName::Chat => "chat",
         }
     }
 
@@ -59,6 +65,7 @@ impl ServiceName {
             ServiceName::Hello => 8081,
             ServiceName::Http => 8080,
             ServiceName::Ws => 8765,
+            ServiceName::Chat => 7000,
         }
     }
 
@@ -74,7 +81,14 @@ impl ServiceName {
 
     /// Whether messages are lines (sent with a newline) rather than raw text.
     pub fn is_line_protocol(self) -> bool {
-        false
+        matches!(self, ServiceName::Chat)
+    }
+
+    /// Whether the service can run under `model`. Chat cannot run under `single`: one
+    /// client at a time means the first member waits alone while everyone else sits
+    /// unserved in the backlog. The default set of `serve` leaves it out there.
+    pub fn runs_under(self, model: crate::model::Model) -> bool {
+        !(self == ServiceName::Chat && model == crate::model::Model::Single)
     }
 
     /// Starts this service on `server`, listening on `addr`.
@@ -90,6 +104,21 @@ impl ServiceName {
             ServiceName::Hello => server.listen(addr, super::hello::Hello),
             ServiceName::Http => server.listen(addr, super::http::Http::new(opts.http.clone())),
             ServiceName::Ws => server.listen(addr, super::ws::Ws::new(opts.http.clone())),
+            ServiceName::Chat => {
+                if !self.runs_under(server.model()) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "chat needs many members at once; --model single serves one \
+                         client at a time (use threads, pool or async)",
+                    ));
+                }
+                let hub = opts
+                    .chat
+                    .hub()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let chat = super::chat::Chat::new(hub, &opts.chat);
+                server.listen(addr, chat)
+            }
         }
     }
 }

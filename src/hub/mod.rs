@@ -1,0 +1,1049 @@
+//! The chat hub: the state shared by every chat session of a process — rooms, their
+//! members, nicks, and each room's recent history.
+//!
+//! Sessions reach the hub through their service value (an `Arc<Hub>`), and the hub
+//! reaches members only through their session mailbox ([`Sender`]), so a chat session
+//! stays a sans-IO state machine testable on plain buffers, under every model.
+//!
+//! # Fan-out without a global lock
+//!
+//! Rooms live in 64 shards keyed by a hash of the room name (as in Centrifugo's hub),
+//! so joins and messages of different rooms do not contend. A room's member list is an
+//! `Arc<Vec<_>>`: a publisher snapshots it (one reference count) and sends outside the
+//! lock. A publication is encoded at most once per wire format ([`Wire`]) and the same
+//! [`Bytes`] reach every member's mailbox.
+//!
+//! # One order per room, no gap, no duplicate
+//!
+//! Every event of a room (message, join, part, nick change) gets a room sequence number
+//! under the room's lock and goes into the room's outbox. Whoever finds no delivery in
+//! progress becomes the room's deliverer and hands the outbox out, batch by batch, in
+//! order, outside the lock; other publishers return at once. A member records the
+//! sequence number at which it joined and is handed only later events, so the history
+//! replayed by `JOIN <room> AFTER <id>` (read under the same lock) and the live events
+//! meet exactly: no gap, no duplicate.
+//!
+//! # Slow members
+//!
+//! A mailbox is bounded in bytes (`--max-queue`); an overflow is never a silent drop:
+//! the model ends that session as a slow consumer (`ERR slow-consumer`) and its drop
+//! parts it from every room. The other members are not slowed: a send is one short
+//! lock on the member's own queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use bytes::Bytes;
+
+use crate::model::mailbox::{SendError, Sender};
+
+mod bridge;
+pub mod names;
+
+pub use bridge::BACKOFF_MAX as REDIS_BACKOFF_MAX;
+
+pub use names::{valid_nick, valid_room, MAX_NICK, MAX_ROOM};
+
+/// The nick of backend notifications ([`Hub::announce`]); no member can take it.
+pub const SERVER_NICK: &str = "server";
+
+fn check_text(text: &str) -> Result<(), HubError> {
+    if text.contains(['\n', '\r']) {
+        Err(HubError::BadText)
+    } else {
+        Ok(())
+    }
+}
+
+/// Room shards: enough that unrelated rooms rarely share a lock.
+const SHARDS: usize = 64;
+/// Default number of messages kept per room (`--history`).
+pub const DEFAULT_HISTORY: usize = 100;
+/// Most messages one `HISTORY` answers.
+pub const MAX_HISTORY_REPLY: usize = 100;
+
+/// Identifies a member (one connection) inside this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberId(u64);
+
+/// A message id: orders the messages of one room. Written as a decimal number, but
+/// clients treat it as an opaque token.
+///
+/// Ids come from one process-wide counter that starts at the Unix time in
+/// microseconds, so they keep increasing across a restart of the server and across
+/// a room emptied and created again: `AFTER` with an old id never skips new messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MsgId(pub u64);
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for MsgId {
+    type Err = std::num::ParseIntError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // Only plain digits: `+5` or ` 5` are not ids a server ever wrote.
+        if !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("x".parse::<u64>().unwrap_err());
+        }
+        s.parse().map(MsgId)
+    }
+}
+
+/// A wire format members receive events in. Each publication is encoded at most once
+/// per format, whatever the number of members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The TCP line protocol: `MSG <room> <id> <nick> <text>\n`.
+    Line,
+    /// One JSON object per WebSocket text frame (the payload only; the WebSocket
+    /// session adds the frame header).
+    Json,
+}
+
+/// What happened in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A message said in the room.
+    Msg {
+        /// Its id.
+        id: MsgId,
+        /// Who said it.
+        nick: Arc<str>,
+        /// What was said (one line, UTF-8).
+        text: Box<str>,
+    },
+    /// A member joined.
+    Join {
+        /// The member's nick.
+        nick: Arc<str>,
+    },
+    /// A member left (PART, QUIT or disconnect).
+    Part {
+        /// The member's nick.
+        nick: Arc<str>,
+    },
+    /// A member changed nick.
+    Nick {
+        /// The nick before.
+        old: Arc<str>,
+        /// The nick after.
+        new: Arc<str>,
+    },
+}
+
+/// An event of a room as handed to members, with its encodings made on first use.
+#[derive(Debug)]
+pub struct Publication {
+    /// The room.
+    pub room: Arc<str>,
+    /// What happened.
+    pub kind: Kind,
+    line: OnceLock<Bytes>,
+    json: OnceLock<Bytes>,
+}
+
+impl Publication {
+    /// A publication of `kind` in `room`.
+    pub fn new(room: Arc<str>, kind: Kind) -> Publication {
+        Publication {
+            room,
+            kind,
+            line: OnceLock::new(),
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The message id, for a message.
+    pub fn msg_id(&self) -> Option<MsgId> {
+        match self.kind {
+            Kind::Msg { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The bytes members of `wire` receive: encoded by the first caller, shared after.
+    pub fn encoded(&self, wire: Wire) -> &Bytes {
+        match wire {
+            Wire::Line => self.line.get_or_init(|| self.encode_line()),
+            Wire::Json => self.json.get_or_init(|| self.encode_json()),
+        }
+    }
+
+    fn encode_line(&self) -> Bytes {
+        let room = &*self.room;
+        let s = match &self.kind {
+            Kind::Msg { id, nick, text } => format!("MSG {room} {id} {nick} {text}\n"),
+            Kind::Join { nick } => format!("JOIN {room} {nick}\n"),
+            Kind::Part { nick } => format!("PART {room} {nick}\n"),
+            Kind::Nick { old, new } => format!("NICK {room} {old} {new}\n"),
+        };
+        Bytes::from(s)
+    }
+
+    fn encode_json(&self) -> Bytes {
+        let room = &*self.room;
+        let v = match &self.kind {
+            Kind::Msg { id, nick, text } => serde_json::json!({
+                "type": "msg", "room": room, "id": id.to_string(), "nick": &**nick, "text": &**text,
+            }),
+            Kind::Join { nick } => {
+                serde_json::json!({"type": "join", "room": room, "nick": &**nick})
+            }
+            Kind::Part { nick } => {
+                serde_json::json!({"type": "part", "room": room, "nick": &**nick})
+            }
+            Kind::Nick { old, new } => serde_json::json!({
+                "type": "nick", "room": room, "old": &**old, "new": &**new,
+            }),
+        };
+        Bytes::from(v.to_string())
+    }
+}
+
+/// An answer to one member's request that comes later, through its mailbox (with
+/// `--redis`, where history lives in Redis and messages are ordered there).
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// The messages of a `HISTORY`, oldest first.
+    History {
+        /// The room asked about.
+        room: Arc<str>,
+        /// The messages, or why there are none.
+        msgs: Result<Vec<Arc<Publication>>, HubError>,
+    },
+    /// The replay of a `JOIN ... AFTER`, oldest first; live events of the room wait
+    /// in the session until it arrives.
+    Replay {
+        /// The room joined.
+        room: Arc<str>,
+        /// The messages, or why there are none.
+        msgs: Result<Vec<Arc<Publication>>, HubError>,
+    },
+    /// The members of a room on every process (`WHO` with `--redis`), sorted.
+    Who {
+        /// The room asked about.
+        room: Arc<str>,
+        /// The nicks, or why there are none.
+        nicks: Result<Vec<Arc<str>>, HubError>,
+    },
+    /// The outcome of a `NICK` claimed in Redis.
+    Nick(Result<Arc<str>, HubError>),
+    /// A request failed (a `SAY` that Redis did not take: nothing was delivered).
+    Failed(HubError),
+}
+
+/// What a member's mailbox receives from the hub.
+#[derive(Debug, Clone)]
+pub enum ChatEvent {
+    /// An event of a room the member is in. `seq` orders the room's events; a session
+    /// hands on only events after the `since` its join returned (see [`Joined`]), which
+    /// drops stragglers from an earlier membership of the same room.
+    Room {
+        /// The room's event sequence number.
+        seq: u64,
+        /// The event.
+        publication: Arc<Publication>,
+    },
+    /// The answer to one of this member's requests.
+    Answer(Answer),
+}
+
+/// Why the hub refused a request; each maps to the protocol's error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    /// A nick or room name outside the allowed alphabet or length.
+    #[error("names are 1-32 (nick) or 1-64 (room) characters of A-Z a-z 0-9 _ - .")]
+    BadName,
+    /// The nick belongs to another member.
+    #[error("that nick is in use")]
+    NickTaken,
+    /// The member is not in that room.
+    #[error("you are not in that room")]
+    NotMember,
+    /// The member is in that room already.
+    #[error("you are in that room already")]
+    AlreadyMember,
+    /// No room of that name exists (nobody is in it).
+    #[error("no such room")]
+    NoSuchRoom,
+    /// Message text that is not one line (a line break would forge protocol lines).
+    #[error("text must be one line")]
+    BadText,
+    /// The shared backend (Redis) cannot be reached; nothing was delivered.
+    #[error("chat backend unavailable, try again")]
+    Unavailable,
+}
+
+impl HubError {
+    /// The error code of the protocol (`ERR <code> <text>`, `"code"` in JSON).
+    pub fn code(self) -> &'static str {
+        match self {
+            HubError::BadName => "bad-name",
+            HubError::NickTaken => "nick-taken",
+            HubError::NotMember => "not-member",
+            HubError::AlreadyMember => "already-member",
+            HubError::NoSuchRoom => "no-such-room",
+            HubError::BadText => "bad-text",
+            HubError::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A member's entry in a room's member list.
+#[derive(Clone)]
+struct Entry {
+    id: MemberId,
+    nick: Arc<str>,
+    tx: Sender<ChatEvent>,
+    wire: Wire,
+    /// The room sequence number at join: only later events are handed to it.
+    since: u64,
+}
+
+struct Pending {
+    seq: u64,
+    publication: Arc<Publication>,
+    /// A member the event is not for (its author, for a nick change).
+    skip: Option<MemberId>,
+}
+
+struct Room {
+    name: Arc<str>,
+    /// Copy-on-write: a deliverer holds a snapshot while joins and parts go on.
+    members: Arc<Vec<Entry>>,
+    index: HashMap<MemberId, usize>,
+    history: VecDeque<Arc<Publication>>,
+    seq: u64,
+    outbox: VecDeque<Pending>,
+    /// Someone is handing out the outbox.
+    delivering: bool,
+}
+
+impl Room {
+    fn new(name: Arc<str>) -> Room {
+        Room {
+            name,
+            members: Arc::new(Vec::new()),
+            index: HashMap::new(),
+            history: VecDeque::new(),
+            seq: 0,
+            outbox: VecDeque::new(),
+            delivering: false,
+        }
+    }
+
+    /// Queues an event; returns whether the caller must deliver the outbox.
+    fn push(&mut self, publication: Arc<Publication>, skip: Option<MemberId>) -> bool {
+        self.seq += 1;
+        self.outbox.push_back(Pending {
+            seq: self.seq,
+            publication,
+            skip,
+        });
+        !std::mem::replace(&mut self.delivering, true)
+    }
+
+    fn entry(&self, id: MemberId) -> Option<&Entry> {
+        self.index.get(&id).map(|&i| &self.members[i])
+    }
+
+    fn remove(&mut self, id: MemberId) -> Option<Entry> {
+        let i = self.index.remove(&id)?;
+        let members = Arc::make_mut(&mut self.members);
+        let e = members.swap_remove(i);
+        if let Some(moved) = members.get(i) {
+            self.index.insert(moved.id, i);
+        }
+        Some(e)
+    }
+}
+
+type Shard = HashMap<Arc<str>, Room>;
+
+/// What a successful join returns to the session.
+#[derive(Debug)]
+pub struct Joined {
+    /// The room name, shared with the hub.
+    pub room: Arc<str>,
+    /// The room sequence number at join: events up to it are not for this membership.
+    pub since: u64,
+    /// Messages after the `AFTER` id still in history, oldest first.
+    pub replay: Vec<Arc<Publication>>,
+    /// The replay comes later, as [`Answer::Replay`] (with `--redis`).
+    pub replay_pending: bool,
+}
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Messages kept per room (`--history`).
+    pub history: usize,
+    /// With Redis: how long a process's members stay listed after it stops
+    /// refreshing them (`--presence-ttl`); a killed process's members part everywhere
+    /// within about this long.
+    pub presence_ttl: std::time::Duration,
+}
+
+/// Default `--presence-ttl`.
+pub const DEFAULT_PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            history: DEFAULT_HISTORY,
+            presence_ttl: DEFAULT_PRESENCE_TTL,
+        }
+    }
+}
+
+/// Counters of the hub.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Messages said.
+    pub messages: AtomicU64,
+    /// Events handed to member mailboxes.
+    pub deliveries: AtomicU64,
+    /// Sends refused because the member's mailbox overflowed (the model then ends
+    /// that member as a slow consumer).
+    pub overflows: AtomicU64,
+    /// Connections to Redis made (the first and every reconnection).
+    pub redis_connects: AtomicU64,
+    /// Connections to Redis lost.
+    pub redis_losses: AtomicU64,
+}
+
+/// The chat state of one process. See the module documentation.
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: BuildHasherDefault<DefaultHasher>,
+    nicks: Mutex<HashMap<Arc<str>, MemberId>>,
+    next_member: AtomicU64,
+    next_guest: AtomicU64,
+    next_msg: AtomicU64,
+    config: HubConfig,
+    /// With Redis, guest nicks carry a random per-process part so that processes do
+    /// not hand out the same ones.
+    guest_prefix: String,
+    bridge: Option<bridge::Bridge>,
+    /// Counters.
+    pub stats: HubStats,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the maps consistent before anything can panic, so
+    // a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: HubConfig) -> Hub {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: BuildHasherDefault::default(),
+            nicks: Mutex::new(HashMap::new()),
+            next_member: AtomicU64::new(1),
+            next_guest: AtomicU64::new(1),
+            next_msg: AtomicU64::new(start),
+            config,
+            guest_prefix: String::new(),
+            bridge: None,
+            stats: HubStats::default(),
+        }
+    }
+
+    /// A hub that is one chat with every other process given the same Redis `url`
+    /// (see the bridge's documentation). Connects in the background; an invalid URL
+    /// is an error now.
+    pub fn with_redis(config: HubConfig, url: &str) -> Result<Arc<Hub>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        let (history, ttl) = (config.history, config.presence_ttl);
+        Ok(Arc::new_cyclic(|weak| {
+            let mut hub = Hub::new(config);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
+                .unwrap_or(0);
+            hub.guest_prefix = format!("{t:08x}-");
+            hub.bridge = Some(bridge::Bridge::start(client, weak.clone(), history, ttl));
+            hub
+        }))
+    }
+
+    /// Whether the shared backend is reachable (always, without `--redis`).
+    pub fn is_available(&self) -> bool {
+        self.bridge.as_ref().map_or(true, |b| b.is_up())
+    }
+
+    /// Publishes a join, part or nick change through Redis; while it is down the event
+    /// reaches nobody (logged and counted by the bridge's state).
+    fn publish_event(&self, b: &bridge::Bridge, room: &Arc<str>, kind: Kind, member: MemberId) {
+        let r = bridge::Request::Event {
+            room: room.clone(),
+            kind,
+            member,
+        };
+        if b.send(r).is_err() {
+            tracing::warn!("redis unavailable: a {room} membership event was not published");
+        }
+    }
+
+    /// An event of `room` from Redis, for this process's members of it. `skip` is the
+    /// member of this process the event is about, when it must not receive it.
+    fn inject(&self, room: &str, kind: Kind, skip: Option<MemberId>) {
+        let name = {
+            let mut shard = lock(self.shard(room));
+            let Some(r) = shard.get_mut(room) else {
+                return; // No member here.
+            };
+            let name = r.name.clone();
+            let own_join = matches!(kind, Kind::Join { .. });
+            let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip);
+            if let (true, Some(m)) = (own_join, skip) {
+                // The member's own JOIN, in Redis's order: it receives what follows.
+                if let Some(&i) = r.index.get(&m) {
+                    let seq = r.seq;
+                    let e = &mut Arc::make_mut(&mut r.members)[i];
+                    if e.since == u64::MAX {
+                        e.since = seq;
+                    }
+                }
+            }
+            if !deliver {
+                return;
+            }
+            name
+        };
+        self.deliver(&name);
+    }
+
+    /// Removes a member from a room without telling anyone (its join never happened).
+    fn remove_local(&self, id: MemberId, room: &str) {
+        let mut shard = lock(self.shard(room));
+        if let Some(r) = shard.get_mut(room) {
+            r.remove(id);
+            if r.members.is_empty() && !r.delivering {
+                shard.remove(room);
+            }
+        }
+    }
+
+    fn shard(&self, room: &str) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(room) as usize) % SHARDS]
+    }
+
+    /// Registers a new member and gives it a unique guest nick (`guest-N`).
+    pub fn connect(&self) -> (MemberId, Arc<str>) {
+        let id = MemberId(self.next_member.fetch_add(1, Ordering::Relaxed));
+        let mut nicks = lock(&self.nicks);
+        loop {
+            let n = self.next_guest.fetch_add(1, Ordering::Relaxed);
+            let nick: Arc<str> = format!("guest-{}{n}", self.guest_prefix).into();
+            if !nicks.contains_key(&nick) {
+                nicks.insert(nick.clone(), id);
+                return (id, nick);
+            }
+        }
+    }
+
+    /// Changes a member's nick from `old` to `new` and tells the other members of each
+    /// of its `rooms`. With `--redis` the nick is first claimed in Redis (unique across
+    /// processes): `None` is returned and the outcome comes later to `to`, as
+    /// [`Answer::Nick`]; the session then calls [`Hub::apply_nick`].
+    pub fn set_nick(
+        &self,
+        id: MemberId,
+        old: &Arc<str>,
+        new: &str,
+        rooms: &[Arc<str>],
+        to: &Sender<ChatEvent>,
+    ) -> Result<Option<Arc<str>>, HubError> {
+        if !valid_nick(new) {
+            return Err(HubError::BadName);
+        }
+        if **old == *new {
+            return Ok(Some(old.clone()));
+        }
+        if new == SERVER_NICK {
+            return Err(HubError::NickTaken);
+        }
+        let new: Arc<str> = new.into();
+        if let Some(b) = &self.bridge {
+            if lock(&self.nicks)
+                .get(&new)
+                .is_some_and(|owner| *owner != id)
+            {
+                return Err(HubError::NickTaken);
+            }
+            b.send(bridge::Request::Claim {
+                nick: new,
+                old: old.clone(),
+                member: id,
+                to: to.clone(),
+            })?;
+            return Ok(None);
+        }
+        self.apply_nick(id, old, &new, rooms)?;
+        Ok(Some(new))
+    }
+
+    /// Makes a nick change (claimed in Redis already, with `--redis`) and tells the
+    /// other members of each of the member's `rooms`.
+    pub fn apply_nick(
+        &self,
+        id: MemberId,
+        old: &Arc<str>,
+        new: &Arc<str>,
+        rooms: &[Arc<str>],
+    ) -> Result<(), HubError> {
+        let new = new.clone();
+        {
+            let mut nicks = lock(&self.nicks);
+            match nicks.get(&new) {
+                Some(owner) if *owner != id => return Err(HubError::NickTaken),
+                _ => {}
+            }
+            nicks.insert(new.clone(), id);
+            if nicks.get(old) == Some(&id) {
+                nicks.remove(old);
+            }
+        }
+        for room in rooms {
+            let deliver = {
+                let mut shard = lock(self.shard(room));
+                let Some(r) = shard.get_mut(room) else {
+                    continue;
+                };
+                let Some(&i) = r.index.get(&id) else {
+                    continue;
+                };
+                Arc::make_mut(&mut r.members)[i].nick = new.clone();
+                let kind = Kind::Nick {
+                    old: old.clone(),
+                    new: new.clone(),
+                };
+                if let Some(b) = &self.bridge {
+                    drop(shard);
+                    self.publish_event(b, room, kind, id);
+                    continue;
+                }
+                r.push(Arc::new(Publication::new(room.clone(), kind)), Some(id))
+            };
+            if deliver {
+                self.deliver(room);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a member to `room` (created if need be) and tells the others. With
+    /// `after`, also returns the messages after that id still in history; the member
+    /// then receives exactly the messages that follow them.
+    pub fn join(
+        &self,
+        id: MemberId,
+        nick: &Arc<str>,
+        tx: &Sender<ChatEvent>,
+        wire: Wire,
+        room: &str,
+        after: Option<MsgId>,
+    ) -> Result<Joined, HubError> {
+        if !valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        if after.is_some() && !self.is_available() {
+            return Err(HubError::Unavailable);
+        }
+        let (joined, deliver) = {
+            let mut shard = lock(self.shard(room));
+            if !shard.contains_key(room) {
+                let name: Arc<str> = room.into();
+                shard.insert(name.clone(), Room::new(name));
+            }
+            let r = shard.get_mut(room).expect("just made");
+            let name = r.name.clone();
+            if r.index.contains_key(&id) {
+                return Err(HubError::AlreadyMember);
+            }
+            let deliver = match self.bridge {
+                Some(_) => false, // Published through Redis below.
+                None => {
+                    let p = Publication::new(name.clone(), Kind::Join { nick: nick.clone() });
+                    r.push(Arc::new(p), None)
+                }
+            };
+            // With Redis, the member starts receiving at its own JOIN as Redis orders
+            // it (see `inject`): events ordered before it are not for it.
+            let since = if self.bridge.is_some() {
+                u64::MAX
+            } else {
+                r.seq
+            };
+            r.index.insert(id, r.members.len());
+            Arc::make_mut(&mut r.members).push(Entry {
+                id,
+                nick: nick.clone(),
+                tx: tx.clone(),
+                wire,
+                since,
+            });
+            let replay = match after {
+                Some(_) if self.bridge.is_some() => Vec::new(),
+                Some(after) => r
+                    .history
+                    .iter()
+                    .filter(|p| p.msg_id().is_some_and(|m| m > after))
+                    .cloned()
+                    .collect(),
+                None => Vec::new(),
+            };
+            (
+                Joined {
+                    room: name,
+                    since,
+                    replay,
+                    replay_pending: false,
+                },
+                deliver,
+            )
+        };
+        if deliver {
+            self.deliver(&joined.room);
+        }
+        let mut joined = joined;
+        if let Some(b) = &self.bridge {
+            let r = bridge::Request::Event {
+                room: joined.room.clone(),
+                kind: Kind::Join { nick: nick.clone() },
+                member: id,
+            };
+            if let Err(e) = b.send(r) {
+                // Not ordered in Redis, the membership would never start: refuse.
+                self.remove_local(id, room);
+                return Err(e);
+            }
+            if let Some(after) = after {
+                let r = bridge::Request::Range {
+                    room: joined.room.clone(),
+                    after: Some(after),
+                    last: 0,
+                    to: tx.clone(),
+                };
+                if let Err(e) = b.send(r) {
+                    let _ = self.part(id, room);
+                    return Err(e);
+                }
+                joined.replay_pending = true;
+            }
+            // The hub starts this membership at its own JOIN; the session's filter
+            // has nothing earlier to drop.
+            joined.since = 0;
+        }
+        Ok(joined)
+    }
+
+    /// Removes a member from `room` and tells the others.
+    pub fn part(&self, id: MemberId, room: &str) -> Result<(), HubError> {
+        let name = {
+            let mut shard = lock(self.shard(room));
+            let Some(r) = shard.get_mut(room) else {
+                return Err(HubError::NotMember);
+            };
+            let name = r.name.clone();
+            let Some(e) = r.remove(id) else {
+                return Err(HubError::NotMember);
+            };
+            let kind = Kind::Part { nick: e.nick };
+            if let Some(b) = &self.bridge {
+                let empty = r.members.is_empty() && !r.delivering;
+                if empty {
+                    shard.remove(room);
+                }
+                drop(shard);
+                self.publish_event(b, &name, kind, id);
+                return Ok(());
+            }
+            if !r.push(Arc::new(Publication::new(name.clone(), kind)), None) {
+                return Ok(());
+            }
+            name
+        };
+        self.deliver(&name);
+        Ok(())
+    }
+
+    /// Says `text` in `room` as member `id`: every member, the author included,
+    /// receives it. Returns the message's id.
+    ///
+    /// With `--redis` the id is given by Redis and `None` is returned: the message
+    /// comes back to every member, the author included, through the shared channel.
+    pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Option<MsgId>, HubError> {
+        check_text(text)?;
+        let (name, msg, deliver) = {
+            let mut shard = lock(self.shard(room));
+            let Some(r) = shard.get_mut(room) else {
+                return Err(HubError::NotMember);
+            };
+            let name = r.name.clone();
+            let entry = r.entry(id).ok_or(HubError::NotMember)?;
+            let nick = entry.nick.clone();
+            if let Some(b) = &self.bridge {
+                let author = Some(entry.tx.clone());
+                drop(shard);
+                b.send(bridge::Request::Say {
+                    room: name,
+                    nick,
+                    text: text.into(),
+                    author,
+                })?;
+                self.stats.messages.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
+            let p = Arc::new(Publication::new(
+                name.clone(),
+                Kind::Msg {
+                    id: msg,
+                    nick,
+                    text: text.into(),
+                },
+            ));
+            if self.config.history > 0 {
+                if r.history.len() >= self.config.history {
+                    r.history.pop_front();
+                }
+                r.history.push_back(p.clone());
+            }
+            (name, msg, r.push(p, None))
+        };
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        if deliver {
+            self.deliver(&name);
+        }
+        Ok(Some(msg))
+    }
+
+    /// Says `text` in `room` as [`SERVER_NICK`], delivered like a member's `SAY`: the
+    /// entry point of backend notifications (`POST /rooms/<room>/messages` on the http
+    /// service). Without Redis the room must have a member here ([`HubError::NoSuchRoom`]
+    /// otherwise); with Redis it goes to every process, into the room's history.
+    pub fn announce(&self, room: &str, text: &str) -> Result<(), HubError> {
+        if !valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        check_text(text)?;
+        if let Some(b) = &self.bridge {
+            b.send(bridge::Request::Say {
+                room: room.into(),
+                nick: SERVER_NICK.into(),
+                text: text.into(),
+                author: None,
+            })?;
+            self.stats.messages.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        let name = {
+            let mut shard = lock(self.shard(room));
+            let r = shard.get_mut(room).ok_or(HubError::NoSuchRoom)?;
+            let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
+            let p = Arc::new(Publication::new(
+                r.name.clone(),
+                Kind::Msg {
+                    id: msg,
+                    nick: SERVER_NICK.into(),
+                    text: text.into(),
+                },
+            ));
+            if self.config.history > 0 {
+                if r.history.len() >= self.config.history {
+                    r.history.pop_front();
+                }
+                r.history.push_back(p.clone());
+            }
+            if !r.push(p, None) {
+                return Ok(());
+            }
+            r.name.clone()
+        };
+        self.stats.messages.fetch_add(1, Ordering::Relaxed);
+        self.deliver(&name);
+        Ok(())
+    }
+
+    /// This process's members, room by room (what it refreshes in Redis).
+    fn local_presence(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for r in shard.values() {
+                if !r.members.is_empty() {
+                    all.push((
+                        r.name.clone(),
+                        r.members.iter().map(|e| e.nick.clone()).collect(),
+                    ));
+                }
+            }
+        }
+        all
+    }
+
+    /// The nicks in `room`, sorted. With `--redis` they are the members on every
+    /// process and come later to `to`, as [`Answer::Who`]; `None` is returned.
+    pub fn who_all(
+        &self,
+        room: &str,
+        to: &Sender<ChatEvent>,
+    ) -> Result<Option<Vec<Arc<str>>>, HubError> {
+        if !valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        match &self.bridge {
+            Some(b) => {
+                b.send(bridge::Request::Who {
+                    room: room.into(),
+                    to: to.clone(),
+                })?;
+                Ok(None)
+            }
+            None => self.who(room).map(Some),
+        }
+    }
+
+    /// The nicks in `room` on this process, sorted.
+    pub fn who(&self, room: &str) -> Result<Vec<Arc<str>>, HubError> {
+        if !valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        let shard = lock(self.shard(room));
+        let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
+        let mut nicks: Vec<Arc<str>> = r.members.iter().map(|e| e.nick.clone()).collect();
+        drop(shard);
+        nicks.sort();
+        Ok(nicks)
+    }
+
+    /// Up to `n` (at most [`MAX_HISTORY_REPLY`]) most recent messages of `room`,
+    /// oldest first. With `--redis` they come later to `to`, as [`Answer::History`],
+    /// and `None` is returned.
+    pub fn history(
+        &self,
+        room: &str,
+        n: usize,
+        to: &Sender<ChatEvent>,
+    ) -> Result<Option<Vec<Arc<Publication>>>, HubError> {
+        if !valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        let n = n.min(MAX_HISTORY_REPLY);
+        if let Some(b) = &self.bridge {
+            b.send(bridge::Request::Range {
+                room: room.into(),
+                after: None,
+                last: n,
+                to: to.clone(),
+            })?;
+            return Ok(None);
+        }
+        let shard = lock(self.shard(room));
+        let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
+        let skip = r.history.len().saturating_sub(n);
+        Ok(Some(r.history.iter().skip(skip).cloned().collect()))
+    }
+
+    /// The member has gone: it parts from each of its `rooms` and its nick is freed.
+    pub fn disconnect(&self, id: MemberId, nick: &Arc<str>, rooms: &[Arc<str>]) {
+        for room in rooms {
+            let _ = self.part(id, room);
+        }
+        let mut nicks = lock(&self.nicks);
+        if nicks.get(nick) == Some(&id) {
+            nicks.remove(nick);
+            if let Some(b) = &self.bridge {
+                let _ = b.send(bridge::Request::Release {
+                    nick: nick.clone(),
+                    member: id,
+                });
+            }
+        }
+    }
+
+    /// This process's nicks and their members (what it refreshes in Redis).
+    fn local_nicks(&self) -> Vec<(Arc<str>, MemberId)> {
+        lock(&self.nicks)
+            .iter()
+            .map(|(n, id)| (n.clone(), *id))
+            .collect()
+    }
+
+    /// Hands out a room's outbox in order, batch by batch, until it is empty. Called by
+    /// whoever set the room's `delivering` flag; sends happen outside every hub lock.
+    fn deliver(&self, room: &Arc<str>) {
+        let shard = self.shard(room);
+        let mut batch = VecDeque::new();
+        loop {
+            let members = {
+                let mut s = lock(shard);
+                let Some(r) = s.get_mut(room) else {
+                    return;
+                };
+                if r.outbox.is_empty() {
+                    r.delivering = false;
+                    if r.members.is_empty() {
+                        s.remove(room);
+                    }
+                    return;
+                }
+                std::mem::swap(&mut batch, &mut r.outbox);
+                r.members.clone()
+            };
+            let (mut delivered, mut overflowed) = (0u64, 0u64);
+            for p in batch.drain(..) {
+                for m in members.iter() {
+                    if p.seq <= m.since || p.skip == Some(m.id) {
+                        continue;
+                    }
+                    let cost = p.publication.encoded(m.wire).len();
+                    let ev = ChatEvent::Room {
+                        seq: p.seq,
+                        publication: p.publication.clone(),
+                    };
+                    match m.tx.send(ev, cost) {
+                        Ok(()) => delivered += 1,
+                        Err(SendError::Overflow) => overflowed += 1,
+                        Err(SendError::Closed) => {}
+                    }
+                }
+            }
+            self.stats
+                .deliveries
+                .fetch_add(delivered, Ordering::Relaxed);
+            if overflowed > 0 {
+                self.stats
+                    .overflows
+                    .fetch_add(overflowed, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

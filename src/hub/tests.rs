@@ -1,0 +1,354 @@
+//! Unit and property tests of the hub, with mailboxes read by hand.
+
+use super::*;
+use crate::model::mailbox::{Mailbox, WakeKind};
+use proptest::prelude::*;
+
+struct M {
+    id: MemberId,
+    nick: Arc<str>,
+    tx: Sender<ChatEvent>,
+    mb: Arc<Mailbox<ChatEvent>>,
+}
+
+fn member(hub: &Hub, limit: usize) -> M {
+    let (id, nick) = hub.connect();
+    let mb = Arc::new(Mailbox::new(limit, WakeKind::None).unwrap());
+    M {
+        id,
+        nick,
+        tx: Sender::new(mb.clone()),
+        mb,
+    }
+}
+
+impl M {
+    fn join(&self, hub: &Hub, room: &str, after: Option<MsgId>) -> Joined {
+        hub.join(self.id, &self.nick, &self.tx, Wire::Line, room, after)
+            .unwrap()
+    }
+    /// The line bytes of every event waiting, as strings.
+    fn lines(&self) -> Vec<String> {
+        let mut q = VecDeque::new();
+        assert!(!self.mb.take(&mut q), "mailbox overflowed");
+        q.into_iter()
+            .map(|ev| match ev {
+                ChatEvent::Room { publication, .. } => {
+                    String::from_utf8(publication.encoded(Wire::Line).to_vec()).unwrap()
+                }
+                ChatEvent::Answer(a) => panic!("unexpected answer {a:?}"),
+            })
+            .collect()
+    }
+    fn msg_ids(&self) -> Vec<MsgId> {
+        let mut q = VecDeque::new();
+        self.mb.take(&mut q);
+        q.into_iter()
+            .filter_map(|ev| match ev {
+                ChatEvent::Room { publication, .. } => publication.msg_id(),
+                ChatEvent::Answer(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn members_see_each_other_and_the_author_gets_its_own_message() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    let b = member(&hub, 1 << 20);
+    a.join(&hub, "lobby", None);
+    b.join(&hub, "lobby", None);
+    assert_eq!(a.lines(), [format!("JOIN lobby {}\n", b.nick)]);
+    assert!(b.lines().is_empty(), "a joiner is not told of its own join");
+    let id = hub.say(a.id, "lobby", "hi there").unwrap().unwrap();
+    let want = format!("MSG lobby {id} {} hi there\n", a.nick);
+    assert_eq!(a.lines(), std::slice::from_ref(&want));
+    assert_eq!(b.lines(), [want]);
+    hub.part(b.id, "lobby").unwrap();
+    assert_eq!(a.lines(), [format!("PART lobby {}\n", b.nick)]);
+    assert_eq!(hub.say(b.id, "lobby", "x"), Err(HubError::NotMember));
+    assert_eq!(hub.part(b.id, "lobby"), Err(HubError::NotMember));
+}
+
+#[test]
+fn guest_nicks_are_unique_and_nick_changes_are_announced() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    let b = member(&hub, 1 << 20);
+    assert_ne!(a.nick, b.nick);
+    assert!(a.nick.starts_with("guest-"));
+    let ann = hub
+        .set_nick(a.id, &a.nick, "ann", &[], &a.tx)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        hub.set_nick(b.id, &b.nick, "ann", &[], &b.tx),
+        Err(HubError::NickTaken)
+    );
+    assert_eq!(
+        hub.set_nick(b.id, &b.nick, "a b", &[], &b.tx),
+        Err(HubError::BadName)
+    );
+    // The guest nick a gave up is free again.
+    hub.set_nick(b.id, &b.nick, &a.nick, &[], &b.tx).unwrap();
+    // A later guest never collides with a nick taken by hand.
+    hub.set_nick(b.id, &a.nick, "guest-3", &[], &b.tx).unwrap();
+    let c = member(&hub, 1 << 20);
+    assert_ne!(&*c.nick, "guest-3");
+    let joined = hub.join(a.id, &ann, &a.tx, Wire::Line, "r", None).unwrap();
+    assert_eq!(joined.since, 1);
+    c.join(&hub, "r", None);
+    a.lines();
+    hub.set_nick(
+        a.id,
+        &ann,
+        "anna",
+        std::slice::from_ref(&joined.room),
+        &a.tx,
+    )
+    .unwrap();
+    assert_eq!(c.lines(), ["NICK r ann anna\n"]);
+    assert!(
+        a.lines().is_empty(),
+        "the author gets OK NICK, not the event"
+    );
+    assert_eq!(&*hub.who("r").unwrap()[0], "anna");
+}
+
+#[test]
+fn who_and_history_and_rooms_vanish_when_empty() {
+    let hub = Hub::new(HubConfig {
+        history: 3,
+        ..HubConfig::default()
+    });
+    let a = member(&hub, 1 << 20);
+    let b = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    b.join(&hub, "r", None);
+    let mut who = vec![a.nick.clone(), b.nick.clone()];
+    who.sort();
+    assert_eq!(hub.who("r").unwrap(), who);
+    let ids: Vec<MsgId> = (0..5)
+        .map(|i| hub.say(a.id, "r", &format!("m{i}")).unwrap().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let h = hub.history("r", 10, &a.tx).unwrap().unwrap();
+    assert_eq!(
+        h.iter().map(|p| p.msg_id().unwrap()).collect::<Vec<_>>(),
+        ids[2..]
+    );
+    assert_eq!(
+        hub.history("r", 1, &a.tx).unwrap().unwrap()[0].msg_id(),
+        Some(ids[4])
+    );
+    assert_eq!(hub.who("nowhere"), Err(HubError::NoSuchRoom));
+    assert_eq!(
+        hub.history("bad name", 1, &a.tx).err(),
+        Some(HubError::BadName)
+    );
+    hub.disconnect(a.id, &a.nick, &[Arc::from("r")]);
+    hub.disconnect(b.id, &b.nick, &[Arc::from("r")]);
+    assert_eq!(hub.who("r"), Err(HubError::NoSuchRoom));
+    // The nicks are free again.
+    let c = member(&hub, 1 << 20);
+    hub.set_nick(c.id, &c.nick, &a.nick, &[], &c.tx).unwrap();
+}
+
+#[test]
+fn join_after_replays_exactly_what_follows() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    let ids: Vec<MsgId> = (0..5)
+        .map(|i| hub.say(a.id, "r", &i.to_string()).unwrap().unwrap())
+        .collect();
+    let b = member(&hub, 1 << 20);
+    let j = b.join(&hub, "r", Some(ids[1]));
+    assert_eq!(
+        j.replay
+            .iter()
+            .map(|p| p.msg_id().unwrap())
+            .collect::<Vec<_>>(),
+        ids[2..]
+    );
+    let next = hub.say(a.id, "r", "live").unwrap().unwrap();
+    assert_eq!(b.msg_ids(), [next]);
+}
+
+#[test]
+fn a_second_join_is_refused() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    assert_eq!(
+        hub.join(a.id, &a.nick, &a.tx, Wire::Line, "r", None).err(),
+        Some(HubError::AlreadyMember)
+    );
+    assert_eq!(
+        hub.join(a.id, &a.nick, &a.tx, Wire::Line, "r:x", None)
+            .err(),
+        Some(HubError::BadName)
+    );
+}
+
+#[test]
+fn an_overflowing_member_does_not_cost_the_others_a_message() {
+    let hub = Hub::new(HubConfig::default());
+    let slow = member(&hub, 200);
+    let fast = member(&hub, 1 << 20);
+    slow.join(&hub, "r", None);
+    fast.join(&hub, "r", None);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(
+            hub.say(fast.id, "r", &format!("message {i}"))
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(fast.msg_ids(), ids);
+    let mut q = VecDeque::new();
+    assert!(slow.mb.take(&mut q), "the slow member's mailbox overflowed");
+    assert!(hub.stats.overflows.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn announcements_reach_members_and_history_as_server() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    assert_eq!(hub.announce("r", "deploy done"), Err(HubError::NoSuchRoom));
+    a.join(&hub, "r", None);
+    hub.announce("r", "deploy done").unwrap();
+    let got = a.lines();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("MSG r ") && got[0].ends_with(" server deploy done\n"));
+    assert_eq!(hub.history("r", 5, &a.tx).unwrap().unwrap().len(), 1);
+    assert_eq!(hub.announce("r", "two\nlines"), Err(HubError::BadText));
+    assert_eq!(hub.say(a.id, "r", "x\ry"), Err(HubError::BadText));
+    assert_eq!(hub.announce("bad room", "x"), Err(HubError::BadName));
+    assert!(a.lines().is_empty(), "nothing half-delivered");
+    assert_eq!(
+        hub.set_nick(a.id, &a.nick, SERVER_NICK, &[], &a.tx),
+        Err(HubError::NickTaken)
+    );
+}
+
+#[test]
+fn json_encoding_is_one_object() {
+    let p = Publication::new(
+        "lobby".into(),
+        Kind::Msg {
+            id: MsgId(7),
+            nick: "ann".into(),
+            text: "say \"hi\"".into(),
+        },
+    );
+    let v: serde_json::Value = serde_json::from_slice(p.encoded(Wire::Json)).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"msg","room":"lobby","id":"7","nick":"ann","text":"say \"hi\""})
+    );
+    // Encoded once: the same bytes every time.
+    assert_eq!(
+        p.encoded(Wire::Line).as_ptr(),
+        p.encoded(Wire::Line).as_ptr()
+    );
+}
+
+#[test]
+fn concurrent_publishers_and_a_joiner_meet_without_gap_or_duplicate() {
+    let hub = Arc::new(Hub::new(HubConfig {
+        history: 100_000,
+        ..HubConfig::default()
+    }));
+    let writers: Vec<M> = (0..4).map(|_| member(&hub, 1 << 30)).collect();
+    for w in &writers {
+        w.join(&hub, "r", None);
+    }
+    let watcher = member(&hub, 1 << 30);
+    watcher.join(&hub, "r", None);
+    let writers: Vec<(MemberId, Arc<Hub>)> = writers.iter().map(|w| (w.id, hub.clone())).collect();
+    let handles: Vec<_> = writers
+        .into_iter()
+        .map(|(id, hub)| {
+            std::thread::spawn(move || {
+                for i in 0..2000 {
+                    hub.say(id, "r", &i.to_string()).unwrap().unwrap();
+                }
+            })
+        })
+        .collect();
+    // Join in the middle of the traffic, after an id seen so far.
+    let mut seen = Vec::new();
+    while seen.len() < 100 {
+        seen.extend(watcher.msg_ids());
+    }
+    let after = seen[50];
+    let late = member(&hub, 1 << 30);
+    let j = late.join(&hub, "r", Some(after));
+    for h in handles {
+        h.join().unwrap();
+    }
+    seen.extend(watcher.msg_ids());
+    assert_eq!(seen.len(), 8000, "the watcher got every message once");
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in id order");
+    let mut got: Vec<MsgId> = j.replay.iter().map(|p| p.msg_id().unwrap()).collect();
+    got.extend(late.msg_ids());
+    let want: Vec<MsgId> = seen.iter().copied().filter(|&m| m > after).collect();
+    assert_eq!(got, want, "replay then live: no gap, no duplicate");
+}
+
+proptest! {
+    /// Whatever the interleaving of messages, joins and parts, a member joining with
+    /// `AFTER` gets every message after that id exactly once, in order.
+    #[test]
+    fn after_is_exact(ops in proptest::collection::vec(0u8..4, 1..60), cut in 0usize..40) {
+        let hub = Hub::new(HubConfig { history: 1000, ..HubConfig::default() });
+        let a = member(&hub, 1 << 20);
+        let b = member(&hub, 1 << 20);
+        a.join(&hub, "r", None);
+        let mut all = Vec::new();
+        let mut b_in = false;
+        for op in ops {
+            match op {
+                0 | 1 => all.push(hub.say(a.id, "r", "x").unwrap().unwrap()),
+                2 if !b_in => { b.join(&hub, "r", None); b_in = true; }
+                _ if b_in => { hub.part(b.id, "r").unwrap(); b_in = false; }
+                _ => {}
+            }
+        }
+        let after = all.get(cut).copied().unwrap_or(MsgId(0));
+        let c = member(&hub, 1 << 20);
+        let j = c.join(&hub, "r", Some(after));
+        let more = hub.say(a.id, "r", "y").unwrap().unwrap();
+        let mut got: Vec<MsgId> = j.replay.iter().map(|p| p.msg_id().unwrap()).collect();
+        got.extend(c.msg_ids());
+        let mut want: Vec<MsgId> = all.into_iter().filter(|&m| m > after).collect();
+        want.push(more);
+        prop_assert_eq!(got, want);
+    }
+
+    /// The member list WHO reports always matches the joins and parts made.
+    #[test]
+    fn who_tracks_membership(ops in proptest::collection::vec((0usize..5, any::<bool>()), 1..80)) {
+        let hub = Hub::new(HubConfig::default());
+        let ms: Vec<M> = (0..5).map(|_| member(&hub, 1 << 20)).collect();
+        let mut inside = [false; 5];
+        for (i, join) in ops {
+            let r = if join {
+                hub.join(ms[i].id, &ms[i].nick, &ms[i].tx, Wire::Line, "r", None).map(|_| ())
+            } else {
+                hub.part(ms[i].id, "r")
+            };
+            prop_assert_eq!(r.is_ok(), join != inside[i]);
+            inside[i] = join;
+            let mut want: Vec<Arc<str>> = (0..5).filter(|&k| inside[k]).map(|k| ms[k].nick.clone()).collect();
+            want.sort();
+            match hub.who("r") {
+                Ok(who) => prop_assert_eq!(who, want),
+                Err(e) => { prop_assert_eq!(e, HubError::NoSuchRoom); prop_assert!(want.is_empty()); }
+            }
+        }
+    }
+}

@@ -1,0 +1,451 @@
+//! The chat service over real sockets, under each model that can run it (threads,
+//! pool, async; `single` is refused).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use multiclient::model::{Limits, Listening, Model, Server};
+use multiclient::service::chat::ChatOptions;
+use multiclient::service::{ServiceName, ServiceOptions};
+
+/// How long a client waits for a line before the test fails.
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Running {
+    server: Option<Server>,
+    l: Listening,
+    chat: ChatOptions,
+}
+
+impl Running {
+    fn addr(&self) -> SocketAddr {
+        self.l.addr
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.drain().start();
+            s.wait();
+        }
+    }
+}
+
+fn start_with(model: Model, limits: Limits, chat: ChatOptions) -> Running {
+    let mut server = Server::new(model, limits).unwrap();
+    let opts = ServiceOptions {
+        chat: chat.clone(),
+        ..ServiceOptions::default()
+    };
+    let l = ServiceName::Chat
+        .listen(&mut server, "127.0.0.1:0".parse().unwrap(), &opts)
+        .unwrap();
+    Running {
+        server: Some(server),
+        l,
+        chat,
+    }
+}
+
+fn start(model: Model) -> Running {
+    start_with(model, Limits::default(), ChatOptions::default())
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    nick: String,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        Client::from_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A client with a small fixed receive buffer, so what the kernel holds for a
+    /// client that does not read stays small and predictable (no autotuning).
+    fn connect_small_buffer(addr: SocketAddr) -> Client {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(16 * 1024).unwrap();
+        s.connect(&addr.into()).unwrap();
+        Client::from_stream(s.into())
+    }
+
+    fn from_stream(w: TcpStream) -> Client {
+        w.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let mut c = Client {
+            r: BufReader::new(w.try_clone().unwrap()),
+            w,
+            nick: String::new(),
+        };
+        let welcome = c.line();
+        c.nick = welcome
+            .strip_prefix("WELCOME ")
+            .unwrap_or_else(|| panic!("expected WELCOME, got {welcome:?}"))
+            .to_string();
+        c
+    }
+
+    fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).unwrap();
+        self.w.write_all(b"\n").unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        match self.r.read_line(&mut s) {
+            Ok(0) => panic!("connection closed"),
+            Ok(_) => {}
+            Err(e) => panic!("{}: no line within {READ_TIMEOUT:?}: {e}", self.nick),
+        }
+        assert!(s.ends_with('\n'), "partial line {s:?}");
+        s.pop();
+        s
+    }
+
+    fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(), want);
+    }
+
+    /// Reads lines until one starts with `prefix`; returns it.
+    fn until(&mut self, prefix: &str) -> String {
+        loop {
+            let l = self.line();
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    }
+
+    fn nick(&mut self, nick: &str) {
+        self.send(&format!("NICK {nick}"));
+        self.expect(&format!("OK NICK {nick}"));
+        self.nick = nick.to_string();
+    }
+
+    fn join(&mut self, room: &str) {
+        self.send(&format!("JOIN {room}"));
+        self.expect(&format!("OK JOIN {room}"));
+    }
+
+    /// Says `text` and returns the id of its MSG as echoed back.
+    fn say(&mut self, room: &str, text: &str) -> String {
+        self.send(&format!("SAY {room} {text}"));
+        let l = self.until(&format!("MSG {room} "));
+        let parts: Vec<&str> = l.splitn(5, ' ').collect();
+        assert_eq!(parts[3], self.nick);
+        assert_eq!(parts[4], text);
+        parts[2].to_string()
+    }
+}
+
+fn msg_id(line: &str) -> &str {
+    line.split(' ').nth(2).unwrap()
+}
+
+fn conversation(model: Model) {
+    let srv = start(model);
+    let mut a = Client::connect(srv.addr());
+    let mut b = Client::connect(srv.addr());
+    assert_ne!(a.nick, b.nick, "guest nicks are unique");
+    a.nick("ann");
+    b.send("NICK ann");
+    assert!(b.line().starts_with("ERR nick-taken "));
+    b.nick("bob");
+    a.join("lobby");
+    b.join("lobby");
+    a.expect("JOIN lobby bob");
+    let id = a.say("lobby", "hello bob");
+    b.expect(&format!("MSG lobby {id} ann hello bob"));
+    let id2 = b.say("lobby", "hi ann");
+    a.expect(&format!("MSG lobby {id2} bob hi ann"));
+    a.send("WHO lobby");
+    a.expect("WHO lobby ann bob");
+    b.nick("bobby");
+    a.expect("NICK lobby bob bobby");
+    a.send("HISTORY lobby 1");
+    a.expect(&format!("MSG lobby {id2} bob hi ann"));
+    a.expect("OK HISTORY lobby");
+    b.send("HISTORY lobby 100");
+    b.expect(&format!("MSG lobby {id} ann hello bob"));
+    b.expect(&format!("MSG lobby {id2} bob hi ann"));
+    b.expect("OK HISTORY lobby");
+    b.send("PART lobby");
+    b.expect("OK PART lobby");
+    a.expect("PART lobby bobby");
+    b.join("lobby");
+    a.expect("JOIN lobby bobby");
+    b.send("QUIT");
+    b.expect("OK QUIT");
+    let mut rest = String::new();
+    b.r.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "closed after OK QUIT");
+    a.expect("PART lobby bobby");
+    // A disconnect without QUIT is a PART too.
+    let mut c = Client::connect(srv.addr());
+    c.join("lobby");
+    a.expect(&format!("JOIN lobby {}", c.nick));
+    let cn = c.nick.clone();
+    drop(c);
+    a.expect(&format!("PART lobby {cn}"));
+    a.send("WHO lobby");
+    a.expect("WHO lobby ann");
+}
+
+fn join_after_has_no_gap_or_duplicate(model: Model) {
+    let mut chat = ChatOptions::default();
+    chat.history = 1000;
+    let srv = start_with(model, Limits::default(), chat);
+    let mut a = Client::connect(srv.addr());
+    a.join("r");
+    let ids: Vec<String> = (0..5).map(|i| a.say("r", &format!("m{i}"))).collect();
+    let mut b = Client::connect(srv.addr());
+    b.send(&format!("JOIN r AFTER {}", ids[1]));
+    b.expect("OK JOIN r");
+    for (i, id) in ids.iter().enumerate().skip(2) {
+        b.expect(&format!("MSG r {id} {} m{i}", a.nick));
+    }
+    // Now under traffic: a writes without waiting while c joins after an id it saw.
+    let mut w = Client::connect(srv.addr());
+    w.join("r");
+    a.until(&format!("JOIN r {}", w.nick));
+    b.expect(&format!("JOIN r {}", w.nick));
+    const N: usize = 300;
+    let mut writer = w.w.try_clone().unwrap();
+    let (joined_tx, joined) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        for i in 0..N {
+            if i == N / 2 {
+                // Half before the join completes (racing it), half surely after.
+                joined.recv().unwrap();
+            }
+            writer
+                .write_all(format!("SAY r live{i}\n").as_bytes())
+                .unwrap();
+        }
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 20 {
+        seen.push(msg_id(&a.until("MSG r ")).to_string());
+    }
+    let after = seen[10].clone();
+    let mut c = Client::connect(srv.addr());
+    c.send(&format!("JOIN r AFTER {after}"));
+    c.expect("OK JOIN r");
+    joined_tx.send(()).unwrap();
+    t.join().unwrap();
+    while seen.len() < N {
+        seen.push(msg_id(&a.until("MSG r ")).to_string());
+    }
+    let want: Vec<&String> = seen.iter().skip(11).collect();
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let l = c.line();
+        assert!(l.starts_with("MSG r "), "only messages expected, got {l:?}");
+        got.push(msg_id(&l).to_string());
+    }
+    assert_eq!(got.iter().collect::<Vec<_>>(), want, "no gap, no duplicate");
+    // b, a member all along, got every live message in the same order as a.
+    let mut b_seen = Vec::new();
+    while b_seen.len() < N {
+        b_seen.push(msg_id(&b.until("MSG r ")).to_string());
+    }
+    assert_eq!(b_seen, seen);
+}
+
+fn bad_input_never_affects_another(model: Model) {
+    let srv = start(model);
+    let mut good = Client::connect(srv.addr());
+    good.join("r");
+    let mut bad = Client::connect(srv.addr());
+    let long = "x".repeat(5000);
+    for (line, code) in [
+        ("HELLO", "unknown-command"),
+        ("JOIN", "bad-args"),
+        ("JOIN r/x", "bad-name"),
+        ("SAY r hi", "not-member"),
+        ("WHO nowhere", "no-such-room"),
+        (&format!("SAY r {long}"), "line-too-long"),
+        ("HISTORY r lots", "bad-args"),
+        ("NICK guest-with-a-name-far-too-long-for-it", "bad-name"),
+    ] {
+        bad.send(line);
+        let got = bad.line();
+        assert!(
+            got.starts_with(&format!("ERR {code} ")),
+            "{line:.40} -> {got}"
+        );
+    }
+    bad.w.write_all(b"JOIN \xff\xfe\r\n").unwrap();
+    assert!(bad.line().starts_with("ERR bad-text "));
+    bad.w.write_all(b"\x00\x01\x02\x03\n").unwrap();
+    assert!(bad.line().starts_with("ERR unknown-command "));
+    // Still usable: it joins and speaks, and the good member sees only that.
+    bad.join("r");
+    let id = bad.say("r", "sorry");
+    good.expect(&format!("JOIN r {}", bad.nick));
+    good.expect(&format!("MSG r {id} {} sorry", bad.nick));
+    let id2 = good.say("r", "fine");
+    bad.expect(&format!("MSG r {id2} {} fine", good.nick));
+}
+
+/// A member that never reads is dropped as a slow consumer, while `others` members of
+/// its room keep receiving every message.
+fn slow_consumer_is_dropped_while_others_get_everything(model: Model, others: usize) {
+    let limits = Limits {
+        max_queue: 256 * 1024,
+        max_output: 64 * 1024,
+        write_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let srv = start_with(model, limits, ChatOptions::default());
+    let mut speaker = Client::connect(srv.addr());
+    speaker.join("main");
+    // The slow member: in the main room and in a busy one, and it never reads.
+    let mut slow = Client::connect_small_buffer(srv.addr());
+    slow.join("main");
+    slow.join("flood");
+    speaker.expect(&format!("JOIN main {}", slow.nick));
+    let mut members: Vec<Client> = (0..others)
+        .map(|_| {
+            let mut c = Client::connect(srv.addr());
+            c.join("main");
+            c
+        })
+        .collect();
+    const BEFORE: usize = 10;
+    const AFTER: usize = 10;
+    let mut ids = Vec::new();
+    for i in 0..BEFORE {
+        ids.push(speaker.say("main", &format!("before {i}")));
+    }
+    // Flood the slow member (and only it) until the server reports it dropped.
+    let mut flooder = Client::connect(srv.addr());
+    flooder.join("flood");
+    let mut drain = flooder.r.get_ref().try_clone().unwrap();
+    let sink = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let text = "f".repeat(3000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    // Bounded in count and time; once the flood is sent, the server gets the rest of
+    // the deadline to notice (no readiness signal exists for a counter).
+    while srv.l.stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no slow consumer after {sent} messages; hub: {:?}",
+            srv.chat.hub().unwrap().stats
+        );
+        if sent < 20_000 {
+            flooder.send(&format!("SAY flood {text}"));
+            sent += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    // The dropped member now reads: its last line is the goodbye.
+    let mut rest = Vec::new();
+    let read = slow.r.read_to_end(&mut rest);
+    assert!(
+        rest.ends_with(b"ERR slow-consumer\n"),
+        "the slow member's read ({read:?}) ends with {:?}",
+        String::from_utf8_lossy(&rest[rest.len().saturating_sub(60)..])
+    );
+    speaker.expect(&format!("PART main {}", slow.nick));
+    for i in 0..AFTER {
+        ids.push(speaker.say("main", &format!("after {i}")));
+    }
+    for (k, m) in members.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while got.len() < ids.len() {
+            let l = m.line();
+            if l.starts_with("MSG main ") {
+                got.push(msg_id(&l).to_string());
+            }
+        }
+        assert_eq!(got, ids, "member {k} got every message, in order");
+    }
+    assert_eq!(srv.l.stats.slow_consumers.load(Ordering::Relaxed), 1);
+    drop(flooder);
+    sink.join().unwrap();
+}
+
+fn busy_client_is_told_without_a_welcome(model: Model) {
+    let srv = start_with(
+        model,
+        Limits {
+            max_conns: 1,
+            ..Limits::default()
+        },
+        ChatOptions::default(),
+    );
+    let _a = Client::connect(srv.addr());
+    let mut b = TcpStream::connect(srv.addr()).unwrap();
+    b.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    let mut got = String::new();
+    b.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "ERR server busy\n");
+}
+
+macro_rules! every_model {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn threads() {
+                super::$name(Model::Threads)
+            }
+            #[test]
+            fn pool() {
+                super::$name(Model::Pool { workers: 16 })
+            }
+            #[test]
+            fn async_() {
+                super::$name(Model::Async { workers: 2 })
+            }
+        }
+    )*};
+}
+
+every_model!(
+    conversation,
+    join_after_has_no_gap_or_duplicate,
+    bad_input_never_affects_another,
+    busy_client_is_told_without_a_welcome,
+);
+
+#[test]
+fn slow_consumer_async_1000_others() {
+    slow_consumer_is_dropped_while_others_get_everything(Model::Async { workers: 2 }, 1000);
+}
+
+#[test]
+fn slow_consumer_threads_1000_others() {
+    slow_consumer_is_dropped_while_others_get_everything(Model::Threads, 1000);
+}
+
+#[test]
+fn slow_consumer_pool_100_others() {
+    // Under pool every member holds a worker for as long as it is connected.
+    slow_consumer_is_dropped_while_others_get_everything(Model::Pool { workers: 110 }, 100);
+}
+
+#[test]
+fn single_is_refused_with_a_clear_message() {
+    let mut server = Server::new(Model::Single, Limits::default()).unwrap();
+    let err = ServiceName::Chat
+        .listen(
+            &mut server,
+            "127.0.0.1:0".parse().unwrap(),
+            &ServiceOptions::default(),
+        )
+        .err()
+        .expect("chat under single is refused");
+    assert!(err.to_string().contains("--model single"), "{err}");
+    assert!(!ServiceName::Chat.runs_under(Model::Single));
+}

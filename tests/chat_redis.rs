@@ -1,0 +1,336 @@
+//! Two chat instances sharing one Redis: one chat. The test starts its own
+//! `redis-server` on a free loopback port; without `redis-server` it fails with a
+//! clear message (CI installs it with `.ci/chat.sh`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use multiclient::hub::Hub;
+use multiclient::model::{Limits, Model, Server};
+use multiclient::service::chat::ChatOptions;
+use multiclient::service::{ServiceName, ServiceOptions};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+/// `--presence-ttl` of every instance in these tests.
+const TTL: Duration = Duration::from_secs(2);
+
+/// A `redis-server` child process, killed (by its PID) when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): install it (Debian: apt-get install \
+                     redis-server; .ci/chat.sh does it)"
+                )
+            });
+        let r = Redis { child, port };
+        r.wait_ready();
+        r
+    }
+
+    /// Waits until the server answers PING (its readiness signal).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let _ = s.write_all(b"PING\r\n");
+                let mut line = String::new();
+                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG") {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn kill(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Instance {
+    server: Option<Server>,
+    addr: SocketAddr,
+    hub: Arc<Hub>,
+}
+
+impl Instance {
+    fn start(model: Model, url: &str) -> Instance {
+        let mut chat = ChatOptions::default();
+        chat.redis = Some(url.to_string());
+        chat.presence_ttl = TTL;
+        let hub = chat.hub().unwrap();
+        let mut server = Server::new(model, Limits::default()).unwrap();
+        let l = ServiceName::Chat
+            .listen(
+                &mut server,
+                "127.0.0.1:0".parse().unwrap(),
+                &ServiceOptions {
+                    chat,
+                    ..ServiceOptions::default()
+                },
+            )
+            .unwrap();
+        let i = Instance {
+            server: Some(server),
+            addr: l.addr,
+            hub,
+        };
+        i.wait_available(true);
+        i
+    }
+
+    /// Waits (bounded) until the hub's Redis link is up or down.
+    fn wait_available(&self, up: bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.hub.is_available() != up {
+            assert!(Instant::now() < deadline, "redis link never became up={up}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.drain().start();
+            s.wait();
+        }
+    }
+}
+
+struct Client {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    nick: String,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, nick: &str) -> Client {
+        let w = TcpStream::connect(addr).unwrap();
+        w.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        let mut c = Client {
+            r: BufReader::new(w.try_clone().unwrap()),
+            w,
+            nick: nick.to_string(),
+        };
+        assert!(c.line().starts_with("WELCOME "));
+        c.send(&format!("NICK {nick}"));
+        c.expect(&format!("OK NICK {nick}"));
+        c
+    }
+    fn send(&mut self, line: &str) {
+        self.w.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        match self.r.read_line(&mut s) {
+            Ok(0) => panic!("{}: connection closed", self.nick),
+            Ok(_) => {}
+            Err(e) => panic!("{}: no line within {READ_TIMEOUT:?}: {e}", self.nick),
+        }
+        s.trim_end_matches('\n').to_string()
+    }
+    fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(), want, "{}", self.nick);
+    }
+    fn until(&mut self, prefix: &str) -> String {
+        loop {
+            let l = self.line();
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    }
+}
+
+fn id(line: &str) -> &str {
+    line.split(' ').nth(2).unwrap()
+}
+
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn two_instances_are_one_chat_and_survive_a_redis_restart() {
+    let redis = Redis::start(free_port());
+    let url = redis.url();
+    let one = Instance::start(Model::Async { workers: 2 }, &url);
+    let two = Instance::start(Model::Threads, &url);
+
+    let mut ann = Client::connect(one.addr, "ann");
+    let mut bob = Client::connect(two.addr, "bob");
+    ann.send("JOIN lobby");
+    ann.expect("OK JOIN lobby");
+    bob.send("JOIN lobby");
+    bob.expect("OK JOIN lobby");
+    ann.expect("JOIN lobby bob");
+    // Nicks are unique across instances.
+    bob.send("NICK ann");
+    let l = bob.line();
+    assert!(l.starts_with("ERR nick-taken "), "{l}");
+
+    // A message from either instance reaches both, with one id.
+    ann.send("SAY lobby hello from one");
+    let m1 = ann.line();
+    assert!(
+        m1.starts_with("MSG lobby ") && m1.ends_with(" ann hello from one"),
+        "{m1}"
+    );
+    bob.expect(&m1);
+    bob.send("SAY lobby hello from two");
+    let m2 = bob.line();
+    ann.expect(&m2);
+    assert!(id(&m1).parse::<u64>().unwrap() < id(&m2).parse::<u64>().unwrap());
+
+    // Both write at once: both see one order.
+    let mut aw = ann.w.try_clone().unwrap();
+    let mut bw = bob.w.try_clone().unwrap();
+    let ta = std::thread::spawn(move || {
+        for i in 0..100 {
+            aw.write_all(format!("SAY lobby a{i}\n").as_bytes())
+                .unwrap();
+        }
+    });
+    let tb = std::thread::spawn(move || {
+        for i in 0..100 {
+            bw.write_all(format!("SAY lobby b{i}\n").as_bytes())
+                .unwrap();
+        }
+    });
+    ta.join().unwrap();
+    tb.join().unwrap();
+    let seen_a: Vec<String> = (0..200).map(|_| ann.until("MSG lobby ")).collect();
+    let seen_b: Vec<String> = (0..200).map(|_| bob.until("MSG lobby ")).collect();
+    assert_eq!(seen_a, seen_b, "both instances deliver one order");
+    let ids: Vec<u64> = seen_a.iter().map(|l| id(l).parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+
+    // WHO lists the members of every instance.
+    ann.send("WHO lobby");
+    ann.expect("WHO lobby ann bob");
+
+    // HISTORY on the other instance, and AFTER across instances.
+    let mut cat = Client::connect(two.addr, "cat");
+    cat.send("HISTORY lobby 2");
+    cat.expect(&seen_a[198]);
+    cat.expect(&seen_a[199]);
+    cat.expect("OK HISTORY lobby");
+    cat.send(&format!("JOIN lobby AFTER {}", id(&seen_a[189])));
+    cat.expect("OK JOIN lobby");
+    for l in &seen_a[190..] {
+        cat.expect(l);
+    }
+    ann.until("JOIN lobby cat");
+    ann.send("SAY lobby live");
+    let live = ann.until("MSG lobby ");
+    cat.expect(&live);
+
+    // A third instance, a separate process, is killed with SIGKILL: its member parts
+    // everywhere within about the TTL.
+    let port3 = free_port();
+    let mut three = Command::new(env!("CARGO_BIN_EXE_multiclient"))
+        .args(["serve", "--service", "chat", "-q", "--redis", &url])
+        .args(["--addr", &format!("127.0.0.1:{port3}")])
+        .args(["--presence-ttl", &format!("{}ms", TTL.as_millis())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut dan = loop {
+        // Its readiness: it accepts and welcomes.
+        if TcpStream::connect(("127.0.0.1", port3)).is_ok() {
+            break Client::connect(([127, 0, 0, 1], port3).into(), "dan");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the third instance did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    dan.send("JOIN lobby");
+    dan.expect("OK JOIN lobby");
+    ann.until("JOIN lobby dan");
+    bob.until("JOIN lobby dan");
+    ann.send("WHO lobby");
+    ann.expect("WHO lobby ann bob cat dan");
+    three.kill().unwrap(); // SIGKILL
+    three.wait().unwrap();
+    let killed = Instant::now();
+    ann.until("PART lobby dan");
+    bob.until("PART lobby dan");
+    let took = killed.elapsed();
+    assert!(took <= TTL * 2, "parted after {took:?}, TTL {TTL:?}");
+    ann.send("WHO lobby");
+    ann.expect("WHO lobby ann bob cat");
+
+    // Redis goes away: SAY is refused, members stay connected and served locally.
+    let port = redis.kill();
+    one.wait_available(false);
+    ann.send("SAY lobby anyone");
+    let l = ann.line();
+    assert!(l.starts_with("ERR unavailable "), "{l}");
+    ann.send("WHO lobby");
+    assert!(ann.line().starts_with("ERR unavailable "));
+
+    // Redis comes back, empty: the instances reconnect by themselves.
+    let _redis = Redis::start(port);
+    one.wait_available(true);
+    two.wait_available(true);
+    ann.send("SAY lobby back");
+    let back = ann.until("MSG lobby ");
+    assert!(back.ends_with(" ann back"), "{back}");
+    bob.until(&back);
+    cat.until(&back);
+    assert!(
+        one.hub
+            .stats
+            .redis_connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+}
