@@ -29,7 +29,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::hub::{
-    valid_nick, valid_room, Answer, ChatEvent, Hub, HubConfig, MemberId, MsgId, Publication, Wire,
+    valid_nick, valid_room, Answer, ChatEvent, Hub, HubConfig, HubError, MemberId, MsgId,
+    Publication, Wire,
 };
 use crate::model::mailbox::Sender;
 
@@ -302,11 +303,43 @@ struct RoomState {
     /// The last message id handed on: a message at or before it is a duplicate (a
     /// replayed message that also arrived live).
     last: Option<MsgId>,
-    /// Live events held while a replay is on its way (with `--redis`).
-    held: Option<Vec<Arc<Publication>>>,
+    /// The join is in effect: with `--redis`, once it is ordered in Redis (then
+    /// `OK JOIN` is sent), at once without.
+    confirmed: bool,
+    /// A `JOIN ... AFTER` replay is on its way (with `--redis`).
+    awaiting_replay: bool,
+    /// A replay that arrived before the join was confirmed.
+    stashed: Option<Result<Vec<Arc<Publication>>, HubError>>,
+    /// Live events held until the join is confirmed and the replay handed on.
+    held: Vec<Arc<Publication>>,
 }
 
 impl RoomState {
+    fn holding(&self) -> bool {
+        !self.confirmed || self.awaiting_replay
+    }
+
+    fn replay<E>(&mut self, msgs: Result<Vec<Arc<Publication>>, HubError>, cx: &mut Cx<'_, E>) {
+        match msgs {
+            Ok(msgs) => {
+                for p in &msgs {
+                    self.hand_on(p, cx);
+                }
+            }
+            Err(e) => err(cx, e.code(), "the replay of missed messages failed"),
+        }
+        self.awaiting_replay = false;
+    }
+
+    /// Hands on what was held, once nothing is awaited any more.
+    fn release<E>(&mut self, cx: &mut Cx<'_, E>) {
+        if !self.holding() {
+            for p in std::mem::take(&mut self.held) {
+                self.hand_on(&p, cx);
+            }
+        }
+    }
+
     fn hand_on<E>(&mut self, p: &Publication, cx: &mut Cx<'_, E>) {
         if let Some(id) = p.msg_id() {
             if self.last.is_some_and(|last| id <= last) {
@@ -405,12 +438,17 @@ impl ChatSession {
             Command::Join { room, after } => hub
                 .join(me.id, &me.nick, &me.tx, Wire::Line, room, after)
                 .map(|j| {
-                    cx.send(format!("OK JOIN {}\n", j.room).as_bytes());
                     let mut st = RoomState {
                         since: j.since,
                         last: None,
-                        held: j.replay_pending.then(Vec::new),
+                        confirmed: !j.confirm_pending,
+                        awaiting_replay: j.replay_pending,
+                        stashed: None,
+                        held: Vec::new(),
                     };
+                    if st.confirmed {
+                        cx.send(format!("OK JOIN {}\n", j.room).as_bytes());
+                    }
                     for p in &j.replay {
                         st.hand_on(p, cx);
                     }
@@ -518,9 +556,10 @@ impl Session for ChatSession {
                 if seq <= st.since {
                     return;
                 }
-                match &mut st.held {
-                    Some(held) => held.push(publication),
-                    None => st.hand_on(&publication, cx),
+                if st.holding() {
+                    st.held.push(publication);
+                } else {
+                    st.hand_on(&publication, cx);
                 }
             }
             ChatEvent::Answer(Answer::History { room, msgs }) => match msgs {
@@ -531,17 +570,23 @@ impl Session for ChatSession {
                 let Some(st) = self.rooms.get_mut(&room) else {
                     return; // Parted meanwhile.
                 };
-                match msgs {
-                    Ok(msgs) => {
-                        for p in &msgs {
-                            st.hand_on(p, cx);
-                        }
-                    }
-                    Err(e) => err(cx, e.code(), "the replay of missed messages failed"),
+                if st.confirmed {
+                    st.replay(msgs, cx);
+                    st.release(cx);
+                } else {
+                    st.stashed = Some(msgs);
                 }
-                for p in st.held.take().unwrap_or_default() {
-                    st.hand_on(&p, cx);
+            }
+            ChatEvent::Answer(Answer::Joined { room }) => {
+                let Some(st) = self.rooms.get_mut(&room) else {
+                    return; // Parted meanwhile.
+                };
+                st.confirmed = true;
+                cx.send(format!("OK JOIN {room}\n").as_bytes());
+                if let Some(msgs) = st.stashed.take() {
+                    st.replay(msgs, cx);
                 }
+                st.release(cx);
             }
             ChatEvent::Answer(Answer::Who { room, nicks }) => match nicks {
                 Ok(nicks) => who_line(&room, &nicks, cx),
