@@ -22,7 +22,9 @@
 //! reaches the session only through its mailbox, so the whole protocol runs on plain
 //! buffers in tests (see `service::Harness`) and under every threaded or async model.
 //! Under `single` (one client at a time) a chat makes no sense: the registry refuses
-//! to start it there with a clear message.
+//! to start it there with a clear message, and the default `serve` set leaves it out.
+//! Under `pool` each member holds a worker for as long as it is connected, so members
+//! beyond `--workers` wait unserved in the queue, as any pool client does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
