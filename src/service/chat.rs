@@ -38,6 +38,13 @@ use crate::model::mailbox::Sender;
 
 use super::{line_goodbye, Cx, Goodbye, Service, Session};
 
+/// How long a command waits for an answer from Redis before it is answered
+/// `ERR unavailable` and the commands after it go on.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Command bytes kept in order behind a command awaiting its answer; beyond this,
+/// commands are carried out at once (their replies may then come before that answer).
+const MAX_QUEUED: usize = 256 * 1024;
+
 /// Default longest command line (`--max-line`), terminator excluded.
 pub const DEFAULT_MAX_LINE: usize = 4096;
 
@@ -129,6 +136,10 @@ impl Service for Chat {
             max_line: self.max_line,
             skipping: false,
             rate: self.max_rate.map(Rate::new),
+            waiting: 0,
+            waiting_since: None,
+            queued: std::collections::VecDeque::new(),
+            queued_bytes: 0,
         }
     }
 }
@@ -369,6 +380,13 @@ pub struct ChatSession {
     /// The rest of an over-long line, already answered, is being discarded.
     skipping: bool,
     rate: Option<Rate>,
+    /// Answers awaited from Redis (`NICK`, `JOIN`, `WHO`, `HISTORY` with `--redis`):
+    /// the commands after them wait in `queued`, so replies come in command order and
+    /// a `SAY` after a `NICK` speaks with the new nick.
+    waiting: u32,
+    waiting_since: Option<Instant>,
+    queued: std::collections::VecDeque<Box<[u8]>>,
+    queued_bytes: usize,
 }
 
 fn err<E>(cx: &mut Cx<'_, E>, code: &str, text: &str) {
@@ -426,15 +444,17 @@ impl ChatSession {
             return;
         };
         let hub = &self.hub;
+        let mut pending = false;
         let res = match cmd {
             Command::Nick(nick) => {
                 let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
                 hub.set_nick(me.id, &me.nick, nick, &rooms, &me.tx)
-                    .map(|new| {
-                        if let Some(new) = new {
+                    .map(|new| match new {
+                        Some(new) => {
                             cx.send(format!("OK NICK {new}\n").as_bytes());
                             me.nick = new;
                         }
+                        None => pending = true,
                     })
             }
             Command::Join { room, after } => hub
@@ -450,6 +470,8 @@ impl ChatSession {
                     };
                     if st.confirmed {
                         cx.send(format!("OK JOIN {}\n", j.room).as_bytes());
+                    } else {
+                        pending = true;
                     }
                     for p in &j.replay {
                         st.hand_on(p, cx);
@@ -463,20 +485,49 @@ impl ChatSession {
             // The author's own MSG line arrives through its mailbox like everyone's,
             // so it is in the room's order.
             Command::Say { room, text } => hub.say(me.id, room, text).map(|_| ()),
-            Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| {
-                if let Some(msgs) = msgs {
-                    history_lines(room, &msgs, cx);
-                }
+            Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| match msgs {
+                Some(msgs) => history_lines(room, &msgs, cx),
+                None => pending = true,
             }),
-            Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| {
-                if let Some(nicks) = nicks {
-                    who_line(room, &nicks, cx);
-                }
+            Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| match nicks {
+                Some(nicks) => who_line(room, &nicks, cx),
+                None => pending = true,
             }),
             Command::Quit => Ok(()), // Answered above.
         };
         if let Err(e) = res {
             err(cx, e.code(), &e.to_string());
+        }
+        if pending {
+            self.waiting += 1;
+            self.waiting_since.get_or_insert(cx.now());
+        }
+    }
+
+    /// A complete line from the client: carried out now, or queued behind a command
+    /// still awaiting its answer.
+    fn take_line(&mut self, line: &[u8], cx: &mut Cx<'_, ChatEvent>) {
+        if self.waiting > 0 && self.queued_bytes + line.len() <= MAX_QUEUED {
+            self.queued_bytes += line.len();
+            self.queued.push_back(line.into());
+        } else {
+            self.line(line, cx);
+        }
+    }
+
+    /// An awaited answer arrived (or timed out): the queued commands go on.
+    fn answered(&mut self, cx: &mut Cx<'_, ChatEvent>) {
+        self.waiting = self.waiting.saturating_sub(1);
+        if self.waiting > 0 {
+            return;
+        }
+        self.waiting_since = None;
+        while self.waiting == 0 && !cx.is_closing() {
+            let Some(line) = self.queued.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= line.len();
+            self.line(&line, cx);
         }
     }
 }
@@ -531,7 +582,7 @@ impl Session for ChatSession {
                     if std::mem::take(&mut self.skipping) {
                         continue; // The tail of a line already answered.
                     }
-                    self.line(&rest[..i], cx);
+                    self.take_line(&rest[..i], cx);
                 }
                 None => {
                     if self.skipping {
@@ -564,10 +615,13 @@ impl Session for ChatSession {
                     st.hand_on(&publication, cx);
                 }
             }
-            ChatEvent::Answer(Answer::History { room, msgs }) => match msgs {
-                Ok(msgs) => history_lines(&room, &msgs, cx),
-                Err(e) => err(cx, e.code(), &e.to_string()),
-            },
+            ChatEvent::Answer(Answer::History { room, msgs }) => {
+                match msgs {
+                    Ok(msgs) => history_lines(&room, &msgs, cx),
+                    Err(e) => err(cx, e.code(), &e.to_string()),
+                }
+                self.answered(cx);
+            }
             ChatEvent::Answer(Answer::Replay { room, msgs }) => {
                 let Some(st) = self.rooms.get_mut(&room) else {
                     return; // Parted meanwhile.
@@ -589,11 +643,15 @@ impl Session for ChatSession {
                     st.replay(msgs, cx);
                 }
                 st.release(cx);
+                self.answered(cx);
             }
-            ChatEvent::Answer(Answer::Who { room, nicks }) => match nicks {
-                Ok(nicks) => who_line(&room, &nicks, cx),
-                Err(e) => err(cx, e.code(), &e.to_string()),
-            },
+            ChatEvent::Answer(Answer::Who { room, nicks }) => {
+                match nicks {
+                    Ok(nicks) => who_line(&room, &nicks, cx),
+                    Err(e) => err(cx, e.code(), &e.to_string()),
+                }
+                self.answered(cx);
+            }
             ChatEvent::Answer(Answer::Nick(Ok(new))) => {
                 let rooms = self.room_list();
                 let Some(me) = &mut self.me else {
@@ -606,9 +664,25 @@ impl Session for ChatSession {
                     }
                     Err(e) => err(cx, e.code(), &e.to_string()),
                 }
+                self.answered(cx);
             }
-            ChatEvent::Answer(Answer::Nick(Err(e))) => err(cx, e.code(), &e.to_string()),
+            ChatEvent::Answer(Answer::Nick(Err(e))) => {
+                err(cx, e.code(), &e.to_string());
+                self.answered(cx);
+            }
             ChatEvent::Answer(Answer::Failed(e)) => err(cx, e.code(), &e.to_string()),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.waiting_since.map(|t| t + ANSWER_TIMEOUT)
+    }
+
+    fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {
+        if self.waiting > 0 {
+            err(cx, "unavailable", "no answer from the chat backend");
+            self.waiting = 1;
+            self.answered(cx);
         }
     }
 
