@@ -681,6 +681,20 @@ impl Session for ChatSession {
     fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {
         if self.waiting > 0 {
             err(cx, "unavailable", "no answer from the chat backend");
+            // A join never confirmed is undone, so it leaves no member that receives
+            // nothing but is listed everywhere.
+            let unconfirmed: Vec<Arc<str>> = self
+                .rooms
+                .iter()
+                .filter(|(_, st)| !st.confirmed)
+                .map(|(r, _)| r.clone())
+                .collect();
+            if let Some(me) = &self.me {
+                for room in unconfirmed {
+                    let _ = self.hub.part(me.id, &room);
+                    self.rooms.remove(&room);
+                }
+            }
             self.waiting = 1;
             self.answered(cx);
         }
