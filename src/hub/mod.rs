@@ -233,6 +233,12 @@ pub enum Answer {
         /// The nicks, or why there are none.
         nicks: Result<Vec<Arc<str>>, HubError>,
     },
+    /// A join is in effect: ordered in Redis (with `--redis`), so the member receives
+    /// exactly the room's events ordered after it. The session answers `OK JOIN`.
+    Joined {
+        /// The room joined.
+        room: Arc<str>,
+    },
     /// The outcome of a `NICK` claimed in Redis.
     Nick(Result<Arc<str>, HubError>),
     /// A request failed (a `SAY` that Redis did not take: nothing was delivered).
@@ -378,6 +384,8 @@ pub struct Joined {
     pub replay: Vec<Arc<Publication>>,
     /// The replay comes later, as [`Answer::Replay`] (with `--redis`).
     pub replay_pending: bool,
+    /// The join takes effect later, as [`Answer::Joined`] (with `--redis`).
+    pub confirm_pending: bool,
 }
 
 /// Hub settings.
@@ -525,6 +533,10 @@ impl Hub {
                     let e = &mut Arc::make_mut(&mut r.members)[i];
                     if e.since == u64::MAX {
                         e.since = seq;
+                        // Sent before any later event of the room is handed out (they
+                        // all come through this thread, after this one).
+                        let joined = ChatEvent::Answer(Answer::Joined { room: name.clone() });
+                        let _ = e.tx.send(joined, 64);
                     }
                 }
             }
@@ -722,6 +734,7 @@ impl Hub {
                     since,
                     replay,
                     replay_pending: false,
+                    confirm_pending: self.bridge.is_some(),
                 },
                 deliver,
             )

@@ -22,18 +22,28 @@
 //! reaches the session only through its mailbox, so the whole protocol runs on plain
 //! buffers in tests (see `service::Harness`) and under every threaded or async model.
 //! Under `single` (one client at a time) a chat makes no sense: the registry refuses
-//! to start it there with a clear message.
+//! to start it there with a clear message, and the default `serve` set leaves it out.
+//! Under `pool` each member holds a worker for as long as it is connected, so members
+//! beyond `--workers` wait unserved in the queue, as any pool client does.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::hub::{
-    valid_nick, valid_room, Answer, ChatEvent, Hub, HubConfig, MemberId, MsgId, Publication, Wire,
+    valid_nick, valid_room, Answer, ChatEvent, Hub, HubConfig, HubError, MemberId, MsgId,
+    Publication, Wire,
 };
 use crate::model::mailbox::Sender;
 
 use super::{line_goodbye, Cx, Goodbye, Service, Session};
+
+/// How long a command waits for an answer from Redis before it is answered
+/// `ERR unavailable` and the commands after it go on.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Command bytes kept in order behind a command awaiting its answer; beyond this,
+/// commands are carried out at once (their replies may then come before that answer).
+const MAX_QUEUED: usize = 256 * 1024;
 
 /// Default longest command line (`--max-line`), terminator excluded.
 pub const DEFAULT_MAX_LINE: usize = 4096;
@@ -126,6 +136,10 @@ impl Service for Chat {
             max_line: self.max_line,
             skipping: false,
             rate: self.max_rate.map(Rate::new),
+            waiting: 0,
+            waiting_since: None,
+            queued: std::collections::VecDeque::new(),
+            queued_bytes: 0,
         }
     }
 }
@@ -302,11 +316,43 @@ struct RoomState {
     /// The last message id handed on: a message at or before it is a duplicate (a
     /// replayed message that also arrived live).
     last: Option<MsgId>,
-    /// Live events held while a replay is on its way (with `--redis`).
-    held: Option<Vec<Arc<Publication>>>,
+    /// The join is in effect: with `--redis`, once it is ordered in Redis (then
+    /// `OK JOIN` is sent), at once without.
+    confirmed: bool,
+    /// A `JOIN ... AFTER` replay is on its way (with `--redis`).
+    awaiting_replay: bool,
+    /// A replay that arrived before the join was confirmed.
+    stashed: Option<Result<Vec<Arc<Publication>>, HubError>>,
+    /// Live events held until the join is confirmed and the replay handed on.
+    held: Vec<Arc<Publication>>,
 }
 
 impl RoomState {
+    fn holding(&self) -> bool {
+        !self.confirmed || self.awaiting_replay
+    }
+
+    fn replay<E>(&mut self, msgs: Result<Vec<Arc<Publication>>, HubError>, cx: &mut Cx<'_, E>) {
+        match msgs {
+            Ok(msgs) => {
+                for p in &msgs {
+                    self.hand_on(p, cx);
+                }
+            }
+            Err(e) => err(cx, e.code(), "the replay of missed messages failed"),
+        }
+        self.awaiting_replay = false;
+    }
+
+    /// Hands on what was held, once nothing is awaited any more.
+    fn release<E>(&mut self, cx: &mut Cx<'_, E>) {
+        if !self.holding() {
+            for p in std::mem::take(&mut self.held) {
+                self.hand_on(&p, cx);
+            }
+        }
+    }
+
     fn hand_on<E>(&mut self, p: &Publication, cx: &mut Cx<'_, E>) {
         if let Some(id) = p.msg_id() {
             if self.last.is_some_and(|last| id <= last) {
@@ -334,6 +380,13 @@ pub struct ChatSession {
     /// The rest of an over-long line, already answered, is being discarded.
     skipping: bool,
     rate: Option<Rate>,
+    /// Answers awaited from Redis (`NICK`, `JOIN`, `WHO`, `HISTORY` with `--redis`):
+    /// the commands after them wait in `queued`, so replies come in command order and
+    /// a `SAY` after a `NICK` speaks with the new nick.
+    waiting: u32,
+    waiting_since: Option<Instant>,
+    queued: std::collections::VecDeque<Box<[u8]>>,
+    queued_bytes: usize,
 }
 
 fn err<E>(cx: &mut Cx<'_, E>, code: &str, text: &str) {
@@ -391,26 +444,35 @@ impl ChatSession {
             return;
         };
         let hub = &self.hub;
+        let mut pending = false;
         let res = match cmd {
             Command::Nick(nick) => {
                 let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
                 hub.set_nick(me.id, &me.nick, nick, &rooms, &me.tx)
-                    .map(|new| {
-                        if let Some(new) = new {
+                    .map(|new| match new {
+                        Some(new) => {
                             cx.send(format!("OK NICK {new}\n").as_bytes());
                             me.nick = new;
                         }
+                        None => pending = true,
                     })
             }
             Command::Join { room, after } => hub
                 .join(me.id, &me.nick, &me.tx, Wire::Line, room, after)
                 .map(|j| {
-                    cx.send(format!("OK JOIN {}\n", j.room).as_bytes());
                     let mut st = RoomState {
                         since: j.since,
                         last: None,
-                        held: j.replay_pending.then(Vec::new),
+                        confirmed: !j.confirm_pending,
+                        awaiting_replay: j.replay_pending,
+                        stashed: None,
+                        held: Vec::new(),
                     };
+                    if st.confirmed {
+                        cx.send(format!("OK JOIN {}\n", j.room).as_bytes());
+                    } else {
+                        pending = true;
+                    }
                     for p in &j.replay {
                         st.hand_on(p, cx);
                     }
@@ -423,20 +485,49 @@ impl ChatSession {
             // The author's own MSG line arrives through its mailbox like everyone's,
             // so it is in the room's order.
             Command::Say { room, text } => hub.say(me.id, room, text).map(|_| ()),
-            Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| {
-                if let Some(msgs) = msgs {
-                    history_lines(room, &msgs, cx);
-                }
+            Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| match msgs {
+                Some(msgs) => history_lines(room, &msgs, cx),
+                None => pending = true,
             }),
-            Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| {
-                if let Some(nicks) = nicks {
-                    who_line(room, &nicks, cx);
-                }
+            Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| match nicks {
+                Some(nicks) => who_line(room, &nicks, cx),
+                None => pending = true,
             }),
             Command::Quit => Ok(()), // Answered above.
         };
         if let Err(e) = res {
             err(cx, e.code(), &e.to_string());
+        }
+        if pending {
+            self.waiting += 1;
+            self.waiting_since.get_or_insert(cx.now());
+        }
+    }
+
+    /// A complete line from the client: carried out now, or queued behind a command
+    /// still awaiting its answer.
+    fn take_line(&mut self, line: &[u8], cx: &mut Cx<'_, ChatEvent>) {
+        if self.waiting > 0 && self.queued_bytes + line.len() <= MAX_QUEUED {
+            self.queued_bytes += line.len();
+            self.queued.push_back(line.into());
+        } else {
+            self.line(line, cx);
+        }
+    }
+
+    /// An awaited answer arrived (or timed out): the queued commands go on.
+    fn answered(&mut self, cx: &mut Cx<'_, ChatEvent>) {
+        self.waiting = self.waiting.saturating_sub(1);
+        if self.waiting > 0 {
+            return;
+        }
+        self.waiting_since = None;
+        while self.waiting == 0 && !cx.is_closing() {
+            let Some(line) = self.queued.pop_front() else {
+                break;
+            };
+            self.queued_bytes -= line.len();
+            self.line(&line, cx);
         }
     }
 }
@@ -491,7 +582,7 @@ impl Session for ChatSession {
                     if std::mem::take(&mut self.skipping) {
                         continue; // The tail of a line already answered.
                     }
-                    self.line(&rest[..i], cx);
+                    self.take_line(&rest[..i], cx);
                 }
                 None => {
                     if self.skipping {
@@ -518,35 +609,49 @@ impl Session for ChatSession {
                 if seq <= st.since {
                     return;
                 }
-                match &mut st.held {
-                    Some(held) => held.push(publication),
-                    None => st.hand_on(&publication, cx),
+                if st.holding() {
+                    st.held.push(publication);
+                } else {
+                    st.hand_on(&publication, cx);
                 }
             }
-            ChatEvent::Answer(Answer::History { room, msgs }) => match msgs {
-                Ok(msgs) => history_lines(&room, &msgs, cx),
-                Err(e) => err(cx, e.code(), &e.to_string()),
-            },
+            ChatEvent::Answer(Answer::History { room, msgs }) => {
+                match msgs {
+                    Ok(msgs) => history_lines(&room, &msgs, cx),
+                    Err(e) => err(cx, e.code(), &e.to_string()),
+                }
+                self.answered(cx);
+            }
             ChatEvent::Answer(Answer::Replay { room, msgs }) => {
                 let Some(st) = self.rooms.get_mut(&room) else {
                     return; // Parted meanwhile.
                 };
-                match msgs {
-                    Ok(msgs) => {
-                        for p in &msgs {
-                            st.hand_on(p, cx);
-                        }
-                    }
-                    Err(e) => err(cx, e.code(), "the replay of missed messages failed"),
-                }
-                for p in st.held.take().unwrap_or_default() {
-                    st.hand_on(&p, cx);
+                if st.confirmed {
+                    st.replay(msgs, cx);
+                    st.release(cx);
+                } else {
+                    st.stashed = Some(msgs);
                 }
             }
-            ChatEvent::Answer(Answer::Who { room, nicks }) => match nicks {
-                Ok(nicks) => who_line(&room, &nicks, cx),
-                Err(e) => err(cx, e.code(), &e.to_string()),
-            },
+            ChatEvent::Answer(Answer::Joined { room }) => {
+                let Some(st) = self.rooms.get_mut(&room) else {
+                    return; // Parted meanwhile.
+                };
+                st.confirmed = true;
+                cx.send(format!("OK JOIN {room}\n").as_bytes());
+                if let Some(msgs) = st.stashed.take() {
+                    st.replay(msgs, cx);
+                }
+                st.release(cx);
+                self.answered(cx);
+            }
+            ChatEvent::Answer(Answer::Who { room, nicks }) => {
+                match nicks {
+                    Ok(nicks) => who_line(&room, &nicks, cx),
+                    Err(e) => err(cx, e.code(), &e.to_string()),
+                }
+                self.answered(cx);
+            }
             ChatEvent::Answer(Answer::Nick(Ok(new))) => {
                 let rooms = self.room_list();
                 let Some(me) = &mut self.me else {
@@ -559,9 +664,39 @@ impl Session for ChatSession {
                     }
                     Err(e) => err(cx, e.code(), &e.to_string()),
                 }
+                self.answered(cx);
             }
-            ChatEvent::Answer(Answer::Nick(Err(e))) => err(cx, e.code(), &e.to_string()),
+            ChatEvent::Answer(Answer::Nick(Err(e))) => {
+                err(cx, e.code(), &e.to_string());
+                self.answered(cx);
+            }
             ChatEvent::Answer(Answer::Failed(e)) => err(cx, e.code(), &e.to_string()),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.waiting_since.map(|t| t + ANSWER_TIMEOUT)
+    }
+
+    fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {
+        if self.waiting > 0 {
+            err(cx, "unavailable", "no answer from the chat backend");
+            // A join never confirmed is undone, so it leaves no member that receives
+            // nothing but is listed everywhere.
+            let unconfirmed: Vec<Arc<str>> = self
+                .rooms
+                .iter()
+                .filter(|(_, st)| !st.confirmed)
+                .map(|(r, _)| r.clone())
+                .collect();
+            if let Some(me) = &self.me {
+                for room in unconfirmed {
+                    let _ = self.hub.part(me.id, &room);
+                    self.rooms.remove(&room);
+                }
+            }
+            self.waiting = 1;
+            self.answered(cx);
         }
     }
 
