@@ -177,18 +177,7 @@ impl<S: Service> Task<S> {
                 return None;
             }
         };
-        let session = ctx.service.session(&info);
-        let now = Instant::now();
-        let mut conn = Conn::new(
-            session,
-            info,
-            ctx.name.clone(),
-            ctx.limits.clone(),
-            ctx.stats.clone(),
-            WakeKind::Task,
-            now,
-        );
-        conn.open(&Clock::at(now), !admitted);
+        let conn = ctx.open(info, WakeKind::Task, !admitted);
         let armed = conn.next_deadline();
         Some(Task {
             conn,

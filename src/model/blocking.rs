@@ -104,20 +104,9 @@ pub(crate) fn serve<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S
 fn serve_inner<S: Service>(stream: TcpStream, peer: SocketAddr, ctx: &Ctx<S>, refused: bool) {
     let id = next_conn_id();
     let info = ConnInfo { id, peer };
-    let session = ctx.service.session(&info);
-    let now = Instant::now();
-    let mut conn = Conn::new(
-        session,
-        info,
-        ctx.name.clone(),
-        ctx.limits.clone(),
-        ctx.stats.clone(),
-        WakeKind::Fd,
-        now,
-    );
     let _live = ctx.drain.live();
+    let mut conn = ctx.open(info, WakeKind::Fd, refused);
     let mut scratch = [0u8; SCRATCH];
-    conn.open(&Clock::at(now), refused);
     if let Err(e) = drive(&stream, &mut conn, ctx, &mut scratch) {
         tracing::error!("poll failed: {e}");
     }

@@ -178,6 +178,29 @@ impl<S: Service> Ctx<S> {
         }
     }
 
+    /// A new connection's state with its session opened (straight into its busy
+    /// goodbye when `refused`).
+    pub(crate) fn open(
+        &self,
+        info: crate::service::ConnInfo,
+        wake: mailbox::WakeKind,
+        refused: bool,
+    ) -> conn::Conn<S::Session> {
+        let session = self.service.session(&info);
+        let now = Instant::now();
+        let mut conn = conn::Conn::new(
+            session,
+            info,
+            self.name.clone(),
+            self.limits.clone(),
+            self.stats.clone(),
+            wake,
+            now,
+        );
+        conn.open(&conn::Clock::at(now), refused);
+        conn
+    }
+
     pub(crate) fn release(&self) {
         self.stats.active.fetch_sub(1, Ordering::AcqRel);
     }
