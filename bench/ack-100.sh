@@ -5,7 +5,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 B=target/release/multiclient
-taskset -c 0 $B bench compare --service ack --conns 100 --models async --runs 3 --secs 5 \
+nice -n -20 taskset -c 0 $B bench compare --service ack --conns 100 --models async --runs 3 --secs 5 \
   --threads 1 --server-cpus 1 \
   --peer "tokio-min=target/release/examples/peer_tokio_ack {port}" \
   --peer "py-threads=python3 bench/peers/thread_ack.py {port}" \
