@@ -44,8 +44,9 @@ pub struct CompareArgs {
     /// Message size in bytes.
     #[arg(long, default_value_t = 16)]
     pub msg_size: usize,
-    /// Seconds one operation may take.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds one operation may take; keep it shorter than --secs, so that a client
+    /// starved for longer shows as an error.
+    #[arg(long, default_value_t = 2.0)]
     pub timeout: f64,
     /// Tester threads (default: every core).
     #[arg(long)]
@@ -376,4 +377,74 @@ pub fn table(all: &[Series], service: &str) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(conns: usize, throughput: f64, errors: u64) -> Point {
+        Point {
+            conns,
+            throughput,
+            p50_us: 100,
+            p99_us: 1_000,
+            errors,
+            cpu_us_per_op: 10.0,
+            rss_kib: 1_000,
+            kib_per_conn: 2.0,
+            threads: 3,
+            tester_bound: false,
+        }
+    }
+
+    #[test]
+    fn ceiling_is_the_highest_level_without_errors() {
+        let s = Series {
+            name: "pool".into(),
+            idle_rss_kib: 0,
+            points: vec![
+                point(10, 900.0, 0),
+                point(100, 1000.0, 0),
+                point(1000, 50.0, 7),
+            ],
+            failed: None,
+        };
+        assert_eq!(s.max_clean_conns(), Some(100));
+        assert_eq!(s.best().unwrap().conns, 100);
+    }
+
+    #[test]
+    fn table_shows_every_series_and_the_ratio() {
+        let a = Series {
+            name: "async".into(),
+            idle_rss_kib: 0,
+            points: vec![point(10, 2000.0, 0)],
+            failed: None,
+        };
+        let b = Series {
+            name: "py-threads".into(),
+            idle_rss_kib: 0,
+            points: vec![point(10, 500.0, 0)],
+            failed: None,
+        };
+        let c = Series {
+            name: "broken".into(),
+            idle_rss_kib: 0,
+            points: vec![],
+            failed: Some("did not listen".into()),
+        };
+        let t = table(&[a, b, c], "ack");
+        assert!(t.contains("py-threads"), "{t}");
+        assert!(t.contains("0.25x"), "{t}");
+        assert!(t.contains("broken           failed: did not listen"), "{t}");
+    }
+
+    #[test]
+    fn peer_commands_get_the_port() {
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert!(workload("nope").is_err());
+        assert_eq!(workload("ack").unwrap(), Workload::Ack);
+    }
 }

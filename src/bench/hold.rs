@@ -82,7 +82,9 @@ pub struct HoldReport {
     pub threads_before: Option<u64>,
     /// Server threads with every connection held.
     pub threads_held: Option<u64>,
-    /// (RSS held − RSS before) / established, in KiB.
+    /// Connections established when the server was sampled.
+    pub established_at_sample: u64,
+    /// (RSS held − RSS before) / connections established at the sample, in KiB.
     pub kib_per_conn: Option<f64>,
 }
 
@@ -156,7 +158,7 @@ pub fn run_hold(cfg: &HoldConfig) -> anyhow::Result<HoldReport> {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (ramp_secs, held) = rt.block_on(async {
+    let (ramp_secs, held, at_sample) = rt.block_on(async {
         let start = Instant::now();
         let mut tasks = Vec::with_capacity(cfg.conns);
         let interval = Duration::from_secs_f64(1.0 / cfg.ramp);
@@ -184,13 +186,14 @@ pub fn run_hold(cfg: &HoldConfig) -> anyhow::Result<HoldReport> {
         bar.set_message("holding");
         // Let the server settle (threads started, buffers allocated) before sampling.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let at_sample = counts.established.load(Ordering::Relaxed);
         let held = cfg.server_pid.map(|p| proc::sample(Some(p)));
         tokio::time::sleep(cfg.hold).await;
         let _ = release.send(true);
         for t in tasks {
             let _ = t.await;
         }
-        (ramp_secs, held)
+        (ramp_secs, held, at_sample)
     });
     bar.finish_and_clear();
     let held = held.transpose()?;
@@ -198,8 +201,8 @@ pub fn run_hold(cfg: &HoldConfig) -> anyhow::Result<HoldReport> {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let established = g(&c.established);
     let kib_per_conn = match (before, held) {
-        (Some(b), Some(h)) if established > 0 => {
-            Some((h.rss_kib as f64 - b.rss_kib as f64) / established as f64)
+        (Some(b), Some(h)) if at_sample > 0 => {
+            Some((h.rss_kib as f64 - b.rss_kib as f64) / at_sample as f64)
         }
         _ => None,
     };
@@ -212,6 +215,7 @@ pub fn run_hold(cfg: &HoldConfig) -> anyhow::Result<HoldReport> {
         timeout: g(&c.timeout),
         other: g(&c.other),
         ramp_secs,
+        established_at_sample: at_sample,
         rss_before_kib: before.map(|s| s.rss_kib),
         rss_held_kib: held.map(|s| s.rss_kib),
         threads_before: before.map(|s| s.threads),

@@ -192,6 +192,9 @@ pub struct Report {
     pub ok: u64,
     /// Successful operations per second.
     pub throughput: f64,
+    /// Operations still waiting for their reply when the run ended (a starved client
+    /// shows here when its wait is shorter than `--timeout`).
+    pub unfinished: u64,
     /// Target rate (open loop), if any.
     pub rate: Option<f64>,
     /// Latency of successful operations (from the intended send time under `--rate`).
@@ -219,12 +222,13 @@ impl Report {
         let l = &self.latency;
         let _ = writeln!(
             s,
-            "{}: {} connections, {:.2} s, {} ok, {} errors",
+            "{}: {} connections, {:.2} s, {} ok, {} errors, {} unfinished at the end",
             self.workload,
             self.conns,
             self.secs,
             self.ok,
-            self.errors.total()
+            self.errors.total(),
+            self.unfinished
         );
         let _ = write!(s, "  throughput  {:.0} ops/s", self.throughput);
         if let Some(r) = self.rate {

@@ -88,6 +88,7 @@ pub fn source_ip(i: usize, src_ips: u8) -> Option<Ipv4Addr> {
 /// State shared by the connection tasks.
 struct Shared {
     ok: AtomicU64,
+    unfinished: AtomicU64,
     claimed: AtomicU64,
     errors: ErrorCounters,
     stop: AtomicBool,
@@ -154,6 +155,7 @@ pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
         ok,
         throughput: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
         rate: cfg.rate,
+        unfinished: shared.unfinished.load(Ordering::Relaxed),
         latency: Latency::of(&hist),
         errors: shared.errors.snapshot(),
         tester_cpu_secs: tester_cpu,
@@ -170,6 +172,7 @@ async fn drive(cfg: &LoadConfig) -> (Histogram<u64>, f64, Arc<Shared>, proc::Sam
     let start = Instant::now();
     let shared = Arc::new(Shared {
         ok: AtomicU64::new(0),
+        unfinished: AtomicU64::new(0),
         claimed: AtomicU64::new(0),
         errors: ErrorCounters::default(),
         stop: AtomicBool::new(false),
@@ -260,7 +263,12 @@ async fn conn_task(
         let failed = n.saturating_sub(done) as u64;
         match result {
             Ok(Ok(())) => {}
-            Err(_) if limit == sh.deadline => break, // cut by the end of the run
+            Err(_) if limit == sh.deadline => {
+                // Cut by the end of the run: neither a success nor an error, but
+                // reported, so a server that starves clients cannot look clean.
+                sh.unfinished.fetch_add(failed, Ordering::Relaxed);
+                break;
+            }
             Err(_) => {
                 conn = None;
                 for _ in 0..failed {
