@@ -9,12 +9,12 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use std::task::{Context, Poll};
 
 use tokio::io::unix::AsyncFd;
@@ -23,9 +23,9 @@ use tokio::io::Ready;
 use tokio::time::Sleep;
 
 use super::conn::{Clock, Conn, Phase, Read_};
-use super::drain::{Live, Registered};
+use super::drain::{Live, Registration};
 use super::mailbox::WakeKind;
-use super::{accept_backoff, next_conn_id, Ctx, Stats, BACKOFF_START};
+use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
 use crate::service::{ConnInfo, Service};
 
 /// Per-thread read buffer shared by every connection of that thread.
@@ -130,34 +130,32 @@ async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(TcpStream, Socke
 
 pin_project_lite::pin_project! {
     /// One connection's task, written as a plain future so that it holds exactly the
-    /// connection, its socket, one timer and the shutdown signal: readiness and the
-    /// mailbox keep their wakers in their own state, not in the future.
+    /// connection, its socket, one timer and its place in the listener: readiness and
+    /// the mailbox keep their wakers in their own state, not in the future.
     struct Task<S: Service> {
         conn: Conn<S::Session>,
         fd: AsyncFd<TcpStream>,
         #[pin]
         sleep: Sleep,
-        armed: Instant,
-        drain: Option<Registered>,
-        slot: Slot,
+        drain: Option<Registration>,
+        admitted: bool,
+        // Last: the drain waits for this guard, so the connection's close is logged
+        // first.
+        live: Live,
     }
-}
 
-/// Gives back the connection's place (or its refusal slot) when the task ends.
-struct Slot {
-    stats: Arc<Stats>,
-    refusing: Option<Arc<AtomicUsize>>,
-    live: Live,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        match &self.refusing {
-            None => {
-                self.stats.active.fetch_sub(1, Ordering::AcqRel);
+    impl<S: Service> PinnedDrop for Task<S> {
+        fn drop(this: Pin<&mut Self>) {
+            // Gives back the connection's place (or its refusal slot).
+            let this = this.project();
+            let listener = this.conn.listener();
+            if *this.admitted {
+                listener.stats.active.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                listener.refusing.fetch_sub(1, Ordering::AcqRel);
             }
-            Some(r) => {
-                r.fetch_sub(1, Ordering::AcqRel);
+            if let Some(r) = this.drain.take() {
+                listener.drain.unregister(r);
             }
         }
     }
@@ -165,27 +163,28 @@ impl Drop for Slot {
 
 impl<S: Service> Task<S> {
     fn new(stream: TcpStream, info: ConnInfo, ctx: &Ctx<S>, admitted: bool) -> Option<Self> {
-        let slot = Slot {
-            stats: ctx.stats.clone(),
-            refusing: (!admitted).then(|| ctx.refusing.clone()),
-            live: ctx.drain.live(),
-        };
+        let live = ctx.drain.live();
         let fd = match register(stream, Interest::READABLE | Interest::WRITABLE) {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::error!("cannot register connection: {e}");
+                if admitted {
+                    ctx.release();
+                } else {
+                    super::refusal_done(ctx);
+                }
                 return None;
             }
         };
         let conn = ctx.open(info, WakeKind::Task, !admitted);
-        let armed = conn.next_deadline();
+        let deadline = conn.next_deadline();
         Some(Task {
             conn,
             fd,
-            sleep: tokio::time::sleep_until(armed.into()),
-            armed,
+            sleep: tokio::time::sleep_until(deadline.into()),
             drain: None,
-            slot,
+            admitted,
+            live,
         })
     }
 }
@@ -200,9 +199,9 @@ impl<S: Service> Future for Task<S> {
         let mut this = self.project();
         let conn = this.conn;
         if this.drain.is_none() {
-            *this.drain = Some(this.slot.live.drain().register(conn.info.id, cx.waker()));
+            *this.drain = Some(this.live.drain().register(conn.info.id, cx.waker()));
         }
-        let drain = this.slot.live.drain();
+        let drain = this.live.drain();
         // The clock is read only if something on this wake-up needs the time.
         let clock = Clock::lazy();
         for _ in 0..TURNS_PER_POLL {
@@ -211,8 +210,7 @@ impl<S: Service> Future for Task<S> {
                 return Poll::Ready(());
             }
             let deadline = conn.next_deadline();
-            if deadline != *this.armed {
-                *this.armed = deadline;
+            if deadline != this.sleep.deadline().into_std() {
                 this.sleep.as_mut().reset(deadline.into());
             }
             if !conn.is_draining() && drain.is_started() {
@@ -269,9 +267,12 @@ impl<S: Service> Future for Task<S> {
             }
             if this.sleep.as_mut().poll(cx).is_ready() {
                 conn.tick(&clock);
-                // Re-arm even if the deadline did not move, or the fired timer would
-                // fire again at once.
-                *this.armed = clock.now() - Duration::from_secs(1);
+                // Re-arm at once, and never in the past: a fired timer left as it is
+                // would fire again at once.
+                let floor = clock.now() + Duration::from_millis(1);
+                this.sleep
+                    .as_mut()
+                    .reset(conn.next_deadline().max(floor).into());
                 continue;
             }
             return Poll::Pending;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::mailbox::{Mailbox, WakeKind};
-use super::{Limits, Stats};
+use super::Listener;
 use crate::service::{ConnInfo, Cx, Goodbye, Session};
 
 /// How long a closed connection waits for the client's EOF before dropping unread
@@ -127,10 +127,8 @@ pub(crate) enum Read_ {
 pub(crate) struct Conn<S: Session> {
     session: S,
     pub(crate) info: ConnInfo,
-    /// The service's name, for the connection's log span.
-    svc: Arc<str>,
-    limits: Arc<Limits>,
-    stats: Arc<Stats>,
+    /// The listener's name, limits and counters.
+    listener: Arc<Listener>,
     wake: WakeKind,
     out: Vec<u8>,
     out_pos: usize,
@@ -157,19 +155,15 @@ impl<S: Session> Conn<S> {
     pub(crate) fn new(
         session: S,
         info: ConnInfo,
-        svc: Arc<str>,
-        limits: Arc<Limits>,
-        stats: Arc<Stats>,
+        listener: Arc<Listener>,
         wake: WakeKind,
         now: Instant,
     ) -> Self {
-        let idle_check = now + limits.idle_timeout / IDLE_QUARTERS;
+        let idle_check = now + listener.limits.idle_timeout / IDLE_QUARTERS;
         Conn {
             session,
             info,
-            svc,
-            limits,
-            stats,
+            listener,
             wake,
             out: Vec::new(),
             out_pos: 0,
@@ -201,10 +195,10 @@ impl<S: Session> Conn<S> {
             &mut self.out,
             &mut self.closing,
             &mut self.mailbox,
-            self.limits.max_queue,
+            self.listener.limits.max_queue,
             self.wake,
             &self.info,
-            self.limits.max_input,
+            self.listener.limits.max_input,
         );
         let r = f(&mut self.session, &mut cx);
         if self.closing && self.phase == Phase::Open {
@@ -224,7 +218,12 @@ impl<S: Session> Conn<S> {
     /// logged rather than kept for the connection's life: the lines read the same, and
     /// an idle connection holds no span in the subscriber's registry.
     pub(crate) fn span(&self) -> tracing::Span {
-        tracing::info_span!("conn", svc = &*self.svc, id = self.info.id, peer = %self.info.peer)
+        tracing::info_span!("conn", svc = &*self.listener.name, id = self.info.id, peer = %self.info.peer)
+    }
+
+    /// The listener this connection belongs to.
+    pub(crate) fn listener(&self) -> &Listener {
+        &self.listener
     }
 
     /// Starts the session. A refused connection is opened straight into its goodbye.
@@ -249,7 +248,9 @@ impl<S: Session> Conn<S> {
     /// client leaves more than `max_output` of replies unread (backpressure).
     pub(crate) fn wants_read(&self) -> bool {
         match self.phase {
-            Phase::Open => !self.eof && self.out.len() - self.out_pos < self.limits.max_output,
+            Phase::Open => {
+                !self.eof && self.out.len() - self.out_pos < self.listener.limits.max_output
+            }
             Phase::Lingering(_) => true,
             _ => false,
         }
@@ -257,7 +258,7 @@ impl<S: Session> Conn<S> {
 
     /// Whether mailbox events should be taken now (the same backpressure).
     pub(crate) fn wants_events(&self) -> bool {
-        self.phase == Phase::Open && self.out.len() - self.out_pos < self.limits.max_output
+        self.phase == Phase::Open && self.out.len() - self.out_pos < self.listener.limits.max_output
     }
 
     pub(crate) fn mailbox(&self) -> Option<&Arc<Mailbox<S::Event>>> {
@@ -276,6 +277,7 @@ impl<S: Session> Conn<S> {
         clock: &Clock,
     ) -> Read_ {
         let room = self
+            .listener
             .limits
             .max_input
             .saturating_sub(self.pending.len())
@@ -340,7 +342,7 @@ impl<S: Session> Conn<S> {
         if self.pending.is_empty() && self.pending.capacity() > KEEP_CAPACITY {
             self.pending = Vec::new();
         }
-        if consumed == 0 && self.pending.len() >= self.limits.max_input && !self.closing {
+        if consumed == 0 && self.pending.len() >= self.listener.limits.max_input && !self.closing {
             self.span().in_scope(|| {
                 tracing::warn!("session consumed none of a full input buffer; closing")
             });
@@ -471,8 +473,11 @@ impl<S: Session> Conn<S> {
         let mut batch = VecDeque::new();
         let overflowed = mb.take(&mut batch);
         if overflowed {
-            self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
-            let limit = self.limits.max_queue;
+            self.listener
+                .stats
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
+            let limit = self.listener.limits.max_queue;
             self.span()
                 .in_scope(|| tracing::warn!("slow consumer: mailbox over {limit} bytes"));
             self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, clock);
@@ -516,7 +521,7 @@ impl<S: Session> Conn<S> {
             _ => self.idle_check,
         };
         if let Some(since) = self.stalled_since {
-            t = t.min(since + self.limits.write_timeout);
+            t = t.min(since + self.listener.limits.write_timeout);
         }
         if let Some((_, until)) = self.goodbye {
             t = t.min(until);
@@ -539,9 +544,12 @@ impl<S: Session> Conn<S> {
             return;
         }
         if let Some(since) = self.stalled_since {
-            if now >= since + self.limits.write_timeout {
-                self.stats.slow_readers.fetch_add(1, Ordering::Relaxed);
-                let t = self.limits.write_timeout;
+            if now >= since + self.listener.limits.write_timeout {
+                self.listener
+                    .stats
+                    .slow_readers
+                    .fetch_add(1, Ordering::Relaxed);
+                let t = self.listener.limits.write_timeout;
                 self.span()
                     .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
                 self.reason = Reason::SlowReader;
@@ -565,10 +573,13 @@ impl<S: Session> Conn<S> {
                 self.quiet += 1;
             }
             if self.quiet >= IDLE_QUARTERS {
-                self.stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.listener
+                    .stats
+                    .idle_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
                 self.say_goodbye(Goodbye::Idle, Reason::Idle, clock);
             } else {
-                self.idle_check = now + self.limits.idle_timeout / IDLE_QUARTERS;
+                self.idle_check = now + self.listener.limits.idle_timeout / IDLE_QUARTERS;
             }
         }
         if self.phase == Phase::Open && self.session.deadline().is_some_and(|d| now >= d) {
@@ -585,7 +596,7 @@ impl<S: Session> Drop for Conn<S> {
         if self.reason == Reason::Open {
             self.reason = Reason::Shutdown;
         }
-        let s = &self.stats;
+        let s = &self.listener.stats;
         s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
         s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);

@@ -35,20 +35,11 @@ struct Inner {
 /// for one lock.
 const SHARDS: usize = 16;
 
-/// An async connection's place in the drain's waker registry; leaves it on drop.
-pub(crate) struct Registered {
-    drain: Drain,
-    shard: usize,
-    key: usize,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        let mut slab = self.drain.0.wakers[self.shard]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        slab.try_remove(self.key);
-    }
+/// An async connection's place in the drain's waker registry.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registration {
+    shard: u32,
+    key: u32,
 }
 
 /// Held by everything the drain must wait for.
@@ -112,18 +103,26 @@ impl Drain {
     }
 
     /// Registers a task's waker, woken when the drain starts. A task's waker stays
-    /// valid for its whole life, so one registration per connection is enough.
-    pub(crate) fn register(&self, id: u64, waker: &Waker) -> Registered {
+    /// valid for its whole life, so one registration per connection is enough; the
+    /// task calls [`Drain::unregister`] when it ends.
+    pub(crate) fn register(&self, id: u64, waker: &Waker) -> Registration {
         let shard = id as usize % SHARDS;
         let key = self.0.wakers[shard]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(waker.clone());
-        Registered {
-            drain: self.clone(),
-            shard,
-            key,
+        Registration {
+            shard: shard as u32,
+            key: key as u32,
         }
+    }
+
+    /// Leaves the waker registry.
+    pub(crate) fn unregister(&self, r: Registration) {
+        let mut slab = self.0.wakers[r.shard as usize]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        slab.try_remove(r.key as usize);
     }
 
     /// Readable once the drain has started; never reset.

@@ -135,25 +135,36 @@ pub struct Listening {
     pub stats: Arc<Stats>,
 }
 
-/// What a listener's accept loop needs, whatever the model.
-pub(crate) struct Ctx<S: Service> {
-    pub service: Arc<S>,
-    pub name: Arc<str>,
+/// What every connection of one listener shares, whatever its service: one pointer
+/// per connection instead of one per field.
+pub(crate) struct Listener {
+    /// The service's name, for logs.
+    pub name: Box<str>,
     pub limits: Arc<Limits>,
     pub stats: Arc<Stats>,
     pub drain: Drain,
-    pub refusing: Arc<AtomicUsize>,
+    /// Refused connections being told why right now.
+    pub refusing: AtomicUsize,
+}
+
+/// What a listener's accept loop needs, whatever the model.
+pub(crate) struct Ctx<S: Service> {
+    pub service: Arc<S>,
+    pub shared: Arc<Listener>,
+}
+
+impl<S: Service> std::ops::Deref for Ctx<S> {
+    type Target = Listener;
+    fn deref(&self) -> &Listener {
+        &self.shared
+    }
 }
 
 impl<S: Service> Clone for Ctx<S> {
     fn clone(&self) -> Self {
         Ctx {
             service: self.service.clone(),
-            name: self.name.clone(),
-            limits: self.limits.clone(),
-            stats: self.stats.clone(),
-            drain: self.drain.clone(),
-            refusing: self.refusing.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -188,15 +199,7 @@ impl<S: Service> Ctx<S> {
     ) -> conn::Conn<S::Session> {
         let session = self.service.session(&info);
         let now = Instant::now();
-        let mut conn = conn::Conn::new(
-            session,
-            info,
-            self.name.clone(),
-            self.limits.clone(),
-            self.stats.clone(),
-            wake,
-            now,
-        );
+        let mut conn = conn::Conn::new(session, info, self.shared.clone(), wake, now);
         conn.open(&conn::Clock::at(now), refused);
         conn
     }
@@ -291,12 +294,14 @@ impl Server {
         let stats = Arc::new(Stats::default());
         let name = service.name().to_string();
         let ctx = Ctx {
-            name: Arc::from(name.as_str()),
             service: Arc::new(service),
-            limits: self.limits.clone(),
-            stats: stats.clone(),
-            drain: self.drain.clone(),
-            refusing: Arc::new(AtomicUsize::new(0)),
+            shared: Arc::new(Listener {
+                name: name.as_str().into(),
+                limits: self.limits.clone(),
+                stats: stats.clone(),
+                drain: self.drain.clone(),
+                refusing: AtomicUsize::new(0),
+            }),
         };
         tracing::info!("Listening on {local} ({name}, {})", self.model.name());
         match self.model {
