@@ -1,13 +1,28 @@
 //! `threads`: a thread per connection, as in seeds 000–003. Each thread blocks in
-//! `poll(2)` on its own client; the accept loop only admits and spawns.
+//! `poll(2)` on its own client; the accept loop only admits and hands out.
+//!
+//! A thread whose client has left waits a few seconds for the next one before it
+//! exits, so a stream of short connections does not pay for a thread's creation and
+//! teardown (stack mappings, signal stack) each time: every connection still has a
+//! thread of its own for its whole life.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::blocking::{accept, serve, STACK};
 use super::{Ctx, BACKOFF_START};
 use crate::service::Service;
+
+/// How long a thread without a client waits for the next one.
+const SPARE_FOR: Duration = Duration::from_secs(5);
+
+/// A connection handed to a thread: the socket, the client, and whether it was admitted
+/// (or is only told it is refused).
+type Handoff = (TcpStream, SocketAddr, bool);
 
 pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
@@ -16,23 +31,22 @@ pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Resul
         .name(format!("{}-accept", ctx.service.name()))
         .spawn(move || {
             let _live = live;
+            // A rendezvous channel: a send succeeds only if a spare thread is waiting.
+            let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Handoff>(0);
             let mut backoff = BACKOFF_START;
             while let Some((stream, peer)) = accept(&listener, &ctx, &mut backoff) {
                 let admitted = ctx.admit();
                 if !admitted && !super::refusal_slot(&ctx) {
                     continue; // Too many refusals in flight: close without a word.
                 }
-                let c = ctx.clone();
+                let first = match spare_tx.try_send((stream, peer, admitted)) {
+                    Ok(()) => continue,
+                    Err(e) => e.into_inner(),
+                };
+                let (c, rx) = (ctx.clone(), spare_rx.clone());
                 let spawned = std::thread::Builder::new()
                     .stack_size(STACK)
-                    .spawn(move || {
-                        serve(stream, peer, &c, !admitted);
-                        if admitted {
-                            c.release();
-                        } else {
-                            super::refusal_done(&c);
-                        }
-                    });
+                    .spawn(move || connection_thread(first, &c, &rx));
                 if let Err(e) = spawned {
                     tracing::error!("cannot start a thread for {peer}: {e}");
                     if admitted {
@@ -42,5 +56,25 @@ pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Resul
                     }
                 }
             }
+            // Dropping the sender tells the spare threads to exit.
         })
+}
+
+/// Serves connections one after another, each for its whole life, until none comes
+/// for [`SPARE_FOR`] or the server stops accepting.
+fn connection_thread<S: Service>(first: Handoff, ctx: &Ctx<S>, spare: &Receiver<Handoff>) {
+    let mut next = first;
+    loop {
+        let (stream, peer, admitted) = next;
+        serve(stream, peer, ctx, !admitted);
+        if admitted {
+            ctx.release();
+        } else {
+            super::refusal_done(ctx);
+        }
+        next = match spare.recv_timeout(SPARE_FOR) {
+            Ok(handoff) => handoff,
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+        };
+    }
 }
