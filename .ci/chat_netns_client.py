@@ -145,6 +145,9 @@ class Member:
                 raise Fail(f"{self.label}: {line}")
             if pred(line):
                 return line
+            if line == "#RELAY-EXIT":
+                raise Fail(f"{self.label}: connection ended while awaiting {what}; "
+                           f"last lines: {self.seen[-8:]}")
             self.unread.append(line)
 
     def expect_eq(self, want: str, timeout: float = WAIT) -> str:
