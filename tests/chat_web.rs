@@ -366,6 +366,42 @@ fn slow_web_member_is_closed_1008(model: Model) {
     tom.expect("WHO r tom");
 }
 
+fn close_code(ws: &mut WebSocket<TcpStream>) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return u16::from(f.code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// At `--max-conns` a chat WebSocket is closed 1013 after its handshake; on shutdown
+/// a member is closed 1001.
+fn busy_is_1013_and_shutdown_1001(model: Model) {
+    let limits = Limits {
+        max_conns: 1,
+        ..Limits::default()
+    };
+    let mut srv = start_with(model, limits, None);
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    wes.join("r");
+    let s = TcpStream::connect(srv.http.addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (mut refused, resp) =
+        tungstenite::client(format!("ws://{}/chat/ws", srv.http.addr), s).unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(close_code(&mut refused), 1013);
+    // The member in the room is untouched by the refusal.
+    let id = wes.say("r", "still served");
+    assert!(!id.is_empty());
+    let server = srv.server.take().unwrap();
+    server.drain().start();
+    assert_eq!(close_code(&mut wes.ws), 1001);
+    drop(wes);
+    assert_eq!(server.wait(), 0, "nobody was cut off");
+}
+
 /// A raw HTTP exchange: the status and body of the answer.
 fn post(addr: SocketAddr, path: &str, auth: Option<&str>, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -492,6 +528,7 @@ macro_rules! under_models {
         mod bad_json_under { use super::*; $(#[test] fn $name() { bad_json_gets_an_error_and_harms_no_one($model) })* }
         mod slow_under { use super::*; $(#[test] fn $name() { slow_web_member_is_closed_1008($model) })* }
         mod notify_under { use super::*; $(#[test] fn $name() { notifications_have_every_status($model) })* }
+        mod goodbye_under { use super::*; $(#[test] fn $name() { busy_is_1013_and_shutdown_1001($model) })* }
         mod page_under { use super::*; $(#[test] fn $name() { page_is_served($model) })* }
     };
 }
