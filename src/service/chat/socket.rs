@@ -258,10 +258,17 @@ impl Handler for ChatSocket {
                     Err(e) => error(ws, e.code(), &e.to_string()),
                 }
             }
-            ChatEvent::Answer(Answer::Nick(Err(e))) | ChatEvent::Answer(Answer::Failed(e)) => {
-                error(ws, e.code(), &e.to_string())
-            }
+            ChatEvent::Answer(other) => failed(other, ws),
         }
+    }
+}
+
+/// A refused request's answer becomes an `error`; an answer this member has no use for
+/// (one a newer hub may add) is logged, never a panic.
+fn failed(answer: Answer, ws: Ws<'_, '_, '_, '_>) {
+    match answer {
+        Answer::Nick(Err(e)) | Answer::Failed(e) => error(ws, e.code(), &e.to_string()),
+        other => tracing::debug!("chat: websocket member ignores {other:?}"),
     }
 }
 
