@@ -35,10 +35,6 @@ use crate::model::mailbox::Sender;
 
 use super::{line_goodbye, Cx, Goodbye, Service, Session};
 
-pub mod json;
-pub mod socket;
-pub mod web;
-
 /// Default longest command line (`--max-line`), terminator excluded.
 pub const DEFAULT_MAX_LINE: usize = 4096;
 
@@ -588,6 +584,10 @@ impl Drop for ChatSession {
         self.leave();
     }
 }
+
+pub mod json;
+pub mod socket;
+pub mod web;
 
 #[cfg(test)]
 mod tests;
