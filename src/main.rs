@@ -104,6 +104,16 @@ struct ServeArgs {
     /// stay listed before they part everywhere.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     presence_ttl: Duration,
+    /// http: the key backends present (`Authorization: Bearer <key>`) to post
+    /// notifications to `/rooms/<room>/messages`; without one that endpoint is 404.
+    /// Prefer the environment variable: arguments are visible to other local users.
+    #[arg(
+        long,
+        env = "MULTICLIENT_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -204,6 +214,12 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     };
     let service = ServiceOptions {
         chat: Default::default(),
+        web: multiclient::service::chat::web::WebOptions {
+            api_key: a
+                .api_key
+                .as_deref()
+                .and_then(multiclient::service::chat::web::ApiKey::new),
+        },
         http: HttpOptions {
             header_timeout: a.header_timeout,
             max_body: a.max_body,

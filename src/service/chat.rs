@@ -720,5 +720,9 @@ impl Drop for ChatSession {
     }
 }
 
+pub mod json;
+pub mod socket;
+pub mod web;
+
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,8 @@ pub struct ServiceOptions {
     pub http: super::http::HttpOptions,
     /// The chat's options and its shared hub.
     pub chat: super::chat::ChatOptions,
+    /// The chat on the http service: the notification key.
+    pub web: super::chat::web::WebOptions,
 }
 
 /// The services `serve` runs when none is named.
@@ -102,6 +104,17 @@ impl ServiceName {
             ServiceName::Ack => server.listen(addr, super::ack::Ack),
             ServiceName::Greet => server.listen(addr, super::greet::Greet),
             ServiceName::Hello => server.listen(addr, super::hello::Hello),
+            // The http service carries the chat's page, WebSocket and notifications
+            // (on the process's one hub) wherever a chat can run.
+            ServiceName::Http if ServiceName::Chat.runs_under(server.model()) => {
+                let hub = opts
+                    .chat
+                    .hub()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let http =
+                    super::chat::web::ChatHttp::new(hub, opts.http.clone(), &opts.chat, &opts.web);
+                server.listen(addr, http)
+            }
             ServiceName::Http => server.listen(addr, super::http::Http::new(opts.http.clone())),
             ServiceName::Ws => server.listen(addr, super::ws::Ws::new(opts.http.clone())),
             ServiceName::Chat => {

@@ -91,11 +91,11 @@ pub struct Echo {
     pub exact: bool,
 }
 
-impl Handler for Echo {
-    type Event = ();
-
-    fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, ()>) {
-        let reply = match msg {
+impl Echo {
+    /// The seed's reply to a text or binary message (`None` for control frames); for
+    /// apps that echo on one path and do something else on another.
+    pub fn reply(&self, msg: Message) -> Option<Message> {
+        Some(match msg {
             Message::Text(t) => {
                 log_received(t.as_bytes());
                 if self.exact {
@@ -118,9 +118,18 @@ impl Handler for Echo {
                     Message::binary(v)
                 }
             }
-            _ => return,
-        };
-        ws.send(reply);
+            _ => return None,
+        })
+    }
+}
+
+impl Handler for Echo {
+    type Event = ();
+
+    fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, ()>) {
+        if let Some(reply) = self.reply(msg) {
+            ws.send(reply);
+        }
     }
 }
 

@@ -1,0 +1,364 @@
+//! The chat on the http service's port (8080): the WebSocket endpoint, the page, and
+//! notifications from a backend.
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `GET /` | the seed's hello, as on the plain http service |
+//! | `GET /ws` | the seed's WebSocket echo, as on the plain http service |
+//! | `GET /chat` | the chat page (HTML, its script and style embedded in the binary) |
+//! | `GET /chat/app.js`, `GET /chat/app.css` | the page's script and style |
+//! | `GET /chat/ws` | upgrade: a chat member speaking JSON ([`super::socket`]) |
+//! | `POST /rooms/<room>/messages` | a notification: the body said in `<room>` by `server` |
+//!
+//! Notifications need `Authorization: Bearer <key>` matching `--api-key` (or
+//! `MULTICLIENT_API_KEY`), compared in constant time. Answers: 202 delivered, 401 no
+//! or a malformed `Authorization` (with `WWW-Authenticate: Bearer`), 403 a wrong key,
+//! 404 when no key is configured (the endpoint does not exist then) or nobody is in the
+//! room (without `--redis`), 413 a text over `--max-line` bytes (or a body over
+//! `--max-body`, from the HTTP engine), 400 a bad room name or a text that is empty,
+//! not UTF-8 or not one line, 503 when Redis is down.
+//!
+//! All of it shares the process's one [`Hub`] with the TCP chat service, so TCP and
+//! browser members of a room see each other.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use super::socket::ChatSocket;
+use super::ChatOptions;
+use crate::hub::{ChatEvent, Hub, HubError};
+use crate::service::http::{
+    self, App, HttpOptions, HttpSession, Method, Reply, Request, Response, Route,
+};
+use crate::service::ws::{Echo, Handler, Message, WsCx};
+use crate::service::{ConnInfo, Cx, Service};
+
+/// The page, its script and its style: embedded, so the chat works with no network.
+const PAGE_HTML: &str = include_str!("page/chat.html");
+const PAGE_JS: &str = include_str!("page/app.js");
+const PAGE_CSS: &str = include_str!("page/app.css");
+
+/// The key backends present to post notifications. Its `Debug` does not show it.
+#[derive(Clone)]
+pub struct ApiKey(Arc<[u8]>);
+
+impl ApiKey {
+    /// A key; `None` for an empty one (no key is configured then).
+    pub fn new(key: &str) -> Option<ApiKey> {
+        (!key.is_empty()).then(|| ApiKey(key.as_bytes().into()))
+    }
+
+    /// Whether `presented` is this key, in time independent of where they differ
+    /// (only the length can show), so the key cannot be guessed byte by byte.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == presented.len() && bool::from(self.0.ct_eq(presented))
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Options of the chat on the http service.
+#[derive(Debug, Clone, Default)]
+pub struct WebOptions {
+    /// `--api-key` / `MULTICLIENT_API_KEY`: enables `POST /rooms/<room>/messages`.
+    pub api_key: Option<ApiKey>,
+}
+
+/// The http service's app with the chat routes (see the module documentation).
+#[derive(Debug)]
+pub struct ChatWeb {
+    hub: Arc<Hub>,
+    echo: Echo,
+    max_text: usize,
+    api_key: Option<ApiKey>,
+}
+
+const ROUTES: &[Route] = &[
+    Route {
+        path: "/",
+        methods: &[Method::Get],
+    },
+    Route {
+        path: "/ws",
+        methods: &[Method::Get],
+    },
+    Route {
+        path: "/chat",
+        methods: &[Method::Get],
+    },
+    Route {
+        path: "/chat/app.js",
+        methods: &[Method::Get],
+    },
+    Route {
+        path: "/chat/app.css",
+        methods: &[Method::Get],
+    },
+    Route {
+        path: "/chat/ws",
+        methods: &[Method::Get],
+    },
+    Route {
+        path: "/rooms/*/messages",
+        methods: &[Method::Post],
+    },
+];
+
+impl ChatWeb {
+    /// The app over `hub`, with the chat's text limit and the web options.
+    pub fn new(hub: Arc<Hub>, http: &HttpOptions, chat: &ChatOptions, web: &WebOptions) -> ChatWeb {
+        ChatWeb {
+            hub,
+            echo: Echo {
+                exact: http.ws.echo,
+            },
+            max_text: chat.max_line.max(1),
+            api_key: web.api_key.clone(),
+        }
+    }
+
+    /// `POST /rooms/<room>/messages`.
+    fn notify(&self, req: &Request<'_>) -> Response {
+        let Some(key) = &self.api_key else {
+            return Response::text(404, "notifications are off: the server has no --api-key\n");
+        };
+        let token = req.header("authorization").and_then(bearer);
+        let Some(token) = token else {
+            return Response::text(401, "Authorization: Bearer <key> needed\n")
+                .header("WWW-Authenticate", "Bearer");
+        };
+        if !key.matches(token) {
+            return Response::text(403, "wrong key\n");
+        }
+        // The route matched `/rooms/*/messages`, so the middle segment is the room.
+        let room = req.path.split('/').nth(2).unwrap_or("");
+        if !crate::hub::valid_room(room) {
+            return Response::text(400, "room names are 1-64 characters of A-Z a-z 0-9 _ - .\n");
+        }
+        let body = req.body;
+        // One trailing line break is the end of the text, as a shell `echo` sends it.
+        let body = body.strip_suffix(b"\n").unwrap_or(body);
+        let body = body.strip_suffix(b"\r").unwrap_or(body);
+        if body.len() > self.max_text {
+            return Response::text(413, "text too long\n");
+        }
+        let Ok(text) = std::str::from_utf8(body) else {
+            return Response::text(400, "the text must be UTF-8\n");
+        };
+        if text.is_empty() {
+            return Response::text(400, "the text is empty\n");
+        }
+        match self.hub.announce(room, text) {
+            Ok(()) => Response::text(202, "accepted\n"),
+            Err(HubError::NoSuchRoom) => Response::text(404, "no such room: nobody is in it\n"),
+            Err(HubError::Unavailable) => {
+                Response::text(503, "chat backend unavailable, try again\n")
+                    .header("Retry-After", "1")
+            }
+            Err(e) => Response::text(400, format!("{}: {e}\n", e.code())),
+        }
+    }
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    if value.len() < 7 || !value[..7].eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = value[7..].trim_ascii_start();
+    (!token.is_empty() && !token.iter().any(|b| b.is_ascii_whitespace())).then_some(token)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    Response {
+        status: 200,
+        content_type,
+        headers: vec![
+            ("Cache-Control", Cow::Borrowed("no-cache")),
+            ("X-Content-Type-Options", Cow::Borrowed("nosniff")),
+            (
+                "Content-Security-Policy",
+                Cow::Borrowed("default-src 'self'; connect-src 'self'; frame-ancestors 'none'"),
+            ),
+        ],
+        body: Cow::Borrowed(body.as_bytes()),
+        close: false,
+    }
+}
+
+/// What an upgraded connection of the chat's http service runs.
+pub enum WebSocketApp {
+    /// `/ws`: the seed's echo.
+    Echo(Echo),
+    /// `/chat/ws`: a chat member.
+    Chat(ChatSocket),
+}
+
+impl Handler for WebSocketApp {
+    type Event = ChatEvent;
+
+    fn open(&mut self, ws: &mut WsCx<'_, '_, '_, ChatEvent>) {
+        if let WebSocketApp::Chat(c) = self {
+            c.open(ws);
+        }
+    }
+
+    fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, ChatEvent>) {
+        match self {
+            WebSocketApp::Echo(e) => {
+                if let Some(reply) = e.reply(msg) {
+                    ws.send(reply);
+                }
+            }
+            WebSocketApp::Chat(c) => c.message(msg, ws),
+        }
+    }
+
+    fn event(&mut self, event: ChatEvent, ws: &mut WsCx<'_, '_, '_, ChatEvent>) {
+        if let WebSocketApp::Chat(c) = self {
+            c.event(event, ws);
+        }
+    }
+}
+
+impl App for ChatWeb {
+    type Ws = WebSocketApp;
+
+    fn routes(&self) -> &[Route] {
+        ROUTES
+    }
+
+    fn handle(&self, req: &Request<'_>, _cx: &mut Cx<'_, ChatEvent>) -> Reply<WebSocketApp> {
+        match req.path {
+            "/" => Reply::Respond(Response::text(200, http::HELLO)),
+            "/ws" => Reply::Upgrade(WebSocketApp::Echo(self.echo.clone())),
+            "/chat" => Reply::Respond(asset("text/html; charset=utf-8", PAGE_HTML)),
+            "/chat/app.js" => Reply::Respond(asset("text/javascript; charset=utf-8", PAGE_JS)),
+            "/chat/app.css" => Reply::Respond(asset("text/css; charset=utf-8", PAGE_CSS)),
+            "/chat/ws" => Reply::Upgrade(WebSocketApp::Chat(ChatSocket::new(
+                self.hub.clone(),
+                self.max_text,
+            ))),
+            _ => Reply::Respond(self.notify(req)),
+        }
+    }
+}
+
+/// The http service with the chat routes: what `serve` runs as `http` under every
+/// model that can serve a chat.
+#[derive(Clone)]
+pub struct ChatHttp {
+    app: Arc<ChatWeb>,
+    opts: Arc<HttpOptions>,
+}
+
+impl ChatHttp {
+    /// The service over `hub` (the one the TCP chat of the process uses).
+    pub fn new(hub: Arc<Hub>, http: HttpOptions, chat: &ChatOptions, web: &WebOptions) -> ChatHttp {
+        ChatHttp {
+            app: Arc::new(ChatWeb::new(hub, &http, chat, web)),
+            opts: Arc::new(http),
+        }
+    }
+}
+
+impl Service for ChatHttp {
+    type Session = HttpSession<ChatWeb>;
+    fn name(&self) -> &str {
+        "http"
+    }
+    fn session(&self, _conn: &ConnInfo) -> HttpSession<ChatWeb> {
+        HttpSession::new(self.app.clone(), self.opts.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::HubConfig;
+    use crate::service::Harness;
+
+    #[test]
+    fn bearer_tokens_are_read_strictly() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer   abc "), Some(&b"abc"[..]));
+        for bad in [
+            &b"Bearer"[..],
+            b"Bearer ",
+            b"Basic abc",
+            b"Bearerabc",
+            b"Bearer a b",
+            b"abc",
+        ] {
+            assert_eq!(bearer(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn keys_match_only_themselves() {
+        let k = ApiKey::new("s3cret").unwrap();
+        assert!(k.matches(b"s3cret"));
+        assert!(!k.matches(b"s3creT"));
+        assert!(!k.matches(b"s3cre"));
+        assert!(!k.matches(b"s3crett"));
+        assert!(!k.matches(b""));
+        assert!(ApiKey::new("").is_none());
+        assert!(!format!("{k:?}").contains("s3cret"));
+    }
+
+    fn post(web: &WebOptions, path: &str, auth: Option<&str>, body: &str) -> u16 {
+        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let svc = ChatHttp::new(hub, HttpOptions::default(), &ChatOptions::default(), web);
+        let mut h = Harness::new(svc.session(&ConnInfo::test(1)));
+        let auth = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        h.feed(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let out = String::from_utf8(h.take_output()).unwrap();
+        out[9..12].parse().unwrap()
+    }
+
+    #[test]
+    fn notification_statuses_on_plain_buffers() {
+        let none = WebOptions::default();
+        assert_eq!(
+            post(&none, "/rooms/a/messages", Some("Bearer k"), "hi"),
+            404
+        );
+        let web = WebOptions {
+            api_key: ApiKey::new("k"),
+        };
+        assert_eq!(post(&web, "/rooms/a/messages", None, "hi"), 401);
+        assert_eq!(post(&web, "/rooms/a/messages", Some("Basic k"), "hi"), 401);
+        assert_eq!(post(&web, "/rooms/a/messages", Some("Bearer x"), "hi"), 403);
+        assert_eq!(
+            post(&web, "/rooms/a%20b/messages", Some("Bearer k"), "hi"),
+            400
+        );
+        assert_eq!(post(&web, "/rooms/a/messages", Some("Bearer k"), ""), 400);
+        assert_eq!(
+            post(&web, "/rooms/a/messages", Some("Bearer k"), "a\nb"),
+            400
+        );
+        let long = "x".repeat(super::super::DEFAULT_MAX_LINE + 1);
+        assert_eq!(
+            post(&web, "/rooms/a/messages", Some("Bearer k"), &long),
+            413
+        );
+        // Nobody is in the room of a fresh hub (no Redis): nothing to deliver to.
+        assert_eq!(post(&web, "/rooms/a/messages", Some("Bearer k"), "hi"), 404);
+    }
+}

@@ -1,0 +1,540 @@
+//! The chat on the http service over real sockets, under threads, pool and async: TCP
+//! and WebSocket members of one room, `after` replay, bad JSON, a slow WebSocket
+//! member, and notifications with every status they can get.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+use multiclient::model::{Limits, Listening, Model, Server};
+use multiclient::service::chat::web::{ApiKey, WebOptions};
+use multiclient::service::chat::ChatOptions;
+use multiclient::service::{ServiceName, ServiceOptions};
+
+/// A safety net only: a test that waits this long has already failed.
+const TIMEOUT: Duration = Duration::from_secs(20);
+const KEY: &str = "test-key-0123456789";
+
+struct Running {
+    server: Option<Server>,
+    http: Listening,
+    chat: Listening,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.drain().start();
+            s.wait();
+        }
+    }
+}
+
+/// The http and chat services of one process, sharing its hub, as `serve` runs them.
+fn start_with(model: Model, limits: Limits, key: Option<&str>) -> Running {
+    let mut server = Server::new(model, limits).unwrap();
+    let opts = ServiceOptions {
+        chat: ChatOptions::default(),
+        web: WebOptions {
+            api_key: key.and_then(ApiKey::new),
+        },
+        ..ServiceOptions::default()
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let http = ServiceName::Http.listen(&mut server, any, &opts).unwrap();
+    let chat = ServiceName::Chat.listen(&mut server, any, &opts).unwrap();
+    Running {
+        server: Some(server),
+        http,
+        chat,
+    }
+}
+
+fn start(model: Model) -> Running {
+    start_with(model, Limits::default(), Some(KEY))
+}
+
+/// A line-protocol member.
+struct Tcp {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    nick: String,
+}
+
+impl Tcp {
+    fn connect(addr: SocketAddr, nick: &str) -> Tcp {
+        let w = TcpStream::connect(addr).unwrap();
+        w.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut c = Tcp {
+            r: BufReader::new(w.try_clone().unwrap()),
+            w,
+            nick: nick.into(),
+        };
+        assert!(c.line().starts_with("WELCOME guest-"));
+        c.send(&format!("NICK {nick}"));
+        c.expect(&format!("OK NICK {nick}"));
+        c
+    }
+
+    fn send(&mut self, line: &str) {
+        self.w.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        let mut s = String::new();
+        match self.r.read_line(&mut s) {
+            Ok(0) => panic!("{}: connection closed", self.nick),
+            Ok(_) => {}
+            Err(e) => panic!("{}: no line within {TIMEOUT:?}: {e}", self.nick),
+        }
+        s.trim_end_matches('\n').to_string()
+    }
+
+    fn expect(&mut self, want: &str) {
+        assert_eq!(self.line(), want, "{}", self.nick);
+    }
+}
+
+/// A WebSocket member speaking JSON.
+struct Web {
+    ws: WebSocket<TcpStream>,
+    nick: String,
+}
+
+impl Web {
+    fn connect(addr: SocketAddr, nick: &str) -> Web {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (ws, resp) = tungstenite::client(format!("ws://{addr}/chat/ws"), s).unwrap();
+        assert_eq!(resp.status(), 101);
+        let mut c = Web {
+            ws,
+            nick: nick.into(),
+        };
+        let w = c.next();
+        assert_eq!(w["type"], "welcome", "{w}");
+        assert!(w["nick"].as_str().unwrap().starts_with("guest-"));
+        c.send(json!({"type": "nick", "nick": nick}));
+        c.expect(json!({"type": "ok", "cmd": "nick", "nick": nick}));
+        c
+    }
+
+    fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).unwrap();
+    }
+
+    fn next(&mut self) -> Value {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(t)) => return serde_json::from_str(&t).expect("JSON"),
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(m) => panic!("{}: unexpected {m:?}", self.nick),
+                Err(e) => panic!("{}: no message within {TIMEOUT:?}: {e}", self.nick),
+            }
+        }
+    }
+
+    fn expect(&mut self, want: Value) {
+        assert_eq!(self.next(), want, "{}", self.nick);
+    }
+
+    fn join(&mut self, room: &str) {
+        self.send(json!({"type": "join", "room": room}));
+        self.expect(json!({"type": "ok", "cmd": "join", "room": room}));
+    }
+
+    /// Says `text`; returns the id of its `msg` as echoed back.
+    fn say(&mut self, room: &str, text: &str) -> String {
+        self.send(json!({"type": "say", "room": room, "text": text}));
+        let m = self.next();
+        assert_eq!(m["type"], "msg", "{m}");
+        assert_eq!(m["nick"], self.nick.as_str());
+        assert_eq!(m["text"], text);
+        m["id"].as_str().unwrap().to_string()
+    }
+}
+
+fn msg(room: &str, id: &str, nick: &str, text: &str) -> Value {
+    json!({"type": "msg", "room": room, "id": id, "nick": nick, "text": text})
+}
+
+fn tcp_and_web_members_see_each_other(model: Model) {
+    let srv = start(model);
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    tom.send("JOIN lobby");
+    tom.expect("OK JOIN lobby");
+    wes.join("lobby");
+    tom.expect("JOIN lobby wes");
+    let id = wes.say("lobby", "hello \"tom\" é");
+    tom.expect(&format!("MSG lobby {id} wes hello \"tom\" é"));
+    tom.send("SAY lobby hi wes");
+    let l = tom.line();
+    let tid = l.split(' ').nth(2).unwrap().to_string();
+    assert_eq!(l, format!("MSG lobby {tid} tom hi wes"));
+    wes.expect(msg("lobby", &tid, "tom", "hi wes"));
+    wes.send(json!({"type": "who", "room": "lobby"}));
+    wes.expect(json!({"type": "who", "room": "lobby", "nicks": ["tom", "wes"]}));
+    wes.send(json!({"type": "history", "room": "lobby", "n": 2}));
+    wes.expect(msg("lobby", &id, "wes", "hello \"tom\" é"));
+    wes.expect(msg("lobby", &tid, "tom", "hi wes"));
+    wes.expect(json!({"type": "ok", "cmd": "history", "room": "lobby"}));
+    // Nick changes, parts and joins cross the two wire formats.
+    tom.send("NICK tommy");
+    tom.expect("OK NICK tommy");
+    wes.expect(json!({"type": "nick", "room": "lobby", "old": "tom", "new": "tommy"}));
+    wes.send(json!({"type": "nick", "nick": "wesley"}));
+    wes.expect(json!({"type": "ok", "cmd": "nick", "nick": "wesley"}));
+    tom.expect("NICK lobby wes wesley");
+    wes.send(json!({"type": "part", "room": "lobby"}));
+    wes.expect(json!({"type": "ok", "cmd": "part", "room": "lobby"}));
+    tom.expect("PART lobby wesley");
+    wes.join("lobby");
+    tom.expect("JOIN lobby wesley");
+    tom.send("PART lobby");
+    tom.expect("OK PART lobby");
+    wes.expect(json!({"type": "part", "room": "lobby", "nick": "tommy"}));
+    tom.send("JOIN lobby");
+    tom.expect("OK JOIN lobby");
+    wes.expect(json!({"type": "join", "room": "lobby", "nick": "tommy"}));
+    // A WebSocket member that goes away parts, like a TCP one; quit says ok first.
+    wes.send(json!({"type": "quit"}));
+    wes.expect(json!({"type": "ok", "cmd": "quit"}));
+    match wes.ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 1000),
+        other => panic!("expected close 1000, got {other:?}"),
+    }
+    tom.expect("PART lobby wesley");
+    let mut w2 = Web::connect(srv.http.addr, "w2");
+    w2.join("lobby");
+    tom.expect("JOIN lobby w2");
+    drop(w2);
+    tom.expect("PART lobby w2");
+}
+
+fn after_replays_what_was_missed(model: Model) {
+    let srv = start(model);
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    tom.send("JOIN r");
+    tom.expect("OK JOIN r");
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    wes.join("r");
+    tom.expect("JOIN r wes");
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        tom.send(&format!("SAY r m{i}"));
+        let l = tom.line();
+        ids.push(l.split(' ').nth(2).unwrap().to_string());
+        wes.expect(msg("r", &ids[i], "tom", &format!("m{i}")));
+    }
+    drop(wes);
+    tom.expect("PART r wes");
+    for i in 3..6 {
+        tom.send(&format!("SAY r m{i}"));
+        let l = tom.line();
+        ids.push(l.split(' ').nth(2).unwrap().to_string());
+    }
+    // Back, from the last message seen: exactly what was missed, then live.
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    wes.send(json!({"type": "join", "room": "r", "after": ids[2]}));
+    wes.expect(json!({"type": "ok", "cmd": "join", "room": "r"}));
+    for (i, id) in ids.iter().enumerate().skip(3) {
+        wes.expect(msg("r", id, "tom", &format!("m{i}")));
+    }
+    tom.expect("JOIN r wes");
+    tom.send("SAY r live");
+    let l = tom.line();
+    let live = l.split(' ').nth(2).unwrap().to_string();
+    wes.expect(msg("r", &live, "tom", "live"));
+    // A bad id is refused, and the member is not joined twice.
+    wes.send(json!({"type": "join", "room": "r", "after": "nope"}));
+    assert_eq!(wes.next()["code"], "bad-args");
+    wes.send(json!({"type": "join", "room": "r"}));
+    assert_eq!(wes.next()["code"], "already-member");
+}
+
+fn bad_json_gets_an_error_and_harms_no_one(model: Model) {
+    let srv = start(model);
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    tom.send("JOIN r");
+    tom.expect("OK JOIN r");
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    wes.join("r");
+    tom.expect("JOIN r wes");
+    let cases: &[(&str, &str)] = &[
+        ("not json", "bad-json"),
+        ("{\"type\":\"say\"", "bad-json"),
+        ("[1,2]", "bad-json"),
+        ("{\"type\":\"dance\"}", "unknown-command"),
+        ("{\"type\":\"say\",\"room\":\"r\"}", "bad-args"),
+        ("{\"type\":\"say\",\"room\":5,\"text\":\"x\"}", "bad-args"),
+        ("{\"type\":\"join\",\"room\":\"no spaces\"}", "bad-name"),
+        (
+            "{\"type\":\"say\",\"room\":\"other\",\"text\":\"x\"}",
+            "not-member",
+        ),
+        (
+            "{\"type\":\"say\",\"room\":\"r\",\"text\":\"two\\nlines\"}",
+            "bad-text",
+        ),
+        ("{\"type\":\"nick\",\"nick\":\"tom\"}", "nick-taken"),
+        ("{\"type\":\"nick\",\"nick\":\"server\"}", "nick-taken"),
+    ];
+    for (frame, code) in cases {
+        wes.ws.send(Message::text(*frame)).unwrap();
+        let e = wes.next();
+        assert_eq!(e["type"], "error", "{frame} -> {e}");
+        assert_eq!(e["code"], *code, "{frame} -> {e}");
+        assert!(!e["text"].as_str().unwrap().is_empty());
+    }
+    let long = "x".repeat(multiclient::service::chat::DEFAULT_MAX_LINE + 1);
+    wes.send(json!({"type": "say", "room": "r", "text": long}));
+    assert_eq!(wes.next()["code"], "text-too-long");
+    wes.ws.send(Message::binary(b"{}".to_vec())).unwrap();
+    assert_eq!(wes.next()["code"], "bad-json");
+    // Still a member, still usable; the other member saw nothing of it.
+    let id = wes.say("r", "still here");
+    tom.expect(&format!("MSG r {id} wes still here"));
+}
+
+/// A WebSocket member that never reads is closed 1008 and counted, and the TCP member
+/// that floods the room keeps its connection.
+fn slow_web_member_is_closed_1008(model: Model) {
+    let limits = Limits {
+        max_queue: 64 * 1024,
+        ..Limits::default()
+    };
+    let srv = start_with(model, limits, None);
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    tom.send("JOIN r");
+    tom.expect("OK JOIN r");
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(16 * 1024).unwrap();
+    s.connect(&srv.http.addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (ws, _) = tungstenite::client(format!("ws://{}/chat/ws", srv.http.addr), s).unwrap();
+    let mut slow = Web {
+        ws,
+        nick: "slow".into(),
+    };
+    assert_eq!(slow.next()["type"], "welcome");
+    slow.join("r");
+    assert!(tom.line().starts_with("JOIN r guest-"));
+    // Tom reads his own MSG lines back every 16 messages, so that only the slow
+    // member falls behind.
+    let text = "y".repeat(1000);
+    let deadline = Instant::now() + TIMEOUT;
+    let (mut sent, mut parted) = (0, false);
+    while srv.http.stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline && sent < 100_000,
+            "no slow consumer after {sent} messages"
+        );
+        for _ in 0..16 {
+            tom.send(&format!("SAY r {text}"));
+        }
+        sent += 16;
+        let mut echoed = 0;
+        while echoed < 16 {
+            let l = tom.line();
+            if l.starts_with("MSG r ") {
+                echoed += 1;
+            } else {
+                assert!(l.starts_with("PART r guest-"), "{l}");
+                parted = true;
+            }
+        }
+    }
+    // The slow member's stream ends with a close 1008, after what it had queued.
+    let code = loop {
+        match slow.ws.read() {
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, 1008);
+    if !parted {
+        assert!(tom.line().starts_with("PART r guest-"));
+    }
+    tom.send("WHO r");
+    tom.expect("WHO r tom");
+}
+
+fn close_code(ws: &mut WebSocket<TcpStream>) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return u16::from(f.code),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// At `--max-conns` a chat WebSocket is closed 1013 after its handshake; on shutdown
+/// a member is closed 1001.
+fn busy_is_1013_and_shutdown_1001(model: Model) {
+    let limits = Limits {
+        max_conns: 1,
+        ..Limits::default()
+    };
+    let mut srv = start_with(model, limits, None);
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    wes.join("r");
+    let s = TcpStream::connect(srv.http.addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (mut refused, resp) =
+        tungstenite::client(format!("ws://{}/chat/ws", srv.http.addr), s).unwrap();
+    assert_eq!(resp.status(), 101);
+    assert_eq!(close_code(&mut refused), 1013);
+    // The member in the room is untouched by the refusal.
+    let id = wes.say("r", "still served");
+    assert!(!id.is_empty());
+    let server = srv.server.take().unwrap();
+    server.drain().start();
+    assert_eq!(close_code(&mut wes.ws), 1001);
+    drop(wes);
+    assert_eq!(server.wait(), 0, "nobody was cut off");
+}
+
+/// A raw HTTP exchange: the status and body of the answer.
+fn post(addr: SocketAddr, path: &str, auth: Option<&str>, body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let out = String::from_utf8_lossy(&out).to_string();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn notifications_have_every_status(model: Model) {
+    let srv = start(model);
+    let addr = srv.http.addr;
+    let path = "/rooms/news/messages";
+    let bearer = format!("Bearer {KEY}");
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    tom.send("JOIN news");
+    tom.expect("OK JOIN news");
+    let mut wes = Web::connect(addr, "wes");
+    wes.join("news");
+    tom.expect("JOIN news wes");
+
+    assert_eq!(post(addr, path, Some(&bearer), b"deploy done\n").0, 202);
+    let l = tom.line();
+    let id = l.split(' ').nth(2).unwrap().to_string();
+    assert_eq!(l, format!("MSG news {id} server deploy done"));
+    wes.expect(msg("news", &id, "server", "deploy done"));
+
+    assert_eq!(post(addr, path, None, b"x").0, 401);
+    assert_eq!(post(addr, path, Some(KEY), b"x").0, 401, "no scheme");
+    assert_eq!(post(addr, path, Some(&format!("Basic {KEY}")), b"x").0, 401);
+    assert_eq!(post(addr, path, Some("Bearer "), b"x").0, 401);
+    assert_eq!(post(addr, path, Some("Bearer wrong-key"), b"x").0, 403);
+    assert_eq!(
+        post(addr, path, Some(&format!("Bearer {KEY}x")), b"x").0,
+        403
+    );
+    let long = vec![b'x'; multiclient::service::chat::DEFAULT_MAX_LINE + 1];
+    assert_eq!(post(addr, path, Some(&bearer), &long).0, 413);
+    let huge = vec![b'x'; (1 << 20) + 1];
+    assert_eq!(
+        post(addr, path, Some(&bearer), &huge).0,
+        413,
+        "over --max-body"
+    );
+    assert_eq!(
+        post(addr, "/rooms/bad%20name/messages", Some(&bearer), b"x").0,
+        400
+    );
+    assert_eq!(
+        post(
+            addr,
+            &format!("/rooms/{}/messages", "r".repeat(65)),
+            Some(&bearer),
+            b"x"
+        )
+        .0,
+        400
+    );
+    assert_eq!(post(addr, path, Some(&bearer), b"").0, 400);
+    assert_eq!(post(addr, path, Some(&bearer), b"two\nlines").0, 400);
+    assert_eq!(post(addr, path, Some(&bearer), b"\xff\xfe").0, 400);
+    let (status, body) = post(addr, "/rooms/empty/messages", Some(&bearer), b"x");
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "no such room: nobody is in it\n")
+    );
+    // A GET is not a notification.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /rooms/news/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 405 "), "{out}");
+    // None of the refused ones was delivered: the next line is the next accepted one.
+    assert_eq!(post(addr, path, Some(&bearer), b"second").0, 202);
+    assert!(tom.line().ends_with(" server second"));
+    assert_eq!(wes.next()["text"], "second");
+
+    // Without a key the endpoint does not exist.
+    let off = start_with(model, Limits::default(), None);
+    let (status, body) = post(off.http.addr, path, Some(&bearer), b"x");
+    assert_eq!(status, 404);
+    assert!(body.contains("--api-key"), "{body}");
+}
+
+fn page_is_served(model: Model) {
+    let srv = start(model);
+    for (path, ctype, needle) in [
+        ("/chat", "text/html", "<script src=\"/chat/app.js\""),
+        ("/chat/app.js", "text/javascript", "/chat/ws"),
+        ("/chat/app.css", "text/css", "#log"),
+    ] {
+        let mut s = TcpStream::connect(srv.http.addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 "), "{path}: {out}");
+        assert!(out.contains(&format!("Content-Type: {ctype}")), "{path}");
+        assert!(out.contains(needle), "{path}");
+    }
+}
+
+macro_rules! under_models {
+    ($($name:ident: $model:expr,)*) => {
+        mod members_under { use super::*; $(#[test] fn $name() { tcp_and_web_members_see_each_other($model) })* }
+        mod after_under { use super::*; $(#[test] fn $name() { after_replays_what_was_missed($model) })* }
+        mod bad_json_under { use super::*; $(#[test] fn $name() { bad_json_gets_an_error_and_harms_no_one($model) })* }
+        mod slow_under { use super::*; $(#[test] fn $name() { slow_web_member_is_closed_1008($model) })* }
+        mod notify_under { use super::*; $(#[test] fn $name() { notifications_have_every_status($model) })* }
+        mod goodbye_under { use super::*; $(#[test] fn $name() { busy_is_1013_and_shutdown_1001($model) })* }
+        mod page_under { use super::*; $(#[test] fn $name() { page_is_served($model) })* }
+    };
+}
+
+under_models! {
+    threads: Model::Threads,
+    pool: Model::Pool { workers: 10 },
+    async_: Model::Async { workers: 2 },
+}
