@@ -269,7 +269,11 @@ impl ChatReport {
         if let Some(sv) = &self.server {
             s += &format!(
                 "  server CPU {:.3} s = {:.3} us per delivery, RSS {} -> {} KiB, threads {}\n",
-                sv.cpu_secs, sv.cpu_us_per_op, sv.rss_before_kib, sv.rss_after_kib, sv.threads_after
+                sv.cpu_secs,
+                sv.cpu_us_per_op,
+                sv.rss_before_kib,
+                sv.rss_after_kib,
+                sv.threads_after
             );
         }
         s
@@ -713,7 +717,12 @@ async fn read_loop(ctx: &Ctx, m: &mut Member, mut r: OwnedReadHalf, mut buf: Vec
 fn unread(ctx: &Ctx, m: &Member) -> u64 {
     m.expect
         .iter()
-        .map(|&(j, next, _)| ctx.senders[j].sent.load(Ordering::Relaxed).saturating_sub(next))
+        .map(|&(j, next, _)| {
+            ctx.senders[j]
+                .sent
+                .load(Ordering::Relaxed)
+                .saturating_sub(next)
+        })
         .sum()
 }
 
@@ -753,7 +762,11 @@ fn handle_line(ctx: &Ctx, m: &mut Member, line: &[u8], now_us: u64) -> Seen {
     }
     let Some(rest) = line.strip_prefix("MSG ") else {
         // Presence events (JOIN, PART, NICK) of the room are not what is measured.
-        return if line.starts_with("ERR") { wrong() } else { Seen::Nothing };
+        return if line.starts_with("ERR") {
+            wrong()
+        } else {
+            Seen::Nothing
+        };
     };
     // MSG <room> <id> <nick> <text>
     let mut f = rest.splitn(4, ' ');
@@ -799,7 +812,8 @@ fn handle_line(ctx: &Ctx, m: &mut Member, line: &[u8], now_us: u64) -> Seen {
             if !e.2 {
                 e.2 = true;
                 m.ended += 1;
-                sh.missing.fetch_add(n.saturating_sub(e.1), Ordering::Relaxed);
+                sh.missing
+                    .fetch_add(n.saturating_sub(e.1), Ordering::Relaxed);
                 e.1 = e.1.max(n);
             } else {
                 sh.dup.fetch_add(1, Ordering::Relaxed);
@@ -834,7 +848,10 @@ async fn send(ctx: Arc<Ctx>, j: usize, mut w: OwnedWriteHalf) {
         return;
     }
     if j < ctx.cfg.rooms {
-        if let Err(e) = w.write_all(format!("SAY {room} w {j} 0\n").as_bytes()).await {
+        if let Err(e) = w
+            .write_all(format!("SAY {room} w {j} 0\n").as_bytes())
+            .await
+        {
             return fail(e);
         }
     }
@@ -865,7 +882,10 @@ async fn send(ctx: Arc<Ctx>, j: usize, mut w: OwnedWriteHalf) {
         }
         info.sent.store(seq, Ordering::Relaxed);
     }
-    if let Err(e) = w.write_all(format!("SAY {room} e {j} {seq}\n").as_bytes()).await {
+    if let Err(e) = w
+        .write_all(format!("SAY {room} e {j} {seq}\n").as_bytes())
+        .await
+    {
         return fail(e);
     }
     let _ = phase.wait_for(|p| *p >= Phase::Release).await;
