@@ -5,14 +5,14 @@
 # members are a storm of PART events that would bleed into the next run).
 # Usage: bench/results/chat-fanout.sh [OUT.jsonl]   (after cargo build --release
 #        --bin multiclient --example peer_tokio_chat)
-# Env: RUNS (3), SECS (10), CONFIGS ("1000:200 10000:20" = members:msgs/s),
+# Env: RUNS (3), SECS (10), CONFIGS ("1000:50 10000:5" = members:msgs/s),
 #      SERVERS ("ours peer" and "redis" for ours over a local redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-target/chat-fanout.jsonl}
 RUNS=${RUNS:-3}
 SECS=${SECS:-10}
-CONFIGS=${CONFIGS:-"1000:200 10000:20"}
+CONFIGS=${CONFIGS:-"1000:50 10000:5"}
 SERVERS=${SERVERS:-"ours peer"}
 BIN=target/release/multiclient
 PEER=target/release/examples/peer_tokio_chat
@@ -55,16 +55,16 @@ for cfg in $CONFIGS; do
             esac
             spid=$!
             wait_port "$PORT"
-            json=$(taskset -c 1 "$BIN" bench chat --addr "127.0.0.1:$PORT" \
+            json=$(RUST_BACKTRACE=0 taskset -c 1 "$BIN" bench chat --addr "127.0.0.1:$PORT" \
                 --members "$members" --rooms 1 --rate "$rate" --secs "$SECS" \
                 --src-ips 4 --threads 1 --server-pid "$spid" --json) || true
             kill "$spid"; wait "$spid" 2>/dev/null || true
             if [ -z "$json" ]; then
-                echo "{\"server\":\"$server\",\"members\":$members,\"run\":$run,\"failed\":true}" >> "$OUT"
+                echo "{\"target\":\"$server\",\"members\":$members,\"run\":$run,\"failed\":true}" >> "$OUT"
                 echo "$server $members run $run: FAILED" >&2
                 continue
             fi
-            echo "$json" | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(server='$server', run=$run); print(json.dumps(r))" >> "$OUT"
+            echo "$json" | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(target='$server', run=$run); print(json.dumps(r))" >> "$OUT"
             echo "$json" | python3 -c "
 import json,sys; r=json.load(sys.stdin); s=r['server'] or {}
 print('$server $members run $run: %.0f deliv/s, p99 %d us, cpu %.3f us/deliv, errors %d, drops %d' % (
