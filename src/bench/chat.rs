@@ -299,6 +299,8 @@ struct Shared {
     last_delivery_us: AtomicU64,
     /// Set when a setup step failed: everyone gives up.
     abort: AtomicBool,
+    /// Why the first member that failed its setup failed.
+    first_failure: Mutex<Option<String>>,
 }
 
 /// The run's phases, broadcast to every task.
@@ -397,18 +399,20 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
     let ok = wait_until(setup_deadline, || reached(&sh.joined) || failed()).await;
     anyhow::ensure!(
         ok && !failed(),
-        "setup failed: {} of {all} members joined ({} connection errors)",
+        "setup failed: {} of {all} members joined ({} connection errors, first: {})",
         sh.joined.load(Ordering::Relaxed),
-        sh.conn.load(Ordering::Relaxed)
+        sh.conn.load(Ordering::Relaxed),
+        first_failure(sh)
     );
     let _ = phase_tx.send(Phase::WarmUp);
     let ok = wait_until(setup_deadline, || reached(&sh.warm) || failed()).await;
     anyhow::ensure!(
         ok && !failed(),
-        "warm-up failed: {} of {all} members read it ({} connection errors, {} slow-consumer drops)",
+        "warm-up failed: {} of {all} members read it ({} connection errors, {} slow-consumer drops, first failure: {})",
         sh.warm.load(Ordering::Relaxed),
         sh.conn.load(Ordering::Relaxed),
-        sh.slow_drops.load(Ordering::Relaxed)
+        sh.slow_drops.load(Ordering::Relaxed),
+        first_failure(sh)
     );
     let setup_secs = ctx.origin.elapsed().as_secs_f64();
 
@@ -502,6 +506,11 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
     })
 }
 
+fn first_failure(sh: &Shared) -> String {
+    let first = sh.first_failure.lock().unwrap_or_else(|e| e.into_inner());
+    first.clone().unwrap_or_else(|| "none".into())
+}
+
 /// Polls `done` until it holds (true) or `deadline` passes (false).
 async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
     loop {
@@ -543,40 +552,41 @@ async fn member(ctx: Arc<Ctx>, i: usize, gate: Arc<Semaphore>) {
         lat: Vec::new(),
     };
     let setup = tokio::time::timeout_at(ctx.origin + ctx.cfg.setup_timeout, async {
-        let permit = gate.acquire().await.map_err(|_| ErrorKind::Other)?;
-        let s = connect(ctx.cfg.addr, source_ip(i, ctx.cfg.src_ips)).await?;
+        let io = |k: ErrorKind| k.name().to_string();
+        let permit = gate
+            .acquire()
+            .await
+            .map_err(|_| "closed gate".to_string())?;
+        let s = connect(ctx.cfg.addr, source_ip(i, ctx.cfg.src_ips))
+            .await
+            .map_err(io)?;
         drop(permit);
         let (mut r, mut w) = s.into_split();
         let mut buf = Vec::with_capacity(READ_BUF);
-        let welcome = read_line(&mut r, &mut buf).await?;
+        let welcome = read_line(&mut r, &mut buf).await.map_err(io)?;
         if !welcome.starts_with("WELCOME ") {
-            return Err(ErrorKind::WrongReply);
+            return Err(format!("got {welcome:?} for WELCOME"));
         }
         w.write_all(format!("JOIN {}\n", m.room).as_bytes())
             .await
-            .map_err(|e| ErrorKind::of_io(&e))?;
+            .map_err(|e| io(ErrorKind::of_io(&e)))?;
         let ok = format!("OK JOIN {}", m.room);
         loop {
-            let line = read_line(&mut r, &mut buf).await?;
+            let line = read_line(&mut r, &mut buf).await.map_err(io)?;
             if line == ok {
                 break;
             }
             if line.starts_with("ERR") {
-                return Err(ErrorKind::WrongReply);
+                return Err(format!("got {line:?} for JOIN"));
             }
         }
-        Ok::<_, ErrorKind>((r, w, buf))
+        Ok::<_, String>((r, w, buf))
     })
     .await;
     let (r, w, buf) = match setup {
         Ok(Ok(x)) => x,
-        Ok(Err(k)) => {
-            if k == ErrorKind::WrongReply {
-                sh.wrong.fetch_add(1, Ordering::Relaxed);
-            }
-            return fail_setup(&ctx);
-        }
-        Err(_) => return fail_setup(&ctx),
+        Ok(Err(why)) => return fail_setup(&ctx, i, why),
+        Err(_) => return fail_setup(&ctx, i, "setup timeout".into()),
     };
     sh.joined.fetch_add(1, Ordering::Relaxed);
     let sender = if i < ctx.cfg.senders {
@@ -592,8 +602,16 @@ async fn member(ctx: Arc<Ctx>, i: usize, gate: Arc<Semaphore>) {
     }
 }
 
-fn fail_setup(ctx: &Ctx) {
+/// Counts a member that could not connect or join and stops the run, keeping the
+/// first reason for the error message.
+fn fail_setup(ctx: &Ctx, i: usize, why: String) {
     ctx.shared.conn.fetch_add(1, Ordering::Relaxed);
+    let mut first = ctx
+        .shared
+        .first_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    first.get_or_insert_with(|| format!("member {i}: {why}"));
     ctx.shared.abort.store(true, Ordering::Relaxed);
 }
 
@@ -840,8 +858,8 @@ async fn send(ctx: Arc<Ctx>, j: usize, mut w: OwnedWriteHalf) {
     let info = &ctx.senders[j];
     let room = ctx.room_name(info.room);
     let mut phase = ctx.phase.clone();
-    let fail = |e: std::io::Error| {
-        let _ = e;
+    // A failed write is a connection error; the members count what never came.
+    let fail = |_: std::io::Error| {
         sh.conn.fetch_add(1, Ordering::Relaxed);
     };
     if phase.wait_for(|p| *p >= Phase::WarmUp).await.is_err() {
