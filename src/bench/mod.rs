@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+pub mod chat;
 pub mod compare;
 pub mod hold;
 pub mod http;
@@ -51,6 +52,9 @@ pub enum BenchCommand {
     Ws(LoadArgs),
     /// Open `--conns` idle connections at `--ramp` per second and hold them.
     Hold(HoldArgs),
+    /// Fan-out through the chat service: members in rooms, senders at a rate,
+    /// every delivery checked.
+    Chat(chat::ChatArgs),
     /// Every model (and `--peer` servers) under one workload at several concurrencies.
     Compare(compare::CompareArgs),
 }
@@ -193,6 +197,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchCommand::Hold(h) => return hold(h),
         BenchCommand::Compare(c) => return compare::run(c),
+        BenchCommand::Chat(c) => return chat::run(c),
     };
     let cfg = a.config(workload)?;
     let report = run::run_load(&cfg)?;

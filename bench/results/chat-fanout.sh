@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Chat fan-out: our chat service (async model, in memory and over Redis) and the tokio
+# chat peer, each measured by `bench chat` with the server pinned to core 0 and the
+# tester to core 1, RUNS times per configuration, a fresh server per run (leaving
+# members are a storm of PART events that would bleed into the next run).
+# Usage: bench/results/chat-fanout.sh [OUT.jsonl]   (after cargo build --release
+#        --bin multiclient --example peer_tokio_chat)
+# Env: RUNS (3), SECS (10), CONFIGS ("1000:50 10000:5" = members:msgs/s),
+#      SERVERS ("ours peer" and "redis" for ours over a local redis-server).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-target/chat-fanout.jsonl}
+RUNS=${RUNS:-3}
+SECS=${SECS:-10}
+CONFIGS=${CONFIGS:-"1000:50 10000:5"}
+SERVERS=${SERVERS:-"ours peer"}
+BIN=target/release/multiclient
+PEER=target/release/examples/peer_tokio_chat
+PORT=${PORT:-17300}
+REDIS_PORT=${REDIS_PORT:-17379}
+: > "$OUT"
+
+wait_port() {
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "nothing listening on $1" >&2
+    return 1
+}
+
+REDIS_PID=
+cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
+trap cleanup EXIT
+if [[ " $SERVERS " == *" redis "* ]]; then
+    taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+        --appendonly no >/dev/null 2>&1 &
+    REDIS_PID=$!
+    wait_port "$REDIS_PORT"
+fi
+
+for cfg in $CONFIGS; do
+    members=${cfg%%:*}
+    rate=${cfg##*:}
+    for server in $SERVERS; do
+        for run in $(seq "$RUNS"); do
+            PORT=$((PORT + 1))
+            case $server in
+                ours) taskset -c 0 "$BIN" serve -q --service chat --model async \
+                          --addr "127.0.0.1:$PORT" --max-conns 12000 >/dev/null 2>&1 & ;;
+                redis) taskset -c 0 "$BIN" serve -q --service chat --model async \
+                          --addr "127.0.0.1:$PORT" --max-conns 12000 \
+                          --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 & ;;
+                peer) taskset -c 0 "$PEER" "$PORT" >/dev/null 2>&1 & ;;
+            esac
+            spid=$!
+            wait_port "$PORT"
+            json=$(RUST_BACKTRACE=0 taskset -c 1 "$BIN" bench chat --addr "127.0.0.1:$PORT" \
+                --members "$members" --rooms 1 --rate "$rate" --secs "$SECS" \
+                --src-ips 4 --threads 1 --server-pid "$spid" --json) || true
+            kill "$spid"; wait "$spid" 2>/dev/null || true
+            if [ -z "$json" ]; then
+                echo "{\"target\":\"$server\",\"members\":$members,\"run\":$run,\"failed\":true}" >> "$OUT"
+                echo "$server $members run $run: FAILED" >&2
+                continue
+            fi
+            echo "$json" | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(target='$server', run=$run); print(json.dumps(r))" >> "$OUT"
+            echo "$json" | python3 -c "
+import json,sys; r=json.load(sys.stdin); s=r['server'] or {}
+print('$server $members run $run: %.0f deliv/s, p99 %d us, cpu %.3f us/deliv, errors %d, drops %d' % (
+  r['deliveries_per_sec'], r['latency']['p99_us'], s.get('cpu_us_per_op', 0),
+  sum(r['errors'].values()), r['slow_consumer_drops']))" >&2
+        done
+    done
+done
