@@ -227,6 +227,22 @@ pub struct Route {
 }
 
 impl Route {
+    /// A route answering GET (and so HEAD) at `path`.
+    pub const fn get(path: &'static str) -> Route {
+        Route {
+            path,
+            methods: &[Method::Get],
+        }
+    }
+
+    /// A route answering POST at `path`.
+    pub const fn post(path: &'static str) -> Route {
+        Route {
+            path,
+            methods: &[Method::Post],
+        }
+    }
+
     /// Whether `path` matches this route's pattern.
     pub fn matches(&self, path: &str) -> bool {
         if self.path == "*" {
@@ -294,16 +310,7 @@ pub struct Hello {
     pub echo: bool,
 }
 
-const HELLO_ROUTES: &[Route] = &[
-    Route {
-        path: "/",
-        methods: &[Method::Get],
-    },
-    Route {
-        path: "/ws",
-        methods: &[Method::Get],
-    },
-];
+const HELLO_ROUTES: &[Route] = &[Route::get("/"), Route::get("/ws")];
 
 impl App for Hello {
     type Ws = Echo;
@@ -1233,10 +1240,7 @@ mod tests {
 
     #[test]
     fn route_patterns_match_segments() {
-        let r = Route {
-            path: "/rooms/*/messages",
-            methods: &[Method::Post],
-        };
+        let r = Route::post("/rooms/*/messages");
         assert!(r.matches("/rooms/lobby/messages"));
         assert!(!r.matches("/rooms//messages"));
         assert!(!r.matches("/rooms/lobby"));

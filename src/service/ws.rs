@@ -452,10 +452,7 @@ pub struct WsApp {
     echo: bool,
 }
 
-const UPGRADE_ONLY: &[Route] = &[Route {
-    path: "*",
-    methods: &[Method::Get],
-}];
+const UPGRADE_ONLY: &[Route] = &[Route::get("*")];
 
 impl http::App for WsApp {
     type Ws = Echo;

@@ -28,9 +28,7 @@ use std::sync::Arc;
 use super::socket::ChatSocket;
 use super::ChatOptions;
 use crate::hub::{ChatEvent, Hub, HubError};
-use crate::service::http::{
-    self, App, HttpOptions, HttpSession, Method, Reply, Request, Response, Route,
-};
+use crate::service::http::{self, App, HttpOptions, HttpSession, Reply, Request, Response, Route};
 use crate::service::ws::{Echo, Handler, Message, WsCx};
 use crate::service::{ConnInfo, Cx, Service};
 
@@ -80,34 +78,13 @@ pub struct ChatWeb {
 }
 
 const ROUTES: &[Route] = &[
-    Route {
-        path: "/",
-        methods: &[Method::Get],
-    },
-    Route {
-        path: "/ws",
-        methods: &[Method::Get],
-    },
-    Route {
-        path: "/chat",
-        methods: &[Method::Get],
-    },
-    Route {
-        path: "/chat/app.js",
-        methods: &[Method::Get],
-    },
-    Route {
-        path: "/chat/app.css",
-        methods: &[Method::Get],
-    },
-    Route {
-        path: "/chat/ws",
-        methods: &[Method::Get],
-    },
-    Route {
-        path: "/rooms/*/messages",
-        methods: &[Method::Post],
-    },
+    Route::get("/"),
+    Route::get("/ws"),
+    Route::get("/chat"),
+    Route::get("/chat/app.js"),
+    Route::get("/chat/app.css"),
+    Route::get("/chat/ws"),
+    Route::post("/rooms/*/messages"),
 ];
 
 impl ChatWeb {
