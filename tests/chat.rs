@@ -392,6 +392,30 @@ fn busy_client_is_told_without_a_welcome(model: Model) {
     assert_eq!(got, "ERR server busy\n");
 }
 
+/// A member of a quiet room is kept past the idle timeout (TCP keepalive watches it
+/// instead), while a connection that joined nothing is ended as idle.
+fn quiet_member_outlives_the_idle_timeout(model: Model) {
+    let srv = start_with(
+        model,
+        Limits {
+            idle_timeout: Duration::from_millis(400),
+            ..Limits::default()
+        },
+        ChatOptions::default(),
+    );
+    let mut member = Client::connect(srv.addr());
+    member.join("quiet");
+    // Opened after the member's last byte: its idle timeout comes later than the
+    // member's would, so once it fires the member has been quiet for longer.
+    let mut idle = Client::connect(srv.addr());
+    idle.expect("ERR idle timeout");
+    let mut rest = String::new();
+    idle.r.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "nothing after the idle goodbye");
+    member.send("WHO quiet");
+    member.expect(&format!("WHO quiet {}", member.nick));
+}
+
 macro_rules! every_model {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -417,6 +441,7 @@ every_model!(
     join_after_has_no_gap_or_duplicate,
     bad_input_never_affects_another,
     busy_client_is_told_without_a_welcome,
+    quiet_member_outlives_the_idle_timeout,
 );
 
 #[test]

@@ -266,7 +266,7 @@ impl<S: Service> Future for Task<S> {
                 }
             }
             if this.sleep.as_mut().poll(cx).is_ready() {
-                conn.tick(&clock);
+                conn.tick(this.fd.get_ref(), &clock);
                 // Re-arm at once, and never in the past: a fired timer left as it is
                 // would fire again at once.
                 let floor = clock.now() + Duration::from_millis(1);

@@ -182,6 +182,6 @@ fn drive<S: Service>(
         if drain_ready {
             conn.drain(sock, scratch, &clock);
         }
-        conn.tick(&clock);
+        conn.tick(sock, &clock);
     }
 }

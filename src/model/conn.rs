@@ -144,6 +144,8 @@ pub(crate) struct Conn<S: Session> {
     active: bool,
     /// Idle checks in a row that saw no bytes.
     quiet: u32,
+    /// TCP keepalive was turned on (a quiet connection its session keeps).
+    keepalive: bool,
     idle_check: Instant,
     stalled_since: Option<Instant>,
     bytes_in: u64,
@@ -177,6 +179,7 @@ impl<S: Session> Conn<S> {
             opened: now,
             active: false,
             quiet: 0,
+            keepalive: false,
             idle_check,
             stalled_since: None,
             bytes_in: 0,
@@ -535,7 +538,7 @@ impl<S: Session> Conn<S> {
     }
 
     /// Runs whatever timers have come due.
-    pub(crate) fn tick(&mut self, clock: &Clock) {
+    pub(crate) fn tick(&mut self, sock: &TcpStream, clock: &Clock) {
         let now = clock.now();
         if let Phase::Lingering(until) = self.phase {
             if now >= until {
@@ -572,6 +575,15 @@ impl<S: Session> Conn<S> {
             } else {
                 self.quiet += 1;
             }
+            if self.quiet >= IDLE_QUARTERS && self.session.idle_ok() {
+                // A quiet connection the session expects: keep it, and let the
+                // kernel's keepalive probes find a peer that is gone.
+                self.quiet = 0;
+                if !self.keepalive {
+                    self.keepalive = true;
+                    set_keepalive(sock, self.listener.limits.idle_timeout);
+                }
+            }
             if self.quiet >= IDLE_QUARTERS {
                 self.listener
                     .stats
@@ -585,6 +597,19 @@ impl<S: Session> Conn<S> {
         if self.phase == Phase::Open && self.session.deadline().is_some_and(|d| now >= d) {
             self.call(clock, |s, cx| s.timeout(cx));
         }
+    }
+}
+
+/// Turns on TCP keepalive: the first probe after `idle` without traffic, then one every
+/// 15 s, and the connection fails after 4 unanswered probes. Best effort: a socket that
+/// refuses it is only kept without probes, which is logged.
+fn set_keepalive(sock: &TcpStream, idle: Duration) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle.max(Duration::from_secs(1)))
+        .with_interval(Duration::from_secs(15))
+        .with_retries(4);
+    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
+        tracing::warn!("cannot turn on TCP keepalive: {e}");
     }
 }
 

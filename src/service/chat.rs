@@ -678,6 +678,11 @@ impl Session for ChatSession {
         self.waiting_since.map(|t| t + ANSWER_TIMEOUT)
     }
 
+    /// A member of a room may only listen: a quiet room is no reason to drop it.
+    fn idle_ok(&self) -> bool {
+        !self.rooms.is_empty()
+    }
+
     fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {
         if self.waiting > 0 {
             err(cx, "unavailable", "no answer from the chat backend");

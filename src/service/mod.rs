@@ -97,6 +97,14 @@ pub trait Session: Send + 'static {
         None
     }
 
+    /// Whether this connection may stay quiet past the idle timeout: a chat member
+    /// listening to a quiet room sends nothing and may receive nothing for minutes.
+    /// Such a connection is not ended as idle; the model turns on TCP keepalive on it
+    /// instead, so a peer that vanished (power loss, cable pulled) is still detected.
+    fn idle_ok(&self) -> bool {
+        false
+    }
+
     /// The deadline returned by [`Session::deadline`] has passed.
     fn timeout(&mut self, cx: &mut Cx<'_, Self::Event>) {
         let _ = cx;
