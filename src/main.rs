@@ -86,6 +86,11 @@ struct ServeArgs {
     /// (chat: `ERR slow-consumer`).
     #[arg(long, default_value_t = Limits::default().max_queue)]
     max_queue: usize,
+    /// Events (chat messages) to a client written to by events less than this long
+    /// ago wait until this long after that write, so one write carries many of them
+    /// (`0` writes each event at once).
+    #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+    coalesce: Duration,
     /// Chat: messages kept per room for HISTORY and JOIN ... AFTER.
     #[arg(long, default_value_t = multiclient::hub::DEFAULT_HISTORY)]
     history: usize,
@@ -210,6 +215,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         shutdown_timeout: a.shutdown_timeout,
         write_timeout: a.write_timeout,
         max_queue: a.max_queue,
+        coalesce: a.coalesce,
         ..Limits::default()
     };
     let service = ServiceOptions {

@@ -188,3 +188,47 @@ fn a_session_timer_fires_under_every_model() {
         assert_eq!(read_to_end(&mut c), b"tick\ntick\ntick\n", "{model:?}");
     }
 }
+
+/// Events pushed to a member in quick succession are coalesced into few writes when
+/// `coalesce` is set, and written one by one when it is zero, under every model.
+#[test]
+fn events_in_quick_succession_share_writes() {
+    const EVENTS: usize = 20;
+    for model in CONCURRENT {
+        let mut writes = Vec::new();
+        for window in [Duration::from_millis(200), Duration::ZERO] {
+            let relay = Relay::default();
+            let members = relay.members.clone();
+            let limits = Limits {
+                coalesce: window,
+                ..Limits::default()
+            };
+            let srv = start(model, limits, relay);
+            let stats = srv.listening.stats.clone();
+            let mut member = connect(srv.addr());
+            assert_eq!(read_n(&mut member, 7), b"joined\n");
+            let tx = members.lock().unwrap()[0].1.clone();
+            let line = Bytes::from_static(b"event\n");
+            for _ in 0..EVENTS {
+                tx.send(line.clone(), line.len()).unwrap();
+                // Paced so that each event finds the previous one written unless it
+                // was held: the load pattern under test, not a synchronisation.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(
+                read_n(&mut member, EVENTS * line.len()),
+                line.repeat(EVENTS)
+            );
+            drop(member);
+            srv.stop();
+            writes.push(stats.writes.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        let (held, unheld) = (writes[0], writes[1]);
+        // joined, the first event at once, the rest together after the window.
+        assert!(held <= 4, "{model:?}: {held} writes with coalescing");
+        assert!(
+            unheld >= EVENTS as u64 / 2,
+            "{model:?}: {unheld} writes without"
+        );
+    }
+}

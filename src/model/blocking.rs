@@ -130,7 +130,7 @@ fn drive<S: Service>(
         if conn.wants_read() {
             sock_events |= PollFlags::IN;
         }
-        if conn.has_output() {
+        if conn.wants_write() {
             sock_events |= PollFlags::OUT;
         }
         let watch_drain = !conn.is_draining();

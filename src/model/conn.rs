@@ -6,7 +6,6 @@
 //! client that does not read stops being read), idle and write-stall timeouts, the
 //! goodbye on shutdown, and a lingering close so a reply is not destroyed by a reset.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
@@ -148,8 +147,15 @@ pub(crate) struct Conn<S: Session> {
     keepalive: bool,
     idle_check: Instant,
     stalled_since: Option<Instant>,
+    /// When output made by events was last written (for [`Limits::coalesce`]).
+    ///
+    /// [`Limits::coalesce`]: super::Limits::coalesce
+    events_written: Option<Instant>,
+    /// Output made by events is held until `events_written + coalesce`.
+    held: bool,
     bytes_in: u64,
     bytes_out: u64,
+    writes: u64,
     reason: Reason,
 }
 
@@ -182,8 +188,11 @@ impl<S: Session> Conn<S> {
             keepalive: false,
             idle_check,
             stalled_since: None,
+            events_written: None,
+            held: false,
             bytes_in: 0,
             bytes_out: 0,
+            writes: 0,
             reason: Reason::Open,
         }
     }
@@ -245,6 +254,11 @@ impl<S: Session> Conn<S> {
 
     pub(crate) fn has_output(&self) -> bool {
         self.out_pos < self.out.len()
+    }
+
+    /// Whether there is output to write now (not held for coalescing).
+    pub(crate) fn wants_write(&self) -> bool {
+        self.has_output() && !(self.held && self.phase == Phase::Open)
     }
 
     /// Whether the socket should be read now: not while closing, and not while the
@@ -323,6 +337,8 @@ impl<S: Session> Conn<S> {
     }
 
     fn on_input(&mut self, data: &[u8], clock: &Clock) {
+        // Replies go at once, and take any held events with them.
+        self.held = false;
         let consumed;
         if self.pending.is_empty() {
             consumed = self.call(clock, |s, cx| s.read(data, cx)).min(data.len());
@@ -389,7 +405,7 @@ impl<S: Session> Conn<S> {
     /// Writes as much queued output as the socket takes, and half-closes once a closing
     /// session's output is all sent. Returns false when the socket would block.
     pub(crate) fn flush(&mut self, sock: &TcpStream, clock: &Clock) -> bool {
-        if self.has_output() || self.phase == Phase::Closing {
+        if self.wants_write() || self.phase == Phase::Closing {
             self.write_to(sock, clock).is_ok()
         } else {
             true
@@ -413,6 +429,7 @@ impl<S: Session> Conn<S> {
                 Ok(n) => {
                     self.out_pos += n;
                     self.bytes_out += n as u64;
+                    self.writes += 1;
                     self.active = true;
                     self.stalled_since = None;
                 }
@@ -473,7 +490,8 @@ impl<S: Session> Conn<S> {
         let Some(mb) = self.mailbox.clone() else {
             return;
         };
-        let mut batch = VecDeque::new();
+        // Events taken per wake-up: on the stack unless a burst is larger.
+        let mut batch = smallvec::SmallVec::<[S::Event; 8]>::new();
         let overflowed = mb.take(&mut batch);
         if overflowed {
             self.listener
@@ -486,11 +504,31 @@ impl<S: Session> Conn<S> {
             self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, clock);
             return;
         }
+        let before = self.out.len();
         for ev in batch {
             if self.phase != Phase::Open {
                 break;
             }
             self.call(clock, |s, cx| s.event(ev, cx));
+        }
+        if self.out.len() > before && !self.held && self.phase == Phase::Open {
+            self.coalesce(clock);
+        }
+    }
+
+    /// Events just added output: write it at once if the last write of events was
+    /// long enough ago, otherwise hold it (with whatever comes next) until
+    /// `coalesce` after that write. A member of a busy room is written to at most
+    /// once per `coalesce`, however many messages it gets; a quiet one at once.
+    fn coalesce(&mut self, clock: &Clock) {
+        let window = self.listener.limits.coalesce;
+        if window.is_zero() {
+            return;
+        }
+        let now = clock.now();
+        match self.events_written {
+            Some(t) if now < t + window => self.held = true,
+            _ => self.events_written = Some(now),
         }
     }
 
@@ -528,6 +566,11 @@ impl<S: Session> Conn<S> {
         }
         if let Some((_, until)) = self.goodbye {
             t = t.min(until);
+        }
+        if self.held {
+            if let Some(w) = self.events_written {
+                t = t.min(w + self.listener.limits.coalesce);
+            }
         }
         if self.phase == Phase::Open {
             if let Some(d) = self.session.deadline() {
@@ -568,6 +611,16 @@ impl<S: Session> Conn<S> {
         }
         if self.phase != Phase::Open {
             return;
+        }
+        if self.held
+            && self
+                .events_written
+                .map_or(true, |w| now >= w + self.listener.limits.coalesce)
+        {
+            // The window is over: the model writes what was held, and this write
+            // starts the next window.
+            self.held = false;
+            self.events_written = Some(now);
         }
         if now >= self.idle_check {
             if std::mem::take(&mut self.active) {
@@ -624,6 +677,7 @@ impl<S: Session> Drop for Conn<S> {
         let s = &self.listener.stats;
         s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
         s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
+        s.writes.fetch_add(self.writes, Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);
         self.span().in_scope(|| {
             tracing::info!(

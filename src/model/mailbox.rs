@@ -19,6 +19,9 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+/// Queue capacity (in events) a mailbox keeps after a burst; larger buffers are freed.
+const KEEP_EVENTS: usize = 64;
+
 /// How a model wants its sessions woken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WakeKind {
@@ -129,14 +132,16 @@ impl<E> Mailbox<E> {
     }
 
     /// Moves every queued event into `into`; returns whether the mailbox overflowed.
-    pub(crate) fn take(&self, into: &mut VecDeque<E>) -> bool {
+    ///
+    /// The queue keeps its buffer (up to a small size), so a steady stream of events
+    /// costs no allocation per wake-up when `into` is a stack buffer.
+    pub(crate) fn take(&self, into: &mut impl Extend<E>) -> bool {
         self.reset_wake();
         let mut q = self.lock();
         self.waiting.store(q.overflowed, Ordering::Release);
-        if into.is_empty() {
-            std::mem::swap(into, &mut q.items);
-        } else {
-            into.extend(q.items.drain(..));
+        into.extend(q.items.drain(..));
+        if q.items.capacity() > KEEP_EVENTS {
+            q.items = VecDeque::new();
         }
         q.bytes = 0;
         q.overflowed

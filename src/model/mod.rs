@@ -76,6 +76,12 @@ pub struct Limits {
     pub max_output: usize,
     /// Bytes a session's mailbox holds before the session is a slow consumer.
     pub max_queue: usize,
+    /// Write coalescing for pushed events: a connection written to by events less
+    /// than this long ago holds the next ones until this long after that write, so a
+    /// busy chat member gets many messages per write, not one write per message. A
+    /// lone event is written at once; replies to a client's own input are never held.
+    /// Zero writes every event at once.
+    pub coalesce: Duration,
     /// Listen backlog.
     pub backlog: i32,
     /// Refused connections being told why at once; beyond this they are just closed.
@@ -92,6 +98,7 @@ impl Default for Limits {
             max_input: 64 * 1024,
             max_output: 1 << 20,
             max_queue: 1 << 20,
+            coalesce: Duration::from_millis(5),
             backlog: 1024,
             max_refusing: 64,
         }
@@ -114,6 +121,9 @@ pub struct Stats {
     pub bytes_in: AtomicU64,
     /// Bytes written, from closed connections.
     pub bytes_out: AtomicU64,
+    /// Writes (`send(2)` calls that sent bytes), from closed connections: with
+    /// `deliveries`, how well events are coalesced.
+    pub writes: AtomicU64,
     /// Idle timeouts.
     pub idle_timeouts: AtomicU64,
     /// Connections dropped because they stopped reading.
