@@ -6,7 +6,8 @@
 # Usage: bench/results/chat-fanout.sh [OUT.jsonl]   (after cargo build --release
 #        --bin multiclient --example peer_tokio_chat)
 # Env: RUNS (3), SECS (10), CONFIGS ("1000:50 10000:5" = members:msgs/s),
-#      SERVERS ("ours peer" and "redis" for ours over a local redis-server).
+#      SERVERS ("ours peer"; also "ours0" for ours with --coalesce 0, and "redis"
+#      for ours over a local redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-target/chat-fanout.jsonl}
@@ -48,6 +49,8 @@ for cfg in $CONFIGS; do
             case $server in
                 ours) taskset -c 0 "$BIN" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 >/dev/null 2>&1 & ;;
+                ours0) taskset -c 0 "$BIN" serve -q --service chat --model async \
+                          --addr "127.0.0.1:$PORT" --max-conns 12000 --coalesce 0 >/dev/null 2>&1 & ;;
                 redis) taskset -c 0 "$BIN" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 \
                           --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 & ;;
@@ -55,20 +58,44 @@ for cfg in $CONFIGS; do
             esac
             spid=$!
             wait_port "$PORT"
+            # Syscalls of the server, counted per half second, to find those of the
+            # sending phase alone (between the end of setup and the end of sending).
+            perf stat -e raw_syscalls:sys_enter -I 500 -x, -o "$OUT.perf" -p "$spid" &
+            perf_pid=$!
             json=$(RUST_BACKTRACE=0 taskset -c 1 "$BIN" bench chat --addr "127.0.0.1:$PORT" \
                 --members "$members" --rooms 1 --rate "$rate" --secs "$SECS" \
                 --src-ips 4 --threads 1 --server-pid "$spid" --json) || true
+            kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true
             kill "$spid"; wait "$spid" 2>/dev/null || true
             if [ -z "$json" ]; then
                 echo "{\"target\":\"$server\",\"members\":$members,\"run\":$run,\"failed\":true}" >> "$OUT"
                 echo "$server $members run $run: FAILED" >&2
                 continue
             fi
-            echo "$json" | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(target='$server', run=$run); print(json.dumps(r))" >> "$OUT"
+            json=$(echo "$json" | python3 -c "
+import json,sys
+r=json.load(sys.stdin); r.update(target='$server', run=$run)
+# perf -I -x, lines: time,count,unit,event,...; keep the sending phase with a margin.
+lo, hi = r['setup_secs'] + 1.0, r['setup_secs'] + r['secs'] - 1.0
+n = 0
+for line in open('$OUT.perf'):
+    f = line.split(',')
+    if len(f) > 2 and not line.startswith('#'):
+        try:
+            t, c = float(f[0]), float(f[1])
+        except ValueError:
+            continue
+        if lo < t <= hi:
+            n += c
+if hi > lo and r['deliveries_per_sec'] > 0:
+    r['server_syscalls_per_delivery'] = n / ((hi - lo) * r['deliveries_per_sec'])
+print(json.dumps(r))")
+            echo "$json" >> "$OUT"
             echo "$json" | python3 -c "
 import json,sys; r=json.load(sys.stdin); s=r['server'] or {}
-print('$server $members run $run: %.0f deliv/s, p99 %d us, cpu %.3f us/deliv, errors %d, drops %d' % (
+print('$server $members x $rate run $run: %.0f deliv/s, p99 %d us, cpu %.3f us/deliv, %.3f syscalls/deliv, errors %d, drops %d' % (
   r['deliveries_per_sec'], r['latency']['p99_us'], s.get('cpu_us_per_op', 0),
+  r.get('server_syscalls_per_delivery', -1),
   sum(r['errors'].values()), r['slow_consumer_drops']))" >&2
         done
     done
