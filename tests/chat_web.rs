@@ -564,12 +564,18 @@ fn web_members_are_rate_limited(model: Model) {
         }
     }
     // At 3 a second, 20 commands sent at once cannot all pass (they would need 6 s).
-    assert!(limited > 0, "no rate-limited answer to {N} says at --max-rate 3");
+    assert!(
+        limited > 0,
+        "no rate-limited answer to {N} says at --max-rate 3"
+    );
     assert!(!said.is_empty(), "the first tokens let some through");
     // What was refused reached no one: tom gets exactly what wes got, then its own.
     for text in &said {
         let l = tom.line();
-        assert!(l.starts_with("MSG r ") && l.ends_with(&format!(" wes {text}")), "{l}");
+        assert!(
+            l.starts_with("MSG r ") && l.ends_with(&format!(" wes {text}")),
+            "{l}"
+        );
     }
     tom.send("SAY r marker");
     let l = tom.line();
@@ -609,10 +615,17 @@ fn with_redis_a_web_join_is_ok_only_once_ordered() {
     redis.pause();
     wes.send(json!({"type": "join", "room": "b"}));
     let answer = wes.next();
-    assert_eq!(answer["type"], "error", "a join Redis never ordered: {answer}");
+    assert_eq!(
+        answer["type"], "error",
+        "a join Redis never ordered: {answer}"
+    );
     assert_eq!(answer["code"], "unavailable", "{answer}");
     wes.send(json!({"type": "say", "room": "b", "text": "x"}));
-    assert_eq!(wes.next()["code"], "not-member", "the unconfirmed join was undone");
+    assert_eq!(
+        wes.next()["code"],
+        "not-member",
+        "the unconfirmed join was undone"
+    );
     redis.resume();
     wait_available(&hub, true);
     wes.join("b");
@@ -653,7 +666,10 @@ fn with_redis_after_has_no_gap_and_no_duplicate_on_both_wires() {
     tim.send(&format!("JOIN r AFTER {}", early[1]));
     let want: Vec<String> = (2..=LAST).map(|i| format!("m{i}")).collect();
 
-    assert_eq!(wes.next(), json!({"type": "ok", "cmd": "join", "room": "r"}));
+    assert_eq!(
+        wes.next(),
+        json!({"type": "ok", "cmd": "join", "room": "r"})
+    );
     let mut got = Vec::new();
     while got.last() != want.last() {
         let v = wes.next();

@@ -18,6 +18,11 @@
 //! once and skipped up to its newline; the connection stays usable and holds at most
 //! `--max-line` bytes of it. A disconnect of any kind is a `PART` in each room.
 //!
+//! This session only frames lines: the chat itself (the member's nick and rooms, the
+//! commands, the hub's events and deferred answers, `--max-rate`) is the
+//! [`member::Member`] core that the WebSocket JSON member ([`socket`]) runs too, with
+//! its own encoder, so both protocols behave alike by construction.
+//!
 //! The session holds no shared state: rooms, nicks and history are the [`Hub`]'s, which
 //! reaches the session only through its mailbox, so the whole protocol runs on plain
 //! buffers in tests (see `service::Harness`) and under every threaded or async model.
@@ -264,11 +269,7 @@ const LINE_TOO_LONG: ParseError = perr("line-too-long", "command lines are limit
 struct LineDecoder;
 
 impl Decoder for LineDecoder {
-    fn decode<R>(
-        &self,
-        raw: &[u8],
-        run: impl FnOnce(Result<Command<'_>, ParseError>) -> R,
-    ) -> R {
+    fn decode<R>(&self, raw: &[u8], run: impl FnOnce(Result<Command<'_>, ParseError>) -> R) -> R {
         run(parse(raw))
     }
 }

@@ -96,8 +96,7 @@ pub trait Encoder {
 /// form of the input, hence the continuation.
 pub trait Decoder {
     /// Decodes `raw` and hands the command (or why it is none) to `run`.
-    fn decode<R>(&self, raw: &[u8], run: impl FnOnce(Result<Command<'_>, ParseError>) -> R)
-        -> R;
+    fn decode<R>(&self, raw: &[u8], run: impl FnOnce(Result<Command<'_>, ParseError>) -> R) -> R;
 }
 
 /// A token bucket for `--max-rate`: up to `per_sec` commands in a burst, refilled at
@@ -480,28 +479,27 @@ impl State {
                         None => pending = true,
                     })
             }
-            Command::Join { room, after } => {
-                hub.join(me.id, &me.nick, &me.tx, E::WIRE, room, after)
-                    .map(|j| {
-                        let mut st = RoomState {
-                            since: j.since,
-                            last: None,
-                            confirmed: !j.confirm_pending,
-                            awaiting_replay: j.replay_pending,
-                            stashed: None,
-                            held: Vec::new(),
-                        };
-                        if st.confirmed {
-                            out.reply(Reply::Ok(Done::Join(&j.room)));
-                        } else {
-                            pending = true;
-                        }
-                        for p in &j.replay {
-                            st.hand_on(p, out);
-                        }
-                        self.rooms.insert(j.room, st);
-                    })
-            }
+            Command::Join { room, after } => hub
+                .join(me.id, &me.nick, &me.tx, E::WIRE, room, after)
+                .map(|j| {
+                    let mut st = RoomState {
+                        since: j.since,
+                        last: None,
+                        confirmed: !j.confirm_pending,
+                        awaiting_replay: j.replay_pending,
+                        stashed: None,
+                        held: Vec::new(),
+                    };
+                    if st.confirmed {
+                        out.reply(Reply::Ok(Done::Join(&j.room)));
+                    } else {
+                        pending = true;
+                    }
+                    for p in &j.replay {
+                        st.hand_on(p, out);
+                    }
+                    self.rooms.insert(j.room, st);
+                }),
             Command::Part(room) => hub.part(me.id, room).map(|()| {
                 self.rooms.remove(room);
                 out.reply(Reply::Ok(Done::Part(room)));
@@ -670,7 +668,12 @@ mod tests {
 
     #[test]
     fn ok_join_waits_for_the_hub_and_replay_has_no_gap_and_no_duplicate() {
-        let (m5, m6, m7, m8) = (msg(5, "five"), msg(6, "six"), msg(7, "seven"), msg(8, "eight"));
+        let (m5, m6, m7, m8) = (
+            msg(5, "five"),
+            msg(6, "six"),
+            msg(7, "seven"),
+            msg(8, "eight"),
+        );
         let want = [
             "ok Join(\"r\")",
             "MSG r 5 ann five",
@@ -682,7 +685,11 @@ mod tests {
         join_deferred(&mut m, &mut rec, "r", true);
         m.event(live(1, &m7), &mut rec);
         m.event(replay(&[&m5, &m6, &m7]), &mut rec);
-        assert_eq!(rec.take(), Vec::<String>::new(), "nothing before the join is in effect");
+        assert_eq!(
+            rec.take(),
+            Vec::<String>::new(),
+            "nothing before the join is in effect"
+        );
         m.event(joined(), &mut rec);
         assert_eq!(rec.take(), want);
         m.event(live(2, &m8), &mut rec);
@@ -694,7 +701,11 @@ mod tests {
         m.event(joined(), &mut rec);
         assert_eq!(rec.take(), ["ok Join(\"r\")"]);
         m.event(live(1, &m7), &mut rec);
-        assert_eq!(rec.take(), Vec::<String>::new(), "held until the replay is in");
+        assert_eq!(
+            rec.take(),
+            Vec::<String>::new(),
+            "held until the replay is in"
+        );
         m.event(replay(&[&m5, &m6]), &mut rec);
         assert_eq!(rec.take(), want[1..]);
 
@@ -712,10 +723,13 @@ mod tests {
         let (mut m, mut rec) = member(None);
         join_deferred(&mut m, &mut rec, "r", false);
         m.input(Ok(b"SAY r hello"), &mut rec);
-        m.input(Err(ParseError {
-            code: "line-too-long",
-            text: "x",
-        }), &mut rec);
+        m.input(
+            Err(ParseError {
+                code: "line-too-long",
+                text: "x",
+            }),
+            &mut rec,
+        );
         m.input(Ok(b"WHO r"), &mut rec);
         rec.deliver(&mut m);
         assert_eq!(rec.take(), Vec::<String>::new(), "all three wait, in order");

@@ -31,11 +31,7 @@ struct JsonDecoder {
 }
 
 impl Decoder for JsonDecoder {
-    fn decode<R>(
-        &self,
-        raw: &[u8],
-        run: impl FnOnce(Result<Command<'_>, ParseError>) -> R,
-    ) -> R {
+    fn decode<R>(&self, raw: &[u8], run: impl FnOnce(Result<Command<'_>, ParseError>) -> R) -> R {
         let incoming = match json::decode(raw) {
             Ok(i) => i,
             Err(e) => return run(Err(e)),
