@@ -28,6 +28,9 @@ pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Command bytes kept in order behind a command awaiting its answer; beyond this,
 /// commands are carried out at once (their replies may then come before that answer).
 const MAX_QUEUED: usize = 256 * 1024;
+/// What one queued input counts for beyond its bytes, so that empty frames and refused
+/// inputs (which keep no bytes) cannot be queued without bound either.
+const QUEUED_ENTRY_COST: usize = 64;
 
 /// A command's success, as the wire says it (`OK JOIN lobby`,
 /// `{"type":"ok","cmd":"join","room":"lobby"}`).
@@ -261,7 +264,7 @@ impl<D: Decoder> Member<D> {
     /// One unit of input: carried out now, or queued behind a command still awaiting
     /// its answer.
     pub fn input(&mut self, input: Input<'_>, out: &mut impl Encoder) {
-        let size = input.map_or(0, <[u8]>::len);
+        let size = QUEUED_ENTRY_COST + input.map_or(0, <[u8]>::len);
         if self.s.waiting > 0 && self.s.queued_bytes + size <= MAX_QUEUED {
             self.s.queued_bytes += size;
             self.s.queued.push_back(input.map(Box::from));
@@ -298,13 +301,8 @@ impl<D: Decoder> Member<D> {
             let Some(input) = self.s.queued.pop_front() else {
                 break;
             };
-            let input = match &input {
-                Ok(raw) => {
-                    self.s.queued_bytes -= raw.len();
-                    Ok(&raw[..])
-                }
-                Err(e) => Err(*e),
-            };
+            let input = input.as_deref().map_err(|e| *e);
+            self.s.queued_bytes -= QUEUED_ENTRY_COST + input.map_or(0, <[u8]>::len);
             self.run(input, out);
         }
     }
@@ -747,6 +745,27 @@ mod tests {
         let said = rec.take();
         assert_eq!(said.len(), 1);
         assert!(said[0].ends_with(&format!(" {nick} hello")), "{said:?}");
+    }
+
+    #[test]
+    fn the_queue_behind_an_answer_is_bounded_even_for_empty_inputs() {
+        let (mut m, mut rec) = member(None);
+        join_deferred(&mut m, &mut rec, "r", false);
+        let refused = ParseError {
+            code: "bad-json",
+            text: "x",
+        };
+        let room = MAX_QUEUED / QUEUED_ENTRY_COST;
+        for i in 0..room + 10 {
+            m.input(if i % 2 == 0 { Ok(b"") } else { Err(refused) }, &mut rec);
+        }
+        assert_eq!(m.s.queued.len(), room);
+        assert_eq!(m.s.queued_bytes, room * QUEUED_ENTRY_COST);
+        // Beyond the bound, inputs are answered at once rather than kept.
+        assert_eq!(rec.take().len(), 10);
+        m.event(joined(), &mut rec);
+        assert_eq!(rec.take().len(), 1 + room);
+        assert_eq!((m.s.queued.len(), m.s.queued_bytes), (0, 0));
     }
 
     #[test]
