@@ -3,7 +3,7 @@
 //! redis-server and runs them). Without `redis-server` a test fails with a clear
 //! message rather than passing.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,8 +15,20 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts one on a free port and waits until it answers `PING`.
+    /// Starts one on a free port and waits until it answers. The port is checked to be
+    /// served by this very process (its `INFO` names its PID): on a shared machine
+    /// another test's server may have taken the port meanwhile, and chatting through
+    /// it would mix two tests' rooms. Then another port is tried.
     pub fn start() -> RedisServer {
+        for _ in 0..5 {
+            if let Some(server) = Self::try_start() {
+                return server;
+            }
+        }
+        panic!("redis-server could not start on a free port in 5 tries");
+    }
+
+    fn try_start() -> Option<RedisServer> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
@@ -33,24 +45,37 @@ impl RedisServer {
                      redis-server; .ci/chat.sh does it)"
                 )
             });
-        let server = RedisServer { child, port };
+        let mut server = RedisServer { child, port };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.answers_ping() {
+        loop {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                return None; // It exited: the port was taken.
+            }
+            match server.served_by() {
+                Some(pid) if pid == server.child.id() => return Some(server),
+                Some(_) => return None, // Someone else's server.
+                None => {}
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
     }
 
-    fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut line = String::new();
-        s.write_all(b"PING\r\n").is_ok()
-            && BufReader::new(s).read_line(&mut line).is_ok()
-            && line.starts_with("+PONG")
+    /// The PID of the server answering on the port, if one answers.
+    fn served_by(&self) -> Option<u32> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(b"INFO server\r\n").ok()?;
+        let mut r = BufReader::new(s);
+        let mut head = String::new();
+        r.read_line(&mut head).ok()?;
+        let len: usize = head.strip_prefix('$')?.trim_end().parse().ok()?;
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).ok()?;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok())
     }
 
     /// The URL to give `--redis`.
