@@ -17,4 +17,7 @@ redis-server --version
 # Two instances sharing one redis-server started by the test (ignored by a plain
 # `cargo test`, which needs nothing but Rust).
 cargo test --test chat_redis -- --ignored
+# WebSocket members with --redis: ok-join only once Redis ordered the join, AFTER with
+# no gap and no duplicate on both wires (their own redis-server, too).
+cargo test --test chat_web with_redis -- --ignored
 echo "chat.sh: all chat checks passed"

@@ -15,6 +15,9 @@ use multiclient::service::chat::web::{ApiKey, WebOptions};
 use multiclient::service::chat::ChatOptions;
 use multiclient::service::{ServiceName, ServiceOptions};
 
+mod common;
+use common::redis::RedisServer;
+
 /// A safety net only: a test that waits this long has already failed.
 const TIMEOUT: Duration = Duration::from_secs(20);
 const KEY: &str = "test-key-0123456789";
@@ -36,9 +39,14 @@ impl Drop for Running {
 
 /// The http and chat services of one process, sharing its hub, as `serve` runs them.
 fn start_with(model: Model, limits: Limits, key: Option<&str>) -> Running {
+    start_chat(model, limits, key, ChatOptions::default())
+}
+
+/// [`start_with`] with chat options of the test's own (`--max-rate`, `--redis`).
+fn start_chat(model: Model, limits: Limits, key: Option<&str>, chat: ChatOptions) -> Running {
     let mut server = Server::new(model, limits).unwrap();
     let opts = ServiceOptions {
-        chat: ChatOptions::default(),
+        chat,
         web: WebOptions {
             api_key: key.and_then(ApiKey::new),
         },
@@ -521,6 +529,168 @@ fn page_is_served(model: Model) {
     }
 }
 
+/// `--max-rate` holds for WebSocket members as for TCP ones: commands beyond it are
+/// answered `rate-limited`, have no effect, and the connection stays usable.
+fn web_members_are_rate_limited(model: Model) {
+    let mut chat = ChatOptions::default();
+    chat.max_rate = Some(3);
+    let srv = start_chat(model, Limits::default(), None, chat);
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    tom.send("JOIN r");
+    tom.expect("OK JOIN r");
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    wes.send(json!({"type": "join", "room": "r"}));
+    let first = wes.next();
+    // The nick and the join took 2 of the 3 tokens, unless some refilled meanwhile.
+    assert_eq!(first, json!({"type": "ok", "cmd": "join", "room": "r"}));
+    tom.expect("JOIN r wes");
+    const N: usize = 20;
+    for i in 0..N {
+        wes.send(json!({"type": "say", "room": "r", "text": format!("m{i}")}));
+    }
+    let (mut said, mut limited) = (Vec::new(), 0);
+    for _ in 0..N {
+        let v = wes.next();
+        match v["type"].as_str() {
+            Some("msg") => said.push(v["text"].as_str().unwrap().to_string()),
+            Some("error") => {
+                assert_eq!(
+                    v,
+                    json!({"type": "error", "code": "rate-limited", "text": "too many commands per second"})
+                );
+                limited += 1;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    // At 3 a second, 20 commands sent at once cannot all pass (they would need 6 s).
+    assert!(
+        limited > 0,
+        "no rate-limited answer to {N} says at --max-rate 3"
+    );
+    assert!(!said.is_empty(), "the first tokens let some through");
+    // What was refused reached no one: tom gets exactly what wes got, then its own.
+    for text in &said {
+        let l = tom.line();
+        assert!(
+            l.starts_with("MSG r ") && l.ends_with(&format!(" wes {text}")),
+            "{l}"
+        );
+    }
+    tom.send("SAY r marker");
+    let l = tom.line();
+    assert!(l.ends_with(" tom marker"), "nothing more from wes: {l}");
+}
+
+/// A chat with `--redis`: the http and chat services of one process, and its hub.
+fn start_redis(redis: &RedisServer) -> (Running, std::sync::Arc<multiclient::hub::Hub>) {
+    let mut chat = ChatOptions::default();
+    chat.redis = Some(redis.url());
+    let hub = chat.hub().unwrap();
+    let srv = start_chat(Model::Threads, Limits::default(), None, chat);
+    wait_available(&hub, true);
+    (srv, hub)
+}
+
+/// Waits (bounded) until the hub's Redis link is up or down.
+fn wait_available(hub: &multiclient::hub::Hub, up: bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while hub.is_available() != up {
+        assert!(Instant::now() < deadline, "redis link never became up={up}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// With `--redis`, a WebSocket member's join is `ok` only once Redis has ordered it,
+/// as on the line protocol: while Redis hangs, the join is answered `unavailable`
+/// after the answer timeout and undone, never `ok` for a membership that receives
+/// nothing.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn with_redis_a_web_join_is_ok_only_once_ordered() {
+    let redis = RedisServer::start();
+    let (srv, hub) = start_redis(&redis);
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    wes.join("a");
+    redis.pause();
+    wes.send(json!({"type": "join", "room": "b"}));
+    let answer = wes.next();
+    assert_eq!(
+        answer["type"], "error",
+        "a join Redis never ordered: {answer}"
+    );
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    wes.send(json!({"type": "say", "room": "b", "text": "x"}));
+    assert_eq!(
+        wes.next()["code"],
+        "not-member",
+        "the unconfirmed join was undone"
+    );
+    redis.resume();
+    wait_available(&hub, true);
+    wes.join("b");
+    wes.say("b", "back");
+}
+
+/// With `--redis`, members of both wires that join with `after` while messages keep
+/// coming get the `ok` first, then every message after the id exactly once, in order.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn with_redis_after_has_no_gap_and_no_duplicate_on_both_wires() {
+    let redis = RedisServer::start();
+    let (srv, _hub) = start_redis(&redis);
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    tom.send("JOIN r");
+    tom.expect("OK JOIN r");
+    let say = |tom: &mut Tcp, text: &str| {
+        tom.send(&format!("SAY r {text}"));
+        loop {
+            let l = tom.line();
+            if l.starts_with("MSG r ") && l.ends_with(&format!(" tom {text}")) {
+                return l.split(' ').nth(2).unwrap().to_string();
+            }
+        }
+    };
+    let early: Vec<String> = (0..5).map(|i| say(&mut tom, &format!("m{i}"))).collect();
+    const LAST: usize = 40;
+    // Messages keep coming while the others join, so replay and live overlap.
+    let talker = std::thread::spawn(move || {
+        for i in 5..=LAST {
+            say(&mut tom, &format!("m{i}"));
+        }
+        tom
+    });
+    let mut wes = Web::connect(srv.http.addr, "wes");
+    let mut tim = Tcp::connect(srv.chat.addr, "tim");
+    wes.send(json!({"type": "join", "room": "r", "after": early[1]}));
+    tim.send(&format!("JOIN r AFTER {}", early[1]));
+    let want: Vec<String> = (2..=LAST).map(|i| format!("m{i}")).collect();
+
+    assert_eq!(
+        wes.next(),
+        json!({"type": "ok", "cmd": "join", "room": "r"})
+    );
+    let mut got = Vec::new();
+    while got.last() != want.last() {
+        let v = wes.next();
+        if v["type"] == "msg" {
+            got.push(v["text"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, want, "websocket member");
+
+    tim.expect("OK JOIN r");
+    let mut got = Vec::new();
+    while got.last() != want.last() {
+        let l = tim.line();
+        if let Some(rest) = l.strip_prefix("MSG r ") {
+            got.push(rest.rsplit(' ').next().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, want, "line member");
+    talker.join().unwrap();
+}
+
 macro_rules! under_models {
     ($($name:ident: $model:expr,)*) => {
         mod members_under { use super::*; $(#[test] fn $name() { tcp_and_web_members_see_each_other($model) })* }
@@ -530,6 +700,7 @@ macro_rules! under_models {
         mod notify_under { use super::*; $(#[test] fn $name() { notifications_have_every_status($model) })* }
         mod goodbye_under { use super::*; $(#[test] fn $name() { busy_is_1013_and_shutdown_1001($model) })* }
         mod page_under { use super::*; $(#[test] fn $name() { page_is_served($model) })* }
+        mod rate_under { use super::*; $(#[test] fn $name() { web_members_are_rate_limited($model) })* }
     };
 }
 

@@ -18,6 +18,11 @@
 //! once and skipped up to its newline; the connection stays usable and holds at most
 //! `--max-line` bytes of it. A disconnect of any kind is a `PART` in each room.
 //!
+//! This session only frames lines: the chat itself (the member's nick and rooms, the
+//! commands, the hub's events and deferred answers, `--max-rate`) is the
+//! [`member::Member`] core that the WebSocket JSON member ([`socket`]) runs too, with
+//! its own encoder, so both protocols behave alike by construction.
+//!
 //! The session holds no shared state: rooms, nicks and history are the [`Hub`]'s, which
 //! reaches the session only through its mailbox, so the whole protocol runs on plain
 //! buffers in tests (see `service::Harness`) and under every threaded or async model.
@@ -26,24 +31,14 @@
 //! Under `pool` each member holds a worker for as long as it is connected, so members
 //! beyond `--workers` wait unserved in the queue, as any pool client does.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use crate::hub::{
-    valid_nick, valid_room, Answer, ChatEvent, Hub, HubConfig, HubError, MemberId, MsgId,
-    Publication, Wire,
-};
+use crate::hub::{valid_nick, valid_room, ChatEvent, Hub, HubConfig, MsgId, Publication, Wire};
 use crate::model::mailbox::Sender;
 
+use self::member::{Decoder, Done, Encoder, End, Member, Reply};
 use super::{line_goodbye, Cx, Goodbye, Service, Session};
-
-/// How long a command waits for an answer from Redis before it is answered
-/// `ERR unavailable` and the commands after it go on.
-const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Command bytes kept in order behind a command awaiting its answer; beyond this,
-/// commands are carried out at once (their replies may then come before that answer).
-const MAX_QUEUED: usize = 256 * 1024;
 
 /// Default longest command line (`--max-line`), terminator excluded.
 pub const DEFAULT_MAX_LINE: usize = 4096;
@@ -130,16 +125,9 @@ impl Service for Chat {
     }
     fn session(&self, _conn: &super::ConnInfo) -> ChatSession {
         ChatSession {
-            hub: self.hub.clone(),
-            me: None,
-            rooms: HashMap::new(),
+            member: Member::new(self.hub.clone(), LineDecoder, self.max_rate),
             max_line: self.max_line,
             skipping: false,
-            rate: self.max_rate.map(Rate::new),
-            waiting: 0,
-            waiting_since: None,
-            queued: std::collections::VecDeque::new(),
-            queued_bytes: 0,
         }
     }
 }
@@ -275,297 +263,104 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     }
 }
 
-/// A token bucket for `--max-rate`: up to `per_sec` commands in a burst, refilled at
-/// `per_sec` a second.
-#[derive(Debug)]
-struct Rate {
-    per_sec: f64,
-    tokens: f64,
-    last: Option<Instant>,
-}
+const LINE_TOO_LONG: ParseError = perr("line-too-long", "command lines are limited in length");
 
-impl Rate {
-    fn new(per_sec: u32) -> Rate {
-        Rate {
-            per_sec: per_sec as f64,
-            tokens: per_sec as f64,
-            last: None,
-        }
-    }
+/// The line protocol's commands: [`parse`].
+struct LineDecoder;
 
-    fn allow(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let dt = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.per_sec).min(self.per_sec);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+impl Decoder for LineDecoder {
+    fn decode<R>(&self, raw: &[u8], run: impl FnOnce(Result<Command<'_>, ParseError>) -> R) -> R {
+        run(parse(raw))
     }
 }
 
-/// A session's view of one room it is in.
-struct RoomState {
-    /// The room sequence number at join: events up to it belong to an earlier
-    /// membership and are not handed on.
-    since: u64,
-    /// The last message id handed on: a message at or before it is a duplicate (a
-    /// replayed message that also arrived live).
-    last: Option<MsgId>,
-    /// The join is in effect: with `--redis`, once it is ordered in Redis (then
-    /// `OK JOIN` is sent), at once without.
-    confirmed: bool,
-    /// A `JOIN ... AFTER` replay is on its way (with `--redis`).
-    awaiting_replay: bool,
-    /// A replay that arrived before the join was confirmed.
-    stashed: Option<Result<Vec<Arc<Publication>>, HubError>>,
-    /// Live events held until the join is confirmed and the replay handed on.
-    held: Vec<Arc<Publication>>,
-}
+/// The line protocol's answers, written into the session's output.
+struct LineOut<'a, 'x>(&'a mut Cx<'x, ChatEvent>);
 
-impl RoomState {
-    fn holding(&self) -> bool {
-        !self.confirmed || self.awaiting_replay
+impl Encoder for LineOut<'_, '_> {
+    const WIRE: Wire = Wire::Line;
+
+    fn now(&mut self) -> Instant {
+        self.0.now()
     }
 
-    fn replay<E>(&mut self, msgs: Result<Vec<Arc<Publication>>, HubError>, cx: &mut Cx<'_, E>) {
-        match msgs {
-            Ok(msgs) => {
-                for p in &msgs {
-                    self.hand_on(p, cx);
+    fn is_closing(&mut self) -> bool {
+        self.0.is_closing()
+    }
+
+    fn mailbox(&mut self) -> std::io::Result<Sender<ChatEvent>> {
+        self.0.mailbox()
+    }
+
+    fn reply(&mut self, reply: Reply<'_>) {
+        let out = self.0.out();
+        let mut put = |parts: &[&str]| {
+            for p in parts {
+                out.extend_from_slice(p.as_bytes());
+            }
+        };
+        match reply {
+            Reply::Welcome(nick) => put(&["WELCOME ", nick]),
+            Reply::Ok(Done::Nick(nick)) => put(&["OK NICK ", nick]),
+            Reply::Ok(Done::Join(room)) => put(&["OK JOIN ", room]),
+            Reply::Ok(Done::Part(room)) => put(&["OK PART ", room]),
+            Reply::Ok(Done::History(room)) => put(&["OK HISTORY ", room]),
+            Reply::Ok(Done::Quit) => put(&["OK QUIT"]),
+            Reply::Who(room, nicks) => {
+                put(&["WHO ", room]);
+                for n in nicks {
+                    put(&[" ", n]);
                 }
             }
-            Err(e) => err(cx, e.code(), "the replay of missed messages failed"),
+            Reply::Error(code, text) => put(&["ERR ", code, " ", text]),
         }
-        self.awaiting_replay = false;
+        out.push(b'\n');
     }
 
-    /// Hands on what was held, once nothing is awaited any more.
-    fn release<E>(&mut self, cx: &mut Cx<'_, E>) {
-        if !self.holding() {
-            for p in std::mem::take(&mut self.held) {
-                self.hand_on(&p, cx);
-            }
-        }
+    fn publication(&mut self, p: &Publication) {
+        self.0.send(p.encoded(Wire::Line));
     }
 
-    fn hand_on<E>(&mut self, p: &Publication, cx: &mut Cx<'_, E>) {
-        if let Some(id) = p.msg_id() {
-            if self.last.is_some_and(|last| id <= last) {
-                return;
-            }
-            self.last = Some(id);
-        }
-        cx.send(p.encoded(Wire::Line));
+    fn end(&mut self, _why: End) {
+        self.0.close();
     }
 }
 
-struct Me {
-    id: MemberId,
-    nick: Arc<str>,
-    tx: Sender<ChatEvent>,
-}
-
-/// One chat connection: its member identity, its rooms, and the line framing.
+/// One chat connection on the line protocol: the framing of lines around a
+/// [`Member`], which runs the chat itself.
 pub struct ChatSession {
-    hub: Arc<Hub>,
-    me: Option<Me>,
-    /// The rooms joined.
-    rooms: HashMap<Arc<str>, RoomState>,
+    member: Member<LineDecoder>,
     max_line: usize,
     /// The rest of an over-long line, already answered, is being discarded.
     skipping: bool,
-    rate: Option<Rate>,
-    /// Answers awaited from Redis (`NICK`, `JOIN`, `WHO`, `HISTORY` with `--redis`):
-    /// the commands after them wait in `queued`, so replies come in command order and
-    /// a `SAY` after a `NICK` speaks with the new nick.
-    waiting: u32,
-    waiting_since: Option<Instant>,
-    queued: std::collections::VecDeque<Box<[u8]>>,
-    queued_bytes: usize,
-}
-
-fn err<E>(cx: &mut Cx<'_, E>, code: &str, text: &str) {
-    let out = cx.out();
-    out.extend_from_slice(b"ERR ");
-    out.extend_from_slice(code.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(text.as_bytes());
-    out.push(b'\n');
 }
 
 impl ChatSession {
-    fn room_list(&self) -> Vec<Arc<str>> {
-        self.rooms.keys().cloned().collect()
+    /// Whether the member is in at least one room (and may only listen).
+    pub fn in_a_room(&self) -> bool {
+        self.member.in_a_room()
     }
 
-    fn leave(&mut self) {
-        if let Some(me) = &self.me {
-            let rooms = self.room_list();
-            self.hub.disconnect(me.id, &me.nick, &rooms);
-            self.rooms.clear();
-        }
-    }
-
+    /// A complete line from the client, its `\n` removed.
     fn line(&mut self, line: &[u8], cx: &mut Cx<'_, ChatEvent>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(|&b| b == b' ' || b == b'\t') {
             return; // A blank line is no command: nothing to answer.
         }
-        if line.len() > self.max_line {
-            err(cx, "line-too-long", "command lines are limited in length");
-            return;
-        }
-        if let Some(rate) = &mut self.rate {
-            if !rate.allow(cx.now()) {
-                err(cx, "rate-limited", "too many commands per second");
-                return;
-            }
-        }
-        match parse(line) {
-            Ok(cmd) => self.command(cmd, cx),
-            Err(e) => err(cx, e.code, e.text),
-        }
-    }
-
-    fn command(&mut self, cmd: Command<'_>, cx: &mut Cx<'_, ChatEvent>) {
-        if cmd == Command::Quit {
-            cx.send(b"OK QUIT\n");
-            self.leave();
-            cx.close();
-            return;
-        }
-        let Some(me) = &mut self.me else {
-            err(cx, "unavailable", "this connection has no chat membership");
-            return;
-        };
-        let hub = &self.hub;
-        let mut pending = false;
-        let res = match cmd {
-            Command::Nick(nick) => {
-                let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
-                hub.set_nick(me.id, &me.nick, nick, &rooms, &me.tx)
-                    .map(|new| match new {
-                        Some(new) => {
-                            cx.send(format!("OK NICK {new}\n").as_bytes());
-                            me.nick = new;
-                        }
-                        None => pending = true,
-                    })
-            }
-            Command::Join { room, after } => hub
-                .join(me.id, &me.nick, &me.tx, Wire::Line, room, after)
-                .map(|j| {
-                    let mut st = RoomState {
-                        since: j.since,
-                        last: None,
-                        confirmed: !j.confirm_pending,
-                        awaiting_replay: j.replay_pending,
-                        stashed: None,
-                        held: Vec::new(),
-                    };
-                    if st.confirmed {
-                        cx.send(format!("OK JOIN {}\n", j.room).as_bytes());
-                    } else {
-                        pending = true;
-                    }
-                    for p in &j.replay {
-                        st.hand_on(p, cx);
-                    }
-                    self.rooms.insert(j.room, st);
-                }),
-            Command::Part(room) => hub.part(me.id, room).map(|()| {
-                self.rooms.remove(room);
-                cx.send(format!("OK PART {room}\n").as_bytes());
-            }),
-            // The author's own MSG line arrives through its mailbox like everyone's,
-            // so it is in the room's order.
-            Command::Say { room, text } => hub.say(me.id, room, text).map(|_| ()),
-            Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| match msgs {
-                Some(msgs) => history_lines(room, &msgs, cx),
-                None => pending = true,
-            }),
-            Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| match nicks {
-                Some(nicks) => who_line(room, &nicks, cx),
-                None => pending = true,
-            }),
-            Command::Quit => Ok(()), // Answered above.
-        };
-        if let Err(e) = res {
-            err(cx, e.code(), &e.to_string());
-        }
-        if pending {
-            self.waiting += 1;
-            self.waiting_since.get_or_insert(cx.now());
-        }
-    }
-
-    /// A complete line from the client: carried out now, or queued behind a command
-    /// still awaiting its answer.
-    fn take_line(&mut self, line: &[u8], cx: &mut Cx<'_, ChatEvent>) {
-        if self.waiting > 0 && self.queued_bytes + line.len() <= MAX_QUEUED {
-            self.queued_bytes += line.len();
-            self.queued.push_back(line.into());
+        let input = if line.len() > self.max_line {
+            Err(LINE_TOO_LONG)
         } else {
-            self.line(line, cx);
-        }
+            Ok(line)
+        };
+        self.member.input(input, &mut LineOut(cx));
     }
-
-    /// An awaited answer arrived (or timed out): the queued commands go on.
-    fn answered(&mut self, cx: &mut Cx<'_, ChatEvent>) {
-        self.waiting = self.waiting.saturating_sub(1);
-        if self.waiting > 0 {
-            return;
-        }
-        self.waiting_since = None;
-        while self.waiting == 0 && !cx.is_closing() {
-            let Some(line) = self.queued.pop_front() else {
-                break;
-            };
-            self.queued_bytes -= line.len();
-            self.line(&line, cx);
-        }
-    }
-}
-
-fn who_line<E>(room: &str, nicks: &[Arc<str>], cx: &mut Cx<'_, E>) {
-    let out = cx.out();
-    out.extend_from_slice(b"WHO ");
-    out.extend_from_slice(room.as_bytes());
-    for n in nicks {
-        out.push(b' ');
-        out.extend_from_slice(n.as_bytes());
-    }
-    out.push(b'\n');
-}
-
-fn history_lines<E>(room: &str, msgs: &[Arc<Publication>], cx: &mut Cx<'_, E>) {
-    for p in msgs {
-        cx.send(p.encoded(Wire::Line));
-    }
-    cx.send(format!("OK HISTORY {room}\n").as_bytes());
 }
 
 impl Session for ChatSession {
     type Event = ChatEvent;
 
     fn open(&mut self, cx: &mut Cx<'_, ChatEvent>) {
-        match cx.mailbox() {
-            Ok(tx) => {
-                let (id, nick) = self.hub.connect();
-                cx.send(format!("WELCOME {nick}\n").as_bytes());
-                self.me = Some(Me { id, nick, tx });
-            }
-            Err(e) => {
-                tracing::error!("chat: cannot make a mailbox: {e}");
-                err(cx, "unavailable", "the server cannot take members now");
-                cx.close();
-            }
-        }
+        self.member.open(&mut LineOut(cx));
     }
 
     fn read(&mut self, input: &[u8], cx: &mut Cx<'_, ChatEvent>) -> usize {
@@ -582,14 +377,14 @@ impl Session for ChatSession {
                     if std::mem::take(&mut self.skipping) {
                         continue; // The tail of a line already answered.
                     }
-                    self.take_line(&rest[..i], cx);
+                    self.line(&rest[..i], cx);
                 }
                 None => {
                     if self.skipping {
                         pos = input.len();
                     } else if rest.len() > max_line + 1 {
                         // `+ 1`: a line of exactly max_line may still await its `\r\n`.
-                        err(cx, "line-too-long", "command lines are limited in length");
+                        LineOut(cx).error(LINE_TOO_LONG.code, LINE_TOO_LONG.text);
                         self.skipping = true;
                         pos = input.len();
                     }
@@ -601,81 +396,11 @@ impl Session for ChatSession {
     }
 
     fn event(&mut self, event: ChatEvent, cx: &mut Cx<'_, ChatEvent>) {
-        match event {
-            ChatEvent::Room { seq, publication } => {
-                let Some(st) = self.rooms.get_mut(&publication.room) else {
-                    return;
-                };
-                if seq <= st.since {
-                    return;
-                }
-                if st.holding() {
-                    st.held.push(publication);
-                } else {
-                    st.hand_on(&publication, cx);
-                }
-            }
-            ChatEvent::Answer(Answer::History { room, msgs }) => {
-                match msgs {
-                    Ok(msgs) => history_lines(&room, &msgs, cx),
-                    Err(e) => err(cx, e.code(), &e.to_string()),
-                }
-                self.answered(cx);
-            }
-            ChatEvent::Answer(Answer::Replay { room, msgs }) => {
-                let Some(st) = self.rooms.get_mut(&room) else {
-                    return; // Parted meanwhile.
-                };
-                if st.confirmed {
-                    st.replay(msgs, cx);
-                    st.release(cx);
-                } else {
-                    st.stashed = Some(msgs);
-                }
-            }
-            ChatEvent::Answer(Answer::Joined { room }) => {
-                let Some(st) = self.rooms.get_mut(&room) else {
-                    return; // Parted meanwhile.
-                };
-                st.confirmed = true;
-                cx.send(format!("OK JOIN {room}\n").as_bytes());
-                if let Some(msgs) = st.stashed.take() {
-                    st.replay(msgs, cx);
-                }
-                st.release(cx);
-                self.answered(cx);
-            }
-            ChatEvent::Answer(Answer::Who { room, nicks }) => {
-                match nicks {
-                    Ok(nicks) => who_line(&room, &nicks, cx),
-                    Err(e) => err(cx, e.code(), &e.to_string()),
-                }
-                self.answered(cx);
-            }
-            ChatEvent::Answer(Answer::Nick(Ok(new))) => {
-                let rooms = self.room_list();
-                let Some(me) = &mut self.me else {
-                    return;
-                };
-                match self.hub.apply_nick(me.id, &me.nick, &new, &rooms) {
-                    Ok(()) => {
-                        cx.send(format!("OK NICK {new}\n").as_bytes());
-                        me.nick = new;
-                    }
-                    Err(e) => err(cx, e.code(), &e.to_string()),
-                }
-                self.answered(cx);
-            }
-            ChatEvent::Answer(Answer::Nick(Err(e))) => {
-                err(cx, e.code(), &e.to_string());
-                self.answered(cx);
-            }
-            ChatEvent::Answer(Answer::Failed(e)) => err(cx, e.code(), &e.to_string()),
-        }
+        self.member.event(event, &mut LineOut(cx));
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.waiting_since.map(|t| t + ANSWER_TIMEOUT)
+        self.member.deadline()
     }
 
     /// A member of a room may only listen: a quiet room is no reason to drop it.
@@ -684,25 +409,7 @@ impl Session for ChatSession {
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {
-        if self.waiting > 0 {
-            err(cx, "unavailable", "no answer from the chat backend");
-            // A join never confirmed is undone, so it leaves no member that receives
-            // nothing but is listed everywhere.
-            let unconfirmed: Vec<Arc<str>> = self
-                .rooms
-                .iter()
-                .filter(|(_, st)| !st.confirmed)
-                .map(|(r, _)| r.clone())
-                .collect();
-            if let Some(me) = &self.me {
-                for room in unconfirmed {
-                    let _ = self.hub.part(me.id, &room);
-                    self.rooms.remove(&room);
-                }
-            }
-            self.waiting = 1;
-            self.answered(cx);
-        }
+        self.member.timeout(&mut LineOut(cx));
     }
 
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, ChatEvent>) {
@@ -710,22 +417,14 @@ impl Session for ChatSession {
             // A refused client is told only that: the welcome written by `open` a
             // moment ago, not yet sent, is withdrawn with its guest nick.
             cx.out().clear();
-            self.leave();
-            self.me = None;
+            self.member.withdraw();
         }
         line_goodbye(why, cx);
     }
 }
 
-impl Drop for ChatSession {
-    /// However the connection ended, its member parts from every room and frees its
-    /// nick.
-    fn drop(&mut self) {
-        self.leave();
-    }
-}
-
 pub mod json;
+pub mod member;
 pub mod socket;
 pub mod web;
 

@@ -82,6 +82,17 @@ pub trait Handler: Send + 'static {
     fn event(&mut self, event: Self::Event, ws: &mut WsCx<'_, '_, '_, Self::Event>) {
         let _ = (event, ws);
     }
+
+    /// When the handler next wants [`Handler::timeout`] called (an answer it gives up
+    /// waiting for, say); the engine's ping timer runs beside it.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// The deadline returned by [`Handler::deadline`] has passed.
+    fn timeout(&mut self, ws: &mut WsCx<'_, '_, '_, Self::Event>) {
+        let _ = ws;
+    }
 }
 
 /// The seed's handler: `Server received: <message>`, or the message itself with `echo`.
@@ -330,20 +341,29 @@ impl<H: Handler> WsConn<H> {
         self.handler.event(ev, &mut wcx);
     }
 
-    /// When the ping timer next fires.
+    /// When the ping timer or the handler's timer next fires.
     pub fn deadline(&self) -> Option<Instant> {
         if !self.ws.can_write() {
             return None; // closing: the model's goodbye grace bounds the wait
         }
-        Some(match self.pinged {
+        let ping = match self.pinged {
             Some(t) => t + self.opts.ping_timeout,
             None => self.heard + self.opts.ping_interval,
-        })
+        };
+        Some(self.handler.deadline().map_or(ping, |d| d.min(ping)))
     }
 
-    /// Pings a silent client; closes 1001 one that did not answer.
+    /// Runs the handler's timer if it is due; pings a silent client; closes 1001 one
+    /// that did not answer.
     pub fn timeout(&mut self, cx: &mut Cx<'_, H::Event>) {
         let now = cx.now();
+        if self.handler.deadline().is_some_and(|d| now >= d) {
+            let mut wcx = WsCx {
+                ws: &mut self.ws,
+                cx,
+            };
+            self.handler.timeout(&mut wcx);
+        }
         match self.pinged {
             Some(t) if now >= t + self.opts.ping_timeout => {
                 tracing::info!("websocket client stopped answering pings");

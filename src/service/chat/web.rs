@@ -74,6 +74,7 @@ pub struct ChatWeb {
     hub: Arc<Hub>,
     echo: Echo,
     max_text: usize,
+    max_rate: Option<u32>,
     api_key: Option<ApiKey>,
 }
 
@@ -96,6 +97,7 @@ impl ChatWeb {
                 exact: http.ws.echo,
             },
             max_text: chat.max_line.max(1),
+            max_rate: chat.max_rate,
             api_key: web.api_key.clone(),
         }
     }
@@ -203,6 +205,19 @@ impl Handler for WebSocketApp {
             c.event(event, ws);
         }
     }
+
+    fn deadline(&self) -> Option<std::time::Instant> {
+        match self {
+            WebSocketApp::Echo(_) => None,
+            WebSocketApp::Chat(c) => c.deadline(),
+        }
+    }
+
+    fn timeout(&mut self, ws: &mut WsCx<'_, '_, '_, ChatEvent>) {
+        if let WebSocketApp::Chat(c) = self {
+            c.timeout(ws);
+        }
+    }
 }
 
 impl App for ChatWeb {
@@ -222,6 +237,7 @@ impl App for ChatWeb {
             "/chat/ws" => Reply::Upgrade(WebSocketApp::Chat(ChatSocket::new(
                 self.hub.clone(),
                 self.max_text,
+                self.max_rate,
             ))),
             _ => Reply::Respond(self.notify(req)),
         }
