@@ -405,7 +405,7 @@ impl Session for ChatSession {
 
     /// A member of a room may only listen: a quiet room is no reason to drop it.
     fn idle_ok(&self) -> bool {
-        !self.rooms.is_empty()
+        self.member.in_a_room()
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {
