@@ -150,12 +150,15 @@ pub(crate) struct Conn<S: Session> {
     /// When output made by events was last written (for [`Limits::coalesce`]).
     ///
     /// [`Limits::coalesce`]: super::Limits::coalesce
-    events_written: Option<Instant>,
+    ///
+    /// Kept as milliseconds after `opened` plus one (0: never) in four bytes: every
+    /// connection carries it, and an idle one should stay small.
+    events_written: u32,
     /// Output made by events is held until `events_written + coalesce`.
     held: bool,
     bytes_in: u64,
     bytes_out: u64,
-    writes: u64,
+    writes: u32,
     reason: Reason,
 }
 
@@ -188,7 +191,7 @@ impl<S: Session> Conn<S> {
             keepalive: false,
             idle_check,
             stalled_since: None,
-            events_written: None,
+            events_written: 0,
             held: false,
             bytes_in: 0,
             bytes_out: 0,
@@ -429,7 +432,7 @@ impl<S: Session> Conn<S> {
                 Ok(n) => {
                     self.out_pos += n;
                     self.bytes_out += n as u64;
-                    self.writes += 1;
+                    self.writes = self.writes.wrapping_add(1);
                     self.active = true;
                     self.stalled_since = None;
                 }
@@ -516,6 +519,16 @@ impl<S: Session> Conn<S> {
         }
     }
 
+    fn events_written_at(&self) -> Option<Instant> {
+        (self.events_written > 0)
+            .then(|| self.opened + Duration::from_millis(u64::from(self.events_written - 1)))
+    }
+
+    fn set_events_written(&mut self, now: Instant) {
+        let ms = now.saturating_duration_since(self.opened).as_millis();
+        self.events_written = u32::try_from(ms).unwrap_or(u32::MAX - 1) + 1;
+    }
+
     /// Events just added output: write it at once if the last write of events was
     /// long enough ago, otherwise hold it (with whatever comes next) until
     /// `coalesce` after that write. A member of a busy room is written to at most
@@ -526,9 +539,9 @@ impl<S: Session> Conn<S> {
             return;
         }
         let now = clock.now();
-        match self.events_written {
+        match self.events_written_at() {
             Some(t) if now < t + window => self.held = true,
-            _ => self.events_written = Some(now),
+            _ => self.set_events_written(now),
         }
     }
 
@@ -568,7 +581,7 @@ impl<S: Session> Conn<S> {
             t = t.min(until);
         }
         if self.held {
-            if let Some(w) = self.events_written {
+            if let Some(w) = self.events_written_at() {
                 t = t.min(w + self.listener.limits.coalesce);
             }
         }
@@ -614,13 +627,13 @@ impl<S: Session> Conn<S> {
         }
         if self.held
             && self
-                .events_written
+                .events_written_at()
                 .map_or(true, |w| now >= w + self.listener.limits.coalesce)
         {
             // The window is over: the model writes what was held, and this write
             // starts the next window.
             self.held = false;
-            self.events_written = Some(now);
+            self.set_events_written(now);
         }
         if now >= self.idle_check {
             if std::mem::take(&mut self.active) {
@@ -677,7 +690,8 @@ impl<S: Session> Drop for Conn<S> {
         let s = &self.listener.stats;
         s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
         s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
-        s.writes.fetch_add(self.writes, Ordering::Relaxed);
+        s.writes
+            .fetch_add(u64::from(self.writes), Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);
         self.span().in_scope(|| {
             tracing::info!(
