@@ -709,3 +709,26 @@ under_models! {
     pool: Model::Pool { workers: 10 },
     async_: Model::Async { workers: 2 },
 }
+
+/// With `--redis`, a line client that sends commands and closes its side at once
+/// (`printf 'WHO r\nQUIT\n' | ...`) still gets every reply: answers awaited from
+/// Redis are not dropped by the EOF.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn with_redis_commands_before_eof_are_all_answered() {
+    let redis = RedisServer::start();
+    let (srv, _hub) = start_redis(&redis);
+    let mut tom = Tcp::connect(srv.chat.addr, "tom");
+    tom.send("JOIN r");
+    tom.expect("OK JOIN r");
+    tom.send("WHO r");
+    tom.send("HISTORY r 5");
+    tom.send("QUIT");
+    tom.w.shutdown(std::net::Shutdown::Write).unwrap();
+    tom.expect("WHO r tom");
+    tom.expect("OK HISTORY r");
+    tom.expect("OK QUIT");
+    let mut rest = String::new();
+    tom.r.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "", "closed after the last reply");
+}

@@ -128,6 +128,7 @@ impl Service for Chat {
             member: Member::new(self.hub.clone(), LineDecoder, self.max_rate),
             max_line: self.max_line,
             skipping: false,
+            eof: false,
         }
     }
 }
@@ -333,9 +334,20 @@ pub struct ChatSession {
     max_line: usize,
     /// The rest of an over-long line, already answered, is being discarded.
     skipping: bool,
+    /// The client has closed its side: close once every command it sent is answered.
+    eof: bool,
 }
 
 impl ChatSession {
+    /// After the client's EOF, the connection closes as soon as no answer is awaited:
+    /// commands sent just before the EOF (a `WHO` answered through Redis, then
+    /// `QUIT`) still get their replies.
+    fn close_if_done(&self, cx: &mut Cx<'_, ChatEvent>) {
+        if self.eof && !self.member.is_waiting() {
+            cx.close();
+        }
+    }
+
     /// Whether the member is in at least one room (and may only listen).
     pub fn in_a_room(&self) -> bool {
         self.member.in_a_room()
@@ -395,8 +407,14 @@ impl Session for ChatSession {
         pos
     }
 
+    fn eof(&mut self, cx: &mut Cx<'_, ChatEvent>) {
+        self.eof = true;
+        self.close_if_done(cx);
+    }
+
     fn event(&mut self, event: ChatEvent, cx: &mut Cx<'_, ChatEvent>) {
         self.member.event(event, &mut LineOut(cx));
+        self.close_if_done(cx);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -410,6 +428,7 @@ impl Session for ChatSession {
 
     fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {
         self.member.timeout(&mut LineOut(cx));
+        self.close_if_done(cx);
     }
 
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, ChatEvent>) {

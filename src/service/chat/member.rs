@@ -416,6 +416,11 @@ impl<D: Decoder> Member<D> {
         self.s.me = None;
     }
 
+    /// Whether an answer is awaited (from Redis), with commands queued behind it.
+    pub fn is_waiting(&self) -> bool {
+        self.s.waiting > 0
+    }
+
     /// Whether the member is in at least one room: it may then only listen, and a
     /// quiet room is no reason to drop it as idle.
     pub fn in_a_room(&self) -> bool {
