@@ -15,6 +15,15 @@ RUNS=${RUNS:-3}
 SECS=${SECS:-10}
 CONFIGS=${CONFIGS:-"1000:50 10000:5"}
 SERVERS=${SERVERS:-"ours peer"}
+# PIN=1 (default): server on CPU 0 (one worker), tester on CPU 1 with one thread.
+# PIN=0: nothing pinned, the server's async runtime and the peer's on both cores, the
+# tester with two threads: the whole machine on one fan-out, for latency.
+PIN=${PIN:-1}
+if [ "$PIN" = 1 ]; then
+    PIN_SERVER="taskset -c 0" PIN_TESTER="taskset -c 1" TESTER_THREADS=1
+else
+    PIN_SERVER="" PIN_TESTER="" TESTER_THREADS=2
+fi
 BIN=target/release/multiclient
 PEER=target/release/examples/peer_tokio_chat
 PORT=${PORT:-17300}
@@ -34,7 +43,7 @@ REDIS_PID=
 cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 if [[ " $SERVERS " == *" redis "* ]]; then
-    taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+    $PIN_SERVER redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
         --appendonly no >/dev/null 2>&1 &
     REDIS_PID=$!
     wait_port "$REDIS_PORT"
@@ -47,14 +56,14 @@ for cfg in $CONFIGS; do
         for run in $(seq "$RUNS"); do
             PORT=$((PORT + 1))
             case $server in
-                ours) taskset -c 0 "$BIN" serve -q --service chat --model async \
+                ours) $PIN_SERVER "$BIN" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 >/dev/null 2>&1 & ;;
-                ours0) taskset -c 0 "$BIN" serve -q --service chat --model async \
+                ours0) $PIN_SERVER "$BIN" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 --coalesce 0 >/dev/null 2>&1 & ;;
-                redis) taskset -c 0 "$BIN" serve -q --service chat --model async \
+                redis) $PIN_SERVER "$BIN" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 \
                           --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 & ;;
-                peer) taskset -c 0 "$PEER" "$PORT" >/dev/null 2>&1 & ;;
+                peer) $PIN_SERVER "$PEER" "$PORT" >/dev/null 2>&1 & ;;
             esac
             spid=$!
             wait_port "$PORT"
@@ -62,9 +71,9 @@ for cfg in $CONFIGS; do
             # sending phase alone (between the end of setup and the end of sending).
             perf stat -e raw_syscalls:sys_enter -I 500 -x, -o "$OUT.perf" -p "$spid" &
             perf_pid=$!
-            json=$(RUST_BACKTRACE=0 taskset -c 1 "$BIN" bench chat --addr "127.0.0.1:$PORT" \
+            json=$(RUST_BACKTRACE=0 $PIN_TESTER "$BIN" bench chat --addr "127.0.0.1:$PORT" \
                 --members "$members" --rooms 1 --rate "$rate" --secs "$SECS" \
-                --src-ips 4 --threads 1 --server-pid "$spid" --json) || true
+                --src-ips 4 --threads "$TESTER_THREADS" --server-pid "$spid" --json) || true
             kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true
             kill "$spid"; wait "$spid" 2>/dev/null || true
             if [ -z "$json" ]; then
