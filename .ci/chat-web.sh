@@ -32,7 +32,9 @@ cargo build
 cargo test --test chat_web
 rm -f target/chat-web-ann.png target/chat-web-bob.png target/chat-redis-a.png target/chat-redis-b.png
 node tests/browser/chat.mjs target/debug/multiclient
-test -s target/chat-web-ann.png && test -s target/chat-web-bob.png
+test -s target/chat-web-ann.png
+test -s target/chat-web-bob.png
 node tests/browser/chat-redis.mjs target/debug/multiclient
-test -s target/chat-redis-a.png && test -s target/chat-redis-b.png
+test -s target/chat-redis-a.png
+test -s target/chat-redis-b.png
 echo "chat-web.sh: all chat web checks passed"
