@@ -22,27 +22,37 @@ export function onCleanup(fn) {
   cleanups.push(fn);
 }
 
-/** Runs every cleanup once, each bounded in time, whatever failed before. */
-export async function cleanup() {
-  while (cleanups.length) {
-    const fn = cleanups.pop();
-    try {
-      await withTimeout(Promise.resolve().then(fn), 10_000, 'a cleanup step');
-    } catch (e) {
-      console.error('cleanup:', e.message);
+let cleaning = null;
+
+/**
+ * Runs every cleanup once, each bounded in time, whatever failed before. Concurrent
+ * callers (a signal during a failing step) share one run, so nobody exits while a
+ * child is still being stopped.
+ */
+export function cleanup() {
+  cleaning ??= (async () => {
+    while (cleanups.length) {
+      const fn = cleanups.pop();
+      try {
+        await withTimeout(Promise.resolve().then(fn), 10_000, 'a cleanup step');
+      } catch (e) {
+        console.error('cleanup:', e.message);
+      }
     }
-  }
+  })();
+  return cleaning;
 }
 
 /**
  * Runs `main` as the test named `name`: at most `limitMs` in all, cleanup on success,
  * failure, timeout, SIGINT/SIGTERM and unhandled errors; the exit code says which.
+ * After a timeout or a signal, what `main` reports as it is torn down is not news.
  */
 export async function run(name, limitMs, main) {
-  let finished = false;
+  let over = false;
   const bail = async (why) => {
-    if (finished) return;
-    finished = true;
+    if (over) return;
+    over = true;
     console.error(`FAIL: ${name}: ${why}`);
     await cleanup();
     process.exit(1);
@@ -54,12 +64,12 @@ export async function run(name, limitMs, main) {
   try {
     await main();
     if (process.exitCode) throw new Error('a page reported an error');
-    console.log(`PASS: ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+    if (!over) console.log(`PASS: ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
   } catch (e) {
-    console.error(`FAIL: ${name}:`, e.stack ?? e.message);
+    if (!over) console.error(`FAIL: ${name}:`, e.stack ?? e.message);
     process.exitCode = 1;
   } finally {
-    finished = true;
+    over = true;
     clearTimeout(overall);
     await cleanup();
   }
