@@ -310,11 +310,12 @@ export class LineClient {
     return this.lines[i];
   }
 
-  /** Sends `cmd` and returns the first line after it starting with `prefix`. */
-  async ask(cmd, prefix, ms = STEP) {
+  /** Sends `cmd` and returns the first line after it starting with a prefix given. */
+  async ask(cmd, prefixes, ms = STEP) {
+    const ps = [prefixes].flat();
     this.cursor = this.lines.length;
     this.send(cmd);
-    return this.until((l) => l.startsWith(prefix), `${prefix}… after ${cmd}`, ms);
+    return this.until((l) => ps.some((p) => l.startsWith(p)), `${ps.join('… or ')}… after ${cmd}`, ms);
   }
 
   /** Every `MSG <room>` received so far, as { id, nick, text }. */
