@@ -5,59 +5,12 @@
 // its rejoin with "after". Screenshots go to target/. Exits non-zero on any failure.
 //
 // Usage: node chat.mjs [path/to/multiclient]   (default: target/debug/multiclient)
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { STEP, check, checkPng, launchChromium, root, run, startServer } from './lib.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const bin = path.resolve(process.argv[2] ?? path.join(root, 'target/debug/multiclient'));
-const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const KEY = 'browser-test-key';
-const STEP = 15_000; // a safety net per wait: a step that takes this long has failed
-
-const cleanups = [];
-async function cleanup() {
-  while (cleanups.length) {
-    try { await cleanups.pop()(); } catch (e) { console.error('cleanup:', e.message); }
-  }
-}
-const overall = setTimeout(async () => {
-  console.error('FAIL: the browser test did not finish within 120 s');
-  await cleanup();
-  process.exit(1);
-}, 120_000);
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, [
-      'serve', '--service', 'http=127.0.0.1:0', '--service', 'chat=127.0.0.1:0',
-    ], { env: { ...process.env, MULTICLIENT_API_KEY: KEY, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
-    cleanups.push(() => new Promise((done) => {
-      if (child.exitCode !== null) return done();
-      child.once('exit', done);
-      child.kill('SIGTERM');
-    }));
-    const ports = {};
-    let buf = '';
-    const onData = (d) => {
-      buf += d;
-      for (const m of buf.matchAll(/Listening on 127\.0\.0\.1:(\d+) \((\w+),/g)) ports[m[2]] = Number(m[1]);
-      if (ports.http && ports.chat) resolve({ child, ports });
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`server exited (${code}) before listening:\n${buf}`)));
-    setTimeout(() => reject(new Error('server did not report its ports in time:\n' + buf)), STEP);
-  });
-}
-
-function check(cond, what) {
-  if (!cond) throw new Error(what);
-  console.log('ok -', what);
-}
 
 async function openPage(context, base, nick) {
   const page = await context.newPage();
@@ -83,21 +36,12 @@ const seen = (page, nick, text) =>
   page.locator('#log li.msg', { hasText: text }).filter({ hasText: nick }).waitFor({ timeout: STEP });
 
 async function main() {
-  const { ports } = await startServer();
+  const { ports } = await startServer(bin, [
+    '--service', 'http=127.0.0.1:0', '--service', 'chat=127.0.0.1:0',
+  ], { MULTICLIENT_API_KEY: KEY }, 'server');
   const base = `http://127.0.0.1:${ports.http}`;
   console.log('server: http', ports.http, 'chat', ports.chat);
-  const profile = mkdtempSync(path.join(tmpdir(), 'multiclient-chromium-'));
-  cleanups.push(() => rmSync(profile, { recursive: true, force: true }));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: chromiumPath,
-    headless: true,
-    viewport: { width: 1000, height: 600 },
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ],
-  });
-  cleanups.push(() => context.close());
+  const context = await launchChromium();
 
   const ann = await openPage(context, base, 'ann');
   const bob = await openPage(context, base, 'bob');
@@ -145,17 +89,8 @@ async function main() {
   const shotB = path.join(root, 'target/chat-web-bob.png');
   await ann.screenshot({ path: shotA });
   await bob.screenshot({ path: shotB });
-  console.log('screenshots:', shotA, shotB);
+  checkPng(shotA);
+  checkPng(shotB);
 }
 
-try {
-  await main();
-  if (process.exitCode) throw new Error('a page reported an error');
-  console.log('PASS: chat page in headless Chromium');
-} catch (e) {
-  console.error('FAIL:', e.message);
-  process.exitCode = 1;
-} finally {
-  clearTimeout(overall);
-  await cleanup();
-}
+await run('chat page in headless Chromium', 120_000, main);
