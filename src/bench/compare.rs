@@ -180,12 +180,18 @@ fn start(cmd: &str, cpus: Option<&str>, port: u16) -> anyhow::Result<Started> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: runs in the forked child before exec; setsid(2) is async-signal-safe and
-    // touches no memory of the parent. It cannot fail here: the child is not a process
-    // group leader (it has just been forked into the tester's group).
+    // SAFETY: runs in the forked child before exec; setsid(2) and prctl(2) are
+    // async-signal-safe and touch no memory of the parent. setsid cannot fail here: the
+    // child is not a process group leader (it has just been forked into the tester's
+    // group). PR_SET_PDEATHSIG kills the server if the tester dies without dropping
+    // `Started` (killed by a script's time limit, say): its own session no longer
+    // shares the tester's signals, so this is what keeps it from outliving the run.
     unsafe {
         command.pre_exec(|| {
             libc::setsid();
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -371,7 +377,11 @@ pub fn table(all: &[Series], service: &str) -> String {
                 p.kib_per_conn,
                 p.threads,
                 if p.tester_bound { " tester-bound" } else { "" },
-                if p.tester_starved { " tester-starved" } else { "" }
+                if p.tester_starved {
+                    " tester-starved"
+                } else {
+                    ""
+                }
             );
         }
     }

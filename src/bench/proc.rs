@@ -109,7 +109,10 @@ mod tests {
 
     #[test]
     fn schedstat_wait_is_the_second_field() {
-        assert_eq!(parse_schedstat_wait("193451855 4318000741 76\n"), Some(4318000741));
+        assert_eq!(
+            parse_schedstat_wait("193451855 4318000741 76\n"),
+            Some(4318000741)
+        );
         assert_eq!(parse_schedstat_wait("193451855"), None);
         assert_eq!(parse_schedstat_wait("1 x 2"), None);
     }
