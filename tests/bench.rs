@@ -3,12 +3,15 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 use std::time::Duration;
 
 use multiclient::bench::hold::{run_hold, HoldConfig, Probe};
 use multiclient::bench::run::{run_load, LoadConfig};
 use multiclient::bench::workload::Workload;
 use multiclient::model::{Limits, Model, Server};
+use multiclient::service::http::HttpOptions;
+use multiclient::service::ws::{Ws, WsOptions};
 use multiclient::service::{ack::Ack, greet::Greet, hello::Hello, Service};
 
 /// Our server with `service` on a free loopback port.
@@ -57,6 +60,44 @@ fn hello_runs_the_exact_count_without_errors() {
     let r = run_load(&bounded(Workload::Hello, addr, 4, 300)).unwrap();
     assert_eq!(r.errors.total(), 0, "{r:?}");
     assert_eq!(r.ok, 300);
+    stop(server);
+}
+
+/// Our ws service; with `echo` it answers with the message itself instead of the
+/// seed's `Server received: <message>`.
+fn ws_service(echo: bool) -> Ws {
+    let ws = WsOptions {
+        echo,
+        ..WsOptions::default()
+    };
+    Ws::new(HttpOptions {
+        ws: Arc::new(ws),
+        ..HttpOptions::default()
+    })
+}
+
+#[test]
+fn ws_runs_the_exact_count_without_errors() {
+    let (server, addr) = serve(ws_service(false));
+    let w = Workload::Ws { path: "/".into() };
+    let r = run_load(&bounded(w, addr, 6, 1_200)).unwrap();
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    assert_eq!(r.ok, 1_200);
+    assert_eq!(r.latency.count, 1_200);
+    assert_eq!(r.unfinished, 0, "{r:?}");
+    stop(server);
+}
+
+#[test]
+fn ws_reply_without_the_seed_prefix_is_a_wrong_reply() {
+    // The echo variant answers `abcd...` where the seed's server says
+    // `Server received: abcd...`: a well-formed WebSocket reply with the wrong bytes.
+    let (server, addr) = serve(ws_service(true));
+    let w = Workload::Ws { path: "/".into() };
+    let r = run_load(&bounded(w, addr, 2, 20)).unwrap();
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert_eq!(r.errors.wrong_reply, 20, "{r:?}");
+    assert_eq!(r.errors.total(), 20, "{r:?}");
     stop(server);
 }
 

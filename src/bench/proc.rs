@@ -1,6 +1,10 @@
 //! Process sampling from /proc: CPU time (utime + stime), resident memory and thread
 //! count, of the server under test and of the tester itself.
 //!
+//! The tester also reads how long its own threads waited for a CPU while runnable
+//! (`/proc/self/task/*/schedstat`): a tester starved by other processes looks exactly
+//! like a slow server (timeouts, an idle server), and only this figure tells them apart.
+//!
 //! CPU time in /proc is counted in clock ticks (usually 10 ms), so CPU per operation is
 //! only meaningful over runs of a few seconds; the benchmark record uses 5 s or more.
 
@@ -32,6 +36,28 @@ pub fn sample(pid: Option<u32>) -> io::Result<Sample> {
         rss_kib: status_field(&status, "VmRSS:").unwrap_or(0),
         threads: status_field(&status, "Threads:").unwrap_or(0),
     })
+}
+
+/// Seconds this process's threads have spent runnable but waiting for a CPU (the
+/// second field of each thread's `schedstat`, in nanoseconds), summed over the threads
+/// alive now; `None` when the kernel does not keep scheduler statistics.
+pub fn cpu_wait_secs() -> Option<f64> {
+    let mut total_ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread may exit between the listing and the read: it no longer counts.
+        let Ok(line) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        total_ns += parse_schedstat_wait(&line)?;
+    }
+    Some(total_ns as f64 / 1e9)
+}
+
+/// The run-queue wait (second field, ns) of a `schedstat` line:
+/// `run_ns wait_ns timeslices`.
+pub fn parse_schedstat_wait(line: &str) -> Option<u64> {
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn bad(dir: &str, what: &str) -> io::Error {
@@ -79,6 +105,16 @@ mod tests {
         assert_eq!(status_field(s, "VmRSS:"), Some(2048));
         assert_eq!(status_field(s, "Threads:"), Some(7));
         assert_eq!(status_field(s, "VmHWM:"), None);
+    }
+
+    #[test]
+    fn schedstat_wait_is_the_second_field() {
+        assert_eq!(
+            parse_schedstat_wait("193451855 4318000741 76\n"),
+            Some(4318000741)
+        );
+        assert_eq!(parse_schedstat_wait("193451855"), None);
+        assert_eq!(parse_schedstat_wait("1 x 2"), None);
     }
 
     #[test]

@@ -205,6 +205,12 @@ pub struct Report {
     pub tester_cpu_secs: f64,
     /// The tester's CPU as a share of the threads it runs on (1.0 = all busy).
     pub tester_busy: f64,
+    /// Seconds the tester's threads were runnable but waited for a CPU (other
+    /// processes had it), when the kernel reports it.
+    pub tester_cpu_wait_secs: Option<f64>,
+    /// That wait as a share of the run's wall time per tester thread (1.0 = the
+    /// tester waited for a CPU the whole run).
+    pub tester_starved_share: Option<f64>,
     /// The server's CPU and memory, with `--server-pid`.
     pub server: Option<ServerUse>,
 }
@@ -214,6 +220,12 @@ impl Report {
     /// rather than the server.
     pub fn tester_bound(&self) -> bool {
         self.tester_busy >= 0.9
+    }
+
+    /// Whether the tester's threads waited for a CPU for half of the run or more: then
+    /// timeouts and low throughput may be the machine's load, not the server's doing.
+    pub fn tester_starved(&self) -> bool {
+        self.tester_starved_share.is_some_and(|w| w >= 0.5)
     }
 
     /// The human summary.
@@ -257,6 +269,14 @@ impl Report {
             self.tester_cpu_secs,
             self.tester_busy * 100.0
         );
+        if let Some(w) = self.tester_cpu_wait_secs {
+            let _ = writeln!(
+                s,
+                "  tester wait {:.2} s runnable without a CPU ({:.0}% of the run per thread)",
+                w,
+                self.tester_starved_share.unwrap_or(0.0) * 100.0
+            );
+        }
         if let Some(sv) = &self.server {
             let _ = writeln!(
                 s,
@@ -275,6 +295,16 @@ impl Report {
                 "  WARNING: the tester used {:.0}% of its threads' CPU: it, not the server, \
                  may be the bottleneck (give it more --threads or pin the server apart)",
                 self.tester_busy * 100.0
+            );
+        }
+        if self.tester_starved() {
+            let _ = writeln!(
+                s,
+                "  WARNING: the tester waited for a CPU {:.0}% of the run: other processes \
+                 had its CPU, so timeouts and throughput here measure the machine's load, \
+                 not the server (run on a quiet machine; keep the server in a session of \
+                 its own, see BENCHMARKS.md)",
+                self.tester_starved_share.unwrap_or(0.0) * 100.0
             );
         }
         s

@@ -128,8 +128,13 @@ pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
         .build()?;
     let server_before = cfg.server_pid.map(|p| proc::sample(Some(p))).transpose()?;
     let tester_before = proc::sample(None)?;
+    let wait_before = proc::cpu_wait_secs();
     let (hist, secs, shared, peak) = rt.block_on(drive(cfg));
     let tester_after = proc::sample(None)?;
+    let tester_wait = match (wait_before, proc::cpu_wait_secs()) {
+        (Some(b), Some(a)) => Some((a - b).max(0.0)),
+        _ => None,
+    };
     let server = match (cfg.server_pid, server_before) {
         (Some(p), Some(before)) => {
             let after = proc::sample(Some(p))?;
@@ -164,6 +169,10 @@ pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
         } else {
             0.0
         },
+        tester_cpu_wait_secs: tester_wait,
+        tester_starved_share: tester_wait
+            .filter(|_| secs > 0.0)
+            .map(|w| w / (secs * cfg.threads.max(1) as f64)),
         server,
     })
 }

@@ -46,6 +46,10 @@ pub(crate) fn accept_now(listener: &TcpListener) -> io::Result<(TcpStream, Socke
 /// Waits for the next client. Once the drain has started it only returns the clients
 /// already waiting in the backlog (so their messages are answered, not reset), then
 /// `None`.
+///
+/// It tries `accept` before sleeping in `poll`: under a burst the backlog holds many
+/// clients, and each is taken with one system call instead of two; `poll` is only
+/// reached when the backlog is empty.
 pub(crate) fn accept<S: Service>(
     listener: &TcpListener,
     ctx: &Ctx<S>,
@@ -55,20 +59,6 @@ pub(crate) fn accept<S: Service>(
     loop {
         if drain.is_started() {
             return accept_now(listener).ok();
-        }
-        let mut fds = [
-            PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN),
-            PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN),
-        ];
-        match rustix::event::poll(&mut fds, None) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            Err(e) => {
-                tracing::error!("poll on listener failed: {e}");
-                return None;
-            }
-        }
-        if fds[0].revents().is_empty() {
-            continue;
         }
         match accept_now(listener) {
             Ok(conn) => {
@@ -85,6 +75,18 @@ pub(crate) fn accept<S: Service>(
                     let mut fds = [PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN)];
                     let _ = rustix::event::poll(&mut fds, Some(&timespec(wait)));
                 }
+                continue;
+            }
+        }
+        let mut fds = [
+            PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN),
+            PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::error!("poll on listener failed: {e}");
+                return None;
             }
         }
     }
