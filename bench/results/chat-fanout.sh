@@ -16,13 +16,15 @@ SECS=${SECS:-10}
 CONFIGS=${CONFIGS:-"1000:50 10000:5"}
 SERVERS=${SERVERS:-"ours peer"}
 # PIN=1 (default): server on CPU 0 (one worker), tester on CPU 1 with one thread.
+# Servers run in their own session (setsid), as deployed: with the kernel's session
+# autogroups, a server in the tester's session would share, and skew, its CPU share.
 # PIN=0: nothing pinned, the server's async runtime and the peer's on both cores, the
 # tester with two threads: the whole machine on one fan-out, for latency.
 PIN=${PIN:-1}
 if [ "$PIN" = 1 ]; then
-    PIN_SERVER="taskset -c 0" PIN_TESTER="taskset -c 1" TESTER_THREADS=1
+    PIN_SERVER="setsid taskset -c 0" PIN_TESTER="taskset -c 1" TESTER_THREADS=1
 else
-    PIN_SERVER="" PIN_TESTER="" TESTER_THREADS=2
+    PIN_SERVER="setsid" PIN_TESTER="" TESTER_THREADS=2
 fi
 BIN=target/release/multiclient
 PEER=target/release/examples/peer_tokio_chat
