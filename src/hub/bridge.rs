@@ -1002,6 +1002,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_killed_process_parts_within_the_ttl_and_a_live_one_has_slack() {
+        for ms in [300, 2000, 15_000, 60_000] {
+            let ttl = Duration::from_millis(ms);
+            let t = Timing::new(ttl);
+            assert!(t.worst_part() < ttl, "{t:?} for {ttl:?}");
+            // What is left of the TTL for the fan-out of the PARTs.
+            assert!(ttl - t.worst_part() >= ttl / 7, "{t:?}");
+            // A listing outlives its refresh period by a whole period: one late refresh
+            // does not part a live process's members.
+            assert!(t.lifetime >= t.refresh * 2, "{t:?}");
+            assert!(t.scan <= t.refresh / 2, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn scripts_read_the_clock_they_use() {
+        let s = Scripts::new();
+        for l in s.all() {
+            // A script that uses `now` defines it first, from Redis's clock.
+            let uses = l.code.replacen(NOW_MS, "", 1).contains("now");
+            assert_eq!(uses, l.code.starts_with(NOW_MS), "{}", l.code);
+            assert_eq!(l.hash.len(), 40);
+        }
+    }
+
+    #[test]
     fn events_round_trip_and_bad_ones_are_refused() {
         let ev = parse_event(
             br#"{"t":"msg","room":"r","id":"7","nick":"ann","text":"hi \/ there","o":"x"}"#,
