@@ -346,6 +346,9 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     let _redis = Redis::start(port);
     one.wait_available(true);
     two.wait_available(true);
+    // Each instance listed its members again before saying it was up.
+    ann.send("WHO lobby");
+    ann.expect("WHO lobby ann bob cat");
     ann.send("SAY lobby back");
     let back = ann.until("MSG lobby ");
     assert!(back.ends_with(" ann back"), "{back}");

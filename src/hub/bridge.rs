@@ -79,12 +79,17 @@ const BATCH: usize = 1024;
 /// Most nicks re-listed by one script call, so no single call holds Redis (which runs
 /// one script at a time) for long.
 const CHUNK: usize = 1000;
+/// Re-listing commands sent in one pipeline at most, after the first registration.
+const SPREAD: usize = 4;
 /// First reconnection delay.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest reconnection delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Longest wait for one pipeline or connection.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pipeline slower than this is logged: members' answers are waiting on it.
+const SLOW: Duration = Duration::from_millis(500);
 
 /// Milliseconds of Redis's clock, as a Lua number (exact: below 2^53).
 const NOW_MS: &str = r#"
@@ -121,14 +126,21 @@ end
 return redis.call('PUBLISH', KEYS[2], ARGV[1])
 "#;
 
-/// Re-lists a process's members of one room. `KEYS`: presence set. `ARGV`: listing
-/// lifetime (ms), then the nicks. The set itself disappears when nobody re-lists
-/// anyone in it any more.
+/// Re-lists a process's members of one room (at most [`CHUNK`]: one variadic
+/// `ZADD`). `KEYS`: presence set. `ARGV`: listing lifetime (ms), `XX` (renew listed
+/// members only) or empty (list them, after a connect), then the nicks. The set
+/// itself disappears when nobody re-lists anyone in it any more.
 const PRESENCE_SCRIPT: &str = r#"
 local expires = string.format('%.0f', now + tonumber(ARGV[1]))
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], expires, ARGV[i]) end
+local args = {}
+if ARGV[2] == 'XX' then args[1] = 'XX' end
+for i = 3, #ARGV do
+  args[#args + 1] = expires
+  args[#args + 1] = ARGV[i]
+end
+local n = redis.call('ZADD', KEYS[1], unpack(args))
 redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[1])))
-return #ARGV - 1
+return n
 "#;
 
 /// Unlists the expired members of a room and publishes their `PART`s; returns their
@@ -164,17 +176,21 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-/// Renews a process's nick claims (or makes them again after Redis lost them),
-/// leaving alone those another member holds now; returns those. `KEYS`: the nicks.
-/// `ARGV`: claim lifetime (ms), then each nick's owner.
+/// Renews a process's nick claims, or makes them again after a connect (Redis may
+/// have lost them), leaving alone those another member holds now; returns those.
+/// `KEYS`: the nicks. `ARGV`: claim lifetime (ms), `renew` (only claims still held:
+/// a nick released meanwhile stays free) or `claim`, then each nick's owner.
 const NICKS_SCRIPT: &str = r#"
 local lost = {}
+local cur = redis.call('MGET', unpack(KEYS))
 for i = 1, #KEYS do
-  local cur = redis.call('GET', KEYS[i])
-  if cur and cur ~= ARGV[i + 1] then
+  local owner = ARGV[i + 2]
+  if cur[i] == owner then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  elseif cur[i] then
     lost[#lost + 1] = KEYS[i]
-  else
-    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+  elseif ARGV[2] == 'claim' then
+    redis.call('SET', KEYS[i], owner, 'PX', ARGV[1])
   end
 end
 return lost
@@ -264,6 +280,7 @@ impl Timing {
         }
     }
 
+    #[cfg(test)]
     /// The latest a killed process's members are parted everywhere, not counting the
     /// fan-out: listed for `lifetime` after its last refresh, found at most `scan` later.
     fn worst_part(&self) -> Duration {
@@ -477,12 +494,23 @@ impl Run {
         let mut backoff = BACKOFF_START;
         loop {
             match self.connect().await {
-                Ok((conn, stream)) => {
-                    tracing::info!("redis: connected and subscribed");
+                Ok((mut conn, stream)) => {
+                    // Members and nicks are registered before anyone is told Redis is
+                    // up: it may have come back empty.
+                    if let Err(e) = self.register(&mut conn).await {
+                        tracing::warn!("redis: cannot register members: {e}; retrying in {backoff:?}");
+                        if self.wait(&mut rx, backoff).await.is_none() {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
                     if let Some(h) = self.hub() {
                         h.stats.redis_connects.fetch_add(1, Ordering::Relaxed);
                     }
                     self.up.store(true, Ordering::Release);
+                    // Logged once requests are taken: a readiness signal (.ci, tests).
+                    tracing::info!("redis: connected and subscribed");
                     backoff = BACKOFF_START;
                     let why = self.serve(conn, stream, &mut rx).await;
                     self.up.store(false, Ordering::Release);
@@ -496,19 +524,37 @@ impl Run {
                 }
                 Err(e) => tracing::warn!("redis: cannot connect: {e}; retrying in {backoff:?}"),
             }
-            // While down, queued requests are answered at once rather than left waiting.
-            let until = tokio::time::Instant::now() + backoff;
-            loop {
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Some(r) => self.fail(r),
-                        None => return,
-                    },
-                    _ = tokio::time::sleep_until(until) => break,
-                }
+            if self.wait(&mut rx, backoff).await.is_none() {
+                return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// Waits `backoff` while down, answering queued requests at once rather than
+    /// leaving them waiting; `None` when the hub is gone.
+    async fn wait(&self, rx: &mut mpsc::Receiver<Request>, backoff: Duration) -> Option<()> {
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                r = rx.recv() => self.fail(r?),
+                _ = tokio::time::sleep_until(until) => return Some(()),
+            }
+        }
+    }
+
+    /// Lists every member and nick of this process, in one pipeline.
+    async fn register(&self, conn: &mut Conn) -> Result<(), String> {
+        let (jobs, cmds): (Vec<Job>, Vec<redis::Cmd>) = self.relist(false).into_iter().unzip();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for c in cmds {
+            p.add_command(c);
+        }
+        let n = jobs.len();
+        self.finish(jobs, timed(conn.req_packed_commands(&p, 0, n)).await)
     }
 
     async fn connect(&self) -> Result<(Conn, redis::aio::PubSubStream), String> {
@@ -535,27 +581,40 @@ impl Run {
         mut stream: redis::aio::PubSubStream,
         rx: &mut mpsc::Receiver<Request>,
     ) -> Option<String> {
-        // A tick per scan, a refresh every second tick; the first tick is at once, so
-        // members are (re-)registered on every connect.
+        // A tick per scan, a refresh every second tick.
         let mut ticks = tokio::time::interval(self.timing.scan);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let per_refresh = (self.timing.refresh.as_nanos() / self.timing.scan.as_nanos()).max(1);
         let mut tick: u128 = 0;
         let (mut refresh_due, mut scan_due) = (false, false);
+        // Re-listing commands not sent yet: a few go in each pipeline, so that no
+        // pipeline carries a whole refresh of many members ahead of their requests.
+        let mut relist: std::collections::VecDeque<(Job, redis::Cmd)> = Default::default();
         // A request taken from the queue while no pipeline was out: the next one's first.
         let mut first: Option<Request> = None;
         let mut batch: Option<Batch> = None;
         let mut out: Vec<Job> = Vec::new();
         let why = loop {
             if batch.is_none() {
-                let due = (std::mem::take(&mut refresh_due), std::mem::take(&mut scan_due));
-                match self.collect(due, first.take(), rx) {
+                if std::mem::take(&mut refresh_due) {
+                    relist.extend(self.relist(true));
+                }
+                let scan = std::mem::take(&mut scan_due);
+                match self.collect(&mut relist, scan, first.take(), rx) {
                     Ok((jobs, pipe)) if !jobs.is_empty() => {
                         out = jobs;
                         let mut conn = conn.clone();
                         let n = out.len();
                         batch = Some(Box::pin(async move {
-                            timed(conn.req_packed_commands(&pipe, 0, n)).await
+                            let t = tokio::time::Instant::now();
+                            let r = timed(conn.req_packed_commands(&pipe, 0, n)).await;
+                            if t.elapsed() > SLOW {
+                                tracing::warn!(
+                                    "redis: a pipeline of {n} commands took {:?}",
+                                    t.elapsed()
+                                );
+                            }
+                            r
                         }));
                     }
                     Ok(_) => {}
@@ -598,18 +657,23 @@ impl Run {
         why
     }
 
-    /// The next pipeline: the presence work due, then `first` and the requests
-    /// queued behind it, in queue order.
+    /// The next pipeline: up to [`SPREAD`] re-listing commands, the expiry scan if
+    /// due, then `first` and the requests queued behind it, in queue order.
     fn collect(
         &self,
-        (refresh, scan): (bool, bool),
+        relist: &mut std::collections::VecDeque<(Job, redis::Cmd)>,
+        scan: bool,
         first: Option<Request>,
         rx: &mut mpsc::Receiver<Request>,
     ) -> Result<(Vec<Job>, redis::Pipeline), Gone> {
         let mut jobs = Vec::new();
         let mut pipe = redis::pipe();
-        if refresh || scan {
-            self.presence(refresh, scan, &mut jobs, &mut pipe);
+        for (job, c) in relist.drain(..SPREAD.min(relist.len())) {
+            pipe.add_command(c);
+            jobs.push(job);
+        }
+        if scan {
+            self.scan(&mut jobs, &mut pipe);
         }
         let mut next = first;
         let mut taken = 0;
@@ -635,47 +699,51 @@ impl Run {
         Ok((jobs, pipe))
     }
 
-    /// The presence commands due: re-listing this process's nicks and members
-    /// (`refresh`), removing expired listings of its rooms (`scan`).
-    fn presence(&self, refresh: bool, scan: bool, jobs: &mut Vec<Job>, p: &mut redis::Pipeline) {
+    /// The commands re-listing this process's nicks and members: all of them when
+    /// `renew` is false (after a connect), else only those still listed.
+    fn relist(&self, renew: bool) -> Vec<(Job, redis::Cmd)> {
         let Some(hub) = self.hub() else {
-            return;
+            return Vec::new();
         };
         let life = self.timing.lifetime.as_millis() as u64;
-        if refresh {
-            let nicks = hub.local_nicks();
-            for chunk in nicks.chunks(CHUNK) {
-                let mut c = self.scripts.nicks.call(chunk.len());
-                for (nick, _) in chunk {
-                    c.arg(nick_key(nick));
-                }
-                c.arg(life);
-                for (_, member) in chunk {
-                    c.arg(self.owner(*member));
-                }
-                p.add_command(c);
-                jobs.push(Job::Nicks);
+        let mut out = Vec::new();
+        let nicks = hub.local_nicks();
+        for chunk in nicks.chunks(CHUNK) {
+            let mut c = self.scripts.nicks.call(chunk.len());
+            for (nick, _) in chunk {
+                c.arg(nick_key(nick));
             }
+            c.arg(life).arg(if renew { "renew" } else { "claim" });
+            for (_, member) in chunk {
+                c.arg(self.owner(*member));
+            }
+            out.push((Job::Nicks, c));
         }
         for (room, nicks) in hub.local_presence() {
             let key = who_key(&room);
-            if refresh {
-                for chunk in nicks.chunks(CHUNK) {
-                    let mut c = self.scripts.presence.call(1);
-                    c.arg(&key).arg(life);
-                    for n in chunk {
-                        c.arg(&**n);
-                    }
-                    p.add_command(c);
-                    jobs.push(Job::Presence);
+            for chunk in nicks.chunks(CHUNK) {
+                let mut c = self.scripts.presence.call(1);
+                c.arg(&key).arg(life).arg(if renew { "XX" } else { "" });
+                for n in chunk {
+                    c.arg(&**n);
                 }
+                out.push((Job::Presence, c));
             }
-            if scan {
-                let mut c = self.scripts.expire.call(2);
-                c.arg(&key).arg(CHANNEL).arg(&*room);
-                p.add_command(c);
-                jobs.push(Job::Expire(room));
-            }
+        }
+        out
+    }
+
+    /// The commands removing the expired listings of the rooms this process has
+    /// members in.
+    fn scan(&self, jobs: &mut Vec<Job>, p: &mut redis::Pipeline) {
+        let Some(hub) = self.hub() else {
+            return;
+        };
+        for (room, _) in hub.local_presence() {
+            let mut c = self.scripts.expire.call(2);
+            c.arg(who_key(&room)).arg(CHANNEL).arg(&*room);
+            p.add_command(c);
+            jobs.push(Job::Expire(room));
         }
     }
 
