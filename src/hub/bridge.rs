@@ -882,7 +882,7 @@ impl Run {
             Job::Expire(room) => {
                 for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
                 {
-                    tracing::info!("redis: {nick} in {room} expired: parted everywhere");
+                    tracing::info!("redis: {nick} in {room} expired: parting it everywhere");
                 }
                 return;
             }
