@@ -10,7 +10,8 @@
 # Run as root (network namespaces), CI=true, no stdin, on a clean clone. Installs
 # iproute2 and redis-server if missing and builds the release binary (cargo: a no-op
 # when up to date). Always cleans up: kills only the PIDs it started and deletes the
-# namespaces it made (their links go with them). Exits non-zero with a message on any failed check.
+# namespaces it made (their links go with them). Exits non-zero with a message on any
+# failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
