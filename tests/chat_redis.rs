@@ -408,7 +408,8 @@ fn joins_after_an_id_during_a_burst_miss_nothing_and_repeat_nothing() {
     let mut aw = ann.w.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         for i in 0..BURST {
-            aw.write_all(format!("SAY lobby m{i}\n").as_bytes()).unwrap();
+            aw.write_all(format!("SAY lobby m{i}\n").as_bytes())
+                .unwrap();
         }
         aw.write_all(b"SAY lobby end\n").unwrap();
     });
@@ -451,6 +452,9 @@ fn joins_after_an_id_during_a_burst_miss_nothing_and_repeat_nothing() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "one increasing order");
     for (i, r) in readers.into_iter().enumerate() {
         let seen = r.join().unwrap();
-        assert_eq!(seen, sent, "joiner j{i}: replay + live = every message after its id");
+        assert_eq!(
+            seen, sent,
+            "joiner j{i}: replay + live = every message after its id"
+        );
     }
 }

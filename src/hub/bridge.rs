@@ -498,7 +498,9 @@ impl Run {
                     // Members and nicks are registered before anyone is told Redis is
                     // up: it may have come back empty.
                     if let Err(e) = self.register(&mut conn).await {
-                        tracing::warn!("redis: cannot register members: {e}; retrying in {backoff:?}");
+                        tracing::warn!(
+                            "redis: cannot register members: {e}; retrying in {backoff:?}"
+                        );
                         if self.wait(&mut rx, backoff).await.is_none() {
                             return;
                         }
@@ -768,12 +770,16 @@ impl Run {
             }
             Request::Event { room, kind, member } => {
                 let (mut v, unlist, list) = match kind {
-                    Kind::Join { nick } => {
-                        (serde_json::json!({"t": "join", "nick": &**nick}), "", &**nick)
-                    }
-                    Kind::Part { nick } => {
-                        (serde_json::json!({"t": "part", "nick": &**nick}), &**nick, "")
-                    }
+                    Kind::Join { nick } => (
+                        serde_json::json!({"t": "join", "nick": &**nick}),
+                        "",
+                        &**nick,
+                    ),
+                    Kind::Part { nick } => (
+                        serde_json::json!({"t": "part", "nick": &**nick}),
+                        &**nick,
+                        "",
+                    ),
                     Kind::Nick { old, new } => (
                         serde_json::json!({"t": "nick", "old": &**old, "new": &**new}),
                         &**old,
@@ -912,10 +918,9 @@ impl Run {
             Request::Range {
                 room, after, to, ..
             } => {
-                let msgs = match redis::from_owned_redis_value::<
-                    redis::streams::StreamRangeReply,
-                >(reply)
-                {
+                let msgs = match redis::from_owned_redis_value::<redis::streams::StreamRangeReply>(
+                    reply,
+                ) {
                     Ok(r) => {
                         let mut msgs: Vec<Arc<Publication>> = r
                             .ids
