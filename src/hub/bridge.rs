@@ -583,8 +583,10 @@ impl Run {
         mut stream: redis::aio::PubSubStream,
         rx: &mut mpsc::Receiver<Request>,
     ) -> Option<String> {
-        // A tick per scan, a refresh every second tick.
-        let mut ticks = tokio::time::interval(self.timing.scan);
+        // A tick per scan, a refresh every second tick; none at once: `register` has
+        // just listed everyone.
+        let start = tokio::time::Instant::now() + self.timing.scan;
+        let mut ticks = tokio::time::interval_at(start, self.timing.scan);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let per_refresh = (self.timing.refresh.as_nanos() / self.timing.scan.as_nanos()).max(1);
         let mut tick: u128 = 0;
