@@ -600,11 +600,19 @@ impl Run {
         let mut out: Vec<Job> = Vec::new();
         let why = loop {
             if batch.is_none() {
+                // A renewal still going out when the next is due (pipelines slower
+                // than the spread assumes) goes out whole now: listings must not
+                // expire, and the queue holds at most one renewal.
+                let mut spread = SPREAD;
                 if std::mem::take(&mut refresh_due) {
+                    if !relist.is_empty() {
+                        tracing::warn!("redis: presence renewal lagging: sent in one go");
+                        spread = usize::MAX;
+                    }
                     relist.extend(self.relist(true));
                 }
                 let scan = std::mem::take(&mut scan_due);
-                match self.collect(&mut relist, scan, first.take(), rx) {
+                match self.collect(&mut relist, spread, scan, first.take(), rx) {
                     Ok((jobs, pipe)) if !jobs.is_empty() => {
                         out = jobs;
                         let mut conn = conn.clone();
@@ -661,18 +669,19 @@ impl Run {
         why
     }
 
-    /// The next pipeline: up to [`SPREAD`] re-listing commands, the expiry scan if
+    /// The next pipeline: up to `spread` re-listing commands, the expiry scan if
     /// due, then `first` and the requests queued behind it, in queue order.
     fn collect(
         &self,
         relist: &mut std::collections::VecDeque<(Job, redis::Cmd)>,
+        spread: usize,
         scan: bool,
         first: Option<Request>,
         rx: &mut mpsc::Receiver<Request>,
     ) -> Result<(Vec<Job>, redis::Pipeline), Gone> {
         let mut jobs = Vec::new();
         let mut pipe = redis::pipe();
-        for (job, c) in relist.drain(..SPREAD.min(relist.len())) {
+        for (job, c) in relist.drain(..spread.min(relist.len())) {
             pipe.add_command(c);
             jobs.push(job);
         }
