@@ -77,7 +77,8 @@ const QUEUE: usize = 8192;
 /// few round trips; small enough that one pipeline's replies stay a few hundred KiB.
 const BATCH: usize = 1024;
 /// Most nicks re-listed by one script call, so no single call holds Redis (which runs
-/// one script at a time) for long.
+/// one script at a time) for long. The scripts `unpack` up to `2 * CHUNK + 1` values,
+/// well below what Redis's Lua stack takes (about 8,000).
 const CHUNK: usize = 1000;
 /// Re-listing commands sent in one pipeline at most, after the first registration.
 const SPREAD: usize = 4;
