@@ -38,10 +38,13 @@
 //! Each room has a sorted set of nicks scored by when their listing expires, and each
 //! nick claim is a key with an expiry; times are Redis's own clock (`TIME` in the
 //! scripts), so processes on hosts whose clocks differ agree. With `T` =
-//! `--presence-ttl`, every process re-lists its members and nicks every `T/3` (which
-//! also re-registers them when Redis comes back empty) for `2T/3` from then, and every
-//! `T/6` removes the expired listings of the rooms it has members in, publishing a
-//! `PART` for each (one script: whoever removes an entry publishes its `PART`, once).
+//! `--presence-ttl`, every process renews its members' listings and nick claims every
+//! `T/3` for `2T/3` from then (in chunks, a few per pipeline; only entries still there,
+//! so a member that parted meanwhile is not listed again), and every `T/6` removes the
+//! expired listings of the rooms it has members in, publishing a `PART` for each (one
+//! script: whoever removes an entry publishes its `PART`, once). After every connect,
+//! before it takes requests, it lists all its members and claims all its nicks in one
+//! pipeline: Redis may have come back empty.
 //! A process killed just after re-listing is unlisted `2T/3` later and its members'
 //! `PART`s are published at most `T/6` after that: everywhere within `5T/6`, inside
 //! the TTL with `T/6` left for the fan-out. A live process has `T/3` of slack for a
