@@ -85,6 +85,17 @@ impl Drop for Redis {
     }
 }
 
+/// A child process killed (by its PID) and reaped when dropped, so a failed assertion
+/// leaves no server behind.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -278,18 +289,20 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     // A third instance, a separate process, is killed with SIGKILL: its member parts
     // everywhere within the TTL, counted from just before the kill.
     let port3 = free_port();
-    let mut three = Command::new(env!("CARGO_BIN_EXE_multiclient"))
-        .args(["serve", "--service", "chat", "--redis", &url])
-        .args(["--addr", &format!("127.0.0.1:{port3}")])
-        .args(["--presence-ttl", &format!("{}ms", TTL.as_millis())])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut three = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_multiclient"))
+            .args(["serve", "--service", "chat", "--redis", &url])
+            .args(["--addr", &format!("127.0.0.1:{port3}")])
+            .args(["--presence-ttl", &format!("{}ms", TTL.as_millis())])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // Its readiness: its log says its Redis link is up (a thread keeps draining the
     // log so the process never blocks on it), then it accepts and welcomes.
-    let log = three.stderr.take().unwrap();
+    let log = three.0.stderr.take().unwrap();
     let (ready_tx, ready) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(log).lines().map_while(Result::ok) {
@@ -319,8 +332,8 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     ann.send("WHO lobby");
     ann.expect("WHO lobby ann bob cat dan");
     let killed = Instant::now();
-    three.kill().unwrap(); // SIGKILL
-    three.wait().unwrap();
+    three.0.kill().unwrap(); // SIGKILL
+    three.0.wait().unwrap();
     ann.until("PART lobby dan");
     let took_ann = killed.elapsed();
     bob.until("PART lobby dan");
