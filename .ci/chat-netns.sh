@@ -8,9 +8,10 @@
 # the presence TTL. See docs/chat-scaleout.md.
 #
 # Run as root (network namespaces), CI=true, no stdin, on a clean clone. Installs
-# iproute2 and redis-server if missing and builds the release binary if absent. Always
-# cleans up: kills only the PIDs it started and deletes the namespaces it made (their
-# links go with them). Exits non-zero with a message on any failed check.
+# iproute2 and redis-server if missing and builds the release binary (cargo: a no-op
+# when up to date). Always cleans up: kills only the PIDs it started and deletes the
+# namespaces it made (their links go with them). Exits non-zero with a message on any
+# failed check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -89,10 +90,9 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-if [ ! -x "$BIN" ]; then
-    echo "chat-netns: building $BIN"
-    cargo build --release
-fi
+# Always through cargo (a no-op when up to date), so a stale binary is never tested.
+echo "chat-netns: building $BIN"
+cargo build --release --bin multiclient
 [ -x "$BIN" ] || fail "no $BIN after the build"
 BIN=$(realpath "$BIN")
 WORK=$(mktemp -d /tmp/chat-netns.XXXXXX)

@@ -10,15 +10,46 @@
 //!   `--history`, keyed by that id so `AFTER <id>` is an `XRANGE`), and `PUBLISH` it.
 //!   Either all three happen or none: a failed `SAY` is answered `ERR unavailable` and
 //!   nothing is half-delivered.
-//! - Joins, parts and nick changes are published as they are.
+//! - Joins, parts and nick changes are one script each too: list or unlist the nick in
+//!   the room's presence set, then `PUBLISH` the event.
 //! - `HISTORY` and the replay of `JOIN ... AFTER` are read from the stream and reach
 //!   the member through its mailbox, like everything else.
-//! - Presence: each room has a sorted set of nicks scored by when their listing
-//!   expires. Every process refreshes its own members every third of
-//!   `--presence-ttl` (which also re-registers them after Redis comes back empty), and
-//!   removes the expired entries of the rooms it has members in; whoever removes an
-//!   entry publishes its `PART`. So the members of a killed process part everywhere
-//!   within about the TTL. `WHO` reads the set: the members of every process.
+//!
+//! # Pipelining
+//!
+//! Requests reach the bridge thread through one bounded queue, in the order the hub
+//! made them. The bridge sends whatever is queued (up to [`BATCH`] requests) as one
+//! pipeline on its one connection and, while that pipeline is out, collects the next
+//! ones: a group commit, so one round trip serves many requests under load and a lone
+//! request still goes out at once. Redis runs a connection's commands in the order
+//! they were written, so a member's requests (a `JOIN` then the `XRANGE` of its
+//! replay, two `SAY`s) keep their order, and the scripts keep each room's one order.
+//! Only one pipeline is out at a time: that order then never depends on the client
+//! library's scheduling. The scripts are loaded once per connection (`SCRIPT LOAD`)
+//! and called by hash.
+//!
+//! Events coming back on the channel are put in order into the rooms by the bridge
+//! thread (short: a push and, for a member's own `JOIN`, its `OK JOIN`); handing them
+//! to the members, the long part (one send per member), runs on a second thread, so a
+//! join storm's fan-out never delays the answers of the joins behind it.
+//!
+//! # Presence
+//!
+//! Each room has a sorted set of nicks scored by when their listing expires, and each
+//! nick claim is a key with an expiry; times are Redis's own clock (`TIME` in the
+//! scripts), so processes on hosts whose clocks differ agree. With `T` =
+//! `--presence-ttl`, every process renews its members' listings and nick claims every
+//! `T/3` for `2T/3` from then (in chunks, a few per pipeline; only entries still there,
+//! so a member that parted meanwhile is not listed again), and every `T/6` removes the
+//! expired listings of the rooms it has members in, publishing a `PART` for each (one
+//! script: whoever removes an entry publishes its `PART`, once). After every connect,
+//! before it takes requests, it lists all its members and claims all its nicks in one
+//! pipeline: Redis may have come back empty.
+//! A process killed just after re-listing is unlisted `2T/3` later and its members'
+//! `PART`s are published at most `T/6` after that: everywhere within `5T/6`, inside
+//! the TTL with `T/6` left for the fan-out. A live process has `T/3` of slack for a
+//! late refresh before its members would be wrongly parted. `WHO` reads the set: the
+//! members of every process.
 //!
 //! The bridge runs on a thread of its own with a single-threaded tokio runtime, so it
 //! works the same under every model. When Redis cannot be reached it marks itself
@@ -26,11 +57,15 @@
 //! queued requests with `unavailable`, and reconnects with exponential backoff capped
 //! at [`BACKOFF_MAX`], subscribing again by itself.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use redis::aio::ConnectionLike;
+use redis::Value;
 use tokio::sync::mpsc;
 
 use super::{Answer, ChatEvent, Hub, HubError, Kind, MemberId, MsgId, Publication};
@@ -41,12 +76,30 @@ const CHANNEL: &str = "mc:events";
 /// Requests waiting for the bridge; beyond this, `SAY` is answered `unavailable`
 /// rather than queued without bound.
 const QUEUE: usize = 8192;
+/// Most requests sent in one pipeline. Large enough that a join storm drains in a
+/// few round trips; small enough that one pipeline's replies stay a few hundred KiB.
+const BATCH: usize = 1024;
+/// Most nicks re-listed by one script call, so no single call holds Redis (which runs
+/// one script at a time) for long. The scripts `unpack` up to `2 * CHUNK + 1` values,
+/// well below what Redis's Lua stack takes (about 8,000).
+const CHUNK: usize = 1000;
+/// Re-listing commands sent in one pipeline at most, after the first registration.
+const SPREAD: usize = 4;
 /// First reconnection delay.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest reconnection delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Longest wait for one Redis command or connection.
+/// Longest wait for one pipeline or connection.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A pipeline slower than this is logged: members' answers are waiting on it.
+const SLOW: Duration = Duration::from_millis(500);
+
+/// Milliseconds of Redis's clock, as a Lua number (exact: below 2^53).
+const NOW_MS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"#;
 
 /// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin.
 ///
@@ -65,6 +118,179 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', ev)
 redis.call('PUBLISH', KEYS[3], ev)
 return id
 "#;
+
+/// A join, part or nick change. `KEYS`: presence set, channel. `ARGV`: the event,
+/// listing lifetime (ms), nick to unlist (or empty), nick to list (or empty).
+const EVENT_SCRIPT: &str = r#"
+if ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[2])))
+end
+return redis.call('PUBLISH', KEYS[2], ARGV[1])
+"#;
+
+/// Re-lists a process's members of one room (at most [`CHUNK`]: one variadic
+/// `ZADD`). `KEYS`: presence set. `ARGV`: listing lifetime (ms), `XX` (renew listed
+/// members only) or empty (list them, after a connect), then the nicks. The set
+/// itself disappears when nobody re-lists anyone in it any more.
+const PRESENCE_SCRIPT: &str = r#"
+local expires = string.format('%.0f', now + tonumber(ARGV[1]))
+local args = {}
+if ARGV[2] == 'XX' then args[1] = 'XX' end
+for i = 3, #ARGV do
+  args[#args + 1] = expires
+  args[#args + 1] = ARGV[i]
+end
+local n = redis.call('ZADD', KEYS[1], unpack(args))
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[1])))
+return n
+"#;
+
+/// Unlists the expired members of a room and publishes their `PART`s; returns their
+/// nicks. `KEYS`: presence set, channel. `ARGV`: room.
+const EXPIRE_SCRIPT: &str = r#"
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
+for _, n in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], n)
+  redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n}))
+end
+return gone
+"#;
+
+/// The listed members of a room. `KEYS`: presence set.
+const WHO_SCRIPT: &str = r#"
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', now), '+inf')
+"#;
+
+/// Claims a nick unless another member holds it, then releases the member's old one.
+/// `KEYS`: new nick, old nick. `ARGV`: owner, claim lifetime (ms). 1 if claimed.
+const CLAIM_SCRIPT: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"#;
+
+/// Deletes a nick's claim only if it is still this member's. `KEYS`: nick.
+/// `ARGV`: owner.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Renews a process's nick claims, or makes them again after a connect (Redis may
+/// have lost them), leaving alone those another member holds now; returns those.
+/// `KEYS`: the nicks. `ARGV`: claim lifetime (ms), `renew` (only claims still held:
+/// a nick released meanwhile stays free) or `claim`, then each nick's owner.
+const NICKS_SCRIPT: &str = r#"
+local lost = {}
+local cur = redis.call('MGET', unpack(KEYS))
+for i = 1, #KEYS do
+  local owner = ARGV[i + 2]
+  if cur[i] == owner then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  elseif cur[i] then
+    lost[#lost + 1] = KEYS[i]
+  elseif ARGV[2] == 'claim' then
+    redis.call('SET', KEYS[i], owner, 'PX', ARGV[1])
+  end
+end
+return lost
+"#;
+
+/// A script loaded into Redis and called by its hash.
+struct Lua {
+    code: String,
+    hash: String,
+}
+
+impl Lua {
+    fn new(body: &str, clock: bool) -> Lua {
+        let code = if clock {
+            format!("{NOW_MS}{body}")
+        } else {
+            body.to_string()
+        };
+        let hash = redis::Script::new(&code).get_hash().to_string();
+        Lua { code, hash }
+    }
+
+    /// `EVALSHA` of this script with `keys` keys; the caller adds keys and arguments.
+    fn call(&self, keys: usize) -> redis::Cmd {
+        let mut c = redis::cmd("EVALSHA");
+        c.arg(&self.hash).arg(keys);
+        c
+    }
+}
+
+struct Scripts {
+    say: Lua,
+    event: Lua,
+    presence: Lua,
+    expire: Lua,
+    who: Lua,
+    claim: Lua,
+    release: Lua,
+    nicks: Lua,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        Scripts {
+            say: Lua::new(SAY_SCRIPT, false),
+            event: Lua::new(EVENT_SCRIPT, true),
+            presence: Lua::new(PRESENCE_SCRIPT, true),
+            expire: Lua::new(EXPIRE_SCRIPT, true),
+            who: Lua::new(WHO_SCRIPT, true),
+            claim: Lua::new(CLAIM_SCRIPT, false),
+            release: Lua::new(RELEASE_SCRIPT, false),
+            nicks: Lua::new(NICKS_SCRIPT, false),
+        }
+    }
+
+    fn all(&self) -> [&Lua; 8] {
+        [
+            &self.say,
+            &self.event,
+            &self.presence,
+            &self.expire,
+            &self.who,
+            &self.claim,
+            &self.release,
+            &self.nicks,
+        ]
+    }
+}
+
+/// The presence periods derived from `--presence-ttl` (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Timing {
+    /// How long a listing or nick claim lasts after each refresh.
+    lifetime: Duration,
+    /// How often this process re-lists its members and nicks.
+    refresh: Duration,
+    /// How often it removes expired listings (and publishes their `PART`s).
+    scan: Duration,
+}
+
+impl Timing {
+    fn new(ttl: Duration) -> Timing {
+        Timing {
+            lifetime: ttl * 2 / 3,
+            refresh: ttl / 3,
+            scan: ttl / 6,
+        }
+    }
+
+    #[cfg(test)]
+    /// The latest a killed process's members are parted everywhere, not counting the
+    /// fan-out: listed for `lifetime` after its last refresh, found at most `scan` later.
+    fn worst_part(&self) -> Duration {
+        self.lifetime + self.scan
+    }
+}
 
 /// What sessions ask of Redis, through the hub.
 pub(crate) enum Request {
@@ -104,6 +330,18 @@ pub(crate) enum Request {
     },
 }
 
+/// One command of a pipeline and what to do with its reply.
+enum Job {
+    /// A session's request.
+    Req(Request),
+    /// Renewal of some of this process's nick claims; the reply lists those lost.
+    Nicks,
+    /// Re-listing of this process's members of a room.
+    Presence,
+    /// Removal of a room's expired listings; the reply lists the nicks parted.
+    Expire(Arc<str>),
+}
+
 /// The hub's handle on the bridge thread.
 pub(crate) struct Bridge {
     tx: mpsc::Sender<Request>,
@@ -114,21 +352,8 @@ fn nick_key(nick: &str) -> String {
     format!("mc:nick:{nick}")
 }
 
-/// Deletes a nick's claim only if it is still this member's.
-const RELEASE_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 fn who_key(room: &str) -> String {
     format!("mc:room:{room}:who")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn keys(room: &str) -> (String, String) {
@@ -148,14 +373,15 @@ impl Bridge {
     ) -> Bridge {
         let (tx, rx) = mpsc::channel(QUEUE);
         let up = Arc::new(AtomicBool::new(false));
-        let instance = instance_id();
         let state = Run {
             client,
+            deliver: start_deliverer(hub.clone()),
             hub,
             history: history.max(1),
-            instance,
+            instance: instance_id(),
             up: up.clone(),
-            ttl: ttl.max(Duration::from_millis(300)),
+            timing: Timing::new(ttl.max(Duration::from_millis(300))),
+            scripts: Scripts::new(),
         };
         let spawned = std::thread::Builder::new()
             .name("redis-bridge".into())
@@ -192,6 +418,31 @@ impl Bridge {
     }
 }
 
+/// Starts the thread that hands rooms' events to their members. It receives a room
+/// only when the room had no delivery under way (see `Room::push`), so its queue holds
+/// at most one entry per room. Without it (the thread could not start) the bridge
+/// thread delivers itself.
+fn start_deliverer(hub: Weak<Hub>) -> Option<std::sync::mpsc::Sender<Arc<str>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<Arc<str>>();
+    let spawned = std::thread::Builder::new()
+        .name("redis-deliver".into())
+        .spawn(move || {
+            for room in rx {
+                match hub.upgrade() {
+                    Some(hub) => hub.deliver(&room),
+                    None => return,
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::error!("redis: cannot start the delivery thread ({e}); delivering inline");
+            None
+        }
+    }
+}
+
 /// A process-unique id, so a process recognises its own events coming back.
 fn instance_id() -> Arc<str> {
     let t = std::time::SystemTime::now()
@@ -204,13 +455,18 @@ fn instance_id() -> Arc<str> {
 struct Run {
     client: redis::Client,
     hub: Weak<Hub>,
+    deliver: Option<std::sync::mpsc::Sender<Arc<str>>>,
     history: usize,
     instance: Arc<str>,
     up: Arc<AtomicBool>,
-    ttl: Duration,
+    timing: Timing,
+    scripts: Scripts,
 }
 
 type Conn = redis::aio::MultiplexedConnection;
+
+/// The pipeline out, if any: its replies, one per job.
+type Batch = Pin<Box<dyn Future<Output = Result<Vec<Value>, String>>>>;
 
 async fn timed<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -222,6 +478,17 @@ async fn timed<T>(
     }
 }
 
+/// The replies of the pipeline out, or never when none is.
+async fn replies(batch: &mut Option<Batch>) -> Result<Vec<Value>, String> {
+    match batch {
+        Some(b) => b.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The hub is gone: the bridge stops.
+struct Gone;
+
 impl Run {
     fn hub(&self) -> Option<Arc<Hub>> {
         self.hub.upgrade()
@@ -231,12 +498,25 @@ impl Run {
         let mut backoff = BACKOFF_START;
         loop {
             match self.connect().await {
-                Ok((conn, stream)) => {
-                    tracing::info!("redis: connected and subscribed");
+                Ok((mut conn, stream)) => {
+                    // Members and nicks are registered before anyone is told Redis is
+                    // up: it may have come back empty.
+                    if let Err(e) = self.register(&mut conn).await {
+                        tracing::warn!(
+                            "redis: cannot register members: {e}; retrying in {backoff:?}"
+                        );
+                        if self.wait(&mut rx, backoff).await.is_none() {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
                     if let Some(h) = self.hub() {
                         h.stats.redis_connects.fetch_add(1, Ordering::Relaxed);
                     }
                     self.up.store(true, Ordering::Release);
+                    // Logged once requests are taken: a readiness signal (.ci, tests).
+                    tracing::info!("redis: connected and subscribed");
                     backoff = BACKOFF_START;
                     let why = self.serve(conn, stream, &mut rx).await;
                     self.up.store(false, Ordering::Release);
@@ -250,23 +530,51 @@ impl Run {
                 }
                 Err(e) => tracing::warn!("redis: cannot connect: {e}; retrying in {backoff:?}"),
             }
-            // While down, queued requests are answered at once rather than left waiting.
-            let until = tokio::time::Instant::now() + backoff;
-            loop {
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Some(r) => self.fail(r),
-                        None => return,
-                    },
-                    _ = tokio::time::sleep_until(until) => break,
-                }
+            if self.wait(&mut rx, backoff).await.is_none() {
+                return;
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
 
+    /// Waits `backoff` while down, answering queued requests at once rather than
+    /// leaving them waiting; `None` when the hub is gone.
+    async fn wait(&self, rx: &mut mpsc::Receiver<Request>, backoff: Duration) -> Option<()> {
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                r = rx.recv() => self.fail(r?),
+                _ = tokio::time::sleep_until(until) => return Some(()),
+            }
+        }
+    }
+
+    /// Lists every member and nick of this process, in one pipeline.
+    async fn register(&self, conn: &mut Conn) -> Result<(), String> {
+        let (jobs, cmds): (Vec<Job>, Vec<redis::Cmd>) = self.relist(false).into_iter().unzip();
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut p = redis::pipe();
+        for c in cmds {
+            p.add_command(c);
+        }
+        let n = jobs.len();
+        self.finish(jobs, timed(conn.req_packed_commands(&p, 0, n)).await)
+    }
+
     async fn connect(&self) -> Result<(Conn, redis::aio::PubSubStream), String> {
-        let conn = timed(self.client.get_multiplexed_async_connection()).await?;
+        let mut conn = timed(self.client.get_multiplexed_async_connection()).await?;
+        let mut load = redis::pipe();
+        for s in self.scripts.all() {
+            load.cmd("SCRIPT").arg("LOAD").arg(&s.code);
+        }
+        let hashes: Vec<String> = timed(load.query_async(&mut conn)).await?;
+        for (s, h) in self.scripts.all().iter().zip(&hashes) {
+            if s.hash != *h {
+                return Err(format!("SCRIPT LOAD answered {h}, expected {}", s.hash));
+            }
+        }
         let mut ps = timed(self.client.get_async_pubsub()).await?;
         timed(ps.subscribe(CHANNEL)).await?;
         Ok((conn, ps.into_on_message()))
@@ -275,94 +583,385 @@ impl Run {
     /// Serves until the connection fails (the reason) or the hub is gone (`None`).
     async fn serve(
         &self,
-        mut conn: Conn,
+        conn: Conn,
         mut stream: redis::aio::PubSubStream,
         rx: &mut mpsc::Receiver<Request>,
     ) -> Option<String> {
-        // The first tick is at once: members are (re-)registered on every connect.
-        let mut refresh = tokio::time::interval(self.ttl / 3);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = refresh.tick() => {
-                    if let Err(e) = self.refresh(&mut conn).await {
-                        return Some(e);
+        // A tick per scan, a refresh every second tick; none at once: `register` has
+        // just listed everyone.
+        let start = tokio::time::Instant::now() + self.timing.scan;
+        let mut ticks = tokio::time::interval_at(start, self.timing.scan);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let per_refresh = (self.timing.refresh.as_nanos() / self.timing.scan.as_nanos()).max(1);
+        let mut tick: u128 = 0;
+        let (mut refresh_due, mut scan_due) = (false, false);
+        // Re-listing commands not sent yet: a few go in each pipeline, so that no
+        // pipeline carries a whole refresh of many members ahead of their requests.
+        let mut relist: std::collections::VecDeque<(Job, redis::Cmd)> = Default::default();
+        // A request taken from the queue while no pipeline was out: the next one's first.
+        let mut first: Option<Request> = None;
+        let mut batch: Option<Batch> = None;
+        let mut out: Vec<Job> = Vec::new();
+        let why = loop {
+            if batch.is_none() {
+                // A renewal still going out when the next is due (pipelines slower
+                // than the spread assumes) goes out whole now: listings must not
+                // expire, and the queue holds at most one renewal.
+                let mut spread = SPREAD;
+                if std::mem::take(&mut refresh_due) {
+                    if !relist.is_empty() {
+                        tracing::warn!("redis: presence renewal lagging: sent in one go");
+                        spread = usize::MAX;
                     }
+                    relist.extend(self.relist(true));
+                }
+                let scan = std::mem::take(&mut scan_due);
+                match self.collect(&mut relist, spread, scan, first.take(), rx) {
+                    Ok((jobs, pipe)) if !jobs.is_empty() => {
+                        out = jobs;
+                        let mut conn = conn.clone();
+                        let n = out.len();
+                        batch = Some(Box::pin(async move {
+                            let t = tokio::time::Instant::now();
+                            let r = timed(conn.req_packed_commands(&pipe, 0, n)).await;
+                            if t.elapsed() > SLOW {
+                                tracing::warn!(
+                                    "redis: a pipeline of {n} commands took {:?}",
+                                    t.elapsed()
+                                );
+                            }
+                            r
+                        }));
+                    }
+                    Ok(_) => {}
+                    Err(Gone) => break None,
+                }
+            }
+            tokio::select! {
+                _ = ticks.tick() => {
+                    scan_due = true;
+                    refresh_due |= tick % per_refresh == 0;
+                    tick += 1;
                 }
                 m = stream.next() => match m {
-                    Some(m) => self.inject(m.get_payload_bytes())?,
-                    None => return Some("subscription closed".into()),
+                    Some(m) => {
+                        if self.inject(m.get_payload_bytes()).is_none() {
+                            break None;
+                        }
+                    }
+                    None => break Some("subscription closed".into()),
                 },
-                r = rx.recv() => {
-                    let r = r?;
-                    if let Err(e) = self.handle(&mut conn, r).await {
-                        return Some(e);
+                res = replies(&mut batch) => {
+                    batch = None;
+                    if let Err(e) = self.finish(std::mem::take(&mut out), res) {
+                        break Some(e);
                     }
                 }
+                r = rx.recv(), if batch.is_none() => match r {
+                    Some(r) => first = Some(r),
+                    None => break None,
+                },
+            }
+        };
+        // Whatever was taken and not answered is answered now.
+        for job in out {
+            self.fail_job(job);
+        }
+        if let Some(r) = first {
+            self.fail(r);
+        }
+        why
+    }
+
+    /// The next pipeline: up to `spread` re-listing commands, the expiry scan if
+    /// due, then `first` and the requests queued behind it, in queue order.
+    fn collect(
+        &self,
+        relist: &mut std::collections::VecDeque<(Job, redis::Cmd)>,
+        spread: usize,
+        scan: bool,
+        first: Option<Request>,
+        rx: &mut mpsc::Receiver<Request>,
+    ) -> Result<(Vec<Job>, redis::Pipeline), Gone> {
+        let mut jobs = Vec::new();
+        let mut pipe = redis::pipe();
+        for (job, c) in relist.drain(..spread.min(relist.len())) {
+            pipe.add_command(c);
+            jobs.push(job);
+        }
+        if scan {
+            self.scan(&mut jobs, &mut pipe);
+        }
+        let mut next = first;
+        let mut taken = 0;
+        loop {
+            let r = match next.take() {
+                Some(r) => r,
+                None if taken >= BATCH => break,
+                None => match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Err(Gone),
+                },
+            };
+            taken += 1;
+            match self.command(&r) {
+                Some(c) => {
+                    pipe.add_command(c);
+                    jobs.push(Job::Req(r));
+                }
+                None => self.fail(r),
+            }
+        }
+        Ok((jobs, pipe))
+    }
+
+    /// The commands re-listing this process's nicks and members: all of them when
+    /// `renew` is false (after a connect), else only those still listed.
+    fn relist(&self, renew: bool) -> Vec<(Job, redis::Cmd)> {
+        let Some(hub) = self.hub() else {
+            return Vec::new();
+        };
+        let life = self.timing.lifetime.as_millis() as u64;
+        let mut out = Vec::new();
+        let nicks = hub.local_nicks();
+        for chunk in nicks.chunks(CHUNK) {
+            let mut c = self.scripts.nicks.call(chunk.len());
+            for (nick, _) in chunk {
+                c.arg(nick_key(nick));
+            }
+            c.arg(life).arg(if renew { "renew" } else { "claim" });
+            for (_, member) in chunk {
+                c.arg(self.owner(*member));
+            }
+            out.push((Job::Nicks, c));
+        }
+        for (room, nicks) in hub.local_presence() {
+            let key = who_key(&room);
+            for chunk in nicks.chunks(CHUNK) {
+                let mut c = self.scripts.presence.call(1);
+                c.arg(&key).arg(life).arg(if renew { "XX" } else { "" });
+                for n in chunk {
+                    c.arg(&**n);
+                }
+                out.push((Job::Presence, c));
+            }
+        }
+        out
+    }
+
+    /// The commands removing the expired listings of the rooms this process has
+    /// members in.
+    fn scan(&self, jobs: &mut Vec<Job>, p: &mut redis::Pipeline) {
+        let Some(hub) = self.hub() else {
+            return;
+        };
+        for (room, _) in hub.local_presence() {
+            let mut c = self.scripts.expire.call(2);
+            c.arg(who_key(&room)).arg(CHANNEL).arg(&*room);
+            p.add_command(c);
+            jobs.push(Job::Expire(room));
+        }
+    }
+
+    /// The command of a request, or `None` for one that needs none.
+    fn command(&self, r: &Request) -> Option<redis::Cmd> {
+        let life = self.timing.lifetime.as_millis() as u64;
+        let c = match r {
+            Request::Say {
+                room, nick, text, ..
+            } => {
+                let (seq, hist) = keys(room);
+                let mut c = self.scripts.say.call(3);
+                c.arg(seq)
+                    .arg(hist)
+                    .arg(CHANNEL)
+                    .arg(self.history)
+                    .arg(&**room)
+                    .arg(&**nick)
+                    .arg(&**text)
+                    .arg(&*self.instance);
+                c
+            }
+            Request::Event { room, kind, member } => {
+                let (mut v, unlist, list) = match kind {
+                    Kind::Join { nick } => (
+                        serde_json::json!({"t": "join", "nick": &**nick}),
+                        "",
+                        &**nick,
+                    ),
+                    Kind::Part { nick } => (
+                        serde_json::json!({"t": "part", "nick": &**nick}),
+                        &**nick,
+                        "",
+                    ),
+                    Kind::Nick { old, new } => (
+                        serde_json::json!({"t": "nick", "old": &**old, "new": &**new}),
+                        &**old,
+                        &**new,
+                    ),
+                    Kind::Msg { .. } => return None, // Messages go through `Say`.
+                };
+                v["room"] = (&**room).into();
+                v["o"] = (&*self.instance).into();
+                v["m"] = member.0.into();
+                let mut c = self.scripts.event.call(2);
+                c.arg(who_key(room))
+                    .arg(CHANNEL)
+                    .arg(v.to_string())
+                    .arg(life)
+                    .arg(unlist)
+                    .arg(list);
+                c
+            }
+            Request::Claim {
+                nick, old, member, ..
+            } => {
+                let mut c = self.scripts.claim.call(2);
+                c.arg(nick_key(nick))
+                    .arg(nick_key(old))
+                    .arg(self.owner(*member))
+                    .arg(life);
+                c
+            }
+            Request::Release { nick, member } => {
+                let mut c = self.scripts.release.call(1);
+                c.arg(nick_key(nick)).arg(self.owner(*member));
+                c
+            }
+            Request::Who { room, .. } => {
+                let mut c = self.scripts.who.call(1);
+                c.arg(who_key(room));
+                c
+            }
+            Request::Range {
+                room, after, last, ..
+            } => {
+                let (_, hist) = keys(room);
+                match after {
+                    Some(after) => {
+                        let mut c = redis::cmd("XRANGE");
+                        c.arg(hist).arg(format!("({after}-0")).arg("+");
+                        c
+                    }
+                    None => {
+                        let mut c = redis::cmd("XREVRANGE");
+                        c.arg(hist).arg("+").arg("-").arg("COUNT").arg(*last);
+                        c
+                    }
+                }
+            }
+        };
+        Some(c)
+    }
+
+    /// Answers the jobs of a pipeline from its replies. An error of the connection
+    /// fails them all and ends it; an error of one command fails that job only, but
+    /// a script Redis no longer knows (flushed) ends the connection too, so that the
+    /// next one loads the scripts again.
+    fn finish(&self, jobs: Vec<Job>, res: Result<Vec<Value>, String>) -> Result<(), String> {
+        let res = res.and_then(|r| match r.len() == jobs.len() {
+            true => Ok(r),
+            false => Err(format!("{} replies to {} commands", r.len(), jobs.len())),
+        });
+        let replies = match res {
+            Ok(r) => r,
+            Err(e) => {
+                for job in jobs {
+                    self.fail_job(job);
+                }
+                return Err(e);
+            }
+        };
+        let mut lost = None;
+        for (job, reply) in jobs.into_iter().zip(replies) {
+            if let Value::ServerError(e) = &reply {
+                tracing::warn!("redis: a command failed: {e:?}");
+                if e.code() == "NOSCRIPT" {
+                    lost = Some("Redis lost the bridge's scripts".to_string());
+                }
+                self.fail_job(job);
+                continue;
+            }
+            self.answer(job, reply);
+        }
+        lost.map_or(Ok(()), Err)
+    }
+
+    /// Hands a reply to whoever waits for it.
+    fn answer(&self, job: Job, reply: Value) {
+        let r = match job {
+            Job::Req(r) => r,
+            Job::Presence => return,
+            Job::Nicks => {
+                for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
+                {
+                    tracing::warn!("redis: {nick} is held by another member now; not renewed");
+                }
+                return;
+            }
+            Job::Expire(room) => {
+                for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
+                {
+                    tracing::info!("redis: {nick} in {room} expired: parting it everywhere");
+                }
+                return;
+            }
+        };
+        match r {
+            Request::Say { .. } | Request::Event { .. } | Request::Release { .. } => {}
+            Request::Claim { nick, to, .. } => {
+                let answer = match redis::from_owned_redis_value::<i64>(reply) {
+                    Ok(1) => Ok(nick),
+                    Ok(_) => Err(HubError::NickTaken),
+                    Err(_) => Err(HubError::Unavailable),
+                };
+                let _ = to.send(ChatEvent::Answer(Answer::Nick(answer)), 64);
+            }
+            Request::Who { room, to } => {
+                let nicks = match redis::from_owned_redis_value::<Vec<String>>(reply) {
+                    Ok(n) if n.is_empty() => Err(HubError::NoSuchRoom),
+                    Ok(n) => {
+                        let mut n: Vec<Arc<str>> = n.into_iter().map(Arc::from).collect();
+                        n.sort();
+                        Ok(n)
+                    }
+                    Err(_) => Err(HubError::Unavailable),
+                };
+                let _ = to.send(ChatEvent::Answer(Answer::Who { room, nicks }), 64);
+            }
+            Request::Range {
+                room, after, to, ..
+            } => {
+                let msgs = match redis::from_owned_redis_value::<redis::streams::StreamRangeReply>(
+                    reply,
+                ) {
+                    Ok(r) => {
+                        let mut msgs: Vec<Arc<Publication>> = r
+                            .ids
+                            .iter()
+                            .filter_map(|e| {
+                                let v: Vec<u8> = e.get("e")?;
+                                let ev = parse_event(&v)?;
+                                Some(Arc::new(Publication::new(ev.room, ev.kind)))
+                            })
+                            .collect();
+                        if after.is_none() {
+                            msgs.reverse();
+                        }
+                        Ok(msgs)
+                    }
+                    Err(_) => Err(HubError::Unavailable),
+                };
+                let _ = to.send(range_answer(room, after, msgs), 64);
             }
         }
     }
 
-    /// Refreshes this process's members in the rooms' presence sets, then parts the
-    /// members whose listing expired (their process stopped refreshing them).
-    async fn refresh(&self, conn: &mut Conn) -> Result<(), String> {
-        let Some(hub) = self.hub() else {
-            return Ok(());
-        };
-        let ttl_ms = self.ttl.as_millis() as u64;
-        let nicks = hub.local_nicks();
-        if !nicks.is_empty() {
-            let mut p = redis::pipe();
-            for (nick, member) in &nicks {
-                p.cmd("SET")
-                    .arg(nick_key(nick))
-                    .arg(self.owner(*member))
-                    .arg("PX")
-                    .arg(ttl_ms)
-                    .ignore();
-            }
-            let () = timed(p.query_async(conn)).await?;
+    fn fail_job(&self, job: Job) {
+        if let Job::Req(r) = job {
+            self.fail(r);
         }
-        let presence = hub.local_presence();
-        if presence.is_empty() {
-            return Ok(());
-        }
-        let now = now_ms();
-        let until = now + ttl_ms;
-        let mut p = redis::pipe();
-        for (room, nicks) in &presence {
-            let key = who_key(room);
-            for n in nicks {
-                p.zadd(&key, &**n, until).ignore();
-            }
-            // A room nobody refreshes any more disappears by itself.
-            p.pexpire(&key, 2 * self.ttl.as_millis() as i64).ignore();
-            p.cmd("ZRANGEBYSCORE").arg(&key).arg("-inf").arg(now);
-        }
-        let expired: Vec<Vec<String>> = timed(p.query_async(conn)).await?;
-        for ((room, _), gone) in presence.iter().zip(expired) {
-            for nick in gone {
-                let removed: i64 = timed(
-                    redis::cmd("ZREM")
-                        .arg(who_key(room))
-                        .arg(&nick)
-                        .query_async(conn),
-                )
-                .await?;
-                if removed == 1 && super::valid_nick(&nick) {
-                    tracing::info!("redis: {nick} in {room} expired: parting it everywhere");
-                    let v = serde_json::json!({"t": "part", "room": &**room, "nick": nick});
-                    let _: i64 = timed(
-                        redis::cmd("PUBLISH")
-                            .arg(CHANNEL)
-                            .arg(v.to_string())
-                            .query_async(conn),
-                    )
-                    .await?;
-                }
-            }
-        }
-        Ok(())
     }
 
     /// The value of a nick claim: which process and member hold it.
@@ -370,7 +969,8 @@ impl Run {
         format!("{}:{}", self.instance, member.0)
     }
 
-    /// Hands an event from the channel to this process's members.
+    /// Puts an event from the channel into its room for this process's members;
+    /// `None` when the hub is gone.
     fn inject(&self, payload: &[u8]) -> Option<()> {
         let hub = self.hub()?;
         match parse_event(payload) {
@@ -384,7 +984,16 @@ impl Run {
                     }
                     _ => None,
                 };
-                hub.inject(&ev.room, ev.kind, skip);
+                if let Some(room) = hub.inject(&ev.room, ev.kind, skip) {
+                    match &self.deliver {
+                        Some(d) => {
+                            if let Err(e) = d.send(room) {
+                                hub.deliver(&e.0);
+                            }
+                        }
+                        None => hub.deliver(&room),
+                    }
+                }
             }
             None => tracing::warn!(
                 "redis: ignoring a malformed event: {}",
@@ -394,6 +1003,7 @@ impl Run {
         Some(())
     }
 
+    /// Answers a request that Redis will not serve with `unavailable`.
     fn fail(&self, r: Request) {
         let ev = match r {
             Request::Say {
@@ -421,193 +1031,6 @@ impl Run {
             Request::Event { .. } | Request::Release { .. } => return,
         };
         let _ = ev.0.send(ev.1, 64);
-    }
-
-    async fn handle(&self, conn: &mut Conn, r: Request) -> Result<(), String> {
-        match r {
-            Request::Say {
-                room,
-                nick,
-                text,
-                author,
-            } => {
-                let (seq, hist) = keys(&room);
-                let script = redis::Script::new(SAY_SCRIPT);
-                let mut inv = script.key(seq);
-                inv.key(hist)
-                    .key(CHANNEL)
-                    .arg(self.history)
-                    .arg(&*room)
-                    .arg(&*nick)
-                    .arg(&*text)
-                    .arg(&*self.instance);
-                let res: Result<String, String> = timed(inv.invoke_async(conn)).await;
-                if let Err(e) = res {
-                    if let Some(author) = author {
-                        let failed = ChatEvent::Answer(Answer::Failed(HubError::Unavailable));
-                        let _ = author.send(failed, 64);
-                    }
-                    return Err(e);
-                }
-            }
-            Request::Event { room, kind, member } => {
-                let mut v = match &kind {
-                    Kind::Join { nick } => serde_json::json!({"t": "join", "nick": &**nick}),
-                    Kind::Part { nick } => serde_json::json!({"t": "part", "nick": &**nick}),
-                    Kind::Nick { old, new } => {
-                        serde_json::json!({"t": "nick", "old": &**old, "new": &**new})
-                    }
-                    Kind::Msg { .. } => return Ok(()), // Messages go through the script.
-                };
-                v["room"] = (&*room).into();
-                v["o"] = (&*self.instance).into();
-                v["m"] = member.0.into();
-                let key = who_key(&room);
-                let until = now_ms() + self.ttl.as_millis() as u64;
-                let mut p = redis::pipe();
-                p.atomic();
-                match &kind {
-                    Kind::Join { nick } => {
-                        p.zadd(&key, &**nick, until).ignore();
-                    }
-                    Kind::Part { nick } => {
-                        p.zrem(&key, &**nick).ignore();
-                    }
-                    Kind::Nick { old, new } => {
-                        p.zrem(&key, &**old).ignore();
-                        p.zadd(&key, &**new, until).ignore();
-                    }
-                    Kind::Msg { .. } => {}
-                }
-                p.cmd("PUBLISH").arg(CHANNEL).arg(v.to_string()).ignore();
-                let () = timed(p.query_async(conn)).await?;
-            }
-            Request::Claim {
-                nick,
-                old,
-                member,
-                to,
-            } => {
-                let owner = self.owner(member);
-                let set: Result<Option<String>, String> = timed(
-                    redis::cmd("SET")
-                        .arg(nick_key(&nick))
-                        .arg(&owner)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(self.ttl.as_millis() as u64)
-                        .query_async(conn),
-                )
-                .await;
-                let answer = match &set {
-                    Ok(Some(_)) => Ok(nick),
-                    Ok(None) => Err(HubError::NickTaken),
-                    Err(_) => Err(HubError::Unavailable),
-                };
-                let claimed = answer.is_ok();
-                let _ = to.send(ChatEvent::Answer(Answer::Nick(answer)), 64);
-                set?;
-                if claimed {
-                    let _: i64 = timed(
-                        redis::Script::new(RELEASE_SCRIPT)
-                            .key(nick_key(&old))
-                            .arg(&owner)
-                            .invoke_async(conn),
-                    )
-                    .await?;
-                }
-            }
-            Request::Release { nick, member } => {
-                let _: i64 = timed(
-                    redis::Script::new(RELEASE_SCRIPT)
-                        .key(nick_key(&nick))
-                        .arg(self.owner(member))
-                        .invoke_async(conn),
-                )
-                .await?;
-            }
-            Request::Who { room, to } => {
-                let nicks: Result<Vec<String>, String> = timed(
-                    redis::cmd("ZRANGEBYSCORE")
-                        .arg(who_key(&room))
-                        .arg(now_ms())
-                        .arg("+inf")
-                        .query_async(conn),
-                )
-                .await;
-                let answer = match &nicks {
-                    Ok(n) if n.is_empty() => Err(HubError::NoSuchRoom),
-                    Ok(n) => {
-                        let mut n: Vec<Arc<str>> =
-                            n.iter().map(|s| Arc::from(s.as_str())).collect();
-                        n.sort();
-                        Ok(n)
-                    }
-                    Err(_) => Err(HubError::Unavailable),
-                };
-                let _ = to.send(
-                    ChatEvent::Answer(Answer::Who {
-                        room,
-                        nicks: answer,
-                    }),
-                    64,
-                );
-                nicks?;
-            }
-            Request::Range {
-                room,
-                after,
-                last,
-                to,
-            } => {
-                let (_, hist) = keys(&room);
-                let reply: Result<redis::streams::StreamRangeReply, String> = match after {
-                    Some(after) => {
-                        timed(
-                            redis::cmd("XRANGE")
-                                .arg(&hist)
-                                .arg(format!("({after}-0"))
-                                .arg("+")
-                                .query_async(conn),
-                        )
-                        .await
-                    }
-                    None => {
-                        timed(
-                            redis::cmd("XREVRANGE")
-                                .arg(&hist)
-                                .arg("+")
-                                .arg("-")
-                                .arg("COUNT")
-                                .arg(last)
-                                .query_async(conn),
-                        )
-                        .await
-                    }
-                };
-                let ev = match &reply {
-                    Ok(r) => {
-                        let mut msgs: Vec<Arc<Publication>> = r
-                            .ids
-                            .iter()
-                            .filter_map(|e| {
-                                let v: Vec<u8> = e.get("e")?;
-                                let ev = parse_event(&v)?;
-                                Some(Arc::new(Publication::new(ev.room, ev.kind)))
-                            })
-                            .collect();
-                        if after.is_none() {
-                            msgs.reverse();
-                        }
-                        range_answer(room, after, Ok(msgs))
-                    }
-                    Err(_) => range_answer(room, after, Err(HubError::Unavailable)),
-                };
-                let _ = to.send(ev, 64);
-                reply?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -665,6 +1088,32 @@ fn parse_event(payload: &[u8]) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_process_parts_within_the_ttl_and_a_live_one_has_slack() {
+        for ms in [300, 2000, 15_000, 60_000] {
+            let ttl = Duration::from_millis(ms);
+            let t = Timing::new(ttl);
+            assert!(t.worst_part() < ttl, "{t:?} for {ttl:?}");
+            // What is left of the TTL for the fan-out of the PARTs.
+            assert!(ttl - t.worst_part() >= ttl / 7, "{t:?}");
+            // A listing outlives its refresh period by a whole period: one late refresh
+            // does not part a live process's members.
+            assert!(t.lifetime >= t.refresh * 2, "{t:?}");
+            assert!(t.scan <= t.refresh / 2, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn scripts_read_the_clock_they_use() {
+        let s = Scripts::new();
+        for l in s.all() {
+            // A script that uses `now` defines it first, from Redis's clock.
+            let uses = l.code.replacen(NOW_MS, "", 1).contains("now");
+            assert_eq!(uses, l.code.starts_with(NOW_MS), "{}", l.code);
+            assert_eq!(l.hash.len(), 40);
+        }
+    }
 
     #[test]
     fn events_round_trip_and_bad_ones_are_refused() {

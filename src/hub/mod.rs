@@ -517,12 +517,13 @@ impl Hub {
 
     /// An event of `room` from Redis, for this process's members of it. `skip` is the
     /// member of this process the event is about, when it must not receive it.
-    fn inject(&self, room: &str, kind: Kind, skip: Option<MemberId>) {
-        let name = {
+    /// Returns the room when the caller must now hand its events out
+    /// ([`Hub::deliver`]): the bridge has that done on another thread, so that putting
+    /// events in order never waits for a fan-out.
+    fn inject(&self, room: &str, kind: Kind, skip: Option<MemberId>) -> Option<Arc<str>> {
+        {
             let mut shard = lock(self.shard(room));
-            let Some(r) = shard.get_mut(room) else {
-                return; // No member here.
-            };
+            let r = shard.get_mut(room)?; // None: no member here.
             let name = r.name.clone();
             let own_join = matches!(kind, Kind::Join { .. });
             let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip);
@@ -540,12 +541,8 @@ impl Hub {
                     }
                 }
             }
-            if !deliver {
-                return;
-            }
-            name
-        };
-        self.deliver(&name);
+            deliver.then_some(name)
+        }
     }
 
     /// Removes a member from a room without telling anyone (its join never happened).
