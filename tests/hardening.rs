@@ -335,3 +335,48 @@ fn a_panicking_session_ends_only_its_own_connection() {
         round_trip(&mut c, b"fine", b"ok");
     }
 }
+
+/// A server whose stderr reader has gone (`serve ... 2>&1 | head -1`) keeps serving and
+/// still shuts down on SIGTERM with status 0: a log line that cannot be written is
+/// dropped, it does not panic the thread that logs it.
+#[test]
+fn closed_stderr_neither_panics_nor_blocks_shutdown() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_multiclient"))
+        .args(["serve", "--service", "ack", "--addr", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn multiclient");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no Listening line"
+        );
+        if let Some(rest) = line.split("Listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    drop(stderr); // The reader goes away: every later log line fails to write.
+    for _ in 0..3 {
+        let mut c = connect(addr);
+        round_trip(&mut c, b"hi", b"ACK!");
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no exit within {TIMEOUT:?} of SIGTERM with stderr closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
