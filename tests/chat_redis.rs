@@ -1,12 +1,17 @@
 //! Two chat instances sharing one Redis: one chat. The test starts its own
-//! `redis-server` on a free loopback port; without `redis-server` it fails with a
-//! clear message (CI installs it with `.ci/chat.sh`).
+//! `redis-server` on a free loopback port (`tests/common/redis.rs`); without
+//! `redis-server` it fails with a clear message (CI installs it with `.ci/chat.sh`).
+
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
 
 use multiclient::hub::Hub;
 use multiclient::model::{Limits, Model, Server};
@@ -16,74 +21,6 @@ use multiclient::service::{ServiceName, ServiceOptions};
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// `--presence-ttl` of every instance in these tests.
 const TTL: Duration = Duration::from_secs(2);
-
-/// A `redis-server` child process, killed (by its PID) when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it (Debian: apt-get install \
-                     redis-server; .ci/chat.sh does it)"
-                )
-            });
-        let r = Redis { child, port };
-        r.wait_ready();
-        r
-    }
-
-    /// Waits until the server answers PING (its readiness signal).
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-                let _ = s.write_all(b"PING\r\n");
-                let mut line = String::new();
-                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG") {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A child process killed (by its PID) and reaped when dropped, so a failed assertion
 /// leaves no server behind.
@@ -213,7 +150,7 @@ fn id(line: &str) -> &str {
 #[test]
 #[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
 fn two_instances_are_one_chat_and_survive_a_redis_restart() {
-    let redis = Redis::start(free_port());
+    let mut redis = RedisServer::start();
     let url = redis.url();
     let one = Instance::start(Model::Async { workers: 2 }, &url);
     let two = Instance::start(Model::Threads, &url);
@@ -347,7 +284,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     ann.expect("WHO lobby ann bob cat");
 
     // Redis goes away: SAY is refused, members stay connected and served locally.
-    let port = redis.kill();
+    redis.kill();
     one.wait_available(false);
     ann.send("SAY lobby anyone");
     let l = ann.line();
@@ -356,7 +293,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     assert!(ann.line().starts_with("ERR unavailable "));
 
     // Redis comes back, empty: the instances reconnect by themselves.
-    let _redis = Redis::start(port);
+    redis.start_again();
     one.wait_available(true);
     two.wait_available(true);
     // Each instance listed its members again before saying it was up.
@@ -384,13 +321,86 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     assert!(bob.until("MSG lobby ").ends_with(" bobby as bobby"));
     ann.expect("NICK lobby bob bobby");
     assert!(ann.line().ends_with(" bobby as bobby"));
-    assert!(
-        one.hub
-            .stats
-            .redis_connects
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
-    );
+    assert!(one.hub.stats.redis_connects.load(Ordering::Relaxed) >= 2);
+}
+
+/// Redis hangs (SIGSTOP) rather than dies: a `SAY` gets no answer and its author is
+/// told `ERR unavailable`, though the command already sits in Redis's socket buffer.
+/// When Redis resumes it must not run it: no instance delivers the refused message and
+/// no history holds it, while a later message (the barrier) reaches both instances.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_say_refused_while_redis_hangs_is_never_delivered() {
+    const REFUSED: &str = " refused while frozen";
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let one = Instance::start(Model::Async { workers: 2 }, &url);
+    let two = Instance::start(Model::Threads, &url);
+    let mut ann = Client::connect(one.addr, "ann");
+    let mut bob = Client::connect(two.addr, "bob");
+    ann.send("JOIN lobby");
+    ann.expect("OK JOIN lobby");
+    bob.send("JOIN lobby");
+    bob.expect("OK JOIN lobby");
+    ann.expect("JOIN lobby bob");
+    ann.send("SAY lobby before");
+    let before = ann.until("MSG lobby ");
+    bob.expect(&before);
+    let connects = |i: &Instance| i.hub.stats.redis_connects.load(Ordering::Relaxed);
+    let before_connects = [connects(&one), connects(&two)];
+
+    redis.pause();
+    let frozen = Instant::now();
+    ann.send(&format!("SAY lobby{REFUSED}"));
+    let l = ann.line();
+    assert!(l.starts_with("ERR unavailable "), "{l}");
+    eprintln!("refused {:?} after Redis froze", frozen.elapsed());
+    // Both instances see Redis hang (their expiry scans, every TTL/6, time out too)
+    // before it resumes: then both connect and subscribe again, and the barrier below
+    // reaches both.
+    one.wait_available(false);
+    two.wait_available(false);
+    redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (i, n) in [&one, &two].into_iter().zip(before_connects) {
+        while connects(i) <= n || !i.hub.is_available() {
+            assert!(Instant::now() < deadline, "an instance never reconnected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    ann.send("SAY lobby after");
+    let mut after = None;
+    for c in [&mut ann, &mut bob] {
+        loop {
+            let l = c.line();
+            assert!(
+                !l.ends_with(REFUSED),
+                "{}: the refused message arrived: {l}",
+                c.nick
+            );
+            if l.starts_with("MSG lobby ") && l.ends_with(" ann after") {
+                assert_eq!(
+                    after.get_or_insert_with(|| l.clone()),
+                    &l,
+                    "one id everywhere"
+                );
+                break;
+            }
+        }
+    }
+    let after = after.unwrap();
+    // Neither instance's history holds it: exactly the two messages sent.
+    for c in [&mut ann, &mut bob] {
+        c.send("HISTORY lobby 10");
+        let got: Vec<String> = (0..3).map(|_| c.line()).collect();
+        assert_eq!(
+            got,
+            [&before, &after, "OK HISTORY lobby"],
+            "{}: HISTORY holds the messages sent and nothing else",
+            c.nick
+        );
+    }
 }
 
 /// Messages flow while members join with `AFTER` on another instance, all pipelined:
@@ -401,7 +411,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
 fn joins_after_an_id_during_a_burst_miss_nothing_and_repeat_nothing() {
     const JOINERS: usize = 40;
     const BURST: usize = 300;
-    let redis = Redis::start(free_port());
+    let redis = RedisServer::start();
     let url = redis.url();
     // History holds the whole burst: the replay is "every message after <id> still
     // in history".
