@@ -147,14 +147,11 @@ fn id(line: &str) -> &str {
     line.split(' ').nth(2).unwrap()
 }
 
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn two_instances_are_one_chat_and_survive_a_redis_restart() {
-    let mut redis = RedisServer::start();
-    let url = redis.url();
-    let one = Instance::start(Model::Async { workers: 2 }, &url);
-    let two = Instance::start(Model::Threads, &url);
-
+/// Two instances on `url` (async and threads), `ann` on the first and `bob` on the
+/// second, both in `lobby`.
+fn two_in_lobby(url: &str) -> (Instance, Instance, Client, Client) {
+    let one = Instance::start(Model::Async { workers: 2 }, url);
+    let two = Instance::start(Model::Threads, url);
     let mut ann = Client::connect(one.addr, "ann");
     let mut bob = Client::connect(two.addr, "bob");
     ann.send("JOIN lobby");
@@ -162,6 +159,14 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     bob.send("JOIN lobby");
     bob.expect("OK JOIN lobby");
     ann.expect("JOIN lobby bob");
+    (one, two, ann, bob)
+}
+
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn two_instances_are_one_chat_and_survive_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let (one, two, mut ann, mut bob) = two_in_lobby(&redis.url());
     // Nicks are unique across instances.
     bob.send("NICK ann");
     let l = bob.line();
@@ -228,7 +233,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     let port3 = free_port();
     let mut three = Reaped(
         Command::new(env!("CARGO_BIN_EXE_multiclient"))
-            .args(["serve", "--service", "chat", "--redis", &url])
+            .args(["serve", "--service", "chat", "--redis", &redis.url()])
             .args(["--addr", &format!("127.0.0.1:{port3}")])
             .args(["--presence-ttl", &format!("{}ms", TTL.as_millis())])
             .env("RUST_LOG", "info")
@@ -333,16 +338,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
 fn a_say_refused_while_redis_hangs_is_never_delivered() {
     const REFUSED: &str = " refused while frozen";
     let redis = RedisServer::start();
-    let url = redis.url();
-    let one = Instance::start(Model::Async { workers: 2 }, &url);
-    let two = Instance::start(Model::Threads, &url);
-    let mut ann = Client::connect(one.addr, "ann");
-    let mut bob = Client::connect(two.addr, "bob");
-    ann.send("JOIN lobby");
-    ann.expect("OK JOIN lobby");
-    bob.send("JOIN lobby");
-    bob.expect("OK JOIN lobby");
-    ann.expect("JOIN lobby bob");
+    let (one, two, mut ann, mut bob) = two_in_lobby(&redis.url());
     ann.send("SAY lobby before");
     let before = ann.until("MSG lobby ");
     bob.expect(&before);
