@@ -6,7 +6,10 @@
 # reconnection with "after") and tests/browser/chat-redis.mjs (two instances sharing a
 # redis-server of its own: two pages and two TCP clients in one room, one order and
 # the same ids everywhere, WHO and NICK across instances, Redis killed and restarted:
-# `unavailable` shown, pages kept, messages flowing again). Screenshots in target/.
+# `unavailable` shown, pages kept, messages flowing again) and
+# tests/browser/redis-freeze-repro.mjs (Redis frozen with SIGSTOP: a SAY refused
+# `unavailable` is never delivered nor in any history once Redis resumes). Screenshots
+# in target/.
 # The socket tests of the WebSocket chat and notifications run in
 # `cargo test --test chat_web`. Exits non-zero on any failure. Runnable with CI=true,
 # no stdin, on a clean clone.
@@ -37,4 +40,5 @@ test -s target/chat-web-bob.png
 node tests/browser/chat-redis.mjs target/debug/multiclient
 test -s target/chat-redis-a.png
 test -s target/chat-redis-b.png
+node tests/browser/redis-freeze-repro.mjs target/debug/multiclient
 echo "chat-web.sh: all chat web checks passed"

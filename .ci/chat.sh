@@ -15,7 +15,9 @@ redis-server --version
 
 # The hub, the line protocol and the chat over real sockets run in `cargo test`.
 # Two instances sharing one redis-server started by the test (ignored by a plain
-# `cargo test`, which needs nothing but Rust).
+# `cargo test`, which needs nothing but Rust): one chat, a Redis restart, a SIGKILLed
+# instance parted within the TTL, joins AFTER an id during a burst, and a SAY refused
+# while Redis hangs (SIGSTOP) delivered by no instance once it resumes.
 cargo test --test chat_redis -- --ignored
 # WebSocket members with --redis: ok-join only once Redis ordered the join, AFTER with
 # no gap and no duplicate on both wires (their own redis-server, too).

@@ -1,12 +1,17 @@
 //! Two chat instances sharing one Redis: one chat. The test starts its own
-//! `redis-server` on a free loopback port; without `redis-server` it fails with a
-//! clear message (CI installs it with `.ci/chat.sh`).
+//! `redis-server` on a free loopback port (`tests/common/redis.rs`); without
+//! `redis-server` it fails with a clear message (CI installs it with `.ci/chat.sh`).
+
+mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
 
 use multiclient::hub::Hub;
 use multiclient::model::{Limits, Model, Server};
@@ -16,74 +21,6 @@ use multiclient::service::{ServiceName, ServiceOptions};
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// `--presence-ttl` of every instance in these tests.
 const TTL: Duration = Duration::from_secs(2);
-
-/// A `redis-server` child process, killed (by its PID) when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it (Debian: apt-get install \
-                     redis-server; .ci/chat.sh does it)"
-                )
-            });
-        let r = Redis { child, port };
-        r.wait_ready();
-        r
-    }
-
-    /// Waits until the server answers PING (its readiness signal).
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-                let _ = s.write_all(b"PING\r\n");
-                let mut line = String::new();
-                if BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG") {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill(mut self) -> u16 {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.port
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A child process killed (by its PID) and reaped when dropped, so a failed assertion
 /// leaves no server behind.
@@ -210,14 +147,11 @@ fn id(line: &str) -> &str {
     line.split(' ').nth(2).unwrap()
 }
 
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn two_instances_are_one_chat_and_survive_a_redis_restart() {
-    let redis = Redis::start(free_port());
-    let url = redis.url();
-    let one = Instance::start(Model::Async { workers: 2 }, &url);
-    let two = Instance::start(Model::Threads, &url);
-
+/// Two instances on `url` (async and threads), `ann` on the first and `bob` on the
+/// second, both in `lobby`.
+fn two_in_lobby(url: &str) -> (Instance, Instance, Client, Client) {
+    let one = Instance::start(Model::Async { workers: 2 }, url);
+    let two = Instance::start(Model::Threads, url);
     let mut ann = Client::connect(one.addr, "ann");
     let mut bob = Client::connect(two.addr, "bob");
     ann.send("JOIN lobby");
@@ -225,6 +159,14 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     bob.send("JOIN lobby");
     bob.expect("OK JOIN lobby");
     ann.expect("JOIN lobby bob");
+    (one, two, ann, bob)
+}
+
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn two_instances_are_one_chat_and_survive_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let (one, two, mut ann, mut bob) = two_in_lobby(&redis.url());
     // Nicks are unique across instances.
     bob.send("NICK ann");
     let l = bob.line();
@@ -291,7 +233,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     let port3 = free_port();
     let mut three = Reaped(
         Command::new(env!("CARGO_BIN_EXE_multiclient"))
-            .args(["serve", "--service", "chat", "--redis", &url])
+            .args(["serve", "--service", "chat", "--redis", &redis.url()])
             .args(["--addr", &format!("127.0.0.1:{port3}")])
             .args(["--presence-ttl", &format!("{}ms", TTL.as_millis())])
             .env("RUST_LOG", "info")
@@ -347,7 +289,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     ann.expect("WHO lobby ann bob cat");
 
     // Redis goes away: SAY is refused, members stay connected and served locally.
-    let port = redis.kill();
+    redis.kill();
     one.wait_available(false);
     ann.send("SAY lobby anyone");
     let l = ann.line();
@@ -356,7 +298,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     assert!(ann.line().starts_with("ERR unavailable "));
 
     // Redis comes back, empty: the instances reconnect by themselves.
-    let _redis = Redis::start(port);
+    redis.start_again();
     one.wait_available(true);
     two.wait_available(true);
     // Each instance listed its members again before saying it was up.
@@ -384,13 +326,149 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
     assert!(bob.until("MSG lobby ").ends_with(" bobby as bobby"));
     ann.expect("NICK lobby bob bobby");
     assert!(ann.line().ends_with(" bobby as bobby"));
+    assert!(one.hub.stats.redis_connects.load(Ordering::Relaxed) >= 2);
+}
+
+/// The next line of `c` that is not a `JOIN` or `PART` event.
+fn skip_presence(c: &mut Client) -> String {
+    loop {
+        let l = c.line();
+        if !l.starts_with("JOIN ") && !l.starts_with("PART ") {
+            return l;
+        }
+    }
+}
+
+/// The refusal tests' setting: two instances on a Redis of their own, `ann` (on the
+/// first) and `bob` (on the second) in `lobby`, and one message both received.
+struct Refusal {
+    redis: RedisServer,
+    one: Instance,
+    two: Instance,
+    ann: Client,
+    bob: Client,
+    before: String,
+}
+
+impl Refusal {
+    fn start() -> Refusal {
+        let redis = RedisServer::start();
+        let (one, two, mut ann, mut bob) = two_in_lobby(&redis.url());
+        ann.send("SAY lobby before");
+        let before = ann.until("MSG lobby ");
+        bob.expect(&before);
+        Refusal {
+            redis,
+            one,
+            two,
+            ann,
+            bob,
+            before,
+        }
+    }
+
+    /// How many times each instance has connected to Redis.
+    fn connects(&self) -> [u64; 2] {
+        [&self.one, &self.two].map(|i| i.hub.stats.redis_connects.load(Ordering::Relaxed))
+    }
+
+    /// The message ending with `refused` was sent nowhere: `ann` says `after` (the
+    /// barrier), which both members receive with one id and neither before it the
+    /// refused one, and the history on both instances is exactly the two messages.
+    fn check_sent_nowhere(&mut self, refused: &str) {
+        self.ann.send("SAY lobby after");
+        let mut after = None;
+        for c in [&mut self.ann, &mut self.bob] {
+            loop {
+                let l = c.line();
+                assert!(
+                    !l.ends_with(refused),
+                    "{}: the refused message arrived: {l}",
+                    c.nick
+                );
+                if l.starts_with("MSG lobby ") && l.ends_with(" ann after") {
+                    let first = after.get_or_insert_with(|| l.clone());
+                    assert_eq!(first, &l, "one id everywhere");
+                    break;
+                }
+            }
+        }
+        let after = after.unwrap();
+        for c in [&mut self.ann, &mut self.bob] {
+            c.send("HISTORY lobby 10");
+            let got: Vec<String> = (0..3).map(|_| c.line()).collect();
+            assert_eq!(
+                got,
+                [&self.before, &after, "OK HISTORY lobby"],
+                "{}: HISTORY holds the messages sent and nothing else",
+                c.nick
+            );
+        }
+    }
+}
+
+/// Redis hangs (SIGSTOP) rather than dies: a `SAY` gets no answer and its author is
+/// told `ERR unavailable`, though the command already sits in Redis's socket buffer.
+/// When Redis resumes it must not run it: no instance delivers the refused message and
+/// no history holds it, while a later message (the barrier) reaches both instances.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_say_refused_while_redis_hangs_is_never_delivered() {
+    const REFUSED: &str = " refused while frozen";
+    let mut t = Refusal::start();
+    let connects = t.connects();
+
+    t.redis.pause();
+    let frozen = Instant::now();
+    t.ann.send(&format!("SAY lobby{REFUSED}"));
+    let l = t.ann.line();
+    assert!(l.starts_with("ERR unavailable "), "{l}");
+    eprintln!("refused {:?} after Redis froze", frozen.elapsed());
+    // Both instances see Redis hang (their expiry scans, every TTL/6, time out too)
+    // before it resumes: then both connect and subscribe again, and the barrier
+    // reaches both.
+    t.one.wait_available(false);
+    t.two.wait_available(false);
+    t.redis.resume();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (k, i) in [&t.one, &t.two].into_iter().enumerate() {
+        while t.connects()[k] <= connects[k] || !i.hub.is_available() {
+            assert!(Instant::now() < deadline, "an instance never reconnected");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    t.check_sent_nowhere(REFUSED);
+}
+
+/// Redis hangs for 1.5 s, less than the bridge's 2 s command timeout but more than a
+/// `SAY`'s 1 s budget: when Redis resumes, the script finds its deadline passed and
+/// sends nothing, and its author is told `ERR unavailable` as soon as that reply
+/// arrives, with no reconnection; the message is sent nowhere.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_say_redis_runs_past_its_deadline_is_refused_and_sent_nowhere() {
+    const LATE: &str = " ran too late";
+    let mut t = Refusal::start();
+    let connects = t.connects();
+
+    t.redis.pause();
+    t.ann.send(&format!("SAY lobby{LATE}"));
+    // The length of the hang is what is tested here, not a wait for an event: the
+    // SAY goes out at once and sits in Redis's buffer for the whole hang.
+    std::thread::sleep(Duration::from_millis(1500));
+    let resumed = Instant::now();
+    t.redis.resume();
+    // Presence events may come first: listings that expired during the hang.
+    let l = skip_presence(&mut t.ann);
+    assert!(l.starts_with("ERR unavailable "), "{l}");
+    let took = resumed.elapsed();
+    eprintln!("refused {took:?} after Redis resumed");
     assert!(
-        one.hub
-            .stats
-            .redis_connects
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 2
+        took < Duration::from_millis(500),
+        "refused {took:?} after the resume: by Redis's EXPIRED reply, not the timeout"
     );
+    assert_eq!(t.connects(), connects, "no reconnection");
+    t.check_sent_nowhere(LATE);
 }
 
 /// Messages flow while members join with `AFTER` on another instance, all pipelined:
@@ -401,7 +479,7 @@ fn two_instances_are_one_chat_and_survive_a_redis_restart() {
 fn joins_after_an_id_during_a_burst_miss_nothing_and_repeat_nothing() {
     const JOINERS: usize = 40;
     const BURST: usize = 300;
-    let redis = Redis::start(free_port());
+    let redis = RedisServer::start();
     let url = redis.url();
     // History holds the whole burst: the replay is "every message after <id> still
     // in history".

@@ -8,8 +8,8 @@
 //! - A message is one Lua script, atomic in Redis: `INCR` the room's counter (the
 //!   message id), `XADD` the event to the room's stream (its history, trimmed to
 //!   `--history`, keyed by that id so `AFTER <id>` is an `XRANGE`), and `PUBLISH` it.
-//!   Either all three happen or none: a failed `SAY` is answered `ERR unavailable` and
-//!   nothing is half-delivered.
+//!   Either all three happen or none, and a `SAY` answered `ERR unavailable` is run by
+//!   nobody later (next section): nothing is half-delivered.
 //! - Joins, parts and nick changes are one script each too: list or unlist the nick in
 //!   the room's presence set, then `PUBLISH` the event.
 //! - `HISTORY` and the replay of `JOIN ... AFTER` are read from the stream and reach
@@ -32,6 +32,30 @@
 //! thread (short: a push and, for a member's own `JOIN`, its `OK JOIN`); handing them
 //! to the members, the long part (one send per member), runs on a second thread, so a
 //! join storm's fan-out never delays the answers of the joins behind it.
+//!
+//! # A refused message is never sent
+//!
+//! A `SAY` whose pipeline gets no answer within [`COMMAND_TIMEOUT`] (Redis hangs: a
+//! stopped process, a stalled host) is answered `ERR unavailable`, yet the command
+//! already sits in Redis's socket buffer: a Redis that resumes would run it, and the
+//! other processes would deliver a message its author was told had failed. So every
+//! `SAY` carries a deadline on Redis's own clock, [`SAY_BUDGET`] (half the timeout)
+//! after its pipeline goes out, and the script checks it before anything else: past
+//! it, it changes nothing and answers `EXPIRED`, which the bridge (if it still waits)
+//! answers `unavailable` too. Redis's clock is estimated here from `TIME` readings
+//! (see [`Clock`]): one on every connect, then one at the end of each expiry scan's
+//! pipeline (every `T/6`). The estimate errs low, which only moves deadlines earlier.
+//!
+//! So a message Redis runs ran within the budget of going out, and its reply has the
+//! other half of the timeout to come back. What is left: a reply delayed more than
+//! that margin after the script ran (Redis stopped right after running it, the
+//! network or this process stalled), or a connection that breaks (an error, not a
+//! timeout) after the script ran and before its reply arrived. Then the author is
+//! told `unavailable` although the message was sent; the other processes deliver it
+//! and it is in the history, and the author's own process delivers it only if its
+//! subscription was still up when it was published. Notifications (`Hub::announce`)
+//! go through the same script with the same deadline; their sender was answered when
+//! they were queued, so one refused is only logged.
 //!
 //! # Presence
 //!
@@ -57,11 +81,13 @@
 //! queued requests with `unavailable`, and reconnects with exponential backoff capped
 //! at [`BACKOFF_MAX`], subscribing again by itself.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use redis::aio::ConnectionLike;
@@ -89,8 +115,16 @@ const SPREAD: usize = 4;
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest reconnection delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// Longest wait for one pipeline or connection.
+/// Longest wait for one pipeline or connection. A `SAY` whose pipeline gets no
+/// answer by then is answered `unavailable`.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after its pipeline goes out Redis may still run a `SAY`, on Redis's
+/// clock: half of [`COMMAND_TIMEOUT`], so a message Redis does run has the other half
+/// for its reply to come back before its author would be told `unavailable`.
+const SAY_BUDGET: Duration = Duration::from_millis(COMMAND_TIMEOUT.as_millis() as u64 / 2);
+/// Readings of Redis's clock the estimate is taken from (see [`Clock`]): one per
+/// connect and per expiry scan, so about `8 T/6` of them at `--presence-ttl` `T`.
+const CLOCK_SAMPLES: usize = 8;
 
 /// A pipeline slower than this is logged: members' answers are waiting on it.
 const SLOW: Duration = Duration::from_millis(500);
@@ -101,15 +135,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "#;
 
-/// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin.
+/// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin,
+/// deadline (ms of Redis's clock).
+///
+/// Past its deadline the script does nothing and answers an `EXPIRED` error: the
+/// bridge has told (or is about to tell) the author `unavailable`, so the message must
+/// reach nobody (see "A refused message is never sent" in the module documentation).
 ///
 /// A room's counter starts at Redis's clock in microseconds, so ids keep increasing
 /// even when Redis restarts empty: a client's `AFTER <old id>` then misses nothing and
 /// sessions never take new messages for duplicates. (`%.0f`: Lua numbers are doubles,
 /// exact below 2^53, and `tostring` would print them in exponent form.)
 const SAY_SCRIPT: &str = r#"
+if now > tonumber(ARGV[6]) then
+  return redis.error_reply('EXPIRED the deadline passed before Redis ran the message')
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  local t = redis.call('TIME')
   redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 end
 local id = string.format('%.0f', redis.call('INCR', KEYS[1]))
@@ -200,6 +241,65 @@ end
 return lost
 "#;
 
+/// This process's estimate of Redis's clock, which the deadlines of messages are set
+/// on.
+///
+/// A sample is a `TIME` read by Redis and the moment its reply arrived here, on this
+/// process's monotonic clock: Redis read its clock no later than that, so Redis's
+/// reading minus the local time of arrival is a lower bound of the offset between the
+/// two clocks (a slow reply only makes the bound lower). The estimate is the highest of
+/// the last [`CLOCK_SAMPLES`] bounds: one late reply does not pull it down, and a step
+/// of Redis's clock is followed within that many samples. An estimate below the truth
+/// only makes deadlines earlier (a message refused that Redis could have run in time),
+/// never later. The samples are dropped at each reconnection: the Redis behind the
+/// URL may be another host now.
+#[derive(Debug)]
+struct Clock {
+    base: Instant,
+    bounds: VecDeque<i64>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            base: Instant::now(),
+            bounds: VecDeque::with_capacity(CLOCK_SAMPLES),
+        }
+    }
+
+    fn local_ms(&self, at: Instant) -> i64 {
+        at.saturating_duration_since(self.base).as_millis() as i64
+    }
+
+    /// Forgets every sample (a new connection).
+    fn reset(&mut self) {
+        self.bounds.clear();
+    }
+
+    /// Redis read `redis_ms` on its clock; the reply arrived at `received`.
+    fn sample(&mut self, redis_ms: i64, received: Instant) {
+        if self.bounds.len() == CLOCK_SAMPLES {
+            self.bounds.pop_front();
+        }
+        self.bounds.push_back(redis_ms - self.local_ms(received));
+    }
+
+    /// Redis's clock at local time `at`, in milliseconds, or at most the reply delay
+    /// of the best recent sample less; `None` before the first sample.
+    fn redis_ms(&self, at: Instant) -> Option<i64> {
+        self.bounds
+            .iter()
+            .max()
+            .map(|offset| offset + self.local_ms(at))
+    }
+}
+
+/// The milliseconds of a `TIME` reply.
+fn time_ms(v: Value) -> Option<i64> {
+    let (secs, micros): (i64, i64) = redis::from_owned_redis_value(v).ok()?;
+    Some(secs * 1000 + micros / 1000)
+}
+
 /// A script loaded into Redis and called by its hash.
 struct Lua {
     code: String,
@@ -239,7 +339,7 @@ struct Scripts {
 impl Scripts {
     fn new() -> Scripts {
         Scripts {
-            say: Lua::new(SAY_SCRIPT, false),
+            say: Lua::new(SAY_SCRIPT, true),
             event: Lua::new(EVENT_SCRIPT, true),
             presence: Lua::new(PRESENCE_SCRIPT, true),
             expire: Lua::new(EXPIRE_SCRIPT, true),
@@ -340,6 +440,8 @@ enum Job {
     Presence,
     /// Removal of a room's expired listings; the reply lists the nicks parted.
     Expire(Arc<str>),
+    /// A reading of Redis's clock (`TIME`), for the estimate of [`Clock`].
+    Clock,
 }
 
 /// The hub's handle on the bridge thread.
@@ -382,6 +484,7 @@ impl Bridge {
             up: up.clone(),
             timing: Timing::new(ttl.max(Duration::from_millis(300))),
             scripts: Scripts::new(),
+            clock: RefCell::new(Clock::new()),
         };
         let spawned = std::thread::Builder::new()
             .name("redis-bridge".into())
@@ -461,6 +564,7 @@ struct Run {
     up: Arc<AtomicBool>,
     timing: Timing,
     scripts: Scripts,
+    clock: RefCell<Clock>,
 }
 
 type Conn = redis::aio::MultiplexedConnection;
@@ -577,7 +681,24 @@ impl Run {
         }
         let mut ps = timed(self.client.get_async_pubsub()).await?;
         timed(ps.subscribe(CHANNEL)).await?;
+        // The first reading of Redis's clock, before any message is sent on this
+        // connection; the expiry scans add more.
+        self.clock.borrow_mut().reset();
+        let time: Value = timed(redis::cmd("TIME").query_async(&mut conn)).await?;
+        let received = Instant::now();
+        let ms = time_ms(time).ok_or_else(|| "TIME answered no time".to_string())?;
+        self.clock.borrow_mut().sample(ms, received);
         Ok((conn, ps.into_on_message()))
+    }
+
+    /// The deadline, on Redis's clock, of a `SAY` going out now: [`SAY_BUDGET`] from
+    /// now. Without a reading of the clock (never while serving: `connect` takes one)
+    /// it is 0, so the message is refused rather than possibly run late.
+    fn say_deadline(&self) -> i64 {
+        self.clock
+            .borrow()
+            .redis_ms(Instant::now())
+            .map_or(0, |now| now + SAY_BUDGET.as_millis() as i64)
     }
 
     /// Serves until the connection fails (the reason) or the hub is gone (`None`).
@@ -692,6 +813,7 @@ impl Run {
         if scan {
             self.scan(&mut jobs, &mut pipe);
         }
+        let deadline = self.say_deadline();
         let mut next = first;
         let mut taken = 0;
         loop {
@@ -705,13 +827,19 @@ impl Run {
                 },
             };
             taken += 1;
-            match self.command(&r) {
+            match self.command(&r, deadline) {
                 Some(c) => {
                     pipe.add_command(c);
                     jobs.push(Job::Req(r));
                 }
                 None => self.fail(r),
             }
+        }
+        if scan {
+            // Last in the pipeline, so that little but the reply's way back lies
+            // between Redis reading its clock and the pipeline's answer here.
+            pipe.add_command(redis::cmd("TIME"));
+            jobs.push(Job::Clock);
         }
         Ok((jobs, pipe))
     }
@@ -764,8 +892,9 @@ impl Run {
         }
     }
 
-    /// The command of a request, or `None` for one that needs none.
-    fn command(&self, r: &Request) -> Option<redis::Cmd> {
+    /// The command of a request, or `None` for one that needs none. A `SAY` carries
+    /// `deadline`: Redis's clock past which it must not run.
+    fn command(&self, r: &Request, deadline: i64) -> Option<redis::Cmd> {
         let life = self.timing.lifetime.as_millis() as u64;
         let c = match r {
             Request::Say {
@@ -780,7 +909,8 @@ impl Run {
                     .arg(&**room)
                     .arg(&**nick)
                     .arg(&**text)
-                    .arg(&*self.instance);
+                    .arg(&*self.instance)
+                    .arg(deadline);
                 c
             }
             Request::Event { room, kind, member } => {
@@ -860,6 +990,7 @@ impl Run {
     /// a script Redis no longer knows (flushed) ends the connection too, so that the
     /// next one loads the scripts again.
     fn finish(&self, jobs: Vec<Job>, res: Result<Vec<Value>, String>) -> Result<(), String> {
+        let received = Instant::now();
         let res = res.and_then(|r| match r.len() == jobs.len() {
             true => Ok(r),
             false => Err(format!("{} replies to {} commands", r.len(), jobs.len())),
@@ -874,8 +1005,15 @@ impl Run {
             }
         };
         let mut lost = None;
+        let mut expired = 0;
         for (job, reply) in jobs.into_iter().zip(replies) {
             if let Value::ServerError(e) = &reply {
+                if e.code() == "EXPIRED" {
+                    // Redis ran the message too late: it sent nothing.
+                    expired += 1;
+                    self.fail_job(job);
+                    continue;
+                }
                 tracing::warn!("redis: a command failed: {e:?}");
                 if e.code() == "NOSCRIPT" {
                     lost = Some("Redis lost the bridge's scripts".to_string());
@@ -883,7 +1021,20 @@ impl Run {
                 self.fail_job(job);
                 continue;
             }
+            if let Job::Clock = job {
+                match time_ms(reply) {
+                    Some(ms) => self.clock.borrow_mut().sample(ms, received),
+                    None => tracing::warn!("redis: TIME answered no time"),
+                }
+                continue;
+            }
             self.answer(job, reply);
+        }
+        if expired > 0 {
+            tracing::warn!(
+                "redis: {expired} messages reached Redis after their deadline: not sent, \
+                 answered unavailable"
+            );
         }
         lost.map_or(Ok(()), Err)
     }
@@ -892,7 +1043,7 @@ impl Run {
     fn answer(&self, job: Job, reply: Value) {
         let r = match job {
             Job::Req(r) => r,
-            Job::Presence => return,
+            Job::Presence | Job::Clock => return,
             Job::Nicks => {
                 for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
                 {
@@ -1013,7 +1164,13 @@ impl Run {
                 author,
                 ChatEvent::Answer(Answer::Failed(HubError::Unavailable)),
             ),
-            Request::Say { author: None, .. } => return,
+            Request::Say {
+                author: None, room, ..
+            } => {
+                // A notification: its sender was answered when it was queued.
+                tracing::warn!("redis: a notification to {room} was not sent: Redis unavailable");
+                return;
+            }
             Request::Range {
                 room, after, to, ..
             } => (to, range_answer(room, after, Err(HubError::Unavailable))),
@@ -1102,6 +1259,50 @@ mod tests {
             assert!(t.lifetime >= t.refresh * 2, "{t:?}");
             assert!(t.scan <= t.refresh / 2, "{t:?}");
         }
+    }
+
+    #[test]
+    fn a_say_that_runs_leaves_half_the_timeout_for_its_reply() {
+        assert!(SAY_BUDGET > Duration::ZERO);
+        assert!(SAY_BUDGET * 2 <= COMMAND_TIMEOUT, "{SAY_BUDGET:?}");
+        // The deadline is checked before the script writes anything.
+        let check = SAY_SCRIPT.find("now > tonumber(ARGV[6])").unwrap();
+        for write in ["'SET'", "'INCR'", "'XADD'", "'PUBLISH'"] {
+            assert!(check < SAY_SCRIPT.find(write).unwrap(), "{write}");
+        }
+    }
+
+    #[test]
+    fn the_clock_estimate_errs_low_and_ignores_a_late_reply() {
+        let mut c = Clock::new();
+        let t0 = c.base;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(c.redis_ms(at(0)), None);
+        // Redis's clock is 5,000 ms ahead. Read at local 100 ms, answered at 103.
+        c.sample(5_100, at(103));
+        assert_eq!(c.redis_ms(at(1_000)), Some(5_997)); // 3 ms low: the reply's way.
+                                                        // A reply held up 700 ms after the reading does not pull the estimate down.
+        c.sample(5_200, at(900));
+        assert_eq!(c.redis_ms(at(1_000)), Some(5_997));
+        // A tighter one raises it; never above the truth (5,000 ahead).
+        c.sample(5_500, at(500));
+        assert_eq!(c.redis_ms(at(1_000)), Some(6_000));
+        // Redis's clock steps back 2 s: followed once the older samples are out.
+        for i in 0..CLOCK_SAMPLES as u64 {
+            assert!(c.redis_ms(at(2_000 + i)).unwrap() >= 7_000);
+            c.sample(3_000 + 2_000 + i as i64, at(2_000 + i));
+        }
+        assert_eq!(c.redis_ms(at(3_000)), Some(6_000));
+        // A new connection forgets everything.
+        c.reset();
+        assert_eq!(c.redis_ms(at(3_000)), None);
+        // The reading of a TIME reply.
+        let reply = Value::Array(vec![
+            Value::BulkString(b"1700000000".to_vec()),
+            Value::BulkString(b"123456".to_vec()),
+        ]);
+        assert_eq!(time_ms(reply), Some(1_700_000_000_123));
+        assert_eq!(time_ms(Value::Nil), None);
     }
 
     #[test]

@@ -33,6 +33,11 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .expect("a free loopback port")
             .port();
+        Self::start_on(port)
+    }
+
+    /// A server on `port`, once it answers; `None` when the port turns out taken.
+    fn start_on(port: u16) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
@@ -87,6 +92,21 @@ impl RedisServer {
     /// when Redis hangs.
     pub fn pause(&self) {
         self.signal("-STOP");
+    }
+
+    /// Kills the server (SIGKILL, reaped): clients find the port closed, as when Redis
+    /// dies. [`RedisServer::start_again`] brings up a fresh one on the same port.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh, empty server on the same port, as when Redis restarts after a crash
+    /// without persistence; checked to be this very process, like [`RedisServer::start`].
+    pub fn start_again(&mut self) {
+        self.kill();
+        *self = Self::start_on(self.port)
+            .unwrap_or_else(|| panic!("redis-server could not start again on {}", self.port));
     }
 
     /// Thaws a paused server (SIGCONT).
