@@ -57,7 +57,7 @@ impl Clock {
 /// Quarters of the idle timeout: a connection is checked at each quarter and closed
 /// after four quiet ones, so it is closed between 1 and 1.25 idle timeouts after its
 /// last byte, without reading the clock for every message.
-const IDLE_QUARTERS: u32 = 4;
+pub(crate) const IDLE_QUARTERS: u32 = 4;
 
 /// Why a connection ended, as logged and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -529,6 +529,36 @@ impl<S: Session> Conn<S> {
         if self.phase == Phase::Open {
             if let Some(d) = self.session.deadline() {
                 t = t.min(d);
+            }
+        }
+        t
+    }
+
+    /// When the next idle check is due, while the connection is open. A model may run
+    /// these checks from a timer shared by many connections, and keep a timer of the
+    /// connection's own only for [`Conn::precise_deadline`].
+    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+        (self.phase == Phase::Open).then_some(self.idle_check)
+    }
+
+    /// The next deadline other than the idle check (lingering close, write stall,
+    /// goodbye grace, the session's own timer): `None` on most connections most of the
+    /// time. With [`Conn::idle_deadline`] it makes [`Conn::next_deadline`].
+    pub(crate) fn precise_deadline(&self) -> Option<Instant> {
+        let mut t = match self.phase {
+            Phase::Lingering(until) => Some(until),
+            _ => None,
+        };
+        let mut earliest = |d: Instant| t = Some(t.map_or(d, |t: Instant| t.min(d)));
+        if let Some(since) = self.stalled_since {
+            earliest(since + self.listener.limits.write_timeout);
+        }
+        if let Some((_, until)) = self.goodbye {
+            earliest(until);
+        }
+        if self.phase == Phase::Open {
+            if let Some(d) = self.session.deadline() {
+                earliest(d);
             }
         }
         t
