@@ -52,8 +52,11 @@ const SHARDS: usize = 16;
 
 /// Bit of [`Drain::signal`] set once the drain has started.
 pub(crate) const STARTED: u32 = 1;
+/// A bit [`Drain::signal`] never sets: a reader may keep a flag of its own there in
+/// the copy it compares against.
+pub(crate) const SIGNAL_SPARE: u32 = 2;
 /// What one sweep adds to [`Drain::signal`].
-const SWEPT: u32 = 2;
+const SWEPT: u32 = 4;
 /// Due time of a connection with no idle check pending.
 const NEVER: u64 = u64::MAX;
 
