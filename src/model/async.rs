@@ -269,7 +269,9 @@ impl<S: Service> Future for Task<S> {
                 if signal & STARTED != 0 && !conn.is_draining() {
                     with_scratch(|s| conn.drain(this.fd.get_ref(), s, &clock));
                 }
-                if (signal ^ before) & !(STARTED | ADMITTED) != 0 && clock.now() >= conn.next_deadline() {
+                if (signal ^ before) & !(STARTED | ADMITTED) != 0
+                    && clock.now() >= conn.next_deadline()
+                {
                     conn.tick(&clock);
                     if let Some(r) = *this.drain {
                         conn.listener().drain.reschedule(r, conn.idle_deadline());

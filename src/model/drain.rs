@@ -307,3 +307,65 @@ impl Drain {
         *n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counter() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn a_sweep_wakes_only_the_connections_whose_check_is_due() {
+        let drain = Drain::new().unwrap();
+        let now = Instant::now();
+        let (due, due_waker) = counter();
+        let (later, later_waker) = counter();
+        let (never, never_waker) = counter();
+        drain.register(1, &due_waker, Some(now - Duration::from_millis(1)));
+        let r = drain.register(2, &later_waker, Some(now + Duration::from_secs(60)));
+        drain.register(3, &never_waker, None);
+        let before = drain.signal();
+
+        let next = drain.sweep(now).expect("one check is still pending");
+        assert_eq!(due.0.load(Ordering::SeqCst), 1);
+        assert_eq!(later.0.load(Ordering::SeqCst), 0);
+        assert_eq!(never.0.load(Ordering::SeqCst), 0);
+        assert_ne!(
+            drain.signal(),
+            before,
+            "the woken connection must see a sweep"
+        );
+        assert_eq!(drain.signal() & (STARTED | SIGNAL_SPARE), 0);
+        let want = now + Duration::from_secs(60);
+        assert!(next >= want && next <= want + Duration::from_millis(1));
+
+        // A woken connection is not woken again until it sets its next check.
+        assert!(drain.sweep(now + Duration::from_secs(1)).is_some());
+        assert_eq!(due.0.load(Ordering::SeqCst), 1);
+
+        // Rescheduled earlier, the other one is due at the next sweep.
+        drain.reschedule(r, Some(now));
+        assert_eq!(drain.sweep(now + Duration::from_millis(1)), None);
+        assert_eq!(later.0.load(Ordering::SeqCst), 1);
+
+        drain.start();
+        assert_eq!(drain.signal() & STARTED, STARTED);
+        assert_eq!(
+            never.0.load(Ordering::SeqCst),
+            1,
+            "the drain wakes everyone"
+        );
+    }
+}
