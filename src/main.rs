@@ -1,5 +1,15 @@
 //! The `multiclient` command: argument parsing, and nothing else.
 
+/// The binary's allocator with `--features jemalloc`. tokio allocates every task and
+/// every socket registration 128-byte aligned; glibc's malloc leaves about 150 bytes of
+/// unusable fragments around each such allocation, jemalloc none (its size classes come
+/// aligned): an idle async connection takes 0.70 KiB instead of 1.01. But jemalloc's
+/// per-thread caches double the memory of a thread-per-connection client (13.6 to
+/// 27.6 KiB), hence not the default (bench/results/async-memory-cpu.md).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,15 +1,22 @@
 //! `async`: tokio tasks, one per connection, on `--workers` threads (1 is a
 //! single-threaded event loop like the seed's asyncio server).
 //!
-//! Each task waits on the socket's readiness, its mailbox, one timer and the shutdown
+//! Each task waits on the socket's readiness, its mailbox, its timers and the shutdown
 //! signal at once. An idle connection holds no read buffer: reads go into a
 //! per-thread scratch buffer and only an unconsumed tail is kept. A short read clears
 //! the socket's readiness at once, saving the extra `read` that would return EAGAIN.
+//!
+//! The idle check every connection has runs from one sweeper per server (see
+//! [`super::drain`]), not from a timer in each task; a task makes a timer of its own
+//! (boxed, outside the task) only while it has a precise deadline: a lingering close, a
+//! stalled write, a goodbye's grace or its session's timer. An idle ACK connection is
+//! then a 280-byte future in a 384-byte tokio task (it was 400 in 512).
 
 use std::cell::RefCell;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,8 +29,8 @@ use tokio::io::Interest;
 use tokio::io::Ready;
 use tokio::time::Sleep;
 
-use super::conn::{Clock, Conn, Phase, Read_};
-use super::drain::{Live, Registration};
+use super::conn::{Clock, Conn, Phase, Read_, IDLE_QUARTERS};
+use super::drain::{Registration, SIGNAL_SPARE, STARTED};
 use super::mailbox::WakeKind;
 use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
 use crate::service::{ConnInfo, Service};
@@ -59,6 +66,8 @@ pub(crate) fn spawn<S: Service>(
     let _guard = rt.enter();
     let listener = register(listener, Interest::READABLE)?;
     let live = ctx.drain.live();
+    ctx.drain
+        .start_sweeper(ctx.limits.idle_timeout / IDLE_QUARTERS);
     rt.spawn(async move {
         let _live = live;
         accept_loop(listener, ctx).await
@@ -130,18 +139,20 @@ async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(TcpStream, Socke
 
 pin_project_lite::pin_project! {
     /// One connection's task, written as a plain future so that it holds exactly the
-    /// connection, its socket, one timer and its place in the listener: readiness and
-    /// the mailbox keep their wakers in their own state, not in the future.
+    /// connection, its socket and its place in the listener: readiness and the mailbox
+    /// keep their wakers in their own state, the idle check is the sweeper's, and a
+    /// timer exists only while a precise deadline does.
     struct Task<S: Service> {
-        conn: Conn<S::Session>,
+        // Dropped by hand, before the task leaves the drain's count, so that the
+        // connection's close is logged before the drain can finish.
+        conn: ManuallyDrop<Conn<S::Session>>,
         fd: AsyncFd<TcpStream>,
-        #[pin]
-        sleep: Sleep,
+        timer: Option<Pin<Box<Sleep>>>,
         drain: Option<Registration>,
-        admitted: bool,
-        // Last: the drain waits for this guard, so the connection's close is logged
-        // first.
-        live: Live,
+        // The drain's signal word as last seen (drain started, sweeps), and in its
+        // spare bit whether the connection was admitted (or is being refused): one
+        // word, where a separate flag would cost the task 8 bytes.
+        seen: u32,
     }
 
     impl<S: Service> PinnedDrop for Task<S> {
@@ -149,7 +160,7 @@ pin_project_lite::pin_project! {
             // Gives back the connection's place (or its refusal slot).
             let this = this.project();
             let listener = this.conn.listener();
-            if *this.admitted {
+            if *this.seen & ADMITTED != 0 {
                 listener.stats.active.fetch_sub(1, Ordering::AcqRel);
             } else {
                 listener.refusing.fetch_sub(1, Ordering::AcqRel);
@@ -157,6 +168,11 @@ pin_project_lite::pin_project! {
             if let Some(r) = this.drain.take() {
                 listener.drain.unregister(r);
             }
+            let drain = listener.drain.clone();
+            // SAFETY: `conn` is dropped here once and never used again: this is the
+            // task's drop.
+            unsafe { ManuallyDrop::drop(this.conn) };
+            drain.leave();
         }
     }
 }
@@ -177,17 +193,51 @@ impl<S: Service> Task<S> {
             }
         };
         let conn = ctx.open(info, WakeKind::Task, !admitted);
-        let deadline = conn.next_deadline();
+        // The task leaves the drain's count in its drop.
+        live.detach();
         Some(Task {
-            conn,
+            conn: ManuallyDrop::new(conn),
             fd,
-            sleep: tokio::time::sleep_until(deadline.into()),
+            timer: None,
             drain: None,
-            admitted,
-            live,
+            // Sweeps before this connection are none of its business; a started drain is.
+            seen: (ctx.drain.signal() & !STARTED) | if admitted { ADMITTED } else { 0 },
         })
     }
 }
+
+/// Arms, moves or drops a connection's own timer to match its precise deadline, never
+/// in the past (a timer that fired stays ready: re-armed at its own deadline it would
+/// fire again at once, so a deadline that does not move on is retried a millisecond
+/// later).
+fn sync_timer(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>, clock: &Clock) {
+    match (due, timer.as_mut()) {
+        (None, None) => {}
+        (None, Some(_)) => *timer = None,
+        (Some(d), None) => {
+            let d = d.max(clock.now() + Duration::from_millis(1));
+            *timer = Some(Box::pin(tokio::time::sleep_until(d.into())));
+        }
+        (Some(d), Some(t)) => {
+            let armed = t.deadline().into_std();
+            if d == armed {
+                return;
+            }
+            let d = if d < armed {
+                d.max(clock.now() + Duration::from_millis(1))
+            } else {
+                d
+            };
+            if d != armed {
+                t.as_mut().reset(d.into());
+            }
+        }
+    }
+}
+
+/// The bit of a task's `seen` word that says the connection was admitted: the drain's
+/// signal never sets it.
+const ADMITTED: u32 = SIGNAL_SPARE;
 
 /// Turns of the loop below in one poll before yielding to other connections.
 const TURNS_PER_POLL: usize = 32;
@@ -196,25 +246,40 @@ impl<S: Service> Future for Task<S> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        let conn = this.conn;
+        let this = self.project();
+        let conn: &mut Conn<S::Session> = this.conn;
         if this.drain.is_none() {
-            *this.drain = Some(this.live.drain().register(conn.info.id, cx.waker()));
+            let r = conn
+                .listener()
+                .drain
+                .register(conn.info.id, cx.waker(), conn.idle_deadline());
+            *this.drain = Some(r);
         }
-        let drain = this.live.drain();
         // The clock is read only if something on this wake-up needs the time.
         let clock = Clock::lazy();
+        // A deadline found past is run at most once per poll: a session that leaves
+        // its deadline in the past is ticked once a millisecond, not in a busy loop.
+        let mut ticked = false;
         for _ in 0..TURNS_PER_POLL {
             let blocked = !conn.flush(this.fd.get_ref(), &clock);
             if conn.phase() == Phase::Done {
                 return Poll::Ready(());
             }
-            let deadline = conn.next_deadline();
-            if deadline != this.sleep.deadline().into_std() {
-                this.sleep.as_mut().reset(deadline.into());
-            }
-            if !conn.is_draining() && drain.is_started() {
-                with_scratch(|s| conn.drain(this.fd.get_ref(), s, &clock));
+            let signal = conn.listener().drain.signal();
+            if signal != *this.seen & !ADMITTED {
+                // The drain started, or a sweep ran: rare, one load per turn otherwise.
+                let before = std::mem::replace(this.seen, signal | (*this.seen & ADMITTED));
+                if signal & STARTED != 0 && !conn.is_draining() {
+                    with_scratch(|s| conn.drain(this.fd.get_ref(), s, &clock));
+                }
+                if (signal ^ before) & !(STARTED | ADMITTED) != 0
+                    && clock.now() >= conn.next_deadline()
+                {
+                    conn.tick(this.fd.get_ref(), &clock);
+                    if let Some(r) = *this.drain {
+                        conn.listener().drain.reschedule(r, conn.idle_deadline());
+                    }
+                }
                 continue;
             }
             if conn.wants_read() {
@@ -265,20 +330,76 @@ impl<S: Service> Future for Task<S> {
                     continue;
                 }
             }
-            if this.sleep.as_mut().poll(cx).is_ready() {
-                conn.tick(this.fd.get_ref(), &clock);
-                // Re-arm at once, and never in the past: a fired timer left as it is
-                // would fire again at once.
-                let floor = clock.now() + Duration::from_millis(1);
-                this.sleep
-                    .as_mut()
-                    .reset(conn.next_deadline().max(floor).into());
+            // Nothing else to do: wait, with a timer only for a precise deadline.
+            let precise = conn.precise_deadline();
+            if !ticked && precise.is_some_and(|d| d <= clock.now()) {
+                // Due already (a coalescing window that ended while this task ran or
+                // waited for a worker): run it now. Arming a timer for it would floor
+                // it into the future on every poll, and it would never fire.
+                ticked = true;
+                conn.tick(this.fd.get_ref(), &Clock::lazy());
+                if let Some(r) = *this.drain {
+                    conn.listener().drain.reschedule(r, conn.idle_deadline());
+                }
                 continue;
+            }
+            sync_timer(this.timer, precise, &clock);
+            if let Some(t) = this.timer.as_mut() {
+                if t.as_mut().poll(cx).is_ready() {
+                    // A fresh clock: the one of this poll may predate the timer's
+                    // deadline, and `tick` would find nothing due.
+                    conn.tick(this.fd.get_ref(), &Clock::lazy());
+                    if let Some(r) = *this.drain {
+                        conn.listener().drain.reschedule(r, conn.idle_deadline());
+                    }
+                    // Fired: re-armed (or dropped) on the next turn, never in the past.
+                    let floor = clock.now() + Duration::from_millis(1);
+                    let due = conn.precise_deadline().map(|d| d.max(floor));
+                    sync_timer(this.timer, due, &clock);
+                    continue;
+                }
             }
             return Poll::Pending;
         }
         // A busy connection had its turns: let the others run.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::ack::Ack;
+
+    /// An idle connection's memory is mostly its task: tokio allocates the future in a
+    /// cell aligned to 128 bytes, with 104 bytes of its own (header, scheduler, id, the
+    /// stage's tag, trailer), so a future of up to 280 bytes takes 384 and one byte
+    /// more takes 512. This keeps an ACK connection's future on the small side.
+    #[test]
+    fn an_ack_connection_future_fits_a_384_byte_task_cell() {
+        let size = std::mem::size_of::<Task<Ack>>();
+        assert!(size <= 280, "Task<Ack> is {size} bytes");
+        // tokio's layout (1.54, runtime/task/core.rs): `#[repr(C)] enum Stage
+        // { Running(T), Finished(Result<Output, JoinError>), Consumed }` inside a
+        // `#[repr(C, align(128))] Cell { Header (32 bytes), Core { scheduler (8), id (8),
+        // stage }, Trailer (48) }`.
+        #[allow(dead_code)]
+        #[repr(C)]
+        enum Stage<T> {
+            Running(T),
+            Finished(Result<(), tokio::task::JoinError>),
+            Consumed,
+        }
+        #[allow(dead_code)]
+        #[repr(C, align(128))]
+        struct Cell<T> {
+            header: [u64; 4],
+            scheduler: u64,
+            id: u64,
+            stage: Stage<T>,
+            trailer: [u64; 6],
+        }
+        assert_eq!(std::mem::size_of::<Cell<Task<Ack>>>(), 384);
     }
 }

@@ -56,7 +56,7 @@ impl Clock {
 /// Quarters of the idle timeout: a connection is checked at each quarter and closed
 /// after four quiet ones, so it is closed between 1 and 1.25 idle timeouts after its
 /// last byte, without reading the clock for every message.
-const IDLE_QUARTERS: u32 = 4;
+pub(crate) const IDLE_QUARTERS: u32 = 4;
 
 /// Why a connection ended, as logged and counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +130,9 @@ pub(crate) struct Conn<S: Session> {
     listener: Arc<Listener>,
     wake: WakeKind,
     out: Vec<u8>,
-    out_pos: usize,
+    /// Bytes of `out` already sent (`out` stays far below 4 GiB: `--max-output`
+    /// stops reading long before).
+    out_pos: u32,
     pending: Vec<u8>,
     mailbox: Option<Arc<Mailbox<S::Event>>>,
     closing: bool,
@@ -142,7 +144,7 @@ pub(crate) struct Conn<S: Session> {
     /// Bytes moved since the last idle check.
     active: bool,
     /// Idle checks in a row that saw no bytes.
-    quiet: u32,
+    quiet: u8,
     /// TCP keepalive was turned on (a quiet connection its session keeps).
     keepalive: bool,
     idle_check: Instant,
@@ -256,7 +258,12 @@ impl<S: Session> Conn<S> {
     }
 
     pub(crate) fn has_output(&self) -> bool {
-        self.out_pos < self.out.len()
+        (self.out_pos as usize) < self.out.len()
+    }
+
+    /// Bytes queued and not yet sent.
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos as usize
     }
 
     /// Whether there is output to write now (not held for coalescing).
@@ -268,9 +275,7 @@ impl<S: Session> Conn<S> {
     /// client leaves more than `max_output` of replies unread (backpressure).
     pub(crate) fn wants_read(&self) -> bool {
         match self.phase {
-            Phase::Open => {
-                !self.eof && self.out.len() - self.out_pos < self.listener.limits.max_output
-            }
+            Phase::Open => !self.eof && self.unsent() < self.listener.limits.max_output,
             Phase::Lingering(_) => true,
             _ => false,
         }
@@ -278,7 +283,7 @@ impl<S: Session> Conn<S> {
 
     /// Whether mailbox events should be taken now (the same backpressure).
     pub(crate) fn wants_events(&self) -> bool {
-        self.phase == Phase::Open && self.out.len() - self.out_pos < self.listener.limits.max_output
+        self.phase == Phase::Open && self.unsent() < self.listener.limits.max_output
     }
 
     pub(crate) fn mailbox(&self) -> Option<&Arc<Mailbox<S::Event>>> {
@@ -416,11 +421,11 @@ impl<S: Session> Conn<S> {
     }
 
     fn write_to(&mut self, sock: &TcpStream, clock: &Clock) -> io::Result<()> {
-        while self.out_pos < self.out.len() {
+        while (self.out_pos as usize) < self.out.len() {
             // Raw send(2) with MSG_NOSIGNAL: no SIGPIPE from a client that has gone.
             match rustix::net::send(
                 sock,
-                &self.out[self.out_pos..],
+                &self.out[self.out_pos as usize..],
                 rustix::net::SendFlags::NOSIGNAL,
             )
             .map_err(io::Error::from)
@@ -430,7 +435,9 @@ impl<S: Session> Conn<S> {
                     return Ok(());
                 }
                 Ok(n) => {
-                    self.out_pos += n;
+                    // `out` is cut to what was sent long before it nears 4 GiB: reading
+                    // stops at `max_output` of unsent replies.
+                    self.out_pos += u32::try_from(n).expect("one send is below 4 GiB");
                     self.bytes_out += n as u64;
                     self.writes = self.writes.wrapping_add(1);
                     self.active = true;
@@ -570,24 +577,42 @@ impl<S: Session> Conn<S> {
 
     /// The next time [`Conn::tick`] must run.
     pub(crate) fn next_deadline(&self) -> Instant {
+        match self.precise_deadline() {
+            Some(t) => t.min(self.idle_check),
+            None => self.idle_check,
+        }
+    }
+
+    /// When the next idle check is due, while the connection is open. A model may run
+    /// these checks from a timer shared by many connections, and keep a timer of the
+    /// connection's own only for [`Conn::precise_deadline`].
+    pub(crate) fn idle_deadline(&self) -> Option<Instant> {
+        (self.phase == Phase::Open).then_some(self.idle_check)
+    }
+
+    /// The next deadline other than the idle check (lingering close, write stall,
+    /// goodbye grace, the end of a coalescing window, the session's own timer): `None` on most connections most of the
+    /// time. With [`Conn::idle_deadline`] it makes [`Conn::next_deadline`].
+    pub(crate) fn precise_deadline(&self) -> Option<Instant> {
         let mut t = match self.phase {
-            Phase::Lingering(until) => until,
-            _ => self.idle_check,
+            Phase::Lingering(until) => Some(until),
+            _ => None,
         };
+        let mut earliest = |d: Instant| t = Some(t.map_or(d, |t: Instant| t.min(d)));
         if let Some(since) = self.stalled_since {
-            t = t.min(since + self.listener.limits.write_timeout);
+            earliest(since + self.listener.limits.write_timeout);
         }
         if let Some((_, until)) = self.goodbye {
-            t = t.min(until);
+            earliest(until);
         }
         if self.held {
             if let Some(w) = self.events_written_at() {
-                t = t.min(w + self.listener.limits.coalesce);
+                earliest(w + self.listener.limits.coalesce);
             }
         }
         if self.phase == Phase::Open {
             if let Some(d) = self.session.deadline() {
-                t = t.min(d);
+                earliest(d);
             }
         }
         t
@@ -639,9 +664,9 @@ impl<S: Session> Conn<S> {
             if std::mem::take(&mut self.active) {
                 self.quiet = 0;
             } else {
-                self.quiet += 1;
+                self.quiet = self.quiet.saturating_add(1);
             }
-            if self.quiet >= IDLE_QUARTERS && self.session.idle_ok() {
+            if u32::from(self.quiet) >= IDLE_QUARTERS && self.session.idle_ok() {
                 // A quiet connection the session expects: keep it, and let the
                 // kernel's keepalive probes find a peer that is gone.
                 self.quiet = 0;
@@ -650,7 +675,7 @@ impl<S: Session> Conn<S> {
                     set_keepalive(sock, self.listener.limits.idle_timeout);
                 }
             }
-            if self.quiet >= IDLE_QUARTERS {
+            if u32::from(self.quiet) >= IDLE_QUARTERS {
                 self.listener
                     .stats
                     .idle_timeouts

@@ -72,7 +72,8 @@ pub struct Limits {
     pub shutdown_timeout: Duration,
     /// Unconsumed input held per connection.
     pub max_input: usize,
-    /// Unsent output above which the connection stops reading (backpressure).
+    /// Unsent output above which the connection stops reading (backpressure); at
+    /// most 1 GiB is used.
     pub max_output: usize,
     /// Bytes a session's mailbox holds before the session is a slow consumer.
     pub max_queue: usize,
@@ -87,6 +88,9 @@ pub struct Limits {
     /// Refused connections being told why at once; beyond this they are just closed.
     pub max_refusing: usize,
 }
+
+/// The largest `max_output` a server uses.
+const MAX_OUTPUT_CAP: usize = 1 << 30;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -281,7 +285,11 @@ impl Server {
         };
         Ok(Server {
             model,
-            limits: Arc::new(limits),
+            limits: Arc::new(Limits {
+                // A connection counts its unsent output in 32 bits.
+                max_output: limits.max_output.min(MAX_OUTPUT_CAP),
+                ..limits
+            }),
             drain: Drain::new()?,
             runtime,
             threads: Vec::new(),

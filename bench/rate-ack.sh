@@ -1,0 +1,41 @@
+#!/bin/sh
+# Server CPU per ACK round trip at a fixed offered rate (open loop), with syscalls per
+# round trip: each server in turn, RUNS times (default 3), a fresh server each run,
+# pinned to CPU 1 and the tester to CPU 0. Prints one line per run.
+# Usage: bench/rate-ack.sh RATE NAME='COMMAND with {port}' [NAME='COMMAND' ...]
+set -eu
+cd "$(dirname "$0")/.."
+B=target/release/multiclient
+rate=$1; shift
+for run in $(seq 1 "${RUNS:-3}"); do
+  for spec in "$@"; do
+    name=${spec%%=*}; cmd=${spec#*=}
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    c=$(echo "$cmd" | sed "s/{port}/$port/g")
+    nice -n -20 taskset -c 1 sh -c "exec $c" >/dev/null 2>&1 &
+    pid=$!
+    i=0; until python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; do
+      i=$((i+1)); [ $i -lt 100 ] || { echo "$name did not start"; kill $pid; exit 1; }; sleep 0.1; done
+    sleep 0.5
+    perf stat -x, -e raw_syscalls:sys_enter -p $pid -o /tmp/rate-ack.perf.$$ &
+    perf=$!
+    nice -n -20 taskset -c 0 $B bench ack --addr 127.0.0.1:$port --conns 100 --rate "$rate" --secs 5 \
+      --threads 1 --server-pid $pid --json > /tmp/rate-ack.json.$$
+    kill -INT $perf; wait $perf 2>/dev/null || true
+    kill $pid; wait $pid 2>/dev/null || true
+    python3 - "$name" "$run" /tmp/rate-ack.json.$$ /tmp/rate-ack.perf.$$ <<'PY'
+import json, sys
+name, run, js, pf = sys.argv[1:]
+r = json.load(open(js))
+sc = [l.split(',')[0] for l in open(pf) if 'raw_syscalls' in l]
+errs = sum(r['errors'].values())
+sv = r['server'] or {}
+print("%-12s run %s: %7.0f ops/s  %5.2f us CPU/op  %.2f syscalls/op  p99 %d us  errors %d" % (
+    name, run, r['throughput'], sv.get('cpu_us_per_op', float('nan')),
+    int(sc[0]) / max(r['ok'], 1) if sc and sc[0].isdigit() else float('nan'),
+    r['latency']['p99_us'], errs))
+PY
+    sleep 1
+  done
+done
+rm -f /tmp/rate-ack.json.$$ /tmp/rate-ack.perf.$$
