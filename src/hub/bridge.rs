@@ -1275,10 +1275,13 @@ impl Run {
     }
 }
 
+/// A member's nick, with its id once its join has come back from Redis.
+type Listing = (Arc<str>, Option<MemberId>);
+
 /// This process's members, room by room, each with its id once its join has come back
 /// from Redis (`None` before: its `JOIN` may not have run yet, so a missing listing is
 /// no sign of an expiry, and it is never repaired).
-fn listings(hub: &Hub) -> Vec<(Arc<str>, Vec<(Arc<str>, Option<MemberId>)>)> {
+fn listings(hub: &Hub) -> Vec<(Arc<str>, Vec<Listing>)> {
     let mut all = Vec::new();
     for shard in hub.shards.iter() {
         let shard = super::lock(shard);
@@ -1387,6 +1390,12 @@ mod tests {
             // does not part a live process's members.
             assert!(t.lifetime >= t.refresh * 2, "{t:?}");
             assert!(t.scan <= t.refresh / 2, "{t:?}");
+            // A member parted by expiry is remembered past its process's next renewal,
+            // or its reconnection after a pipeline timed out.
+            assert!(
+                t.keep > t.refresh + COMMAND_TIMEOUT * 2 + BACKOFF_MAX,
+                "{t:?}"
+            );
         }
     }
 
@@ -1462,6 +1471,12 @@ mod tests {
         assert_eq!(ev.origin.as_deref(), Some("x"));
         let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3}"#).unwrap();
         assert_eq!(ev.member, Some(MemberId(3)));
+        assert!(!ev.rejoin && !ev.expired);
+        // What the presence scripts publish: a rejoin (r) and an expiry's PART (x).
+        let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3,"r":1}"#);
+        assert!(ev.unwrap().rejoin);
+        let ev = parse_event(br#"{"t":"part","room":"r","nick":"bob","x":1}"#).unwrap();
+        assert!(ev.expired && ev.origin.is_none());
         for bad in [
             &br#"{"t":"msg","room":"r","id":"x","nick":"ann","text":"hi"}"#[..],
             br#"{"t":"join","room":"bad room","nick":"bob"}"#,
