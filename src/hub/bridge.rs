@@ -75,6 +75,18 @@
 //! late refresh before its members would be wrongly parted. `WHO` reads the set: the
 //! members of every process.
 //!
+//! When that slack is not enough (Redis hung longer than a listing lives, so the scans
+//! queued during the hang run on resume before the renewals), live members are parted
+//! everywhere. The expiry scan therefore keeps each nick it parts in the room's parted
+//! set for a while, and the renewal (or the registration after a connect) of a member
+//! missing from the listing but in the parted set lists it again and publishes its
+//! `JOIN`, in the same script: every process's members see it come back, and `WHO` is
+//! right everywhere. A real `PART` or nick change clears the nick from both sets in
+//! its own script, so a renewal Redis runs after it lists nobody again, and one it
+//! runs before it is followed by it (one connection runs its commands in order). Only
+//! members whose own `JOIN` has come back are repaired (their join script ran first).
+//! The member itself is shown neither the false `PART` nor the `JOIN`: it never left.
+//!
 //! The bridge runs on a thread of its own with a single-threaded tokio runtime, so it
 //! works the same under every model. When Redis cannot be reached it marks itself
 //! down (`SAY` then fails at once with `unavailable`; members stay connected), answers
