@@ -75,6 +75,18 @@
 //! late refresh before its members would be wrongly parted. `WHO` reads the set: the
 //! members of every process.
 //!
+//! When that slack is not enough (Redis hung longer than a listing lives, so the scans
+//! queued during the hang run on resume before the renewals), live members are parted
+//! everywhere. The expiry scan therefore keeps each nick it parts in the room's parted
+//! set for a while, and the renewal (or the registration after a connect) of a member
+//! missing from the listing but in the parted set lists it again and publishes its
+//! `JOIN`, in the same script: every process's members see it come back, and `WHO` is
+//! right everywhere. A real `PART` or nick change clears the nick from both sets in
+//! its own script, so a renewal Redis runs after it lists nobody again, and one it
+//! runs before it is followed by it (one connection runs its commands in order). Only
+//! members whose own `JOIN` has come back are repaired (their join script ran first).
+//! The member itself is shown neither the false `PART` nor the `JOIN`: it never left.
+//!
 //! The bridge runs on a thread of its own with a single-threaded tokio runtime, so it
 //! works the same under every model. When Redis cannot be reached it marks itself
 //! down (`SAY` then fails at once with `unavailable`; members stay connected), answers
@@ -160,11 +172,17 @@ redis.call('PUBLISH', KEYS[3], ev)
 return id
 "#;
 
-/// A join, part or nick change. `KEYS`: presence set, channel. `ARGV`: the event,
-/// listing lifetime (ms), nick to unlist (or empty), nick to list (or empty).
+/// A join, part or nick change. `KEYS`: presence set, channel, parted set. `ARGV`:
+/// the event, listing lifetime (ms), nick to unlist (or empty), nick to list (or
+/// empty). Both nicks leave the parted set: after an event of its own a member's
+/// expiry is no longer something to repair (see [`PRESENCE_SCRIPT`]).
 const EVENT_SCRIPT: &str = r#"
-if ARGV[3] ~= '' then redis.call('ZREM', KEYS[1], ARGV[3]) end
+if ARGV[3] ~= '' then
+  redis.call('ZREM', KEYS[1], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+end
 if ARGV[4] ~= '' then
+  redis.call('ZREM', KEYS[3], ARGV[4])
   redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[4])
   redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[2])))
 end
@@ -172,29 +190,62 @@ return redis.call('PUBLISH', KEYS[2], ARGV[1])
 "#;
 
 /// Re-lists a process's members of one room (at most [`CHUNK`]: one variadic
-/// `ZADD`). `KEYS`: presence set. `ARGV`: listing lifetime (ms), `XX` (renew listed
-/// members only) or empty (list them, after a connect), then the nicks. The set
-/// itself disappears when nobody re-lists anyone in it any more.
+/// `ZADD`); returns the nicks it listed again after an expiry had parted them.
+/// `KEYS`: presence set, parted set, channel. `ARGV`: listing lifetime (ms), `XX`
+/// (renew: only members still listed, or repaired) or empty (list them all, after a
+/// connect), room, this process's id, then pairs of nick and member id (empty for a
+/// member whose join has not come back yet: never repaired).
+///
+/// A member missing from the set whose nick is in the parted set (an expiry scan
+/// unlisted it and published its `PART`, and it has had no join, part or nick change
+/// since) is still here: Redis hung longer than its listing lived, or this process's
+/// renewal came late. It is listed again and its `JOIN` is published, in this one
+/// script, so every process's members see it come back and `WHO` is right everywhere.
+/// A member that really parted or renamed itself is in neither set (its event's
+/// script cleared both), so a renewal that reaches Redis after its `PART` does not
+/// list it again; one before its `PART` is followed by it, on this same connection.
 const PRESENCE_SCRIPT: &str = r#"
 local expires = string.format('%.0f', now + tonumber(ARGV[1]))
 local args = {}
-if ARGV[2] == 'XX' then args[1] = 'XX' end
-for i = 3, #ARGV do
-  args[#args + 1] = expires
-  args[#args + 1] = ARGV[i]
+local back = {}
+for i = 5, #ARGV, 2 do
+  local nick, m = ARGV[i], ARGV[i + 1]
+  local list = true
+  if not redis.call('ZSCORE', KEYS[1], nick) then
+    if m ~= '' and redis.call('ZREM', KEYS[2], nick) == 1 then
+      back[#back + 1] = nick
+      redis.call('PUBLISH', KEYS[3], cjson.encode(
+        {t='join', room=ARGV[3], nick=nick, o=ARGV[4], m=tonumber(m), r=1}))
+    elseif ARGV[2] == 'XX' then
+      list = false
+    end
+  end
+  if list then
+    args[#args + 1] = expires
+    args[#args + 1] = nick
+  end
 end
-local n = redis.call('ZADD', KEYS[1], unpack(args))
+if #args > 0 then redis.call('ZADD', KEYS[1], unpack(args)) end
 redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[1])))
-return n
+return back
 "#;
 
-/// Unlists the expired members of a room and publishes their `PART`s; returns their
-/// nicks. `KEYS`: presence set, channel. `ARGV`: room.
+/// Unlists the expired members of a room and publishes their `PART`s (marked `x`:
+/// by expiry); returns their nicks. Each is kept in the room's parted set until
+/// `ARGV[2]` from now, so that its process, if it is alive after all, lists it again
+/// and publishes its `JOIN` (see [`PRESENCE_SCRIPT`]). `KEYS`: presence set, channel,
+/// parted set. `ARGV`: room, how long a parted nick is kept (ms).
 const EXPIRE_SCRIPT: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now))
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-for _, n in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], n)
-  redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n}))
+if #gone > 0 then
+  local keep = string.format('%.0f', now + tonumber(ARGV[2]))
+  for _, n in ipairs(gone) do
+    redis.call('ZREM', KEYS[1], n)
+    redis.call('ZADD', KEYS[3], keep, n)
+    redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n, x=1}))
+  end
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
 end
 return gone
 "#;
@@ -373,6 +424,11 @@ struct Timing {
     refresh: Duration,
     /// How often it removes expired listings (and publishes their `PART`s).
     scan: Duration,
+    /// How long an expired member stays in its room's parted set, where its process
+    /// finds it if it is alive after all (see [`PRESENCE_SCRIPT`]): two lifetimes, then
+    /// enough for a process whose pipeline timed out to connect again and register
+    /// (two command timeouts and the longest backoff between them).
+    keep: Duration,
 }
 
 impl Timing {
@@ -381,6 +437,7 @@ impl Timing {
             lifetime: ttl * 2 / 3,
             refresh: ttl / 3,
             scan: ttl / 6,
+            keep: ttl * 4 / 3 + COMMAND_TIMEOUT * 2 + BACKOFF_MAX,
         }
     }
 
@@ -436,8 +493,9 @@ enum Job {
     Req(Request),
     /// Renewal of some of this process's nick claims; the reply lists those lost.
     Nicks,
-    /// Re-listing of this process's members of a room.
-    Presence,
+    /// Re-listing of this process's members of a room; the reply lists the nicks
+    /// listed again after an expiry had parted them.
+    Presence(Arc<str>),
     /// Removal of a room's expired listings; the reply lists the nicks parted.
     Expire(Arc<str>),
     /// A reading of Redis's clock (`TIME`), for the estimate of [`Clock`].
@@ -456,6 +514,12 @@ fn nick_key(nick: &str) -> String {
 
 fn who_key(room: &str) -> String {
     format!("mc:room:{room}:who")
+}
+
+/// A room's parted set: nicks an expiry scan unlisted, scored by when they are
+/// forgotten.
+fn parted_key(room: &str) -> String {
+    format!("mc:room:{room}:parted")
 }
 
 fn keys(room: &str) -> (String, String) {
@@ -864,15 +928,21 @@ impl Run {
             }
             out.push((Job::Nicks, c));
         }
-        for (room, nicks) in hub.local_presence() {
-            let key = who_key(&room);
-            for chunk in nicks.chunks(CHUNK) {
-                let mut c = self.scripts.presence.call(1);
-                c.arg(&key).arg(life).arg(if renew { "XX" } else { "" });
-                for n in chunk {
-                    c.arg(&**n);
+        for (room, members) in listings(&hub) {
+            let (key, parted) = (who_key(&room), parted_key(&room));
+            for chunk in members.chunks(CHUNK) {
+                let mut c = self.scripts.presence.call(3);
+                c.arg(&key).arg(&parted).arg(CHANNEL);
+                c.arg(life).arg(if renew { "XX" } else { "" });
+                c.arg(&*room).arg(&*self.instance);
+                for (nick, member) in chunk {
+                    c.arg(&**nick);
+                    match member {
+                        Some(m) => c.arg(m.0),
+                        None => c.arg(""),
+                    };
                 }
-                out.push((Job::Presence, c));
+                out.push((Job::Presence(room.clone()), c));
             }
         }
         out
@@ -885,8 +955,12 @@ impl Run {
             return;
         };
         for (room, _) in hub.local_presence() {
-            let mut c = self.scripts.expire.call(2);
-            c.arg(who_key(&room)).arg(CHANNEL).arg(&*room);
+            let mut c = self.scripts.expire.call(3);
+            c.arg(who_key(&room))
+                .arg(CHANNEL)
+                .arg(parted_key(&room))
+                .arg(&*room)
+                .arg(self.timing.keep.as_millis() as u64);
             p.add_command(c);
             jobs.push(Job::Expire(room));
         }
@@ -935,9 +1009,10 @@ impl Run {
                 v["room"] = (&**room).into();
                 v["o"] = (&*self.instance).into();
                 v["m"] = member.0.into();
-                let mut c = self.scripts.event.call(2);
+                let mut c = self.scripts.event.call(3);
                 c.arg(who_key(room))
                     .arg(CHANNEL)
+                    .arg(parted_key(room))
                     .arg(v.to_string())
                     .arg(life)
                     .arg(unlist)
@@ -1043,7 +1118,17 @@ impl Run {
     fn answer(&self, job: Job, reply: Value) {
         let r = match job {
             Job::Req(r) => r,
-            Job::Presence | Job::Clock => return,
+            Job::Clock => return,
+            Job::Presence(room) => {
+                for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
+                {
+                    tracing::warn!(
+                        "redis: {nick} in {room} was parted by expiry while still here \
+                         (a late renewal, or Redis hung): listed again, JOIN published"
+                    );
+                }
+                return;
+            }
             Job::Nicks => {
                 for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
                 {
@@ -1124,32 +1209,43 @@ impl Run {
     /// `None` when the hub is gone.
     fn inject(&self, payload: &[u8]) -> Option<()> {
         let hub = self.hub()?;
-        match parse_event(payload) {
-            Some(ev) => {
-                let skip = match (&ev.kind, ev.member) {
-                    // The member that joined or renamed itself got its OK instead.
-                    (Kind::Join { .. } | Kind::Nick { .. }, Some(m))
-                        if ev.origin.as_deref() == Some(&*self.instance) =>
-                    {
-                        Some(m)
-                    }
-                    _ => None,
-                };
-                if let Some(room) = hub.inject(&ev.room, ev.kind, skip) {
-                    match &self.deliver {
-                        Some(d) => {
-                            if let Err(e) = d.send(room) {
-                                hub.deliver(&e.0);
-                            }
-                        }
-                        None => hub.deliver(&room),
-                    }
-                }
-            }
-            None => tracing::warn!(
+        let Some(ev) = parse_event(payload) else {
+            tracing::warn!(
                 "redis: ignoring a malformed event: {}",
                 String::from_utf8_lossy(payload)
-            ),
+            );
+            return Some(());
+        };
+        let own = ev.origin.as_deref() == Some(&*self.instance);
+        let room = match (&ev.kind, ev.member) {
+            // A member of this process listed again after an expiry parted it: it
+            // never left, so it is not told it joined (and its join is not confirmed
+            // by this: see `Hub::inject`). The others are, having been told it parted.
+            (Kind::Join { .. }, Some(m)) if ev.rejoin && own => {
+                push(&hub, &ev.room, ev.kind, Some(m))
+            }
+            // The member that joined or renamed itself got its OK instead.
+            (Kind::Join { .. } | Kind::Nick { .. }, Some(m)) if own => {
+                hub.inject(&ev.room, ev.kind, Some(m))
+            }
+            // An expiry parted a member that is still here (this process will list it
+            // again and publish its JOIN): the others are told, as everywhere; it
+            // never left, so it is not.
+            (Kind::Part { nick }, _) if ev.expired => {
+                let skip = member_named(&hub, &ev.room, nick);
+                hub.inject(&ev.room, ev.kind, skip)
+            }
+            _ => hub.inject(&ev.room, ev.kind, None),
+        };
+        if let Some(room) = room {
+            match &self.deliver {
+                Some(d) => {
+                    if let Err(e) = d.send(room) {
+                        hub.deliver(&e.0);
+                    }
+                }
+                None => hub.deliver(&room),
+            }
         }
         Some(())
     }
@@ -1191,6 +1287,47 @@ impl Run {
     }
 }
 
+/// A member's nick, with its id once its join has come back from Redis.
+type Listing = (Arc<str>, Option<MemberId>);
+
+/// This process's members, room by room, each with its id once its join has come back
+/// from Redis (`None` before: its `JOIN` may not have run yet, so a missing listing is
+/// no sign of an expiry, and it is never repaired).
+fn listings(hub: &Hub) -> Vec<(Arc<str>, Vec<Listing>)> {
+    let mut all = Vec::new();
+    for shard in hub.shards.iter() {
+        let shard = super::lock(shard);
+        for r in shard.values() {
+            if !r.members.is_empty() {
+                let members = r.members.iter().map(|e| {
+                    let joined = e.since != u64::MAX;
+                    (e.nick.clone(), joined.then_some(e.id))
+                });
+                all.push((r.name.clone(), members.collect()));
+            }
+        }
+    }
+    all
+}
+
+/// The member of this process called `nick` in `room`, if any.
+fn member_named(hub: &Hub, room: &str, nick: &str) -> Option<MemberId> {
+    let shard = super::lock(hub.shard(room));
+    let r = shard.get(room)?;
+    r.members.iter().find(|e| &*e.nick == nick).map(|e| e.id)
+}
+
+/// Queues an event of `room` for this process's members but `skip`, like
+/// `Hub::inject` without its handling of a member's own `JOIN` (a rejoin is not one);
+/// returns the room when the caller must hand its events out.
+fn push(hub: &Hub, room: &str, kind: Kind, skip: Option<MemberId>) -> Option<Arc<str>> {
+    let mut shard = super::lock(hub.shard(room));
+    let r = shard.get_mut(room)?;
+    let name = r.name.clone();
+    let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip);
+    deliver.then_some(name)
+}
+
 fn range_answer(
     room: Arc<str>,
     after: Option<MsgId>,
@@ -1208,6 +1345,11 @@ struct Event {
     kind: Kind,
     origin: Option<String>,
     member: Option<MemberId>,
+    /// A `PART` published by an expiry scan (`x`), not by the member.
+    expired: bool,
+    /// A `JOIN` published by a renewal that found its member parted by an expiry
+    /// (`r`): the member never left.
+    rejoin: bool,
 }
 
 fn parse_event(payload: &[u8]) -> Option<Event> {
@@ -1239,6 +1381,8 @@ fn parse_event(payload: &[u8]) -> Option<Event> {
         kind,
         origin: s("o").map(String::from),
         member: v.get("m").and_then(|m| m.as_u64()).map(MemberId),
+        expired: v.get("x").is_some(),
+        rejoin: v.get("r").is_some(),
     })
 }
 
@@ -1258,6 +1402,12 @@ mod tests {
             // does not part a live process's members.
             assert!(t.lifetime >= t.refresh * 2, "{t:?}");
             assert!(t.scan <= t.refresh / 2, "{t:?}");
+            // A member parted by expiry is remembered past its process's next renewal,
+            // or its reconnection after a pipeline timed out.
+            assert!(
+                t.keep > t.refresh + COMMAND_TIMEOUT * 2 + BACKOFF_MAX,
+                "{t:?}"
+            );
         }
     }
 
@@ -1333,6 +1483,12 @@ mod tests {
         assert_eq!(ev.origin.as_deref(), Some("x"));
         let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3}"#).unwrap();
         assert_eq!(ev.member, Some(MemberId(3)));
+        assert!(!ev.rejoin && !ev.expired);
+        // What the presence scripts publish: a rejoin (r) and an expiry's PART (x).
+        let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3,"r":1}"#);
+        assert!(ev.unwrap().rejoin);
+        let ev = parse_event(br#"{"t":"part","room":"r","nick":"bob","x":1}"#).unwrap();
+        assert!(ev.expired && ev.origin.is_none());
         for bad in [
             &br#"{"t":"msg","room":"r","id":"x","nick":"ann","text":"hi"}"#[..],
             br#"{"t":"join","room":"bad room","nick":"bob"}"#,
