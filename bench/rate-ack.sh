@@ -5,18 +5,13 @@
 # Usage: bench/rate-ack.sh RATE NAME='COMMAND with {port}' [NAME='COMMAND' ...]
 set -eu
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 B=target/release/multiclient
 rate=$1; shift
 for run in $(seq 1 "${RUNS:-3}"); do
   for spec in "$@"; do
     name=${spec%%=*}; cmd=${spec#*=}
-    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    c=$(echo "$cmd" | sed "s/{port}/$port/g")
-    nice -n -20 taskset -c 1 sh -c "exec $c" >/dev/null 2>&1 &
-    pid=$!
-    i=0; until python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; do
-      i=$((i+1)); [ $i -lt 100 ] || { echo "$name did not start"; kill $pid; exit 1; }; sleep 0.1; done
-    sleep 0.5
+    start_server "$name" "$cmd" || exit 1
     perf stat -x, -e raw_syscalls:sys_enter -p $pid -o /tmp/rate-ack.perf.$$ &
     perf=$!
     nice -n -20 taskset -c 0 $B bench ack --addr 127.0.0.1:$port --conns 100 --rate "$rate" --secs 5 \

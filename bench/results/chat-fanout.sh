@@ -10,6 +10,7 @@
 #      for ours over a local redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 OUT=${1:-target/chat-fanout.jsonl}
 RUNS=${RUNS:-3}
 SECS=${SECS:-10}
@@ -32,14 +33,6 @@ PORT=${PORT:-17300}
 REDIS_PORT=${REDIS_PORT:-17379}
 : > "$OUT"
 
-wait_port() {
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listening on $1" >&2
-    return 1
-}
 
 REDIS_PID=
 cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }

@@ -13,6 +13,7 @@
 # Env: RUNS (3), WORKLOADS ("join rooms fanout"; add "mem" for the reference).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 OUT=$1
 shift
 RUNS=${RUNS:-3}
@@ -21,14 +22,6 @@ PORT=${PORT:-17800}
 REDIS_PORT=${REDIS_PORT:-17899}
 : >"$OUT"
 
-wait_port() {
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "nothing listening on $1" >&2
-    return 1
-}
 
 RPID=
 SPID=
