@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::chat::Member as Client;
 use common::redis::RedisServer;
 
 use multiclient::hub::Hub;
@@ -18,7 +19,6 @@ use multiclient::model::{Limits, Model, Server};
 use multiclient::service::chat::ChatOptions;
 use multiclient::service::{ServiceName, ServiceOptions};
 
-const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// `--presence-ttl` of every instance in these tests.
 const TTL: Duration = Duration::from_secs(2);
 
@@ -94,51 +94,6 @@ impl Drop for Instance {
         if let Some(s) = self.server.take() {
             s.drain().start();
             s.wait();
-        }
-    }
-}
-
-struct Client {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    nick: String,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, nick: &str) -> Client {
-        let w = TcpStream::connect(addr).unwrap();
-        w.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        let mut c = Client {
-            r: BufReader::new(w.try_clone().unwrap()),
-            w,
-            nick: nick.to_string(),
-        };
-        assert!(c.line().starts_with("WELCOME "));
-        c.send(&format!("NICK {nick}"));
-        c.expect(&format!("OK NICK {nick}"));
-        c
-    }
-    fn send(&mut self, line: &str) {
-        self.w.write_all(format!("{line}\n").as_bytes()).unwrap();
-    }
-    fn line(&mut self) -> String {
-        let mut s = String::new();
-        match self.r.read_line(&mut s) {
-            Ok(0) => panic!("{}: connection closed", self.nick),
-            Ok(_) => {}
-            Err(e) => panic!("{}: no line within {READ_TIMEOUT:?}: {e}", self.nick),
-        }
-        s.trim_end_matches('\n').to_string()
-    }
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(), want, "{}", self.nick);
-    }
-    fn until(&mut self, prefix: &str) -> String {
-        loop {
-            let l = self.line();
-            if l.starts_with(prefix) {
-                return l;
-            }
         }
     }
 }

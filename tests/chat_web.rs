@@ -2,7 +2,7 @@
 //! and WebSocket members of one room, `after` replay, bad JSON, a slow WebSocket
 //! member, and notifications with every status they can get.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use multiclient::service::chat::ChatOptions;
 use multiclient::service::{ServiceName, ServiceOptions};
 
 mod common;
+use common::chat::Member as Tcp;
 use common::redis::RedisServer;
 
 /// A safety net only: a test that waits this long has already failed.
@@ -64,47 +65,6 @@ fn start_chat(model: Model, limits: Limits, key: Option<&str>, chat: ChatOptions
 
 fn start(model: Model) -> Running {
     start_with(model, Limits::default(), Some(KEY))
-}
-
-/// A line-protocol member.
-struct Tcp {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-    nick: String,
-}
-
-impl Tcp {
-    fn connect(addr: SocketAddr, nick: &str) -> Tcp {
-        let w = TcpStream::connect(addr).unwrap();
-        w.set_read_timeout(Some(TIMEOUT)).unwrap();
-        let mut c = Tcp {
-            r: BufReader::new(w.try_clone().unwrap()),
-            w,
-            nick: nick.into(),
-        };
-        assert!(c.line().starts_with("WELCOME guest-"));
-        c.send(&format!("NICK {nick}"));
-        c.expect(&format!("OK NICK {nick}"));
-        c
-    }
-
-    fn send(&mut self, line: &str) {
-        self.w.write_all(format!("{line}\n").as_bytes()).unwrap();
-    }
-
-    fn line(&mut self) -> String {
-        let mut s = String::new();
-        match self.r.read_line(&mut s) {
-            Ok(0) => panic!("{}: connection closed", self.nick),
-            Ok(_) => {}
-            Err(e) => panic!("{}: no line within {TIMEOUT:?}: {e}", self.nick),
-        }
-        s.trim_end_matches('\n').to_string()
-    }
-
-    fn expect(&mut self, want: &str) {
-        assert_eq!(self.line(), want, "{}", self.nick);
-    }
 }
 
 /// A WebSocket member speaking JSON.
