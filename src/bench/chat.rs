@@ -84,15 +84,8 @@ pub struct ChatArgs {
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
-    /// The server's PID: report its CPU per delivery, RSS and threads.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Tester threads (default: every core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub tester: super::TesterArgs,
 }
 
 /// What to run.
@@ -162,8 +155,8 @@ impl ChatArgs {
         c.drain_timeout = d(self.timeout, "--timeout")?;
         c.room_prefix = self.room_prefix.clone();
         c.src_ips = self.src_ips;
-        c.server_pid = self.server_pid;
-        c.threads = self.threads.unwrap_or_else(default_threads);
+        c.server_pid = self.tester.server_pid;
+        c.threads = self.tester.threads.unwrap_or_else(default_threads);
         Ok(c)
     }
 }
@@ -913,7 +906,7 @@ async fn send(ctx: Arc<Ctx>, j: usize, mut w: OwnedWriteHalf) {
 /// so scripts notice.
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     let report = run_chat(&args.config()?)?;
-    if args.json {
+    if args.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.summary());

@@ -59,6 +59,21 @@ pub enum BenchCommand {
     Compare(compare::CompareArgs),
 }
 
+/// Options every workload shares: the tester's threads and what it reports.
+#[derive(Args, Debug, Clone)]
+pub struct TesterArgs {
+    /// The server's PID: report its CPU per operation, RSS, threads and memory per
+    /// connection.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Tester threads (default: every core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Options of a load run.
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
@@ -98,15 +113,8 @@ pub struct LoadArgs {
     /// Seconds one operation may take before it counts as a timeout.
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
-    /// The server's PID: report its CPU per operation, RSS and threads.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Tester threads (default: every core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub tester: TesterArgs,
 }
 
 /// Options of `bench hold`.
@@ -134,15 +142,8 @@ pub struct HoldArgs {
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
-    /// The server's PID: report its RSS and threads, and memory per connection.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
-    /// Tester threads (default: every core).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub tester: TesterArgs,
 }
 
 fn secs(v: f64, what: &str) -> anyhow::Result<Duration> {
@@ -168,9 +169,9 @@ impl LoadArgs {
         cfg.msg_size = self.msg_size;
         cfg.src_ips = self.src_ips;
         cfg.timeout = secs(self.timeout, "--timeout")?;
-        cfg.server_pid = self.server_pid;
-        cfg.threads = self.threads.unwrap_or_else(run::default_threads);
-        cfg.progress = !self.json;
+        cfg.server_pid = self.tester.server_pid;
+        cfg.threads = self.tester.threads.unwrap_or_else(run::default_threads);
+        cfg.progress = !self.tester.json;
         Ok(cfg)
     }
 }
@@ -201,7 +202,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let cfg = a.config(workload)?;
     let report = run::run_load(&cfg)?;
-    if a.json {
+    if a.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.summary());
@@ -223,12 +224,12 @@ fn hold(h: HoldArgs) -> anyhow::Result<()> {
         timeout: secs(h.timeout, "--timeout")?,
         probe,
         src_ips: h.src_ips,
-        server_pid: h.server_pid,
-        threads: h.threads.unwrap_or_else(run::default_threads),
-        progress: !h.json,
+        server_pid: h.tester.server_pid,
+        threads: h.tester.threads.unwrap_or_else(run::default_threads),
+        progress: !h.tester.json,
     };
     let report = hold::run_hold(&cfg)?;
-    if h.json {
+    if h.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.summary());
