@@ -184,14 +184,20 @@ fn tcp_and_web_members_see_each_other(model: Model) {
     tom.expect("PART lobby w2");
 }
 
-fn after_replays_what_was_missed(model: Model) {
-    let srv = start(model);
+/// `tom` on the line protocol and `wes` on the WebSocket, both in room `r`.
+fn tom_and_wes(srv: &Running) -> (Tcp, Web) {
     let mut tom = Tcp::connect(srv.chat.addr, "tom");
     tom.send("JOIN r");
     tom.expect("OK JOIN r");
     let mut wes = Web::connect(srv.http.addr, "wes");
     wes.join("r");
     tom.expect("JOIN r wes");
+    (tom, wes)
+}
+
+fn after_replays_what_was_missed(model: Model) {
+    let srv = start(model);
+    let (mut tom, mut wes) = tom_and_wes(&srv);
     let mut ids = Vec::new();
     for i in 0..3 {
         tom.send(&format!("SAY r m{i}"));
@@ -227,12 +233,7 @@ fn after_replays_what_was_missed(model: Model) {
 
 fn bad_json_gets_an_error_and_harms_no_one(model: Model) {
     let srv = start(model);
-    let mut tom = Tcp::connect(srv.chat.addr, "tom");
-    tom.send("JOIN r");
-    tom.expect("OK JOIN r");
-    let mut wes = Web::connect(srv.http.addr, "wes");
-    wes.join("r");
-    tom.expect("JOIN r wes");
+    let (mut tom, mut wes) = tom_and_wes(&srv);
     let cases: &[(&str, &str)] = &[
         ("not json", "bad-json"),
         ("{\"type\":\"say\"", "bad-json"),
