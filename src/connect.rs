@@ -9,8 +9,8 @@ use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use crate::serve::ServiceName;
 use crate::service::greet::CLIENT_REPLY;
-use crate::service::ServiceName;
 
 /// How long a scripted exchange waits for the server's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,8 +1,10 @@
 //! multiclient: serve many network clients at the same time, correctly, safely and
 //! fast.
 //!
-//! The crate has three layers, each using only the ones below it:
+//! The crate has layers, each using only the ones below it:
 //!
+//! - [`base`]: the clock and the mailbox, shared by every layer;
+//! - [`hub`]: the chat's shared state, reached by sessions through their mailboxes;
 //! - [`service`]: protocols as sans-IO state machines (bytes in, bytes out, close);
 //! - [`model`]: concurrency models that own the sockets and drive sessions with shared
 //!   limits, timeouts, logging and graceful shutdown;
@@ -12,6 +14,7 @@
 //! [`service::Session`] and hand the service to [`model::Server::listen`]; see
 //! `examples/upper.rs`.
 
+pub mod base;
 pub mod bench;
 pub mod connect;
 pub mod hub;

@@ -20,9 +20,9 @@ use multiclient::connect::{self, ConnectOptions};
 use multiclient::logging::{self, LogFormat};
 use multiclient::model::{Limits, Model};
 use multiclient::serve::{self, ServeOptions};
+use multiclient::serve::{ServiceName, ServiceOptions, TCP_SERVICES};
 use multiclient::service::http::HttpOptions;
 use multiclient::service::ws::WsOptions;
-use multiclient::service::{ServiceName, ServiceOptions, TCP_SERVICES};
 
 #[derive(Parser)]
 #[command(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use multiclient::bench::chat::{run_chat, ChatConfig, ChatReport};
 use multiclient::model::{Limits, Model, Server};
-use multiclient::service::{ServiceName, ServiceOptions};
+use multiclient::serve::{ServiceName, ServiceOptions};
 
 fn bounded(addr: SocketAddr, members: usize, rooms: usize) -> ChatConfig {
     let mut cfg = ChatConfig::new(addr, members, rooms);

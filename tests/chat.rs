@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use multiclient::model::{Limits, Listening, Model, Server};
+use multiclient::serve::{ServiceName, ServiceOptions};
 use multiclient::service::chat::ChatOptions;
-use multiclient::service::{ServiceName, ServiceOptions};
 
 /// How long a client waits for a line before the test fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);

@@ -16,8 +16,8 @@ use common::redis::RedisServer;
 
 use multiclient::hub::Hub;
 use multiclient::model::{Limits, Model, Server};
+use multiclient::serve::{ServiceName, ServiceOptions};
 use multiclient::service::chat::ChatOptions;
-use multiclient::service::{ServiceName, ServiceOptions};
 
 /// `--presence-ttl` of every instance in these tests.
 const TTL: Duration = Duration::from_secs(2);

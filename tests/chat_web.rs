@@ -11,9 +11,9 @@ use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
 use multiclient::model::{Limits, Listening, Model, Server};
+use multiclient::serve::{ServiceName, ServiceOptions};
 use multiclient::service::chat::web::{ApiKey, WebOptions};
 use multiclient::service::chat::ChatOptions;
-use multiclient::service::{ServiceName, ServiceOptions};
 
 mod common;
 use common::chat::Member as Tcp;

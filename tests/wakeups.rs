@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use multiclient::model::mailbox::Sender;
+use multiclient::base::mailbox::Sender;
 use multiclient::model::Limits;
 use multiclient::service::{ConnInfo, Cx, Service, Session};
 

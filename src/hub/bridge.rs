@@ -107,7 +107,7 @@ use redis::Value;
 use tokio::sync::mpsc;
 
 use super::{Answer, ChatEvent, Hub, HubError, Kind, MemberId, MsgId, Publication};
-use crate::model::mailbox::Sender;
+use crate::base::mailbox::Sender;
 
 /// The pub/sub channel every process subscribes to.
 const CHANNEL: &str = "mc:events";

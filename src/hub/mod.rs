@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
 
-use crate::model::mailbox::{SendError, Sender};
+use crate::base::mailbox::{SendError, Sender};
 
 mod bridge;
 pub mod names;

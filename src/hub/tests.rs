@@ -1,7 +1,7 @@
 //! Unit and property tests of the hub, with mailboxes read by hand.
 
 use super::*;
-use crate::model::mailbox::{Mailbox, WakeKind};
+use crate::base::mailbox::{Mailbox, WakeKind};
 use proptest::prelude::*;
 
 struct M {

@@ -29,10 +29,11 @@ use tokio::io::Interest;
 use tokio::io::Ready;
 use tokio::time::Sleep;
 
-use super::conn::{Clock, Conn, Phase, Read_, IDLE_QUARTERS};
+use super::conn::{Conn, Phase, Read_, IDLE_QUARTERS};
 use super::drain::{Registration, SIGNAL_SPARE, STARTED};
-use super::mailbox::WakeKind;
 use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
+use crate::base::mailbox::WakeKind;
+use crate::base::Clock;
 use crate::service::{ConnInfo, Service};
 
 /// Per-thread read buffer shared by every connection of that thread.

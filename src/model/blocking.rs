@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::conn::{Clock, Conn, Phase, Read_};
-use super::mailbox::WakeKind;
+use super::conn::{Conn, Phase, Read_};
 use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
+use crate::base::mailbox::WakeKind;
+use crate::base::Clock;
 use crate::service::{ConnInfo, Service};
 
 /// Read buffer of a blocking connection, on its thread's stack.

@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::mailbox::{Mailbox, WakeKind};
 use super::Listener;
+use crate::base::mailbox::{Mailbox, WakeKind};
+use crate::base::Clock;
 use crate::service::{ConnInfo, Cx, Goodbye, Session};
 
 /// How long a closed connection waits for the client's EOF before dropping unread
@@ -24,34 +25,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const GOODBYE_GRACE: Duration = Duration::from_secs(5);
 /// Largest buffer capacity kept on an idle connection; larger ones are freed.
 const KEEP_CAPACITY: usize = 4096;
-
-/// The time of one wake-up, read from the system clock only if something asks: a
-/// reply on the hot path needs no clock at all.
-pub struct Clock(std::cell::Cell<Option<Instant>>);
-
-impl Clock {
-    /// A clock not yet read.
-    pub fn lazy() -> Clock {
-        Clock(std::cell::Cell::new(None))
-    }
-
-    /// A clock fixed at `now`.
-    pub fn at(now: Instant) -> Clock {
-        Clock(std::cell::Cell::new(Some(now)))
-    }
-
-    /// The time of this wake-up (read once, then the same for every caller).
-    pub fn now(&self) -> Instant {
-        match self.0.get() {
-            Some(t) => t,
-            None => {
-                let t = Instant::now();
-                self.0.set(Some(t));
-                t
-            }
-        }
-    }
-}
 
 /// Quarters of the idle timeout: a connection is checked at each quarter and closed
 /// after four quiet ones, so it is closed between 1 and 1.25 idle timeouts after its

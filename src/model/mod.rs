@@ -20,7 +20,7 @@ mod async_;
 mod blocking;
 pub(crate) mod conn;
 pub mod drain;
-pub mod mailbox;
+
 mod pool;
 mod single;
 mod threads;
@@ -208,13 +208,13 @@ impl<S: Service> Ctx<S> {
     pub(crate) fn open(
         &self,
         info: crate::service::ConnInfo,
-        wake: mailbox::WakeKind,
+        wake: crate::base::mailbox::WakeKind,
         refused: bool,
     ) -> conn::Conn<S::Session> {
         let session = self.service.session(&info);
         let now = Instant::now();
         let mut conn = conn::Conn::new(session, info, self.shared.clone(), wake, now);
-        conn.open(&conn::Clock::at(now), refused);
+        conn.open(&crate::base::Clock::at(now), refused);
         conn
     }
 

@@ -34,8 +34,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::base::mailbox::Sender;
 use crate::hub::{valid_nick, valid_room, ChatEvent, Hub, HubConfig, MsgId, Publication, Wire};
-use crate::model::mailbox::Sender;
 
 use self::member::{Decoder, Done, Encoder, End, Member, Reply};
 use super::{line_goodbye, Cx, Goodbye, Service, Session};

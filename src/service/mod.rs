@@ -10,8 +10,8 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::model::conn::Clock;
-use crate::model::mailbox::{Mailbox, Sender, WakeKind};
+use crate::base::mailbox::{Mailbox, Sender, WakeKind};
+use crate::base::Clock;
 use std::sync::Arc;
 
 pub mod ack;
@@ -19,10 +19,7 @@ pub mod chat;
 pub mod greet;
 pub mod hello;
 pub mod http;
-mod registry;
 pub mod ws;
-
-pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
 
 /// Who a session is talking to.
 #[derive(Debug, Clone)]

@@ -804,7 +804,7 @@ pub(crate) mod tests {
     /// A handler woken by its mailbox, as the chat's will be: events pushed by
     /// another connection arrive as text frames.
     struct Notified {
-        registry: Arc<std::sync::Mutex<Option<crate::model::mailbox::Sender<String>>>>,
+        registry: Arc<std::sync::Mutex<Option<crate::base::mailbox::Sender<String>>>>,
     }
 
     impl Handler for Notified {
@@ -819,7 +819,7 @@ pub(crate) mod tests {
         }
     }
 
-    struct NotifyApp(Arc<std::sync::Mutex<Option<crate::model::mailbox::Sender<String>>>>);
+    struct NotifyApp(Arc<std::sync::Mutex<Option<crate::base::mailbox::Sender<String>>>>);
 
     impl http::App for NotifyApp {
         type Ws = Notified;

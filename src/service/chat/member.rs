@@ -17,8 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::base::mailbox::Sender;
 use crate::hub::{Answer, ChatEvent, Hub, HubError, MemberId, MsgId, Publication, Wire};
-use crate::model::mailbox::Sender;
 
 use super::{Command, ParseError};
 
@@ -536,8 +536,8 @@ mod tests {
     //! answers of a Redis hub are played by hand, in every order they can come in.
 
     use super::*;
+    use crate::base::mailbox::{Mailbox, WakeKind};
     use crate::hub::{HubConfig, Kind};
-    use crate::model::mailbox::{Mailbox, WakeKind};
 
     /// Records what a member is told, one short line per thing.
     struct Rec {

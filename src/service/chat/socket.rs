@@ -15,8 +15,8 @@ use tungstenite::protocol::frame::coding::CloseCode;
 
 use super::member::{Decoder, Done, Encoder, End, Member, Reply};
 use super::{json, Command, ParseError};
+use crate::base::mailbox::Sender;
 use crate::hub::{ChatEvent, Hub, Publication, Wire};
-use crate::model::mailbox::Sender;
 use crate::service::ws::{Handler, Message, Utf8Bytes, WsCx};
 
 const TEXT_TOO_LONG: ParseError = ParseError {

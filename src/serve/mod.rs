@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use anyhow::Context;
 
 use crate::model::{Limits, Listening, Model, Server};
-use crate::service::{ServiceName, ServiceOptions};
+mod registry;
+
+pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
 
 /// Exit status after a second signal cut the graceful shutdown short.
 pub const EXIT_INTERRUPTED: i32 = 130;

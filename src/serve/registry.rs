@@ -29,11 +29,11 @@ pub enum ServiceName {
 pub struct ServiceOptions {
     /// http and ws: HTTP settings (header timeout, body limit) and WebSocket settings
     /// (echo, message limit).
-    pub http: super::http::HttpOptions,
+    pub http: crate::service::http::HttpOptions,
     /// The chat's options and its shared hub.
-    pub chat: super::chat::ChatOptions,
+    pub chat: crate::service::chat::ChatOptions,
     /// The chat on the http service: the notification key.
-    pub web: super::chat::web::WebOptions,
+    pub web: crate::service::chat::web::WebOptions,
 }
 
 /// The services `serve` runs when none is named.
@@ -101,9 +101,9 @@ impl ServiceName {
         opts: &ServiceOptions,
     ) -> io::Result<Listening> {
         match self {
-            ServiceName::Ack => server.listen(addr, super::ack::Ack),
-            ServiceName::Greet => server.listen(addr, super::greet::Greet),
-            ServiceName::Hello => server.listen(addr, super::hello::Hello),
+            ServiceName::Ack => server.listen(addr, crate::service::ack::Ack),
+            ServiceName::Greet => server.listen(addr, crate::service::greet::Greet),
+            ServiceName::Hello => server.listen(addr, crate::service::hello::Hello),
             // The http service carries the chat's page, WebSocket and notifications
             // (on the process's one hub) wherever a chat can run.
             ServiceName::Http if ServiceName::Chat.runs_under(server.model()) => {
@@ -111,12 +111,18 @@ impl ServiceName {
                     .chat
                     .hub()
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                let http =
-                    super::chat::web::ChatHttp::new(hub, opts.http.clone(), &opts.chat, &opts.web);
+                let http = crate::service::chat::web::ChatHttp::new(
+                    hub,
+                    opts.http.clone(),
+                    &opts.chat,
+                    &opts.web,
+                );
                 server.listen(addr, http)
             }
-            ServiceName::Http => server.listen(addr, super::http::Http::new(opts.http.clone())),
-            ServiceName::Ws => server.listen(addr, super::ws::Ws::new(opts.http.clone())),
+            ServiceName::Http => {
+                server.listen(addr, crate::service::http::Http::new(opts.http.clone()))
+            }
+            ServiceName::Ws => server.listen(addr, crate::service::ws::Ws::new(opts.http.clone())),
             ServiceName::Chat => {
                 if !self.runs_under(server.model()) {
                     return Err(io::Error::new(
@@ -129,7 +135,7 @@ impl ServiceName {
                     .chat
                     .hub()
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                let chat = super::chat::Chat::new(hub, &opts.chat);
+                let chat = crate::service::chat::Chat::new(hub, &opts.chat);
                 server.listen(addr, chat)
             }
         }
