@@ -10,15 +10,18 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::bail;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::{bail, Context};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use multiclient::connect::{self, ConnectOptions};
 use multiclient::logging::{self, LogFormat};
 use multiclient::model::{Limits, Model};
+use multiclient::serve::config::{self, parse_duration, Settings};
 use multiclient::serve::{self, ServeOptions};
 use multiclient::serve::{ServiceName, ServiceOptions, TCP_SERVICES};
 use multiclient::service::http::HttpOptions;
@@ -43,6 +46,13 @@ enum Command {
     Connect(ConnectArgs),
     /// Load-test a server, or compare every model (`bench compare`).
     Bench(multiclient::bench::BenchArgs),
+    /// Check a `serve` config file: every error with its line, exit status 1 if any.
+    CheckConfig {
+        /// The file (`-` for standard input).
+        file: PathBuf,
+    },
+    /// Print a config file with every `serve` setting, its help and its default.
+    ConfigExample,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +148,11 @@ struct ServeArgs {
     /// Fewer logs (-q: warnings only).
     #[arg(short, long, action = clap::ArgAction::Count)]
     quiet: u8,
+    /// A TOML file of settings: every flag above without its dashes
+    /// (`max-conns = 100`, `service = ["ack", "http=127.0.0.1:8080"]`). Environment
+    /// variables `MULTICLIENT_<FLAG>` override it, flags override both.
+    #[arg(long, value_name = "FILE", env = "MULTICLIENT_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -159,26 +174,54 @@ struct ConnectArgs {
     interval: u64,
 }
 
-/// `300`, `300s`, `500ms`, `5m`: a bare number is seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
+/// The `serve` command as clap describes it: the source of the config file's keys.
+fn serve_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+}
+
+/// Reads a config file (`-`: standard input) against the `serve` settings.
+fn read_config(cmd: &clap::Command, path: &Path) -> anyhow::Result<Settings> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
     };
-    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s:?}"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
-            ))
-        }
+    Ok(config::parse_file(cmd, &path.display().to_string(), &text)?)
+}
+
+/// The `serve` arguments as given on the command line (`own`, the words after
+/// `serve`), over the environment, over the config file, over the defaults.
+fn layered_serve_args(own: &[OsString]) -> anyhow::Result<ServeArgs> {
+    let cmd = serve_command();
+    let matches = cmd.clone().no_binary_name(true).try_get_matches_from(own)?;
+    let file = match matches.get_one::<PathBuf>("config") {
+        Some(path) => read_config(&cmd, path)?,
+        None => Settings::default(),
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    let env = config::parse_env(&cmd, |name| {
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+    })?;
+    let mut tokens = config::layered(&cmd, &matches, &[&env, &file]);
+    tokens.extend(own.iter().cloned());
+    let matches = cmd.no_binary_name(true).try_get_matches_from(tokens)?;
+    Ok(ServeArgs::from_arg_matches(&matches)?)
+}
+
+/// `check-config`: the file's own errors, each with its line, then what only the
+/// settings together can tell (`addr` with several services).
+fn check_config(path: &Path) -> anyhow::Result<()> {
+    let cmd = serve_command();
+    let file = read_config(&cmd, path)?;
+    let nothing = cmd
+        .clone()
+        .no_binary_name(true)
+        .try_get_matches_from([""; 0])?;
+    let tokens = config::layered(&cmd, &nothing, &[&file]);
+    let matches = cmd.no_binary_name(true).try_get_matches_from(tokens)?;
+    serve_options(&ServeArgs::from_arg_matches(&matches)?)
+        .with_context(|| format!("{}", path.display()))?;
+    println!("{}: ok", path.display());
+    Ok(())
 }
 
 fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
@@ -261,9 +304,12 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = Cli::parse_from(&argv);
     match cli.command {
-        Command::Serve(a) => {
+        Command::Serve(_) => {
+            // `serve` is always the first word: the command has no global options.
+            let a = layered_serve_args(argv.get(2..).unwrap_or_default())?;
             logging::init(a.log_format, a.verbose as i8 - a.quiet as i8);
             let opts = serve_options(&a)?;
             let code = serve::run(&opts)?;
@@ -280,5 +326,10 @@ fn main() -> anyhow::Result<()> {
             connect::run(&opts, &mut std::io::stdout())
         }
         Command::Bench(a) => multiclient::bench::run(a),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::ConfigExample => {
+            print!("{}", config::example(&serve_command()));
+            Ok(())
+        }
     }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 
 use crate::model::{Limits, Listening, Model, Server};
+pub mod config;
 mod registry;
 
 pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
