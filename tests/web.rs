@@ -257,6 +257,44 @@ fn slowloris_gets_408(model: Model) {
     assert_eq!(read_response(&mut c, false).0, 200);
 }
 
+/// A body trickling in at a byte per 20 ms is cut off at `--body-timeout` with a 408,
+/// while (on the models that serve clients at once) another client is served.
+fn slow_body_gets_408_and_others_are_served(model: Model, concurrent: bool) {
+    let opts = HttpOptions {
+        body_timeout: Duration::from_millis(400),
+        ..HttpOptions::default()
+    };
+    let srv = start(model, Limits::default(), Http::new(opts));
+    let mut slow = connect(srv.addr);
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let mut w = slow.try_clone().unwrap();
+        let done = done.clone();
+        // Bounded: 500 bytes at most, 10 s, the safety net.
+        std::thread::spawn(move || {
+            for _ in 0..500 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) || w.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    if concurrent {
+        let mut c = connect(srv.addr);
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut c, false).0, 200);
+    }
+    let (status, head, _) = read_response(&mut slow, false);
+    assert_eq!(status, 408);
+    assert!(head.contains("Connection: close\r\n"));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    assert_eof(&mut slow);
+}
+
 fn one_conn() -> Limits {
     Limits {
         max_conns: 1,
@@ -344,6 +382,9 @@ macro_rules! matrix {
         mod slowloris_under { use super::*; $(#[test] fn $name() { slowloris_gets_408($model) })* }
         mod ws_shutdown_under { use super::*; $(#[test] fn $name() {
             shutdown_closes_ws_1001($model, if $concurrent { 3 } else { 1 })
+        })* }
+        mod slow_body_under { use super::*; $(#[test] fn $name() {
+            slow_body_gets_408_and_others_are_served($model, $concurrent)
         })* }
         mod http_shutdown_under { use super::*; $(#[test] fn $name() { shutdown_finishes_http_in_flight($model) })* }
     };

@@ -9,8 +9,9 @@
 //! refused with the connection closed, so the stream never falls out of step.
 //!
 //! Errors: 400 malformed, 404 unknown path, 405 with `Allow`, 408 when a request head
-//! is not complete within `--header-timeout` of its first byte (slowloris), 413 body
-//! over `--max-body`, 431 head over 16 KiB or 64 headers, 505 other HTTP versions,
+//! is not complete within `--header-timeout` of its first byte (slowloris) or its body
+//! within `--body-timeout` of its head (a slow body, as nginx's `client_body_timeout`
+//! and Apache's `mod_reqtimeout` bound it), 413 body over `--max-body`, 431 head over 16 KiB or 64 headers, 505 other HTTP versions,
 //! 503 with `Retry-After` for a client refused at `--max-conns` (a refused WebSocket
 //! upgrade completes and is closed 1013 instead, which browser code can read).
 //!
@@ -44,6 +45,9 @@ const SERVER: &str = concat!("multiclient/", env!("CARGO_PKG_VERSION"));
 pub struct HttpOptions {
     /// A request head must be complete this long after its first byte (else 408).
     pub header_timeout: Duration,
+    /// A request body must be complete this long after its head (else 408): bytes
+    /// that keep trickling in would otherwise hold a connection past the idle timeout.
+    pub body_timeout: Duration,
     /// Largest request body accepted (else 413).
     pub max_body: usize,
     /// Settings of upgraded WebSocket connections.
@@ -54,6 +58,7 @@ impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             max_body: 1 << 20,
             ws: Arc::new(WsOptions::default()),
         }
@@ -393,8 +398,9 @@ pub struct HttpSession<A: App> {
     app: Arc<A>,
     opts: Arc<HttpOptions>,
     state: State<A::Ws>,
-    /// First byte of an incomplete head, for the 408 timer.
-    head_since: Option<Instant>,
+    /// When the request being read started, for the 408 timers: the first byte of an
+    /// incomplete head, then the end of the head while its body is read.
+    since: Option<Instant>,
     /// How much of the unconsumed input was searched for the end of the head.
     scanned: usize,
     /// The head of a request whose body is being read.
@@ -418,7 +424,7 @@ impl<A: App> HttpSession<A> {
             app,
             opts,
             state: State::Head,
-            head_since: None,
+            since: None,
             scanned: 0,
             head: Vec::new(),
             body: Vec::new(),
@@ -502,8 +508,8 @@ impl<A: App> HttpSession<A> {
                 self.error(431, "request head too large\n", cx);
                 return input.len();
             }
-            if self.head_since.is_none() && input.iter().any(|&b| b != b'\r' && b != b'\n') {
-                self.head_since = Some(cx.now());
+            if self.since.is_none() && input.iter().any(|&b| b != b'\r' && b != b'\n') {
+                self.since = Some(cx.now());
             }
             return 0;
         };
@@ -512,7 +518,7 @@ impl<A: App> HttpSession<A> {
             return input.len();
         }
         self.scanned = 0;
-        self.head_since = None;
+        self.since = None;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&input[..end]) {
@@ -532,6 +538,7 @@ impl<A: App> HttpSession<A> {
                         n
                     }
                     Some(body) => {
+                        self.since = Some(cx.now());
                         self.head.clear();
                         self.head.extend_from_slice(&input[..n]);
                         self.body.clear();
@@ -718,6 +725,7 @@ impl<A: App> HttpSession<A> {
             return pos;
         }
         self.state = State::Head;
+        self.since = None;
         let head = std::mem::take(&mut self.head);
         let body_bytes = std::mem::take(&mut self.body);
         {
@@ -853,19 +861,23 @@ impl<A: App> Session for HttpSession<A> {
     fn deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Ws(conn) => conn.deadline(),
-            State::Head => self.head_since.map(|t| t + self.opts.header_timeout),
+            State::Head => self.since.map(|t| t + self.opts.header_timeout),
+            State::Body(_) => self.since.map(|t| t + self.opts.body_timeout),
             _ => None,
         }
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_, Self::Event>) {
-        let head_late = self
-            .head_since
-            .is_some_and(|t| cx.now() >= t + self.opts.header_timeout);
+        let late = |timeout| self.since.is_some_and(|t| cx.now() >= t + timeout);
+        let head_late = late(self.opts.header_timeout);
+        let body_late = late(self.opts.body_timeout);
         match &mut self.state {
             State::Ws(conn) => conn.timeout(cx),
             State::Head if head_late => {
                 self.error(408, "request head not received in time\n", cx);
+            }
+            State::Body(_) if body_late => {
+                self.error(408, "request body not received in time\n", cx);
             }
             _ => {}
         }
@@ -875,12 +887,12 @@ impl<A: App> Session for HttpSession<A> {
         match &mut self.state {
             State::Ws(conn) => conn.goodbye(why, cx),
             State::Closed => cx.close(),
-            State::Head if why == Goodbye::Busy && self.head_since.is_none() => {
+            State::Head if why == Goodbye::Busy && self.since.is_none() => {
                 // Read the request first, so a WebSocket client can be told 1013
                 // after its handshake; a plain request gets 503.
                 self.busy = true;
             }
-            State::Head if why == Goodbye::Idle && self.head_since.is_some() => {
+            State::Head if why == Goodbye::Idle && self.since.is_some() => {
                 self.error(408, "request head not received in time\n", cx);
             }
             State::Body(_) if why == Goodbye::Shutdown => self.shutting = true,
@@ -1167,6 +1179,34 @@ mod tests {
         let r = responses(&h.take_output(), &[]);
         assert_eq!(r[0].status, 408);
         assert!(h.is_closing());
+    }
+
+    #[test]
+    fn slow_bodies_get_408_from_the_end_of_their_head() {
+        let mut h = harness();
+        let t0 = h.now;
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
+        let timeout = HttpOptions::default().body_timeout;
+        assert_eq!(h.session.deadline(), Some(t0 + timeout));
+        // A byte now and then keeps the connection from being idle, not the body alive.
+        for s in 1..timeout.as_secs() {
+            h.now = t0 + Duration::from_secs(s);
+            h.feed(b"x");
+        }
+        h.advance_to(t0 + timeout - Duration::from_millis(1));
+        assert!(h.take_output().is_empty());
+        h.advance_to(t0 + timeout);
+        let r = responses(&h.take_output(), &[]);
+        assert_eq!(r[0].status, 408);
+        assert!(h.is_closing());
+    }
+
+    #[test]
+    fn a_body_in_time_stops_the_body_timer() {
+        let mut h = harness();
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(responses(&h.take_output(), &[])[0].status, 405);
+        assert_eq!(h.session.deadline(), None);
     }
 
     #[test]
