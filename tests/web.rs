@@ -3,6 +3,8 @@
 //! close 1013) with the admitted client unaffected; graceful shutdown giving WebSocket
 //! clients close 1001 and finishing the HTTP response in flight.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -373,6 +375,93 @@ fn shutdown_finishes_http_in_flight(model: Model) {
     assert_eof(&mut c);
     drop(c);
     assert_eq!(stopper.join().unwrap(), 0);
+}
+
+/// Keep-alive clients each sending request after request in a tight loop while the
+/// server binary gets SIGTERM: a request the server read is answered (the last with
+/// `Connection: close`), so no client sees the connection close under a request it
+/// sent; the process exits 0.
+fn keep_alive_loops_at_sigterm_end_with_an_answer(model: &str, clients: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut srv = common::spawn_serve(&[
+        "--service",
+        "http",
+        "--addr",
+        "127.0.0.1:0",
+        "--model",
+        model,
+    ]);
+    let addr = srv.addr;
+    let warm = Arc::new(AtomicUsize::new(0));
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel();
+    let loops: Vec<_> = (0..clients)
+        .map(|_| {
+            let warm = warm.clone();
+            let warm_tx = warm_tx.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                // Bounded by count; the safety-net read timeout bounds the time.
+                for n in 1..=1_000_000u32 {
+                    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                    let mut first = [0u8; 1];
+                    match c.read(&mut first) {
+                        Ok(0) => return Err(format!("EOF under request {n}")),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("{e} under request {n}")),
+                    }
+                    let (status, head, body) = read_response_after(&mut c, first[0]);
+                    assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
+                    if n == 20 && warm.fetch_add(1, Ordering::SeqCst) + 1 == clients {
+                        warm_tx.send(()).unwrap();
+                    }
+                    if head.contains("Connection: close\r\n") {
+                        assert_eof(&mut c);
+                        return Ok(n);
+                    }
+                }
+                Err("never told to close".to_string())
+            })
+        })
+        .collect();
+    warm_rx.recv_timeout(TIMEOUT).expect("every client served");
+    srv.signal(rustix::process::Signal::TERM);
+    let ends: Vec<_> = loops.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(ends.iter().all(Result::is_ok), "{model}: {ends:?}");
+    assert_eq!(srv.wait().code(), Some(0), "exit status");
+}
+
+/// [`read_response`] when its first byte was already read.
+fn read_response_after(s: &mut TcpStream, first: u8) -> (u16, String, Vec<u8>) {
+    let mut chained = std::io::Cursor::new([first]).chain(s.try_clone().unwrap());
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        chained
+            .read_exact(&mut byte)
+            .expect("reading a response head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    chained.read_exact(&mut body).expect("reading a body");
+    (status, head, body)
+}
+
+#[test]
+fn keep_alive_loops_at_sigterm_end_with_an_answer_under_every_model() {
+    for (model, clients) in [("single", 1), ("threads", 8), ("pool", 8), ("async", 8)] {
+        keep_alive_loops_at_sigterm_end_with_an_answer(model, clients);
+    }
 }
 
 macro_rules! matrix {

@@ -37,6 +37,13 @@ pub const MAX_HEADERS: usize = 64;
 const MAX_CHUNK_LINE: usize = 1024;
 /// Largest buffer kept between requests; a larger one is freed.
 const KEEP_CAPACITY: usize = 16 * 1024;
+/// At shutdown, a keep-alive client answered less than this long ago is probably about
+/// to send its next request (a client in a loop sends it within a round trip): the
+/// connection waits for it until this long after that answer and answers it with
+/// `Connection: close`, instead of closing under a request already on its way. A
+/// client quiet for longer is closed at once, so a shutdown waits at most this long
+/// for keep-alive connections.
+const LAST_CALL: Duration = Duration::from_secs(1);
 /// The `Server` header.
 const SERVER: &str = concat!("multiclient/", env!("CARGO_PKG_VERSION"));
 
@@ -414,6 +421,8 @@ pub struct HttpSession<A: App> {
     busy: bool,
     /// Shutting down: the request in flight is answered with `Connection: close`.
     shutting: bool,
+    /// When the last response was written, for the shutdown's [`LAST_CALL`].
+    answered: Option<Instant>,
     date: DateCache,
 }
 
@@ -432,6 +441,7 @@ impl<A: App> HttpSession<A> {
             head_version: 1,
             busy: false,
             shutting: false,
+            answered: None,
             date: DateCache::default(),
         }
     }
@@ -463,6 +473,7 @@ impl<A: App> HttpSession<A> {
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
         let close = resp.close || !self.keep_alive || self.shutting || self.busy;
+        self.answered = Some(cx.now());
         let date = self.date.get(cx.now());
         let out = cx.out();
         let _ = write!(
@@ -861,6 +872,9 @@ impl<A: App> Session for HttpSession<A> {
     fn deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Ws(conn) => conn.deadline(),
+            State::Head if self.shutting && self.since.is_none() => {
+                self.answered.map(|t| t + LAST_CALL)
+            }
             State::Head => self.since.map(|t| t + self.opts.header_timeout),
             State::Body(_) => self.since.map(|t| t + self.opts.body_timeout),
             _ => None,
@@ -871,7 +885,11 @@ impl<A: App> Session for HttpSession<A> {
         let late = |timeout| self.since.is_some_and(|t| cx.now() >= t + timeout);
         let head_late = late(self.opts.header_timeout);
         let body_late = late(self.opts.body_timeout);
+        let last_call_over = self.answered.map_or(true, |t| cx.now() >= t + LAST_CALL);
         match &mut self.state {
+            State::Head if self.shutting && self.since.is_none() && last_call_over => {
+                cx.close();
+            }
             State::Ws(conn) => conn.timeout(cx),
             State::Head if head_late => {
                 self.error(408, "request head not received in time\n", cx);
@@ -896,6 +914,16 @@ impl<A: App> Session for HttpSession<A> {
                 self.error(408, "request head not received in time\n", cx);
             }
             State::Body(_) if why == Goodbye::Shutdown => self.shutting = true,
+            // Between requests: a client answered just now is likely sending its next
+            // request already; that one is answered with `Connection: close`. (A head
+            // partly read cannot be finished: the model drops unread input at goodbye.)
+            State::Head
+                if why == Goodbye::Shutdown
+                    && self.since.is_none()
+                    && self.answered.is_some_and(|t| cx.now() < t + LAST_CALL) =>
+            {
+                self.shutting = true;
+            }
             _ => cx.close(),
         }
     }
@@ -1253,6 +1281,40 @@ mod tests {
         assert!(h.is_closing());
         // Between requests there is nothing to finish.
         let mut h = harness();
+        h.goodbye(Goodbye::Shutdown);
+        assert!(h.is_closing());
+    }
+
+    #[test]
+    fn shutdown_answers_the_next_request_of_a_client_answered_just_before_with_close() {
+        let mut h = harness();
+        let t0 = h.now;
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(responses(&h.take_output(), &[])[0].status, 200);
+        h.goodbye(Goodbye::Shutdown);
+        assert!(!h.is_closing(), "the next request may be on its way");
+        assert_eq!(h.session.deadline(), Some(t0 + LAST_CALL));
+        h.now = t0 + LAST_CALL / 2;
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = responses(&h.take_output(), &[]);
+        assert_eq!((r.len(), r[0].status), (1, 200));
+        assert_eq!(r[0].headers["connection"], "close");
+        assert!(h.is_closing());
+        // A client that sends nothing more is closed when the last call is over.
+        let mut h = harness();
+        let t0 = h.now;
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        h.take_output();
+        h.goodbye(Goodbye::Shutdown);
+        h.advance_to(t0 + LAST_CALL - Duration::from_millis(1));
+        assert!(!h.is_closing());
+        h.advance_to(t0 + LAST_CALL);
+        assert!(h.is_closing());
+        assert!(h.take_output().is_empty());
+        // One answered longer ago is closed at once.
+        let mut h = harness();
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        h.now += LAST_CALL;
         h.goodbye(Goodbye::Shutdown);
         assert!(h.is_closing());
     }
