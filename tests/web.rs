@@ -107,7 +107,7 @@ fn http_conversation(model: Model) {
     }
     // Pipelined, with a body to skip, answered in order.
     c.write_all(
-        b"HEAD / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /nope HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     assert_eq!(read_response(&mut c, true).0, 200);
@@ -128,7 +128,7 @@ fn http_conversation(model: Model) {
     assert_eof(&mut c);
     drop(c);
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
     drop(c);
     assert_eq!(srv.stop(), 0);
@@ -248,14 +248,15 @@ fn slowloris_gets_408(model: Model) {
     };
     let srv = start(model, Limits::default(), Http::new(opts));
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
     let (status, head, _) = read_response(&mut c, false);
     assert_eq!(status, 408);
     assert!(head.contains("Connection: close\r\n"));
     assert_eof(&mut c);
     drop(c);
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
 }
 
@@ -297,6 +298,31 @@ fn slow_body_gets_408_and_others_are_served(model: Model, concurrent: bool) {
     assert_eof(&mut slow);
 }
 
+/// RFC 9112 details over a socket: leading empty lines ignored, an absolute-form
+/// target served like its path, a refused request that waits for `100 Continue` told
+/// its final status instead, and an HTTP/1.1 request without `Host` refused.
+fn rfc_9112_details(model: Model) {
+    let srv = start(model, Limits::default(), Http::new(HttpOptions::default()));
+    let mut c = connect(srv.addr);
+    c.write_all(b"\r\n\r\nGET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (status, _, body) = read_response(&mut c, false);
+    assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
+    c.write_all(
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let (status, head, _) = read_response(&mut c, false);
+    assert_eq!(status, 404, "{head}");
+    assert!(head.contains("Connection: close\r\n"));
+    assert_eof(&mut c);
+    drop(c);
+    let mut c = connect(srv.addr);
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).0, 400);
+    assert_eof(&mut c);
+}
+
 fn one_conn() -> Limits {
     Limits {
         max_conns: 1,
@@ -307,16 +333,16 @@ fn one_conn() -> Limits {
 fn http_sheds_with_503(model: Model) {
     let srv = start(model, one_conn(), Http::new(HttpOptions::default()));
     let mut a = connect(srv.addr);
-    a.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut a, false).0, 200);
     let mut b = connect(srv.addr);
-    b.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    b.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let (status, head, _) = read_response(&mut b, false);
     assert_eq!(status, 503);
     assert!(head.contains("Retry-After: 1\r\n"));
     assert_eof(&mut b);
     // The admitted client is unaffected.
-    a.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut a, false).0, 200);
 }
 
@@ -359,9 +385,9 @@ fn shutdown_closes_ws_1001(model: Model, clients: usize) {
 fn shutdown_finishes_http_in_flight(model: Model) {
     let srv = start(model, Limits::default(), Http::new(HttpOptions::default()));
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
-    c.write_all(b"GET / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
         .unwrap();
     let drain = srv.server.as_ref().unwrap().drain();
     let stopper = std::thread::spawn(move || srv.stop());
@@ -472,6 +498,7 @@ macro_rules! matrix {
         mod ws_shutdown_under { use super::*; $(#[test] fn $name() {
             shutdown_closes_ws_1001($model, if $concurrent { 3 } else { 1 })
         })* }
+        mod rfc_9112_under { use super::*; $(#[test] fn $name() { rfc_9112_details($model) })* }
         mod slow_body_under { use super::*; $(#[test] fn $name() {
             slow_body_gets_408_and_others_are_served($model, $concurrent)
         })* }

@@ -313,6 +313,15 @@ pub trait App: Send + Sync + 'static {
         req: &Request<'_>,
         cx: &mut Cx<'_, <Self::Ws as Handler>::Event>,
     ) -> Reply<Self::Ws>;
+
+    /// Looks at a routed request's head before its body is read, when the client
+    /// waits for `100 Continue` (RFC 9110 §10.1.1): a response returned here is sent
+    /// instead (a 401, say), the body is never read and the connection closes. The
+    /// default lets every body come.
+    fn precheck(&self, req: &Request<'_>) -> Option<Response> {
+        let _ = req;
+        None
+    }
 }
 
 /// The seed's app: `/` says hello, `/ws` is the echo WebSocket.
@@ -511,7 +520,10 @@ impl<A: App> HttpSession<A> {
     /// Looks for a complete head at the start of `input`. Returns the bytes used, or
     /// 0 to wait for more.
     fn read_head(&mut self, input: &[u8], cx: &mut Cx<'_, <A::Ws as Handler>::Event>) -> usize {
-        let from = self.scanned.saturating_sub(3);
+        // Empty lines before a request line are ignored (RFC 9112 §2.2); they stay in
+        // the input until the head is complete, so they count against its limit.
+        let lead = empty_lines(input);
+        let from = self.scanned.saturating_sub(3).max(lead);
         let end = find_head_end(&input[from..]).map(|e| from + e);
         let Some(end) = end else {
             self.scanned = input.len();
@@ -532,8 +544,9 @@ impl<A: App> HttpSession<A> {
         self.since = None;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&input[..end]) {
+        match req.parse(&input[lead..end]) {
             Ok(httparse::Status::Complete(n)) => {
+                let n = lead + n;
                 let framing = match self.framing(&req) {
                     Ok(f) => f,
                     Err((status, why)) => {
@@ -549,13 +562,20 @@ impl<A: App> HttpSession<A> {
                         n
                     }
                     Some(body) => {
-                        self.since = Some(cx.now());
-                        self.head.clear();
-                        self.head.extend_from_slice(&input[..n]);
-                        self.body.clear();
                         if framing.expect_continue && !self.busy {
+                            // The client waits before sending the body: a request that
+                            // will be refused gets its final answer instead of `100`.
+                            if let Some(resp) = self.refusal(&req) {
+                                let head_only = req.method == Some("HEAD");
+                                self.write(&resp.close(), head_only, cx);
+                                return input.len();
+                            }
                             cx.send(b"HTTP/1.1 100 Continue\r\n\r\n");
                         }
+                        self.since = Some(cx.now());
+                        self.head.clear();
+                        self.head.extend_from_slice(&input[lead..n]);
+                        self.body.clear();
                         self.state = State::Body(body);
                         n
                     }
@@ -570,7 +590,7 @@ impl<A: App> HttpSession<A> {
                 self.error(431, "too many headers\n", cx);
                 input.len()
             }
-            Err(httparse::Error::Version) if looks_like_http_version(&input[..end]) => {
+            Err(httparse::Error::Version) if looks_like_http_version(&input[lead..end]) => {
                 self.error(505, "only HTTP/1.0 and HTTP/1.1 are served\n", cx);
                 input.len()
             }
@@ -591,6 +611,21 @@ impl<A: App> HttpSession<A> {
         } else {
             has_token(h, "connection", "keep-alive")
         };
+        // Fields that must appear once (RFC 9112 §3.2; RFC 9110 §5.3: a second
+        // `Authorization` would leave open which credentials count).
+        let count = |name: &str| {
+            h.iter()
+                .filter(|hd| hd.name.eq_ignore_ascii_case(name))
+                .count()
+        };
+        match count("host") {
+            0 if v >= 1 => return Err((400, "missing Host\n")),
+            0 | 1 => {}
+            _ => return Err((400, "more than one Host\n")),
+        }
+        if count("authorization") > 1 {
+            return Err((400, "more than one Authorization\n"));
+        }
         let mut length: Option<usize> = None;
         let mut chunked = false;
         for hd in h.iter() {
@@ -762,6 +797,21 @@ impl<A: App> HttpSession<A> {
         pos
     }
 
+    /// What the route table or the app's [`App::precheck`] answers a request before
+    /// its body is read (404, 405, a 401...), if anything.
+    fn refusal(&self, raw: &httparse::Request<'_, '_>) -> Option<Response> {
+        let req = request(raw, &[]);
+        let Some(route) = self.app.routes().iter().find(|r| r.matches(req.path)) else {
+            return Some(Response::text(404, "not found\n"));
+        };
+        if !route.allows(req.method) {
+            return Some(
+                Response::text(405, "method not allowed\n").header("Allow", route.allow_header()),
+            );
+        }
+        self.app.precheck(&req)
+    }
+
     /// Routes a complete request and answers it (or upgrades).
     fn dispatch(
         &mut self,
@@ -769,19 +819,8 @@ impl<A: App> HttpSession<A> {
         body: &[u8],
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
-        let target = raw.path.unwrap_or("/");
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
-        };
-        let req = Request {
-            method: Method::parse(raw.method.unwrap_or("")),
-            path,
-            query,
-            version: raw.version.unwrap_or(1),
-            headers: raw.headers,
-            body,
-        };
+        let req = request(raw, body);
+        let path = req.path;
         let head_only = req.method == Method::Head;
         let wants_upgrade = req.header_has_token("upgrade", "websocket");
         if self.busy && !wants_upgrade {
@@ -925,6 +964,55 @@ impl<A: App> Session for HttpSession<A> {
                 self.shutting = true;
             }
             _ => cx.close(),
+        }
+    }
+}
+
+/// The request as an app sees it: the target in origin form, split at its query.
+fn request<'a, 'b: 'a>(raw: &'a httparse::Request<'_, 'b>, body: &'a [u8]) -> Request<'a> {
+    let (path, query) = split_target(raw.path.unwrap_or("/"));
+    Request {
+        method: Method::parse(raw.method.unwrap_or("")),
+        path,
+        query,
+        version: raw.version.unwrap_or(1),
+        headers: raw.headers,
+        body,
+    }
+}
+
+/// A request target as a path and a query. The absolute form a client sends to a
+/// proxy (`http://host/path?q`, RFC 9112 §3.2.2) is served like its path.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    let (target, query) = match target.split_once('?') {
+        Some((t, q)) => (t, Some(q)),
+        None => (target, None),
+    };
+    let b = target.as_bytes();
+    let after_scheme = if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return (target, query);
+    };
+    let rest = &target[after_scheme..];
+    match rest.find('/') {
+        Some(i) => (&rest[i..], query),
+        None => ("/", query),
+    }
+}
+
+/// How many bytes of empty lines (`\r\n` or `\n`) `buf` starts with.
+fn empty_lines(buf: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        if buf[i..].starts_with(b"\r\n") {
+            i += 2;
+        } else if buf[i..].starts_with(b"\n") {
+            i += 1;
+        } else {
+            return i;
         }
     }
 }
@@ -1075,7 +1163,7 @@ mod tests {
     #[test]
     fn head_has_the_headers_and_no_body() {
         let mut h = harness();
-        h.feed(b"HEAD / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        h.feed(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[true, false]);
         assert_eq!(r[0].status, 200);
         assert_eq!(r[0].headers["content-length"], "39");
@@ -1085,7 +1173,7 @@ mod tests {
 
     #[test]
     fn persistence_follows_the_version_and_connection_header() {
-        let (r, closing) = one("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let (r, closing) = one("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert_eq!(r.headers["connection"], "close");
         assert!(closing);
         let (r, closing) = one("GET / HTTP/1.0\r\n\r\n");
@@ -1099,7 +1187,7 @@ mod tests {
     #[test]
     fn pipelined_requests_are_answered_in_order() {
         let mut h = harness();
-        h.feed(b"GET / HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nHEAD / HTTP/1.1\r\n\r\nDELETE / HTTP/1.1\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\nDELETE / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[false, false, true, false]);
         let codes: Vec<u16> = r.iter().map(|r| r.status).collect();
         assert_eq!(codes, [200, 404, 200, 405]);
@@ -1109,9 +1197,9 @@ mod tests {
     #[test]
     fn bodies_are_consumed_so_the_next_request_is_read() {
         let mut h = harness();
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
-        h.feed(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n");
-        h.feed(b"GET / HTTP/1.1\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[]);
         let codes: Vec<u16> = r.iter().map(|r| r.status).collect();
         assert_eq!(codes, [405, 200, 200]);
@@ -1121,22 +1209,93 @@ mod tests {
     #[test]
     fn expect_continue_gets_100_first() {
         let mut h = harness();
-        h.feed(b"GET / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
         assert_eq!(h.take_output(), b"HTTP/1.1 100 Continue\r\n\r\n");
         h.feed(b"ok");
         assert_eq!(responses(&h.take_output(), &[])[0].status, 200);
     }
 
     #[test]
+    fn expect_continue_on_a_refused_request_gets_the_final_status_only() {
+        for (req, status) in [
+            ("POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n", 404),
+            ("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n", 405),
+        ] {
+            let mut h = harness();
+            h.feed(req.as_bytes());
+            let out = h.take_output();
+            assert!(!out.starts_with(b"HTTP/1.1 100"), "{req:?}");
+            let r = responses(&out, &[]);
+            assert_eq!((r.len(), r[0].status), (1, status), "{req:?}");
+            // The body may or may not follow: the stream cannot be trusted to be in
+            // step, so the connection closes.
+            assert_eq!(r[0].headers["connection"], "close");
+            assert!(h.is_closing());
+        }
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1_and_never_twice() {
+        for req in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
+        ] {
+            let (r, closing) = one(req);
+            assert_eq!(r.status, 400, "{req:?}");
+            assert!(closing);
+        }
+        let (r, _) = one("GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(r.status, 200, "HTTP/1.0 needs no Host");
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line_are_ignored() {
+        let (r, _) = one("\r\n\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+        // Also when they arrive alone, and after a body (a client's stray CRLF).
+        let mut h = harness();
+        h.feed(b"\r\n");
+        h.feed(b"\r\n");
+        assert!(h.take_output().is_empty());
+        assert_eq!(h.session.deadline(), None, "empty lines start no timer");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let codes: Vec<u16> = responses(&h.take_output(), &[])
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(codes, [405, 200]);
+        assert!(!h.is_closing());
+    }
+
+    #[test]
+    fn absolute_form_targets_are_served_like_their_path() {
+        for (req, status) in [
+            ("GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET HTTP://x HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET https://x:8080/?a=1 HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET http://x/nope HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        ] {
+            assert_eq!(one(req).0.status, status, "{req:?}");
+        }
+        assert_eq!(split_target("http://h/a/b?q=1"), ("/a/b", Some("q=1")));
+        assert_eq!(split_target("http://h?q"), ("/", Some("q")));
+        assert_eq!(split_target("/p"), ("/p", None));
+        assert_eq!(split_target("ftp://h/p"), ("ftp://h/p", None));
+    }
+
+    #[test]
     fn malformed_requests_are_400_and_close() {
         for req in [
             "GARBAGE\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n",
         ] {
             let (r, closing) = one(req);
             assert_eq!(r.status, 400, "{req:?}");
@@ -1147,14 +1306,14 @@ mod tests {
 
     #[test]
     fn unknown_path_is_404_and_keeps_the_connection() {
-        let (r, closing) = one("GET /missing HTTP/1.1\r\n\r\n");
+        let (r, closing) = one("GET /missing HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(r.status, 404);
         assert!(!closing);
     }
 
     #[test]
     fn other_methods_are_405_with_allow() {
-        let (r, _) = one("PUT / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let (r, _) = one("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(r.status, 405);
         assert_eq!(r.headers["allow"], "GET, HEAD");
     }
@@ -1166,29 +1325,32 @@ mod tests {
             ..HttpOptions::default()
         };
         let mut h = harness_with(opts());
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n");
         assert_eq!(responses(&h.take_output(), &[])[0].status, 413);
         assert!(h.is_closing());
         let mut h = harness_with(opts());
-        h.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n");
         assert_eq!(responses(&h.take_output(), &[])[0].status, 413);
         assert!(h.is_closing());
     }
 
     #[test]
     fn heads_over_the_limits_are_431() {
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
         let (r, closing) = one(&big);
         assert_eq!(r.status, 431);
         assert!(closing);
         // Too big even before its end arrives.
         let mut h = harness();
-        h.feed(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD)).as_bytes());
+        h.feed(format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}", "a".repeat(MAX_HEAD)).as_bytes());
         assert_eq!(responses(&h.take_output(), &[])[0].status, 431);
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("H{i}: v\r\n"))
             .collect();
-        let (r, _) = one(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
+        let (r, _) = one(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"));
         assert_eq!(r.status, 431);
     }
 
@@ -1240,7 +1402,7 @@ mod tests {
     #[test]
     fn keep_alive_idle_has_no_header_timer() {
         let mut h = harness();
-        h.feed(b"GET / HTTP/1.1\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(h.session.deadline(), None);
     }
 
@@ -1255,7 +1417,7 @@ mod tests {
     fn busy_is_503_with_retry_after() {
         let mut h = harness();
         h.goodbye(Goodbye::Busy);
-        h.feed(b"GET / HTTP/1.1\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[]);
         assert_eq!(r[0].status, 503);
         assert_eq!(r[0].headers["retry-after"], "1");
@@ -1271,7 +1433,7 @@ mod tests {
     #[test]
     fn shutdown_finishes_the_request_in_flight_with_close() {
         let mut h = harness();
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab");
         h.goodbye(Goodbye::Shutdown);
         assert!(!h.is_closing());
         h.feed(b"cd");
@@ -1364,11 +1526,11 @@ mod tests {
     }
 
     const CONVERSATION: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
-        POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
-        HEAD / HTTP/1.1\r\n\r\n\
-        GET /x?y=1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1;e\r\nc\r\n0\r\nT: 1\r\n\r\n\
+        POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+        HEAD / HTTP/1.1\r\nHost: x\r\n\r\n\
+        GET /x?y=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1;e\r\nc\r\n0\r\nT: 1\r\n\r\n\
         GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
-        GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     proptest::proptest! {
         #[test]
