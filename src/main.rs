@@ -93,6 +93,9 @@ struct ServeArgs {
     /// http/ws: a request head must be complete this long after its first byte (408).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
+    /// http: a request body must be complete this long after its head (408).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    body_timeout: Duration,
     /// http: largest request body in bytes (413).
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
@@ -281,6 +284,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         },
         http: HttpOptions {
             header_timeout: a.header_timeout,
+            body_timeout: a.body_timeout,
             max_body: a.max_body,
             ws: std::sync::Arc::new(WsOptions {
                 echo: a.echo,

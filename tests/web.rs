@@ -3,6 +3,8 @@
 //! close 1013) with the admitted client unaffected; graceful shutdown giving WebSocket
 //! clients close 1001 and finishing the HTTP response in flight.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -105,7 +107,7 @@ fn http_conversation(model: Model) {
     }
     // Pipelined, with a body to skip, answered in order.
     c.write_all(
-        b"HEAD / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /nope HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /nope HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .unwrap();
     assert_eq!(read_response(&mut c, true).0, 200);
@@ -126,7 +128,7 @@ fn http_conversation(model: Model) {
     assert_eof(&mut c);
     drop(c);
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
     drop(c);
     assert_eq!(srv.stop(), 0);
@@ -246,15 +248,79 @@ fn slowloris_gets_408(model: Model) {
     };
     let srv = start(model, Limits::default(), Http::new(opts));
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
     let (status, head, _) = read_response(&mut c, false);
     assert_eq!(status, 408);
     assert!(head.contains("Connection: close\r\n"));
     assert_eof(&mut c);
     drop(c);
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
+}
+
+/// A body trickling in at a byte per 20 ms is cut off at `--body-timeout` with a 408,
+/// while (on the models that serve clients at once) another client is served.
+fn slow_body_gets_408_and_others_are_served(model: Model, concurrent: bool) {
+    let opts = HttpOptions {
+        body_timeout: Duration::from_millis(400),
+        ..HttpOptions::default()
+    };
+    let srv = start(model, Limits::default(), Http::new(opts));
+    let mut slow = connect(srv.addr);
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let mut w = slow.try_clone().unwrap();
+        let done = done.clone();
+        // Bounded: 500 bytes at most, 10 s, the safety net.
+        std::thread::spawn(move || {
+            for _ in 0..500 {
+                if done.load(std::sync::atomic::Ordering::Relaxed) || w.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    if concurrent {
+        let mut c = connect(srv.addr);
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut c, false).0, 200);
+    }
+    let (status, head, _) = read_response(&mut slow, false);
+    assert_eq!(status, 408);
+    assert!(head.contains("Connection: close\r\n"));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    trickle.join().unwrap();
+    assert_eof(&mut slow);
+}
+
+/// RFC 9112 details over a socket: leading empty lines ignored, an absolute-form
+/// target served like its path, a refused request that waits for `100 Continue` told
+/// its final status instead, and an HTTP/1.1 request without `Host` refused.
+fn rfc_9112_details(model: Model) {
+    let srv = start(model, Limits::default(), Http::new(HttpOptions::default()));
+    let mut c = connect(srv.addr);
+    c.write_all(b"\r\n\r\nGET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (status, _, body) = read_response(&mut c, false);
+    assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
+    c.write_all(
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    let (status, head, _) = read_response(&mut c, false);
+    assert_eq!(status, 404, "{head}");
+    assert!(head.contains("Connection: close\r\n"));
+    assert_eof(&mut c);
+    drop(c);
+    let mut c = connect(srv.addr);
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, false).0, 400);
+    assert_eof(&mut c);
 }
 
 fn one_conn() -> Limits {
@@ -267,16 +333,16 @@ fn one_conn() -> Limits {
 fn http_sheds_with_503(model: Model) {
     let srv = start(model, one_conn(), Http::new(HttpOptions::default()));
     let mut a = connect(srv.addr);
-    a.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut a, false).0, 200);
     let mut b = connect(srv.addr);
-    b.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    b.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let (status, head, _) = read_response(&mut b, false);
     assert_eq!(status, 503);
     assert!(head.contains("Retry-After: 1\r\n"));
     assert_eof(&mut b);
     // The admitted client is unaffected.
-    a.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut a, false).0, 200);
 }
 
@@ -319,9 +385,9 @@ fn shutdown_closes_ws_1001(model: Model, clients: usize) {
 fn shutdown_finishes_http_in_flight(model: Model) {
     let srv = start(model, Limits::default(), Http::new(HttpOptions::default()));
     let mut c = connect(srv.addr);
-    c.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     assert_eq!(read_response(&mut c, false).0, 200);
-    c.write_all(b"GET / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab")
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab")
         .unwrap();
     let drain = srv.server.as_ref().unwrap().drain();
     let stopper = std::thread::spawn(move || srv.stop());
@@ -337,6 +403,93 @@ fn shutdown_finishes_http_in_flight(model: Model) {
     assert_eq!(stopper.join().unwrap(), 0);
 }
 
+/// Keep-alive clients each sending request after request in a tight loop while the
+/// server binary gets SIGTERM: a request the server read is answered (the last with
+/// `Connection: close`), so no client sees the connection close under a request it
+/// sent; the process exits 0.
+fn keep_alive_loops_at_sigterm_end_with_an_answer(model: &str, clients: usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut srv = common::spawn_serve(&[
+        "--service",
+        "http",
+        "--addr",
+        "127.0.0.1:0",
+        "--model",
+        model,
+    ]);
+    let addr = srv.addr;
+    let warm = Arc::new(AtomicUsize::new(0));
+    let (warm_tx, warm_rx) = std::sync::mpsc::channel();
+    let loops: Vec<_> = (0..clients)
+        .map(|_| {
+            let warm = warm.clone();
+            let warm_tx = warm_tx.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                // Bounded by count; the safety-net read timeout bounds the time.
+                for n in 1..=1_000_000u32 {
+                    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+                    let mut first = [0u8; 1];
+                    match c.read(&mut first) {
+                        Ok(0) => return Err(format!("EOF under request {n}")),
+                        Ok(_) => {}
+                        Err(e) => return Err(format!("{e} under request {n}")),
+                    }
+                    let (status, head, body) = read_response_after(&mut c, first[0]);
+                    assert_eq!((status, body.as_slice()), (200, HELLO.as_bytes()));
+                    if n == 20 && warm.fetch_add(1, Ordering::SeqCst) + 1 == clients {
+                        warm_tx.send(()).unwrap();
+                    }
+                    if head.contains("Connection: close\r\n") {
+                        assert_eof(&mut c);
+                        return Ok(n);
+                    }
+                }
+                Err("never told to close".to_string())
+            })
+        })
+        .collect();
+    warm_rx.recv_timeout(TIMEOUT).expect("every client served");
+    srv.signal(rustix::process::Signal::TERM);
+    let ends: Vec<_> = loops.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(ends.iter().all(Result::is_ok), "{model}: {ends:?}");
+    assert_eq!(srv.wait().code(), Some(0), "exit status");
+}
+
+/// [`read_response`] when its first byte was already read.
+fn read_response_after(s: &mut TcpStream, first: u8) -> (u16, String, Vec<u8>) {
+    let mut chained = std::io::Cursor::new([first]).chain(s.try_clone().unwrap());
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        chained
+            .read_exact(&mut byte)
+            .expect("reading a response head");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    chained.read_exact(&mut body).expect("reading a body");
+    (status, head, body)
+}
+
+#[test]
+fn keep_alive_loops_at_sigterm_end_with_an_answer_under_every_model() {
+    for (model, clients) in [("single", 1), ("threads", 8), ("pool", 8), ("async", 8)] {
+        keep_alive_loops_at_sigterm_end_with_an_answer(model, clients);
+    }
+}
+
 macro_rules! matrix {
     ($($name:ident: $model:expr, $concurrent:expr;)*) => {
         mod http_under { use super::*; $(#[test] fn $name() { http_conversation($model) })* }
@@ -344,6 +497,10 @@ macro_rules! matrix {
         mod slowloris_under { use super::*; $(#[test] fn $name() { slowloris_gets_408($model) })* }
         mod ws_shutdown_under { use super::*; $(#[test] fn $name() {
             shutdown_closes_ws_1001($model, if $concurrent { 3 } else { 1 })
+        })* }
+        mod rfc_9112_under { use super::*; $(#[test] fn $name() { rfc_9112_details($model) })* }
+        mod slow_body_under { use super::*; $(#[test] fn $name() {
+            slow_body_gets_408_and_others_are_served($model, $concurrent)
         })* }
         mod http_shutdown_under { use super::*; $(#[test] fn $name() { shutdown_finishes_http_in_flight($model) })* }
     };

@@ -9,8 +9,9 @@
 //! refused with the connection closed, so the stream never falls out of step.
 //!
 //! Errors: 400 malformed, 404 unknown path, 405 with `Allow`, 408 when a request head
-//! is not complete within `--header-timeout` of its first byte (slowloris), 413 body
-//! over `--max-body`, 431 head over 16 KiB or 64 headers, 505 other HTTP versions,
+//! is not complete within `--header-timeout` of its first byte (slowloris) or its body
+//! within `--body-timeout` of its head (a slow body, as nginx's `client_body_timeout`
+//! and Apache's `mod_reqtimeout` bound it), 413 body over `--max-body`, 431 head over 16 KiB or 64 headers, 505 other HTTP versions,
 //! 503 with `Retry-After` for a client refused at `--max-conns` (a refused WebSocket
 //! upgrade completes and is closed 1013 instead, which browser code can read).
 //!
@@ -36,6 +37,13 @@ pub const MAX_HEADERS: usize = 64;
 const MAX_CHUNK_LINE: usize = 1024;
 /// Largest buffer kept between requests; a larger one is freed.
 const KEEP_CAPACITY: usize = 16 * 1024;
+/// At shutdown, a keep-alive client answered less than this long ago is probably about
+/// to send its next request (a client in a loop sends it within a round trip): the
+/// connection waits for it until this long after that answer and answers it with
+/// `Connection: close`, instead of closing under a request already on its way. A
+/// client quiet for longer is closed at once, so a shutdown waits at most this long
+/// for keep-alive connections.
+const LAST_CALL: Duration = Duration::from_secs(1);
 /// The `Server` header.
 const SERVER: &str = concat!("multiclient/", env!("CARGO_PKG_VERSION"));
 
@@ -44,6 +52,9 @@ const SERVER: &str = concat!("multiclient/", env!("CARGO_PKG_VERSION"));
 pub struct HttpOptions {
     /// A request head must be complete this long after its first byte (else 408).
     pub header_timeout: Duration,
+    /// A request body must be complete this long after its head (else 408): bytes
+    /// that keep trickling in would otherwise hold a connection past the idle timeout.
+    pub body_timeout: Duration,
     /// Largest request body accepted (else 413).
     pub max_body: usize,
     /// Settings of upgraded WebSocket connections.
@@ -54,6 +65,7 @@ impl Default for HttpOptions {
     fn default() -> Self {
         HttpOptions {
             header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
             max_body: 1 << 20,
             ws: Arc::new(WsOptions::default()),
         }
@@ -301,6 +313,15 @@ pub trait App: Send + Sync + 'static {
         req: &Request<'_>,
         cx: &mut Cx<'_, <Self::Ws as Handler>::Event>,
     ) -> Reply<Self::Ws>;
+
+    /// Looks at a routed request's head before its body is read, when the client
+    /// waits for `100 Continue` (RFC 9110 §10.1.1): a response returned here is sent
+    /// instead (a 401, say), the body is never read and the connection closes. The
+    /// default lets every body come.
+    fn precheck(&self, req: &Request<'_>) -> Option<Response> {
+        let _ = req;
+        None
+    }
 }
 
 /// The seed's app: `/` says hello, `/ws` is the echo WebSocket.
@@ -393,8 +414,9 @@ pub struct HttpSession<A: App> {
     app: Arc<A>,
     opts: Arc<HttpOptions>,
     state: State<A::Ws>,
-    /// First byte of an incomplete head, for the 408 timer.
-    head_since: Option<Instant>,
+    /// When the request being read started, for the 408 timers: the first byte of an
+    /// incomplete head, then the end of the head while its body is read.
+    since: Option<Instant>,
     /// How much of the unconsumed input was searched for the end of the head.
     scanned: usize,
     /// The head of a request whose body is being read.
@@ -408,6 +430,8 @@ pub struct HttpSession<A: App> {
     busy: bool,
     /// Shutting down: the request in flight is answered with `Connection: close`.
     shutting: bool,
+    /// When the last response was written, for the shutdown's [`LAST_CALL`].
+    answered: Option<Instant>,
     date: DateCache,
 }
 
@@ -418,7 +442,7 @@ impl<A: App> HttpSession<A> {
             app,
             opts,
             state: State::Head,
-            head_since: None,
+            since: None,
             scanned: 0,
             head: Vec::new(),
             body: Vec::new(),
@@ -426,6 +450,7 @@ impl<A: App> HttpSession<A> {
             head_version: 1,
             busy: false,
             shutting: false,
+            answered: None,
             date: DateCache::default(),
         }
     }
@@ -457,6 +482,7 @@ impl<A: App> HttpSession<A> {
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
         let close = resp.close || !self.keep_alive || self.shutting || self.busy;
+        self.answered = Some(cx.now());
         let date = self.date.get(cx.now());
         let out = cx.out();
         let _ = write!(
@@ -494,7 +520,10 @@ impl<A: App> HttpSession<A> {
     /// Looks for a complete head at the start of `input`. Returns the bytes used, or
     /// 0 to wait for more.
     fn read_head(&mut self, input: &[u8], cx: &mut Cx<'_, <A::Ws as Handler>::Event>) -> usize {
-        let from = self.scanned.saturating_sub(3);
+        // Empty lines before a request line are ignored (RFC 9112 §2.2); they stay in
+        // the input until the head is complete, so they count against its limit.
+        let lead = empty_lines(input);
+        let from = self.scanned.saturating_sub(3).max(lead);
         let end = find_head_end(&input[from..]).map(|e| from + e);
         let Some(end) = end else {
             self.scanned = input.len();
@@ -502,8 +531,8 @@ impl<A: App> HttpSession<A> {
                 self.error(431, "request head too large\n", cx);
                 return input.len();
             }
-            if self.head_since.is_none() && input.iter().any(|&b| b != b'\r' && b != b'\n') {
-                self.head_since = Some(cx.now());
+            if self.since.is_none() && input.iter().any(|&b| b != b'\r' && b != b'\n') {
+                self.since = Some(cx.now());
             }
             return 0;
         };
@@ -512,11 +541,12 @@ impl<A: App> HttpSession<A> {
             return input.len();
         }
         self.scanned = 0;
-        self.head_since = None;
+        self.since = None;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&input[..end]) {
+        match req.parse(&input[lead..end]) {
             Ok(httparse::Status::Complete(n)) => {
+                let n = lead + n;
                 let framing = match self.framing(&req) {
                     Ok(f) => f,
                     Err((status, why)) => {
@@ -532,12 +562,20 @@ impl<A: App> HttpSession<A> {
                         n
                     }
                     Some(body) => {
-                        self.head.clear();
-                        self.head.extend_from_slice(&input[..n]);
-                        self.body.clear();
                         if framing.expect_continue && !self.busy {
+                            // The client waits before sending the body: a request that
+                            // will be refused gets its final answer instead of `100`.
+                            if let Some(resp) = self.refusal(&req) {
+                                let head_only = req.method == Some("HEAD");
+                                self.write(&resp.close(), head_only, cx);
+                                return input.len();
+                            }
                             cx.send(b"HTTP/1.1 100 Continue\r\n\r\n");
                         }
+                        self.since = Some(cx.now());
+                        self.head.clear();
+                        self.head.extend_from_slice(&input[lead..n]);
+                        self.body.clear();
                         self.state = State::Body(body);
                         n
                     }
@@ -552,7 +590,7 @@ impl<A: App> HttpSession<A> {
                 self.error(431, "too many headers\n", cx);
                 input.len()
             }
-            Err(httparse::Error::Version) if looks_like_http_version(&input[..end]) => {
+            Err(httparse::Error::Version) if looks_like_http_version(&input[lead..end]) => {
                 self.error(505, "only HTTP/1.0 and HTTP/1.1 are served\n", cx);
                 input.len()
             }
@@ -573,6 +611,21 @@ impl<A: App> HttpSession<A> {
         } else {
             has_token(h, "connection", "keep-alive")
         };
+        // Fields that must appear once (RFC 9112 §3.2; RFC 9110 §5.3: a second
+        // `Authorization` would leave open which credentials count).
+        let count = |name: &str| {
+            h.iter()
+                .filter(|hd| hd.name.eq_ignore_ascii_case(name))
+                .count()
+        };
+        match count("host") {
+            0 if v >= 1 => return Err((400, "missing Host\n")),
+            0 | 1 => {}
+            _ => return Err((400, "more than one Host\n")),
+        }
+        if count("authorization") > 1 {
+            return Err((400, "more than one Authorization\n"));
+        }
         let mut length: Option<usize> = None;
         let mut chunked = false;
         for hd in h.iter() {
@@ -718,6 +771,7 @@ impl<A: App> HttpSession<A> {
             return pos;
         }
         self.state = State::Head;
+        self.since = None;
         let head = std::mem::take(&mut self.head);
         let body_bytes = std::mem::take(&mut self.body);
         {
@@ -743,6 +797,21 @@ impl<A: App> HttpSession<A> {
         pos
     }
 
+    /// What the route table or the app's [`App::precheck`] answers a request before
+    /// its body is read (404, 405, a 401...), if anything.
+    fn refusal(&self, raw: &httparse::Request<'_, '_>) -> Option<Response> {
+        let req = request(raw, &[]);
+        let Some(route) = self.app.routes().iter().find(|r| r.matches(req.path)) else {
+            return Some(Response::text(404, "not found\n"));
+        };
+        if !route.allows(req.method) {
+            return Some(
+                Response::text(405, "method not allowed\n").header("Allow", route.allow_header()),
+            );
+        }
+        self.app.precheck(&req)
+    }
+
     /// Routes a complete request and answers it (or upgrades).
     fn dispatch(
         &mut self,
@@ -750,19 +819,8 @@ impl<A: App> HttpSession<A> {
         body: &[u8],
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
-        let target = raw.path.unwrap_or("/");
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (target, None),
-        };
-        let req = Request {
-            method: Method::parse(raw.method.unwrap_or("")),
-            path,
-            query,
-            version: raw.version.unwrap_or(1),
-            headers: raw.headers,
-            body,
-        };
+        let req = request(raw, body);
+        let path = req.path;
         let head_only = req.method == Method::Head;
         let wants_upgrade = req.header_has_token("upgrade", "websocket");
         if self.busy && !wants_upgrade {
@@ -853,19 +911,30 @@ impl<A: App> Session for HttpSession<A> {
     fn deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Ws(conn) => conn.deadline(),
-            State::Head => self.head_since.map(|t| t + self.opts.header_timeout),
+            State::Head if self.shutting && self.since.is_none() => {
+                self.answered.map(|t| t + LAST_CALL)
+            }
+            State::Head => self.since.map(|t| t + self.opts.header_timeout),
+            State::Body(_) => self.since.map(|t| t + self.opts.body_timeout),
             _ => None,
         }
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_, Self::Event>) {
-        let head_late = self
-            .head_since
-            .is_some_and(|t| cx.now() >= t + self.opts.header_timeout);
+        let late = |timeout| self.since.is_some_and(|t| cx.now() >= t + timeout);
+        let head_late = late(self.opts.header_timeout);
+        let body_late = late(self.opts.body_timeout);
+        let last_call_over = self.answered.map_or(true, |t| cx.now() >= t + LAST_CALL);
         match &mut self.state {
+            State::Head if self.shutting && self.since.is_none() && last_call_over => {
+                cx.close();
+            }
             State::Ws(conn) => conn.timeout(cx),
             State::Head if head_late => {
                 self.error(408, "request head not received in time\n", cx);
+            }
+            State::Body(_) if body_late => {
+                self.error(408, "request body not received in time\n", cx);
             }
             _ => {}
         }
@@ -875,16 +944,75 @@ impl<A: App> Session for HttpSession<A> {
         match &mut self.state {
             State::Ws(conn) => conn.goodbye(why, cx),
             State::Closed => cx.close(),
-            State::Head if why == Goodbye::Busy && self.head_since.is_none() => {
+            State::Head if why == Goodbye::Busy && self.since.is_none() => {
                 // Read the request first, so a WebSocket client can be told 1013
                 // after its handshake; a plain request gets 503.
                 self.busy = true;
             }
-            State::Head if why == Goodbye::Idle && self.head_since.is_some() => {
+            State::Head if why == Goodbye::Idle && self.since.is_some() => {
                 self.error(408, "request head not received in time\n", cx);
             }
             State::Body(_) if why == Goodbye::Shutdown => self.shutting = true,
+            // Between requests: a client answered just now is likely sending its next
+            // request already; that one is answered with `Connection: close`. (A head
+            // partly read cannot be finished: the model drops unread input at goodbye.)
+            State::Head
+                if why == Goodbye::Shutdown
+                    && self.since.is_none()
+                    && self.answered.is_some_and(|t| cx.now() < t + LAST_CALL) =>
+            {
+                self.shutting = true;
+            }
             _ => cx.close(),
+        }
+    }
+}
+
+/// The request as an app sees it: the target in origin form, split at its query.
+fn request<'a, 'b: 'a>(raw: &'a httparse::Request<'_, 'b>, body: &'a [u8]) -> Request<'a> {
+    let (path, query) = split_target(raw.path.unwrap_or("/"));
+    Request {
+        method: Method::parse(raw.method.unwrap_or("")),
+        path,
+        query,
+        version: raw.version.unwrap_or(1),
+        headers: raw.headers,
+        body,
+    }
+}
+
+/// A request target as a path and a query. The absolute form a client sends to a
+/// proxy (`http://host/path?q`, RFC 9112 §3.2.2) is served like its path.
+fn split_target(target: &str) -> (&str, Option<&str>) {
+    let (target, query) = match target.split_once('?') {
+        Some((t, q)) => (t, Some(q)),
+        None => (target, None),
+    };
+    let b = target.as_bytes();
+    let after_scheme = if b.len() >= 7 && b[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if b.len() >= 8 && b[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return (target, query);
+    };
+    let rest = &target[after_scheme..];
+    match rest.find('/') {
+        Some(i) => (&rest[i..], query),
+        None => ("/", query),
+    }
+}
+
+/// How many bytes of empty lines (`\r\n` or `\n`) `buf` starts with.
+fn empty_lines(buf: &[u8]) -> usize {
+    let mut i = 0;
+    loop {
+        if buf[i..].starts_with(b"\r\n") {
+            i += 2;
+        } else if buf[i..].starts_with(b"\n") {
+            i += 1;
+        } else {
+            return i;
         }
     }
 }
@@ -1035,7 +1163,7 @@ mod tests {
     #[test]
     fn head_has_the_headers_and_no_body() {
         let mut h = harness();
-        h.feed(b"HEAD / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+        h.feed(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[true, false]);
         assert_eq!(r[0].status, 200);
         assert_eq!(r[0].headers["content-length"], "39");
@@ -1045,7 +1173,7 @@ mod tests {
 
     #[test]
     fn persistence_follows_the_version_and_connection_header() {
-        let (r, closing) = one("GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        let (r, closing) = one("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert_eq!(r.headers["connection"], "close");
         assert!(closing);
         let (r, closing) = one("GET / HTTP/1.0\r\n\r\n");
@@ -1059,7 +1187,7 @@ mod tests {
     #[test]
     fn pipelined_requests_are_answered_in_order() {
         let mut h = harness();
-        h.feed(b"GET / HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\n\r\nHEAD / HTTP/1.1\r\n\r\nDELETE / HTTP/1.1\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\nHEAD / HTTP/1.1\r\nHost: x\r\n\r\nDELETE / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[false, false, true, false]);
         let codes: Vec<u16> = r.iter().map(|r| r.status).collect();
         assert_eq!(codes, [200, 404, 200, 405]);
@@ -1069,9 +1197,9 @@ mod tests {
     #[test]
     fn bodies_are_consumed_so_the_next_request_is_read() {
         let mut h = harness();
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
-        h.feed(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n");
-        h.feed(b"GET / HTTP/1.1\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nTrailer: x\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[]);
         let codes: Vec<u16> = r.iter().map(|r| r.status).collect();
         assert_eq!(codes, [405, 200, 200]);
@@ -1081,22 +1209,93 @@ mod tests {
     #[test]
     fn expect_continue_gets_100_first() {
         let mut h = harness();
-        h.feed(b"GET / HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n");
         assert_eq!(h.take_output(), b"HTTP/1.1 100 Continue\r\n\r\n");
         h.feed(b"ok");
         assert_eq!(responses(&h.take_output(), &[])[0].status, 200);
     }
 
     #[test]
+    fn expect_continue_on_a_refused_request_gets_the_final_status_only() {
+        for (req, status) in [
+            ("POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n", 404),
+            ("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n", 405),
+        ] {
+            let mut h = harness();
+            h.feed(req.as_bytes());
+            let out = h.take_output();
+            assert!(!out.starts_with(b"HTTP/1.1 100"), "{req:?}");
+            let r = responses(&out, &[]);
+            assert_eq!((r.len(), r[0].status), (1, status), "{req:?}");
+            // The body may or may not follow: the stream cannot be trusted to be in
+            // step, so the connection closes.
+            assert_eq!(r[0].headers["connection"], "close");
+            assert!(h.is_closing());
+        }
+    }
+
+    #[test]
+    fn host_is_required_once_in_http_1_1_and_never_twice() {
+        for req in [
+            "GET / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n",
+        ] {
+            let (r, closing) = one(req);
+            assert_eq!(r.status, 400, "{req:?}");
+            assert!(closing);
+        }
+        let (r, _) = one("GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(r.status, 200, "HTTP/1.0 needs no Host");
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line_are_ignored() {
+        let (r, _) = one("\r\n\r\n\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status, 200);
+        // Also when they arrive alone, and after a body (a client's stray CRLF).
+        let mut h = harness();
+        h.feed(b"\r\n");
+        h.feed(b"\r\n");
+        assert!(h.take_output().is_empty());
+        assert_eq!(h.session.deadline(), None, "empty lines start no timer");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let codes: Vec<u16> = responses(&h.take_output(), &[])
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(codes, [405, 200]);
+        assert!(!h.is_closing());
+    }
+
+    #[test]
+    fn absolute_form_targets_are_served_like_their_path() {
+        for (req, status) in [
+            ("GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET HTTP://x HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET https://x:8080/?a=1 HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            ("GET http://x/nope HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        ] {
+            assert_eq!(one(req).0.status, status, "{req:?}");
+        }
+        assert_eq!(split_target("http://h/a/b?q=1"), ("/a/b", Some("q=1")));
+        assert_eq!(split_target("http://h?q"), ("/", Some("q")));
+        assert_eq!(split_target("/p"), ("/p", None));
+        assert_eq!(split_target("ftp://h/p"), ("ftp://h/p", None));
+    }
+
+    #[test]
     fn malformed_requests_are_400_and_close() {
         for req in [
             "GARBAGE\r\n\r\n",
-            "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-            "GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nabc\r\n",
         ] {
             let (r, closing) = one(req);
             assert_eq!(r.status, 400, "{req:?}");
@@ -1107,14 +1306,14 @@ mod tests {
 
     #[test]
     fn unknown_path_is_404_and_keeps_the_connection() {
-        let (r, closing) = one("GET /missing HTTP/1.1\r\n\r\n");
+        let (r, closing) = one("GET /missing HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(r.status, 404);
         assert!(!closing);
     }
 
     #[test]
     fn other_methods_are_405_with_allow() {
-        let (r, _) = one("PUT / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+        let (r, _) = one("PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(r.status, 405);
         assert_eq!(r.headers["allow"], "GET, HEAD");
     }
@@ -1126,29 +1325,32 @@ mod tests {
             ..HttpOptions::default()
         };
         let mut h = harness_with(opts());
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n");
         assert_eq!(responses(&h.take_output(), &[])[0].status, 413);
         assert!(h.is_closing());
         let mut h = harness_with(opts());
-        h.feed(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n12345678\r\n8\r\n");
         assert_eq!(responses(&h.take_output(), &[])[0].status, 413);
         assert!(h.is_closing());
     }
 
     #[test]
     fn heads_over_the_limits_are_431() {
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
         let (r, closing) = one(&big);
         assert_eq!(r.status, 431);
         assert!(closing);
         // Too big even before its end arrives.
         let mut h = harness();
-        h.feed(format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD)).as_bytes());
+        h.feed(format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}", "a".repeat(MAX_HEAD)).as_bytes());
         assert_eq!(responses(&h.take_output(), &[])[0].status, 431);
         let many: String = (0..MAX_HEADERS + 1)
             .map(|i| format!("H{i}: v\r\n"))
             .collect();
-        let (r, _) = one(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
+        let (r, _) = one(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n"));
         assert_eq!(r.status, 431);
     }
 
@@ -1170,9 +1372,37 @@ mod tests {
     }
 
     #[test]
+    fn slow_bodies_get_408_from_the_end_of_their_head() {
+        let mut h = harness();
+        let t0 = h.now;
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
+        let timeout = HttpOptions::default().body_timeout;
+        assert_eq!(h.session.deadline(), Some(t0 + timeout));
+        // A byte now and then keeps the connection from being idle, not the body alive.
+        for s in 1..timeout.as_secs() {
+            h.now = t0 + Duration::from_secs(s);
+            h.feed(b"x");
+        }
+        h.advance_to(t0 + timeout - Duration::from_millis(1));
+        assert!(h.take_output().is_empty());
+        h.advance_to(t0 + timeout);
+        let r = responses(&h.take_output(), &[]);
+        assert_eq!(r[0].status, 408);
+        assert!(h.is_closing());
+    }
+
+    #[test]
+    fn a_body_in_time_stops_the_body_timer() {
+        let mut h = harness();
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(responses(&h.take_output(), &[])[0].status, 405);
+        assert_eq!(h.session.deadline(), None);
+    }
+
+    #[test]
     fn keep_alive_idle_has_no_header_timer() {
         let mut h = harness();
-        h.feed(b"GET / HTTP/1.1\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(h.session.deadline(), None);
     }
 
@@ -1187,7 +1417,7 @@ mod tests {
     fn busy_is_503_with_retry_after() {
         let mut h = harness();
         h.goodbye(Goodbye::Busy);
-        h.feed(b"GET / HTTP/1.1\r\n\r\n");
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         let r = responses(&h.take_output(), &[]);
         assert_eq!(r[0].status, 503);
         assert_eq!(r[0].headers["retry-after"], "1");
@@ -1203,7 +1433,7 @@ mod tests {
     #[test]
     fn shutdown_finishes_the_request_in_flight_with_close() {
         let mut h = harness();
-        h.feed(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab");
+        h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nab");
         h.goodbye(Goodbye::Shutdown);
         assert!(!h.is_closing());
         h.feed(b"cd");
@@ -1213,6 +1443,40 @@ mod tests {
         assert!(h.is_closing());
         // Between requests there is nothing to finish.
         let mut h = harness();
+        h.goodbye(Goodbye::Shutdown);
+        assert!(h.is_closing());
+    }
+
+    #[test]
+    fn shutdown_answers_the_next_request_of_a_client_answered_just_before_with_close() {
+        let mut h = harness();
+        let t0 = h.now;
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(responses(&h.take_output(), &[])[0].status, 200);
+        h.goodbye(Goodbye::Shutdown);
+        assert!(!h.is_closing(), "the next request may be on its way");
+        assert_eq!(h.session.deadline(), Some(t0 + LAST_CALL));
+        h.now = t0 + LAST_CALL / 2;
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let r = responses(&h.take_output(), &[]);
+        assert_eq!((r.len(), r[0].status), (1, 200));
+        assert_eq!(r[0].headers["connection"], "close");
+        assert!(h.is_closing());
+        // A client that sends nothing more is closed when the last call is over.
+        let mut h = harness();
+        let t0 = h.now;
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        h.take_output();
+        h.goodbye(Goodbye::Shutdown);
+        h.advance_to(t0 + LAST_CALL - Duration::from_millis(1));
+        assert!(!h.is_closing());
+        h.advance_to(t0 + LAST_CALL);
+        assert!(h.is_closing());
+        assert!(h.take_output().is_empty());
+        // One answered longer ago is closed at once.
+        let mut h = harness();
+        h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        h.now += LAST_CALL;
         h.goodbye(Goodbye::Shutdown);
         assert!(h.is_closing());
     }
@@ -1262,11 +1526,11 @@ mod tests {
     }
 
     const CONVERSATION: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
-        POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
-        HEAD / HTTP/1.1\r\n\r\n\
-        GET /x?y=1 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1;e\r\nc\r\n0\r\nT: 1\r\n\r\n\
+        POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+        HEAD / HTTP/1.1\r\nHost: x\r\n\r\n\
+        GET /x?y=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n1;e\r\nc\r\n0\r\nT: 1\r\n\r\n\
         GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
-        GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     proptest::proptest! {
         #[test]

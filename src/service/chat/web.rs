@@ -102,18 +102,30 @@ impl ChatWeb {
         }
     }
 
-    /// `POST /rooms/<room>/messages`.
-    fn notify(&self, req: &Request<'_>) -> Response {
+    /// Whether a notification may be posted: the endpoint is on and the key is right
+    /// (404, 401 or 403 otherwise). Checked before the body is read too.
+    fn authorize(&self, req: &Request<'_>) -> Result<(), Response> {
         let Some(key) = &self.api_key else {
-            return Response::text(404, "notifications are off: the server has no --api-key\n");
+            return Err(Response::text(
+                404,
+                "notifications are off: the server has no --api-key\n",
+            ));
         };
         let token = req.header("authorization").and_then(bearer);
         let Some(token) = token else {
-            return Response::text(401, "Authorization: Bearer <key> needed\n")
-                .header("WWW-Authenticate", "Bearer");
+            return Err(Response::text(401, "Authorization: Bearer <key> needed\n")
+                .header("WWW-Authenticate", "Bearer"));
         };
         if !key.matches(token) {
-            return Response::text(403, "wrong key\n");
+            return Err(Response::text(403, "wrong key\n"));
+        }
+        Ok(())
+    }
+
+    /// `POST /rooms/<room>/messages`.
+    fn notify(&self, req: &Request<'_>) -> Response {
+        if let Err(refused) = self.authorize(req) {
+            return refused;
         }
         // The route matched `/rooms/*/messages`, so the middle segment is the room.
         let room = req.path.split('/').nth(2).unwrap_or("");
@@ -242,6 +254,11 @@ impl App for ChatWeb {
             _ => Reply::Respond(self.notify(req)),
         }
     }
+
+    fn precheck(&self, req: &Request<'_>) -> Option<Response> {
+        // Only the notifications take a body; the routing sent nothing else here.
+        self.authorize(req).err()
+    }
 }
 
 /// The http service with the chat routes: what `serve` runs as `http` under every
@@ -353,5 +370,32 @@ mod tests {
         );
         // Nobody is in the room of a fresh hub (no Redis): nothing to deliver to.
         assert_eq!(post(&web, "/rooms/a/messages", Some("Bearer k"), "hi"), 404);
+    }
+
+    #[test]
+    fn two_authorizations_are_400_and_a_waiting_body_is_refused_before_100() {
+        let web = WebOptions {
+            api_key: ApiKey::new("k"),
+        };
+        let two = "Bearer k\r\nAuthorization: Bearer k";
+        assert_eq!(post(&web, "/rooms/a/messages", Some(two), "hi"), 400);
+        // A client that waits for `100 Continue` gets the refusal instead, and its body
+        // is never read (the connection closes).
+        for (auth, status) in [("", 401), ("Authorization: Bearer x\r\n", 403)] {
+            let hub = Arc::new(Hub::new(HubConfig::default()));
+            let svc = ChatHttp::new(hub, HttpOptions::default(), &ChatOptions::default(), &web);
+            let mut h = Harness::new(svc.session(&ConnInfo::test(1)));
+            h.feed(
+                format!(
+                    "POST /rooms/a/messages HTTP/1.1\r\nHost: x\r\n{auth}\
+                     Expect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            let out = String::from_utf8(h.take_output()).unwrap();
+            assert!(out.starts_with(&format!("HTTP/1.1 {status} ")), "{out}");
+            assert!(out.contains("Connection: close\r\n"), "{out}");
+            assert!(h.is_closing());
+        }
     }
 }
