@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use multiclient::model::{Limits, Model};
 use multiclient::service::ack::Ack;
+use multiclient::service::greet::{Greet, CLIENT_REPLY, GREETING};
 use multiclient::service::hello::{self, Hello};
 
 fn busy_client_is_told_and_others_unaffected(model: Model) {
@@ -76,6 +77,28 @@ fn busy_client_is_told_and_others_unaffected_pool_queue() {
 #[test]
 fn busy_client_is_told_and_others_unaffected_async() {
     busy_client_is_told_and_others_unaffected(Model::Async { workers: 2 });
+}
+
+/// A refused greet client hears only why: the greeting would promise a conversation
+/// the server is not going to have.
+fn refused_greet_client_gets_busy_and_no_greeting(model: Model) {
+    let limits = Limits {
+        max_conns: 1,
+        ..Limits::default()
+    };
+    let srv = start(model, limits, Greet);
+    let mut first = connect(srv.addr());
+    assert_eq!(read_n(&mut first, GREETING.len()), GREETING);
+    let mut second = connect(srv.addr());
+    assert_eq!(read_to_end(&mut second), b"ERR server busy\n");
+    round_trip(&mut first, CLIENT_REPLY, GREETING);
+}
+
+#[test]
+fn refused_greet_client_gets_busy_and_no_greeting_under_every_concurrent_model() {
+    for model in CONCURRENT {
+        refused_greet_client_gets_busy_and_no_greeting(model);
+    }
 }
 
 fn idle_client_is_told_and_closed(model: Model) {

@@ -216,13 +216,16 @@ impl<S: Session> Conn<S> {
         &self.listener
     }
 
-    /// Starts the session. A refused connection is opened straight into its goodbye.
+    /// Starts the session. A refused connection goes straight into its busy goodbye
+    /// without the session's `open`: a greeting (or a chat welcome and its guest nick)
+    /// would promise a conversation the server is not going to have.
     pub(crate) fn open(&mut self, clock: &Clock, refused: bool) {
         self.span()
             .in_scope(|| tracing::info!("Accepted connection from {}", self.info.peer));
-        self.call(clock, |s, cx| s.open(cx));
         if refused {
             self.say_goodbye(Goodbye::Busy, Reason::Busy, clock);
+        } else {
+            self.call(clock, |s, cx| s.open(cx));
         }
     }
 
