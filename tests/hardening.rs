@@ -201,6 +201,66 @@ fn graceful_shutdown_async() {
     graceful_shutdown_answers_every_message_and_exits_0("async");
 }
 
+/// More clients than `single` serves at once and than the pool has workers, each with
+/// one message sent and unanswered (most still in the listen backlog or the pool's
+/// queue) when SIGTERM comes: every one reads its `ACK!` then the goodbye, and the
+/// process exits 0 within the shutdown timeout with no connection cut off.
+fn every_waiting_client_is_answered_then_told_within_the_timeout(model: &str) {
+    const CLIENTS: usize = 60;
+    let mut srv = spawn_serve(&[
+        "--service",
+        "ack",
+        "--addr",
+        "127.0.0.1:0",
+        "--model",
+        model,
+        "--shutdown-timeout",
+        "5s",
+    ]);
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(srv.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("message {i}").as_bytes()).unwrap();
+    }
+    let signalled = std::time::Instant::now();
+    srv.signal(rustix::process::Signal::TERM);
+    // Every client stays connected until all have their answers: none of them may
+    // hold up the others.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let got = read_to_end(c);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "ACK!ERR server shutting down\n",
+            "client {i} of {CLIENTS}"
+        );
+    }
+    drop(clients);
+    srv.expect_log("All connections closed");
+    let status = srv.wait();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status");
+    assert!(took < Duration::from_secs(5), "exit {took:?} after SIGTERM");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_single() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("single");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_threads() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("threads");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_pool() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("pool");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_async() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("async");
+}
+
 #[test]
 fn second_signal_exits_at_once() {
     // A client that never reads keeps the drain from finishing within its timeout.
