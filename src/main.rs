@@ -105,6 +105,11 @@ struct ServeArgs {
     /// ws: largest message in bytes (close 1009).
     #[arg(long, default_value_t = 1 << 20)]
     max_message: usize,
+    /// Bytes buffered for clients across the whole server (unconsumed input, WebSocket
+    /// messages being assembled); a client whose buffer would pass it is told the
+    /// server is busy (`ERR server busy`, WebSocket close 1013) and closed.
+    #[arg(long, default_value_t = Limits::default().max_buffered)]
+    max_buffered: usize,
     /// Bytes of events queued for one client before it is dropped as a slow consumer
     /// (chat: `ERR slow-consumer`).
     #[arg(long, default_value_t = Limits::default().max_queue)]
@@ -272,6 +277,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         write_timeout: a.write_timeout,
         max_queue: a.max_queue,
         coalesce: a.coalesce,
+        max_buffered: a.max_buffered,
         ..Limits::default()
     };
     let service = ServiceOptions {

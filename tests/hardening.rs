@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::*;
 use multiclient::model::{Limits, Model};
 use multiclient::service::ack::Ack;
+use multiclient::service::greet::{Greet, CLIENT_REPLY, GREETING};
 use multiclient::service::hello::{self, Hello};
 
 fn busy_client_is_told_and_others_unaffected(model: Model) {
@@ -76,6 +77,28 @@ fn busy_client_is_told_and_others_unaffected_pool_queue() {
 #[test]
 fn busy_client_is_told_and_others_unaffected_async() {
     busy_client_is_told_and_others_unaffected(Model::Async { workers: 2 });
+}
+
+/// A refused greet client hears only why: the greeting would promise a conversation
+/// the server is not going to have.
+fn refused_greet_client_gets_busy_and_no_greeting(model: Model) {
+    let limits = Limits {
+        max_conns: 1,
+        ..Limits::default()
+    };
+    let srv = start(model, limits, Greet);
+    let mut first = connect(srv.addr());
+    assert_eq!(read_n(&mut first, GREETING.len()), GREETING);
+    let mut second = connect(srv.addr());
+    assert_eq!(read_to_end(&mut second), b"ERR server busy\n");
+    round_trip(&mut first, CLIENT_REPLY, GREETING);
+}
+
+#[test]
+fn refused_greet_client_gets_busy_and_no_greeting_under_every_concurrent_model() {
+    for model in CONCURRENT {
+        refused_greet_client_gets_busy_and_no_greeting(model);
+    }
 }
 
 fn idle_client_is_told_and_closed(model: Model) {
@@ -176,6 +199,66 @@ fn graceful_shutdown_pool() {
 #[test]
 fn graceful_shutdown_async() {
     graceful_shutdown_answers_every_message_and_exits_0("async");
+}
+
+/// More clients than `single` serves at once and than the pool has workers, each with
+/// one message sent and unanswered (most still in the listen backlog or the pool's
+/// queue) when SIGTERM comes: every one reads its `ACK!` then the goodbye, and the
+/// process exits 0 within the shutdown timeout with no connection cut off.
+fn every_waiting_client_is_answered_then_told_within_the_timeout(model: &str) {
+    const CLIENTS: usize = 60;
+    let mut srv = spawn_serve(&[
+        "--service",
+        "ack",
+        "--addr",
+        "127.0.0.1:0",
+        "--model",
+        model,
+        "--shutdown-timeout",
+        "5s",
+    ]);
+    let mut clients: Vec<_> = (0..CLIENTS).map(|_| connect(srv.addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("message {i}").as_bytes()).unwrap();
+    }
+    let signalled = std::time::Instant::now();
+    srv.signal(rustix::process::Signal::TERM);
+    // Every client stays connected until all have their answers: none of them may
+    // hold up the others.
+    for (i, c) in clients.iter_mut().enumerate() {
+        let got = read_to_end(c);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "ACK!ERR server shutting down\n",
+            "client {i} of {CLIENTS}"
+        );
+    }
+    drop(clients);
+    srv.expect_log("All connections closed");
+    let status = srv.wait();
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status");
+    assert!(took < Duration::from_secs(5), "exit {took:?} after SIGTERM");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_single() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("single");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_threads() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("threads");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_pool() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("pool");
+}
+
+#[test]
+fn every_waiting_client_is_answered_then_told_async() {
+    every_waiting_client_is_answered_then_told_within_the_timeout("async");
 }
 
 #[test]
@@ -379,4 +462,167 @@ fn closed_stderr_neither_panics_nor_blocks_shutdown() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+/// A line service that keeps an unfinished line in the engine's pending input, and
+/// says how much it was handed each time: `HELD n` when nothing was consumed,
+/// `LINE n` for each line.
+struct Lines;
+
+struct LinesSession;
+
+impl multiclient::service::Service for Lines {
+    type Session = LinesSession;
+    fn name(&self) -> &str {
+        "lines"
+    }
+    fn session(&self, _conn: &multiclient::service::ConnInfo) -> LinesSession {
+        LinesSession
+    }
+}
+
+impl multiclient::service::Session for LinesSession {
+    type Event = ();
+    fn read(&mut self, input: &[u8], cx: &mut multiclient::service::Cx<'_, ()>) -> usize {
+        let Some(end) = input.iter().rposition(|&b| b == b'\n') else {
+            cx.send(format!("HELD {}\n", input.len()).as_bytes());
+            return 0;
+        };
+        for line in input[..end].split(|&b| b == b'\n') {
+            cx.send(format!("LINE {}\n", line.len()).as_bytes());
+        }
+        end + 1
+    }
+    fn goodbye(
+        &mut self,
+        why: multiclient::service::Goodbye,
+        cx: &mut multiclient::service::Cx<'_, ()>,
+    ) {
+        multiclient::service::line_goodbye(why, cx);
+    }
+}
+
+/// Reads lines until one equals `want`.
+fn read_until_line(c: &mut std::net::TcpStream, want: &str) {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        c.read_exact(&mut b)
+            .unwrap_or_else(|e| panic!("waiting for {want:?}: {e}"));
+        if b[0] == b'\n' {
+            if line == want.as_bytes() {
+                return;
+            }
+            line.clear();
+        } else {
+            line.push(b[0]);
+        }
+    }
+}
+
+fn unfinished_input_past_the_budget_is_refused_busy(model: Model) {
+    // One 64 KiB step: the first unfinished 40 KiB line takes it all.
+    let limits = Limits {
+        max_buffered: 64 * 1024,
+        ..Limits::default()
+    };
+    let srv = start(model, limits, Lines);
+    let mut a = connect(srv.addr());
+    a.write_all(&[b'a'; 40 * 1024]).unwrap();
+    read_until_line(&mut a, "HELD 40960");
+    let mut b = connect(srv.addr());
+    b.write_all(&[b'b'; 40 * 1024]).unwrap();
+    let got = read_to_end(&mut b);
+    assert!(
+        got.ends_with(b"ERR server busy\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(srv.listening.stats.over_budget.load(Ordering::Relaxed), 1);
+    // The first holder is unaffected and finishes its line; the budget is free again.
+    a.write_all(b"\n").unwrap();
+    read_until_line(&mut a, "LINE 40960");
+    let mut c = connect(srv.addr());
+    c.write_all(&[b'c'; 40 * 1024]).unwrap();
+    c.write_all(b"\n").unwrap();
+    read_until_line(&mut c, "LINE 40960");
+}
+
+#[test]
+fn unfinished_input_past_the_budget_is_refused_busy_under_every_concurrent_model() {
+    for model in CONCURRENT {
+        unfinished_input_past_the_budget_is_refused_busy(model);
+    }
+}
+
+/// A client-to-server WebSocket frame, masked with a zero key (the payload as is).
+fn ws_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![first];
+    match payload.len() {
+        n if n < 126 => v.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            v.push(0x80 | 126);
+            v.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            v.push(0x80 | 127);
+            v.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&[0; 4]);
+    v.extend_from_slice(payload);
+    v
+}
+
+fn ws_message_past_the_budget_is_closed_1013(model: Model) {
+    use multiclient::service::http::HttpOptions;
+    use multiclient::service::ws::Ws;
+    use tungstenite::Message;
+    // Three 64 KiB steps: one unfinished 100 KiB message takes two.
+    let limits = Limits {
+        max_buffered: 3 * 64 * 1024,
+        ..Limits::default()
+    };
+    let srv = start(model, limits, Ws::new(HttpOptions::default()));
+    let client = |addr| {
+        let (ws, resp) = tungstenite::client(format!("ws://{addr}/"), connect(addr))
+            .expect("websocket handshake");
+        assert_eq!(resp.status(), 101);
+        ws
+    };
+    let fragment = vec![b'x'; 100 * 1024];
+    // A first fragment, then a ping: its pong says the fragment is held.
+    let mut a = client(srv.addr());
+    a.get_mut().write_all(&ws_frame(0x02, &fragment)).unwrap();
+    a.get_mut().write_all(&ws_frame(0x89, b"a")).unwrap();
+    match a.read().expect("pong") {
+        Message::Pong(_) => {}
+        m => panic!("unexpected {m:?}"),
+    }
+    let mut b = client(srv.addr());
+    b.get_mut().write_all(&ws_frame(0x02, &fragment)).unwrap();
+    b.get_mut().write_all(&ws_frame(0x89, b"b")).unwrap();
+    let code = loop {
+        match b.read() {
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(Message::Pong(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(code, 1013);
+    // The first holder finishes its message and is answered.
+    a.get_mut().write_all(&ws_frame(0x80, b"end")).unwrap();
+    match a.read().expect("the reply") {
+        Message::Binary(b) => {
+            assert_eq!(b.len(), "Server received: ".len() + fragment.len() + 3)
+        }
+        m => panic!("unexpected {m:?}"),
+    }
+}
+
+#[test]
+fn ws_message_past_the_budget_is_closed_1013_under_every_concurrent_model() {
+    for model in CONCURRENT {
+        ws_message_past_the_budget_is_closed_1013(model);
+    }
 }

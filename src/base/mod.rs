@@ -1,10 +1,13 @@
-//! The primitives every layer shares: the lazily read clock of one wake-up and the
-//! bounded mailbox that wakes a session when something is pushed to it.
+//! The primitives every layer shares: the lazily read clock of one wake-up, the
+//! bounded mailbox that wakes a session when something is pushed to it, and the
+//! process-wide budget of bytes buffered for clients.
 //!
 //! This module is the bottom layer: it imports nothing else of the crate, so the hub,
 //! the services and the models can all use it without pointing at each other.
 
+pub mod budget;
 mod clock;
 pub mod mailbox;
 
+pub use budget::{Budget, Held};
 pub use clock::Clock;

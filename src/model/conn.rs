@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Listener;
+use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
 use crate::base::Clock;
 use crate::service::{ConnInfo, Cx, Goodbye, Session};
@@ -52,6 +53,8 @@ pub(crate) enum Reason {
     SlowConsumer,
     /// The session neither consumed a full input buffer nor closed.
     InputLimit,
+    /// Its buffered input would have passed the server's `--max-buffered`.
+    OverBudget,
     /// A socket error (reset, broken pipe...).
     Error,
 }
@@ -68,6 +71,7 @@ impl std::fmt::Display for Reason {
             Reason::SlowReader => "slow reader",
             Reason::SlowConsumer => "slow consumer",
             Reason::InputLimit => "input limit",
+            Reason::OverBudget => "over the buffer budget",
             Reason::Error => "error",
         })
     }
@@ -189,6 +193,7 @@ impl<S: Session> Conn<S> {
             self.wake,
             &self.info,
             self.listener.limits.max_input,
+            &self.listener.budget,
         );
         let r = f(&mut self.session, &mut cx);
         if self.closing && self.phase == Phase::Open {
@@ -216,13 +221,16 @@ impl<S: Session> Conn<S> {
         &self.listener
     }
 
-    /// Starts the session. A refused connection is opened straight into its goodbye.
+    /// Starts the session. A refused connection goes straight into its busy goodbye
+    /// without the session's `open`: a greeting (or a chat welcome and its guest nick)
+    /// would promise a conversation the server is not going to have.
     pub(crate) fn open(&mut self, clock: &Clock, refused: bool) {
         self.span()
             .in_scope(|| tracing::info!("Accepted connection from {}", self.info.peer));
-        self.call(clock, |s, cx| s.open(cx));
         if refused {
             self.say_goodbye(Goodbye::Busy, Reason::Busy, clock);
+        } else {
+            self.call(clock, |s, cx| s.open(cx));
         }
     }
 
@@ -320,6 +328,7 @@ impl<S: Session> Conn<S> {
     fn on_input(&mut self, data: &[u8], clock: &Clock) {
         // Replies go at once, and take any held events with them.
         self.held = false;
+        let before = self.pending.len();
         let consumed;
         if self.pending.is_empty() {
             consumed = self.call(clock, |s, cx| s.read(data, cx)).min(data.len());
@@ -342,12 +351,42 @@ impl<S: Session> Conn<S> {
         if self.pending.is_empty() && self.pending.capacity() > KEEP_CAPACITY {
             self.pending = Vec::new();
         }
+        let after = self.pending.len();
+        if after != before && (after > FREE || before > FREE) {
+            self.charge_pending(before, clock);
+        }
         if consumed == 0 && self.pending.len() >= self.listener.limits.max_input && !self.closing {
             self.span().in_scope(|| {
                 tracing::warn!("session consumed none of a full input buffer; closing")
             });
             self.reason = Reason::InputLimit;
             self.phase = Phase::Done;
+        }
+    }
+
+    /// Moves the budget's charge for pending input from `before` bytes to what is
+    /// pending now. Past the budget, the connection is told the server is busy (its
+    /// pending input dropped and given back) and closed.
+    fn charge_pending(&mut self, before: usize, clock: &Clock) {
+        let budget = &self.listener.budget;
+        if budget.rehold(before, self.pending.len()) {
+            return;
+        }
+        budget.rehold(before, 0);
+        self.pending = Vec::new();
+        self.listener
+            .stats
+            .over_budget
+            .fetch_add(1, Ordering::Relaxed);
+        let limit = budget.limit();
+        self.span().in_scope(|| {
+            tracing::warn!("buffered input over the server's budget of {limit} bytes; closing")
+        });
+        if self.goodbye.is_some() || self.phase != Phase::Open {
+            self.reason = Reason::OverBudget;
+            self.phase = Phase::Done;
+        } else {
+            self.say_goodbye(Goodbye::Busy, Reason::OverBudget, clock);
         }
     }
 
@@ -531,7 +570,8 @@ impl<S: Session> Conn<S> {
         }
         self.goodbye = Some((why, clock.now() + GOODBYE_GRACE));
         self.reason = reason;
-        self.pending.clear();
+        self.listener.budget.rehold(self.pending.len(), 0);
+        self.pending = Vec::new();
         self.call(clock, |s, cx| s.goodbye(why, cx));
     }
 
@@ -685,6 +725,7 @@ impl<S: Session> Drop for Conn<S> {
         if self.reason == Reason::Open {
             self.reason = Reason::Shutdown;
         }
+        self.listener.budget.rehold(self.pending.len(), 0);
         let s = &self.listener.stats;
         s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
         s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);

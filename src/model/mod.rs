@@ -87,6 +87,10 @@ pub struct Limits {
     pub backlog: i32,
     /// Refused connections being told why at once; beyond this they are just closed.
     pub max_refusing: usize,
+    /// Bytes held for clients across the whole server (input not yet consumed, a
+    /// WebSocket message being assembled); a connection whose buffer would grow past it
+    /// is told the server is busy and closed (see [`crate::base::budget`]).
+    pub max_buffered: usize,
 }
 
 /// The largest `max_output` a server uses.
@@ -105,6 +109,7 @@ impl Default for Limits {
             coalesce: Duration::from_millis(5),
             backlog: 1024,
             max_refusing: 64,
+            max_buffered: crate::base::budget::DEFAULT_MAX_BUFFERED,
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Failed `accept` calls.
     pub accept_errors: AtomicU64,
+    /// Connections closed because their buffered input would pass `--max-buffered`.
+    pub over_budget: AtomicU64,
 }
 
 /// One service listening on one address.
@@ -159,6 +166,8 @@ pub(crate) struct Listener {
     pub drain: Drain,
     /// Refused connections being told why right now.
     pub refusing: AtomicUsize,
+    /// The server's budget of bytes buffered for clients, shared by every listener.
+    pub budget: Arc<crate::base::Budget>,
 }
 
 /// What a listener's accept loop needs, whatever the model.
@@ -271,6 +280,7 @@ pub struct Server {
     model: Model,
     limits: Arc<Limits>,
     drain: Drain,
+    budget: Arc<crate::base::Budget>,
     runtime: Option<tokio::runtime::Runtime>,
     threads: Vec<JoinHandle<()>>,
     listening: Vec<Listening>,
@@ -291,6 +301,7 @@ impl Server {
                 ..limits
             }),
             drain: Drain::new()?,
+            budget: Arc::new(crate::base::Budget::new(limits.max_buffered)),
             runtime,
             threads: Vec::new(),
             listening: Vec::new(),
@@ -319,6 +330,7 @@ impl Server {
                 stats: stats.clone(),
                 drain: self.drain.clone(),
                 refusing: AtomicUsize::new(0),
+                budget: self.budget.clone(),
             }),
         };
         tracing::info!("Listening on {local} ({name}, {})", self.model.name());

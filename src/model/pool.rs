@@ -7,7 +7,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 
-use super::blocking::{accept, serve, STACK};
+use super::blocking::{accept, serve, serve_or_park, Finishing, STACK};
 use super::{Ctx, BACKOFF_START};
 use crate::service::Service;
 
@@ -30,10 +30,18 @@ pub(crate) fn spawn<S: Service>(
                 .stack_size(STACK)
                 .spawn(move || {
                     let _live = live;
+                    // At shutdown, each client is told goodbye and parked here, and
+                    // the worker takes the next one from the queue at once: the
+                    // queued clients are answered in a moment, not one lingering
+                    // close after another.
+                    let mut finishing = Finishing::default();
                     for (stream, peer) in rx {
-                        serve(stream, peer, &c, false);
-                        c.release();
+                        match serve_or_park(stream, peer, &c) {
+                            Some(parked) => finishing.push(parked, &c),
+                            None => c.release(),
+                        }
                     }
+                    finishing.run(&c);
                 })?,
         );
     }

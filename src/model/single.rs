@@ -6,7 +6,7 @@ use std::io;
 use std::net::TcpListener;
 use std::thread::JoinHandle;
 
-use super::blocking::{accept, serve, STACK};
+use super::blocking::{accept, serve_or_park, Finishing, STACK};
 use super::{Ctx, BACKOFF_START};
 use crate::service::Service;
 
@@ -19,11 +19,17 @@ pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Resul
         .spawn(move || {
             let _live = live;
             let mut backoff = BACKOFF_START;
+            // At shutdown, clients told goodbye are finished together while the
+            // backlog is emptied: none waits for another's lingering close.
+            let mut finishing = Finishing::default();
             while let Some((stream, peer)) = accept(&listener, &ctx, &mut backoff) {
                 if ctx.admit() {
-                    serve(stream, peer, &ctx, false);
-                    ctx.release();
+                    match serve_or_park(stream, peer, &ctx) {
+                        Some(parked) => finishing.push(parked, &ctx),
+                        None => ctx.release(),
+                    }
                 }
             }
+            finishing.run(&ctx);
         })
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::base::mailbox::{Mailbox, Sender, WakeKind};
-use crate::base::Clock;
+use crate::base::{Budget, Clock, Held};
 use std::sync::Arc;
 
 pub mod ack;
@@ -127,6 +127,7 @@ pub struct Cx<'a, E> {
     wake: WakeKind,
     conn: &'a ConnInfo,
     input_limit: usize,
+    budget: &'a Arc<Budget>,
 }
 
 impl<'a, E> Cx<'a, E> {
@@ -140,6 +141,7 @@ impl<'a, E> Cx<'a, E> {
         wake: WakeKind,
         conn: &'a ConnInfo,
         input_limit: usize,
+        budget: &'a Arc<Budget>,
     ) -> Self {
         Cx {
             clock,
@@ -150,6 +152,7 @@ impl<'a, E> Cx<'a, E> {
             wake,
             conn,
             input_limit,
+            budget,
         }
     }
 
@@ -194,6 +197,14 @@ impl<'a, E> Cx<'a, E> {
         self.input_limit
     }
 
+    /// Says that `held` (a buffer of this session's: a message being assembled) now
+    /// holds `bytes` for the client, charged to the server's `--max-buffered` budget.
+    /// Returns false, changing nothing, when growing would pass the budget: the
+    /// session should then tell the client the server is busy and close.
+    pub fn hold(&mut self, held: &mut Held, bytes: usize) -> bool {
+        held.set(self.budget, bytes)
+    }
+
     /// A sender into this session's mailbox, made on first use. Whoever holds it can
     /// wake the session with events; the mailbox is bounded and overflowing it ends the
     /// session with [`Goodbye::SlowConsumer`].
@@ -217,6 +228,7 @@ pub struct Harness<S: Session> {
     mailbox: Option<Arc<Mailbox<S::Event>>>,
     info: ConnInfo,
     pending: Vec<u8>,
+    budget: Arc<Budget>,
     /// The clock handed to the session; tests move it forward by hand.
     pub now: Instant,
 }
@@ -231,10 +243,18 @@ impl<S: Session> Harness<S> {
             mailbox: None,
             info: ConnInfo::test(1),
             pending: Vec::new(),
+            budget: Arc::new(Budget::new(crate::base::budget::DEFAULT_MAX_BUFFERED)),
             now: Instant::now(),
         };
         h.with(|s, cx| s.open(cx));
         h
+    }
+
+    /// Charges what the session buffers to `budget` instead of a default one of its
+    /// own (to see a session refused past `--max-buffered`).
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = budget;
+        self
     }
 
     fn with<R>(&mut self, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
@@ -248,6 +268,7 @@ impl<S: Session> Harness<S> {
             WakeKind::None,
             &self.info,
             64 * 1024,
+            &self.budget,
         );
         f(&mut self.session, &mut cx)
     }

@@ -239,6 +239,10 @@ pub struct WsConn<H: Handler> {
     heard: Instant,
     /// When our unanswered ping went out.
     pinged: Option<Instant>,
+    /// Input taken by the engine since the last whole message: the message being
+    /// assembled (within a read chunk), charged to the server's buffer budget.
+    unfinished: usize,
+    held: crate::base::Held,
 }
 
 impl<H: Handler> WsConn<H> {
@@ -257,6 +261,8 @@ impl<H: Handler> WsConn<H> {
             opts,
             heard: now,
             pinged: None,
+            unfinished: 0,
+            held: crate::base::Held::new(),
         }
     }
 
@@ -288,7 +294,14 @@ impl<H: Handler> WsConn<H> {
                 out: cx.out(),
             };
             let r = self.ws.read(&mut pipe);
+            self.unfinished += rest.len() - pipe.input.len();
             rest = pipe.input;
+            if matches!(
+                r,
+                Ok(Message::Text(_) | Message::Binary(_) | Message::Close(_))
+            ) {
+                self.unfinished = 0;
+            }
             match r {
                 Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                     let mut wcx = WsCx {
@@ -312,6 +325,13 @@ impl<H: Handler> WsConn<H> {
                 Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => cx.close(),
                 Err(e) => self.fail(e, cx),
             }
+        }
+        if !cx.hold(&mut self.held, self.unfinished) {
+            tracing::warn!("websocket message over the server's buffer budget; closing 1013");
+            start_close(&mut self.ws, cx, CloseCode::Again, "server busy");
+            cx.close();
+            self.unfinished = 0;
+            cx.hold(&mut self.held, 0);
         }
         input.len()
     }
