@@ -1,5 +1,6 @@
-//! The seed's Flask app on the HTTP engine: `GET /` says hello, `GET /ws` is the echo
-//! WebSocket.
+//! The apps that combine the HTTP engine with the WebSocket one: the seed's Flask app
+//! (`GET /` says hello, `GET /ws` is the echo WebSocket) and the standalone `ws`
+//! service (every path upgrades to the echo).
 
 use std::sync::Arc;
 
@@ -58,6 +59,55 @@ impl Service for Http {
         "http"
     }
     fn session(&self, _conn: &ConnInfo) -> HttpSession<Hello> {
+        HttpSession::new(self.app.clone(), self.opts.clone())
+    }
+}
+
+/// The standalone WebSocket service: every path upgrades to the echo handler.
+#[derive(Debug, Clone, Default)]
+pub struct Ws {
+    app: Arc<WsApp>,
+    opts: Arc<HttpOptions>,
+}
+
+impl Ws {
+    /// A service with these options.
+    pub fn new(opts: HttpOptions) -> Self {
+        Ws {
+            app: Arc::new(WsApp { echo: opts.ws.echo }),
+            opts: Arc::new(opts),
+        }
+    }
+}
+
+/// The route table of the standalone service: any path, GET, upgrade.
+#[derive(Debug, Clone, Default)]
+pub struct WsApp {
+    echo: bool,
+}
+
+pub(super) const UPGRADE_ONLY: &[Route] = &[Route::get("*")];
+
+impl App for WsApp {
+    type Ws = Echo;
+
+    fn routes(&self) -> &[Route] {
+        UPGRADE_ONLY
+    }
+
+    fn handle(&self, _req: &Request<'_>, _cx: &mut Cx<'_, ()>) -> Reply<Echo> {
+        Reply::Upgrade(Echo { exact: self.echo })
+    }
+}
+
+impl Service for Ws {
+    type Session = HttpSession<WsApp>;
+
+    fn name(&self) -> &str {
+        "ws"
+    }
+
+    fn session(&self, _conn: &ConnInfo) -> Self::Session {
         HttpSession::new(self.app.clone(), self.opts.clone())
     }
 }

@@ -39,8 +39,10 @@ mod routes;
 #[cfg(test)]
 mod tests;
 mod upgrade;
+#[cfg(test)]
+pub(crate) mod ws_tests;
 
-pub use apps::{Hello, Http, HELLO};
+pub use apps::{Hello, Http, Ws, WsApp, HELLO};
 pub use conn::HttpSession;
 pub use encode::{reason, Response};
 pub use head::{Method, Request};

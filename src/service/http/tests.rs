@@ -3,8 +3,8 @@
 
 use super::conn::LAST_CALL;
 use super::head::split_target;
+use super::ws_tests::{frame, frames, upgrade_request, ACCEPT, TEXT};
 use super::*;
-use crate::service::ws::tests::{frame, frames, upgrade_request, ACCEPT, TEXT};
 use crate::service::Harness;
 use crate::service::{ConnInfo, Goodbye, Service, Session};
 use std::collections::HashMap;
