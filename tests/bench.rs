@@ -11,7 +11,8 @@ use multiclient::bench::run::{run_load, LoadConfig};
 use multiclient::bench::workload::Workload;
 use multiclient::model::{Limits, Model, Server};
 use multiclient::service::http::HttpOptions;
-use multiclient::service::ws::{Ws, WsOptions};
+use multiclient::service::http::Ws;
+use multiclient::service::ws::WsOptions;
 use multiclient::service::{ack::Ack, greet::Greet, hello::Hello, Service};
 
 /// Our server with `service` on a free loopback port.

@@ -10,8 +10,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use multiclient::model::{Limits, Model, Server};
+use multiclient::service::http::Ws;
 use multiclient::service::http::{Http, HttpOptions, HELLO};
-use multiclient::service::ws::{Ws, WsOptions};
+use multiclient::service::ws::WsOptions;
 use multiclient::service::Service;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};

@@ -5,8 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use multiclient::service::http::HttpOptions;
-use multiclient::service::ws::Ws;
+use multiclient::service::http::{HttpOptions, Ws};
 use multiclient::service::{ConnInfo, Harness, Service};
 
 const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

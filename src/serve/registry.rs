@@ -122,7 +122,9 @@ impl ServiceName {
             ServiceName::Http => {
                 server.listen(addr, crate::service::http::Http::new(opts.http.clone()))
             }
-            ServiceName::Ws => server.listen(addr, crate::service::ws::Ws::new(opts.http.clone())),
+            ServiceName::Ws => {
+                server.listen(addr, crate::service::http::Ws::new(opts.http.clone()))
+            }
             ServiceName::Chat => {
                 if !self.runs_under(server.model()) {
                     return Err(io::Error::new(

@@ -256,8 +256,11 @@ impl App for ChatWeb {
     }
 
     fn precheck(&self, req: &Request<'_>) -> Option<Response> {
-        // Only the notifications take a body; the routing sent nothing else here.
-        self.authorize(req).err()
+        // The routes `handle` answers without looking at the caller take any body.
+        match req.path {
+            "/" | "/ws" | "/chat" | "/chat/app.js" | "/chat/app.css" | "/chat/ws" => None,
+            _ => self.authorize(req).err(),
+        }
     }
 }
 
@@ -397,5 +400,13 @@ mod tests {
             assert!(out.contains("Connection: close\r\n"), "{out}");
             assert!(h.is_closing());
         }
+        // The other routes let a waiting body come.
+        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let svc = ChatHttp::new(hub, HttpOptions::default(), &ChatOptions::default(), &web);
+        let mut h = Harness::new(svc.session(&ConnInfo::test(1)));
+        h.feed(
+            b"GET /chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert_eq!(h.take_output(), b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 }
