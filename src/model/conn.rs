@@ -1,13 +1,19 @@
-//! One connection's state, written once and driven by every model.
+//! One connection's engine, written once and driven by every model, with no IO in it.
 //!
-//! A model only waits (on `poll(2)` or on tokio readiness) and then calls into this
-//! type, which reads the non-blocking socket, feeds the session, writes its replies,
-//! delivers its mailbox and enforces the limits: bounded input, bounded output (a
-//! client that does not read stops being read), idle and write-stall timeouts, the
-//! goodbye on shutdown, and a lingering close so a reply is not destroyed by a reset.
+//! In the manner of quinn-proto's `Connection`, a model feeds it what happened on the
+//! socket ([`Conn::handle_read`], [`Conn::handle_eof`], [`Conn::handle_sent`],
+//! [`Conn::handle_send_blocked`], [`Conn::handle_error`]) and the time (a [`Clock`]
+//! per wake-up, [`Conn::tick`] when the next deadline comes), and polls it for what to
+//! do: bytes to write ([`Conn::poll_transmit`]), whether to shut the write side down
+//! ([`Conn::poll_shutdown_write`]) or to turn on TCP keepalive
+//! ([`Conn::poll_keepalive`]), whether to read ([`Conn::wants_read`]) and when to wake
+//! next ([`Conn::next_deadline`]). The engine feeds the session, delivers its mailbox
+//! and enforces the limits: bounded input, bounded output (a client that does not read
+//! stops being read), idle and write-stall timeouts, write coalescing, the goodbye on
+//! shutdown, and a lingering close so a reply is not destroyed by a reset. The system
+//! calls themselves are in [`super::sock`], shared by every model.
 
 use std::io;
-use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,15 +95,15 @@ pub(crate) enum Phase {
     Done,
 }
 
-/// What one read did.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Read_ {
-    /// Bytes were read; `more` says the read filled the buffer, so more may be waiting.
-    Data { more: bool },
-    /// Nothing to read now.
-    WouldBlock,
-    /// The client closed its side, or the connection failed.
-    Closed,
+/// Where a connection stands with TCP keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepAlive {
+    /// Not wanted.
+    Off,
+    /// Wanted: the model turns it on when it polls for it.
+    Due,
+    /// Turned on.
+    On,
 }
 
 pub(crate) struct Conn<S: Session> {
@@ -122,8 +128,9 @@ pub(crate) struct Conn<S: Session> {
     active: bool,
     /// Idle checks in a row that saw no bytes.
     quiet: u8,
-    /// TCP keepalive was turned on (a quiet connection its session keeps).
-    keepalive: bool,
+    /// TCP keepalive for a quiet connection its session keeps: not wanted, wanted
+    /// (for [`Conn::poll_keepalive`]), or turned on.
+    keepalive: KeepAlive,
     idle_check: Instant,
     stalled_since: Option<Instant>,
     /// When output made by events was last written (for [`Limits::coalesce`]).
@@ -167,7 +174,7 @@ impl<S: Session> Conn<S> {
             opened: now,
             active: false,
             quiet: 0,
-            keepalive: false,
+            keepalive: KeepAlive::Off,
             idle_check,
             stalled_since: None,
             events_written: 0,
@@ -275,54 +282,33 @@ impl<S: Session> Conn<S> {
         self.draining
     }
 
-    /// Reads once from the socket into `scratch` and feeds the session.
-    pub(crate) fn read_from(
-        &mut self,
-        sock: &TcpStream,
-        scratch: &mut [u8],
-        clock: &Clock,
-    ) -> Read_ {
-        let room = self
-            .listener
+    /// How many bytes to read now: what the input limit leaves room for (at least
+    /// one, so that a full buffer still sees its EOF or its next byte).
+    pub(crate) fn read_room(&self) -> usize {
+        self.listener
             .limits
             .max_input
             .saturating_sub(self.pending.len())
-            .max(1);
-        let buf_len = room.min(scratch.len());
-        let buf = &mut scratch[..buf_len];
-        let n = loop {
-            match rustix::net::recv(sock, &mut *buf, rustix::net::RecvFlags::empty())
-                .map_err(io::Error::from)
-            {
-                Ok((n, _)) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read_::WouldBlock,
-                Err(e) => {
-                    self.fail(e);
-                    return Read_::Closed;
-                }
-            }
-        };
-        if n == 0 {
-            self.on_eof(clock);
-            return Read_::Closed;
-        }
-        self.bytes_in += n as u64;
+            .max(1)
+    }
+
+    /// Bytes were read from the client: feeds the session (and delivers events pushed
+    /// meanwhile).
+    pub(crate) fn handle_read(&mut self, data: &[u8], clock: &Clock) {
+        self.bytes_in += data.len() as u64;
         self.active = true;
-        if let Phase::Lingering(_) = self.phase {
-            return Read_::Data { more: n == buf_len };
-        }
         if self.phase != Phase::Open {
-            return Read_::Data { more: false };
+            // Lingering: read only to find the client's EOF. Closing: nothing more is
+            // taken in.
+            return;
         }
-        self.on_input(&buf[..n], clock);
+        self.on_input(data, clock);
         // Events pushed while this input was handled (a chat member's own messages) are
         // taken between reads: a client that sends fast and reads its replies is not
         // mistaken for a slow consumer because its input came in one long burst.
         if self.mail_waiting() {
             self.deliver(clock);
         }
-        Read_::Data { more: n == buf_len }
     }
 
     fn on_input(&mut self, data: &[u8], clock: &Clock) {
@@ -390,7 +376,8 @@ impl<S: Session> Conn<S> {
         }
     }
 
-    fn on_eof(&mut self, clock: &Clock) {
+    /// The client closed its sending side (a read returned 0).
+    pub(crate) fn handle_eof(&mut self, clock: &Clock) {
         self.eof = true;
         match self.phase {
             Phase::Open => {
@@ -410,10 +397,11 @@ impl<S: Session> Conn<S> {
 
     /// The socket reported a hang-up while it was not being read.
     pub(crate) fn hang_up(&mut self) {
-        self.fail(io::ErrorKind::ConnectionReset.into());
+        self.handle_error(io::ErrorKind::ConnectionReset.into());
     }
 
-    fn fail(&mut self, e: io::Error) {
+    /// A read or a write failed (reset, broken pipe...): the connection is over.
+    pub(crate) fn handle_error(&mut self, e: io::Error) {
         self.span()
             .in_scope(|| tracing::debug!("connection error: {e}"));
         if self.reason == Reason::Open || self.phase == Phase::Open {
@@ -422,66 +410,68 @@ impl<S: Session> Conn<S> {
         self.phase = Phase::Done;
     }
 
-    /// Writes as much queued output as the socket takes, and half-closes once a closing
-    /// session's output is all sent. Returns false when the socket would block.
-    pub(crate) fn flush(&mut self, sock: &TcpStream, clock: &Clock) -> bool {
-        if self.wants_write() || self.phase == Phase::Closing {
-            self.write_to(sock, clock).is_ok()
+    /// The bytes to write now, if any: queued output not held for coalescing (all of
+    /// it once the session is closing).
+    #[inline]
+    pub(crate) fn poll_transmit(&self) -> Option<&[u8]> {
+        if self.wants_write() || (self.phase == Phase::Closing && self.has_output()) {
+            Some(&self.out[self.out_pos as usize..])
         } else {
-            true
+            None
         }
     }
 
-    fn write_to(&mut self, sock: &TcpStream, clock: &Clock) -> io::Result<()> {
-        while (self.out_pos as usize) < self.out.len() {
-            // Raw send(2) with MSG_NOSIGNAL: no SIGPIPE from a client that has gone.
-            match rustix::net::send(
-                sock,
-                &self.out[self.out_pos as usize..],
-                rustix::net::SendFlags::NOSIGNAL,
-            )
-            .map_err(io::Error::from)
-            {
-                Ok(0) => {
-                    self.fail(io::ErrorKind::WriteZero.into());
-                    return Ok(());
-                }
-                Ok(n) => {
-                    // `out` is cut to what was sent long before it nears 4 GiB: reading
-                    // stops at `max_output` of unsent replies.
-                    self.out_pos += u32::try_from(n).expect("one send is below 4 GiB");
-                    self.bytes_out += n as u64;
-                    self.writes = self.writes.wrapping_add(1);
-                    self.active = true;
-                    self.stalled_since = None;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stalled_since.get_or_insert_with(|| clock.now());
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.fail(e);
-                    return Ok(());
-                }
+    /// `n` bytes of [`Conn::poll_transmit`]'s were written.
+    #[inline]
+    pub(crate) fn handle_sent(&mut self, n: usize) {
+        // `out` is cut to what was sent long before it nears 4 GiB: reading stops at
+        // `max_output` of unsent replies.
+        self.out_pos += u32::try_from(n).expect("one send is below 4 GiB");
+        self.bytes_out += n as u64;
+        self.writes = self.writes.wrapping_add(1);
+        self.active = true;
+        self.stalled_since = None;
+        if self.out_pos as usize >= self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > KEEP_CAPACITY {
+                self.out = Vec::new();
             }
         }
-        self.out.clear();
-        self.out_pos = 0;
-        if self.out.capacity() > KEEP_CAPACITY {
-            self.out = Vec::new();
+    }
+
+    /// A write would block: the client is not reading. The write-stall timer starts.
+    pub(crate) fn handle_send_blocked(&mut self, clock: &Clock) {
+        self.stalled_since.get_or_insert_with(|| clock.now());
+    }
+
+    /// Whether the model should shut the socket's write side down now: the session
+    /// closed and everything it wrote is sent.
+    #[inline]
+    pub(crate) fn poll_shutdown_write(&self) -> bool {
+        self.phase == Phase::Closing && !self.has_output()
+    }
+
+    /// The write side was shut down: wait for the client's EOF (lingering) so that
+    /// unread input does not turn the close into a reset that destroys the reply, or
+    /// finish if it came already.
+    pub(crate) fn handle_shut_write(&mut self, clock: &Clock) {
+        self.phase = if self.eof {
+            Phase::Done
+        } else {
+            Phase::Lingering(clock.now() + LINGER)
+        };
+    }
+
+    /// The idle timeout to give TCP keepalive, once, when the session keeps a quiet
+    /// connection: the model turns keepalive on with it.
+    pub(crate) fn poll_keepalive(&mut self) -> Option<Duration> {
+        if self.keepalive == KeepAlive::Due {
+            self.keepalive = KeepAlive::On;
+            Some(self.listener.limits.idle_timeout)
+        } else {
+            None
         }
-        if self.phase == Phase::Closing {
-            // Everything is sent: half-close, then wait for the client's EOF so unread
-            // input does not turn the close into a reset that destroys the reply.
-            let _ = sock.shutdown(Shutdown::Write);
-            self.phase = if self.eof {
-                Phase::Done
-            } else {
-                Phase::Lingering(clock.now() + LINGER)
-            };
-        }
-        Ok(())
     }
 
     /// Whether the mailbox has something for [`Conn::on_mail`] to do now: an overflow
@@ -575,16 +565,14 @@ impl<S: Session> Conn<S> {
         self.call(clock, |s, cx| s.goodbye(why, cx));
     }
 
-    /// The server is shutting down: answer what the client already sent, then say
-    /// goodbye.
-    pub(crate) fn drain(&mut self, sock: &TcpStream, scratch: &mut [u8], clock: &Clock) {
+    /// The server is shutting down: the model reads what the client already sent
+    /// (while [`Conn::wants_read`]), then calls [`Conn::shutdown_goodbye`].
+    pub(crate) fn begin_drain(&mut self) {
         self.draining = true;
-        while self.wants_read() {
-            match self.read_from(sock, scratch, clock) {
-                Read_::Data { more: true } => continue,
-                _ => break,
-            }
-        }
+    }
+
+    /// Says the shutdown goodbye, after what the client sent was answered.
+    pub(crate) fn shutdown_goodbye(&mut self, clock: &Clock) {
         self.say_goodbye(Goodbye::Shutdown, Reason::Shutdown, clock);
     }
 
@@ -632,7 +620,7 @@ impl<S: Session> Conn<S> {
     }
 
     /// Runs whatever timers have come due.
-    pub(crate) fn tick(&mut self, sock: &TcpStream, clock: &Clock) {
+    pub(crate) fn tick(&mut self, clock: &Clock) {
         let now = clock.now();
         if let Phase::Lingering(until) = self.phase {
             if now >= until {
@@ -683,9 +671,8 @@ impl<S: Session> Conn<S> {
                 // A quiet connection the session expects: keep it, and let the
                 // kernel's keepalive probes find a peer that is gone.
                 self.quiet = 0;
-                if !self.keepalive {
-                    self.keepalive = true;
-                    set_keepalive(sock, self.listener.limits.idle_timeout);
+                if self.keepalive == KeepAlive::Off {
+                    self.keepalive = KeepAlive::Due;
                 }
             }
             if u32::from(self.quiet) >= IDLE_QUARTERS {
@@ -701,19 +688,6 @@ impl<S: Session> Conn<S> {
         if self.phase == Phase::Open && self.session.deadline().is_some_and(|d| now >= d) {
             self.call(clock, |s, cx| s.timeout(cx));
         }
-    }
-}
-
-/// Turns on TCP keepalive: the first probe after `idle` without traffic, then one every
-/// 15 s, and the connection fails after 4 unanswered probes. Best effort: a socket that
-/// refuses it is only kept without probes, which is logged.
-fn set_keepalive(sock: &TcpStream, idle: Duration) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(idle.max(Duration::from_secs(1)))
-        .with_interval(Duration::from_secs(15))
-        .with_retries(4);
-    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
-        tracing::warn!("cannot turn on TCP keepalive: {e}");
     }
 }
 

@@ -20,6 +20,7 @@ mod async_;
 mod blocking;
 pub(crate) mod conn;
 pub mod drain;
+mod sock;
 
 mod pool;
 mod single;
