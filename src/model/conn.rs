@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::timer::{Timer, TimerTable};
 use super::Listener;
 use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
@@ -30,6 +31,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long a session may take to close after a goodbye (a WebSocket handshake
 /// before its close frame, say).
 const GOODBYE_GRACE: Duration = Duration::from_secs(5);
+/// A deadline far enough to mean "none".
+const FAR: Duration = Duration::from_secs(86_400);
 /// Largest buffer capacity kept on an idle connection; larger ones are freed.
 const KEEP_CAPACITY: usize = 4096;
 
@@ -89,8 +92,9 @@ pub(crate) enum Phase {
     Open,
     /// The session closed: flush what is queued, then shut down the write side.
     Closing,
-    /// Write side shut down; reading and discarding until the client's EOF.
-    Lingering(Instant),
+    /// Write side shut down; reading and discarding until the client's EOF (or the
+    /// [`Timer::Linger`] deadline).
+    Lingering,
     /// Finished: drop the socket.
     Done,
 }
@@ -121,7 +125,8 @@ pub(crate) struct Conn<S: Session> {
     closing: bool,
     phase: Phase,
     eof: bool,
-    goodbye: Option<(Goodbye, Instant)>,
+    /// The goodbye said, if one was (its grace is [`Timer::Goodbye`]).
+    goodbye: Option<Goodbye>,
     draining: bool,
     opened: Instant,
     /// Bytes moved since the last idle check.
@@ -131,8 +136,8 @@ pub(crate) struct Conn<S: Session> {
     /// TCP keepalive for a quiet connection its session keeps: not wanted, wanted
     /// (for [`Conn::poll_keepalive`]), or turned on.
     keepalive: KeepAlive,
-    idle_check: Instant,
-    stalled_since: Option<Instant>,
+    /// Every deadline of the connection but its session's own, by name.
+    timers: TimerTable,
     /// When output made by events was last written (for [`Limits::coalesce`]).
     ///
     /// [`Limits::coalesce`]: super::Limits::coalesce
@@ -140,8 +145,6 @@ pub(crate) struct Conn<S: Session> {
     /// Kept as milliseconds after `opened` plus one (0: never) in four bytes: every
     /// connection carries it, and an idle one should stay small.
     events_written: u32,
-    /// Output made by events is held until `events_written + coalesce`.
-    held: bool,
     bytes_in: u64,
     bytes_out: u64,
     writes: u32,
@@ -156,7 +159,12 @@ impl<S: Session> Conn<S> {
         wake: WakeKind,
         now: Instant,
     ) -> Self {
-        let idle_check = now + listener.limits.idle_timeout / IDLE_QUARTERS;
+        let mut timers = TimerTable::default();
+        timers.set(
+            Timer::Idle,
+            now + listener.limits.idle_timeout / IDLE_QUARTERS,
+            now,
+        );
         Conn {
             session,
             info,
@@ -175,10 +183,8 @@ impl<S: Session> Conn<S> {
             active: false,
             quiet: 0,
             keepalive: KeepAlive::Off,
-            idle_check,
-            stalled_since: None,
+            timers,
             events_written: 0,
-            held: false,
             bytes_in: 0,
             bytes_out: 0,
             writes: 0,
@@ -256,7 +262,7 @@ impl<S: Session> Conn<S> {
 
     /// Whether there is output to write now (not held for coalescing).
     pub(crate) fn wants_write(&self) -> bool {
-        self.has_output() && !(self.held && self.phase == Phase::Open)
+        self.has_output() && !(self.timers.is_set(Timer::Coalesce) && self.phase == Phase::Open)
     }
 
     /// Whether the socket should be read now: not while closing, and not while the
@@ -264,7 +270,7 @@ impl<S: Session> Conn<S> {
     pub(crate) fn wants_read(&self) -> bool {
         match self.phase {
             Phase::Open => !self.eof && self.unsent() < self.listener.limits.max_output,
-            Phase::Lingering(_) => true,
+            Phase::Lingering => true,
             _ => false,
         }
     }
@@ -313,7 +319,7 @@ impl<S: Session> Conn<S> {
 
     fn on_input(&mut self, data: &[u8], clock: &Clock) {
         // Replies go at once, and take any held events with them.
-        self.held = false;
+        self.timers.stop(Timer::Coalesce);
         let before = self.pending.len();
         let consumed;
         if self.pending.is_empty() {
@@ -390,7 +396,7 @@ impl<S: Session> Conn<S> {
                     self.reason = Reason::PeerClosed;
                 }
             }
-            Phase::Lingering(_) => self.phase = Phase::Done,
+            Phase::Lingering => self.phase = Phase::Done,
             _ => {}
         }
     }
@@ -430,7 +436,7 @@ impl<S: Session> Conn<S> {
         self.bytes_out += n as u64;
         self.writes = self.writes.wrapping_add(1);
         self.active = true;
-        self.stalled_since = None;
+        self.timers.stop(Timer::WriteStall);
         if self.out_pos as usize >= self.out.len() {
             self.out.clear();
             self.out_pos = 0;
@@ -442,7 +448,10 @@ impl<S: Session> Conn<S> {
 
     /// A write would block: the client is not reading. The write-stall timer starts.
     pub(crate) fn handle_send_blocked(&mut self, clock: &Clock) {
-        self.stalled_since.get_or_insert_with(|| clock.now());
+        if !self.timers.is_set(Timer::WriteStall) {
+            let due = clock.now() + self.listener.limits.write_timeout;
+            self.timers.set(Timer::WriteStall, due, self.opened);
+        }
     }
 
     /// Whether the model should shut the socket's write side down now: the session
@@ -456,11 +465,13 @@ impl<S: Session> Conn<S> {
     /// unread input does not turn the close into a reset that destroys the reply, or
     /// finish if it came already.
     pub(crate) fn handle_shut_write(&mut self, clock: &Clock) {
-        self.phase = if self.eof {
-            Phase::Done
+        if self.eof {
+            self.phase = Phase::Done;
         } else {
-            Phase::Lingering(clock.now() + LINGER)
-        };
+            self.phase = Phase::Lingering;
+            self.timers
+                .set(Timer::Linger, clock.now() + LINGER, self.opened);
+        }
     }
 
     /// The idle timeout to give TCP keepalive, once, when the session keeps a quiet
@@ -523,7 +534,10 @@ impl<S: Session> Conn<S> {
             }
             self.call(clock, |s, cx| s.event(ev, cx));
         }
-        if self.out.len() > before && !self.held && self.phase == Phase::Open {
+        if self.out.len() > before
+            && !self.timers.is_set(Timer::Coalesce)
+            && self.phase == Phase::Open
+        {
             self.coalesce(clock);
         }
     }
@@ -549,7 +563,9 @@ impl<S: Session> Conn<S> {
         }
         let now = clock.now();
         match self.events_written_at() {
-            Some(t) if now < t + window => self.held = true,
+            Some(t) if now < t + window => {
+                self.timers.set(Timer::Coalesce, t + window, self.opened)
+            }
             _ => self.set_events_written(now),
         }
     }
@@ -558,7 +574,9 @@ impl<S: Session> Conn<S> {
         if self.goodbye.is_some() || self.phase != Phase::Open {
             return;
         }
-        self.goodbye = Some((why, clock.now() + GOODBYE_GRACE));
+        self.goodbye = Some(why);
+        self.timers
+            .set(Timer::Goodbye, clock.now() + GOODBYE_GRACE, self.opened);
         self.reason = reason;
         self.listener.budget.rehold(self.pending.len(), 0);
         self.pending = Vec::new();
@@ -576,11 +594,17 @@ impl<S: Session> Conn<S> {
         self.say_goodbye(Goodbye::Shutdown, Reason::Shutdown, clock);
     }
 
-    /// The next time [`Conn::tick`] must run.
+    /// The next time [`Conn::tick`] must run: the earliest timer armed, the idle
+    /// check only while open.
     pub(crate) fn next_deadline(&self) -> Instant {
-        match self.precise_deadline() {
-            Some(t) => t.min(self.idle_check),
-            None => self.idle_check,
+        let precise = self.precise_deadline();
+        let idle = self.idle_deadline();
+        match (precise, idle) {
+            (Some(p), Some(i)) => p.min(i),
+            (Some(t), None) | (None, Some(t)) => t,
+            // Nothing to wait for but the socket (a closing connection whose output
+            // waits for the client): a day is as good as never.
+            (None, None) => self.opened + FAR,
         }
     }
 
@@ -588,80 +612,64 @@ impl<S: Session> Conn<S> {
     /// these checks from a timer shared by many connections, and keep a timer of the
     /// connection's own only for [`Conn::precise_deadline`].
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
-        (self.phase == Phase::Open).then_some(self.idle_check)
+        if self.phase == Phase::Open {
+            self.timers.get(Timer::Idle, self.opened)
+        } else {
+            None
+        }
     }
 
-    /// The next deadline other than the idle check (lingering close, write stall,
-    /// goodbye grace, the end of a coalescing window, the session's own timer): `None` on most connections most of the
-    /// time. With [`Conn::idle_deadline`] it makes [`Conn::next_deadline`].
+    /// The next deadline other than the idle check: the earliest of the lingering
+    /// close, the write stall, the goodbye's grace, the end of a coalescing window and
+    /// the session's own timer; `None` on most connections most of the time. With
+    /// [`Conn::idle_deadline`] it makes [`Conn::next_deadline`].
     pub(crate) fn precise_deadline(&self) -> Option<Instant> {
-        let mut t = match self.phase {
-            Phase::Lingering(until) => Some(until),
-            _ => None,
-        };
-        let mut earliest = |d: Instant| t = Some(t.map_or(d, |t: Instant| t.min(d)));
-        if let Some(since) = self.stalled_since {
-            earliest(since + self.listener.limits.write_timeout);
+        let t = self.timers.next_of(&Timer::PRECISE, self.opened);
+        if self.phase != Phase::Open {
+            return t;
         }
-        if let Some((_, until)) = self.goodbye {
-            earliest(until);
+        match (t, self.session.deadline()) {
+            (Some(t), Some(d)) => Some(t.min(d)),
+            (t, d) => t.or(d),
         }
-        if self.held {
-            if let Some(w) = self.events_written_at() {
-                earliest(w + self.listener.limits.coalesce);
-            }
-        }
-        if self.phase == Phase::Open {
-            if let Some(d) = self.session.deadline() {
-                earliest(d);
-            }
-        }
-        t
     }
 
     /// Runs whatever timers have come due.
     pub(crate) fn tick(&mut self, clock: &Clock) {
         let now = clock.now();
-        if let Phase::Lingering(until) = self.phase {
-            if now >= until {
+        let base = self.opened;
+        if self.phase == Phase::Lingering {
+            if self.timers.expired(Timer::Linger, now, base) {
                 self.phase = Phase::Done;
             }
             return;
         }
-        if let Some(since) = self.stalled_since {
-            if now >= since + self.listener.limits.write_timeout {
-                self.listener
-                    .stats
-                    .slow_readers
-                    .fetch_add(1, Ordering::Relaxed);
-                let t = self.listener.limits.write_timeout;
-                self.span()
-                    .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
-                self.reason = Reason::SlowReader;
-                self.phase = Phase::Done;
-                return;
-            }
+        if self.timers.expired(Timer::WriteStall, now, base) {
+            self.listener
+                .stats
+                .slow_readers
+                .fetch_add(1, Ordering::Relaxed);
+            let t = self.listener.limits.write_timeout;
+            self.span()
+                .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
+            self.reason = Reason::SlowReader;
+            self.phase = Phase::Done;
+            return;
         }
-        if let Some((_, until)) = self.goodbye {
-            if now >= until && self.phase != Phase::Done {
-                self.phase = Phase::Done;
-                return;
-            }
+        if self.timers.expired(Timer::Goodbye, now, base) && self.phase != Phase::Done {
+            self.phase = Phase::Done;
+            return;
         }
         if self.phase != Phase::Open {
             return;
         }
-        if self.held
-            && self
-                .events_written_at()
-                .map_or(true, |w| now >= w + self.listener.limits.coalesce)
-        {
+        if self.timers.expired(Timer::Coalesce, now, base) {
             // The window is over: the model writes what was held, and this write
             // starts the next window.
-            self.held = false;
+            self.timers.stop(Timer::Coalesce);
             self.set_events_written(now);
         }
-        if now >= self.idle_check {
+        if self.timers.expired(Timer::Idle, now, base) {
             if std::mem::take(&mut self.active) {
                 self.quiet = 0;
             } else {
@@ -682,7 +690,8 @@ impl<S: Session> Conn<S> {
                     .fetch_add(1, Ordering::Relaxed);
                 self.say_goodbye(Goodbye::Idle, Reason::Idle, clock);
             } else {
-                self.idle_check = now + self.listener.limits.idle_timeout / IDLE_QUARTERS;
+                let next = now + self.listener.limits.idle_timeout / IDLE_QUARTERS;
+                self.timers.set(Timer::Idle, next, base);
             }
         }
         if self.phase == Phase::Open && self.session.deadline().is_some_and(|d| now >= d) {
@@ -827,7 +836,7 @@ mod tests {
         assert_eq!(sent(&mut c), hello::REPLY);
         assert!(c.poll_shutdown_write());
         c.handle_shut_write(&at(t0));
-        assert_eq!(c.phase(), Phase::Lingering(t0 + LINGER));
+        assert_eq!(c.phase(), Phase::Lingering);
         assert!(
             c.wants_read(),
             "a lingering connection reads to find the EOF"
@@ -836,7 +845,7 @@ mod tests {
         c.handle_read(b"late bytes are read and dropped", &at(t0));
         assert!(c.poll_transmit().is_none());
         c.tick(&at(t0 + LINGER - MS));
-        assert!(matches!(c.phase(), Phase::Lingering(_)));
+        assert_eq!(c.phase(), Phase::Lingering);
         c.tick(&at(t0 + LINGER));
         assert_eq!(c.phase(), Phase::Done);
 

@@ -21,6 +21,7 @@ mod blocking;
 pub(crate) mod conn;
 pub mod drain;
 mod sock;
+mod timer;
 
 mod pool;
 mod single;

@@ -49,7 +49,7 @@ pub(crate) fn read<S: Session>(
         return Read_::Closed;
     }
     // Input is taken while open, and read (to find the EOF) while lingering.
-    let more = n == buf_len && matches!(conn.phase(), Phase::Open | Phase::Lingering(_));
+    let more = n == buf_len && matches!(conn.phase(), Phase::Open | Phase::Lingering);
     conn.handle_read(&buf[..n], clock);
     Read_::Data { more }
 }
