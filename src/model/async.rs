@@ -29,8 +29,9 @@ use tokio::io::Interest;
 use tokio::io::Ready;
 use tokio::time::Sleep;
 
-use super::conn::{Conn, Phase, Read_, IDLE_QUARTERS};
+use super::conn::{Conn, Phase, IDLE_QUARTERS};
 use super::drain::{Registration, SIGNAL_SPARE, STARTED};
+use super::sock::{self, Read_};
 use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
 use crate::base::mailbox::WakeKind;
 use crate::base::Clock;
@@ -262,7 +263,7 @@ impl<S: Service> Future for Task<S> {
         // its deadline in the past is ticked once a millisecond, not in a busy loop.
         let mut ticked = false;
         for _ in 0..TURNS_PER_POLL {
-            let blocked = !conn.flush(this.fd.get_ref(), &clock);
+            let blocked = !sock::flush(conn, this.fd.get_ref(), &clock);
             if conn.phase() == Phase::Done {
                 return Poll::Ready(());
             }
@@ -271,12 +272,12 @@ impl<S: Service> Future for Task<S> {
                 // The drain started, or a sweep ran: rare, one load per turn otherwise.
                 let before = std::mem::replace(this.seen, signal | (*this.seen & ADMITTED));
                 if signal & STARTED != 0 && !conn.is_draining() {
-                    with_scratch(|s| conn.drain(this.fd.get_ref(), s, &clock));
+                    with_scratch(|s| sock::drain(conn, this.fd.get_ref(), s, &clock));
                 }
                 if (signal ^ before) & !(STARTED | ADMITTED) != 0
                     && clock.now() >= conn.next_deadline()
                 {
-                    conn.tick(this.fd.get_ref(), &clock);
+                    sock::tick(conn, this.fd.get_ref(), &clock);
                     if let Some(r) = *this.drain {
                         conn.listener().drain.reschedule(r, conn.idle_deadline());
                     }
@@ -288,7 +289,7 @@ impl<S: Service> Future for Task<S> {
                     let Ok(mut g) = g else { return Poll::Ready(()) };
                     with_scratch(|s| {
                         for _ in 0..READS_PER_WAKE {
-                            match conn.read_from(g.get_inner(), s, &clock) {
+                            match sock::read(conn, g.get_inner(), s, &clock) {
                                 // Backpressure holds within a burst too: stop reading
                                 // (keeping the readiness) once replies pile up.
                                 Read_::Data { more: true } if conn.wants_read() => continue,
@@ -315,7 +316,7 @@ impl<S: Service> Future for Task<S> {
             if blocked {
                 if let Poll::Ready(g) = this.fd.poll_write_ready(cx) {
                     let Ok(mut g) = g else { return Poll::Ready(()) };
-                    if !conn.flush(g.get_inner(), &clock) {
+                    if !sock::flush(conn, g.get_inner(), &clock) {
                         g.clear_ready_matching(Ready::WRITABLE);
                     }
                     continue;
@@ -338,7 +339,7 @@ impl<S: Service> Future for Task<S> {
                 // waited for a worker): run it now. Arming a timer for it would floor
                 // it into the future on every poll, and it would never fire.
                 ticked = true;
-                conn.tick(this.fd.get_ref(), &Clock::lazy());
+                sock::tick(conn, this.fd.get_ref(), &Clock::lazy());
                 if let Some(r) = *this.drain {
                     conn.listener().drain.reschedule(r, conn.idle_deadline());
                 }
@@ -349,7 +350,7 @@ impl<S: Service> Future for Task<S> {
                 if t.as_mut().poll(cx).is_ready() {
                     // A fresh clock: the one of this poll may predate the timer's
                     // deadline, and `tick` would find nothing due.
-                    conn.tick(this.fd.get_ref(), &Clock::lazy());
+                    sock::tick(conn, this.fd.get_ref(), &Clock::lazy());
                     if let Some(r) = *this.drain {
                         conn.listener().drain.reschedule(r, conn.idle_deadline());
                     }

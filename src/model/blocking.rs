@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use super::conn::{Conn, Phase, Read_};
+use super::conn::{Conn, Phase};
 use super::drain::Live;
+use super::sock::{self, Read_};
 use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
 use crate::base::mailbox::WakeKind;
 use crate::base::Clock;
@@ -223,7 +224,7 @@ impl<S: Service> Finishing<S> {
         let mut i = 0;
         while i < self.conns.len() {
             let p = &mut self.conns[i];
-            p.conn.flush(&p.sock, &clock);
+            sock::flush(&mut p.conn, &p.sock, &clock);
             if p.conn.mail_waiting() {
                 p.conn.on_mail(&clock);
                 continue;
@@ -285,7 +286,7 @@ impl<S: Service> Finishing<S> {
             }
             if !sock_ready.is_empty() && p.conn.wants_read() {
                 while let Read_::Data { more: true } =
-                    p.conn.read_from(&p.sock, &mut scratch, &clock)
+                    sock::read(&mut p.conn, &p.sock, &mut scratch, &clock)
                 {
                     if !p.conn.wants_read() {
                         break;
@@ -294,7 +295,7 @@ impl<S: Service> Finishing<S> {
             } else if sock_ready.intersects(PollFlags::ERR | PollFlags::HUP) {
                 p.conn.hang_up();
             }
-            p.conn.tick(&p.sock, &clock);
+            sock::tick(&mut p.conn, &p.sock, &clock);
         }
     }
 }
@@ -312,7 +313,7 @@ fn drive<S: Service>(
     loop {
         let now = Instant::now();
         let clock = Clock::at(now);
-        conn.flush(sock, &clock);
+        sock::flush(conn, sock, &clock);
         if conn.phase() == Phase::Done {
             return Ok(false);
         }
@@ -359,7 +360,7 @@ fn drive<S: Service>(
         }
         if !sock_ready.is_empty() && conn.wants_read() {
             // Backpressure holds within a burst too: stop once replies pile up.
-            while let Read_::Data { more: true } = conn.read_from(sock, scratch, &clock) {
+            while let Read_::Data { more: true } = sock::read(conn, sock, scratch, &clock) {
                 if !conn.wants_read() {
                     break;
                 }
@@ -370,11 +371,11 @@ fn drive<S: Service>(
             conn.hang_up();
         }
         if drain_ready {
-            conn.drain(sock, scratch, &clock);
+            sock::drain(conn, sock, scratch, &clock);
             if park {
                 return Ok(true);
             }
         }
-        conn.tick(sock, &clock);
+        sock::tick(conn, sock, &clock);
     }
 }

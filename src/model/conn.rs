@@ -1,17 +1,24 @@
-//! One connection's state, written once and driven by every model.
+//! One connection's engine, written once and driven by every model, with no IO in it.
 //!
-//! A model only waits (on `poll(2)` or on tokio readiness) and then calls into this
-//! type, which reads the non-blocking socket, feeds the session, writes its replies,
-//! delivers its mailbox and enforces the limits: bounded input, bounded output (a
-//! client that does not read stops being read), idle and write-stall timeouts, the
-//! goodbye on shutdown, and a lingering close so a reply is not destroyed by a reset.
+//! In the manner of quinn-proto's `Connection`, a model feeds it what happened on the
+//! socket ([`Conn::handle_read`], [`Conn::handle_eof`], [`Conn::handle_sent`],
+//! [`Conn::handle_send_blocked`], [`Conn::handle_error`]) and the time (a [`Clock`]
+//! per wake-up, [`Conn::tick`] when the next deadline comes), and polls it for what to
+//! do: bytes to write ([`Conn::poll_transmit`]), whether to shut the write side down
+//! ([`Conn::poll_shutdown_write`]) or to turn on TCP keepalive
+//! ([`Conn::poll_keepalive`]), whether to read ([`Conn::wants_read`]) and when to wake
+//! next ([`Conn::next_deadline`]). The engine feeds the session, delivers its mailbox
+//! and enforces the limits: bounded input, bounded output (a client that does not read
+//! stops being read), idle and write-stall timeouts, write coalescing, the goodbye on
+//! shutdown, and a lingering close so a reply is not destroyed by a reset. The system
+//! calls themselves are in [`super::sock`], shared by every model.
 
 use std::io;
-use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::timer::{Timer, TimerTable};
 use super::Listener;
 use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
@@ -24,6 +31,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// How long a session may take to close after a goodbye (a WebSocket handshake
 /// before its close frame, say).
 const GOODBYE_GRACE: Duration = Duration::from_secs(5);
+/// A deadline far enough to mean "none".
+const FAR: Duration = Duration::from_secs(86_400);
 /// Largest buffer capacity kept on an idle connection; larger ones are freed.
 const KEEP_CAPACITY: usize = 4096;
 
@@ -83,21 +92,22 @@ pub(crate) enum Phase {
     Open,
     /// The session closed: flush what is queued, then shut down the write side.
     Closing,
-    /// Write side shut down; reading and discarding until the client's EOF.
-    Lingering(Instant),
+    /// Write side shut down; reading and discarding until the client's EOF (or the
+    /// [`Timer::Linger`] deadline).
+    Lingering,
     /// Finished: drop the socket.
     Done,
 }
 
-/// What one read did.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Read_ {
-    /// Bytes were read; `more` says the read filled the buffer, so more may be waiting.
-    Data { more: bool },
-    /// Nothing to read now.
-    WouldBlock,
-    /// The client closed its side, or the connection failed.
-    Closed,
+/// Where a connection stands with TCP keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepAlive {
+    /// Not wanted.
+    Off,
+    /// Wanted: the model turns it on when it polls for it.
+    Due,
+    /// Turned on.
+    On,
 }
 
 pub(crate) struct Conn<S: Session> {
@@ -115,17 +125,19 @@ pub(crate) struct Conn<S: Session> {
     closing: bool,
     phase: Phase,
     eof: bool,
-    goodbye: Option<(Goodbye, Instant)>,
+    /// The goodbye said, if one was (its grace is [`Timer::Goodbye`]).
+    goodbye: Option<Goodbye>,
     draining: bool,
     opened: Instant,
     /// Bytes moved since the last idle check.
     active: bool,
     /// Idle checks in a row that saw no bytes.
     quiet: u8,
-    /// TCP keepalive was turned on (a quiet connection its session keeps).
-    keepalive: bool,
-    idle_check: Instant,
-    stalled_since: Option<Instant>,
+    /// TCP keepalive for a quiet connection its session keeps: not wanted, wanted
+    /// (for [`Conn::poll_keepalive`]), or turned on.
+    keepalive: KeepAlive,
+    /// Every deadline of the connection but its session's own, by name.
+    timers: TimerTable,
     /// When output made by events was last written (for [`Limits::coalesce`]).
     ///
     /// [`Limits::coalesce`]: super::Limits::coalesce
@@ -133,8 +145,6 @@ pub(crate) struct Conn<S: Session> {
     /// Kept as milliseconds after `opened` plus one (0: never) in four bytes: every
     /// connection carries it, and an idle one should stay small.
     events_written: u32,
-    /// Output made by events is held until `events_written + coalesce`.
-    held: bool,
     bytes_in: u64,
     bytes_out: u64,
     writes: u32,
@@ -149,7 +159,12 @@ impl<S: Session> Conn<S> {
         wake: WakeKind,
         now: Instant,
     ) -> Self {
-        let idle_check = now + listener.limits.idle_timeout / IDLE_QUARTERS;
+        let mut timers = TimerTable::default();
+        timers.set(
+            Timer::Idle,
+            now + listener.limits.idle_timeout / IDLE_QUARTERS,
+            now,
+        );
         Conn {
             session,
             info,
@@ -167,11 +182,9 @@ impl<S: Session> Conn<S> {
             opened: now,
             active: false,
             quiet: 0,
-            keepalive: false,
-            idle_check,
-            stalled_since: None,
+            keepalive: KeepAlive::Off,
+            timers,
             events_written: 0,
-            held: false,
             bytes_in: 0,
             bytes_out: 0,
             writes: 0,
@@ -249,7 +262,7 @@ impl<S: Session> Conn<S> {
 
     /// Whether there is output to write now (not held for coalescing).
     pub(crate) fn wants_write(&self) -> bool {
-        self.has_output() && !(self.held && self.phase == Phase::Open)
+        self.has_output() && !(self.timers.is_set(Timer::Coalesce) && self.phase == Phase::Open)
     }
 
     /// Whether the socket should be read now: not while closing, and not while the
@@ -257,7 +270,7 @@ impl<S: Session> Conn<S> {
     pub(crate) fn wants_read(&self) -> bool {
         match self.phase {
             Phase::Open => !self.eof && self.unsent() < self.listener.limits.max_output,
-            Phase::Lingering(_) => true,
+            Phase::Lingering => true,
             _ => false,
         }
     }
@@ -275,59 +288,38 @@ impl<S: Session> Conn<S> {
         self.draining
     }
 
-    /// Reads once from the socket into `scratch` and feeds the session.
-    pub(crate) fn read_from(
-        &mut self,
-        sock: &TcpStream,
-        scratch: &mut [u8],
-        clock: &Clock,
-    ) -> Read_ {
-        let room = self
-            .listener
+    /// How many bytes to read now: what the input limit leaves room for (at least
+    /// one, so that a full buffer still sees its EOF or its next byte).
+    pub(crate) fn read_room(&self) -> usize {
+        self.listener
             .limits
             .max_input
             .saturating_sub(self.pending.len())
-            .max(1);
-        let buf_len = room.min(scratch.len());
-        let buf = &mut scratch[..buf_len];
-        let n = loop {
-            match rustix::net::recv(sock, &mut *buf, rustix::net::RecvFlags::empty())
-                .map_err(io::Error::from)
-            {
-                Ok((n, _)) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Read_::WouldBlock,
-                Err(e) => {
-                    self.fail(e);
-                    return Read_::Closed;
-                }
-            }
-        };
-        if n == 0 {
-            self.on_eof(clock);
-            return Read_::Closed;
-        }
-        self.bytes_in += n as u64;
+            .max(1)
+    }
+
+    /// Bytes were read from the client: feeds the session (and delivers events pushed
+    /// meanwhile).
+    pub(crate) fn handle_read(&mut self, data: &[u8], clock: &Clock) {
+        self.bytes_in += data.len() as u64;
         self.active = true;
-        if let Phase::Lingering(_) = self.phase {
-            return Read_::Data { more: n == buf_len };
-        }
         if self.phase != Phase::Open {
-            return Read_::Data { more: false };
+            // Lingering: read only to find the client's EOF. Closing: nothing more is
+            // taken in.
+            return;
         }
-        self.on_input(&buf[..n], clock);
+        self.on_input(data, clock);
         // Events pushed while this input was handled (a chat member's own messages) are
         // taken between reads: a client that sends fast and reads its replies is not
         // mistaken for a slow consumer because its input came in one long burst.
         if self.mail_waiting() {
             self.deliver(clock);
         }
-        Read_::Data { more: n == buf_len }
     }
 
     fn on_input(&mut self, data: &[u8], clock: &Clock) {
         // Replies go at once, and take any held events with them.
-        self.held = false;
+        self.timers.stop(Timer::Coalesce);
         let before = self.pending.len();
         let consumed;
         if self.pending.is_empty() {
@@ -390,7 +382,8 @@ impl<S: Session> Conn<S> {
         }
     }
 
-    fn on_eof(&mut self, clock: &Clock) {
+    /// The client closed its sending side (a read returned 0).
+    pub(crate) fn handle_eof(&mut self, clock: &Clock) {
         self.eof = true;
         match self.phase {
             Phase::Open => {
@@ -403,17 +396,18 @@ impl<S: Session> Conn<S> {
                     self.reason = Reason::PeerClosed;
                 }
             }
-            Phase::Lingering(_) => self.phase = Phase::Done,
+            Phase::Lingering => self.phase = Phase::Done,
             _ => {}
         }
     }
 
     /// The socket reported a hang-up while it was not being read.
     pub(crate) fn hang_up(&mut self) {
-        self.fail(io::ErrorKind::ConnectionReset.into());
+        self.handle_error(io::ErrorKind::ConnectionReset.into());
     }
 
-    fn fail(&mut self, e: io::Error) {
+    /// A read or a write failed (reset, broken pipe...): the connection is over.
+    pub(crate) fn handle_error(&mut self, e: io::Error) {
         self.span()
             .in_scope(|| tracing::debug!("connection error: {e}"));
         if self.reason == Reason::Open || self.phase == Phase::Open {
@@ -422,66 +416,73 @@ impl<S: Session> Conn<S> {
         self.phase = Phase::Done;
     }
 
-    /// Writes as much queued output as the socket takes, and half-closes once a closing
-    /// session's output is all sent. Returns false when the socket would block.
-    pub(crate) fn flush(&mut self, sock: &TcpStream, clock: &Clock) -> bool {
-        if self.wants_write() || self.phase == Phase::Closing {
-            self.write_to(sock, clock).is_ok()
+    /// The bytes to write now, if any: queued output not held for coalescing (all of
+    /// it once the session is closing).
+    #[inline]
+    pub(crate) fn poll_transmit(&self) -> Option<&[u8]> {
+        if self.wants_write() || (self.phase == Phase::Closing && self.has_output()) {
+            Some(&self.out[self.out_pos as usize..])
         } else {
-            true
+            None
         }
     }
 
-    fn write_to(&mut self, sock: &TcpStream, clock: &Clock) -> io::Result<()> {
-        while (self.out_pos as usize) < self.out.len() {
-            // Raw send(2) with MSG_NOSIGNAL: no SIGPIPE from a client that has gone.
-            match rustix::net::send(
-                sock,
-                &self.out[self.out_pos as usize..],
-                rustix::net::SendFlags::NOSIGNAL,
-            )
-            .map_err(io::Error::from)
-            {
-                Ok(0) => {
-                    self.fail(io::ErrorKind::WriteZero.into());
-                    return Ok(());
-                }
-                Ok(n) => {
-                    // `out` is cut to what was sent long before it nears 4 GiB: reading
-                    // stops at `max_output` of unsent replies.
-                    self.out_pos += u32::try_from(n).expect("one send is below 4 GiB");
-                    self.bytes_out += n as u64;
-                    self.writes = self.writes.wrapping_add(1);
-                    self.active = true;
-                    self.stalled_since = None;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.stalled_since.get_or_insert_with(|| clock.now());
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.fail(e);
-                    return Ok(());
-                }
+    /// `n` bytes of [`Conn::poll_transmit`]'s were written.
+    #[inline]
+    pub(crate) fn handle_sent(&mut self, n: usize) {
+        // `out` is cut to what was sent long before it nears 4 GiB: reading stops at
+        // `max_output` of unsent replies.
+        self.out_pos += u32::try_from(n).expect("one send is below 4 GiB");
+        self.bytes_out += n as u64;
+        self.writes = self.writes.wrapping_add(1);
+        self.active = true;
+        self.timers.stop(Timer::WriteStall);
+        if self.out_pos as usize >= self.out.len() {
+            self.out.clear();
+            self.out_pos = 0;
+            if self.out.capacity() > KEEP_CAPACITY {
+                self.out = Vec::new();
             }
         }
-        self.out.clear();
-        self.out_pos = 0;
-        if self.out.capacity() > KEEP_CAPACITY {
-            self.out = Vec::new();
+    }
+
+    /// A write would block: the client is not reading. The write-stall timer starts.
+    pub(crate) fn handle_send_blocked(&mut self, clock: &Clock) {
+        if !self.timers.is_set(Timer::WriteStall) {
+            let due = clock.now() + self.listener.limits.write_timeout;
+            self.timers.set(Timer::WriteStall, due, self.opened);
         }
-        if self.phase == Phase::Closing {
-            // Everything is sent: half-close, then wait for the client's EOF so unread
-            // input does not turn the close into a reset that destroys the reply.
-            let _ = sock.shutdown(Shutdown::Write);
-            self.phase = if self.eof {
-                Phase::Done
-            } else {
-                Phase::Lingering(clock.now() + LINGER)
-            };
+    }
+
+    /// Whether the model should shut the socket's write side down now: the session
+    /// closed and everything it wrote is sent.
+    #[inline]
+    pub(crate) fn poll_shutdown_write(&self) -> bool {
+        self.phase == Phase::Closing && !self.has_output()
+    }
+
+    /// The write side was shut down: wait for the client's EOF (lingering) so that
+    /// unread input does not turn the close into a reset that destroys the reply, or
+    /// finish if it came already.
+    pub(crate) fn handle_shut_write(&mut self, clock: &Clock) {
+        if self.eof {
+            self.phase = Phase::Done;
+        } else {
+            self.phase = Phase::Lingering;
+            self.timers
+                .set(Timer::Linger, clock.now() + LINGER, self.opened);
         }
-        Ok(())
+    }
+
+    /// The idle timeout to give TCP keepalive, once, when the session keeps a quiet
+    /// connection: the model turns keepalive on with it.
+    pub(crate) fn poll_keepalive(&mut self) -> Option<Duration> {
+        if self.keepalive == KeepAlive::Due {
+            self.keepalive = KeepAlive::On;
+            Some(self.listener.limits.idle_timeout)
+        } else {
+            None
+        }
     }
 
     /// Whether the mailbox has something for [`Conn::on_mail`] to do now: an overflow
@@ -533,7 +534,10 @@ impl<S: Session> Conn<S> {
             }
             self.call(clock, |s, cx| s.event(ev, cx));
         }
-        if self.out.len() > before && !self.held && self.phase == Phase::Open {
+        if self.out.len() > before
+            && !self.timers.is_set(Timer::Coalesce)
+            && self.phase == Phase::Open
+        {
             self.coalesce(clock);
         }
     }
@@ -559,7 +563,9 @@ impl<S: Session> Conn<S> {
         }
         let now = clock.now();
         match self.events_written_at() {
-            Some(t) if now < t + window => self.held = true,
+            Some(t) if now < t + window => {
+                self.timers.set(Timer::Coalesce, t + window, self.opened)
+            }
             _ => self.set_events_written(now),
         }
     }
@@ -568,31 +574,37 @@ impl<S: Session> Conn<S> {
         if self.goodbye.is_some() || self.phase != Phase::Open {
             return;
         }
-        self.goodbye = Some((why, clock.now() + GOODBYE_GRACE));
+        self.goodbye = Some(why);
+        self.timers
+            .set(Timer::Goodbye, clock.now() + GOODBYE_GRACE, self.opened);
         self.reason = reason;
         self.listener.budget.rehold(self.pending.len(), 0);
         self.pending = Vec::new();
         self.call(clock, |s, cx| s.goodbye(why, cx));
     }
 
-    /// The server is shutting down: answer what the client already sent, then say
-    /// goodbye.
-    pub(crate) fn drain(&mut self, sock: &TcpStream, scratch: &mut [u8], clock: &Clock) {
+    /// The server is shutting down: the model reads what the client already sent
+    /// (while [`Conn::wants_read`]), then calls [`Conn::shutdown_goodbye`].
+    pub(crate) fn begin_drain(&mut self) {
         self.draining = true;
-        while self.wants_read() {
-            match self.read_from(sock, scratch, clock) {
-                Read_::Data { more: true } => continue,
-                _ => break,
-            }
-        }
+    }
+
+    /// Says the shutdown goodbye, after what the client sent was answered.
+    pub(crate) fn shutdown_goodbye(&mut self, clock: &Clock) {
         self.say_goodbye(Goodbye::Shutdown, Reason::Shutdown, clock);
     }
 
-    /// The next time [`Conn::tick`] must run.
+    /// The next time [`Conn::tick`] must run: the earliest timer armed, the idle
+    /// check only while open.
     pub(crate) fn next_deadline(&self) -> Instant {
-        match self.precise_deadline() {
-            Some(t) => t.min(self.idle_check),
-            None => self.idle_check,
+        let precise = self.precise_deadline();
+        let idle = self.idle_deadline();
+        match (precise, idle) {
+            (Some(p), Some(i)) => p.min(i),
+            (Some(t), None) | (None, Some(t)) => t,
+            // Nothing to wait for but the socket (a closing connection whose output
+            // waits for the client): a day is as good as never.
+            (None, None) => self.opened + FAR,
         }
     }
 
@@ -600,80 +612,64 @@ impl<S: Session> Conn<S> {
     /// these checks from a timer shared by many connections, and keep a timer of the
     /// connection's own only for [`Conn::precise_deadline`].
     pub(crate) fn idle_deadline(&self) -> Option<Instant> {
-        (self.phase == Phase::Open).then_some(self.idle_check)
+        if self.phase == Phase::Open {
+            self.timers.get(Timer::Idle, self.opened)
+        } else {
+            None
+        }
     }
 
-    /// The next deadline other than the idle check (lingering close, write stall,
-    /// goodbye grace, the end of a coalescing window, the session's own timer): `None` on most connections most of the
-    /// time. With [`Conn::idle_deadline`] it makes [`Conn::next_deadline`].
+    /// The next deadline other than the idle check: the earliest of the lingering
+    /// close, the write stall, the goodbye's grace, the end of a coalescing window and
+    /// the session's own timer; `None` on most connections most of the time. With
+    /// [`Conn::idle_deadline`] it makes [`Conn::next_deadline`].
     pub(crate) fn precise_deadline(&self) -> Option<Instant> {
-        let mut t = match self.phase {
-            Phase::Lingering(until) => Some(until),
-            _ => None,
-        };
-        let mut earliest = |d: Instant| t = Some(t.map_or(d, |t: Instant| t.min(d)));
-        if let Some(since) = self.stalled_since {
-            earliest(since + self.listener.limits.write_timeout);
+        let t = self.timers.next_of(&Timer::PRECISE, self.opened);
+        if self.phase != Phase::Open {
+            return t;
         }
-        if let Some((_, until)) = self.goodbye {
-            earliest(until);
+        match (t, self.session.deadline()) {
+            (Some(t), Some(d)) => Some(t.min(d)),
+            (t, d) => t.or(d),
         }
-        if self.held {
-            if let Some(w) = self.events_written_at() {
-                earliest(w + self.listener.limits.coalesce);
-            }
-        }
-        if self.phase == Phase::Open {
-            if let Some(d) = self.session.deadline() {
-                earliest(d);
-            }
-        }
-        t
     }
 
     /// Runs whatever timers have come due.
-    pub(crate) fn tick(&mut self, sock: &TcpStream, clock: &Clock) {
+    pub(crate) fn tick(&mut self, clock: &Clock) {
         let now = clock.now();
-        if let Phase::Lingering(until) = self.phase {
-            if now >= until {
+        let base = self.opened;
+        if self.phase == Phase::Lingering {
+            if self.timers.expired(Timer::Linger, now, base) {
                 self.phase = Phase::Done;
             }
             return;
         }
-        if let Some(since) = self.stalled_since {
-            if now >= since + self.listener.limits.write_timeout {
-                self.listener
-                    .stats
-                    .slow_readers
-                    .fetch_add(1, Ordering::Relaxed);
-                let t = self.listener.limits.write_timeout;
-                self.span()
-                    .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
-                self.reason = Reason::SlowReader;
-                self.phase = Phase::Done;
-                return;
-            }
+        if self.timers.expired(Timer::WriteStall, now, base) {
+            self.listener
+                .stats
+                .slow_readers
+                .fetch_add(1, Ordering::Relaxed);
+            let t = self.listener.limits.write_timeout;
+            self.span()
+                .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
+            self.reason = Reason::SlowReader;
+            self.phase = Phase::Done;
+            return;
         }
-        if let Some((_, until)) = self.goodbye {
-            if now >= until && self.phase != Phase::Done {
-                self.phase = Phase::Done;
-                return;
-            }
+        if self.timers.expired(Timer::Goodbye, now, base) && self.phase != Phase::Done {
+            self.phase = Phase::Done;
+            return;
         }
         if self.phase != Phase::Open {
             return;
         }
-        if self.held
-            && self
-                .events_written_at()
-                .map_or(true, |w| now >= w + self.listener.limits.coalesce)
-        {
+        if self.timers.expired(Timer::Coalesce, now, base) {
             // The window is over: the model writes what was held, and this write
             // starts the next window.
-            self.held = false;
+            self.timers.stop(Timer::Coalesce);
             self.set_events_written(now);
         }
-        if now >= self.idle_check {
+        if self.timers.expired(Timer::Idle, now, base) {
             if std::mem::take(&mut self.active) {
                 self.quiet = 0;
             } else {
@@ -683,9 +679,8 @@ impl<S: Session> Conn<S> {
                 // A quiet connection the session expects: keep it, and let the
                 // kernel's keepalive probes find a peer that is gone.
                 self.quiet = 0;
-                if !self.keepalive {
-                    self.keepalive = true;
-                    set_keepalive(sock, self.listener.limits.idle_timeout);
+                if self.keepalive == KeepAlive::Off {
+                    self.keepalive = KeepAlive::Due;
                 }
             }
             if u32::from(self.quiet) >= IDLE_QUARTERS {
@@ -695,25 +690,13 @@ impl<S: Session> Conn<S> {
                     .fetch_add(1, Ordering::Relaxed);
                 self.say_goodbye(Goodbye::Idle, Reason::Idle, clock);
             } else {
-                self.idle_check = now + self.listener.limits.idle_timeout / IDLE_QUARTERS;
+                let next = now + self.listener.limits.idle_timeout / IDLE_QUARTERS;
+                self.timers.set(Timer::Idle, next, base);
             }
         }
         if self.phase == Phase::Open && self.session.deadline().is_some_and(|d| now >= d) {
             self.call(clock, |s, cx| s.timeout(cx));
         }
-    }
-}
-
-/// Turns on TCP keepalive: the first probe after `idle` without traffic, then one every
-/// 15 s, and the connection fails after 4 unanswered probes. Best effort: a socket that
-/// refuses it is only kept without probes, which is logged.
-fn set_keepalive(sock: &TcpStream, idle: Duration) {
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(idle.max(Duration::from_secs(1)))
-        .with_interval(Duration::from_secs(15))
-        .with_retries(4);
-    if let Err(e) = socket2::SockRef::from(sock).set_tcp_keepalive(&ka) {
-        tracing::warn!("cannot turn on TCP keepalive: {e}");
     }
 }
 
@@ -741,5 +724,325 @@ impl<S: Session> Drop for Conn<S> {
                 "Closed connection"
             )
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine driven on plain values: no socket, no thread, the time set by hand.
+
+    use super::*;
+    use crate::base::mailbox::Sender;
+    use crate::base::Budget;
+    use crate::model::{Drain, Limits, Stats};
+    use crate::service::ack::AckSession;
+    use crate::service::greet::GreetSession;
+    use crate::service::hello::{self, HelloSession};
+    use crate::service::line_goodbye;
+    use std::sync::atomic::AtomicUsize;
+
+    fn listener(limits: Limits) -> Arc<Listener> {
+        Arc::new(Listener {
+            name: "test".into(),
+            budget: Arc::new(Budget::new(limits.max_buffered)),
+            limits: Arc::new(limits),
+            stats: Arc::new(Stats::default()),
+            drain: Drain::new().unwrap(),
+            refusing: AtomicUsize::new(0),
+        })
+    }
+
+    fn engine<S: Session>(session: S, limits: Limits, t0: Instant) -> Conn<S> {
+        let mut c = Conn::new(
+            session,
+            ConnInfo::test(1),
+            listener(limits),
+            WakeKind::None,
+            t0,
+        );
+        c.open(&Clock::at(t0), false);
+        c
+    }
+
+    /// Everything the engine wants written now, taken as sent.
+    fn sent<S: Session>(c: &mut Conn<S>) -> Vec<u8> {
+        let mut v = Vec::new();
+        while let Some(b) = c.poll_transmit() {
+            let b = b.to_vec();
+            c.handle_sent(b.len());
+            v.extend(b);
+        }
+        v
+    }
+
+    fn at(t: Instant) -> Clock {
+        Clock::at(t)
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// Consumes nothing, ever.
+    struct Hoard;
+    impl Session for Hoard {
+        type Event = ();
+        fn read(&mut self, _input: &[u8], _cx: &mut Cx<'_, ()>) -> usize {
+            0
+        }
+    }
+
+    /// Writes every event it gets; its sender is taken by the test.
+    #[derive(Default)]
+    struct Listen {
+        tx: Option<Sender<Vec<u8>>>,
+    }
+    impl Session for Listen {
+        type Event = Vec<u8>;
+        fn open(&mut self, cx: &mut Cx<'_, Vec<u8>>) {
+            self.tx = Some(cx.mailbox().unwrap());
+        }
+        fn read(&mut self, input: &[u8], cx: &mut Cx<'_, Vec<u8>>) -> usize {
+            cx.send(b"ok\n");
+            input.len()
+        }
+        fn event(&mut self, ev: Vec<u8>, cx: &mut Cx<'_, Vec<u8>>) {
+            cx.send(&ev);
+        }
+        fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, Vec<u8>>) {
+            line_goodbye(why, cx);
+        }
+    }
+
+    #[test]
+    fn a_reply_is_written_and_an_eof_ends_with_a_half_close() {
+        let t0 = Instant::now();
+        let mut c = engine(AckSession, Limits::default(), t0);
+        c.handle_read(b"hi", &at(t0));
+        assert_eq!(sent(&mut c), b"ACK!");
+        assert!(!c.poll_shutdown_write());
+        c.handle_eof(&at(t0));
+        assert_eq!(c.phase(), Phase::Closing);
+        assert!(c.poll_shutdown_write());
+        c.handle_shut_write(&at(t0));
+        assert_eq!(c.phase(), Phase::Done, "the client's EOF came already");
+        assert_eq!(c.reason, Reason::PeerClosed);
+    }
+
+    #[test]
+    fn a_session_that_closes_first_lingers_for_the_clients_eof() {
+        let t0 = Instant::now();
+        let mut c = engine(HelloSession, Limits::default(), t0);
+        c.handle_read(b"hi", &at(t0));
+        assert_eq!(sent(&mut c), hello::REPLY);
+        assert!(c.poll_shutdown_write());
+        c.handle_shut_write(&at(t0));
+        assert_eq!(c.phase(), Phase::Lingering);
+        assert!(
+            c.wants_read(),
+            "a lingering connection reads to find the EOF"
+        );
+        assert_eq!(c.next_deadline(), t0 + LINGER);
+        c.handle_read(b"late bytes are read and dropped", &at(t0));
+        assert!(c.poll_transmit().is_none());
+        c.tick(&at(t0 + LINGER - MS));
+        assert_eq!(c.phase(), Phase::Lingering);
+        c.tick(&at(t0 + LINGER));
+        assert_eq!(c.phase(), Phase::Done);
+
+        let mut c = engine(HelloSession, Limits::default(), t0);
+        c.handle_read(b"hi", &at(t0));
+        sent(&mut c);
+        c.handle_shut_write(&at(t0));
+        c.handle_eof(&at(t0 + MS));
+        assert_eq!(c.phase(), Phase::Done, "the EOF ends the lingering at once");
+    }
+
+    #[test]
+    fn input_a_session_never_consumes_is_closed_at_the_input_limit() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_input: 1024,
+            ..Limits::default()
+        };
+        let mut c = engine(Hoard, limits, t0);
+        c.handle_read(&[b'x'; 1000], &at(t0));
+        assert_eq!(c.read_room(), 24, "what the limit leaves");
+        assert_eq!(c.phase(), Phase::Open);
+        c.handle_read(&[b'x'; 24], &at(t0));
+        assert_eq!(c.phase(), Phase::Done);
+        assert_eq!(c.reason, Reason::InputLimit);
+    }
+
+    #[test]
+    fn replies_past_max_output_stop_reading_until_sent() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_output: 8,
+            ..Limits::default()
+        };
+        let mut c = engine(AckSession, limits, t0);
+        c.handle_read(b"a", &at(t0));
+        assert!(c.wants_read());
+        c.handle_read(b"b", &at(t0));
+        assert!(!c.wants_read(), "8 bytes unsent: the client is not reading");
+        c.handle_sent(4);
+        assert!(c.wants_read());
+        assert_eq!(sent(&mut c), b"ACK!");
+    }
+
+    #[test]
+    fn a_stalled_write_drops_the_client_after_the_write_timeout() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            write_timeout: 3 * SEC,
+            ..Limits::default()
+        };
+        let mut c = engine(AckSession, limits, t0);
+        c.handle_read(b"a", &at(t0));
+        c.handle_send_blocked(&at(t0 + SEC));
+        c.handle_send_blocked(&at(t0 + 2 * SEC));
+        assert_eq!(
+            c.precise_deadline(),
+            Some(t0 + 4 * SEC),
+            "from the first stall"
+        );
+        c.tick(&at(t0 + 4 * SEC - MS));
+        assert_eq!(c.phase(), Phase::Open);
+        c.tick(&at(t0 + 4 * SEC));
+        assert_eq!(c.phase(), Phase::Done);
+        assert_eq!(c.reason, Reason::SlowReader);
+        assert_eq!(c.listener().stats.slow_readers.load(Ordering::Relaxed), 1);
+
+        // Progress resets the stall.
+        let mut c = engine(AckSession, Limits::default(), t0);
+        c.handle_read(b"a", &at(t0));
+        c.handle_send_blocked(&at(t0));
+        c.handle_sent(2);
+        assert_eq!(c.precise_deadline(), None);
+    }
+
+    #[test]
+    fn a_quiet_connection_is_told_after_four_quiet_quarters() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            idle_timeout: 4 * SEC,
+            ..Limits::default()
+        };
+        let mut c = engine(AckSession, limits, t0);
+        assert_eq!(c.next_deadline(), t0 + SEC);
+        c.handle_read(b"a", &at(t0 + MS));
+        sent(&mut c);
+        // The first check sees that activity; four quiet ones after it end the client.
+        for q in 1..=4 {
+            c.tick(&at(t0 + q * SEC));
+            assert!(sent(&mut c).is_empty(), "quarter {q}");
+        }
+        c.tick(&at(t0 + 5 * SEC));
+        assert_eq!(sent(&mut c), b"ERR idle timeout\n");
+        assert_eq!(c.reason, Reason::Idle);
+        assert_eq!(c.listener().stats.idle_timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn events_written_less_than_the_window_ago_are_held_until_it_ends() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            coalesce: 5 * MS,
+            ..Limits::default()
+        };
+        let mut c = engine(Listen::default(), limits, t0);
+        let tx = c.session.tx.clone().unwrap();
+        tx.send(b"one\n".to_vec(), 4).unwrap();
+        c.on_mail(&at(t0));
+        assert_eq!(sent(&mut c), b"one\n", "a lone event goes at once");
+        tx.send(b"two\n".to_vec(), 4).unwrap();
+        c.on_mail(&at(t0 + MS));
+        assert!(c.poll_transmit().is_none(), "held within the window");
+        assert_eq!(c.precise_deadline(), Some(t0 + 5 * MS));
+        tx.send(b"three\n".to_vec(), 6).unwrap();
+        c.on_mail(&at(t0 + 2 * MS));
+        c.tick(&at(t0 + 5 * MS));
+        assert_eq!(sent(&mut c), b"two\nthree\n", "one write for both");
+
+        // A reply to the client's own input is never held, and takes held events along.
+        tx.send(b"four\n".to_vec(), 5).unwrap();
+        c.on_mail(&at(t0 + 6 * MS));
+        assert!(c.poll_transmit().is_none());
+        c.handle_read(b"x", &at(t0 + 6 * MS));
+        assert_eq!(sent(&mut c), b"four\nok\n");
+    }
+
+    #[test]
+    fn a_mailbox_overflow_ends_a_slow_consumer() {
+        let t0 = Instant::now();
+        let limits = Limits {
+            max_queue: 10,
+            ..Limits::default()
+        };
+        let mut c = engine(Listen::default(), limits, t0);
+        let tx = c.session.tx.clone().unwrap();
+        tx.send(b"12345678".to_vec(), 8).unwrap();
+        assert!(tx.send(b"12345678".to_vec(), 8).is_err());
+        assert!(c.mail_waiting());
+        c.on_mail(&at(t0));
+        assert_eq!(sent(&mut c), b"ERR slow-consumer\n");
+        assert_eq!(c.reason, Reason::SlowConsumer);
+        assert_eq!(c.listener().stats.slow_consumers.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_drain_answers_what_was_read_then_says_goodbye() {
+        let t0 = Instant::now();
+        let mut c = engine(AckSession, Limits::default(), t0);
+        c.begin_drain();
+        assert!(c.is_draining());
+        c.handle_read(b"last words", &at(t0));
+        c.shutdown_goodbye(&at(t0));
+        assert_eq!(sent(&mut c), b"ACK!ERR server shutting down\n");
+        assert!(c.poll_shutdown_write());
+        assert_eq!(c.reason, Reason::Shutdown);
+    }
+
+    #[test]
+    fn a_refused_connection_hears_only_that_the_server_is_busy() {
+        let t0 = Instant::now();
+        let mut c = Conn::new(
+            GreetSession,
+            ConnInfo::test(1),
+            listener(Limits::default()),
+            WakeKind::None,
+            t0,
+        );
+        c.open(&at(t0), true);
+        assert_eq!(sent(&mut c), b"ERR server busy\n");
+        assert_eq!(c.reason, Reason::Busy);
+    }
+
+    #[test]
+    fn a_quiet_connection_its_session_keeps_asks_for_keepalive_once() {
+        /// Keeps quiet connections.
+        struct Patient;
+        impl Session for Patient {
+            type Event = ();
+            fn read(&mut self, input: &[u8], _cx: &mut Cx<'_, ()>) -> usize {
+                input.len()
+            }
+            fn idle_ok(&self) -> bool {
+                true
+            }
+        }
+        let t0 = Instant::now();
+        let limits = Limits {
+            idle_timeout: 4 * SEC,
+            ..Limits::default()
+        };
+        let mut c = engine(Patient, limits, t0);
+        for q in 1..=4 {
+            assert_eq!(c.poll_keepalive(), None);
+            c.tick(&at(t0 + q * SEC));
+        }
+        assert_eq!(c.poll_keepalive(), Some(4 * SEC));
+        assert_eq!(c.poll_keepalive(), None, "once");
+        assert_eq!(c.phase(), Phase::Open);
     }
 }

@@ -20,6 +20,8 @@ mod async_;
 mod blocking;
 pub(crate) mod conn;
 pub mod drain;
+mod sock;
+mod timer;
 
 mod pool;
 mod single;
