@@ -599,3 +599,64 @@ fn members_parted_by_a_short_redis_hang_come_back() {
 fn members_parted_by_a_long_redis_hang_come_back() {
     members_parted_by_a_hang_come_back(Duration::from_millis(3500));
 }
+
+/// Everything the server sends until it closes, as lines, with each `MSG`'s id
+/// replaced by `-` (a test cannot know it).
+fn rest_without_ids(c: &mut Client) -> Vec<String> {
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut c.r, &mut rest).unwrap();
+    rest.lines()
+        .map(|l| match l.splitn(4, ' ').collect::<Vec<_>>()[..] {
+            ["MSG", room, _id, text] => format!("MSG {room} - {text}"),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+/// The author's own `MSG` is its `SAY`'s answer, also when Redis orders it: pipelined
+/// `SAY`s then `QUIT`, a `SAY` then `WHO`, a `SAY` then the client's EOF, under every
+/// model the chat runs under; each command is answered, in order, before `OK QUIT` or
+/// the close.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close() {
+    let redis = RedisServer::start();
+    let models = [
+        ("async", Model::Async { workers: 2 }),
+        ("threads", Model::Threads),
+        ("pool", Model::Pool { workers: 8 }),
+    ];
+    for (name, model) in models {
+        let one = Instance::start(model, &redis.url());
+        let mut a = Client::connect(one.addr, &format!("a-{name}"));
+        a.w.write_all(b"JOIN q\nSAY q one\nSAY q two\nSAY q three\nQUIT\n")
+            .unwrap();
+        assert_eq!(
+            rest_without_ids(&mut a),
+            [
+                "OK JOIN q".to_string(),
+                format!("MSG q - a-{name} one"),
+                format!("MSG q - a-{name} two"),
+                format!("MSG q - a-{name} three"),
+                "OK QUIT".into(),
+            ],
+            "{name}"
+        );
+        let mut b = Client::connect(one.addr, &format!("b-{name}"));
+        b.w.write_all(b"JOIN w\nSAY w hi\nWHO w\n").unwrap();
+        b.expect("OK JOIN w");
+        let l = b.line();
+        assert!(l.ends_with(&format!(" b-{name} hi")), "{name}: {l}");
+        b.expect(&format!("WHO w b-{name}"));
+        for i in 0..20 {
+            let mut c = Client::connect(one.addr, &format!("c{i}-{name}"));
+            c.w.write_all(b"JOIN e\nSAY e bye\n").unwrap();
+            c.w.shutdown(std::net::Shutdown::Write).unwrap();
+            assert_eq!(
+                rest_without_ids(&mut c),
+                ["OK JOIN e".to_string(), format!("MSG e - c{i}-{name} bye")],
+                "{name}"
+            );
+        }
+    }
+}

@@ -148,7 +148,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 "#;
 
 /// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin,
-/// deadline (ms of Redis's clock).
+/// deadline (ms of Redis's clock), the author's member id (empty for a notification).
 ///
 /// Past its deadline the script does nothing and answers an `EXPIRED` error: the
 /// bridge has told (or is about to tell) the author `unavailable`, so the message must
@@ -166,7 +166,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 end
 local id = string.format('%.0f', redis.call('INCR', KEYS[1]))
-local ev = cjson.encode({t='msg', room=ARGV[2], id=id, nick=ARGV[3], text=ARGV[4], o=ARGV[5]})
+local ev = cjson.encode({t='msg', room=ARGV[2], id=id, nick=ARGV[3], text=ARGV[4], o=ARGV[5], m=tonumber(ARGV[7])})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', ev)
 redis.call('PUBLISH', KEYS[3], ev)
 return id
@@ -451,12 +451,13 @@ impl Timing {
 
 /// What sessions ask of Redis, through the hub.
 pub(crate) enum Request {
-    /// A message; a failure is answered to its author (none for a server notice).
+    /// A message; a failure is answered to its author (none for a server notice),
+    /// which recognises its own message coming back by its member id.
     Say {
         room: Arc<str>,
         nick: Arc<str>,
         text: Box<str>,
-        author: Option<Sender<ChatEvent>>,
+        author: Option<(MemberId, Sender<ChatEvent>)>,
     },
     /// A join, part or nick change, by `member` of this process.
     Event {
@@ -972,7 +973,10 @@ impl Run {
         let life = self.timing.lifetime.as_millis() as u64;
         let c = match r {
             Request::Say {
-                room, nick, text, ..
+                room,
+                nick,
+                text,
+                author,
             } => {
                 let (seq, hist) = keys(room);
                 let mut c = self.scripts.say.call(3);
@@ -984,7 +988,12 @@ impl Run {
                     .arg(&**nick)
                     .arg(&**text)
                     .arg(&*self.instance)
-                    .arg(deadline);
+                    .arg(deadline)
+                    .arg(
+                        author
+                            .as_ref()
+                            .map_or(String::new(), |(m, _)| m.0.to_string()),
+                    );
                 c
             }
             Request::Event { room, kind, member } => {
@@ -1226,16 +1235,18 @@ impl Run {
             }
             // The member that joined or renamed itself got its OK instead.
             (Kind::Join { .. } | Kind::Nick { .. }, Some(m)) if own => {
-                hub.inject(&ev.room, ev.kind, Some(m))
+                hub.inject(&ev.room, ev.kind, Some(m), None)
             }
+            // A message of a member of this process: its `SAY`'s answer.
+            (Kind::Msg { .. }, Some(m)) if own => hub.inject(&ev.room, ev.kind, None, Some(m)),
             // An expiry parted a member that is still here (this process will list it
             // again and publish its JOIN): the others are told, as everywhere; it
             // never left, so it is not.
             (Kind::Part { nick }, _) if ev.expired => {
                 let skip = member_named(&hub, &ev.room, nick);
-                hub.inject(&ev.room, ev.kind, skip)
+                hub.inject(&ev.room, ev.kind, skip, None)
             }
-            _ => hub.inject(&ev.room, ev.kind, None),
+            _ => hub.inject(&ev.room, ev.kind, None, None),
         };
         if let Some(room) = room {
             match &self.deliver {
@@ -1254,7 +1265,7 @@ impl Run {
     fn fail(&self, r: Request) {
         let ev = match r {
             Request::Say {
-                author: Some(author),
+                author: Some((_, author)),
                 ..
             } => (
                 author,

@@ -256,6 +256,9 @@ pub enum ChatEvent {
         seq: u64,
         /// The event.
         publication: Arc<Publication>,
+        /// The member's own message, the answer to its `SAY`: the session answers
+        /// the commands after that `SAY` only once it is handed on.
+        own: bool,
     },
     /// The answer to one of this member's requests.
     Answer(Answer),
@@ -318,6 +321,8 @@ struct Pending {
     publication: Arc<Publication>,
     /// A member the event is not for (its author, for a nick change).
     skip: Option<MemberId>,
+    /// The member whose own message this is (its `SAY`'s answer).
+    author: Option<MemberId>,
 }
 
 struct Room {
@@ -347,11 +352,23 @@ impl Room {
 
     /// Queues an event; returns whether the caller must deliver the outbox.
     fn push(&mut self, publication: Arc<Publication>, skip: Option<MemberId>) -> bool {
+        self.push_by(publication, skip, None)
+    }
+
+    /// Queues an event, a message of `author` (told it is its own); returns whether
+    /// the caller must deliver the outbox.
+    fn push_by(
+        &mut self,
+        publication: Arc<Publication>,
+        skip: Option<MemberId>,
+        author: Option<MemberId>,
+    ) -> bool {
         self.seq += 1;
         self.outbox.push_back(Pending {
             seq: self.seq,
             publication,
             skip,
+            author,
         });
         !std::mem::replace(&mut self.delivering, true)
     }
@@ -520,13 +537,20 @@ impl Hub {
     /// Returns the room when the caller must now hand its events out
     /// ([`Hub::deliver`]): the bridge has that done on another thread, so that putting
     /// events in order never waits for a fan-out.
-    fn inject(&self, room: &str, kind: Kind, skip: Option<MemberId>) -> Option<Arc<str>> {
+    fn inject(
+        &self,
+        room: &str,
+        kind: Kind,
+        skip: Option<MemberId>,
+        author: Option<MemberId>,
+    ) -> Option<Arc<str>> {
         {
             let mut shard = lock(self.shard(room));
             let r = shard.get_mut(room)?; // None: no member here.
             let name = r.name.clone();
             let own_join = matches!(kind, Kind::Join { .. });
-            let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip);
+            let p = Arc::new(Publication::new(name.clone(), kind));
+            let deliver = r.push_by(p, skip, author);
             if let (true, Some(m)) = (own_join, skip) {
                 // The member's own JOIN, in Redis's order: it receives what follows.
                 if let Some(&i) = r.index.get(&m) {
@@ -817,7 +841,7 @@ impl Hub {
             let entry = r.entry(id).ok_or(HubError::NotMember)?;
             let nick = entry.nick.clone();
             if let Some(b) = &self.bridge {
-                let author = Some(entry.tx.clone());
+                let author = Some((id, entry.tx.clone()));
                 drop(shard);
                 b.send(bridge::Request::Say {
                     room: name,
@@ -843,7 +867,7 @@ impl Hub {
                 }
                 r.history.push_back(p.clone());
             }
-            (name, msg, r.push(p, None))
+            (name, msg, r.push_by(p, None, Some(id)))
         };
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         if deliver {
@@ -1035,6 +1059,7 @@ impl Hub {
                     let ev = ChatEvent::Room {
                         seq: p.seq,
                         publication: p.publication.clone(),
+                        own: p.author == Some(m.id),
                     };
                     match m.tx.send(ev, cost) {
                         Ok(()) => delivered += 1,

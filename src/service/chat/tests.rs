@@ -19,10 +19,20 @@ fn client(chat: &Chat) -> (Harness<ChatSession>, String) {
     (h, nick)
 }
 
-/// Delivers the mailbox and returns everything written since the last call.
+/// Delivers the mailbox until it is empty (a `SAY`'s own message lets the commands
+/// after it run, which may say more) and returns everything written since the last
+/// call.
 fn out(h: &mut Harness<ChatSession>) -> String {
-    h.deliver();
-    String::from_utf8(h.take_output()).unwrap()
+    let mut all = Vec::new();
+    loop {
+        h.deliver();
+        let more = h.take_output();
+        if more.is_empty() {
+            break;
+        }
+        all.extend_from_slice(&more);
+    }
+    String::from_utf8(all).unwrap()
 }
 
 #[test]
