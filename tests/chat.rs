@@ -471,6 +471,25 @@ fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close(model: Mo
     }
 }
 
+fn a_connection_is_in_at_most_max_rooms_per_conn(model: Model) {
+    let srv = start(model);
+    let max = multiclient::hub::DEFAULT_MAX_ROOMS_PER_CONN;
+    let mut a = Client::connect(srv.addr());
+    let joins: String = (0..=max).map(|i| format!("JOIN r{i}\n")).collect();
+    a.w.write_all(joins.as_bytes()).unwrap();
+    for i in 0..max {
+        a.expect(&format!("OK JOIN r{i}"));
+    }
+    let l = a.line();
+    assert!(l.starts_with("ERR too-many-rooms "), "{l}");
+    a.send("JOIN r0");
+    let l = a.line();
+    assert!(l.starts_with("ERR already-member "), "{l}");
+    a.send(&format!("PART r{}", max - 1));
+    a.expect(&format!("OK PART r{}", max - 1));
+    a.join(&format!("r{max}"));
+}
+
 macro_rules! every_model {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -498,6 +517,7 @@ every_model!(
     busy_client_is_told_without_a_welcome,
     quiet_member_outlives_the_idle_timeout,
     the_author_gets_every_own_msg_in_command_order_before_quit_or_close,
+    a_connection_is_in_at_most_max_rooms_per_conn,
 );
 
 #[test]

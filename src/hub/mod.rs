@@ -23,6 +23,17 @@
 //! replayed by `JOIN <room> AFTER <id>` (read under the same lock) and the live events
 //! meet exactly: no gap, no duplicate.
 //!
+//! # Bounded memory
+//!
+//! A room keeps at most `--history` messages, and all rooms together at most
+//! `--history-bytes` of them (as estimated by [`Publication::cost`]): past that budget
+//! the process's oldest messages are dropped first, whatever their room. A room with
+//! no member is forgotten at once, its history with it (with `--redis` the history
+//! lives in Redis). A member is in at most `--max-rooms-per-conn` rooms
+//! ([`HubError::TooManyRooms`]). So whatever one connection sends, what the hub keeps
+//! for it is bounded; and when a large part of the history is let go, the allocator is
+//! asked to hand the freed memory back to the system.
+//!
 //! # Slow members
 //!
 //! A mailbox is bounded in bytes (`--max-queue`); an overflow is never a silent drop:
@@ -34,8 +45,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 
@@ -65,6 +76,17 @@ const SHARDS: usize = 64;
 pub const DEFAULT_HISTORY: usize = 100;
 /// Most messages one `HISTORY` answers.
 pub const MAX_HISTORY_REPLY: usize = 100;
+/// Default budget of all rooms' history together, in bytes (`--history-bytes`): with
+/// the other per-connection bounds, it keeps what one connection can make the server
+/// hold well under 100 MB (BENCHMARKS.md, "Chat memory under attack").
+pub const DEFAULT_HISTORY_BYTES: usize = 32 << 20;
+/// Default most rooms one connection may be in (`--max-rooms-per-conn`).
+pub const DEFAULT_MAX_ROOMS_PER_CONN: usize = 100;
+/// History bytes let go since the last hand-back to the system beyond which the
+/// allocator is asked to return free memory (`malloc_trim`): glibc keeps freed heap
+/// otherwise, so a connection that filled the history and left would leave the
+/// process at its peak.
+const TRIM_AFTER: usize = 8 << 20;
 
 /// Identifies a member (one connection) inside this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,6 +180,18 @@ impl Publication {
             line: OnceLock::new(),
             json: OnceLock::new(),
         }
+    }
+
+    /// The memory a message kept in history is counted for: its text, room and nick
+    /// once for the publication and once for each encoding it may get, plus the
+    /// fixed parts.
+    pub fn cost(&self) -> usize {
+        let text = match &self.kind {
+            Kind::Msg { nick, text, .. } => nick.len() + text.len(),
+            Kind::Join { nick } | Kind::Part { nick } => nick.len(),
+            Kind::Nick { old, new } => old.len() + new.len(),
+        };
+        256 + 3 * (self.room.len() + text)
     }
 
     /// The message id, for a message.
@@ -282,6 +316,9 @@ pub enum HubError {
     /// No room of that name exists (nobody is in it).
     #[error("no such room")]
     NoSuchRoom,
+    /// The member is in `--max-rooms-per-conn` rooms already.
+    #[error("you are in as many rooms as a connection may be")]
+    TooManyRooms,
     /// Message text that is not one line (a line break would forge protocol lines).
     #[error("text must be one line")]
     BadText,
@@ -299,6 +336,7 @@ impl HubError {
             HubError::NotMember => "not-member",
             HubError::AlreadyMember => "already-member",
             HubError::NoSuchRoom => "no-such-room",
+            HubError::TooManyRooms => "too-many-rooms",
             HubError::BadText => "bad-text",
             HubError::Unavailable => "unavailable",
         }
@@ -331,6 +369,8 @@ struct Room {
     members: Arc<Vec<Entry>>,
     index: HashMap<MemberId, usize>,
     history: VecDeque<Arc<Publication>>,
+    /// What `history` is counted for ([`Publication::cost`]).
+    history_bytes: usize,
     seq: u64,
     outbox: VecDeque<Pending>,
     /// Someone is handing out the outbox.
@@ -344,6 +384,7 @@ impl Room {
             members: Arc::new(Vec::new()),
             index: HashMap::new(),
             history: VecDeque::new(),
+            history_bytes: 0,
             seq: 0,
             outbox: VecDeque::new(),
             delivering: false,
@@ -410,6 +451,11 @@ pub struct Joined {
 pub struct HubConfig {
     /// Messages kept per room (`--history`).
     pub history: usize,
+    /// Bytes of history kept by all rooms together (`--history-bytes`); the oldest
+    /// messages go first.
+    pub history_bytes: usize,
+    /// Most rooms one member may be in (`--max-rooms-per-conn`).
+    pub max_rooms_per_conn: usize,
     /// With Redis: how long a process's members stay listed after it stops
     /// refreshing them (`--presence-ttl`); a killed process's members part everywhere
     /// within about this long.
@@ -423,6 +469,8 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             history: DEFAULT_HISTORY,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            max_rooms_per_conn: DEFAULT_MAX_ROOMS_PER_CONN,
             presence_ttl: DEFAULT_PRESENCE_TTL,
         }
     }
@@ -457,8 +505,24 @@ pub struct Hub {
     /// not hand out the same ones.
     guest_prefix: String,
     bridge: Option<bridge::Bridge>,
+    /// Every room's history in the order it was said, for the process-wide budget.
+    history: Mutex<HistoryOrder>,
+    /// Bytes of history kept by all rooms ([`Publication::cost`]).
+    history_held: AtomicUsize,
+    /// History bytes let go since the allocator last handed memory back.
+    history_freed: AtomicUsize,
     /// Counters.
     pub stats: HubStats,
+}
+
+/// The messages of every room's history, oldest first, for dropping the oldest when
+/// the process-wide budget is exceeded. An entry whose message has left its room's
+/// history otherwise (a room's own limit, the room forgotten) is dead and skipped.
+#[derive(Default)]
+struct HistoryOrder {
+    queue: VecDeque<Weak<Publication>>,
+    /// The queue's length after its last clean-up of dead entries.
+    live_at_compaction: usize,
 }
 
 impl fmt::Debug for Hub {
@@ -492,6 +556,9 @@ impl Hub {
             config,
             guest_prefix: String::new(),
             bridge: None,
+            history: Mutex::default(),
+            history_held: AtomicUsize::new(0),
+            history_freed: AtomicUsize::new(0),
             stats: HubStats::default(),
         }
     }
@@ -832,7 +899,7 @@ impl Hub {
     /// comes back to every member, the author included, through the shared channel.
     pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Option<MsgId>, HubError> {
         check_text(text)?;
-        let (name, msg, deliver) = {
+        let (name, msg, deliver, kept, p) = {
             let mut shard = lock(self.shard(room));
             let Some(r) = shard.get_mut(room) else {
                 return Err(HubError::NotMember);
@@ -861,14 +928,12 @@ impl Hub {
                     text: text.into(),
                 },
             ));
-            if self.config.history > 0 {
-                if r.history.len() >= self.config.history {
-                    r.history.pop_front();
-                }
-                r.history.push_back(p.clone());
-            }
-            (name, msg, r.push_by(p, None, Some(id)))
+            let kept = self.remember(r, &p);
+            (name, msg, r.push_by(p.clone(), None, Some(id)), kept, p)
         };
+        if kept {
+            self.keep_within_budget(&p);
+        }
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         if deliver {
             self.deliver(&name);
@@ -895,7 +960,7 @@ impl Hub {
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let name = {
+        let (name, p, deliver, kept) = {
             let mut shard = lock(self.shard(room));
             let r = shard.get_mut(room).ok_or(HubError::NoSuchRoom)?;
             let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
@@ -907,19 +972,16 @@ impl Hub {
                     text: text.into(),
                 },
             ));
-            if self.config.history > 0 {
-                if r.history.len() >= self.config.history {
-                    r.history.pop_front();
-                }
-                r.history.push_back(p.clone());
-            }
-            if !r.push(p, None) {
-                return Ok(());
-            }
-            r.name.clone()
+            let kept = self.remember(r, &p);
+            (r.name.clone(), p.clone(), r.push(p, None), kept)
         };
+        if kept {
+            self.keep_within_budget(&p);
+        }
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&name);
+        if deliver {
+            self.deliver(&name);
+        }
         Ok(())
     }
 
@@ -1028,6 +1090,89 @@ impl Hub {
             .collect()
     }
 
+    /// Keeps `p` in `r`'s history (under the room's lock), within the room's own
+    /// limit; returns whether it was kept, so that the caller, once the lock is
+    /// released, applies the process-wide budget ([`Hub::keep_within_budget`]).
+    fn remember(&self, r: &mut Room, p: &Arc<Publication>) -> bool {
+        if self.config.history == 0 || self.config.history_bytes == 0 {
+            return false;
+        }
+        let mut dropped = 0;
+        while r.history.len() >= self.config.history {
+            match r.history.pop_front() {
+                Some(old) => dropped += old.cost(),
+                None => break,
+            }
+        }
+        let cost = p.cost();
+        r.history.push_back(p.clone());
+        r.history_bytes = r.history_bytes + cost - dropped;
+        self.history_held.fetch_add(cost, Ordering::Relaxed);
+        self.let_go(dropped);
+        true
+    }
+
+    /// Notes `p`, just kept in its room's history, in the process-wide order, then
+    /// drops the oldest messages of any room while the history is over its budget.
+    /// Takes the order's lock and a room's lock one after the other, never both.
+    fn keep_within_budget(&self, p: &Arc<Publication>) {
+        {
+            let mut order = lock(&self.history);
+            order.queue.push_back(Arc::downgrade(p));
+            // Dead entries (dropped by a room's own limit, or with their room) are
+            // cleared once they make up half the queue, so it stays within twice
+            // the messages kept.
+            if order.queue.len() > 2 * order.live_at_compaction.max(1024) {
+                order.queue.retain(|w| w.strong_count() > 0);
+                order.live_at_compaction = order.queue.len();
+            }
+        }
+        while self.history_held.load(Ordering::Relaxed) > self.config.history_bytes {
+            let Some(oldest) = lock(&self.history).queue.pop_front() else {
+                break;
+            };
+            let Some(oldest) = oldest.upgrade() else {
+                continue; // Gone already.
+            };
+            let mut shard = lock(self.shard(&oldest.room));
+            let Some(r) = shard.get_mut(&oldest.room) else {
+                continue;
+            };
+            // A room's history is in the order said: the oldest of the process is
+            // at the front of its room's, unless that has dropped it already.
+            if r.history.front().is_some_and(|f| Arc::ptr_eq(f, &oldest)) {
+                r.history.pop_front();
+                let cost = oldest.cost();
+                r.history_bytes -= cost;
+                drop(shard);
+                self.let_go(cost);
+            }
+        }
+    }
+
+    /// History of `bytes` was let go: counted out, and once enough is, the allocator
+    /// is asked to hand free memory back to the system.
+    fn let_go(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.history_held.fetch_sub(bytes, Ordering::Relaxed);
+        let freed = self.history_freed.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if freed >= TRIM_AFTER && self.history_freed.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
+            trim_heap();
+        }
+    }
+
+    /// Bytes of history kept by all rooms (as [`Publication::cost`] counts them).
+    pub fn history_held(&self) -> usize {
+        self.history_held.load(Ordering::Relaxed)
+    }
+
+    /// Most rooms one member may be in (`--max-rooms-per-conn`).
+    pub fn max_rooms_per_conn(&self) -> usize {
+        self.config.max_rooms_per_conn
+    }
+
     /// Hands out a room's outbox in order, batch by batch, until it is empty. Called by
     /// whoever set the room's `delivering` flag; sends happen outside every hub lock.
     fn deliver(&self, room: &Arc<str>) {
@@ -1042,7 +1187,10 @@ impl Hub {
                 if r.outbox.is_empty() {
                     r.delivering = false;
                     if r.members.is_empty() {
+                        let forgotten = r.history_bytes;
                         s.remove(room);
+                        drop(s);
+                        self.let_go(forgotten);
                     }
                     return;
                 }
@@ -1077,6 +1225,18 @@ impl Hub {
                     .fetch_add(overflowed, Ordering::Relaxed);
             }
         }
+    }
+}
+
+/// Asks the allocator to return free heap memory to the system. glibc keeps what was
+/// freed in its arenas otherwise; jemalloc (`--features jemalloc`) returns it by
+/// itself and ignores this.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it
+    // touches no memory in use and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -352,3 +352,68 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn history_over_the_process_budget_drops_the_oldest_of_any_room_first() {
+    let probe = Publication::new(
+        "r0".into(),
+        Kind::Msg {
+            id: MsgId(1),
+            nick: "guest-1".into(),
+            text: "x".repeat(1000).into(),
+        },
+    );
+    // Room for ten such messages in all, while each room may keep 100.
+    let hub = Hub::new(HubConfig {
+        history_bytes: 10 * probe.cost(),
+        ..HubConfig::default()
+    });
+    let a = member(&hub, 1 << 24);
+    let text = "x".repeat(1000);
+    let mut said = Vec::new();
+    for i in 0..30 {
+        let room = format!("r{}", i % 3);
+        if i < 3 {
+            a.join(&hub, &room, None);
+        }
+        said.push((room.clone(), hub.say(a.id, &room, &text).unwrap().unwrap()));
+    }
+    assert!(
+        hub.history_held() <= 10 * probe.cost(),
+        "{}",
+        hub.history_held()
+    );
+    let mut kept: Vec<MsgId> = (0..3)
+        .flat_map(|i| {
+            let h = hub.history(&format!("r{i}"), 100, &a.tx).unwrap().unwrap();
+            h.iter().filter_map(|p| p.msg_id()).collect::<Vec<_>>()
+        })
+        .collect();
+    kept.sort();
+    let newest: Vec<MsgId> = said[20..].iter().map(|(_, id)| *id).collect();
+    assert_eq!(kept, newest, "the ten newest, from every room");
+    // Rooms forgotten with their last member give their history's bytes back.
+    hub.disconnect(a.id, &a.nick, &["r0".into(), "r1".into(), "r2".into()]);
+    assert_eq!(hub.history_held(), 0);
+}
+
+#[test]
+fn a_room_keeps_at_most_its_history_count_and_counts_what_it_drops() {
+    let hub = Hub::new(HubConfig {
+        history: 5,
+        ..HubConfig::default()
+    });
+    let a = member(&hub, 1 << 24);
+    a.join(&hub, "r", None);
+    for i in 0..50 {
+        hub.say(a.id, "r", &format!("m{i}")).unwrap();
+    }
+    let h = hub.history("r", 100, &a.tx).unwrap().unwrap();
+    assert_eq!(h.len(), 5);
+    assert_eq!(
+        hub.history_held(),
+        h.iter().map(|p| p.cost()).sum::<usize>()
+    );
+    // The budget's order queue stays bounded by its clean-ups.
+    assert!(lock(&hub.history).queue.len() <= 2 * 1024 + 1);
+}

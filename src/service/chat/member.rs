@@ -220,9 +220,10 @@ struct State {
     /// always): the inputs after them wait in `queued`, so replies come in command
     /// order and a `SAY` after a `NICK` speaks with the new nick.
     waiting: u32,
-    /// The awaited answer is a `SAY`'s: the member's own message coming back through
-    /// its mailbox in the room's order (or its failure).
-    saying: bool,
+    /// How many of the awaited answers are `SAY`s': the member's own message coming
+    /// back through its mailbox in the room's order (or its failure). More than one
+    /// only when inputs beyond [`MAX_QUEUED`] ran at once.
+    saying: u32,
     waiting_since: Option<Instant>,
     queued: VecDeque<Result<Box<[u8]>, ParseError>>,
     queued_bytes: usize,
@@ -246,7 +247,7 @@ impl<D: Decoder> Member<D> {
                 rooms: HashMap::new(),
                 rate: max_rate.filter(|&r| r > 0).map(Rate::new),
                 waiting: 0,
-                saying: false,
+                saying: 0,
                 waiting_since: None,
                 queued: VecDeque::new(),
                 queued_bytes: 0,
@@ -402,7 +403,8 @@ impl<D: Decoder> Member<D> {
             }
             ChatEvent::Answer(Answer::Failed(e)) => {
                 out.error(e.code(), &e.to_string());
-                if std::mem::take(&mut s.saying) {
+                if s.saying > 0 {
+                    s.saying -= 1;
                     self.answered(out);
                 }
             }
@@ -412,7 +414,8 @@ impl<D: Decoder> Member<D> {
     /// The member's own message was handed on: if its `SAY` awaited it, that `SAY` is
     /// answered and the inputs after it go on.
     fn said(&mut self, out: &mut impl Encoder) {
-        if std::mem::take(&mut self.s.saying) {
+        if self.s.saying > 0 {
+            self.s.saying -= 1;
             self.answered(out);
         }
     }
@@ -440,7 +443,7 @@ impl<D: Decoder> Member<D> {
             });
         }
         self.s.waiting = 1;
-        self.s.saying = false;
+        self.s.saying = 0;
         self.answered(out);
     }
 
@@ -517,6 +520,12 @@ impl State {
                         None => pending = true,
                     })
             }
+            Command::Join { room, .. }
+                if self.rooms.len() >= hub.max_rooms_per_conn()
+                    && !self.rooms.contains_key(room) =>
+            {
+                Err(HubError::TooManyRooms)
+            }
             Command::Join { room, after } => hub
                 .join(me.id, &me.nick, &me.tx, E::WIRE, room, after)
                 .map(|j| {
@@ -547,7 +556,7 @@ impl State {
             // after it wait for it.
             Command::Say { room, text } => hub.say(me.id, room, text).map(|_| {
                 pending = true;
-                self.saying = true;
+                self.saying += 1;
             }),
             Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| match msgs {
                 Some(msgs) => history(room, &msgs, out),
@@ -856,7 +865,7 @@ mod tests {
         rec.take();
         // Joined in the hub only, so the room's event reaches the member as it would.
         m.s.waiting += 1;
-        m.s.saying = true;
+        m.s.saying = 1;
         m.s.waiting_since = Some(rec.now);
         m.input(Ok(b"WHO r"), &mut rec);
         m.event(live(5, &msg(9, "from ann")), &mut rec);
@@ -878,7 +887,7 @@ mod tests {
         m.input(Ok(b"JOIN r"), &mut rec);
         rec.take();
         m.s.waiting += 1;
-        m.s.saying = true;
+        m.s.saying = 1;
         m.s.waiting_since = Some(rec.now);
         m.input(Ok(b"PART r"), &mut rec);
         assert_eq!(rec.take(), Vec::<String>::new());
@@ -889,12 +898,32 @@ mod tests {
         m.input(Ok(b"JOIN r"), &mut rec);
         rec.take();
         m.s.waiting += 1;
-        m.s.saying = true;
+        m.s.saying = 1;
         m.s.waiting_since = Some(rec.now);
         m.input(Ok(b"PART r"), &mut rec);
         rec.now += ANSWER_TIMEOUT;
         m.timeout(&mut rec);
         assert_eq!(rec.take(), ["error unavailable", "ok Part(\"r\")"]);
+    }
+
+    #[test]
+    fn says_beyond_the_queue_bound_are_each_answered_and_none_is_left_waiting() {
+        let (mut m, mut rec) = member(None);
+        m.input(Ok(b"JOIN r"), &mut rec);
+        rec.take();
+        let text = "x".repeat(4000);
+        let n = MAX_QUEUED / (QUEUED_ENTRY_COST + 6 + text.len()) + 5;
+        for _ in 0..n {
+            m.input(Ok(format!("SAY r {text}").as_bytes()), &mut rec);
+        }
+        assert!(m.s.saying > 1, "some ran at once, beyond the bound");
+        for _ in 0..2 * n {
+            rec.deliver(&mut m);
+        }
+        let msgs = rec.take();
+        assert_eq!(msgs.len(), n, "every SAY answered by its MSG");
+        assert!(!m.is_waiting(), "nothing left waiting for an answer");
+        assert_eq!(m.deadline(), None);
     }
 
     #[test]
