@@ -261,7 +261,7 @@ const CLAIM_SCRIPT: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 return 1
 "#;
 
@@ -509,8 +509,10 @@ pub(crate) struct Bridge {
     up: Arc<AtomicBool>,
 }
 
+/// A nick's claim, under its case-folded form: `ann` and `ANN` are one nick on every
+/// process.
 fn nick_key(nick: &str) -> String {
-    format!("mc:nick:{nick}")
+    format!("mc:nick:{}", nick.to_ascii_lowercase())
 }
 
 fn who_key(room: &str) -> String {

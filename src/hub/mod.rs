@@ -62,12 +62,21 @@ pub use names::{valid_nick, valid_room, MAX_NICK, MAX_ROOM};
 /// The nick of backend notifications ([`Hub::announce`]); no member can take it.
 pub const SERVER_NICK: &str = "server";
 
-fn check_text(text: &str) -> Result<(), HubError> {
-    if text.contains(['\n', '\r']) {
+/// Message text is one line of printable characters: a line break would forge
+/// protocol lines, and any other control character (ESC, BEL, NUL, the rest of C0,
+/// DEL, C1) could drive a member's terminal.
+pub fn check_text(text: &str) -> Result<(), HubError> {
+    if text.chars().any(char::is_control) {
         Err(HubError::BadText)
     } else {
         Ok(())
     }
+}
+
+/// The key a nick is unique under: nicks differing only in case (`ann`, `ANN`) are
+/// one nick. Nicks are ASCII ([`valid_nick`]).
+fn folded(nick: &str) -> Arc<str> {
+    nick.to_ascii_lowercase().into()
 }
 
 /// Room shards: enough that unrelated rooms rarely share a lock.
@@ -319,8 +328,9 @@ pub enum HubError {
     /// The member is in `--max-rooms-per-conn` rooms already.
     #[error("you are in as many rooms as a connection may be")]
     TooManyRooms,
-    /// Message text that is not one line (a line break would forge protocol lines).
-    #[error("text must be one line")]
+    /// Message text that is not one line of printable characters (a line break would
+    /// forge protocol lines, other control characters drive terminals).
+    #[error("text must be one line without control characters")]
     BadText,
     /// The shared backend (Redis) cannot be reached; nothing was delivered.
     #[error("chat backend unavailable, try again")]
@@ -658,8 +668,8 @@ impl Hub {
         loop {
             let n = self.next_guest.fetch_add(1, Ordering::Relaxed);
             let nick: Arc<str> = format!("guest-{}{n}", self.guest_prefix).into();
-            if !nicks.contains_key(&nick) {
-                nicks.insert(nick.clone(), id);
+            if let std::collections::hash_map::Entry::Vacant(e) = nicks.entry(folded(&nick)) {
+                e.insert(id);
                 return (id, nick);
             }
         }
@@ -683,13 +693,13 @@ impl Hub {
         if **old == *new {
             return Ok(Some(old.clone()));
         }
-        if new == SERVER_NICK {
+        if new.eq_ignore_ascii_case(SERVER_NICK) {
             return Err(HubError::NickTaken);
         }
         let new: Arc<str> = new.into();
         if let Some(b) = &self.bridge {
             if lock(&self.nicks)
-                .get(&new)
+                .get(&folded(&new))
                 .is_some_and(|owner| *owner != id)
             {
                 return Err(HubError::NickTaken);
@@ -718,14 +728,16 @@ impl Hub {
         let new = new.clone();
         {
             let mut nicks = lock(&self.nicks);
-            match nicks.get(&new) {
+            let (key, old_key) = (folded(&new), folded(old));
+            match nicks.get(&key) {
                 Some(owner) if *owner != id => return Err(HubError::NickTaken),
                 _ => {}
             }
-            nicks.insert(new.clone(), id);
-            if nicks.get(old) == Some(&id) {
-                nicks.remove(old);
+            // `ann` to `ANN` keeps its one key.
+            if old_key != key && nicks.get(&old_key) == Some(&id) {
+                nicks.remove(&old_key);
             }
+            nicks.insert(key, id);
         }
         for room in rooms {
             let deliver = {
@@ -1071,8 +1083,9 @@ impl Hub {
             let _ = self.part(id, room);
         }
         let mut nicks = lock(&self.nicks);
-        if nicks.get(nick) == Some(&id) {
-            nicks.remove(nick);
+        let key = folded(nick);
+        if nicks.get(&key) == Some(&id) {
+            nicks.remove(&key);
             if let Some(b) = &self.bridge {
                 let _ = b.send(bridge::Request::Release {
                     nick: nick.clone(),
@@ -1082,7 +1095,8 @@ impl Hub {
         }
     }
 
-    /// This process's nicks and their members (what it refreshes in Redis).
+    /// This process's nicks (case-folded) and their members (what it refreshes in
+    /// Redis).
     fn local_nicks(&self) -> Vec<(Arc<str>, MemberId)> {
         lock(&self.nicks)
             .iter()

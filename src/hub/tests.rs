@@ -417,3 +417,61 @@ fn a_room_keeps_at_most_its_history_count_and_counts_what_it_drops() {
     // The budget's order queue stays bounded by its clean-ups.
     assert!(lock(&hub.history).queue.len() <= 2 * 1024 + 1);
 }
+
+#[test]
+fn control_characters_are_refused_in_text_and_printable_text_passes() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    for bad in [
+        "\x1b[31mred",
+        "bell\x07",
+        "nul\0",
+        "del\x7f",
+        "tab\there",
+        "c1\u{9b}x",
+        "a\rb",
+    ] {
+        assert_eq!(hub.say(a.id, "r", bad), Err(HubError::BadText), "{bad:?}");
+        assert_eq!(hub.announce("r", bad), Err(HubError::BadText), "{bad:?}");
+    }
+    assert!(hub.say(a.id, "r", "héllo – ünïcode ✓").is_ok());
+}
+
+#[test]
+fn nicks_are_unique_whatever_their_case_and_server_cannot_be_taken() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    let b = member(&hub, 1 << 20);
+    let ann = hub
+        .set_nick(a.id, &a.nick, "ann", &[], &a.tx)
+        .unwrap()
+        .unwrap();
+    for taken in ["ANN", "Ann", "aNN"] {
+        assert_eq!(
+            hub.set_nick(b.id, &b.nick, taken, &[], &b.tx),
+            Err(HubError::NickTaken),
+            "{taken}"
+        );
+    }
+    for reserved in ["server", "SERVER", "Server"] {
+        assert_eq!(
+            hub.set_nick(b.id, &b.nick, reserved, &[], &b.tx),
+            Err(HubError::NickTaken),
+            "{reserved}"
+        );
+    }
+    // Its owner may change its case; the nick stays held.
+    let big = hub
+        .set_nick(a.id, &ann, "ANN", &[], &a.tx)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*big, "ANN");
+    assert_eq!(
+        hub.set_nick(b.id, &b.nick, "ann", &[], &b.tx),
+        Err(HubError::NickTaken)
+    );
+    // Freed on disconnect, under any case.
+    hub.disconnect(a.id, &big, &[]);
+    assert!(hub.set_nick(b.id, &b.nick, "Ann", &[], &b.tx).is_ok());
+}

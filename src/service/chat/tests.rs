@@ -274,3 +274,30 @@ proptest! {
         prop_assert_eq!(parse(l.as_bytes()), Ok(Command::Who(&room)));
     }
 }
+
+#[test]
+fn control_characters_are_refused_and_nicks_are_one_whatever_their_case() {
+    let chat = service(&ChatOptions::default());
+    let (mut a, _) = client(&chat);
+    let (mut b, _) = client(&chat);
+    a.feed(b"JOIN r\nSAY r \x1b[2Jgone\nSAY r ring\x07\nSAY r nul\0\nSAY r del\x7f\n");
+    let got = out(&mut a);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "OK JOIN r");
+    assert_eq!(lines.len(), 5, "{got:?}");
+    assert!(
+        lines[1..].iter().all(|l| l.starts_with("ERR bad-text ")),
+        "{got:?}"
+    );
+    a.feed(b"NICK a\x1bb\nNICK ann\n");
+    let got = out(&mut a);
+    assert!(got.starts_with("ERR bad-name "), "{got:?}");
+    assert!(got.ends_with("OK NICK ann\n"), "{got:?}");
+    b.feed(b"NICK ANN\nNICK Server\nNICK SERVER\n");
+    let got = out(&mut b);
+    assert_eq!(got.lines().count(), 3);
+    assert!(
+        got.lines().all(|l| l.starts_with("ERR nick-taken ")),
+        "{got:?}"
+    );
+}
