@@ -142,10 +142,7 @@ const CLOCK_SAMPLES: usize = 8;
 const SLOW: Duration = Duration::from_millis(500);
 
 /// Milliseconds of Redis's clock, as a Lua number (exact: below 2^53).
-const NOW_MS: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"#;
+const NOW_MS: &str = include_str!("lua/now.lua");
 
 /// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin,
 /// deadline (ms of Redis's clock), the author's member id (empty for a notification).
@@ -158,36 +155,13 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 /// even when Redis restarts empty: a client's `AFTER <old id>` then misses nothing and
 /// sessions never take new messages for duplicates. (`%.0f`: Lua numbers are doubles,
 /// exact below 2^53, and `tostring` would print them in exponent form.)
-const SAY_SCRIPT: &str = r#"
-if now > tonumber(ARGV[6]) then
-  return redis.error_reply('EXPIRED the deadline passed before Redis ran the message')
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
-end
-local id = string.format('%.0f', redis.call('INCR', KEYS[1]))
-local ev = cjson.encode({t='msg', room=ARGV[2], id=id, nick=ARGV[3], text=ARGV[4], o=ARGV[5], m=tonumber(ARGV[7])})
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', ev)
-redis.call('PUBLISH', KEYS[3], ev)
-return id
-"#;
+const SAY_SCRIPT: &str = include_str!("lua/say.lua");
 
 /// A join, part or nick change. `KEYS`: presence set, channel, parted set. `ARGV`:
 /// the event, listing lifetime (ms), nick to unlist (or empty), nick to list (or
 /// empty). Both nicks leave the parted set: after an event of its own a member's
 /// expiry is no longer something to repair (see [`PRESENCE_SCRIPT`]).
-const EVENT_SCRIPT: &str = r#"
-if ARGV[3] ~= '' then
-  redis.call('ZREM', KEYS[1], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-end
-if ARGV[4] ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[2])))
-end
-return redis.call('PUBLISH', KEYS[2], ARGV[1])
-"#;
+const EVENT_SCRIPT: &str = include_str!("lua/event.lua");
 
 /// Re-lists a process's members of one room (at most [`CHUNK`]: one variadic
 /// `ZADD`); returns the nicks it listed again after an expiry had parted them.
@@ -204,93 +178,31 @@ return redis.call('PUBLISH', KEYS[2], ARGV[1])
 /// A member that really parted or renamed itself is in neither set (its event's
 /// script cleared both), so a renewal that reaches Redis after its `PART` does not
 /// list it again; one before its `PART` is followed by it, on this same connection.
-const PRESENCE_SCRIPT: &str = r#"
-local expires = string.format('%.0f', now + tonumber(ARGV[1]))
-local args = {}
-local back = {}
-for i = 5, #ARGV, 2 do
-  local nick, m = ARGV[i], ARGV[i + 1]
-  local list = true
-  if not redis.call('ZSCORE', KEYS[1], nick) then
-    if m ~= '' and redis.call('ZREM', KEYS[2], nick) == 1 then
-      back[#back + 1] = nick
-      redis.call('PUBLISH', KEYS[3], cjson.encode(
-        {t='join', room=ARGV[3], nick=nick, o=ARGV[4], m=tonumber(m), r=1}))
-    elseif ARGV[2] == 'XX' then
-      list = false
-    end
-  end
-  if list then
-    args[#args + 1] = expires
-    args[#args + 1] = nick
-  end
-end
-if #args > 0 then redis.call('ZADD', KEYS[1], unpack(args)) end
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[1])))
-return back
-"#;
+const PRESENCE_SCRIPT: &str = include_str!("lua/presence.lua");
 
 /// Unlists the expired members of a room and publishes their `PART`s (marked `x`:
 /// by expiry); returns their nicks. Each is kept in the room's parted set until
 /// `ARGV[2]` from now, so that its process, if it is alive after all, lists it again
 /// and publishes its `JOIN` (see [`PRESENCE_SCRIPT`]). `KEYS`: presence set, channel,
 /// parted set. `ARGV`: room, how long a parted nick is kept (ms).
-const EXPIRE_SCRIPT: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now))
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-if #gone > 0 then
-  local keep = string.format('%.0f', now + tonumber(ARGV[2]))
-  for _, n in ipairs(gone) do
-    redis.call('ZREM', KEYS[1], n)
-    redis.call('ZADD', KEYS[3], keep, n)
-    redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n, x=1}))
-  end
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-end
-return gone
-"#;
+const EXPIRE_SCRIPT: &str = include_str!("lua/expire.lua");
 
 /// The listed members of a room. `KEYS`: presence set.
-const WHO_SCRIPT: &str = r#"
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', now), '+inf')
-"#;
+const WHO_SCRIPT: &str = include_str!("lua/who.lua");
 
 /// Claims a nick unless another member holds it, then releases the member's old one.
 /// `KEYS`: new nick, old nick. `ARGV`: owner, claim lifetime (ms). 1 if claimed.
-const CLAIM_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"#;
+const CLAIM_SCRIPT: &str = include_str!("lua/claim.lua");
 
 /// Deletes a nick's claim only if it is still this member's. `KEYS`: nick.
 /// `ARGV`: owner.
-const RELEASE_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
+const RELEASE_SCRIPT: &str = include_str!("lua/release.lua");
 
 /// Renews a process's nick claims, or makes them again after a connect (Redis may
 /// have lost them), leaving alone those another member holds now; returns those.
 /// `KEYS`: the nicks. `ARGV`: claim lifetime (ms), `renew` (only claims still held:
 /// a nick released meanwhile stays free) or `claim`, then each nick's owner.
-const NICKS_SCRIPT: &str = r#"
-local lost = {}
-local cur = redis.call('MGET', unpack(KEYS))
-for i = 1, #KEYS do
-  local owner = ARGV[i + 2]
-  if cur[i] == owner then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-  elseif cur[i] then
-    lost[#lost + 1] = KEYS[i]
-  elseif ARGV[2] == 'claim' then
-    redis.call('SET', KEYS[i], owner, 'PX', ARGV[1])
-  end
-end
-return lost
-"#;
+const NICKS_SCRIPT: &str = include_str!("lua/nicks.lua");
 
 /// This process's estimate of Redis's clock, which the deadlines of messages are set
 /// on.
