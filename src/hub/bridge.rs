@@ -911,32 +911,18 @@ impl Run {
                 c
             }
             Request::Event { room, kind, member } => {
-                let (mut v, unlist, list) = match kind {
-                    Kind::Join { nick } => (
-                        serde_json::json!({"t": "join", "nick": &**nick}),
-                        "",
-                        &**nick,
-                    ),
-                    Kind::Part { nick } => (
-                        serde_json::json!({"t": "part", "nick": &**nick}),
-                        &**nick,
-                        "",
-                    ),
-                    Kind::Nick { old, new } => (
-                        serde_json::json!({"t": "nick", "old": &**old, "new": &**new}),
-                        &**old,
-                        &**new,
-                    ),
+                let (unlist, list) = match kind {
+                    Kind::Join { nick } => ("", &**nick),
+                    Kind::Part { nick } => (&**nick, ""),
+                    Kind::Nick { old, new } => (&**old, &**new),
                     Kind::Msg { .. } => return None, // Messages go through `Say`.
                 };
-                v["room"] = (&**room).into();
-                v["o"] = (&*self.instance).into();
-                v["m"] = member.0.into();
+                let v = super::events::encode(room, kind, &self.instance, *member)?;
                 let mut c = self.scripts.event.call(3);
                 c.arg(who_key(room))
                     .arg(CHANNEL)
                     .arg(parted_key(room))
-                    .arg(v.to_string())
+                    .arg(v)
                     .arg(life)
                     .arg(unlist)
                     .arg(list);
@@ -1101,7 +1087,7 @@ impl Run {
                             .iter()
                             .filter_map(|e| {
                                 let v: Vec<u8> = e.get("e")?;
-                                let ev = parse_event(&v)?;
+                                let ev = super::events::parse(&v)?;
                                 Some(Arc::new(Publication::new(ev.room, ev.kind)))
                             })
                             .collect();
@@ -1132,7 +1118,7 @@ impl Run {
     /// `None` when the hub is gone.
     fn inject(&self, payload: &[u8]) -> Option<()> {
         let hub = self.hub()?;
-        let Some(ev) = parse_event(payload) else {
+        let Some(ev) = super::events::parse(payload) else {
             tracing::warn!(
                 "redis: ignoring a malformed event: {}",
                 String::from_utf8_lossy(payload)
@@ -1264,53 +1250,6 @@ fn range_answer(
     })
 }
 
-/// An event as carried on the channel.
-struct Event {
-    room: Arc<str>,
-    kind: Kind,
-    origin: Option<String>,
-    member: Option<MemberId>,
-    /// A `PART` published by an expiry scan (`x`), not by the member.
-    expired: bool,
-    /// A `JOIN` published by a renewal that found its member parted by an expiry
-    /// (`r`): the member never left.
-    rejoin: bool,
-}
-
-fn parse_event(payload: &[u8]) -> Option<Event> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str());
-    let name =
-        |k: &str| -> Option<Arc<str>> { s(k).filter(|n| super::valid_nick(n)).map(Arc::from) };
-    let room = s("room").filter(|r| super::valid_room(r))?;
-    let kind = match s("t")? {
-        "msg" => Kind::Msg {
-            id: s("id")?.parse().ok()?,
-            nick: name("nick")?,
-            text: s("text")?.into(),
-        },
-        "join" => Kind::Join {
-            nick: name("nick")?,
-        },
-        "part" => Kind::Part {
-            nick: name("nick")?,
-        },
-        "nick" => Kind::Nick {
-            old: name("old")?,
-            new: name("new")?,
-        },
-        _ => return None,
-    };
-    Some(Event {
-        room: room.into(),
-        kind,
-        origin: s("o").map(String::from),
-        member: v.get("m").and_then(|m| m.as_u64()).map(MemberId),
-        expired: v.get("x").is_some(),
-        rejoin: v.get("r").is_some(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1388,44 +1327,6 @@ mod tests {
             let uses = l.code.replacen(NOW_MS, "", 1).contains("now");
             assert_eq!(uses, l.code.starts_with(NOW_MS), "{}", l.code);
             assert_eq!(l.hash.len(), 40);
-        }
-    }
-
-    #[test]
-    fn events_round_trip_and_bad_ones_are_refused() {
-        let ev = parse_event(
-            br#"{"t":"msg","room":"r","id":"7","nick":"ann","text":"hi \/ there","o":"x"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            ev.kind,
-            Kind::Msg {
-                id: MsgId(7),
-                nick: "ann".into(),
-                text: "hi / there".into()
-            }
-        );
-        assert_eq!(ev.origin.as_deref(), Some("x"));
-        let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3}"#).unwrap();
-        assert_eq!(ev.member, Some(MemberId(3)));
-        assert!(!ev.rejoin && !ev.expired);
-        // What the presence scripts publish: a rejoin (r) and an expiry's PART (x).
-        let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3,"r":1}"#);
-        assert!(ev.unwrap().rejoin);
-        let ev = parse_event(br#"{"t":"part","room":"r","nick":"bob","x":1}"#).unwrap();
-        assert!(ev.expired && ev.origin.is_none());
-        for bad in [
-            &br#"{"t":"msg","room":"r","id":"x","nick":"ann","text":"hi"}"#[..],
-            br#"{"t":"join","room":"bad room","nick":"bob"}"#,
-            br#"{"t":"join","room":"r","nick":"b b"}"#,
-            br#"{"t":"other","room":"r"}"#,
-            b"not json",
-        ] {
-            assert!(
-                parse_event(bad).is_none(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
         }
     }
 }

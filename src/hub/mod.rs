@@ -53,6 +53,7 @@ use bytes::Bytes;
 use crate::base::mailbox::{SendError, Sender};
 
 mod bridge;
+mod events;
 pub mod names;
 
 pub use bridge::BACKOFF_MAX as REDIS_BACKOFF_MAX;
