@@ -98,6 +98,26 @@ pub const DEFAULT_MAX_ROOMS_PER_CONN: usize = 100;
 /// process at its peak.
 const TRIM_AFTER: usize = 8 << 20;
 
+/// An answer of the hub: given now, or coming later through the member's mailbox (as
+/// an [`Answer`], with `--redis`, where Redis orders, stores and claims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred<T> {
+    /// The answer, now.
+    Now(T),
+    /// The answer comes later, to the member's mailbox.
+    Later,
+}
+
+impl<T> Deferred<T> {
+    /// The answer if it was given now.
+    pub fn now(self) -> Option<T> {
+        match self {
+            Deferred::Now(t) => Some(t),
+            Deferred::Later => None,
+        }
+    }
+}
+
 /// Identifies a member (one connection) inside this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct MemberId(u64);
@@ -678,7 +698,7 @@ impl Hub {
 
     /// Changes a member's nick from `old` to `new` and tells the other members of each
     /// of its `rooms`. With `--redis` the nick is first claimed in Redis (unique across
-    /// processes): `None` is returned and the outcome comes later to `to`, as
+    /// processes): `Deferred::Later` is returned and the outcome comes later to `to`, as
     /// [`Answer::Nick`]; the session then calls [`Hub::apply_nick`].
     pub fn set_nick(
         &self,
@@ -687,12 +707,12 @@ impl Hub {
         new: &str,
         rooms: &[Arc<str>],
         to: &Sender<ChatEvent>,
-    ) -> Result<Option<Arc<str>>, HubError> {
+    ) -> Result<Deferred<Arc<str>>, HubError> {
         if !valid_nick(new) {
             return Err(HubError::BadName);
         }
         if **old == *new {
-            return Ok(Some(old.clone()));
+            return Ok(Deferred::Now(old.clone()));
         }
         if new.eq_ignore_ascii_case(SERVER_NICK) {
             return Err(HubError::NickTaken);
@@ -711,10 +731,10 @@ impl Hub {
                 member: id,
                 to: to.clone(),
             })?;
-            return Ok(None);
+            return Ok(Deferred::Later);
         }
         self.apply_nick(id, old, &new, rooms)?;
-        Ok(Some(new))
+        Ok(Deferred::Now(new))
     }
 
     /// Makes a nick change (claimed in Redis already, with `--redis`) and tells the
@@ -908,9 +928,9 @@ impl Hub {
     /// Says `text` in `room` as member `id`: every member, the author included,
     /// receives it. Returns the message's id.
     ///
-    /// With `--redis` the id is given by Redis and `None` is returned: the message
+    /// With `--redis` the id is given by Redis and `Deferred::Later` is returned: the message
     /// comes back to every member, the author included, through the shared channel.
-    pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Option<MsgId>, HubError> {
+    pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Deferred<MsgId>, HubError> {
         check_text(text)?;
         let (name, msg, deliver, kept, p) = {
             let mut shard = lock(self.shard(room));
@@ -930,7 +950,7 @@ impl Hub {
                     author,
                 })?;
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
+                return Ok(Deferred::Later);
             }
             let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
             let p = Arc::new(Publication::new(
@@ -951,7 +971,7 @@ impl Hub {
         if deliver {
             self.deliver(&name);
         }
-        Ok(Some(msg))
+        Ok(Deferred::Now(msg))
     }
 
     /// Says `text` in `room` as [`SERVER_NICK`], delivered like a member's `SAY`: the
@@ -1016,12 +1036,12 @@ impl Hub {
     }
 
     /// The nicks in `room`, sorted. With `--redis` they are the members on every
-    /// process and come later to `to`, as [`Answer::Who`]; `None` is returned.
+    /// process and come later to `to`, as [`Answer::Who`]; `Deferred::Later` is returned.
     pub fn who_all(
         &self,
         room: &str,
         to: &Sender<ChatEvent>,
-    ) -> Result<Option<Vec<Arc<str>>>, HubError> {
+    ) -> Result<Deferred<Vec<Arc<str>>>, HubError> {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
@@ -1031,9 +1051,9 @@ impl Hub {
                     room: room.into(),
                     to: to.clone(),
                 })?;
-                Ok(None)
+                Ok(Deferred::Later)
             }
-            None => self.who(room).map(Some),
+            None => self.who(room).map(Deferred::Now),
         }
     }
 
@@ -1052,13 +1072,13 @@ impl Hub {
 
     /// Up to `n` (at most [`MAX_HISTORY_REPLY`]) most recent messages of `room`,
     /// oldest first. With `--redis` they come later to `to`, as [`Answer::History`],
-    /// and `None` is returned.
+    /// and `Deferred::Later` is returned.
     pub fn history(
         &self,
         room: &str,
         n: usize,
         to: &Sender<ChatEvent>,
-    ) -> Result<Option<Vec<Arc<Publication>>>, HubError> {
+    ) -> Result<Deferred<Vec<Arc<Publication>>>, HubError> {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
@@ -1070,12 +1090,14 @@ impl Hub {
                 last: n,
                 to: to.clone(),
             })?;
-            return Ok(None);
+            return Ok(Deferred::Later);
         }
         let shard = lock(self.shard(room));
         let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
         let skip = r.history.len().saturating_sub(n);
-        Ok(Some(r.history.iter().skip(skip).cloned().collect()))
+        Ok(Deferred::Now(
+            r.history.iter().skip(skip).cloned().collect(),
+        ))
     }
 
     /// The member has gone: it parts from each of its `rooms` and its nick is freed.

@@ -61,7 +61,7 @@ fn members_see_each_other_and_the_author_gets_its_own_message() {
     b.join(&hub, "lobby", None);
     assert_eq!(a.lines(), [format!("JOIN lobby {}\n", b.nick)]);
     assert!(b.lines().is_empty(), "a joiner is not told of its own join");
-    let id = hub.say(a.id, "lobby", "hi there").unwrap().unwrap();
+    let id = hub.say(a.id, "lobby", "hi there").unwrap().now().unwrap();
     let want = format!("MSG lobby {id} {} hi there\n", a.nick);
     assert_eq!(a.lines(), std::slice::from_ref(&want));
     assert_eq!(b.lines(), [want]);
@@ -81,6 +81,7 @@ fn guest_nicks_are_unique_and_nick_changes_are_announced() {
     let ann = hub
         .set_nick(a.id, &a.nick, "ann", &[], &a.tx)
         .unwrap()
+        .now()
         .unwrap();
     assert_eq!(
         hub.set_nick(b.id, &b.nick, "ann", &[], &b.tx),
@@ -130,16 +131,16 @@ fn who_and_history_and_rooms_vanish_when_empty() {
     who.sort();
     assert_eq!(hub.who("r").unwrap(), who);
     let ids: Vec<MsgId> = (0..5)
-        .map(|i| hub.say(a.id, "r", &format!("m{i}")).unwrap().unwrap())
+        .map(|i| hub.say(a.id, "r", &format!("m{i}")).unwrap().now().unwrap())
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
-    let h = hub.history("r", 10, &a.tx).unwrap().unwrap();
+    let h = hub.history("r", 10, &a.tx).unwrap().now().unwrap();
     assert_eq!(
         h.iter().map(|p| p.msg_id().unwrap()).collect::<Vec<_>>(),
         ids[2..]
     );
     assert_eq!(
-        hub.history("r", 1, &a.tx).unwrap().unwrap()[0].msg_id(),
+        hub.history("r", 1, &a.tx).unwrap().now().unwrap()[0].msg_id(),
         Some(ids[4])
     );
     assert_eq!(hub.who("nowhere"), Err(HubError::NoSuchRoom));
@@ -161,7 +162,7 @@ fn join_after_replays_exactly_what_follows() {
     let a = member(&hub, 1 << 20);
     a.join(&hub, "r", None);
     let ids: Vec<MsgId> = (0..5)
-        .map(|i| hub.say(a.id, "r", &i.to_string()).unwrap().unwrap())
+        .map(|i| hub.say(a.id, "r", &i.to_string()).unwrap().now().unwrap())
         .collect();
     let b = member(&hub, 1 << 20);
     let j = b.join(&hub, "r", Some(ids[1]));
@@ -172,7 +173,7 @@ fn join_after_replays_exactly_what_follows() {
             .collect::<Vec<_>>(),
         ids[2..]
     );
-    let next = hub.say(a.id, "r", "live").unwrap().unwrap();
+    let next = hub.say(a.id, "r", "live").unwrap().now().unwrap();
     assert_eq!(b.msg_ids(), [next]);
 }
 
@@ -204,6 +205,7 @@ fn an_overflowing_member_does_not_cost_the_others_a_message() {
         ids.push(
             hub.say(fast.id, "r", &format!("message {i}"))
                 .unwrap()
+                .now()
                 .unwrap(),
         );
     }
@@ -223,7 +225,7 @@ fn announcements_reach_members_and_history_as_server() {
     let got = a.lines();
     assert_eq!(got.len(), 1);
     assert!(got[0].starts_with("MSG r ") && got[0].ends_with(" server deploy done\n"));
-    assert_eq!(hub.history("r", 5, &a.tx).unwrap().unwrap().len(), 1);
+    assert_eq!(hub.history("r", 5, &a.tx).unwrap().now().unwrap().len(), 1);
     assert_eq!(hub.announce("r", "two\nlines"), Err(HubError::BadText));
     assert_eq!(hub.say(a.id, "r", "x\ry"), Err(HubError::BadText));
     assert_eq!(hub.announce("bad room", "x"), Err(HubError::BadName));
@@ -274,7 +276,7 @@ fn concurrent_publishers_and_a_joiner_meet_without_gap_or_duplicate() {
         .map(|(id, hub)| {
             std::thread::spawn(move || {
                 for i in 0..2000 {
-                    hub.say(id, "r", &i.to_string()).unwrap().unwrap();
+                    hub.say(id, "r", &i.to_string()).unwrap().now().unwrap();
                 }
             })
         })
@@ -312,7 +314,7 @@ proptest! {
         let mut b_in = false;
         for op in ops {
             match op {
-                0 | 1 => all.push(hub.say(a.id, "r", "x").unwrap().unwrap()),
+                0 | 1 => all.push(hub.say(a.id, "r", "x").unwrap().now().unwrap()),
                 2 if !b_in => { b.join(&hub, "r", None); b_in = true; }
                 _ if b_in => { hub.part(b.id, "r").unwrap(); b_in = false; }
                 _ => {}
@@ -321,7 +323,7 @@ proptest! {
         let after = all.get(cut).copied().unwrap_or(MsgId(0));
         let c = member(&hub, 1 << 20);
         let j = c.join(&hub, "r", Some(after));
-        let more = hub.say(a.id, "r", "y").unwrap().unwrap();
+        let more = hub.say(a.id, "r", "y").unwrap().now().unwrap();
         let mut got: Vec<MsgId> = j.replay.iter().map(|p| p.msg_id().unwrap()).collect();
         got.extend(c.msg_ids());
         let mut want: Vec<MsgId> = all.into_iter().filter(|&m| m > after).collect();
@@ -376,7 +378,10 @@ fn history_over_the_process_budget_drops_the_oldest_of_any_room_first() {
         if i < 3 {
             a.join(&hub, &room, None);
         }
-        said.push((room.clone(), hub.say(a.id, &room, &text).unwrap().unwrap()));
+        said.push((
+            room.clone(),
+            hub.say(a.id, &room, &text).unwrap().now().unwrap(),
+        ));
     }
     assert!(
         hub.history_held() <= 10 * probe.cost(),
@@ -385,7 +390,11 @@ fn history_over_the_process_budget_drops_the_oldest_of_any_room_first() {
     );
     let mut kept: Vec<MsgId> = (0..3)
         .flat_map(|i| {
-            let h = hub.history(&format!("r{i}"), 100, &a.tx).unwrap().unwrap();
+            let h = hub
+                .history(&format!("r{i}"), 100, &a.tx)
+                .unwrap()
+                .now()
+                .unwrap();
             h.iter().filter_map(|p| p.msg_id()).collect::<Vec<_>>()
         })
         .collect();
@@ -408,7 +417,7 @@ fn a_room_keeps_at_most_its_history_count_and_counts_what_it_drops() {
     for i in 0..50 {
         hub.say(a.id, "r", &format!("m{i}")).unwrap();
     }
-    let h = hub.history("r", 100, &a.tx).unwrap().unwrap();
+    let h = hub.history("r", 100, &a.tx).unwrap().now().unwrap();
     assert_eq!(h.len(), 5);
     assert_eq!(
         hub.history_held(),
@@ -446,6 +455,7 @@ fn nicks_are_unique_whatever_their_case_and_server_cannot_be_taken() {
     let ann = hub
         .set_nick(a.id, &a.nick, "ann", &[], &a.tx)
         .unwrap()
+        .now()
         .unwrap();
     for taken in ["ANN", "Ann", "aNN"] {
         assert_eq!(
@@ -465,6 +475,7 @@ fn nicks_are_unique_whatever_their_case_and_server_cannot_be_taken() {
     let big = hub
         .set_nick(a.id, &ann, "ANN", &[], &a.tx)
         .unwrap()
+        .now()
         .unwrap();
     assert_eq!(&*big, "ANN");
     assert_eq!(

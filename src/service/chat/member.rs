@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::base::mailbox::Sender;
-use crate::hub::{Answer, ChatEvent, Hub, HubError, MemberId, MsgId, Publication, Wire};
+use crate::hub::{Answer, ChatEvent, Deferred, Hub, HubError, MemberId, MsgId, Publication, Wire};
 
 use super::{Command, ParseError};
 
@@ -513,11 +513,11 @@ impl State {
                 let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
                 hub.set_nick(me.id, &me.nick, nick, &rooms, &me.tx)
                     .map(|new| match new {
-                        Some(new) => {
+                        Deferred::Now(new) => {
                             out.reply(Reply::Ok(Done::Nick(&new)));
                             me.nick = new;
                         }
-                        None => pending = true,
+                        Deferred::Later => pending = true,
                     })
             }
             Command::Join { room, .. }
@@ -559,12 +559,12 @@ impl State {
                 self.saying += 1;
             }),
             Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| match msgs {
-                Some(msgs) => history(room, &msgs, out),
-                None => pending = true,
+                Deferred::Now(msgs) => history(room, &msgs, out),
+                Deferred::Later => pending = true,
             }),
             Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| match nicks {
-                Some(nicks) => out.reply(Reply::Who(room, &nicks)),
-                None => pending = true,
+                Deferred::Now(nicks) => out.reply(Reply::Who(room, &nicks)),
+                Deferred::Later => pending = true,
             }),
             Command::Quit => Ok(()), // Answered above.
         };
