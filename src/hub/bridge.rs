@@ -94,7 +94,6 @@
 //! at [`BACKOFF_MAX`], subscribing again by itself.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +107,14 @@ use tokio::sync::mpsc;
 
 use super::{Answer, ChatEvent, Hub, HubError, Kind, MemberId, MsgId, Publication};
 use crate::base::mailbox::Sender;
+
+mod clock;
+mod scripts;
+
+use self::clock::{time_ms, Clock};
+use self::scripts::Scripts;
+#[cfg(test)]
+use self::scripts::SAY_SCRIPT;
 
 /// The pub/sub channel every process subscribes to.
 const CHANNEL: &str = "mc:events";
@@ -140,192 +147,6 @@ const CLOCK_SAMPLES: usize = 8;
 
 /// A pipeline slower than this is logged: members' answers are waiting on it.
 const SLOW: Duration = Duration::from_millis(500);
-
-/// Milliseconds of Redis's clock, as a Lua number (exact: below 2^53).
-const NOW_MS: &str = include_str!("lua/now.lua");
-
-/// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin,
-/// deadline (ms of Redis's clock), the author's member id (empty for a notification).
-///
-/// Past its deadline the script does nothing and answers an `EXPIRED` error: the
-/// bridge has told (or is about to tell) the author `unavailable`, so the message must
-/// reach nobody (see "A refused message is never sent" in the module documentation).
-///
-/// A room's counter starts at Redis's clock in microseconds, so ids keep increasing
-/// even when Redis restarts empty: a client's `AFTER <old id>` then misses nothing and
-/// sessions never take new messages for duplicates. (`%.0f`: Lua numbers are doubles,
-/// exact below 2^53, and `tostring` would print them in exponent form.)
-const SAY_SCRIPT: &str = include_str!("lua/say.lua");
-
-/// A join, part or nick change. `KEYS`: presence set, channel, parted set. `ARGV`:
-/// the event, listing lifetime (ms), nick to unlist (or empty), nick to list (or
-/// empty). Both nicks leave the parted set: after an event of its own a member's
-/// expiry is no longer something to repair (see [`PRESENCE_SCRIPT`]).
-const EVENT_SCRIPT: &str = include_str!("lua/event.lua");
-
-/// Re-lists a process's members of one room (at most [`CHUNK`]: one variadic
-/// `ZADD`); returns the nicks it listed again after an expiry had parted them.
-/// `KEYS`: presence set, parted set, channel. `ARGV`: listing lifetime (ms), `XX`
-/// (renew: only members still listed, or repaired) or empty (list them all, after a
-/// connect), room, this process's id, then pairs of nick and member id (empty for a
-/// member whose join has not come back yet: never repaired).
-///
-/// A member missing from the set whose nick is in the parted set (an expiry scan
-/// unlisted it and published its `PART`, and it has had no join, part or nick change
-/// since) is still here: Redis hung longer than its listing lived, or this process's
-/// renewal came late. It is listed again and its `JOIN` is published, in this one
-/// script, so every process's members see it come back and `WHO` is right everywhere.
-/// A member that really parted or renamed itself is in neither set (its event's
-/// script cleared both), so a renewal that reaches Redis after its `PART` does not
-/// list it again; one before its `PART` is followed by it, on this same connection.
-const PRESENCE_SCRIPT: &str = include_str!("lua/presence.lua");
-
-/// Unlists the expired members of a room and publishes their `PART`s (marked `x`:
-/// by expiry); returns their nicks. Each is kept in the room's parted set until
-/// `ARGV[2]` from now, so that its process, if it is alive after all, lists it again
-/// and publishes its `JOIN` (see [`PRESENCE_SCRIPT`]). `KEYS`: presence set, channel,
-/// parted set. `ARGV`: room, how long a parted nick is kept (ms).
-const EXPIRE_SCRIPT: &str = include_str!("lua/expire.lua");
-
-/// The listed members of a room. `KEYS`: presence set.
-const WHO_SCRIPT: &str = include_str!("lua/who.lua");
-
-/// Claims a nick unless another member holds it, then releases the member's old one.
-/// `KEYS`: new nick, old nick. `ARGV`: owner, claim lifetime (ms). 1 if claimed.
-const CLAIM_SCRIPT: &str = include_str!("lua/claim.lua");
-
-/// Deletes a nick's claim only if it is still this member's. `KEYS`: nick.
-/// `ARGV`: owner.
-const RELEASE_SCRIPT: &str = include_str!("lua/release.lua");
-
-/// Renews a process's nick claims, or makes them again after a connect (Redis may
-/// have lost them), leaving alone those another member holds now; returns those.
-/// `KEYS`: the nicks. `ARGV`: claim lifetime (ms), `renew` (only claims still held:
-/// a nick released meanwhile stays free) or `claim`, then each nick's owner.
-const NICKS_SCRIPT: &str = include_str!("lua/nicks.lua");
-
-/// This process's estimate of Redis's clock, which the deadlines of messages are set
-/// on.
-///
-/// A sample is a `TIME` read by Redis and the moment its reply arrived here, on this
-/// process's monotonic clock: Redis read its clock no later than that, so Redis's
-/// reading minus the local time of arrival is a lower bound of the offset between the
-/// two clocks (a slow reply only makes the bound lower). The estimate is the highest of
-/// the last [`CLOCK_SAMPLES`] bounds: one late reply does not pull it down, and a step
-/// of Redis's clock is followed within that many samples. An estimate below the truth
-/// only makes deadlines earlier (a message refused that Redis could have run in time),
-/// never later. The samples are dropped at each reconnection: the Redis behind the
-/// URL may be another host now.
-#[derive(Debug)]
-struct Clock {
-    base: Instant,
-    bounds: VecDeque<i64>,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            base: Instant::now(),
-            bounds: VecDeque::with_capacity(CLOCK_SAMPLES),
-        }
-    }
-
-    fn local_ms(&self, at: Instant) -> i64 {
-        at.saturating_duration_since(self.base).as_millis() as i64
-    }
-
-    /// Forgets every sample (a new connection).
-    fn reset(&mut self) {
-        self.bounds.clear();
-    }
-
-    /// Redis read `redis_ms` on its clock; the reply arrived at `received`.
-    fn sample(&mut self, redis_ms: i64, received: Instant) {
-        if self.bounds.len() == CLOCK_SAMPLES {
-            self.bounds.pop_front();
-        }
-        self.bounds.push_back(redis_ms - self.local_ms(received));
-    }
-
-    /// Redis's clock at local time `at`, in milliseconds, or at most the reply delay
-    /// of the best recent sample less; `None` before the first sample.
-    fn redis_ms(&self, at: Instant) -> Option<i64> {
-        self.bounds
-            .iter()
-            .max()
-            .map(|offset| offset + self.local_ms(at))
-    }
-}
-
-/// The milliseconds of a `TIME` reply.
-fn time_ms(v: Value) -> Option<i64> {
-    let (secs, micros): (i64, i64) = redis::from_owned_redis_value(v).ok()?;
-    Some(secs * 1000 + micros / 1000)
-}
-
-/// A script loaded into Redis and called by its hash.
-struct Lua {
-    code: String,
-    hash: String,
-}
-
-impl Lua {
-    fn new(body: &str, clock: bool) -> Lua {
-        let code = if clock {
-            format!("{NOW_MS}{body}")
-        } else {
-            body.to_string()
-        };
-        let hash = redis::Script::new(&code).get_hash().to_string();
-        Lua { code, hash }
-    }
-
-    /// `EVALSHA` of this script with `keys` keys; the caller adds keys and arguments.
-    fn call(&self, keys: usize) -> redis::Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(&self.hash).arg(keys);
-        c
-    }
-}
-
-struct Scripts {
-    say: Lua,
-    event: Lua,
-    presence: Lua,
-    expire: Lua,
-    who: Lua,
-    claim: Lua,
-    release: Lua,
-    nicks: Lua,
-}
-
-impl Scripts {
-    fn new() -> Scripts {
-        Scripts {
-            say: Lua::new(SAY_SCRIPT, true),
-            event: Lua::new(EVENT_SCRIPT, true),
-            presence: Lua::new(PRESENCE_SCRIPT, true),
-            expire: Lua::new(EXPIRE_SCRIPT, true),
-            who: Lua::new(WHO_SCRIPT, true),
-            claim: Lua::new(CLAIM_SCRIPT, false),
-            release: Lua::new(RELEASE_SCRIPT, false),
-            nicks: Lua::new(NICKS_SCRIPT, false),
-        }
-    }
-
-    fn all(&self) -> [&Lua; 8] {
-        [
-            &self.say,
-            &self.event,
-            &self.presence,
-            &self.expire,
-            &self.who,
-            &self.claim,
-            &self.release,
-            &self.nicks,
-        ]
-    }
-}
 
 /// The presence periods derived from `--presence-ttl` (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1283,50 +1104,6 @@ mod tests {
         let check = SAY_SCRIPT.find("now > tonumber(ARGV[6])").unwrap();
         for write in ["'SET'", "'INCR'", "'XADD'", "'PUBLISH'"] {
             assert!(check < SAY_SCRIPT.find(write).unwrap(), "{write}");
-        }
-    }
-
-    #[test]
-    fn the_clock_estimate_errs_low_and_ignores_a_late_reply() {
-        let mut c = Clock::new();
-        let t0 = c.base;
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        assert_eq!(c.redis_ms(at(0)), None);
-        // Redis's clock is 5,000 ms ahead. Read at local 100 ms, answered at 103.
-        c.sample(5_100, at(103));
-        assert_eq!(c.redis_ms(at(1_000)), Some(5_997)); // 3 ms low: the reply's way.
-                                                        // A reply held up 700 ms after the reading does not pull the estimate down.
-        c.sample(5_200, at(900));
-        assert_eq!(c.redis_ms(at(1_000)), Some(5_997));
-        // A tighter one raises it; never above the truth (5,000 ahead).
-        c.sample(5_500, at(500));
-        assert_eq!(c.redis_ms(at(1_000)), Some(6_000));
-        // Redis's clock steps back 2 s: followed once the older samples are out.
-        for i in 0..CLOCK_SAMPLES as u64 {
-            assert!(c.redis_ms(at(2_000 + i)).unwrap() >= 7_000);
-            c.sample(3_000 + 2_000 + i as i64, at(2_000 + i));
-        }
-        assert_eq!(c.redis_ms(at(3_000)), Some(6_000));
-        // A new connection forgets everything.
-        c.reset();
-        assert_eq!(c.redis_ms(at(3_000)), None);
-        // The reading of a TIME reply.
-        let reply = Value::Array(vec![
-            Value::BulkString(b"1700000000".to_vec()),
-            Value::BulkString(b"123456".to_vec()),
-        ]);
-        assert_eq!(time_ms(reply), Some(1_700_000_000_123));
-        assert_eq!(time_ms(Value::Nil), None);
-    }
-
-    #[test]
-    fn scripts_read_the_clock_they_use() {
-        let s = Scripts::new();
-        for l in s.all() {
-            // A script that uses `now` defines it first, from Redis's clock.
-            let uses = l.code.replacen(NOW_MS, "", 1).contains("now");
-            assert_eq!(uses, l.code.starts_with(NOW_MS), "{}", l.code);
-            assert_eq!(l.hash.len(), 40);
         }
     }
 }
