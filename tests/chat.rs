@@ -454,19 +454,22 @@ fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close(model: Mo
     // SAY then WHO: the MSG is the SAY's answer, so it comes first.
     let mut b = Client::connect(srv.addr());
     let n = b.nick.clone();
-    b.w.write_all(b"JOIN q\nSAY q hi\nWHO q\n").unwrap();
-    b.expect("OK JOIN q");
-    assert_eq!(without_ids(&[b.line()]), [format!("MSG q - {n} hi")]);
-    b.expect(&format!("WHO q {n}"));
-    // SAY then the client's EOF: the MSG still comes, then the close.
-    for _ in 0..20 {
+    b.w.write_all(b"JOIN w\nSAY w hi\nWHO w\n").unwrap();
+    b.expect("OK JOIN w");
+    assert_eq!(without_ids(&[b.line()]), [format!("MSG w - {n} hi")]);
+    b.expect(&format!("WHO w {n}"));
+    // SAY then the client's EOF: the MSG still comes, then the close. A room each:
+    // the previous client's PART may otherwise come between (other members' events
+    // may interleave anywhere).
+    for i in 0..20 {
         let mut c = Client::connect(srv.addr());
         let n = c.nick.clone();
-        c.w.write_all(b"JOIN e\nSAY e bye\n").unwrap();
+        c.w.write_all(format!("JOIN e{i}\nSAY e{i} bye\n").as_bytes())
+            .unwrap();
         c.w.shutdown(std::net::Shutdown::Write).unwrap();
         assert_eq!(
             without_ids(&rest_of(&mut c)),
-            ["OK JOIN e".to_string(), format!("MSG e - {n} bye")]
+            [format!("OK JOIN e{i}"), format!("MSG e{i} - {n} bye")]
         );
     }
 }
