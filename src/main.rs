@@ -122,6 +122,14 @@ struct ServeArgs {
     /// Chat: messages kept per room for HISTORY and JOIN ... AFTER.
     #[arg(long, default_value_t = multiclient::hub::DEFAULT_HISTORY)]
     history: usize,
+    /// Chat: bytes of history kept by all rooms together; past it the oldest messages
+    /// of any room are dropped first.
+    #[arg(long, default_value_t = multiclient::hub::DEFAULT_HISTORY_BYTES)]
+    history_bytes: usize,
+    /// Chat: most rooms one connection may be in; a JOIN beyond gets
+    /// `ERR too-many-rooms`.
+    #[arg(long, default_value_t = multiclient::hub::DEFAULT_MAX_ROOMS_PER_CONN)]
+    max_rooms_per_conn: usize,
     /// Chat: longest command line in bytes; longer ones get `ERR line-too-long`.
     #[arg(long, default_value_t = multiclient::service::chat::DEFAULT_MAX_LINE)]
     max_line: usize,
@@ -301,6 +309,8 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     };
     let mut service = service;
     service.chat.history = a.history;
+    service.chat.history_bytes = a.history_bytes;
+    service.chat.max_rooms_per_conn = a.max_rooms_per_conn;
     service.chat.max_line = a.max_line;
     service.chat.max_rate = a.max_rate;
     service.chat.redis = a.redis.clone();

@@ -416,6 +416,83 @@ fn quiet_member_outlives_the_idle_timeout(model: Model) {
     member.expect(&format!("WHO quiet {}", member.nick));
 }
 
+/// Everything the server sends until it closes, as lines.
+fn rest_of(c: &mut Client) -> Vec<String> {
+    let mut rest = String::new();
+    c.r.read_to_string(&mut rest).unwrap();
+    rest.lines().map(String::from).collect()
+}
+
+/// Lines of `MSG <room> <id> <nick> <text>`, without the id (a test cannot know it).
+fn without_ids(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| match l.splitn(4, ' ').collect::<Vec<_>>()[..] {
+            ["MSG", room, _id, rest] => format!("MSG {room} - {rest}"),
+            _ => l.clone(),
+        })
+        .collect()
+}
+
+fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close(model: Model) {
+    let srv = start(model);
+    // Pipelined in one write, then QUIT: each SAY's MSG comes before OK QUIT.
+    let mut a = Client::connect(srv.addr());
+    let n = a.nick.clone();
+    a.w.write_all(b"JOIN q\nSAY q one\nSAY q two\nSAY q three\nQUIT\n")
+        .unwrap();
+    assert_eq!(
+        without_ids(&rest_of(&mut a)),
+        [
+            "OK JOIN q".to_string(),
+            format!("MSG q - {n} one"),
+            format!("MSG q - {n} two"),
+            format!("MSG q - {n} three"),
+            "OK QUIT".into(),
+        ]
+    );
+    // SAY then WHO: the MSG is the SAY's answer, so it comes first.
+    let mut b = Client::connect(srv.addr());
+    let n = b.nick.clone();
+    b.w.write_all(b"JOIN w\nSAY w hi\nWHO w\n").unwrap();
+    b.expect("OK JOIN w");
+    assert_eq!(without_ids(&[b.line()]), [format!("MSG w - {n} hi")]);
+    b.expect(&format!("WHO w {n}"));
+    // SAY then the client's EOF: the MSG still comes, then the close. A room each:
+    // the previous client's PART may otherwise come between (other members' events
+    // may interleave anywhere).
+    for i in 0..20 {
+        let mut c = Client::connect(srv.addr());
+        let n = c.nick.clone();
+        c.w.write_all(format!("JOIN e{i}\nSAY e{i} bye\n").as_bytes())
+            .unwrap();
+        c.w.shutdown(std::net::Shutdown::Write).unwrap();
+        assert_eq!(
+            without_ids(&rest_of(&mut c)),
+            [format!("OK JOIN e{i}"), format!("MSG e{i} - {n} bye")]
+        );
+    }
+}
+
+fn a_connection_is_in_at_most_max_rooms_per_conn(model: Model) {
+    let srv = start(model);
+    let max = multiclient::hub::DEFAULT_MAX_ROOMS_PER_CONN;
+    let mut a = Client::connect(srv.addr());
+    let joins: String = (0..=max).map(|i| format!("JOIN r{i}\n")).collect();
+    a.w.write_all(joins.as_bytes()).unwrap();
+    for i in 0..max {
+        a.expect(&format!("OK JOIN r{i}"));
+    }
+    let l = a.line();
+    assert!(l.starts_with("ERR too-many-rooms "), "{l}");
+    a.send("JOIN r0");
+    let l = a.line();
+    assert!(l.starts_with("ERR already-member "), "{l}");
+    a.send(&format!("PART r{}", max - 1));
+    a.expect(&format!("OK PART r{}", max - 1));
+    a.join(&format!("r{max}"));
+}
+
 macro_rules! every_model {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -442,6 +519,8 @@ every_model!(
     bad_input_never_affects_another,
     busy_client_is_told_without_a_welcome,
     quiet_member_outlives_the_idle_timeout,
+    the_author_gets_every_own_msg_in_command_order_before_quit_or_close,
+    a_connection_is_in_at_most_max_rooms_per_conn,
 );
 
 #[test]

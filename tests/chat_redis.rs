@@ -599,3 +599,97 @@ fn members_parted_by_a_short_redis_hang_come_back() {
 fn members_parted_by_a_long_redis_hang_come_back() {
     members_parted_by_a_hang_come_back(Duration::from_millis(3500));
 }
+
+/// Everything the server sends until it closes, as lines, with each `MSG`'s id
+/// replaced by `-` (a test cannot know it).
+fn rest_without_ids(c: &mut Client) -> Vec<String> {
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut c.r, &mut rest).unwrap();
+    rest.lines()
+        .map(|l| match l.splitn(4, ' ').collect::<Vec<_>>()[..] {
+            ["MSG", room, _id, text] => format!("MSG {room} - {text}"),
+            _ => l.to_string(),
+        })
+        .collect()
+}
+
+/// The author's own `MSG` is its `SAY`'s answer, also when Redis orders it: pipelined
+/// `SAY`s then `QUIT`, a `SAY` then `WHO`, a `SAY` then the client's EOF, under every
+/// model the chat runs under; each command is answered, in order, before `OK QUIT` or
+/// the close.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close() {
+    let redis = RedisServer::start();
+    let models = [
+        ("async", Model::Async { workers: 2 }),
+        ("threads", Model::Threads),
+        ("pool", Model::Pool { workers: 8 }),
+    ];
+    for (name, model) in models {
+        let one = Instance::start(model, &redis.url());
+        let mut a = Client::connect(one.addr, &format!("a-{name}"));
+        // Rooms of their own for each model: the members of an instance stopped
+        // earlier may stay listed for the presence TTL.
+        a.w.write_all(
+            format!(
+                "JOIN q-{name}\nSAY q-{name} one\nSAY q-{name} two\nSAY q-{name} three\nQUIT\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            rest_without_ids(&mut a),
+            [
+                format!("OK JOIN q-{name}"),
+                format!("MSG q-{name} - a-{name} one"),
+                format!("MSG q-{name} - a-{name} two"),
+                format!("MSG q-{name} - a-{name} three"),
+                "OK QUIT".into(),
+            ],
+            "{name}"
+        );
+        let mut b = Client::connect(one.addr, &format!("b-{name}"));
+        b.w.write_all(format!("JOIN w-{name}\nSAY w-{name} hi\nWHO w-{name}\n").as_bytes())
+            .unwrap();
+        b.expect(&format!("OK JOIN w-{name}"));
+        let l = b.line();
+        assert!(l.ends_with(&format!(" b-{name} hi")), "{name}: {l}");
+        b.expect(&format!("WHO w-{name} b-{name}"));
+        for i in 0..20 {
+            let mut c = Client::connect(one.addr, &format!("c{i}-{name}"));
+            c.w.write_all(format!("JOIN e{i}-{name}\nSAY e{i}-{name} bye\n").as_bytes())
+                .unwrap();
+            c.w.shutdown(std::net::Shutdown::Write).unwrap();
+            assert_eq!(
+                rest_without_ids(&mut c),
+                [
+                    format!("OK JOIN e{i}-{name}"),
+                    format!("MSG e{i}-{name} - c{i}-{name} bye")
+                ],
+                "{name}"
+            );
+        }
+    }
+}
+
+/// Nicks are unique whatever their case across instances: `ann` on one instance
+/// keeps `ANN` and `Ann` from a member of the other, and nobody takes `SERVER`.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn nicks_are_unique_whatever_their_case_across_instances() {
+    let redis = RedisServer::start();
+    let (_one, _two, mut ann, mut bob) = two_in_lobby(&redis.url());
+    for taken in ["ANN", "Ann", "SERVER", "Server"] {
+        bob.send(&format!("NICK {taken}"));
+        let l = bob.line();
+        assert!(l.starts_with("ERR nick-taken "), "{taken}: {l}");
+    }
+    // Its owner may change its case; it stays held across instances.
+    ann.send("NICK ANN");
+    ann.expect("OK NICK ANN");
+    bob.until("NICK lobby ann ANN");
+    bob.send("NICK ann");
+    let l = bob.line();
+    assert!(l.starts_with("ERR nick-taken "), "{l}");
+}

@@ -652,6 +652,39 @@ fn with_redis_after_has_no_gap_and_no_duplicate_on_both_wires() {
     talker.join().unwrap();
 }
 
+/// A WebSocket member that sends `join`, three `say`s and `quit` in one write gets the
+/// `ok`, its three `msg`s in order, then the `ok` of `quit` and close 1000.
+fn web_author_gets_every_own_msg_before_quit(addr: SocketAddr) {
+    let mut wes = Web::connect(addr, "wes");
+    let frames = [
+        json!({"type": "join", "room": "q"}),
+        json!({"type": "say", "room": "q", "text": "one"}),
+        json!({"type": "say", "room": "q", "text": "two"}),
+        json!({"type": "say", "room": "q", "text": "three"}),
+        json!({"type": "quit"}),
+    ];
+    for f in frames {
+        wes.ws.write(Message::text(f.to_string())).unwrap();
+    }
+    wes.ws.flush().unwrap();
+    wes.expect(json!({"type": "ok", "cmd": "join", "room": "q"}));
+    for text in ["one", "two", "three"] {
+        let m = wes.next();
+        assert_eq!(
+            (&m["type"], &m["nick"], &m["text"]),
+            (&json!("msg"), &json!("wes"), &json!(text)),
+            "{m}"
+        );
+    }
+    wes.expect(json!({"type": "ok", "cmd": "quit"}));
+    assert_eq!(close_code(&mut wes.ws), 1000);
+}
+
+fn web_say_is_answered_before_quit(model: Model) {
+    let srv = start(model);
+    web_author_gets_every_own_msg_before_quit(srv.http.addr);
+}
+
 macro_rules! under_models {
     ($($name:ident: $model:expr,)*) => {
         mod members_under { use super::*; $(#[test] fn $name() { tcp_and_web_members_see_each_other($model) })* }
@@ -662,6 +695,7 @@ macro_rules! under_models {
         mod goodbye_under { use super::*; $(#[test] fn $name() { busy_is_1013_and_shutdown_1001($model) })* }
         mod page_under { use super::*; $(#[test] fn $name() { page_is_served($model) })* }
         mod rate_under { use super::*; $(#[test] fn $name() { web_members_are_rate_limited($model) })* }
+        mod own_msg_under { use super::*; $(#[test] fn $name() { web_say_is_answered_before_quit($model) })* }
     };
 }
 
@@ -692,4 +726,14 @@ fn with_redis_commands_before_eof_are_all_answered() {
     let mut rest = String::new();
     tom.r.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "", "closed after the last reply");
+}
+
+/// With `--redis`, a WebSocket member's pipelined `say`s are each answered by its own
+/// `msg`, ordered through Redis, before the `ok` of its `quit`.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn with_redis_web_say_is_answered_before_quit() {
+    let redis = RedisServer::start();
+    let (srv, _hub) = start_redis(&redis);
+    web_author_gets_every_own_msg_before_quit(srv.http.addr);
 }

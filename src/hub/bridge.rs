@@ -94,7 +94,6 @@
 //! at [`BACKOFF_MAX`], subscribing again by itself.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +107,14 @@ use tokio::sync::mpsc;
 
 use super::{Answer, ChatEvent, Hub, HubError, Kind, MemberId, MsgId, Publication};
 use crate::base::mailbox::Sender;
+
+mod clock;
+mod scripts;
+
+use self::clock::{time_ms, Clock};
+use self::scripts::Scripts;
+#[cfg(test)]
+use self::scripts::SAY_SCRIPT;
 
 /// The pub/sub channel every process subscribes to.
 const CHANNEL: &str = "mc:events";
@@ -140,280 +147,6 @@ const CLOCK_SAMPLES: usize = 8;
 
 /// A pipeline slower than this is logged: members' answers are waiting on it.
 const SLOW: Duration = Duration::from_millis(500);
-
-/// Milliseconds of Redis's clock, as a Lua number (exact: below 2^53).
-const NOW_MS: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"#;
-
-/// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin,
-/// deadline (ms of Redis's clock).
-///
-/// Past its deadline the script does nothing and answers an `EXPIRED` error: the
-/// bridge has told (or is about to tell) the author `unavailable`, so the message must
-/// reach nobody (see "A refused message is never sent" in the module documentation).
-///
-/// A room's counter starts at Redis's clock in microseconds, so ids keep increasing
-/// even when Redis restarts empty: a client's `AFTER <old id>` then misses nothing and
-/// sessions never take new messages for duplicates. (`%.0f`: Lua numbers are doubles,
-/// exact below 2^53, and `tostring` would print them in exponent form.)
-const SAY_SCRIPT: &str = r#"
-if now > tonumber(ARGV[6]) then
-  return redis.error_reply('EXPIRED the deadline passed before Redis ran the message')
-end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
-end
-local id = string.format('%.0f', redis.call('INCR', KEYS[1]))
-local ev = cjson.encode({t='msg', room=ARGV[2], id=id, nick=ARGV[3], text=ARGV[4], o=ARGV[5]})
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', ev)
-redis.call('PUBLISH', KEYS[3], ev)
-return id
-"#;
-
-/// A join, part or nick change. `KEYS`: presence set, channel, parted set. `ARGV`:
-/// the event, listing lifetime (ms), nick to unlist (or empty), nick to list (or
-/// empty). Both nicks leave the parted set: after an event of its own a member's
-/// expiry is no longer something to repair (see [`PRESENCE_SCRIPT`]).
-const EVENT_SCRIPT: &str = r#"
-if ARGV[3] ~= '' then
-  redis.call('ZREM', KEYS[1], ARGV[3])
-  redis.call('ZREM', KEYS[3], ARGV[3])
-end
-if ARGV[4] ~= '' then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[2])))
-end
-return redis.call('PUBLISH', KEYS[2], ARGV[1])
-"#;
-
-/// Re-lists a process's members of one room (at most [`CHUNK`]: one variadic
-/// `ZADD`); returns the nicks it listed again after an expiry had parted them.
-/// `KEYS`: presence set, parted set, channel. `ARGV`: listing lifetime (ms), `XX`
-/// (renew: only members still listed, or repaired) or empty (list them all, after a
-/// connect), room, this process's id, then pairs of nick and member id (empty for a
-/// member whose join has not come back yet: never repaired).
-///
-/// A member missing from the set whose nick is in the parted set (an expiry scan
-/// unlisted it and published its `PART`, and it has had no join, part or nick change
-/// since) is still here: Redis hung longer than its listing lived, or this process's
-/// renewal came late. It is listed again and its `JOIN` is published, in this one
-/// script, so every process's members see it come back and `WHO` is right everywhere.
-/// A member that really parted or renamed itself is in neither set (its event's
-/// script cleared both), so a renewal that reaches Redis after its `PART` does not
-/// list it again; one before its `PART` is followed by it, on this same connection.
-const PRESENCE_SCRIPT: &str = r#"
-local expires = string.format('%.0f', now + tonumber(ARGV[1]))
-local args = {}
-local back = {}
-for i = 5, #ARGV, 2 do
-  local nick, m = ARGV[i], ARGV[i + 1]
-  local list = true
-  if not redis.call('ZSCORE', KEYS[1], nick) then
-    if m ~= '' and redis.call('ZREM', KEYS[2], nick) == 1 then
-      back[#back + 1] = nick
-      redis.call('PUBLISH', KEYS[3], cjson.encode(
-        {t='join', room=ARGV[3], nick=nick, o=ARGV[4], m=tonumber(m), r=1}))
-    elseif ARGV[2] == 'XX' then
-      list = false
-    end
-  end
-  if list then
-    args[#args + 1] = expires
-    args[#args + 1] = nick
-  end
-end
-if #args > 0 then redis.call('ZADD', KEYS[1], unpack(args)) end
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[1])))
-return back
-"#;
-
-/// Unlists the expired members of a room and publishes their `PART`s (marked `x`:
-/// by expiry); returns their nicks. Each is kept in the room's parted set until
-/// `ARGV[2]` from now, so that its process, if it is alive after all, lists it again
-/// and publishes its `JOIN` (see [`PRESENCE_SCRIPT`]). `KEYS`: presence set, channel,
-/// parted set. `ARGV`: room, how long a parted nick is kept (ms).
-const EXPIRE_SCRIPT: &str = r#"
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now))
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-if #gone > 0 then
-  local keep = string.format('%.0f', now + tonumber(ARGV[2]))
-  for _, n in ipairs(gone) do
-    redis.call('ZREM', KEYS[1], n)
-    redis.call('ZADD', KEYS[3], keep, n)
-    redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n, x=1}))
-  end
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
-end
-return gone
-"#;
-
-/// The listed members of a room. `KEYS`: presence set.
-const WHO_SCRIPT: &str = r#"
-return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', now), '+inf')
-"#;
-
-/// Claims a nick unless another member holds it, then releases the member's old one.
-/// `KEYS`: new nick, old nick. `ARGV`: owner, claim lifetime (ms). 1 if claimed.
-const CLAIM_SCRIPT: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"#;
-
-/// Deletes a nick's claim only if it is still this member's. `KEYS`: nick.
-/// `ARGV`: owner.
-const RELEASE_SCRIPT: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
-/// Renews a process's nick claims, or makes them again after a connect (Redis may
-/// have lost them), leaving alone those another member holds now; returns those.
-/// `KEYS`: the nicks. `ARGV`: claim lifetime (ms), `renew` (only claims still held:
-/// a nick released meanwhile stays free) or `claim`, then each nick's owner.
-const NICKS_SCRIPT: &str = r#"
-local lost = {}
-local cur = redis.call('MGET', unpack(KEYS))
-for i = 1, #KEYS do
-  local owner = ARGV[i + 2]
-  if cur[i] == owner then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-  elseif cur[i] then
-    lost[#lost + 1] = KEYS[i]
-  elseif ARGV[2] == 'claim' then
-    redis.call('SET', KEYS[i], owner, 'PX', ARGV[1])
-  end
-end
-return lost
-"#;
-
-/// This process's estimate of Redis's clock, which the deadlines of messages are set
-/// on.
-///
-/// A sample is a `TIME` read by Redis and the moment its reply arrived here, on this
-/// process's monotonic clock: Redis read its clock no later than that, so Redis's
-/// reading minus the local time of arrival is a lower bound of the offset between the
-/// two clocks (a slow reply only makes the bound lower). The estimate is the highest of
-/// the last [`CLOCK_SAMPLES`] bounds: one late reply does not pull it down, and a step
-/// of Redis's clock is followed within that many samples. An estimate below the truth
-/// only makes deadlines earlier (a message refused that Redis could have run in time),
-/// never later. The samples are dropped at each reconnection: the Redis behind the
-/// URL may be another host now.
-#[derive(Debug)]
-struct Clock {
-    base: Instant,
-    bounds: VecDeque<i64>,
-}
-
-impl Clock {
-    fn new() -> Clock {
-        Clock {
-            base: Instant::now(),
-            bounds: VecDeque::with_capacity(CLOCK_SAMPLES),
-        }
-    }
-
-    fn local_ms(&self, at: Instant) -> i64 {
-        at.saturating_duration_since(self.base).as_millis() as i64
-    }
-
-    /// Forgets every sample (a new connection).
-    fn reset(&mut self) {
-        self.bounds.clear();
-    }
-
-    /// Redis read `redis_ms` on its clock; the reply arrived at `received`.
-    fn sample(&mut self, redis_ms: i64, received: Instant) {
-        if self.bounds.len() == CLOCK_SAMPLES {
-            self.bounds.pop_front();
-        }
-        self.bounds.push_back(redis_ms - self.local_ms(received));
-    }
-
-    /// Redis's clock at local time `at`, in milliseconds, or at most the reply delay
-    /// of the best recent sample less; `None` before the first sample.
-    fn redis_ms(&self, at: Instant) -> Option<i64> {
-        self.bounds
-            .iter()
-            .max()
-            .map(|offset| offset + self.local_ms(at))
-    }
-}
-
-/// The milliseconds of a `TIME` reply.
-fn time_ms(v: Value) -> Option<i64> {
-    let (secs, micros): (i64, i64) = redis::from_owned_redis_value(v).ok()?;
-    Some(secs * 1000 + micros / 1000)
-}
-
-/// A script loaded into Redis and called by its hash.
-struct Lua {
-    code: String,
-    hash: String,
-}
-
-impl Lua {
-    fn new(body: &str, clock: bool) -> Lua {
-        let code = if clock {
-            format!("{NOW_MS}{body}")
-        } else {
-            body.to_string()
-        };
-        let hash = redis::Script::new(&code).get_hash().to_string();
-        Lua { code, hash }
-    }
-
-    /// `EVALSHA` of this script with `keys` keys; the caller adds keys and arguments.
-    fn call(&self, keys: usize) -> redis::Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(&self.hash).arg(keys);
-        c
-    }
-}
-
-struct Scripts {
-    say: Lua,
-    event: Lua,
-    presence: Lua,
-    expire: Lua,
-    who: Lua,
-    claim: Lua,
-    release: Lua,
-    nicks: Lua,
-}
-
-impl Scripts {
-    fn new() -> Scripts {
-        Scripts {
-            say: Lua::new(SAY_SCRIPT, true),
-            event: Lua::new(EVENT_SCRIPT, true),
-            presence: Lua::new(PRESENCE_SCRIPT, true),
-            expire: Lua::new(EXPIRE_SCRIPT, true),
-            who: Lua::new(WHO_SCRIPT, true),
-            claim: Lua::new(CLAIM_SCRIPT, false),
-            release: Lua::new(RELEASE_SCRIPT, false),
-            nicks: Lua::new(NICKS_SCRIPT, false),
-        }
-    }
-
-    fn all(&self) -> [&Lua; 8] {
-        [
-            &self.say,
-            &self.event,
-            &self.presence,
-            &self.expire,
-            &self.who,
-            &self.claim,
-            &self.release,
-            &self.nicks,
-        ]
-    }
-}
 
 /// The presence periods derived from `--presence-ttl` (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,12 +184,13 @@ impl Timing {
 
 /// What sessions ask of Redis, through the hub.
 pub(crate) enum Request {
-    /// A message; a failure is answered to its author (none for a server notice).
+    /// A message; a failure is answered to its author (none for a server notice),
+    /// which recognises its own message coming back by its member id.
     Say {
         room: Arc<str>,
         nick: Arc<str>,
         text: Box<str>,
-        author: Option<Sender<ChatEvent>>,
+        author: Option<(MemberId, Sender<ChatEvent>)>,
     },
     /// A join, part or nick change, by `member` of this process.
     Event {
@@ -508,8 +242,10 @@ pub(crate) struct Bridge {
     up: Arc<AtomicBool>,
 }
 
+/// A nick's claim, under its case-folded form: `ann` and `ANN` are one nick on every
+/// process.
 fn nick_key(nick: &str) -> String {
-    format!("mc:nick:{nick}")
+    format!("mc:nick:{}", nick.to_ascii_lowercase())
 }
 
 fn who_key(room: &str) -> String {
@@ -972,7 +708,10 @@ impl Run {
         let life = self.timing.lifetime.as_millis() as u64;
         let c = match r {
             Request::Say {
-                room, nick, text, ..
+                room,
+                nick,
+                text,
+                author,
             } => {
                 let (seq, hist) = keys(room);
                 let mut c = self.scripts.say.call(3);
@@ -984,36 +723,27 @@ impl Run {
                     .arg(&**nick)
                     .arg(&**text)
                     .arg(&*self.instance)
-                    .arg(deadline);
+                    .arg(deadline)
+                    .arg(
+                        author
+                            .as_ref()
+                            .map_or(String::new(), |(m, _)| m.0.to_string()),
+                    );
                 c
             }
             Request::Event { room, kind, member } => {
-                let (mut v, unlist, list) = match kind {
-                    Kind::Join { nick } => (
-                        serde_json::json!({"t": "join", "nick": &**nick}),
-                        "",
-                        &**nick,
-                    ),
-                    Kind::Part { nick } => (
-                        serde_json::json!({"t": "part", "nick": &**nick}),
-                        &**nick,
-                        "",
-                    ),
-                    Kind::Nick { old, new } => (
-                        serde_json::json!({"t": "nick", "old": &**old, "new": &**new}),
-                        &**old,
-                        &**new,
-                    ),
+                let (unlist, list) = match kind {
+                    Kind::Join { nick } => ("", &**nick),
+                    Kind::Part { nick } => (&**nick, ""),
+                    Kind::Nick { old, new } => (&**old, &**new),
                     Kind::Msg { .. } => return None, // Messages go through `Say`.
                 };
-                v["room"] = (&**room).into();
-                v["o"] = (&*self.instance).into();
-                v["m"] = member.0.into();
+                let v = super::events::encode(room, kind, &self.instance, *member)?;
                 let mut c = self.scripts.event.call(3);
                 c.arg(who_key(room))
                     .arg(CHANNEL)
                     .arg(parted_key(room))
-                    .arg(v.to_string())
+                    .arg(v)
                     .arg(life)
                     .arg(unlist)
                     .arg(list);
@@ -1178,7 +908,7 @@ impl Run {
                             .iter()
                             .filter_map(|e| {
                                 let v: Vec<u8> = e.get("e")?;
-                                let ev = parse_event(&v)?;
+                                let ev = super::events::parse(&v)?;
                                 Some(Arc::new(Publication::new(ev.room, ev.kind)))
                             })
                             .collect();
@@ -1209,7 +939,7 @@ impl Run {
     /// `None` when the hub is gone.
     fn inject(&self, payload: &[u8]) -> Option<()> {
         let hub = self.hub()?;
-        let Some(ev) = parse_event(payload) else {
+        let Some(ev) = super::events::parse(payload) else {
             tracing::warn!(
                 "redis: ignoring a malformed event: {}",
                 String::from_utf8_lossy(payload)
@@ -1226,16 +956,18 @@ impl Run {
             }
             // The member that joined or renamed itself got its OK instead.
             (Kind::Join { .. } | Kind::Nick { .. }, Some(m)) if own => {
-                hub.inject(&ev.room, ev.kind, Some(m))
+                hub.inject(&ev.room, ev.kind, Some(m), None)
             }
+            // A message of a member of this process: its `SAY`'s answer.
+            (Kind::Msg { .. }, Some(m)) if own => hub.inject(&ev.room, ev.kind, None, Some(m)),
             // An expiry parted a member that is still here (this process will list it
             // again and publish its JOIN): the others are told, as everywhere; it
             // never left, so it is not.
             (Kind::Part { nick }, _) if ev.expired => {
                 let skip = member_named(&hub, &ev.room, nick);
-                hub.inject(&ev.room, ev.kind, skip)
+                hub.inject(&ev.room, ev.kind, skip, None)
             }
-            _ => hub.inject(&ev.room, ev.kind, None),
+            _ => hub.inject(&ev.room, ev.kind, None, None),
         };
         if let Some(room) = room {
             match &self.deliver {
@@ -1254,7 +986,7 @@ impl Run {
     fn fail(&self, r: Request) {
         let ev = match r {
             Request::Say {
-                author: Some(author),
+                author: Some((_, author)),
                 ..
             } => (
                 author,
@@ -1339,53 +1071,6 @@ fn range_answer(
     })
 }
 
-/// An event as carried on the channel.
-struct Event {
-    room: Arc<str>,
-    kind: Kind,
-    origin: Option<String>,
-    member: Option<MemberId>,
-    /// A `PART` published by an expiry scan (`x`), not by the member.
-    expired: bool,
-    /// A `JOIN` published by a renewal that found its member parted by an expiry
-    /// (`r`): the member never left.
-    rejoin: bool,
-}
-
-fn parse_event(payload: &[u8]) -> Option<Event> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str());
-    let name =
-        |k: &str| -> Option<Arc<str>> { s(k).filter(|n| super::valid_nick(n)).map(Arc::from) };
-    let room = s("room").filter(|r| super::valid_room(r))?;
-    let kind = match s("t")? {
-        "msg" => Kind::Msg {
-            id: s("id")?.parse().ok()?,
-            nick: name("nick")?,
-            text: s("text")?.into(),
-        },
-        "join" => Kind::Join {
-            nick: name("nick")?,
-        },
-        "part" => Kind::Part {
-            nick: name("nick")?,
-        },
-        "nick" => Kind::Nick {
-            old: name("old")?,
-            new: name("new")?,
-        },
-        _ => return None,
-    };
-    Some(Event {
-        room: room.into(),
-        kind,
-        origin: s("o").map(String::from),
-        member: v.get("m").and_then(|m| m.as_u64()).map(MemberId),
-        expired: v.get("x").is_some(),
-        rejoin: v.get("r").is_some(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1419,88 +1104,6 @@ mod tests {
         let check = SAY_SCRIPT.find("now > tonumber(ARGV[6])").unwrap();
         for write in ["'SET'", "'INCR'", "'XADD'", "'PUBLISH'"] {
             assert!(check < SAY_SCRIPT.find(write).unwrap(), "{write}");
-        }
-    }
-
-    #[test]
-    fn the_clock_estimate_errs_low_and_ignores_a_late_reply() {
-        let mut c = Clock::new();
-        let t0 = c.base;
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        assert_eq!(c.redis_ms(at(0)), None);
-        // Redis's clock is 5,000 ms ahead. Read at local 100 ms, answered at 103.
-        c.sample(5_100, at(103));
-        assert_eq!(c.redis_ms(at(1_000)), Some(5_997)); // 3 ms low: the reply's way.
-                                                        // A reply held up 700 ms after the reading does not pull the estimate down.
-        c.sample(5_200, at(900));
-        assert_eq!(c.redis_ms(at(1_000)), Some(5_997));
-        // A tighter one raises it; never above the truth (5,000 ahead).
-        c.sample(5_500, at(500));
-        assert_eq!(c.redis_ms(at(1_000)), Some(6_000));
-        // Redis's clock steps back 2 s: followed once the older samples are out.
-        for i in 0..CLOCK_SAMPLES as u64 {
-            assert!(c.redis_ms(at(2_000 + i)).unwrap() >= 7_000);
-            c.sample(3_000 + 2_000 + i as i64, at(2_000 + i));
-        }
-        assert_eq!(c.redis_ms(at(3_000)), Some(6_000));
-        // A new connection forgets everything.
-        c.reset();
-        assert_eq!(c.redis_ms(at(3_000)), None);
-        // The reading of a TIME reply.
-        let reply = Value::Array(vec![
-            Value::BulkString(b"1700000000".to_vec()),
-            Value::BulkString(b"123456".to_vec()),
-        ]);
-        assert_eq!(time_ms(reply), Some(1_700_000_000_123));
-        assert_eq!(time_ms(Value::Nil), None);
-    }
-
-    #[test]
-    fn scripts_read_the_clock_they_use() {
-        let s = Scripts::new();
-        for l in s.all() {
-            // A script that uses `now` defines it first, from Redis's clock.
-            let uses = l.code.replacen(NOW_MS, "", 1).contains("now");
-            assert_eq!(uses, l.code.starts_with(NOW_MS), "{}", l.code);
-            assert_eq!(l.hash.len(), 40);
-        }
-    }
-
-    #[test]
-    fn events_round_trip_and_bad_ones_are_refused() {
-        let ev = parse_event(
-            br#"{"t":"msg","room":"r","id":"7","nick":"ann","text":"hi \/ there","o":"x"}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            ev.kind,
-            Kind::Msg {
-                id: MsgId(7),
-                nick: "ann".into(),
-                text: "hi / there".into()
-            }
-        );
-        assert_eq!(ev.origin.as_deref(), Some("x"));
-        let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3}"#).unwrap();
-        assert_eq!(ev.member, Some(MemberId(3)));
-        assert!(!ev.rejoin && !ev.expired);
-        // What the presence scripts publish: a rejoin (r) and an expiry's PART (x).
-        let ev = parse_event(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3,"r":1}"#);
-        assert!(ev.unwrap().rejoin);
-        let ev = parse_event(br#"{"t":"part","room":"r","nick":"bob","x":1}"#).unwrap();
-        assert!(ev.expired && ev.origin.is_none());
-        for bad in [
-            &br#"{"t":"msg","room":"r","id":"x","nick":"ann","text":"hi"}"#[..],
-            br#"{"t":"join","room":"bad room","nick":"bob"}"#,
-            br#"{"t":"join","room":"r","nick":"b b"}"#,
-            br#"{"t":"other","room":"r"}"#,
-            b"not json",
-        ] {
-            assert!(
-                parse_event(bad).is_none(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
         }
     }
 }

@@ -23,6 +23,17 @@
 //! replayed by `JOIN <room> AFTER <id>` (read under the same lock) and the live events
 //! meet exactly: no gap, no duplicate.
 //!
+//! # Bounded memory
+//!
+//! A room keeps at most `--history` messages, and all rooms together at most
+//! `--history-bytes` of them (as estimated by [`Publication::cost`]): past that budget
+//! the process's oldest messages are dropped first, whatever their room. A room with
+//! no member is forgotten at once, its history with it (with `--redis` the history
+//! lives in Redis). A member is in at most `--max-rooms-per-conn` rooms
+//! ([`HubError::TooManyRooms`]). So whatever one connection sends, what the hub keeps
+//! for it is bounded; and when a large part of the history is let go, the allocator is
+//! asked to hand the freed memory back to the system.
+//!
 //! # Slow members
 //!
 //! A mailbox is bounded in bytes (`--max-queue`); an overflow is never a silent drop:
@@ -34,29 +45,42 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-
-use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::base::mailbox::{SendError, Sender};
 
 mod bridge;
+mod events;
+mod history;
 pub mod names;
+mod publication;
 
 pub use bridge::BACKOFF_MAX as REDIS_BACKOFF_MAX;
 
 pub use names::{valid_nick, valid_room, MAX_NICK, MAX_ROOM};
+pub use publication::{Kind, Publication, Wire};
+
+use self::history::HistoryOrder;
 
 /// The nick of backend notifications ([`Hub::announce`]); no member can take it.
 pub const SERVER_NICK: &str = "server";
 
-fn check_text(text: &str) -> Result<(), HubError> {
-    if text.contains(['\n', '\r']) {
+/// Message text is one line of printable characters: a line break would forge
+/// protocol lines, and any other control character (ESC, BEL, NUL, the rest of C0,
+/// DEL, C1) could drive a member's terminal.
+pub fn check_text(text: &str) -> Result<(), HubError> {
+    if text.chars().any(char::is_control) {
         Err(HubError::BadText)
     } else {
         Ok(())
     }
+}
+
+/// The key a nick is unique under: nicks differing only in case (`ann`, `ANN`) are
+/// one nick. Nicks are ASCII ([`valid_nick`]).
+fn folded(nick: &str) -> Arc<str> {
+    nick.to_ascii_lowercase().into()
 }
 
 /// Room shards: enough that unrelated rooms rarely share a lock.
@@ -65,6 +89,32 @@ const SHARDS: usize = 64;
 pub const DEFAULT_HISTORY: usize = 100;
 /// Most messages one `HISTORY` answers.
 pub const MAX_HISTORY_REPLY: usize = 100;
+/// Default budget of all rooms' history together, in bytes (`--history-bytes`): with
+/// the other per-connection bounds, it keeps what one connection can make the server
+/// hold well under 100 MB (BENCHMARKS.md, "Chat memory under attack").
+pub const DEFAULT_HISTORY_BYTES: usize = 32 << 20;
+/// Default most rooms one connection may be in (`--max-rooms-per-conn`).
+pub const DEFAULT_MAX_ROOMS_PER_CONN: usize = 100;
+
+/// An answer of the hub: given now, or coming later through the member's mailbox (as
+/// an [`Answer`], with `--redis`, where Redis orders, stores and claims).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred<T> {
+    /// The answer, now.
+    Now(T),
+    /// The answer comes later, to the member's mailbox.
+    Later,
+}
+
+impl<T> Deferred<T> {
+    /// The answer if it was given now.
+    pub fn now(self) -> Option<T> {
+        match self {
+            Deferred::Now(t) => Some(t),
+            Deferred::Later => None,
+        }
+    }
+}
 
 /// Identifies a member (one connection) inside this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -93,117 +143,6 @@ impl FromStr for MsgId {
             return Err("x".parse::<u64>().unwrap_err());
         }
         s.parse().map(MsgId)
-    }
-}
-
-/// A wire format members receive events in. Each publication is encoded at most once
-/// per format, whatever the number of members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    /// The TCP line protocol: `MSG <room> <id> <nick> <text>\n`.
-    Line,
-    /// One JSON object per WebSocket text frame (the payload only; the WebSocket
-    /// session adds the frame header).
-    Json,
-}
-
-/// What happened in a room.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
-    /// A message said in the room.
-    Msg {
-        /// Its id.
-        id: MsgId,
-        /// Who said it.
-        nick: Arc<str>,
-        /// What was said (one line, UTF-8).
-        text: Box<str>,
-    },
-    /// A member joined.
-    Join {
-        /// The member's nick.
-        nick: Arc<str>,
-    },
-    /// A member left (PART, QUIT or disconnect).
-    Part {
-        /// The member's nick.
-        nick: Arc<str>,
-    },
-    /// A member changed nick.
-    Nick {
-        /// The nick before.
-        old: Arc<str>,
-        /// The nick after.
-        new: Arc<str>,
-    },
-}
-
-/// An event of a room as handed to members, with its encodings made on first use.
-#[derive(Debug)]
-pub struct Publication {
-    /// The room.
-    pub room: Arc<str>,
-    /// What happened.
-    pub kind: Kind,
-    line: OnceLock<Bytes>,
-    json: OnceLock<Bytes>,
-}
-
-impl Publication {
-    /// A publication of `kind` in `room`.
-    pub fn new(room: Arc<str>, kind: Kind) -> Publication {
-        Publication {
-            room,
-            kind,
-            line: OnceLock::new(),
-            json: OnceLock::new(),
-        }
-    }
-
-    /// The message id, for a message.
-    pub fn msg_id(&self) -> Option<MsgId> {
-        match self.kind {
-            Kind::Msg { id, .. } => Some(id),
-            _ => None,
-        }
-    }
-
-    /// The bytes members of `wire` receive: encoded by the first caller, shared after.
-    pub fn encoded(&self, wire: Wire) -> &Bytes {
-        match wire {
-            Wire::Line => self.line.get_or_init(|| self.encode_line()),
-            Wire::Json => self.json.get_or_init(|| self.encode_json()),
-        }
-    }
-
-    fn encode_line(&self) -> Bytes {
-        let room = &*self.room;
-        let s = match &self.kind {
-            Kind::Msg { id, nick, text } => format!("MSG {room} {id} {nick} {text}\n"),
-            Kind::Join { nick } => format!("JOIN {room} {nick}\n"),
-            Kind::Part { nick } => format!("PART {room} {nick}\n"),
-            Kind::Nick { old, new } => format!("NICK {room} {old} {new}\n"),
-        };
-        Bytes::from(s)
-    }
-
-    fn encode_json(&self) -> Bytes {
-        let room = &*self.room;
-        let v = match &self.kind {
-            Kind::Msg { id, nick, text } => serde_json::json!({
-                "type": "msg", "room": room, "id": id.to_string(), "nick": &**nick, "text": &**text,
-            }),
-            Kind::Join { nick } => {
-                serde_json::json!({"type": "join", "room": room, "nick": &**nick})
-            }
-            Kind::Part { nick } => {
-                serde_json::json!({"type": "part", "room": room, "nick": &**nick})
-            }
-            Kind::Nick { old, new } => serde_json::json!({
-                "type": "nick", "room": room, "old": &**old, "new": &**new,
-            }),
-        };
-        Bytes::from(v.to_string())
     }
 }
 
@@ -256,6 +195,9 @@ pub enum ChatEvent {
         seq: u64,
         /// The event.
         publication: Arc<Publication>,
+        /// The member's own message, the answer to its `SAY`: the session answers
+        /// the commands after that `SAY` only once it is handed on.
+        own: bool,
     },
     /// The answer to one of this member's requests.
     Answer(Answer),
@@ -279,8 +221,12 @@ pub enum HubError {
     /// No room of that name exists (nobody is in it).
     #[error("no such room")]
     NoSuchRoom,
-    /// Message text that is not one line (a line break would forge protocol lines).
-    #[error("text must be one line")]
+    /// The member is in `--max-rooms-per-conn` rooms already.
+    #[error("you are in as many rooms as a connection may be")]
+    TooManyRooms,
+    /// Message text that is not one line of printable characters (a line break would
+    /// forge protocol lines, other control characters drive terminals).
+    #[error("text must be one line without control characters")]
     BadText,
     /// The shared backend (Redis) cannot be reached; nothing was delivered.
     #[error("chat backend unavailable, try again")]
@@ -296,6 +242,7 @@ impl HubError {
             HubError::NotMember => "not-member",
             HubError::AlreadyMember => "already-member",
             HubError::NoSuchRoom => "no-such-room",
+            HubError::TooManyRooms => "too-many-rooms",
             HubError::BadText => "bad-text",
             HubError::Unavailable => "unavailable",
         }
@@ -318,6 +265,8 @@ struct Pending {
     publication: Arc<Publication>,
     /// A member the event is not for (its author, for a nick change).
     skip: Option<MemberId>,
+    /// The member whose own message this is (its `SAY`'s answer).
+    author: Option<MemberId>,
 }
 
 struct Room {
@@ -326,6 +275,8 @@ struct Room {
     members: Arc<Vec<Entry>>,
     index: HashMap<MemberId, usize>,
     history: VecDeque<Arc<Publication>>,
+    /// What `history` is counted for ([`Publication::cost`]).
+    history_bytes: usize,
     seq: u64,
     outbox: VecDeque<Pending>,
     /// Someone is handing out the outbox.
@@ -339,6 +290,7 @@ impl Room {
             members: Arc::new(Vec::new()),
             index: HashMap::new(),
             history: VecDeque::new(),
+            history_bytes: 0,
             seq: 0,
             outbox: VecDeque::new(),
             delivering: false,
@@ -347,11 +299,23 @@ impl Room {
 
     /// Queues an event; returns whether the caller must deliver the outbox.
     fn push(&mut self, publication: Arc<Publication>, skip: Option<MemberId>) -> bool {
+        self.push_by(publication, skip, None)
+    }
+
+    /// Queues an event, a message of `author` (told it is its own); returns whether
+    /// the caller must deliver the outbox.
+    fn push_by(
+        &mut self,
+        publication: Arc<Publication>,
+        skip: Option<MemberId>,
+        author: Option<MemberId>,
+    ) -> bool {
         self.seq += 1;
         self.outbox.push_back(Pending {
             seq: self.seq,
             publication,
             skip,
+            author,
         });
         !std::mem::replace(&mut self.delivering, true)
     }
@@ -393,6 +357,11 @@ pub struct Joined {
 pub struct HubConfig {
     /// Messages kept per room (`--history`).
     pub history: usize,
+    /// Bytes of history kept by all rooms together (`--history-bytes`); the oldest
+    /// messages go first.
+    pub history_bytes: usize,
+    /// Most rooms one member may be in (`--max-rooms-per-conn`).
+    pub max_rooms_per_conn: usize,
     /// With Redis: how long a process's members stay listed after it stops
     /// refreshing them (`--presence-ttl`); a killed process's members part everywhere
     /// within about this long.
@@ -406,6 +375,8 @@ impl Default for HubConfig {
     fn default() -> Self {
         HubConfig {
             history: DEFAULT_HISTORY,
+            history_bytes: DEFAULT_HISTORY_BYTES,
+            max_rooms_per_conn: DEFAULT_MAX_ROOMS_PER_CONN,
             presence_ttl: DEFAULT_PRESENCE_TTL,
         }
     }
@@ -440,6 +411,12 @@ pub struct Hub {
     /// not hand out the same ones.
     guest_prefix: String,
     bridge: Option<bridge::Bridge>,
+    /// Every room's history in the order it was said, for the process-wide budget.
+    history: Mutex<HistoryOrder>,
+    /// Bytes of history kept by all rooms ([`Publication::cost`]).
+    history_held: AtomicUsize,
+    /// History bytes let go since the allocator last handed memory back.
+    history_freed: AtomicUsize,
     /// Counters.
     pub stats: HubStats,
 }
@@ -475,6 +452,9 @@ impl Hub {
             config,
             guest_prefix: String::new(),
             bridge: None,
+            history: Mutex::default(),
+            history_held: AtomicUsize::new(0),
+            history_freed: AtomicUsize::new(0),
             stats: HubStats::default(),
         }
     }
@@ -520,13 +500,20 @@ impl Hub {
     /// Returns the room when the caller must now hand its events out
     /// ([`Hub::deliver`]): the bridge has that done on another thread, so that putting
     /// events in order never waits for a fan-out.
-    fn inject(&self, room: &str, kind: Kind, skip: Option<MemberId>) -> Option<Arc<str>> {
+    fn inject(
+        &self,
+        room: &str,
+        kind: Kind,
+        skip: Option<MemberId>,
+        author: Option<MemberId>,
+    ) -> Option<Arc<str>> {
         {
             let mut shard = lock(self.shard(room));
             let r = shard.get_mut(room)?; // None: no member here.
             let name = r.name.clone();
             let own_join = matches!(kind, Kind::Join { .. });
-            let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip);
+            let p = Arc::new(Publication::new(name.clone(), kind));
+            let deliver = r.push_by(p, skip, author);
             if let (true, Some(m)) = (own_join, skip) {
                 // The member's own JOIN, in Redis's order: it receives what follows.
                 if let Some(&i) = r.index.get(&m) {
@@ -567,8 +554,8 @@ impl Hub {
         loop {
             let n = self.next_guest.fetch_add(1, Ordering::Relaxed);
             let nick: Arc<str> = format!("guest-{}{n}", self.guest_prefix).into();
-            if !nicks.contains_key(&nick) {
-                nicks.insert(nick.clone(), id);
+            if let std::collections::hash_map::Entry::Vacant(e) = nicks.entry(folded(&nick)) {
+                e.insert(id);
                 return (id, nick);
             }
         }
@@ -576,7 +563,7 @@ impl Hub {
 
     /// Changes a member's nick from `old` to `new` and tells the other members of each
     /// of its `rooms`. With `--redis` the nick is first claimed in Redis (unique across
-    /// processes): `None` is returned and the outcome comes later to `to`, as
+    /// processes): `Deferred::Later` is returned and the outcome comes later to `to`, as
     /// [`Answer::Nick`]; the session then calls [`Hub::apply_nick`].
     pub fn set_nick(
         &self,
@@ -585,20 +572,20 @@ impl Hub {
         new: &str,
         rooms: &[Arc<str>],
         to: &Sender<ChatEvent>,
-    ) -> Result<Option<Arc<str>>, HubError> {
+    ) -> Result<Deferred<Arc<str>>, HubError> {
         if !valid_nick(new) {
             return Err(HubError::BadName);
         }
         if **old == *new {
-            return Ok(Some(old.clone()));
+            return Ok(Deferred::Now(old.clone()));
         }
-        if new == SERVER_NICK {
+        if new.eq_ignore_ascii_case(SERVER_NICK) {
             return Err(HubError::NickTaken);
         }
         let new: Arc<str> = new.into();
         if let Some(b) = &self.bridge {
             if lock(&self.nicks)
-                .get(&new)
+                .get(&folded(&new))
                 .is_some_and(|owner| *owner != id)
             {
                 return Err(HubError::NickTaken);
@@ -609,10 +596,10 @@ impl Hub {
                 member: id,
                 to: to.clone(),
             })?;
-            return Ok(None);
+            return Ok(Deferred::Later);
         }
         self.apply_nick(id, old, &new, rooms)?;
-        Ok(Some(new))
+        Ok(Deferred::Now(new))
     }
 
     /// Makes a nick change (claimed in Redis already, with `--redis`) and tells the
@@ -627,14 +614,16 @@ impl Hub {
         let new = new.clone();
         {
             let mut nicks = lock(&self.nicks);
-            match nicks.get(&new) {
+            let (key, old_key) = (folded(&new), folded(old));
+            match nicks.get(&key) {
                 Some(owner) if *owner != id => return Err(HubError::NickTaken),
                 _ => {}
             }
-            nicks.insert(new.clone(), id);
-            if nicks.get(old) == Some(&id) {
-                nicks.remove(old);
+            // `ann` to `ANN` keeps its one key.
+            if old_key != key && nicks.get(&old_key) == Some(&id) {
+                nicks.remove(&old_key);
             }
+            nicks.insert(key, id);
         }
         for room in rooms {
             let deliver = {
@@ -804,11 +793,11 @@ impl Hub {
     /// Says `text` in `room` as member `id`: every member, the author included,
     /// receives it. Returns the message's id.
     ///
-    /// With `--redis` the id is given by Redis and `None` is returned: the message
+    /// With `--redis` the id is given by Redis and `Deferred::Later` is returned: the message
     /// comes back to every member, the author included, through the shared channel.
-    pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Option<MsgId>, HubError> {
+    pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Deferred<MsgId>, HubError> {
         check_text(text)?;
-        let (name, msg, deliver) = {
+        let (name, msg, deliver, kept, p) = {
             let mut shard = lock(self.shard(room));
             let Some(r) = shard.get_mut(room) else {
                 return Err(HubError::NotMember);
@@ -817,7 +806,7 @@ impl Hub {
             let entry = r.entry(id).ok_or(HubError::NotMember)?;
             let nick = entry.nick.clone();
             if let Some(b) = &self.bridge {
-                let author = Some(entry.tx.clone());
+                let author = Some((id, entry.tx.clone()));
                 drop(shard);
                 b.send(bridge::Request::Say {
                     room: name,
@@ -826,7 +815,7 @@ impl Hub {
                     author,
                 })?;
                 self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
+                return Ok(Deferred::Later);
             }
             let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
             let p = Arc::new(Publication::new(
@@ -837,19 +826,17 @@ impl Hub {
                     text: text.into(),
                 },
             ));
-            if self.config.history > 0 {
-                if r.history.len() >= self.config.history {
-                    r.history.pop_front();
-                }
-                r.history.push_back(p.clone());
-            }
-            (name, msg, r.push(p, None))
+            let kept = self.remember(r, &p);
+            (name, msg, r.push_by(p.clone(), None, Some(id)), kept, p)
         };
+        if kept {
+            self.keep_within_budget(&p);
+        }
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         if deliver {
             self.deliver(&name);
         }
-        Ok(Some(msg))
+        Ok(Deferred::Now(msg))
     }
 
     /// Says `text` in `room` as [`SERVER_NICK`], delivered like a member's `SAY`: the
@@ -871,7 +858,7 @@ impl Hub {
             self.stats.messages.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let name = {
+        let (name, p, deliver, kept) = {
             let mut shard = lock(self.shard(room));
             let r = shard.get_mut(room).ok_or(HubError::NoSuchRoom)?;
             let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
@@ -883,19 +870,16 @@ impl Hub {
                     text: text.into(),
                 },
             ));
-            if self.config.history > 0 {
-                if r.history.len() >= self.config.history {
-                    r.history.pop_front();
-                }
-                r.history.push_back(p.clone());
-            }
-            if !r.push(p, None) {
-                return Ok(());
-            }
-            r.name.clone()
+            let kept = self.remember(r, &p);
+            (r.name.clone(), p.clone(), r.push(p, None), kept)
         };
+        if kept {
+            self.keep_within_budget(&p);
+        }
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
-        self.deliver(&name);
+        if deliver {
+            self.deliver(&name);
+        }
         Ok(())
     }
 
@@ -917,12 +901,12 @@ impl Hub {
     }
 
     /// The nicks in `room`, sorted. With `--redis` they are the members on every
-    /// process and come later to `to`, as [`Answer::Who`]; `None` is returned.
+    /// process and come later to `to`, as [`Answer::Who`]; `Deferred::Later` is returned.
     pub fn who_all(
         &self,
         room: &str,
         to: &Sender<ChatEvent>,
-    ) -> Result<Option<Vec<Arc<str>>>, HubError> {
+    ) -> Result<Deferred<Vec<Arc<str>>>, HubError> {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
@@ -932,9 +916,9 @@ impl Hub {
                     room: room.into(),
                     to: to.clone(),
                 })?;
-                Ok(None)
+                Ok(Deferred::Later)
             }
-            None => self.who(room).map(Some),
+            None => self.who(room).map(Deferred::Now),
         }
     }
 
@@ -953,13 +937,13 @@ impl Hub {
 
     /// Up to `n` (at most [`MAX_HISTORY_REPLY`]) most recent messages of `room`,
     /// oldest first. With `--redis` they come later to `to`, as [`Answer::History`],
-    /// and `None` is returned.
+    /// and `Deferred::Later` is returned.
     pub fn history(
         &self,
         room: &str,
         n: usize,
         to: &Sender<ChatEvent>,
-    ) -> Result<Option<Vec<Arc<Publication>>>, HubError> {
+    ) -> Result<Deferred<Vec<Arc<Publication>>>, HubError> {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
@@ -971,12 +955,14 @@ impl Hub {
                 last: n,
                 to: to.clone(),
             })?;
-            return Ok(None);
+            return Ok(Deferred::Later);
         }
         let shard = lock(self.shard(room));
         let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
         let skip = r.history.len().saturating_sub(n);
-        Ok(Some(r.history.iter().skip(skip).cloned().collect()))
+        Ok(Deferred::Now(
+            r.history.iter().skip(skip).cloned().collect(),
+        ))
     }
 
     /// The member has gone: it parts from each of its `rooms` and its nick is freed.
@@ -985,8 +971,9 @@ impl Hub {
             let _ = self.part(id, room);
         }
         let mut nicks = lock(&self.nicks);
-        if nicks.get(nick) == Some(&id) {
-            nicks.remove(nick);
+        let key = folded(nick);
+        if nicks.get(&key) == Some(&id) {
+            nicks.remove(&key);
             if let Some(b) = &self.bridge {
                 let _ = b.send(bridge::Request::Release {
                     nick: nick.clone(),
@@ -996,12 +983,18 @@ impl Hub {
         }
     }
 
-    /// This process's nicks and their members (what it refreshes in Redis).
+    /// This process's nicks (case-folded) and their members (what it refreshes in
+    /// Redis).
     fn local_nicks(&self) -> Vec<(Arc<str>, MemberId)> {
         lock(&self.nicks)
             .iter()
             .map(|(n, id)| (n.clone(), *id))
             .collect()
+    }
+
+    /// Most rooms one member may be in (`--max-rooms-per-conn`).
+    pub fn max_rooms_per_conn(&self) -> usize {
+        self.config.max_rooms_per_conn
     }
 
     /// Hands out a room's outbox in order, batch by batch, until it is empty. Called by
@@ -1018,7 +1011,10 @@ impl Hub {
                 if r.outbox.is_empty() {
                     r.delivering = false;
                     if r.members.is_empty() {
+                        let forgotten = r.history_bytes;
                         s.remove(room);
+                        drop(s);
+                        self.let_go(forgotten);
                     }
                     return;
                 }
@@ -1035,6 +1031,7 @@ impl Hub {
                     let ev = ChatEvent::Room {
                         seq: p.seq,
                         publication: p.publication.clone(),
+                        own: p.author == Some(m.id),
                     };
                     match m.tx.send(ev, cost) {
                         Ok(()) => delivered += 1,

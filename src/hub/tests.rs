@@ -61,7 +61,7 @@ fn members_see_each_other_and_the_author_gets_its_own_message() {
     b.join(&hub, "lobby", None);
     assert_eq!(a.lines(), [format!("JOIN lobby {}\n", b.nick)]);
     assert!(b.lines().is_empty(), "a joiner is not told of its own join");
-    let id = hub.say(a.id, "lobby", "hi there").unwrap().unwrap();
+    let id = hub.say(a.id, "lobby", "hi there").unwrap().now().unwrap();
     let want = format!("MSG lobby {id} {} hi there\n", a.nick);
     assert_eq!(a.lines(), std::slice::from_ref(&want));
     assert_eq!(b.lines(), [want]);
@@ -81,6 +81,7 @@ fn guest_nicks_are_unique_and_nick_changes_are_announced() {
     let ann = hub
         .set_nick(a.id, &a.nick, "ann", &[], &a.tx)
         .unwrap()
+        .now()
         .unwrap();
     assert_eq!(
         hub.set_nick(b.id, &b.nick, "ann", &[], &b.tx),
@@ -130,16 +131,16 @@ fn who_and_history_and_rooms_vanish_when_empty() {
     who.sort();
     assert_eq!(hub.who("r").unwrap(), who);
     let ids: Vec<MsgId> = (0..5)
-        .map(|i| hub.say(a.id, "r", &format!("m{i}")).unwrap().unwrap())
+        .map(|i| hub.say(a.id, "r", &format!("m{i}")).unwrap().now().unwrap())
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]));
-    let h = hub.history("r", 10, &a.tx).unwrap().unwrap();
+    let h = hub.history("r", 10, &a.tx).unwrap().now().unwrap();
     assert_eq!(
         h.iter().map(|p| p.msg_id().unwrap()).collect::<Vec<_>>(),
         ids[2..]
     );
     assert_eq!(
-        hub.history("r", 1, &a.tx).unwrap().unwrap()[0].msg_id(),
+        hub.history("r", 1, &a.tx).unwrap().now().unwrap()[0].msg_id(),
         Some(ids[4])
     );
     assert_eq!(hub.who("nowhere"), Err(HubError::NoSuchRoom));
@@ -161,7 +162,7 @@ fn join_after_replays_exactly_what_follows() {
     let a = member(&hub, 1 << 20);
     a.join(&hub, "r", None);
     let ids: Vec<MsgId> = (0..5)
-        .map(|i| hub.say(a.id, "r", &i.to_string()).unwrap().unwrap())
+        .map(|i| hub.say(a.id, "r", &i.to_string()).unwrap().now().unwrap())
         .collect();
     let b = member(&hub, 1 << 20);
     let j = b.join(&hub, "r", Some(ids[1]));
@@ -172,7 +173,7 @@ fn join_after_replays_exactly_what_follows() {
             .collect::<Vec<_>>(),
         ids[2..]
     );
-    let next = hub.say(a.id, "r", "live").unwrap().unwrap();
+    let next = hub.say(a.id, "r", "live").unwrap().now().unwrap();
     assert_eq!(b.msg_ids(), [next]);
 }
 
@@ -204,6 +205,7 @@ fn an_overflowing_member_does_not_cost_the_others_a_message() {
         ids.push(
             hub.say(fast.id, "r", &format!("message {i}"))
                 .unwrap()
+                .now()
                 .unwrap(),
         );
     }
@@ -223,7 +225,7 @@ fn announcements_reach_members_and_history_as_server() {
     let got = a.lines();
     assert_eq!(got.len(), 1);
     assert!(got[0].starts_with("MSG r ") && got[0].ends_with(" server deploy done\n"));
-    assert_eq!(hub.history("r", 5, &a.tx).unwrap().unwrap().len(), 1);
+    assert_eq!(hub.history("r", 5, &a.tx).unwrap().now().unwrap().len(), 1);
     assert_eq!(hub.announce("r", "two\nlines"), Err(HubError::BadText));
     assert_eq!(hub.say(a.id, "r", "x\ry"), Err(HubError::BadText));
     assert_eq!(hub.announce("bad room", "x"), Err(HubError::BadName));
@@ -274,7 +276,7 @@ fn concurrent_publishers_and_a_joiner_meet_without_gap_or_duplicate() {
         .map(|(id, hub)| {
             std::thread::spawn(move || {
                 for i in 0..2000 {
-                    hub.say(id, "r", &i.to_string()).unwrap().unwrap();
+                    hub.say(id, "r", &i.to_string()).unwrap().now().unwrap();
                 }
             })
         })
@@ -312,7 +314,7 @@ proptest! {
         let mut b_in = false;
         for op in ops {
             match op {
-                0 | 1 => all.push(hub.say(a.id, "r", "x").unwrap().unwrap()),
+                0 | 1 => all.push(hub.say(a.id, "r", "x").unwrap().now().unwrap()),
                 2 if !b_in => { b.join(&hub, "r", None); b_in = true; }
                 _ if b_in => { hub.part(b.id, "r").unwrap(); b_in = false; }
                 _ => {}
@@ -321,7 +323,7 @@ proptest! {
         let after = all.get(cut).copied().unwrap_or(MsgId(0));
         let c = member(&hub, 1 << 20);
         let j = c.join(&hub, "r", Some(after));
-        let more = hub.say(a.id, "r", "y").unwrap().unwrap();
+        let more = hub.say(a.id, "r", "y").unwrap().now().unwrap();
         let mut got: Vec<MsgId> = j.replay.iter().map(|p| p.msg_id().unwrap()).collect();
         got.extend(c.msg_ids());
         let mut want: Vec<MsgId> = all.into_iter().filter(|&m| m > after).collect();
@@ -351,4 +353,136 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn history_over_the_process_budget_drops_the_oldest_of_any_room_first() {
+    let probe = Publication::new(
+        "r0".into(),
+        Kind::Msg {
+            id: MsgId(1),
+            nick: "guest-1".into(),
+            text: "x".repeat(1000).into(),
+        },
+    );
+    // Room for ten such messages in all, while each room may keep 100.
+    let hub = Hub::new(HubConfig {
+        history_bytes: 10 * probe.cost(),
+        ..HubConfig::default()
+    });
+    let a = member(&hub, 1 << 24);
+    let text = "x".repeat(1000);
+    let mut said = Vec::new();
+    for i in 0..30 {
+        let room = format!("r{}", i % 3);
+        if i < 3 {
+            a.join(&hub, &room, None);
+        }
+        said.push((
+            room.clone(),
+            hub.say(a.id, &room, &text).unwrap().now().unwrap(),
+        ));
+    }
+    assert!(
+        hub.history_held() <= 10 * probe.cost(),
+        "{}",
+        hub.history_held()
+    );
+    let mut kept: Vec<MsgId> = (0..3)
+        .flat_map(|i| {
+            let h = hub
+                .history(&format!("r{i}"), 100, &a.tx)
+                .unwrap()
+                .now()
+                .unwrap();
+            h.iter().filter_map(|p| p.msg_id()).collect::<Vec<_>>()
+        })
+        .collect();
+    kept.sort();
+    let newest: Vec<MsgId> = said[20..].iter().map(|(_, id)| *id).collect();
+    assert_eq!(kept, newest, "the ten newest, from every room");
+    // Rooms forgotten with their last member give their history's bytes back.
+    hub.disconnect(a.id, &a.nick, &["r0".into(), "r1".into(), "r2".into()]);
+    assert_eq!(hub.history_held(), 0);
+}
+
+#[test]
+fn a_room_keeps_at_most_its_history_count_and_counts_what_it_drops() {
+    let hub = Hub::new(HubConfig {
+        history: 5,
+        ..HubConfig::default()
+    });
+    let a = member(&hub, 1 << 24);
+    a.join(&hub, "r", None);
+    for i in 0..50 {
+        hub.say(a.id, "r", &format!("m{i}")).unwrap();
+    }
+    let h = hub.history("r", 100, &a.tx).unwrap().now().unwrap();
+    assert_eq!(h.len(), 5);
+    assert_eq!(
+        hub.history_held(),
+        h.iter().map(|p| p.cost()).sum::<usize>()
+    );
+    // The budget's order queue stays bounded by its clean-ups.
+    assert!(lock(&hub.history).queue.len() <= 2 * 1024 + 1);
+}
+
+#[test]
+fn control_characters_are_refused_in_text_and_printable_text_passes() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    for bad in [
+        "\x1b[31mred",
+        "bell\x07",
+        "nul\0",
+        "del\x7f",
+        "tab\there",
+        "c1\u{9b}x",
+        "a\rb",
+    ] {
+        assert_eq!(hub.say(a.id, "r", bad), Err(HubError::BadText), "{bad:?}");
+        assert_eq!(hub.announce("r", bad), Err(HubError::BadText), "{bad:?}");
+    }
+    assert!(hub.say(a.id, "r", "héllo – ünïcode ✓").is_ok());
+}
+
+#[test]
+fn nicks_are_unique_whatever_their_case_and_server_cannot_be_taken() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    let b = member(&hub, 1 << 20);
+    let ann = hub
+        .set_nick(a.id, &a.nick, "ann", &[], &a.tx)
+        .unwrap()
+        .now()
+        .unwrap();
+    for taken in ["ANN", "Ann", "aNN"] {
+        assert_eq!(
+            hub.set_nick(b.id, &b.nick, taken, &[], &b.tx),
+            Err(HubError::NickTaken),
+            "{taken}"
+        );
+    }
+    for reserved in ["server", "SERVER", "Server"] {
+        assert_eq!(
+            hub.set_nick(b.id, &b.nick, reserved, &[], &b.tx),
+            Err(HubError::NickTaken),
+            "{reserved}"
+        );
+    }
+    // Its owner may change its case; the nick stays held.
+    let big = hub
+        .set_nick(a.id, &ann, "ANN", &[], &a.tx)
+        .unwrap()
+        .now()
+        .unwrap();
+    assert_eq!(&*big, "ANN");
+    assert_eq!(
+        hub.set_nick(b.id, &b.nick, "ann", &[], &b.tx),
+        Err(HubError::NickTaken)
+    );
+    // Freed on disconnect, under any case.
+    hub.disconnect(a.id, &big, &[]);
+    assert!(hub.set_nick(b.id, &b.nick, "Ann", &[], &b.tx).is_ok());
 }

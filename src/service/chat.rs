@@ -49,6 +49,10 @@ pub const DEFAULT_MAX_LINE: usize = 4096;
 pub struct ChatOptions {
     /// Messages kept per room (`--history`).
     pub history: usize,
+    /// Bytes of history kept by all rooms together (`--history-bytes`).
+    pub history_bytes: usize,
+    /// Most rooms one connection may be in (`--max-rooms-per-conn`).
+    pub max_rooms_per_conn: usize,
     /// Longest command line in bytes (`--max-line`).
     pub max_line: usize,
     /// Commands per second per connection (`--max-rate`); none by default, since the
@@ -66,6 +70,8 @@ impl Default for ChatOptions {
     fn default() -> Self {
         ChatOptions {
             history: crate::hub::DEFAULT_HISTORY,
+            history_bytes: crate::hub::DEFAULT_HISTORY_BYTES,
+            max_rooms_per_conn: crate::hub::DEFAULT_MAX_ROOMS_PER_CONN,
             max_line: DEFAULT_MAX_LINE,
             max_rate: None,
             redis: None,
@@ -83,6 +89,8 @@ impl ChatOptions {
             .get_or_init(|| {
                 let config = HubConfig {
                     history: self.history,
+                    history_bytes: self.history_bytes,
+                    max_rooms_per_conn: self.max_rooms_per_conn,
                     presence_ttl: self.presence_ttl,
                 };
                 match &self.redis {

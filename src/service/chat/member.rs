@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::base::mailbox::Sender;
-use crate::hub::{Answer, ChatEvent, Hub, HubError, MemberId, MsgId, Publication, Wire};
+use crate::hub::{Answer, ChatEvent, Deferred, Hub, HubError, MemberId, MsgId, Publication, Wire};
 
 use super::{Command, ParseError};
 
@@ -151,8 +151,9 @@ struct RoomState {
     awaiting_replay: bool,
     /// A replay that arrived before the join was confirmed.
     stashed: Option<Result<Vec<Arc<Publication>>, HubError>>,
-    /// Live events held until the join is confirmed and the replay handed on.
-    held: Vec<Arc<Publication>>,
+    /// Live events held until the join is confirmed and the replay handed on, each
+    /// with whether it is the member's own message.
+    held: Vec<(Arc<Publication>, bool)>,
 }
 
 impl RoomState {
@@ -172,13 +173,17 @@ impl RoomState {
         self.awaiting_replay = false;
     }
 
-    /// Hands on what was held, once nothing is awaited any more.
-    fn release(&mut self, out: &mut impl Encoder) {
+    /// Hands on what was held, once nothing is awaited any more; returns whether the
+    /// member's own message was among it.
+    fn release(&mut self, out: &mut impl Encoder) -> bool {
+        let mut own = false;
         if !self.holding() {
-            for p in std::mem::take(&mut self.held) {
+            for (p, mine) in std::mem::take(&mut self.held) {
                 self.hand_on(&p, out);
+                own |= mine;
             }
         }
+        own
     }
 
     fn hand_on(&mut self, p: &Publication, out: &mut impl Encoder) {
@@ -211,10 +216,14 @@ struct State {
     /// The rooms joined.
     rooms: HashMap<Arc<str>, RoomState>,
     rate: Option<Rate>,
-    /// Answers awaited from Redis (`NICK`, `JOIN`, `WHO`, `HISTORY` with `--redis`):
-    /// the inputs after them wait in `queued`, so replies come in command order and a
-    /// `SAY` after a `NICK` speaks with the new nick.
+    /// Answers awaited (`NICK`, `JOIN`, `WHO`, `HISTORY` with `--redis`; `SAY`
+    /// always): the inputs after them wait in `queued`, so replies come in command
+    /// order and a `SAY` after a `NICK` speaks with the new nick.
     waiting: u32,
+    /// How many of the awaited answers are `SAY`s': the member's own message coming
+    /// back through its mailbox in the room's order (or its failure). More than one
+    /// only when inputs beyond [`MAX_QUEUED`] ran at once.
+    saying: u32,
     waiting_since: Option<Instant>,
     queued: VecDeque<Result<Box<[u8]>, ParseError>>,
     queued_bytes: usize,
@@ -238,6 +247,7 @@ impl<D: Decoder> Member<D> {
                 rooms: HashMap::new(),
                 rate: max_rate.filter(|&r| r > 0).map(Rate::new),
                 waiting: 0,
+                saying: 0,
                 waiting_since: None,
                 queued: VecDeque::new(),
                 queued_bytes: 0,
@@ -311,7 +321,11 @@ impl<D: Decoder> Member<D> {
     pub fn event(&mut self, event: ChatEvent, out: &mut impl Encoder) {
         let s = &mut self.s;
         match event {
-            ChatEvent::Room { seq, publication } => {
+            ChatEvent::Room {
+                seq,
+                publication,
+                own,
+            } => {
                 let Some(st) = s.rooms.get_mut(&publication.room) else {
                     return;
                 };
@@ -319,9 +333,12 @@ impl<D: Decoder> Member<D> {
                     return;
                 }
                 if st.holding() {
-                    st.held.push(publication);
+                    st.held.push((publication, own));
                 } else {
                     st.hand_on(&publication, out);
+                    if own {
+                        self.said(out);
+                    }
                 }
             }
             ChatEvent::Answer(Answer::History { room, msgs }) => {
@@ -337,7 +354,9 @@ impl<D: Decoder> Member<D> {
                 };
                 if st.confirmed {
                     st.replay(msgs, out);
-                    st.release(out);
+                    if st.release(out) {
+                        self.said(out);
+                    }
                 } else {
                     st.stashed = Some(msgs);
                 }
@@ -351,8 +370,11 @@ impl<D: Decoder> Member<D> {
                 if let Some(msgs) = st.stashed.take() {
                     st.replay(msgs, out);
                 }
-                st.release(out);
+                let own = st.release(out);
                 self.answered(out);
+                if own {
+                    self.said(out);
+                }
             }
             ChatEvent::Answer(Answer::Who { room, nicks }) => {
                 match nicks {
@@ -379,7 +401,22 @@ impl<D: Decoder> Member<D> {
                 out.error(e.code(), &e.to_string());
                 self.answered(out);
             }
-            ChatEvent::Answer(Answer::Failed(e)) => out.error(e.code(), &e.to_string()),
+            ChatEvent::Answer(Answer::Failed(e)) => {
+                out.error(e.code(), &e.to_string());
+                if s.saying > 0 {
+                    s.saying -= 1;
+                    self.answered(out);
+                }
+            }
+        }
+    }
+
+    /// The member's own message was handed on: if its `SAY` awaited it, that `SAY` is
+    /// answered and the inputs after it go on.
+    fn said(&mut self, out: &mut impl Encoder) {
+        if self.s.saying > 0 {
+            self.s.saying -= 1;
+            self.answered(out);
         }
     }
 
@@ -406,6 +443,7 @@ impl<D: Decoder> Member<D> {
             });
         }
         self.s.waiting = 1;
+        self.s.saying = 0;
         self.answered(out);
     }
 
@@ -475,12 +513,18 @@ impl State {
                 let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
                 hub.set_nick(me.id, &me.nick, nick, &rooms, &me.tx)
                     .map(|new| match new {
-                        Some(new) => {
+                        Deferred::Now(new) => {
                             out.reply(Reply::Ok(Done::Nick(&new)));
                             me.nick = new;
                         }
-                        None => pending = true,
+                        Deferred::Later => pending = true,
                     })
+            }
+            Command::Join { room, .. }
+                if self.rooms.len() >= hub.max_rooms_per_conn()
+                    && !self.rooms.contains_key(room) =>
+            {
+                Err(HubError::TooManyRooms)
             }
             Command::Join { room, after } => hub
                 .join(me.id, &me.nick, &me.tx, E::WIRE, room, after)
@@ -508,15 +552,19 @@ impl State {
                 out.reply(Reply::Ok(Done::Part(room)));
             }),
             // The author's own message arrives through its mailbox like everyone's,
-            // so it is in the room's order.
-            Command::Say { room, text } => hub.say(me.id, room, text).map(|_| ()),
+            // so it is in the room's order; it is the `SAY`'s answer, so the commands
+            // after it wait for it.
+            Command::Say { room, text } => hub.say(me.id, room, text).map(|_| {
+                pending = true;
+                self.saying += 1;
+            }),
             Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| match msgs {
-                Some(msgs) => history(room, &msgs, out),
-                None => pending = true,
+                Deferred::Now(msgs) => history(room, &msgs, out),
+                Deferred::Later => pending = true,
             }),
             Command::Who(room) => hub.who_all(room, &me.tx).map(|nicks| match nicks {
-                Some(nicks) => out.reply(Reply::Who(room, &nicks)),
-                None => pending = true,
+                Deferred::Now(nicks) => out.reply(Reply::Who(room, &nicks)),
+                Deferred::Later => pending = true,
             }),
             Command::Quit => Ok(()), // Answered above.
         };
@@ -651,6 +699,7 @@ mod tests {
         ChatEvent::Room {
             seq,
             publication: p.clone(),
+            own: false,
         }
     }
 
@@ -738,18 +787,15 @@ mod tests {
         assert_eq!(rec.take(), Vec::<String>::new(), "all three wait, in order");
         m.event(joined(), &mut rec);
         let nick = m.s.me.as_ref().unwrap().nick.to_string();
-        assert_eq!(
-            rec.take(),
-            [
-                "ok Join(\"r\")".to_string(),
-                "error line-too-long".into(),
-                format!("who r {nick}")
-            ]
-        );
+        assert_eq!(rec.take(), ["ok Join(\"r\")"], "the rest waits for the SAY");
         rec.deliver(&mut m);
         let said = rec.take();
-        assert_eq!(said.len(), 1);
+        assert_eq!(said.len(), 3);
         assert!(said[0].ends_with(&format!(" {nick} hello")), "{said:?}");
+        assert_eq!(
+            said[1..],
+            ["error line-too-long".to_string(), format!("who r {nick}")]
+        );
     }
 
     #[test]
@@ -789,6 +835,95 @@ mod tests {
         // A late confirmation finds no room: nothing is said.
         m.event(joined(), &mut rec);
         assert_eq!(rec.take(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_say_is_answered_by_its_own_message_and_the_commands_after_it_wait() {
+        let (mut m, mut rec) = member(None);
+        m.input(Ok(b"JOIN r"), &mut rec);
+        assert_eq!(rec.take(), ["ok Join(\"r\")"]);
+        let nick = m.s.me.as_ref().unwrap().nick.to_string();
+        m.input(Ok(b"SAY r hi"), &mut rec);
+        m.input(Ok(b"WHO r"), &mut rec);
+        m.input(Ok(b"QUIT"), &mut rec);
+        assert_eq!(rec.take(), Vec::<String>::new(), "WHO and QUIT wait");
+        assert!(m.is_waiting(), "an EOF now must not close");
+        rec.deliver(&mut m);
+        let said = rec.take();
+        assert_eq!(said.len(), 4, "{said:?}");
+        assert!(said[0].ends_with(&format!(" {nick} hi")), "{said:?}");
+        assert_eq!(
+            said[1..],
+            [format!("who r {nick}"), "ok Quit".into(), "end Quit".into()]
+        );
+    }
+
+    #[test]
+    fn another_members_message_does_not_answer_a_say() {
+        let (mut m, mut rec) = member(None);
+        m.input(Ok(b"JOIN r"), &mut rec);
+        rec.take();
+        // Joined in the hub only, so the room's event reaches the member as it would.
+        m.s.waiting += 1;
+        m.s.saying = 1;
+        m.s.waiting_since = Some(rec.now);
+        m.input(Ok(b"WHO r"), &mut rec);
+        m.event(live(5, &msg(9, "from ann")), &mut rec);
+        assert_eq!(rec.take(), ["MSG r 9 ann from ann"], "WHO still waits");
+        let own = ChatEvent::Room {
+            seq: 6,
+            publication: msg(10, "mine"),
+            own: true,
+        };
+        m.event(own, &mut rec);
+        let said = rec.take();
+        assert_eq!(said[0], "MSG r 10 ann mine");
+        assert!(said[1].starts_with("who r "), "{said:?}");
+    }
+
+    #[test]
+    fn a_failed_say_is_answered_unavailable_and_the_commands_after_it_go_on() {
+        let (mut m, mut rec) = member(None);
+        m.input(Ok(b"JOIN r"), &mut rec);
+        rec.take();
+        m.s.waiting += 1;
+        m.s.saying = 1;
+        m.s.waiting_since = Some(rec.now);
+        m.input(Ok(b"PART r"), &mut rec);
+        assert_eq!(rec.take(), Vec::<String>::new());
+        m.event(answer(Answer::Failed(HubError::Unavailable)), &mut rec);
+        assert_eq!(rec.take(), ["error unavailable", "ok Part(\"r\")"]);
+        assert!(!m.is_waiting());
+        // A say never answered at all times out the same way.
+        m.input(Ok(b"JOIN r"), &mut rec);
+        rec.take();
+        m.s.waiting += 1;
+        m.s.saying = 1;
+        m.s.waiting_since = Some(rec.now);
+        m.input(Ok(b"PART r"), &mut rec);
+        rec.now += ANSWER_TIMEOUT;
+        m.timeout(&mut rec);
+        assert_eq!(rec.take(), ["error unavailable", "ok Part(\"r\")"]);
+    }
+
+    #[test]
+    fn says_beyond_the_queue_bound_are_each_answered_and_none_is_left_waiting() {
+        let (mut m, mut rec) = member(None);
+        m.input(Ok(b"JOIN r"), &mut rec);
+        rec.take();
+        let text = "x".repeat(4000);
+        let n = MAX_QUEUED / (QUEUED_ENTRY_COST + 6 + text.len()) + 5;
+        for _ in 0..n {
+            m.input(Ok(format!("SAY r {text}").as_bytes()), &mut rec);
+        }
+        assert!(m.s.saying > 1, "some ran at once, beyond the bound");
+        for _ in 0..2 * n {
+            rec.deliver(&mut m);
+        }
+        let msgs = rec.take();
+        assert_eq!(msgs.len(), n, "every SAY answered by its MSG");
+        assert!(!m.is_waiting(), "nothing left waiting for an answer");
+        assert_eq!(m.deadline(), None);
     }
 
     #[test]

@@ -19,10 +19,20 @@ fn client(chat: &Chat) -> (Harness<ChatSession>, String) {
     (h, nick)
 }
 
-/// Delivers the mailbox and returns everything written since the last call.
+/// Delivers the mailbox until it is empty (a `SAY`'s own message lets the commands
+/// after it run, which may say more) and returns everything written since the last
+/// call.
 fn out(h: &mut Harness<ChatSession>) -> String {
-    h.deliver();
-    String::from_utf8(h.take_output()).unwrap()
+    let mut all = Vec::new();
+    loop {
+        h.deliver();
+        let more = h.take_output();
+        if more.is_empty() {
+            break;
+        }
+        all.extend_from_slice(&more);
+    }
+    String::from_utf8(all).unwrap()
 }
 
 #[test]
@@ -263,4 +273,31 @@ proptest! {
         let l = format!("WHO {room}");
         prop_assert_eq!(parse(l.as_bytes()), Ok(Command::Who(&room)));
     }
+}
+
+#[test]
+fn control_characters_are_refused_and_nicks_are_one_whatever_their_case() {
+    let chat = service(&ChatOptions::default());
+    let (mut a, _) = client(&chat);
+    let (mut b, _) = client(&chat);
+    a.feed(b"JOIN r\nSAY r \x1b[2Jgone\nSAY r ring\x07\nSAY r nul\0\nSAY r del\x7f\n");
+    let got = out(&mut a);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "OK JOIN r");
+    assert_eq!(lines.len(), 5, "{got:?}");
+    assert!(
+        lines[1..].iter().all(|l| l.starts_with("ERR bad-text ")),
+        "{got:?}"
+    );
+    a.feed(b"NICK a\x1bb\nNICK ann\n");
+    let got = out(&mut a);
+    assert!(got.starts_with("ERR bad-name "), "{got:?}");
+    assert!(got.ends_with("OK NICK ann\n"), "{got:?}");
+    b.feed(b"NICK ANN\nNICK Server\nNICK SERVER\n");
+    let got = out(&mut b);
+    assert_eq!(got.lines().count(), 3);
+    assert!(
+        got.lines().all(|l| l.starts_with("ERR nick-taken ")),
+        "{got:?}"
+    );
 }

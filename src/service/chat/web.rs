@@ -366,6 +366,20 @@ mod tests {
             post(&web, "/rooms/a/messages", Some("Bearer k"), "a\nb"),
             400
         );
+        for text in [
+            "\x1b[2Jcleared",
+            "bell\x07",
+            "nul\0",
+            "del\x7f",
+            "tab\there",
+            "c1\u{9b}",
+        ] {
+            assert_eq!(
+                post(&web, "/rooms/a/messages", Some("Bearer k"), text),
+                400,
+                "{text:?}"
+            );
+        }
         let long = "x".repeat(super::super::DEFAULT_MAX_LINE + 1);
         assert_eq!(
             post(&web, "/rooms/a/messages", Some("Bearer k"), &long),

@@ -1,0 +1,117 @@
+//! The history's process-wide budget (`--history-bytes`): the order every room's
+//! messages were kept in, so the oldest of the process go first whatever their room,
+//! and the hand-back of freed memory to the system.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use super::{lock, Hub, Publication, Room};
+
+/// History bytes let go since the last hand-back to the system beyond which the
+/// allocator is asked to return free memory (`malloc_trim`): glibc keeps freed heap
+/// otherwise, so a connection that filled the history and left would leave the
+/// process at its peak.
+const TRIM_AFTER: usize = 8 << 20;
+
+/// The messages of every room's history, oldest first, for dropping the oldest when
+/// the process-wide budget is exceeded. An entry whose message has left its room's
+/// history otherwise (a room's own limit, the room forgotten) is dead and skipped.
+#[derive(Default)]
+pub(super) struct HistoryOrder {
+    pub(super) queue: VecDeque<Weak<Publication>>,
+    /// The queue's length after its last clean-up of dead entries.
+    pub(super) live_at_compaction: usize,
+}
+
+impl Hub {
+    /// Keeps `p` in `r`'s history (under the room's lock), within the room's own
+    /// limit; returns whether it was kept, so that the caller, once the lock is
+    /// released, applies the process-wide budget ([`Hub::keep_within_budget`]).
+    pub(super) fn remember(&self, r: &mut Room, p: &Arc<Publication>) -> bool {
+        if self.config.history == 0 || self.config.history_bytes == 0 {
+            return false;
+        }
+        let mut dropped = 0;
+        while r.history.len() >= self.config.history {
+            match r.history.pop_front() {
+                Some(old) => dropped += old.cost(),
+                None => break,
+            }
+        }
+        let cost = p.cost();
+        r.history.push_back(p.clone());
+        r.history_bytes = r.history_bytes + cost - dropped;
+        self.history_held.fetch_add(cost, Ordering::Relaxed);
+        self.let_go(dropped);
+        true
+    }
+
+    /// Notes `p`, just kept in its room's history, in the process-wide order, then
+    /// drops the oldest messages of any room while the history is over its budget.
+    /// Takes the order's lock and a room's lock one after the other, never both.
+    pub(super) fn keep_within_budget(&self, p: &Arc<Publication>) {
+        {
+            let mut order = lock(&self.history);
+            order.queue.push_back(Arc::downgrade(p));
+            // Dead entries (dropped by a room's own limit, or with their room) are
+            // cleared once they make up half the queue, so it stays within twice
+            // the messages kept.
+            if order.queue.len() > 2 * order.live_at_compaction.max(1024) {
+                order.queue.retain(|w| w.strong_count() > 0);
+                order.live_at_compaction = order.queue.len();
+            }
+        }
+        while self.history_held.load(Ordering::Relaxed) > self.config.history_bytes {
+            let Some(oldest) = lock(&self.history).queue.pop_front() else {
+                break;
+            };
+            let Some(oldest) = oldest.upgrade() else {
+                continue; // Gone already.
+            };
+            let mut shard = lock(self.shard(&oldest.room));
+            let Some(r) = shard.get_mut(&oldest.room) else {
+                continue;
+            };
+            // A room's history is in the order said: the oldest of the process is
+            // at the front of its room's, unless that has dropped it already.
+            if r.history.front().is_some_and(|f| Arc::ptr_eq(f, &oldest)) {
+                r.history.pop_front();
+                let cost = oldest.cost();
+                r.history_bytes -= cost;
+                drop(shard);
+                self.let_go(cost);
+            }
+        }
+    }
+
+    /// History of `bytes` was let go: counted out, and once enough is, the allocator
+    /// is asked to hand free memory back to the system.
+    pub(super) fn let_go(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.history_held.fetch_sub(bytes, Ordering::Relaxed);
+        let freed = self.history_freed.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if freed >= TRIM_AFTER && self.history_freed.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
+            trim_heap();
+        }
+    }
+
+    /// Bytes of history kept by all rooms (as [`Publication::cost`] counts them).
+    pub fn history_held(&self) -> usize {
+        self.history_held.load(Ordering::Relaxed)
+    }
+}
+
+/// Asks the allocator to return free heap memory to the system. glibc keeps what was
+/// freed in its arenas otherwise; jemalloc (`--features jemalloc`) returns it by
+/// itself and ignores this.
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it
+    // touches no memory in use and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
