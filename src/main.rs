@@ -166,6 +166,12 @@ struct ConnectArgs {
     /// Pause between messages, in milliseconds.
     #[arg(long, default_value_t = 0)]
     interval: u64,
+    /// Speak TLS; the server's certificate must name the address's IP.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// `300`, `300s`, `500ms`, `5m`: a bare number is seconds.
@@ -311,6 +317,7 @@ fn main() -> anyhow::Result<()> {
                 send: a.send,
                 count: a.count,
                 interval: Duration::from_millis(a.interval),
+                tls: a.tls.then(|| connect::ConnectTls { ca: a.ca.clone() }),
             };
             connect::run(&opts, &mut std::io::stdout())
         }

@@ -481,3 +481,32 @@ fn sighup_swaps_the_certificate_for_new_handshakes_and_established_ones_carry_on
     srv.signal(rustix::process::Signal::TERM);
     assert!(srv.wait().success());
 }
+
+#[test]
+fn connect_tls_talks_to_a_tls_listener_and_refuses_an_untrusted_one() {
+    let (pki, srv, _) = start(Model::Threads, ServiceName::Ack);
+    let run = |ca: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_multiclient"))
+            .args(["connect", "ack", "--tls", "--ca"])
+            .arg(ca)
+            .args(["--addr", &srv.addr().to_string(), "--send", "hi"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = run(&pki.files.cert);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "ACK!\n");
+    let other = Pki::new("connect-other");
+    let refused = run(&other.files.cert);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("TLS handshake"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
