@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 OUT="$ROOT/target/tls-ci"
-BIN="$ROOT/target/release/multiclient"
+BIN=${BIN:-"$ROOT/target/release/multiclient"}
 MODELS=${MODELS:-"single threads pool async"}
 PIDS=()
 
@@ -100,32 +100,72 @@ stop_server() {
     wait "$SERVER_PID" || fail "server exited with $? after SIGTERM"
 }
 
-# s_client PORT INPUT: what the server says to INPUT over TLS (s_client -quiet closes
-# its side when INPUT ends, and prints what arrived until the server closes).
+# s_client PORT INPUT: what the server says to INPUT over TLS, for services that close
+# the connection themselves (s_client -quiet keeps its side open at the end of INPUT
+# and prints what arrives until the server closes).
 s_client() {
     printf '%b' "$2" | timeout 10 openssl s_client -connect "127.0.0.1:$1" \
         -CAfile "$PKI/ca.pem" -verify_return_error -quiet 2>/dev/null
 }
 
+# A conversation with s_client as a coprocess, for services that keep the connection:
+# talk_start PORT, then send TEXT and recv N (exactly N bytes into GOT, waiting for
+# them, at most 10 s), then talk_end.
+talk_start() {
+    coproc S { exec timeout 20 openssl s_client -connect "127.0.0.1:$1" \
+        -CAfile "$PKI/ca.pem" -verify_return_error -quiet 2>/dev/null; }
+}
+send() { printf '%b' "$1" >&"${S[1]}"; }
+recv() {
+    GOT=
+    IFS= read -r -N "$1" -t 10 GOT <&"${S[0]}" || true
+}
+recv_line() {
+    GOT=
+    IFS= read -r -t 10 GOT <&"${S[0]}" || true
+}
+talk_end() {
+    local pid=$S_PID
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 line_services() {
     local log=$1
     local got
-    got=$(s_client "$(port "$log" ack)" 'Hello, server')
-    [[ $got == 'ACK!' ]] || fail "$model ack over s_client: got '$got'"
+    talk_start "$(port "$log" ack)"
+    send 'Hello, server'
+    recv 4
+    [[ $GOT == 'ACK!' ]] || fail "$model ack over s_client: got '$GOT'"
+    send 'again'
+    recv 4
+    [[ $GOT == 'ACK!' ]] || fail "$model ack over s_client: got '$GOT'"
+    talk_end
     ok "$model: ack over openssl s_client"
-    got=$( (sleep 0.5; printf 'HI! I am client.') | timeout 10 openssl s_client \
-        -connect "127.0.0.1:$(port "$log" greet)" -CAfile "$PKI/ca.pem" -verify_return_error \
-        -quiet 2>/dev/null | head -c 32)
-    [[ $got == $'Hi! I am server\nHi! I am server' ]] || fail "$model greet: got '$got'"
+    talk_start "$(port "$log" greet)"
+    recv 16
+    [[ $GOT == $'Hi! I am server\n' ]] || fail "$model greet: got '$GOT'"
+    send 'HI! I am client.'
+    recv 16
+    [[ $GOT == $'Hi! I am server\n' ]] || fail "$model greet: got '$GOT'"
+    talk_end
     ok "$model: greet over openssl s_client"
     got=$(s_client "$(port "$log" hello)" 'Hello from s_client')
     [[ $got == 'Hello from server!' ]] || fail "$model hello: got '$got'"
     ok "$model: hello over openssl s_client"
     if [[ $model != single ]]; then
-        got=$(s_client "$(port "$log" chat)" 'NICK ann\nJOIN lobby\nSAY lobby hi\nQUIT\n')
-        grep -q '^OK NICK ann$' <<<"$got" || fail "$model chat: got '$got'"
-        grep -q '^MSG lobby [0-9]* ann hi$' <<<"$got" || fail "$model chat: got '$got'"
-        grep -q '^OK QUIT$' <<<"$got" || fail "$model chat: got '$got'"
+        talk_start "$(port "$log" chat)"
+        recv_line
+        [[ $GOT == 'WELCOME guest-'* ]] || fail "$model chat: got '$GOT'"
+        send 'NICK ann\nJOIN lobby\nSAY lobby hi\n'
+        for want in '^OK NICK ann$' '^OK JOIN lobby$' '^MSG lobby [0-9]+ ann hi$'; do
+            recv_line
+            [[ $GOT =~ $want ]] || fail "$model chat: got '$GOT', want $want"
+        done
+        send 'QUIT\n'
+        recv_line
+        [[ $GOT == 'OK QUIT' ]] || fail "$model chat: got '$GOT'"
+        talk_end
         ok "$model: chat over openssl s_client"
     fi
 }
@@ -216,12 +256,12 @@ serial() {
     timeout 10 openssl s_client -connect "127.0.0.1:$p" -CAfile "$1" -verify_return_error \
         </dev/null 2>/dev/null | openssl x509 -noout -serial
 }
-# An established connection: a coprocess that sends one message now and one later.
-coproc OLD { (printf 'before'; sleep 2; printf 'after') |
-    timeout 10 openssl s_client -connect "127.0.0.1:$p" -CAfile "$PKI/ca.pem" -quiet 2>/dev/null; }
+# An established connection, kept across the reload.
+talk_start "$p"
+send 'before'
+recv 4
+[[ $GOT == 'ACK!' ]] || fail "the established connection got '$GOT' before the reload"
 before=$(serial "$PKI/ca.pem")
-cp "$PKI/cert.pem" "$OUT/old-cert.pem"
-cp "$PKI/key.pem" "$OUT/old-key.pem"
 PKI2="$OUT/pki2"
 make_pki "$PKI2"
 cp "$PKI2/cert.pem" "$PKI/cert.pem"
@@ -235,8 +275,10 @@ grep -q 'TLS certificate reloaded' "$OUT/sighup.log" || fail "no reload logged"
 after=$(serial "$PKI2/ca.pem")
 [[ -n $after && $after != "$before" ]] || fail "new handshake still gets $before"
 ok "a new s_client sees the new certificate ($before -> $after)"
-got=$(cat <&"${OLD[0]}")
-[[ $got == 'ACK!ACK!' ]] || fail "the established connection got '$got'"
+send 'after'
+recv 4
+[[ $GOT == 'ACK!' ]] || fail "the established connection got '$GOT' after the reload"
+talk_end
 ok "the established connection kept working across the reload"
 echo garbage >"$PKI/cert.pem"
 kill -HUP "$SERVER_PID"
