@@ -510,3 +510,20 @@ fn connect_tls_talks_to_a_tls_listener_and_refuses_an_untrusted_one() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+#[test]
+fn shutdown_says_goodbye_in_the_protocol_then_close_notify() {
+    for model in common::MODELS {
+        let (_pki, srv, client) = start(model, ServiceName::Ack);
+        let mut c = tls_connect(srv.addr(), &client);
+        round_trip(&mut c, b"hi", ack::REPLY);
+        let stopping = std::thread::spawn(move || srv.stop());
+        assert_eq!(
+            read_to_end(&mut c),
+            b"ERR server shutting down\n",
+            "{model:?}: the goodbye, then a close_notify"
+        );
+        drop(c);
+        assert_eq!(stopping.join().unwrap(), 0, "{model:?}: nothing cut off");
+    }
+}
