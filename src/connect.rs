@@ -28,6 +28,8 @@ pub struct ConnectOptions {
     pub count: Option<u64>,
     /// Pause between messages.
     pub interval: Duration,
+    /// Speak TLS (`--tls`), trusting `--ca` or the system's certificates.
+    pub tls: Option<ConnectTls>,
 }
 
 /// Runs the client; output goes to `out`.
@@ -41,10 +43,48 @@ pub fn run(opts: &ConnectOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let stream = TcpStream::connect(opts.addr)?;
     stream.set_nodelay(true)?;
+    if let Some(tls) = &opts.tls {
+        let mut stream = tls::connect(tls, opts.addr, stream)?;
+        return if opts.send.is_empty() && opts.count.is_none() {
+            tls::interactive(opts, stream, out)
+        } else {
+            stream.sock.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            scripted(opts, &mut stream, out)
+        };
+    }
     if opts.send.is_empty() && opts.count.is_none() {
         interactive(opts, stream, out)
     } else {
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         scripted(opts, stream, out)
+    }
+}
+
+/// A connection `scripted` can talk over: a TCP stream, or TLS over one.
+trait Stream: Read + Write {
+    /// The socket underneath, for timeouts.
+    fn tcp(&self) -> &TcpStream;
+    /// Ends the client's side (TLS: a close_notify).
+    fn end(&mut self);
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn end(&mut self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl<S: Stream + ?Sized> Stream for &mut S {
+    fn tcp(&self) -> &TcpStream {
+        (**self).tcp()
+    }
+
+    fn end(&mut self) {
+        (**self).end()
     }
 }
 
@@ -65,7 +105,7 @@ fn print_chunk(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Reads one answer; `None` when the server closed.
-fn answer(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
+fn answer(stream: &mut impl Read, buf: &mut [u8]) -> io::Result<Option<usize>> {
     match stream.read(buf) {
         Ok(0) => Ok(None),
         Ok(n) => Ok(Some(n)),
@@ -86,10 +126,9 @@ fn answer(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<Option<usize>> {
 
 fn scripted(
     opts: &ConnectOptions,
-    mut stream: TcpStream,
+    mut stream: impl Stream,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
     let mut buf = vec![0u8; 64 * 1024];
     let default_reply = String::from_utf8_lossy(CLIENT_REPLY).into_owned();
     let messages: Vec<String> = if opts.send.is_empty() {
@@ -119,10 +158,12 @@ fn scripted(
             }
         }
     }
-    let _ = stream.shutdown(Shutdown::Write);
+    stream.end();
     // Print whatever the server still says until it closes (a one-shot server's answer,
     // a last greeting).
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+    stream
+        .tcp()
+        .set_read_timeout(Some(Duration::from_millis(500)))?;
     while let Ok(Some(n)) = answer(&mut stream, &mut buf) {
         print_chunk(out, &buf[..n])?;
     }
@@ -160,4 +201,139 @@ fn interactive(
     let _ = printer.join();
     let _ = out.flush();
     Ok(())
+}
+
+/// `connect --tls`: rustls over the TCP stream, trusting `--ca` or the system's store.
+mod tls {
+    use std::io::{self, BufRead, Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+    use super::{frame, print_chunk, ConnectOptions, ConnectTls, Stream};
+
+    /// How often the interactive TLS client looks for a typed line while waiting
+    /// for the server: one thread owns the connection, so reads wait this long at most.
+    const POLL: Duration = Duration::from_millis(50);
+
+    pub(super) type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+    impl Stream for Tls {
+        fn tcp(&self) -> &TcpStream {
+            &self.sock
+        }
+
+        fn end(&mut self) {
+            self.conn.send_close_notify();
+            while self.conn.wants_write() {
+                if self.conn.write_tls(&mut self.sock).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Opens TLS to `addr` (its IP is the name checked in the certificate) and
+    /// completes the handshake, so a bad certificate is reported before anything is sent.
+    pub(super) fn connect(
+        tls: &ConnectTls,
+        addr: SocketAddr,
+        sock: TcpStream,
+    ) -> anyhow::Result<Tls> {
+        let mut roots = RootCertStore::empty();
+        match &tls.ca {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .with_context(|| format!("--ca {}", path.display()))?;
+                for cert in certs {
+                    roots
+                        .add(cert)
+                        .with_context(|| format!("--ca {}", path.display()))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            anyhow::bail!("no certificate to trust: give --ca PATH (PEM)");
+        }
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let name = ServerName::IpAddress(addr.ip().into());
+        let conn = ClientConnection::new(Arc::new(config), name)?;
+        let mut stream = StreamOwned::new(conn, sock);
+        stream.sock.set_read_timeout(Some(super::REPLY_TIMEOUT))?;
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .context("TLS handshake")?;
+        }
+        Ok(stream)
+    }
+
+    /// Sends each line typed and prints what arrives, over TLS: a thread reads stdin
+    /// and hands lines over a channel to the one thread that owns the connection.
+    pub(super) fn interactive(
+        opts: &ConnectOptions,
+        mut stream: Tls,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<()> {
+        stream.sock.set_read_timeout(Some(POLL))?;
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        let script = opts.clone();
+        std::thread::spawn(move || {
+            for line in io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.send(frame(&script, &line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut typing = true;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while typing {
+                match rx.try_recv() {
+                    Ok(bytes) => stream.write_all(&bytes)?,
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        typing = false;
+                        stream.end();
+                    }
+                }
+            }
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => print_chunk(out, &buf[..n])?,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// `connect --tls`: which certificates the client trusts.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectTls {
+    /// A PEM file of CA certificates (`--ca`); without it, the system's store.
+    pub ca: Option<std::path::PathBuf>,
 }

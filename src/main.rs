@@ -65,10 +65,18 @@ enum ModelName {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// A service to run, optionally with its address: `ack` or `ack=127.0.0.1:9999`.
+    /// A service to run, optionally with its address: `ack` or `ack=127.0.0.1:9999`;
+    /// `,tls` at the end serves it over TLS (`http=127.0.0.1:8443,tls`).
     /// Repeatable. Default: every TCP service on its default port.
-    #[arg(long = "service", value_name = "NAME[=ADDR]")]
+    #[arg(long = "service", value_name = "NAME[=ADDR][,tls]")]
     services: Vec<String>,
+    /// TLS: the certificate chain (PEM, the server's certificate first), for the
+    /// `,tls` listeners; reloaded on SIGHUP.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the private key (PEM: PKCS#8, RSA or EC); reloaded on SIGHUP.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Concurrency model.
     #[arg(long, value_enum, default_value = "async")]
     model: ModelName,
@@ -91,6 +99,7 @@ struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
     /// http/ws: a request head must be complete this long after its first byte (408).
+    /// TLS listeners: a client must complete its handshake this long after connecting.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
     /// http: a request body must be complete this long after its head (408).
@@ -188,6 +197,12 @@ struct ConnectArgs {
     /// Pause between messages, in milliseconds.
     #[arg(long, default_value_t = 0)]
     interval: u64,
+    /// Speak TLS; the server's certificate must name the address's IP.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: trust the CA certificates in this PEM file instead of the system's.
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
 }
 
 /// The `serve` command as clap describes it: the source of the config file's keys.
@@ -242,7 +257,20 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
 
 fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     let mut services = Vec::new();
+    let mut tls_services = Vec::new();
     for spec in &a.services {
+        if let Some(spec) = spec.strip_suffix(",tls") {
+            let (name, addr) = match spec.split_once('=') {
+                Some((n, addr)) => (n, addr.parse::<SocketAddr>()?),
+                None => {
+                    bail!("--service {spec},tls: give the TLS listener its address (NAME=ADDR,tls)")
+                }
+            };
+            let name = ServiceName::from_str(name, true)
+                .map_err(|e| anyhow::anyhow!("--service {name}: {e}"))?;
+            tls_services.push((name, addr));
+            continue;
+        }
         let (name, addr) = match spec.split_once('=') {
             Some((n, addr)) => (n, Some(addr.parse::<SocketAddr>()?)),
             None => (spec.as_str(), None),
@@ -264,7 +292,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
             workers: a.workers.unwrap_or(cores),
         },
     };
-    if services.is_empty() {
+    if services.is_empty() && tls_services.is_empty() {
         services = TCP_SERVICES
             .iter()
             .filter(|s| s.runs_under(model))
@@ -315,11 +343,24 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     service.chat.max_rate = a.max_rate;
     service.chat.redis = a.redis.clone();
     service.chat.presence_ttl = a.presence_ttl;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(serve::tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
+    if tls.is_some() && tls_services.is_empty() {
+        bail!("--tls-cert is set but no listener ends in `,tls` (--service NAME=ADDR,tls)");
+    }
     Ok(ServeOptions {
         services,
         model,
         limits,
         service,
+        tls_services,
+        tls,
+        tls_handshake_timeout: a.header_timeout,
     })
 }
 
@@ -342,6 +383,7 @@ fn main() -> anyhow::Result<()> {
                 send: a.send,
                 count: a.count,
                 interval: Duration::from_millis(a.interval),
+                tls: a.tls.then(|| connect::ConnectTls { ca: a.ca.clone() }),
             };
             connect::run(&opts, &mut std::io::stdout())
         }

@@ -2,14 +2,17 @@
 //!
 //! The first signal starts a graceful shutdown (stop accepting, answer what was read,
 //! say goodbye, exit 0 within the shutdown timeout); a second one exits at once.
+//! SIGHUP reloads the TLS certificate and key from their files.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::model::{Limits, Listening, Model, Server};
 pub mod config;
 mod registry;
+pub mod tls;
 
 pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
 
@@ -27,10 +30,36 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Per-service options.
     pub service: ServiceOptions,
+    /// Services served over TLS (`--service NAME=ADDR,tls`), with their addresses.
+    pub tls_services: Vec<(ServiceName, SocketAddr)>,
+    /// The certificate and key of the TLS listeners (`--tls-cert`, `--tls-key`).
+    pub tls: Option<tls::TlsFiles>,
+    /// How long a TLS client has to complete its handshake (`--header-timeout`).
+    pub tls_handshake_timeout: std::time::Duration,
 }
 
 /// Starts every listener; nothing is served if one fails to bind.
 pub fn start(opts: &ServeOptions) -> anyhow::Result<(Server, Vec<Listening>)> {
+    let (server, listening, _) = start_tls(opts)?;
+    Ok((server, listening))
+}
+
+/// [`start`], also returning the certificate store of the TLS listeners (there is one
+/// when `opts.tls` is set), which SIGHUP reloads.
+pub fn start_tls(
+    opts: &ServeOptions,
+) -> anyhow::Result<(Server, Vec<Listening>, Option<Arc<tls::CertStore>>)> {
+    let store = match &opts.tls {
+        Some(files) => Some(tls::CertStore::load(files.clone()).context("loading TLS")?),
+        None if !opts.tls_services.is_empty() => {
+            anyhow::bail!("a `,tls` listener needs --tls-cert and --tls-key")
+        }
+        None => None,
+    };
+    let tls_listen = store.as_ref().map(|store| tls::TlsListen {
+        store: store.clone(),
+        handshake_timeout: opts.tls_handshake_timeout,
+    });
     let mut server = Server::new(opts.model, opts.limits.clone()).context("starting the server")?;
     let mut listening = Vec::new();
     for &(name, addr) in &opts.services {
@@ -39,23 +68,49 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<(Server, Vec<Listening>)> {
             .with_context(|| format!("{name}: cannot listen on {addr}"))?;
         listening.push(l);
     }
-    Ok((server, listening))
+    for &(name, addr) in &opts.tls_services {
+        let l = name
+            .listen_on(&mut server, addr, &opts.service, tls_listen.as_ref())
+            .with_context(|| format!("{name} (tls): cannot listen on {addr}"))?;
+        listening.push(l);
+    }
+    Ok((server, listening, store))
+}
+
+/// SIGHUP: reads the certificate and key again. New handshakes present the new pair;
+/// a pair that does not load is logged and the old one kept.
+fn reload_certificate(store: Option<&tls::CertStore>) {
+    let Some(store) = store else {
+        tracing::info!("SIGHUP: no TLS certificate to reload");
+        return;
+    };
+    match store.reload() {
+        Ok(()) => tracing::info!(
+            "SIGHUP: TLS certificate reloaded from {}",
+            store.files().cert.display()
+        ),
+        Err(e) => tracing::error!("SIGHUP: TLS certificate not reloaded, keeping the old one: {e}"),
+    }
 }
 
 /// Serves until a signal, then drains. Returns the process exit status.
 pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     // Register before binding so a signal that arrives early is not the default
     // (immediate, unclean) exit.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
-    let (server, _listening) = start(opts)?;
+    let (server, _listening, certs) = start_tls(opts)?;
     let drain = server.drain();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reload_certificate(certs.as_deref());
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(

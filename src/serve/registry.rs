@@ -5,6 +5,10 @@ use std::io;
 use std::net::SocketAddr;
 
 use crate::model::{Listening, Server};
+use crate::service::tls::Tls;
+use crate::service::Service;
+
+use super::tls::TlsListen;
 
 /// A built-in service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -100,6 +104,21 @@ impl ServiceName {
         addr: SocketAddr,
         opts: &ServiceOptions,
     ) -> io::Result<Listening> {
+        self.listen_on(server, addr, opts, None)
+    }
+
+    /// Starts this service on `server`, listening on `addr`, over TLS when `tls` is
+    /// given (ALPN `http/1.1` on the http and ws listeners).
+    pub fn listen_on(
+        self,
+        server: &mut Server,
+        addr: SocketAddr,
+        opts: &ServiceOptions,
+        tls: Option<&TlsListen>,
+    ) -> io::Result<Listening> {
+        let http = matches!(self, ServiceName::Http | ServiceName::Ws);
+        let mut server = Put { server, tls, http };
+        let server = &mut server;
         match self {
             ServiceName::Ack => server.listen(addr, crate::service::ack::Ack),
             ServiceName::Greet => server.listen(addr, crate::service::greet::Greet),
@@ -139,6 +158,34 @@ impl ServiceName {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 let chat = crate::service::chat::Chat::new(hub, &opts.chat);
                 server.listen(addr, chat)
+            }
+        }
+    }
+}
+
+/// A server with the listener's TLS setting: `listen` wraps the service when it is
+/// set, so every service is written once for both.
+struct Put<'a> {
+    server: &'a mut Server,
+    tls: Option<&'a TlsListen>,
+    http: bool,
+}
+
+impl Put<'_> {
+    fn model(&self) -> crate::model::Model {
+        self.server.model()
+    }
+
+    fn listen<S: Service>(&mut self, addr: SocketAddr, service: S) -> io::Result<Listening> {
+        match self.tls {
+            None => self.server.listen(addr, service),
+            Some(t) => {
+                let config = t
+                    .store
+                    .server_config(self.http)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                self.server
+                    .listen(addr, Tls::new(service, config, t.handshake_timeout))
             }
         }
     }

@@ -19,6 +19,7 @@ pub mod chat;
 pub mod greet;
 pub mod hello;
 pub mod http;
+pub mod tls;
 pub mod ws;
 
 /// Who a session is talking to.
