@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::bail;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use multiclient::connect::{self, ConnectOptions};
 use multiclient::logging::{self, LogFormat};
@@ -43,6 +43,14 @@ enum Command {
     Connect(ConnectArgs),
     /// Load-test a server, or compare every model (`bench compare`).
     Bench(multiclient::bench::BenchArgs),
+    /// Print a shell completion script (`multiclient completions bash > ~/.local/share/bash-completion/completions/multiclient`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `multiclient man | man -l -`.
+    Man,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,9 +153,13 @@ struct ConnectArgs {
     /// The service to talk to.
     #[arg(value_enum)]
     service: ServiceName,
-    /// Its address (default: 127.0.0.1 and the service's port).
+    /// Its address (default: 127.0.0.1 and the service's port; 8080 for `chat --ws`).
     #[arg(long)]
     addr: Option<SocketAddr>,
+    /// chat: speak the JSON wire on the http service's `/chat/ws` (type the line
+    /// protocol's commands, `SAY lobby hi`, or JSON objects).
+    #[arg(long)]
+    ws: bool,
     /// A message to send; repeatable. Each waits for the server's answer.
     #[arg(long = "send", value_name = "TEXT")]
     send: Vec<String>,
@@ -270,9 +282,15 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Connect(a) => {
+            let default = if a.ws {
+                ServiceName::Http.default_addr()
+            } else {
+                a.service.default_addr()
+            };
             let opts = ConnectOptions {
                 service: a.service,
-                addr: a.addr.unwrap_or_else(|| a.service.default_addr()),
+                addr: a.addr.unwrap_or(default),
+                ws: a.ws,
                 send: a.send,
                 count: a.count,
                 interval: Duration::from_millis(a.interval),
@@ -280,5 +298,14 @@ fn main() -> anyhow::Result<()> {
             connect::run(&opts, &mut std::io::stdout())
         }
         Command::Bench(a) => multiclient::bench::run(a),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "multiclient", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
