@@ -110,7 +110,8 @@ pub struct LoadArgs {
     /// ephemeral ports of one source address).
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
-    /// Seconds one operation may take before it counts as a timeout.
+    /// Seconds one operation may take before it counts as a timeout; shorter than
+    /// --secs (a longer one is halved to fit, with a warning).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
     #[command(flatten)]
@@ -168,7 +169,11 @@ impl LoadArgs {
         cfg.rate = self.rate;
         cfg.msg_size = self.msg_size;
         cfg.src_ips = self.src_ips;
-        cfg.timeout = secs(self.timeout, "--timeout")?;
+        let (timeout, warning) = run::fit_timeout(secs(self.timeout, "--timeout")?, duration);
+        if let Some(w) = warning {
+            eprintln!("{w}");
+        }
+        cfg.timeout = timeout;
         cfg.server_pid = self.tester.server_pid;
         cfg.threads = self.tester.threads.unwrap_or_else(run::default_threads);
         cfg.progress = !self.tester.json;
