@@ -42,6 +42,7 @@ enum Command {
     /// Talk to a service from the terminal.
     Connect(ConnectArgs),
     /// Load-test a server, or compare every model (`bench compare`).
+    #[cfg(feature = "bench")]
     Bench(multiclient::bench::BenchArgs),
     /// Print a shell completion script (`multiclient completions bash > ~/.local/share/bash-completion/completions/multiclient`).
     Completions {
@@ -297,6 +298,7 @@ fn main() -> anyhow::Result<()> {
             };
             connect::run(&opts, &mut std::io::stdout())
         }
+        #[cfg(feature = "bench")]
         Command::Bench(a) => multiclient::bench::run(a),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();

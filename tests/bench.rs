@@ -1,6 +1,8 @@
 //! The load tester against real servers on port 0: exact operation counts with no
 //! errors against our own server, and wrong replies counted as errors.
 
+#![cfg(feature = "bench")]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;

@@ -7,8 +7,10 @@
 //! One file per concern: [`workload`] (what an operation is and the exact reply),
 //! [`http`] (response framing), [`run`] (the driver), [`hold`] (idle connections),
 //! [`report`] (histograms and summaries), [`proc`] (sampling /proc), [`compare`] and
-//! `plot`. A chat workload (`bench chat`) belongs beside them as `chat.rs` with its
-//! own variant of [`BenchCommand`].
+//! `plot`, and [`chat`] (the chat fan-out workload, `bench chat`, in files of its own).
+//!
+//! Behind the default-on cargo feature `bench`: the server and the library build
+//! without it (`cargo build --no-default-features`) and without its dependencies.
 
 use std::net::SocketAddr;
 use std::time::Duration;
