@@ -37,7 +37,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run services (default: ack, greet, hello, http and ws on 127.0.0.1, async model).
+    /// Run services (default: ack, greet, hello, http, ws and chat on 127.0.0.1, async
+    /// model; chat, and its page on http's port, under every model but single).
     Serve(ServeArgs),
     /// Talk to a service from the terminal.
     Connect(ConnectArgs),
@@ -65,7 +66,8 @@ enum ModelName {
 #[derive(Args)]
 struct ServeArgs {
     /// A service to run, optionally with its address: `ack` or `ack=127.0.0.1:9999`.
-    /// Repeatable. Default: every TCP service on its default port.
+    /// Repeatable. Default: every service (ack, greet, hello, http, ws, chat) on its
+    /// default port.
     #[arg(long = "service", value_name = "NAME[=ADDR]")]
     services: Vec<String>,
     /// Concurrency model.
