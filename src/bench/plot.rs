@@ -2,8 +2,10 @@
 //! axis (throughput, p99 latency, server CPU per operation, memory per connection),
 //! one line per model or peer, and the legend in a column of its own beside them so
 //! it never hides a point. Our models are solid lines with filled dots, peers dashed
-//! lines with hollow squares. Tick labels are whole numbers with thousands separators;
-//! a log axis is labelled only at powers of ten.
+//! lines with hollow squares; a point where the run had errors is crossed out, so a
+//! model that answered one client of a hundred quickly cannot look best. Tick labels
+//! are whole numbers with thousands separators; a log axis is labelled only at powers
+//! of ten.
 
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
@@ -199,6 +201,17 @@ where
             .iter()
             .filter_map(|p| (panel.value)(p).map(|v| (p.conns as f64, v)))
             .collect();
+        let failed: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter(|p| p.errors > 0)
+            .filter_map(|p| (panel.value)(p).map(|v| (p.conns as f64, v)))
+            .collect();
+        c.draw_series(
+            failed
+                .iter()
+                .map(|&p| Cross::new(p, 8, BLACK.stroke_width(2))),
+        )?;
         if s.peer {
             c.draw_series(DashedLineSeries::new(
                 pts.clone(),
@@ -262,6 +275,14 @@ fn draw_legend(
         area.draw(&Text::new(name, (50, y), style.clone()))?;
         y += 26;
     }
+    y += 14;
+    area.draw(&Cross::new((25, y + 8), 8, BLACK.stroke_width(2)))?;
+    area.draw(&Text::new("errors there", (50, y), style.clone()))?;
+    area.draw(&Text::new(
+        "(kinds under the table)",
+        (50, y + 20),
+        ("sans-serif", 13).into_font().color(&BLACK),
+    ))?;
     Ok(())
 }
 
