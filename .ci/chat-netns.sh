@@ -154,7 +154,9 @@ B_PID=$CHAT_PID
 # Ready = its Redis bridge logged that it is subscribed and its listener is bound.
 wait_chat() { # ns ip log pid
     local deadline=$((SECONDS + 20))
-    until grep -q "connected and subscribed" "$WORK/$3" &&
+    # The log file is created by the background job's redirection, which may not
+    # have run yet: wait for the file, then for the line in it.
+    until [ -f "$WORK/$3" ] && grep -q "connected and subscribed" "$WORK/$3" &&
         ip netns exec "$1" ss -Hltn src "$2:$PORT" | grep -q LISTEN; do
         kill -0 "$4" 2>/dev/null || fail "the chat instance in $1 exited"
         [ "$SECONDS" -lt "$deadline" ] || fail "the chat instance in $1 did not get ready"
@@ -194,8 +196,13 @@ ok "instance B ended by SIGKILL (status 137)"
 
 # Instance A survived its peer's death and logged the expiry it published.
 kill -0 "$A_PID" 2>/dev/null || fail "instance A died"
-grep -q "expired: parting it everywhere" "$WORK/chat-a.log" ||
-    fail "instance A did not log the expired presence of B's members"
+# The clients saw the parts; the log line may be flushed a moment later: wait for it.
+deadline=$((SECONDS + 10))
+until [ -f "$WORK/chat-a.log" ] && grep -q "expired: parting it everywhere" "$WORK/chat-a.log"; do
+    [ "$SECONDS" -lt "$deadline" ] ||
+        fail "instance A did not log the expired presence of B's members"
+    sleep 0.1
+done
 ok "instance A still running and logged the expiry of B's members"
 
 echo "chat-netns: $passed passed, $failed failed"

@@ -3,13 +3,16 @@
 # Playwright's driver library (no browser download: playwright-core drives
 # /usr/bin/chromium), build the server, then run the headless browser tests of the chat
 # page: tests/browser/chat.mjs (one instance: two pages in one room, a notification, a
-# reconnection with "after") and tests/browser/chat-redis.mjs (two instances sharing a
+# newcomer shown the room's history then live messages with times at phone size, a
+# reconnection shown and caught up with "after", no failed request nor console error)
+# and tests/browser/chat-redis.mjs (two instances sharing a
 # redis-server of its own: two pages and two TCP clients in one room, one order and
 # the same ids everywhere, WHO and NICK across instances, Redis killed and restarted:
 # `unavailable` shown, pages kept, messages flowing again) and
 # tests/browser/redis-freeze-repro.mjs (Redis frozen with SIGSTOP: a SAY refused
 # `unavailable` is never delivered nor in any history once Redis resumes). Screenshots
-# in target/.
+# in target/ (chat-web-ann.png and chat-web-bob.png at desktop size, chat-web-phone.png
+# at 390x844).
 # The socket tests of the WebSocket chat and notifications run in
 # `cargo test --test chat_web`. Exits non-zero on any failure. Runnable with CI=true,
 # no stdin, on a clean clone.
@@ -33,10 +36,11 @@ node --version
 (cd tests/browser && npm ci --no-audit --no-fund </dev/null)
 cargo build
 cargo test --test chat_web
-rm -f target/chat-web-ann.png target/chat-web-bob.png target/chat-redis-a.png target/chat-redis-b.png
+rm -f target/chat-web-ann.png target/chat-web-bob.png target/chat-web-phone.png target/chat-redis-a.png target/chat-redis-b.png
 node tests/browser/chat.mjs target/debug/multiclient
 test -s target/chat-web-ann.png
 test -s target/chat-web-bob.png
+test -s target/chat-web-phone.png
 node tests/browser/chat-redis.mjs target/debug/multiclient
 test -s target/chat-redis-a.png
 test -s target/chat-redis-b.png

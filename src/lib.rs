@@ -8,13 +8,15 @@
 //! - [`service`]: protocols as sans-IO state machines (bytes in, bytes out, close);
 //! - [`model`]: concurrency models that own the sockets and drive sessions with shared
 //!   limits, timeouts, logging and graceful shutdown;
-//! - the command line tools on top: [`serve`], [`connect`].
+//! - the command line tools on top: [`serve`], [`connect`], and the load tester
+//!   `bench` (the default-on cargo feature `bench`).
 //!
 //! To serve a protocol of your own, implement [`service::Service`] and
 //! [`service::Session`] and hand the service to [`model::Server::listen`]; see
 //! `examples/upper.rs`.
 
 pub mod base;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod connect;
 pub mod hub;

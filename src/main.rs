@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use multiclient::connect::{self, ConnectOptions};
 use multiclient::logging::{self, LogFormat};
@@ -40,11 +40,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run services (default: ack, greet, hello, http and ws on 127.0.0.1, async model).
+    /// Run services (default: ack, greet, hello, http, ws and chat on 127.0.0.1, async
+    /// model; chat, and its page on http's port, under every model but single).
     Serve(ServeArgs),
     /// Talk to a service from the terminal.
     Connect(ConnectArgs),
     /// Load-test a server, or compare every model (`bench compare`).
+    #[cfg(feature = "bench")]
     Bench(multiclient::bench::BenchArgs),
     /// Check a `serve` config file: every error with its line, exit status 1 if any.
     CheckConfig {
@@ -53,6 +55,14 @@ enum Command {
     },
     /// Print a config file with every `serve` setting, its help and its default.
     ConfigExample,
+    /// Print a shell completion script (`multiclient completions bash > ~/.local/share/bash-completion/completions/multiclient`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `multiclient man | man -l -`.
+    Man,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -67,7 +77,8 @@ enum ModelName {
 struct ServeArgs {
     /// A service to run, optionally with its address: `ack` or `ack=127.0.0.1:9999`;
     /// `,tls` at the end serves it over TLS (`http=127.0.0.1:8443,tls`).
-    /// Repeatable. Default: every TCP service on its default port.
+    /// Repeatable. Default: every service (ack, greet, hello, http, ws, chat) on its
+    /// default port.
     #[arg(long = "service", value_name = "NAME[=ADDR][,tls]")]
     services: Vec<String>,
     /// TLS: the certificate chain (PEM, the server's certificate first), for the
@@ -185,9 +196,13 @@ struct ConnectArgs {
     /// The service to talk to.
     #[arg(value_enum)]
     service: ServiceName,
-    /// Its address (default: 127.0.0.1 and the service's port).
+    /// Its address (default: 127.0.0.1 and the service's port; 8080 for `chat --ws`).
     #[arg(long)]
     addr: Option<SocketAddr>,
+    /// chat: speak the JSON wire on the http service's `/chat/ws` (type the line
+    /// protocol's commands, `SAY lobby hi`, or JSON objects).
+    #[arg(long)]
+    ws: bool,
     /// A message to send; repeatable. Each waits for the server's answer.
     #[arg(long = "send", value_name = "TEXT")]
     send: Vec<String>,
@@ -377,9 +392,15 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(code);
         }
         Command::Connect(a) => {
+            let default = if a.ws {
+                ServiceName::Http.default_addr()
+            } else {
+                a.service.default_addr()
+            };
             let opts = ConnectOptions {
                 service: a.service,
-                addr: a.addr.unwrap_or_else(|| a.service.default_addr()),
+                addr: a.addr.unwrap_or(default),
+                ws: a.ws,
                 send: a.send,
                 count: a.count,
                 interval: Duration::from_millis(a.interval),
@@ -387,10 +408,20 @@ fn main() -> anyhow::Result<()> {
             };
             connect::run(&opts, &mut std::io::stdout())
         }
+        #[cfg(feature = "bench")]
         Command::Bench(a) => multiclient::bench::run(a),
         Command::CheckConfig { file } => check_config(&file),
         Command::ConfigExample => {
             print!("{}", config::example(&serve_command()));
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "multiclient", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
     }

@@ -1,6 +1,8 @@
 //! The load tester against real servers on port 0: exact operation counts with no
 //! errors against our own server, and wrong replies counted as errors.
 
+#![cfg(feature = "bench")]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -236,4 +238,38 @@ fn http_keep_alive_and_pipelining_count_every_response() {
     let r = run_load(&bounded(w, addr, 2, 400)).unwrap();
     assert_eq!(r.errors.total(), 0, "{r:?}");
     assert_eq!(r.ok, 400);
+}
+
+/// A run bounded by time only, as `bench` and `bench compare` run.
+fn timed(workload: Workload, addr: SocketAddr, conns: usize, secs: f64) -> LoadConfig {
+    let mut cfg = LoadConfig::new(workload, addr);
+    cfg.conns = conns;
+    cfg.duration = Duration::from_secs_f64(secs);
+    cfg.threads = 2;
+    cfg
+}
+
+#[test]
+fn clients_the_single_model_never_gets_to_are_counted_unanswered() {
+    let mut server = Server::new(Model::Single, Limits::default()).unwrap();
+    let addr = server.listen("127.0.0.1:0", Ack).unwrap().addr;
+    // The case: the timeout not shorter than the run, so no client times out;
+    // the one served client holds the single thread, the four others wait throughout.
+    let mut cfg = timed(Workload::Ack, addr, 5, 1.5);
+    cfg.timeout = Duration::from_secs(5);
+    let r = run_load(&cfg).unwrap();
+    assert!(r.ok > 0, "{r:?}");
+    assert_eq!(r.errors.unanswered, 4, "{r:?}");
+    assert_eq!(r.errors.total(), 4, "{r:?}");
+    assert!(r.summary().contains("unanswered 4"), "{}", r.summary());
+    stop(server);
+}
+
+#[test]
+fn a_served_clients_last_round_trip_at_the_end_is_not_an_error() {
+    let (server, addr) = serve(Ack);
+    let r = run_load(&timed(Workload::Ack, addr, 10, 0.5)).unwrap();
+    assert!(r.ok > 0, "{r:?}");
+    assert_eq!(r.errors.total(), 0, "{r:?}");
+    stop(server);
 }

@@ -2,6 +2,8 @@
 //! to every member of its room by our chat service, and a lossy or duplicating server
 //! caught, delivery by delivery.
 
+#![cfg(feature = "bench")]
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};

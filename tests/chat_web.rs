@@ -474,6 +474,7 @@ fn page_is_served(model: Model) {
         ("/chat", "text/html", "<script src=\"/chat/app.js\""),
         ("/chat/app.js", "text/javascript", "/chat/ws"),
         ("/chat/app.css", "text/css", "#log"),
+        ("/chat/favicon.svg", "image/svg+xml", "<svg"),
     ] {
         let mut s = TcpStream::connect(srv.http.addr).unwrap();
         s.set_read_timeout(Some(TIMEOUT)).unwrap();

@@ -57,9 +57,13 @@ pub struct CompareArgs {
     /// Our server's binary (default: this executable).
     #[arg(long)]
     pub server_bin: Option<String>,
-    /// Write the plot here (SVG).
+    /// Write the plot here (SVG; default `compare-<service>.svg` in the current
+    /// directory).
     #[arg(long)]
     pub plot: Option<String>,
+    /// Do not write the plot.
+    #[arg(long, conflicts_with = "plot")]
+    pub no_plot: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +82,8 @@ pub struct Point {
     pub p99_us: u64,
     /// Errors.
     pub errors: u64,
+    /// The errors by kind.
+    pub error_kinds: super::report::Errors,
     /// Server CPU per operation, µs.
     pub cpu_us_per_op: f64,
     /// Server peak RSS during the run, KiB.
@@ -104,6 +110,8 @@ pub struct Series {
     pub points: Vec<Point>,
     /// Why the server could not be measured, if it could not.
     pub failed: Option<String>,
+    /// A peer server (`--peer`), not one of our models.
+    pub peer: bool,
 }
 
 impl Series {
@@ -228,7 +236,16 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         Some(b) => b.clone(),
         None => std::env::current_exe()?.to_string_lossy().into_owned(),
     };
-    let mut targets: Vec<(String, String)> = Vec::new();
+    let mut a = a;
+    let (timeout, warning) = run::fit_timeout(
+        Duration::try_from_secs_f64(a.timeout)?,
+        Duration::try_from_secs_f64(a.secs)?,
+    );
+    if let Some(w) = warning {
+        eprintln!("{w}");
+    }
+    a.timeout = timeout.as_secs_f64();
+    let mut targets: Vec<(String, String, bool)> = Vec::new();
     for m in &a.models {
         targets.push((
             m.clone(),
@@ -237,27 +254,34 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
                 quote(&bin),
                 a.service
             ),
+            false,
         ));
     }
     for p in &a.peers {
         let (name, cmd) = p
             .split_once('=')
             .ok_or_else(|| anyhow::anyhow!("--peer wants NAME=COMMAND, got {p:?}"))?;
-        targets.push((name.to_string(), cmd.to_string()));
+        targets.push((name.to_string(), cmd.to_string(), true));
     }
     let mut all = Vec::new();
-    for (name, cmd) in &targets {
+    for (name, cmd, peer) in &targets {
         eprintln!("== {name}: {cmd}");
-        all.push(measure(&a, &w, name, cmd));
+        let mut series = measure(&a, &w, name, cmd);
+        series.peer = *peer;
+        all.push(series);
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         print!("{}", table(&all, &a.service));
     }
-    if let Some(path) = &a.plot {
-        plot::draw(path, &a.service, &all)?;
-        eprintln!("plot written to {path}");
+    if !a.no_plot {
+        let path = a
+            .plot
+            .clone()
+            .unwrap_or_else(|| format!("compare-{}.svg", a.service));
+        plot::draw(&path, &a.service, &all)?;
+        eprintln!("plot written to {path} (open it in a browser; --plot PATH to choose, --no-plot for none)");
     }
     Ok(())
 }
@@ -268,6 +292,7 @@ fn measure(a: &CompareArgs, w: &Workload, name: &str, cmd: &str) -> Series {
         idle_rss_kib: 0,
         points: Vec::new(),
         failed: None,
+        peer: false,
     };
     let started =
         free_port().and_then(|port| Ok((start(cmd, a.server_cpus.as_deref(), port)?, port)));
@@ -314,6 +339,7 @@ fn measure(a: &CompareArgs, w: &Workload, name: &str, cmd: &str) -> Series {
             p50_us: r.latency.p50_us,
             p99_us: r.latency.p99_us,
             errors: r.errors.total(),
+            error_kinds: r.errors,
             cpu_us_per_op: sv.cpu_us_per_op,
             rss_kib: sv.rss_after_kib,
             kib_per_conn: (sv.rss_after_kib as f64 - series.idle_rss_kib as f64) / conns as f64,
@@ -385,6 +411,7 @@ pub fn table(all: &[Series], service: &str) -> String {
             );
         }
     }
+    s.push_str(&notes(all));
     let _ = writeln!(s, "\nthe seeds' table, measured");
     let _ = writeln!(
         s,
@@ -415,6 +442,48 @@ pub fn table(all: &[Series], service: &str) -> String {
     s
 }
 
+/// What the `errors` column holds and what the tags mean, under the table, with each
+/// point's errors by kind.
+fn notes(all: &[Series]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from(
+        "
+errors     failed operations, by kind: refused (nothing listening, or the backlog
+           full), reset, closed (closed before the whole reply), timeout (no reply
+           within --timeout), unanswered (still waiting when the run ended, for longer
+           than a served client ever waits: the server never got to it), wrong_reply,
+           other (local ports or descriptors ran out). Kinds per point below.
+tester-bound    the tester used 90% or more of its threads' CPU: the figures may be
+           its ceiling, not the server's (more --threads, or --server-cpus apart).
+tester-starved  the tester waited for a CPU half of the run or more (other processes
+           had it): timeouts and low throughput there measure the machine's load, not
+           the server; rerun on a quiet machine.
+",
+    );
+    for series in all {
+        for p in &series.points {
+            if p.errors == 0 {
+                continue;
+            }
+            let kinds: Vec<String> = super::report::ErrorKind::ALL
+                .iter()
+                .filter_map(|&k| {
+                    let n = p.error_kinds.of(k);
+                    (n > 0).then(|| format!("{} {n}", k.name()))
+                })
+                .collect();
+            let _ = writeln!(
+                s,
+                "  {} at {} conns: {}",
+                series.name,
+                p.conns,
+                kinds.join(", ")
+            );
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +495,10 @@ mod tests {
             p50_us: 100,
             p99_us: 1_000,
             errors,
+            error_kinds: super::super::report::Errors {
+                unanswered: errors,
+                ..Default::default()
+            },
             cpu_us_per_op: 10.0,
             rss_kib: 1_000,
             kib_per_conn: 2.0,
@@ -446,6 +519,7 @@ mod tests {
                 point(1000, 50.0, 7),
             ],
             failed: None,
+            peer: false,
         };
         assert_eq!(s.max_clean_conns(), Some(100));
         assert_eq!(s.best().unwrap().conns, 100);
@@ -458,23 +532,42 @@ mod tests {
             idle_rss_kib: 0,
             points: vec![point(10, 2000.0, 0)],
             failed: None,
+            peer: false,
         };
         let b = Series {
             name: "py-threads".into(),
             idle_rss_kib: 0,
             points: vec![point(10, 500.0, 0)],
             failed: None,
+            peer: false,
         };
         let c = Series {
             name: "broken".into(),
             idle_rss_kib: 0,
             points: vec![],
             failed: Some("did not listen".into()),
+            peer: false,
         };
         let t = table(&[a, b, c], "ack");
         assert!(t.contains("py-threads"), "{t}");
         assert!(t.contains("0.25x"), "{t}");
         assert!(t.contains("broken           failed: did not listen"), "{t}");
+        assert!(t.contains("unanswered (still waiting"), "{t}");
+        assert!(t.contains("tester-starved  the tester waited"), "{t}");
+    }
+
+    #[test]
+    fn the_notes_give_each_points_errors_by_kind() {
+        let s = Series {
+            name: "single".into(),
+            idle_rss_kib: 0,
+            points: vec![point(10, 900.0, 0), point(100, 50.0, 99)],
+            failed: None,
+            peer: false,
+        };
+        let t = table(&[s], "ack");
+        assert!(t.contains("  single at 100 conns: unanswered 99"), "{t}");
+        assert!(!t.contains("single at 10 conns"), "{t}");
     }
 
     #[test]

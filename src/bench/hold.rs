@@ -128,7 +128,7 @@ impl Counts {
             ErrorKind::Refused => &self.refused,
             ErrorKind::Reset => &self.reset,
             ErrorKind::Closed => &self.closed,
-            ErrorKind::Timeout => &self.timeout,
+            ErrorKind::Timeout | ErrorKind::Unanswered => &self.timeout,
             ErrorKind::WrongReply | ErrorKind::Other => &self.other,
         };
         c.fetch_add(1, Ordering::Relaxed);

@@ -7,8 +7,10 @@
 //! One file per concern: [`workload`] (what an operation is and the exact reply),
 //! [`http`] (response framing), [`run`] (the driver), [`hold`] (idle connections),
 //! [`report`] (histograms and summaries), [`proc`] (sampling /proc), [`compare`] and
-//! `plot`. A chat workload (`bench chat`) belongs beside them as `chat.rs` with its
-//! own variant of [`BenchCommand`].
+//! `plot`, and [`chat`] (the chat fan-out workload, `bench chat`, in files of its own).
+//!
+//! Behind the default-on cargo feature `bench`: the server and the library build
+//! without it (`cargo build --no-default-features`) and without its dependencies.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -110,7 +112,8 @@ pub struct LoadArgs {
     /// ephemeral ports of one source address).
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
-    /// Seconds one operation may take before it counts as a timeout.
+    /// Seconds one operation may take before it counts as a timeout; shorter than
+    /// --secs (a longer one is halved to fit, with a warning).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
     #[command(flatten)]
@@ -168,7 +171,11 @@ impl LoadArgs {
         cfg.rate = self.rate;
         cfg.msg_size = self.msg_size;
         cfg.src_ips = self.src_ips;
-        cfg.timeout = secs(self.timeout, "--timeout")?;
+        let (timeout, warning) = run::fit_timeout(secs(self.timeout, "--timeout")?, duration);
+        if let Some(w) = warning {
+            eprintln!("{w}");
+        }
+        cfg.timeout = timeout;
         cfg.server_pid = self.tester.server_pid;
         cfg.threads = self.tester.threads.unwrap_or_else(run::default_threads);
         cfg.progress = !self.tester.json;

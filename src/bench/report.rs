@@ -24,6 +24,10 @@ pub enum ErrorKind {
     Closed,
     /// No reply within `--timeout`.
     Timeout,
+    /// Still waiting for its reply when the run ended, after a wait of at least
+    /// [`super::run::UNANSWERED_AFTER`] (or half the timeout): a client the server
+    /// never got to, such as the 99 queued behind the one `single` serves.
+    Unanswered,
     /// A reply came, but not the bytes the service must send.
     WrongReply,
     /// Any other failure (for instance out of local ports or descriptors).
@@ -32,11 +36,12 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind, in report order.
-    pub const ALL: [ErrorKind; 6] = [
+    pub const ALL: [ErrorKind; 7] = [
         ErrorKind::Refused,
         ErrorKind::Reset,
         ErrorKind::Closed,
         ErrorKind::Timeout,
+        ErrorKind::Unanswered,
         ErrorKind::WrongReply,
         ErrorKind::Other,
     ];
@@ -48,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Reset => "reset",
             ErrorKind::Closed => "closed",
             ErrorKind::Timeout => "timeout",
+            ErrorKind::Unanswered => "unanswered",
             ErrorKind::WrongReply => "wrong_reply",
             ErrorKind::Other => "other",
         }
@@ -69,7 +75,7 @@ impl ErrorKind {
 
 /// Error counters shared by every connection task (touched only on errors).
 #[derive(Debug, Default)]
-pub struct ErrorCounters([AtomicU64; 6]);
+pub struct ErrorCounters([AtomicU64; 7]);
 
 impl ErrorCounters {
     /// Counts one error.
@@ -90,6 +96,7 @@ impl ErrorCounters {
             reset: g(ErrorKind::Reset),
             closed: g(ErrorKind::Closed),
             timeout: g(ErrorKind::Timeout),
+            unanswered: g(ErrorKind::Unanswered),
             wrong_reply: g(ErrorKind::WrongReply),
             other: g(ErrorKind::Other),
         }
@@ -107,6 +114,8 @@ pub struct Errors {
     pub closed: u64,
     /// Replies that did not come in time.
     pub timeout: u64,
+    /// Operations still waiting for their reply when the run ended.
+    pub unanswered: u64,
     /// Replies with the wrong bytes.
     pub wrong_reply: u64,
     /// Other failures.
@@ -114,9 +123,28 @@ pub struct Errors {
 }
 
 impl Errors {
+    /// The count of one kind.
+    pub fn of(&self, kind: ErrorKind) -> u64 {
+        match kind {
+            ErrorKind::Refused => self.refused,
+            ErrorKind::Reset => self.reset,
+            ErrorKind::Closed => self.closed,
+            ErrorKind::Timeout => self.timeout,
+            ErrorKind::Unanswered => self.unanswered,
+            ErrorKind::WrongReply => self.wrong_reply,
+            ErrorKind::Other => self.other,
+        }
+    }
+
     /// Errors of all kinds.
     pub fn total(&self) -> u64 {
-        self.refused + self.reset + self.closed + self.timeout + self.wrong_reply + self.other
+        self.refused
+            + self.reset
+            + self.closed
+            + self.timeout
+            + self.unanswered
+            + self.wrong_reply
+            + self.other
     }
 }
 
@@ -192,8 +220,8 @@ pub struct Report {
     pub ok: u64,
     /// Successful operations per second.
     pub throughput: f64,
-    /// Operations still waiting for their reply when the run ended (a starved client
-    /// shows here when its wait is shorter than `--timeout`).
+    /// Operations in flight when the run ended that had waited too briefly to call
+    /// unanswered (a healthy server's last replies); not errors.
     pub unfinished: u64,
     /// Target rate (open loop), if any.
     pub rate: Option<f64>,
@@ -234,7 +262,7 @@ impl Report {
         let l = &self.latency;
         let _ = writeln!(
             s,
-            "{}: {} connections, {:.2} s, {} ok, {} errors, {} unfinished at the end",
+            "{}: {} connections, {:.2} s, {} ok, {} errors, {} in flight at the end",
             self.workload,
             self.conns,
             self.secs,
@@ -260,8 +288,8 @@ impl Report {
         let e = &self.errors;
         let _ = writeln!(
             s,
-            "  errors      refused {}  reset {}  closed {}  timeout {}  wrong reply {}  other {}",
-            e.refused, e.reset, e.closed, e.timeout, e.wrong_reply, e.other
+            "  errors      refused {}  reset {}  closed {}  timeout {}  unanswered {}  wrong reply {}  other {}",
+            e.refused, e.reset, e.closed, e.timeout, e.unanswered, e.wrong_reply, e.other
         );
         let _ = writeln!(
             s,

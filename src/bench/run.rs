@@ -85,6 +85,35 @@ pub fn source_ip(i: usize, src_ips: u8) -> Option<Ipv4Addr> {
     (src_ips > 1).then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % src_ips as usize) as u8))
 }
 
+/// An operation still waiting this long when the run ends is `unanswered`, an error
+/// (half the timeout when that is shorter): far beyond a served client's round trip,
+/// so only a client the server is not serving reaches it. One that waited less is
+/// merely in flight at the end (`unfinished`), as every client of a healthy server is.
+pub const UNANSWERED_AFTER: Duration = Duration::from_secs(1);
+
+/// The wait after which an operation cut by the end of the run is `unanswered`.
+pub fn unanswered_after(timeout: Duration) -> Duration {
+    UNANSWERED_AFTER.min(timeout / 2)
+}
+
+/// A `--timeout` shorter than the run, so that a client starved for the whole run
+/// shows as an error: one not shorter than `run` becomes half of it, with the warning
+/// to print.
+pub fn fit_timeout(timeout: Duration, run: Duration) -> (Duration, Option<String>) {
+    if timeout < run {
+        return (timeout, None);
+    }
+    let fitted = run / 2;
+    let warning = format!(
+        "warning: --timeout {:.3} s is not shorter than the run ({:.3} s): a client \
+         starved for the whole run could never time out; using --timeout {:.3} s",
+        timeout.as_secs_f64(),
+        run.as_secs_f64(),
+        fitted.as_secs_f64()
+    );
+    (fitted, Some(warning))
+}
+
 /// State shared by the connection tasks.
 struct Shared {
     ok: AtomicU64,
@@ -252,12 +281,24 @@ async fn conn_task(
             }
             _ => Instant::now(),
         };
-        let limit = (Instant::now() + timeout).min(sh.deadline);
+        let sent = Instant::now();
+        let limit = (sent + timeout).min(sh.deadline);
         let mut done = 0usize;
+        let mut late = 0usize;
+        // Waited long enough by the end of the run to be unanswered: a reply that
+        // comes after the end does not make it served (the single model answers the
+        // next queued client the moment the served one leaves at the end).
+        let starved =
+            sh.deadline.saturating_duration_since(sent.min(intended)) >= unanswered_after(timeout);
         let result = tokio::time::timeout_at(
             limit,
             client.run(&mut conn, || {
-                let us = intended.elapsed().as_micros() as u64;
+                let now = Instant::now();
+                if starved && now > sh.deadline {
+                    late += 1;
+                    return;
+                }
+                let us = (now - intended).as_micros() as u64;
                 let _ = hist.record(us.max(1));
                 done += 1;
             }),
@@ -269,13 +310,24 @@ async fn conn_task(
         if done > 0 {
             sh.ok.fetch_add(done as u64, Ordering::Relaxed);
         }
-        let failed = n.saturating_sub(done) as u64;
+        let late = late.min(n - done);
+        for _ in 0..late {
+            sh.errors.add(ErrorKind::Unanswered);
+        }
+        let failed = n.saturating_sub(done + late) as u64;
         match result {
             Ok(Ok(())) => {}
             Err(_) if limit == sh.deadline => {
-                // Cut by the end of the run: neither a success nor an error, but
-                // reported, so a server that starves clients cannot look clean.
-                sh.unfinished.fetch_add(failed, Ordering::Relaxed);
+                // Cut by the end of the run: a long wait is an error of its own kind,
+                // so a server that starves clients cannot look clean; a short one is
+                // the last round trip of a served client.
+                if starved {
+                    for _ in 0..failed {
+                        sh.errors.add(ErrorKind::Unanswered);
+                    }
+                } else {
+                    sh.unfinished.fetch_add(failed, Ordering::Relaxed);
+                }
                 break;
             }
             Err(_) => {
@@ -344,6 +396,17 @@ async fn watch(cfg: LoadConfig, sh: Arc<Shared>, start: Instant) -> proc::Sample
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_not_shorter_than_the_run_is_halved_with_a_warning() {
+        let s = Duration::from_secs;
+        assert_eq!(fit_timeout(s(1), s(2)), (s(1), None));
+        let (t, w) = fit_timeout(s(2), s(2));
+        assert_eq!(t, s(1));
+        assert!(w.unwrap().contains("not shorter than the run"));
+        assert_eq!(unanswered_after(s(5)), s(1));
+        assert_eq!(unanswered_after(s(1)), Duration::from_millis(500));
+    }
 
     #[test]
     fn source_addresses_round_robin() {

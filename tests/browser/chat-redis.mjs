@@ -70,7 +70,10 @@ async function say(member, text) {
 const received = (member, pred, what) => member.inbox.wait(() => member.msgs().find(pred), `${what} on ${member.name}`);
 
 /** The messages on a page's screen, in order, as "nick text". */
-const screenMsgs = (member) => member.page.$$eval('#log li.msg', (els) => els.map((e) => e.textContent));
+/** The messages a page shows, as nick + text (without the time in front). */
+const screenMsgs = (member) => member.page.$$eval('#log li.msg', (els) => els.map(
+  (e) => (e.querySelector('.nick')?.textContent ?? '') + (e.querySelector('.text')?.textContent ?? ''),
+));
 
 /** Waits until the page's member list is exactly `nicks`. */
 async function membersShown(member, nicks) {

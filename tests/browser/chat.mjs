@@ -1,8 +1,11 @@
 // End-to-end test of the chat page in headless Chromium (Debian's, driven by
 // Playwright): starts `multiclient serve` on free loopback ports, opens two pages of
 // /chat, both join one room and see each other's messages, a backend notification
-// reaches both, and a page whose socket dropped gets what was said meanwhile through
-// its rejoin with "after". Screenshots go to target/. Exits non-zero on any failure.
+// reaches both, a page joining later sees the room's history (once) then live messages
+// with their time, and a page whose socket dropped shows it is reconnecting, gets what
+// was said meanwhile through its rejoin with "after", and shows it is back. No request
+// of any page may fail (the favicon included) and no console error may appear.
+// Screenshots at desktop and phone sizes go to target/. Exits non-zero on any failure.
 //
 // Usage: node chat.mjs [path/to/multiclient]   (default: target/debug/multiclient)
 import { mkdirSync } from 'node:fs';
@@ -12,9 +15,22 @@ import { STEP, check, checkPng, launchChromium, root, run, startServer } from '.
 const bin = path.resolve(process.argv[2] ?? path.join(root, 'target/debug/multiclient'));
 const KEY = 'browser-test-key';
 
-async function openPage(context, base, nick) {
+async function openPage(context, base, nick, viewport = null) {
   const page = await context.newPage();
+  if (viewport) await page.setViewportSize(viewport);
   page.on('pageerror', (e) => { console.error(`${nick}: page error:`, e.message); process.exitCode = 1; });
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !/WebSocket/.test(m.text())) {
+      console.error(`${nick}: console error:`, m.text());
+      process.exitCode = 1;
+    }
+  });
+  page.on('response', (r) => {
+    if (r.status() >= 400) { console.error(`${nick}: ${r.status()} for ${r.url()}`); process.exitCode = 1; }
+  });
+  page.on('requestfailed', (r) => {
+    if (!r.url().includes('/chat/ws')) { console.error(`${nick}: request failed: ${r.url()}`); process.exitCode = 1; }
+  });
   await page.goto(base + '/chat');
   await page.locator('#status', { hasText: 'online as guest-' }).waitFor({ timeout: STEP });
   await page.fill('#nick', nick);
@@ -67,16 +83,48 @@ async function main() {
   await seen(bob, 'server', 'deploy finished');
   check(true, 'both pages show the notification from server');
 
+  const liveTime = await bob.locator('#log li.msg', { hasText: 'hi ann, bob here' }).locator('time').textContent();
+  check(/^\d\d:\d\d/.test(liveTime.trim()), `a live message shows its time (${liveTime.trim()})`);
+  const icon = await fetch(`${base}/chat/favicon.svg`);
+  check(icon.status === 200 && (await icon.text()).startsWith('<svg'), 'the favicon is served');
+
+  // A page joining now sees the room's history, each message once, under its divider,
+  // then live messages with a time. At phone size.
+  const cat = await openPage(context, base, 'cat', { width: 390, height: 844 });
+  await seen(cat, 'ann', 'hello from ann');
+  await seen(cat, 'server', 'deploy finished');
+  const hist = await cat.locator('#log li.msg').allTextContents();
+  const once = (t) => hist.filter((x) => x.includes(t)).length === 1;
+  check(once('hello from ann') && once('hi ann, bob here') && once('deploy finished'),
+    `the newcomer sees the room's history once each (${hist.length} messages)`);
+  check(await cat.locator('#log li.divider', { hasText: 'recent history' }).count() === 1, 'the history sits under its divider');
+  await cat.locator('#log li.divider', { hasText: 'live' }).waitFor({ timeout: STEP });
+  await say(bob, 'live for cat');
+  await seen(cat, 'bob', 'live for cat');
+  const order = await cat.locator('#log li.msg .text').allTextContents();
+  check(order.indexOf('live for cat') === order.length - 1 && order.indexOf('hello from ann') < order.indexOf('hi ann, bob here'),
+    'history first, in order, then the live message');
+  const catTime = await cat.locator('#log li.msg', { hasText: 'live for cat' }).locator('time').textContent();
+  check(/^\d\d:\d\d/.test(catTime.trim()), 'the live message after the history carries a time');
+  const overflow = await cat.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `no sideways scrolling at phone size (${overflow} px too wide)`);
+  const inputBox = await cat.locator('#text').boundingBox();
+  check(inputBox && inputBox.width > 200 && inputBox.y + inputBox.height <= 844, 'the message box is on screen and wide at phone size');
+
   // Ann's socket drops; she retries in 4 s. What bob says meanwhile must reach her
   // through her rejoin with "after", exactly once.
   await ann.evaluate(() => { backoff = 4000; ws.close(); }); // eslint-disable-line no-undef
-  await ann.locator('#status', { hasText: 'offline' }).waitFor({ timeout: STEP });
+  await ann.locator('#status', { hasText: 'reconnecting in' }).waitFor({ timeout: STEP });
+  check(await ann.locator('#log li.event', { hasText: 'connection lost' }).count() === 1, 'ann is told the connection was lost');
   await bob.locator('#log li.event', { hasText: 'ann left' }).waitFor({ timeout: STEP });
   await say(bob, 'said while ann was away');
   await seen(bob, 'bob', 'said while ann was away');
   check((await ann.textContent('#status')).includes('offline'), 'ann was still offline when bob spoke');
-  await ann.locator('#status', { hasText: 'online as ann' }).waitFor({ timeout: STEP });
+  await ann.locator('#status', { hasText: 'back online as ann' }).waitFor({ timeout: STEP });
+  check(true, 'ann is shown back online');
   await seen(ann, 'bob', 'said while ann was away');
+  check(await ann.locator('#log li.divider', { hasText: 'missed while offline' }).count() === 1,
+    'what ann missed sits under its divider');
   const copies = await ann.locator('#log li.msg', { hasText: 'said while ann was away' }).count();
   const hellos = await ann.locator('#log li.msg', { hasText: 'hello from ann' }).count();
   check(copies === 1 && hellos === 1, `after reconnecting ann has the missed message once (${copies}) and no duplicates (${hellos})`);
@@ -87,10 +135,14 @@ async function main() {
   mkdirSync(path.join(root, 'target'), { recursive: true });
   const shotA = path.join(root, 'target/chat-web-ann.png');
   const shotB = path.join(root, 'target/chat-web-bob.png');
+  const shotPhone = path.join(root, 'target/chat-web-phone.png');
   await ann.screenshot({ path: shotA });
   await bob.screenshot({ path: shotB });
+  await seen(cat, 'ann', 'back again');
+  await cat.screenshot({ path: shotPhone });
   checkPng(shotA);
   checkPng(shotB);
+  checkPng(shotPhone);
 }
 
 await run('chat page in headless Chromium', 120_000, main);

@@ -6,7 +6,7 @@
 //! | `GET /` | the seed's hello, as on the plain http service |
 //! | `GET /ws` | the seed's WebSocket echo, as on the plain http service |
 //! | `GET /chat` | the chat page (HTML, its script and style embedded in the binary) |
-//! | `GET /chat/app.js`, `GET /chat/app.css` | the page's script and style |
+//! | `GET /chat/app.js`, `GET /chat/app.css`, `GET /chat/favicon.svg` | the page's script, style and icon |
 //! | `GET /chat/ws` | upgrade: a chat member speaking JSON ([`super::socket`]) |
 //! | `POST /rooms/<room>/messages` | a notification: the body said in `<room>` by `server` |
 //!
@@ -36,6 +36,7 @@ use crate::service::{ConnInfo, Cx, Service};
 const PAGE_HTML: &str = include_str!("page/chat.html");
 const PAGE_JS: &str = include_str!("page/app.js");
 const PAGE_CSS: &str = include_str!("page/app.css");
+const PAGE_ICON: &str = include_str!("page/favicon.svg");
 
 /// The key backends present to post notifications. Its `Debug` does not show it.
 #[derive(Clone)]
@@ -84,6 +85,7 @@ const ROUTES: &[Route] = &[
     Route::get("/chat"),
     Route::get("/chat/app.js"),
     Route::get("/chat/app.css"),
+    Route::get("/chat/favicon.svg"),
     Route::get("/chat/ws"),
     Route::post("/rooms/*/messages"),
 ];
@@ -246,6 +248,7 @@ impl App for ChatWeb {
             "/chat" => Reply::Respond(asset("text/html; charset=utf-8", PAGE_HTML)),
             "/chat/app.js" => Reply::Respond(asset("text/javascript; charset=utf-8", PAGE_JS)),
             "/chat/app.css" => Reply::Respond(asset("text/css; charset=utf-8", PAGE_CSS)),
+            "/chat/favicon.svg" => Reply::Respond(asset("image/svg+xml", PAGE_ICON)),
             "/chat/ws" => Reply::Upgrade(WebSocketApp::Chat(ChatSocket::new(
                 self.hub.clone(),
                 self.max_text,

@@ -1,6 +1,11 @@
 // The chat page: one WebSocket to /chat/ws speaking the JSON protocol of docs/chat.md.
-// It reconnects by itself (backoff capped at 5 s) and rejoins each room with "after"
-// the last message id it saw there, so nothing said meanwhile is missed.
+// Joining a room asks for its history ("after": "0"), so the room's recent messages
+// come first and the live ones follow with no gap and no duplicate. It reconnects by
+// itself (backoff capped at 5 s), shows that it is reconnecting and when it is back,
+// and rejoins each room with "after" the last message id it saw there, so nothing said
+// meanwhile is missed. Messages replayed by a join sit under a divider ("recent
+// history", "missed while offline"); live ones carry the time they arrived (the wire
+// has no send time; a live message arrives within milliseconds of being said).
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -11,13 +16,39 @@ let me = null; // our nick, as the server knows it
 let wanted = null; // the nick the user asked for, kept across reconnections
 let current = null; // the room shown
 let backoff = 500;
-const rooms = new Map(); // name -> { log, members, last, seen, unread, joined }
+let dropped = null; // when the connection was lost, until the server welcomes us back
+let backUntil = 0; // "back online" is shown until this time (ms), then plain "online"
+
+function online() {
+  const back = Date.now() < backUntil;
+  status((back ? 'back online as ' : 'online as ') + me, true);
+  if (back) setTimeout(() => { if (ws !== null) online(); }, backUntil - Date.now() + 10);
+}
+const rooms = new Map(); // name -> { log, members, last, seen, unread, joined, replay }
 
 function room(name) {
   if (!rooms.has(name)) {
-    rooms.set(name, { log: [], members: new Set(), last: null, seen: new Set(), unread: 0, joined: false });
+    rooms.set(name, {
+      log: [], members: new Set(), last: null, seen: new Set(), unread: 0, joined: false,
+      // Between our join and the answer to the "who" sent after its "ok": the
+      // messages arriving then are the join's replay, not live ones.
+      replay: null,
+    });
   }
   return rooms.get(name);
+}
+
+/** `HH:MM` now, and the full date for a tooltip. */
+function now() {
+  const d = new Date();
+  return { short: d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }), full: d.toString() };
+}
+
+/** Joins `name`, replaying what was said after the last message seen there. */
+function join(name, label) {
+  const r = room(name);
+  r.replay = { label, shown: false };
+  send({ type: 'join', room: name, after: r.last ?? '0' });
 }
 
 function send(obj) {
@@ -31,6 +62,7 @@ function status(text, on) {
 }
 
 function connect() {
+  if (dropped !== null) status('reconnecting…', false);
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
   ws = new WebSocket(proto + '//' + location.host + '/chat/ws');
   ws.onmessage = (e) => {
@@ -40,9 +72,13 @@ function connect() {
   };
   ws.onclose = (e) => {
     ws = null;
+    if (dropped === null) {
+      dropped = now();
+      for (const name of rooms.keys()) log(name, { kind: 'event', text: 'connection lost', time: dropped });
+    }
     for (const r of rooms.values()) r.joined = false;
     const secs = (backoff / 1000).toFixed(1);
-    status('offline (' + (e.code || 'no') + ' close), retrying in ' + secs + ' s', false);
+    status('offline (' + (e.code || 'no') + ' close), reconnecting in ' + secs + ' s', false);
     setTimeout(connect, backoff);
     backoff = Math.min(backoff * 2, 5000);
     render();
@@ -61,16 +97,16 @@ function handle(m) {
     case 'welcome':
       me = m.nick;
       backoff = 500;
-      status('online as ' + me, true);
+      if (dropped !== null) backUntil = Date.now() + 10_000;
+      online();
       if (wanted && wanted !== me) send({ type: 'nick', nick: wanted });
       // Rejoin after a reconnection, from the last message seen in each room.
       for (const [name, r] of rooms) {
         r.members.clear();
-        const join = { type: 'join', room: name };
-        if (r.last !== null) join.after = r.last;
-        else join.after = '0';
-        send(join);
+        log(name, { kind: 'event', text: 'back online', time: now() });
+        join(name, 'missed while offline');
       }
+      dropped = null;
       break;
     case 'ok':
       if (m.cmd === 'join') {
@@ -83,7 +119,7 @@ function handle(m) {
         if (current === m.room) select(rooms.keys().next().value ?? null);
       } else if (m.cmd === 'nick') {
         me = m.nick;
-        status('online as ' + me, true);
+        online();
       }
       break;
     case 'msg': {
@@ -92,27 +128,41 @@ function handle(m) {
       r.seen.add(m.id);
       if (r.seen.size > 4 * MAX_LOG) r.seen = new Set([...r.seen].slice(-2 * MAX_LOG));
       r.last = m.id;
-      log(m.room, { kind: 'msg', nick: m.nick, text: m.text });
+      if (r.replay !== null) {
+        if (!r.replay.shown) {
+          r.replay.shown = true;
+          log(m.room, { kind: 'divider', text: r.replay.label });
+        }
+        log(m.room, { kind: 'msg', nick: m.nick, text: m.text, time: null });
+      } else {
+        log(m.room, { kind: 'msg', nick: m.nick, text: m.text, time: now() });
+      }
       break;
     }
     case 'join':
       room(m.room).members.add(m.nick);
-      log(m.room, { kind: 'event', text: m.nick + ' joined' });
+      log(m.room, { kind: 'event', text: m.nick + ' joined', time: now() });
       break;
     case 'part':
       room(m.room).members.delete(m.nick);
-      log(m.room, { kind: 'event', text: m.nick + ' left' });
+      log(m.room, { kind: 'event', text: m.nick + ' left', time: now() });
       break;
     case 'nick': {
       const r = room(m.room);
       r.members.delete(m.old);
       r.members.add(m.new);
-      log(m.room, { kind: 'event', text: m.old + ' is now ' + m.new });
+      log(m.room, { kind: 'event', text: m.old + ' is now ' + m.new, time: now() });
       break;
     }
-    case 'who':
-      room(m.room).members = new Set(m.nicks);
+    case 'who': {
+      const r = room(m.room);
+      r.members = new Set(m.nicks);
+      if (r.replay !== null) {
+        if (r.replay.shown) log(m.room, { kind: 'divider', text: 'live' });
+        r.replay = null;
+      }
       break;
+    }
     case 'error':
       if (m.code === 'nick-taken' || m.code === 'bad-name') wanted = null;
       if (current !== null) log(current, { kind: 'error', text: m.code + ': ' + m.text });
@@ -170,13 +220,39 @@ function render() {
   $('text').placeholder = can ? 'message #' + current : 'join a room to talk';
 }
 
+function stamp(t) {
+  const e = document.createElement('time');
+  if (t) {
+    e.textContent = t.short;
+    e.title = t.full;
+  } else {
+    e.textContent = 'earlier';
+    e.className = 'earlier';
+  }
+  return e;
+}
+
 function entry(e) {
-  if (e.kind !== 'msg') return li(e.text, e.kind);
+  if (e.kind === 'divider') {
+    const d = li(undefined, 'divider');
+    const s = document.createElement('span');
+    s.textContent = e.text;
+    d.append(s);
+    return d;
+  }
+  if (e.kind !== 'msg') {
+    const l = li(e.text, e.kind);
+    if (e.time) l.prepend(stamp(e.time));
+    return l;
+  }
   const l = li(undefined, e.nick === 'server' ? 'msg from-server' : 'msg');
   const n = document.createElement('span');
   n.className = 'nick';
   n.textContent = e.nick;
-  l.append(n, document.createTextNode(e.text));
+  const t = document.createElement('span');
+  t.className = 'text';
+  t.textContent = e.text;
+  l.append(stamp(e.time), n, t);
   return l;
 }
 
@@ -193,9 +269,8 @@ $('join-form').onsubmit = (e) => {
   const name = $('room').value.trim();
   if (!name) return;
   if (rooms.has(name) && rooms.get(name).joined) return select(name);
-  room(name);
   current = name;
-  send({ type: 'join', room: name });
+  join(name, 'recent history');
   render();
 };
 
