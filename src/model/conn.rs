@@ -666,7 +666,7 @@ impl<S: Session> Conn<S> {
         if self.held
             && self
                 .events_written_at()
-                .map_or(true, |w| now >= w + self.listener.limits.coalesce)
+                .is_none_or(|w| now >= w + self.listener.limits.coalesce)
         {
             // The window is over: the model writes what was held, and this write
             // starts the next window.
@@ -732,6 +732,7 @@ impl<S: Session> Drop for Conn<S> {
         s.writes
             .fetch_add(u64::from(self.writes), Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);
+        s.closed_by[self.reason as usize].fetch_add(1, Ordering::Relaxed);
         self.span().in_scope(|| {
             tracing::info!(
                 duration = ?self.opened.elapsed(),
