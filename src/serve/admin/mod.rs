@@ -51,6 +51,7 @@ const ROUTES: &[Route] = &[
     Route::get("/dashboard"),
     Route::get("/dashboard.js"),
     Route::get("/dashboard.css"),
+    Route::get("/favicon.ico"),
 ];
 
 /// The admin endpoints over the server's figures.
@@ -101,6 +102,8 @@ impl App for AdminApp {
                 Response::text(200, DASHBOARD_CSS),
                 "text/css; charset=utf-8",
             )),
+            // Browsers ask for it; "none" is an answer, a 404 would be logged as an error.
+            "/favicon.ico" => Response::text(204, ""),
             _ => Response::text(
                 200,
                 "multiclient admin: /metrics /healthz /readyz /stats /dashboard\n",
