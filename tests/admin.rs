@@ -23,6 +23,10 @@ struct Served {
 
 impl Served {
     fn start(model: Model, services: &[ServiceName]) -> Served {
+        Served::start_with(model, services, ServiceOptions::default())
+    }
+
+    fn start_with(model: Model, services: &[ServiceName], service: ServiceOptions) -> Served {
         let opts = ServeOptions {
             services: services
                 .iter()
@@ -30,7 +34,7 @@ impl Served {
                 .collect(),
             model,
             limits: Limits::default(),
-            service: ServiceOptions::default(),
+            service,
             admin: AdminAddr::At("127.0.0.1:0".parse().unwrap()),
         };
         let (server, listening) = serve::start(&opts).expect("services start");
@@ -187,6 +191,56 @@ fn readyz_turns_503_once_the_drain_starts_and_healthz_stays_200() {
         .body
         .lines()
         .any(|l| l == "multiclient_ready 0"));
+}
+
+#[test]
+fn readyz_is_503_while_the_chat_cannot_reach_its_redis() {
+    // Nothing listens on a port just freed: the bridge keeps trying, never up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = ServiceOptions::default();
+    service.chat.redis = Some(format!("redis://127.0.0.1:{port}"));
+    let s = Served::start_with(Model::Threads, &[ServiceName::Chat], service);
+    let ready = s.get("/readyz");
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (503, "redis unavailable\n")
+    );
+    assert_eq!(s.get("/healthz").status, 200);
+    let st = s.stats();
+    assert_eq!(st["chat"]["redis"]["up"], false, "{st}");
+    assert_eq!(st["draining"], false);
+    let m = s.get("/metrics").body;
+    assert!(m.lines().any(|l| l == "multiclient_redis_up 0"), "{m}");
+    assert!(m.lines().any(|l| l == "multiclient_ready 0"), "{m}");
+}
+
+#[test]
+fn readyz_follows_redis_going_away_and_coming_back() {
+    let mut redis = common::redis::RedisServer::start();
+    let mut service = ServiceOptions::default();
+    service.chat.redis = Some(redis.url());
+    let s = Served::start_with(Model::Async { workers: 2 }, &[ServiceName::Chat], service);
+    let up = |st: &serde_json::Value| st["chat"]["redis"]["up"] == true;
+    s.stats_until("redis up", up);
+    assert_eq!(s.get("/readyz").status, 200);
+
+    redis.kill();
+    let st = s.stats_until("redis down", |st| !up(st));
+    assert_eq!(st["ready"], false);
+    assert_eq!(s.get("/readyz").status, 503);
+
+    redis.start_again();
+    let st = s.stats_until("redis up again", up);
+    assert!(
+        st["chat"]["redis"]["connects"].as_u64().unwrap() >= 2,
+        "{st}"
+    );
+    assert!(st["chat"]["redis"]["losses"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(s.get("/readyz").status, 200);
 }
 
 /// Checks the text exposition format: every sample under a `# TYPE` of its family,
