@@ -189,6 +189,10 @@ struct ServeArgs {
     /// variables `MULTICLIENT_<FLAG>` override it, flags override both.
     #[arg(long, value_name = "FILE", env = "MULTICLIENT_CONFIG")]
     config: Option<PathBuf>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/stats`, `/dashboard`):
+    /// an address, or `off`. Default 127.0.0.1:9180, skipped with a warning if taken.
+    #[arg(long, value_name = "ADDR|off")]
+    admin: Option<serve::AdminAddr>,
 }
 
 #[derive(Args)]
@@ -376,6 +380,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         tls_services,
         tls,
         tls_handshake_timeout: a.header_timeout,
+        admin: a.admin.unwrap_or_default(),
     })
 }
 

@@ -576,7 +576,7 @@ fn ws_frame(first: u8, payload: &[u8]) -> Vec<u8> {
 
 fn ws_message_past_the_budget_is_closed_1013(model: Model) {
     use multiclient::service::http::HttpOptions;
-    use multiclient::service::ws::Ws;
+    use multiclient::service::http::Ws;
     use tungstenite::Message;
     // Three 64 KiB steps: one unfinished 100 KiB message takes two.
     let limits = Limits {

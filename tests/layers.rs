@@ -122,7 +122,7 @@ fn references(text: &str, module_path: &[String]) -> Vec<Reference> {
         code_text[..i]
             .chars()
             .next_back()
-            .map_or(true, |c| !(c.is_ascii_alphanumeric() || c == '_'))
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
     };
     for (i, _) in code_text.match_indices("crate::") {
         if boundary(i) {

@@ -427,6 +427,7 @@ fn same_service_plain_and_over_tls_in_one_process() {
         tls_services: vec![(ServiceName::Ack, "127.0.0.1:0".parse().unwrap())],
         tls: Some(pki.files.clone()),
         tls_handshake_timeout: Duration::from_secs(10),
+        admin: multiclient::serve::AdminAddr::Off,
     };
     let (server, listening, store) = multiclient::serve::start_tls(&opts).unwrap();
     assert!(store.is_some());

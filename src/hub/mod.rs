@@ -477,9 +477,24 @@ impl Hub {
         }))
     }
 
+    /// Rooms with a member on this process, and the memberships in them, counted
+    /// shard by shard (each lock held for one shard's count, for metrics).
+    pub fn census(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(rooms, members), shard| {
+            let shard = lock(shard);
+            let m: usize = shard.values().map(|r| r.members.len()).sum();
+            (rooms + shard.len(), members + m)
+        })
+    }
+
+    /// Whether this hub is one chat with other processes through Redis.
+    pub fn uses_redis(&self) -> bool {
+        self.bridge.is_some()
+    }
+
     /// Whether the shared backend is reachable (always, without `--redis`).
     pub fn is_available(&self) -> bool {
-        self.bridge.as_ref().map_or(true, |b| b.is_up())
+        self.bridge.as_ref().is_none_or(|b| b.is_up())
     }
 
     /// Publishes a join, part or nick change through Redis; while it is down the event

@@ -715,6 +715,7 @@ impl<S: Session> Drop for Conn<S> {
         s.writes
             .fetch_add(u64::from(self.writes), Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);
+        s.closed_by[self.reason as usize].fetch_add(1, Ordering::Relaxed);
         self.span().in_scope(|| {
             tracing::info!(
                 duration = ?self.opened.elapsed(),

@@ -145,7 +145,28 @@ pub struct Stats {
     pub accept_errors: AtomicU64,
     /// Connections closed because their buffered input would pass `--max-buffered`.
     pub over_budget: AtomicU64,
+    /// Connections closed, by why: indexed like [`CLOSE_REASONS`].
+    pub closed_by: [AtomicU64; CLOSE_REASONS.len()],
 }
+
+/// Why connections close, as the names [`Stats::closed_by`] is indexed by (`eof`:
+/// the client closed; `done`: the session ended it; `busy`: refused at
+/// `--max-conns`; `input_limit`: a session that neither consumed a full input buffer
+/// nor closed). The first entry, `open`, stays 0: a connection dropped while open
+/// counts as `shutdown`.
+pub const CLOSE_REASONS: [&str; 11] = [
+    "open",
+    "eof",
+    "done",
+    "busy",
+    "idle",
+    "shutdown",
+    "slow_reader",
+    "slow_consumer",
+    "input_limit",
+    "over_budget",
+    "error",
+];
 
 /// One service listening on one address.
 #[derive(Clone)]
@@ -364,6 +385,11 @@ impl Server {
         self.drain.clone()
     }
 
+    /// The budget of bytes buffered for clients that every listener shares.
+    pub fn budget(&self) -> Arc<crate::base::Budget> {
+        self.budget.clone()
+    }
+
     /// Every listener so far.
     pub fn listening(&self) -> &[Listening] {
         &self.listening
@@ -435,4 +461,31 @@ pub(crate) fn refusal_slot<S: Service>(ctx: &Ctx<S>) -> bool {
 
 pub(crate) fn refusal_done<S: Service>(ctx: &Ctx<S>) {
     ctx.refusing.fetch_sub(1, Ordering::AcqRel);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conn::Reason;
+    use super::CLOSE_REASONS;
+
+    #[test]
+    fn close_reason_names_follow_the_reasons_they_count() {
+        let named = [
+            (Reason::Open, "open"),
+            (Reason::PeerClosed, "eof"),
+            (Reason::Done, "done"),
+            (Reason::Busy, "busy"),
+            (Reason::Idle, "idle"),
+            (Reason::Shutdown, "shutdown"),
+            (Reason::SlowReader, "slow_reader"),
+            (Reason::SlowConsumer, "slow_consumer"),
+            (Reason::InputLimit, "input_limit"),
+            (Reason::OverBudget, "over_budget"),
+            (Reason::Error, "error"),
+        ];
+        assert_eq!(named.len(), CLOSE_REASONS.len());
+        for (reason, name) in named {
+            assert_eq!(CLOSE_REASONS[reason as usize], name, "{reason:?}");
+        }
+    }
 }

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::model::{Limits, Listening, Model, Server};
+pub mod admin;
 pub mod config;
+pub mod metrics;
 mod registry;
 pub mod tls;
 
@@ -36,6 +38,80 @@ pub struct ServeOptions {
     pub tls: Option<tls::TlsFiles>,
     /// How long a TLS client has to complete its handshake (`--header-timeout`).
     pub tls_handshake_timeout: std::time::Duration,
+    /// Where the admin listener (metrics, health, dashboard) listens.
+    pub admin: AdminAddr,
+}
+
+/// Where the admin listener listens (`--admin ADDR|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminAddr {
+    /// [`admin::DEFAULT_ADDR`]; if that port is taken (a second server on the same
+    /// machine) the server runs without it and says so.
+    #[default]
+    Default,
+    /// This address; failing to bind it stops the server, like a service's.
+    At(SocketAddr),
+    /// No admin listener.
+    Off,
+}
+
+impl std::str::FromStr for AdminAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AdminAddr, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(AdminAddr::Off);
+        }
+        s.parse()
+            .map(AdminAddr::At)
+            .map_err(|e| format!("{s:?}: {e} (an address such as 127.0.0.1:9180, or off)"))
+    }
+}
+
+/// Starts the admin listener over `server` and its `listening` services, as
+/// `opts.admin` says. `None` when it is off, or when the default port is taken.
+pub fn start_admin(
+    opts: &ServeOptions,
+    server: &Server,
+    listening: &[Listening],
+) -> anyhow::Result<Option<admin::AdminListener>> {
+    let addr = match opts.admin {
+        AdminAddr::Off => return Ok(None),
+        AdminAddr::At(addr) => addr,
+        AdminAddr::Default => admin::DEFAULT_ADDR.parse().expect("a valid address"),
+    };
+    let chat = opts.services.iter().any(|&(name, _)| {
+        name == ServiceName::Chat
+            || (name == ServiceName::Http && ServiceName::Chat.runs_under(opts.model))
+    });
+    let sources = metrics::Sources {
+        model: opts.model.name(),
+        listening: listening.to_vec(),
+        drain: server.drain(),
+        budget: server.budget(),
+        hub: if chat {
+            opts.service.chat.hub().ok()
+        } else {
+            None
+        },
+        started: std::time::Instant::now(),
+        rss_at_start: metrics::rss_bytes(),
+    };
+    match admin::start(addr, sources) {
+        Ok(a) => {
+            tracing::info!(
+                "Admin on http://{}/ (/metrics, /healthz, /readyz, /stats, /dashboard)",
+                a.addr
+            );
+            Ok(Some(a))
+        }
+        Err(e) if opts.admin == AdminAddr::Default => {
+            tracing::warn!(
+                "No admin listener: {addr}: {e} (choose another with --admin ADDR, or --admin off)"
+            );
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("admin: cannot listen on {addr}")),
+    }
 }
 
 /// Starts every listener; nothing is served if one fails to bind.
@@ -100,7 +176,8 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
     // (immediate, unclean) exit.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
-    let (server, _listening, certs) = start_tls(opts)?;
+    let (server, listening, certs) = start_tls(opts)?;
+    let _admin = start_admin(opts, &server, &listening)?;
     let drain = server.drain();
     std::thread::Builder::new()
         .name("signals".into())

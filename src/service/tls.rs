@@ -131,6 +131,7 @@ impl<S: Session> TlsSession<S> {
             cx.wake,
             cx.conn,
             cx.input_limit,
+            cx.budget,
         );
         let r = f(&mut self.inner, &mut icx);
         self.flush(cx);

@@ -1,0 +1,149 @@
+// The admin dashboard: polls /stats every second and draws the last few minutes on
+// canvases. No library: the page must work offline under a strict CSP.
+'use strict';
+
+const KEEP = 180; // samples kept per series (three minutes)
+const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#17becf'];
+const history = []; // { t, snap }
+const $ = (id) => document.getElementById(id);
+
+function fmtBytes(n) {
+  if (n == null) return '–';
+  const units = ['B', 'KiB', 'MiB', 'GiB'];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : Math.round(n)) + ' ' + units[i];
+}
+
+function fmtNum(n) {
+  if (n == null) return '–';
+  return n >= 100 || Number.isInteger(n) ? Math.round(n).toLocaleString('en') : n.toFixed(1);
+}
+
+function sum(snap, f) {
+  return snap.services.reduce((a, s) => a + f(s), 0);
+}
+
+// Per-second rate of `f(snap)` between consecutive samples.
+function rates(f) {
+  const out = [];
+  for (let i = 1; i < history.length; i++) {
+    const a = history[i - 1], b = history[i];
+    const dt = b.snap.uptime_seconds - a.snap.uptime_seconds;
+    out.push(dt > 0 ? Math.max(0, (f(b.snap) - f(a.snap)) / dt) : 0);
+  }
+  return out;
+}
+
+function draw(id, series) {
+  const c = $(id);
+  const g = c.getContext('2d');
+  const w = c.width, h = c.height, pad = 34;
+  g.clearRect(0, 0, w, h);
+  let max = 0;
+  for (const s of series) for (const v of s.values) if (v != null) max = Math.max(max, v);
+  max = max > 0 ? max * 1.1 : 1;
+  g.strokeStyle = '#eee';
+  g.fillStyle = '#888';
+  g.font = '11px sans-serif';
+  for (let k = 0; k <= 4; k++) {
+    const y = h - 14 - (k / 4) * (h - 24);
+    g.beginPath(); g.moveTo(pad, y); g.lineTo(w, y); g.stroke();
+    g.fillText(fmtNum((max * k) / 4), 0, y + 4);
+  }
+  series.forEach((s, n) => {
+    g.strokeStyle = s.color || COLORS[n % COLORS.length];
+    g.lineWidth = 1.5;
+    g.beginPath();
+    const step = (w - pad) / (KEEP - 1);
+    const off = KEEP - s.values.length;
+    let started = false;
+    s.values.forEach((v, i) => {
+      if (v == null) return;
+      const x = pad + (off + i) * step;
+      const y = h - 14 - (v / max) * (h - 24);
+      if (started) g.lineTo(x, y); else { g.moveTo(x, y); started = true; }
+    });
+    g.stroke();
+  });
+  $(id.replace('c-', 'l-')).replaceChildren(...series.map((s, n) => {
+    const span = document.createElement('span');
+    const dot = document.createElement('i');
+    dot.style.background = s.color || COLORS[n % COLORS.length];
+    const last = s.values.length ? s.values[s.values.length - 1] : null;
+    span.append(dot, `${s.name} ${fmtNum(last)}`);
+    return span;
+  }));
+}
+
+function render() {
+  const snap = history[history.length - 1].snap;
+  $('model').textContent = `model ${snap.model} · v${snap.version}`;
+  $('uptime').textContent = `up ${Math.round(snap.uptime_seconds)} s`;
+  const state = $('state');
+  state.textContent = snap.draining ? 'draining' : snap.ready ? 'ready' : 'not ready';
+  state.className = 'badge ' + (snap.ready ? 'ready' : 'down');
+  const acc = rates((s) => sum(s, (x) => x.accepted));
+  const ref = rates((s) => sum(s, (x) => x.refused));
+  $('open').textContent = fmtNum(snap.memory.open_connections);
+  $('accepts').textContent = fmtNum(acc.length ? acc[acc.length - 1] : 0);
+  $('refusals').textContent = fmtNum(ref.length ? ref[ref.length - 1] : 0);
+  $('rss').textContent = fmtBytes(snap.memory.rss_bytes);
+  $('perconn').textContent = `${fmtBytes(snap.memory.user_bytes_per_connection)} · ${fmtBytes(snap.memory.kernel_bytes_per_socket)}`;
+  $('buffered').textContent = `${fmtBytes(snap.buffered.used_bytes)} of ${fmtBytes(snap.buffered.limit_bytes)}`;
+  const chat = snap.chat;
+  $('chat').textContent = chat ? `${fmtNum(chat.rooms)} · ${fmtNum(chat.memberships)}` : 'no chat';
+  const redis = chat && chat.redis;
+  $('redis').textContent = redis
+    ? `${redis.up ? 'up' : 'DOWN'} · ${redis.connects} connects, ${redis.losses} lost`
+    : 'not used';
+
+  const names = snap.services.map((s) => s.service);
+  const byName = (name, f) => history.map((h) => {
+    const s = h.snap.services.find((x) => x.service === name);
+    return s ? f(s) : null;
+  });
+  draw('c-open', names.map((n) => ({ name: n, values: byName(n, (s) => s.open) })));
+  draw('c-accept', [
+    { name: 'accepts/s', values: acc, color: '#2ca02c' },
+    { name: 'refusals/s', values: ref, color: '#d62728' },
+  ]);
+  const msg = [{ name: 'writes/s', values: rates((s) => sum(s, (x) => x.writes)) }];
+  if (chat) msg.push({ name: 'chat messages/s', values: rates((s) => (s.chat ? s.chat.messages : 0)) });
+  if (chat) msg.push({ name: 'chat deliveries/s', values: rates((s) => (s.chat ? s.chat.deliveries : 0)) });
+  draw('c-msg', msg);
+  draw('c-mem', [
+    { name: 'user', values: history.map((h) => h.snap.memory.user_bytes_per_connection) },
+    { name: 'kernel', values: history.map((h) => h.snap.memory.kernel_bytes_per_socket) },
+  ]);
+
+  const rows = snap.services.map((s) => {
+    const tr = document.createElement('tr');
+    const cells = [s.service, s.open, s.accepted, s.refused, s.closed,
+      fmtBytes(s.bytes_in), fmtBytes(s.bytes_out), s.idle_timeouts, s.slow_consumers + s.slow_readers];
+    for (const v of cells) {
+      const td = document.createElement('td');
+      td.textContent = typeof v === 'number' ? fmtNum(v) : v;
+      tr.append(td);
+    }
+    return tr;
+  });
+  document.querySelector('#services tbody').replaceChildren(...rows);
+}
+
+async function poll() {
+  try {
+    const r = await fetch('/stats', { cache: 'no-store' });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    history.push({ t: Date.now(), snap: await r.json() });
+    if (history.length > KEEP) history.shift();
+    render();
+  } catch (e) {
+    const state = $('state');
+    state.textContent = `unreachable (${e.message})`;
+    state.className = 'badge down';
+  }
+}
+
+poll();
+setInterval(poll, 1000);

@@ -1,0 +1,604 @@
+//! The figures the admin listener serves: one [`Snapshot`] read from the counters the
+//! server already keeps, rendered as Prometheus text (`/metrics`) or JSON (`/stats`).
+//!
+//! Nothing here is on a connection's path. The listeners' [`Stats`] are added to once
+//! per connection (accept, close), never per message, and the hub's counters once per
+//! chat message; a scrape only loads them. So bytes and writes count connections that
+//! have closed: a connection still open shows in `connections_open`, its traffic when
+//! it ends.
+//!
+//! Memory per connection comes two ways, because the kernel holds a connection's
+//! socket buffers and the process its own state: the resident size grown since the
+//! server started (`/proc/self/status`) over the connections open now, and the
+//! kernel's TCP memory (`/proc/net/sockstat`, pages × page size) over the TCP sockets
+//! in use. The second is the whole network namespace's, not this process's alone:
+//! exact when the server is the namespace's only busy user (a container), an upper
+//! bound otherwise.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::base::Budget;
+use crate::hub::Hub;
+use crate::model::{Drain, Listening, Stats, CLOSE_REASONS};
+
+/// Where a snapshot's figures come from: what `serve` holds once it has started.
+pub struct Sources {
+    /// The concurrency model's name.
+    pub model: &'static str,
+    /// Every service listener.
+    pub listening: Vec<Listening>,
+    /// The server's shutdown signal (draining is not ready).
+    pub drain: Drain,
+    /// The server's budget of buffered bytes.
+    pub budget: Arc<Budget>,
+    /// The chat's hub, when a chat (or the http service's chat) runs.
+    pub hub: Option<Arc<Hub>>,
+    /// When the server started.
+    pub started: Instant,
+    /// The resident size once the listeners were up, before any client.
+    pub rss_at_start: Option<u64>,
+}
+
+/// Every figure at one moment.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// The program's version.
+    pub version: &'static str,
+    /// The concurrency model.
+    pub model: &'static str,
+    /// Seconds since the server started.
+    pub uptime_seconds: f64,
+    /// A graceful shutdown is under way.
+    pub draining: bool,
+    /// Ready for new clients: not draining, and Redis up if the chat uses it.
+    pub ready: bool,
+    /// Per service (listeners of the same service summed).
+    pub services: Vec<ServiceStats>,
+    /// Process and kernel memory.
+    pub memory: Memory,
+    /// The `--max-buffered` budget.
+    pub buffered: Buffered,
+    /// The chat, when one runs.
+    pub chat: Option<ChatStats>,
+}
+
+/// One service's counters.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServiceStats {
+    /// The service's name.
+    pub service: String,
+    /// Its listening addresses.
+    pub addrs: Vec<String>,
+    /// Connections open now.
+    pub open: u64,
+    /// Connections accepted and served.
+    pub accepted: u64,
+    /// Connections refused at `--max-conns` (told busy).
+    pub refused: u64,
+    /// Connections closed.
+    pub closed: u64,
+    /// Connections closed, by reason ([`CLOSE_REASONS`] but `open`).
+    pub closed_by: BTreeMap<&'static str, u64>,
+    /// Bytes read from closed connections.
+    pub bytes_in: u64,
+    /// Bytes written to closed connections.
+    pub bytes_out: u64,
+    /// `send(2)` calls that wrote bytes, on closed connections (a request-reply
+    /// client that waits for each answer: one per message).
+    pub writes: u64,
+    /// Connections closed for silence.
+    pub idle_timeouts: u64,
+    /// Connections dropped because they stopped reading.
+    pub slow_readers: u64,
+    /// Sessions whose mailbox overflowed.
+    pub slow_consumers: u64,
+    /// Failed `accept(2)` calls.
+    pub accept_errors: u64,
+    /// Connections closed because their buffers would pass `--max-buffered`.
+    pub over_budget: u64,
+}
+
+/// Memory figures; `None` where the system does not tell (no `/proc`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Memory {
+    /// Resident set size of the process.
+    pub rss_bytes: Option<u64>,
+    /// The resident size when the listeners were up.
+    pub rss_at_start_bytes: Option<u64>,
+    /// Connections open now, every service.
+    pub open_connections: u64,
+    /// Resident size grown since the start, over the open connections.
+    pub user_bytes_per_connection: Option<f64>,
+    /// The kernel's TCP socket memory (the network namespace's).
+    pub kernel_tcp_bytes: Option<u64>,
+    /// TCP sockets in use, IPv4 and IPv6 (the network namespace's).
+    pub kernel_tcp_sockets: Option<u64>,
+    /// Kernel TCP memory over the TCP sockets in use.
+    pub kernel_bytes_per_socket: Option<f64>,
+}
+
+/// The buffered-bytes budget.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Buffered {
+    /// Bytes charged now.
+    pub used_bytes: u64,
+    /// `--max-buffered`.
+    pub limit_bytes: u64,
+}
+
+/// The chat's state on this process.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatStats {
+    /// Rooms with a member here.
+    pub rooms: u64,
+    /// Memberships (a member in two rooms counts twice).
+    pub memberships: u64,
+    /// Messages said.
+    pub messages: u64,
+    /// Events handed to members' mailboxes.
+    pub deliveries: u64,
+    /// Events refused by a full mailbox (that member is then dropped).
+    pub overflows: u64,
+    /// Redis, when the chat spans processes.
+    pub redis: Option<RedisStats>,
+}
+
+/// The Redis link.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RedisStats {
+    /// Connected now.
+    pub up: bool,
+    /// Connections made (the first and every reconnection).
+    pub connects: u64,
+    /// Connections lost.
+    pub losses: u64,
+}
+
+impl Snapshot {
+    /// Reads every figure now.
+    pub fn collect(src: &Sources) -> Snapshot {
+        let mut services: Vec<ServiceStats> = Vec::new();
+        for l in &src.listening {
+            let i = match services.iter().position(|s| s.service == l.service) {
+                Some(i) => i,
+                None => {
+                    services.push(ServiceStats {
+                        service: l.service.clone(),
+                        ..ServiceStats::default()
+                    });
+                    services.len() - 1
+                }
+            };
+            services[i].add(&l.addr.to_string(), &l.stats);
+        }
+        let open_connections = services.iter().map(|s| s.open).sum();
+        let memory = memory(src.rss_at_start, open_connections);
+        let chat = src.hub.as_ref().map(|hub| {
+            let (rooms, memberships) = hub.census();
+            let s = &hub.stats;
+            ChatStats {
+                rooms: rooms as u64,
+                memberships: memberships as u64,
+                messages: s.messages.load(Ordering::Relaxed),
+                deliveries: s.deliveries.load(Ordering::Relaxed),
+                overflows: s.overflows.load(Ordering::Relaxed),
+                redis: hub.uses_redis().then(|| RedisStats {
+                    up: hub.is_available(),
+                    connects: s.redis_connects.load(Ordering::Relaxed),
+                    losses: s.redis_losses.load(Ordering::Relaxed),
+                }),
+            }
+        });
+        let draining = src.drain.is_started();
+        let redis_down = chat
+            .as_ref()
+            .and_then(|c| c.redis.as_ref())
+            .is_some_and(|r| !r.up);
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            model: src.model,
+            uptime_seconds: src.started.elapsed().as_secs_f64(),
+            draining,
+            ready: !draining && !redis_down,
+            services,
+            memory,
+            buffered: Buffered {
+                used_bytes: src.budget.used() as u64,
+                limit_bytes: src.budget.limit() as u64,
+            },
+            chat,
+        }
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of this snapshot.
+    pub fn prometheus(&self) -> String {
+        let mut p = Prom::default();
+        p.family(
+            "multiclient_info",
+            "gauge",
+            "The program's version and concurrency model (always 1).",
+        );
+        let labels = [("version", self.version), ("model", self.model)];
+        p.sample("multiclient_info", &labels, 1.0);
+        p.one(
+            "multiclient_uptime_seconds",
+            "gauge",
+            "Seconds since the server started.",
+            self.uptime_seconds,
+        );
+        p.one(
+            "multiclient_draining",
+            "gauge",
+            "1 while a graceful shutdown is under way.",
+            flag(self.draining),
+        );
+        p.one(
+            "multiclient_ready",
+            "gauge",
+            "1 when ready for new clients (not draining, Redis up if the chat needs it).",
+            flag(self.ready),
+        );
+
+        type Field = fn(&ServiceStats) -> u64;
+        let per_service: [(&str, &str, &str, Field); 11] = [
+            (
+                "multiclient_connections_open",
+                "gauge",
+                "Connections open now.",
+                |s| s.open,
+            ),
+            (
+                "multiclient_connections_accepted_total",
+                "counter",
+                "Connections accepted and served.",
+                |s| s.accepted,
+            ),
+            (
+                "multiclient_received_bytes_total",
+                "counter",
+                "Bytes read, from connections that have closed.",
+                |s| s.bytes_in,
+            ),
+            (
+                "multiclient_sent_bytes_total",
+                "counter",
+                "Bytes written, to connections that have closed.",
+                |s| s.bytes_out,
+            ),
+            (
+                "multiclient_writes_total",
+                "counter",
+                "send(2) calls that wrote bytes, on connections that have closed.",
+                |s| s.writes,
+            ),
+            (
+                "multiclient_idle_timeouts_total",
+                "counter",
+                "Connections closed for silence (--idle-timeout).",
+                |s| s.idle_timeouts,
+            ),
+            (
+                "multiclient_slow_readers_total",
+                "counter",
+                "Connections dropped because their output stalled (--write-timeout).",
+                |s| s.slow_readers,
+            ),
+            (
+                "multiclient_slow_consumers_total",
+                "counter",
+                "Connections dropped because their event queue overflowed (--max-queue).",
+                |s| s.slow_consumers,
+            ),
+            (
+                "multiclient_accept_errors_total",
+                "counter",
+                "Failed accept(2) calls.",
+                |s| s.accept_errors,
+            ),
+            (
+                "multiclient_over_budget_total",
+                "counter",
+                "Connections closed because their buffers would pass --max-buffered.",
+                |s| s.over_budget,
+            ),
+            (
+                "multiclient_connections_closed_total",
+                "counter",
+                "Connections closed, by reason.",
+                |s| s.closed,
+            ),
+        ];
+        for (name, kind, help, field) in per_service {
+            p.family(name, kind, help);
+            for s in &self.services {
+                if name == "multiclient_connections_closed_total" {
+                    for (reason, n) in &s.closed_by {
+                        let l = [("service", s.service.as_str()), ("reason", reason)];
+                        p.sample(name, &l, *n as f64);
+                    }
+                } else {
+                    p.sample(name, &[("service", s.service.as_str())], field(s) as f64);
+                }
+            }
+        }
+        p.family(
+            "multiclient_connections_refused_total",
+            "counter",
+            "Connections refused, by reason (busy: --max-conns).",
+        );
+        for s in &self.services {
+            let l = [("service", s.service.as_str()), ("reason", "busy")];
+            p.sample(
+                "multiclient_connections_refused_total",
+                &l,
+                s.refused as f64,
+            );
+        }
+
+        let m = &self.memory;
+        p.opt(
+            "multiclient_resident_memory_bytes",
+            "Resident set size of the process.",
+            m.rss_bytes.map(|v| v as f64),
+        );
+        p.opt(
+            "multiclient_resident_memory_at_start_bytes",
+            "Resident set size once the listeners were up, before any client.",
+            m.rss_at_start_bytes.map(|v| v as f64),
+        );
+        p.opt(
+            "multiclient_kernel_tcp_memory_bytes",
+            "The kernel's TCP socket memory in this network namespace (/proc/net/sockstat).",
+            m.kernel_tcp_bytes.map(|v| v as f64),
+        );
+        p.opt(
+            "multiclient_kernel_tcp_sockets",
+            "TCP sockets in use in this network namespace, IPv4 and IPv6.",
+            m.kernel_tcp_sockets.map(|v| v as f64),
+        );
+        p.family("multiclient_memory_per_connection_bytes", "gauge", "Memory per open connection: user (resident size grown since start over open connections), kernel (TCP memory over TCP sockets).");
+        if let Some(v) = m.user_bytes_per_connection {
+            p.sample(
+                "multiclient_memory_per_connection_bytes",
+                &[("kind", "user")],
+                v,
+            );
+        }
+        if let Some(v) = m.kernel_bytes_per_socket {
+            p.sample(
+                "multiclient_memory_per_connection_bytes",
+                &[("kind", "kernel")],
+                v,
+            );
+        }
+        p.one(
+            "multiclient_buffered_bytes",
+            "gauge",
+            "Bytes buffered for clients, charged against --max-buffered.",
+            self.buffered.used_bytes as f64,
+        );
+        p.one(
+            "multiclient_buffered_limit_bytes",
+            "gauge",
+            "The --max-buffered budget.",
+            self.buffered.limit_bytes as f64,
+        );
+
+        if let Some(c) = &self.chat {
+            p.one(
+                "multiclient_chat_rooms",
+                "gauge",
+                "Chat rooms with a member on this process.",
+                c.rooms as f64,
+            );
+            p.one(
+                "multiclient_chat_memberships",
+                "gauge",
+                "Chat room memberships on this process.",
+                c.memberships as f64,
+            );
+            p.one(
+                "multiclient_chat_messages_total",
+                "counter",
+                "Chat messages said on this process.",
+                c.messages as f64,
+            );
+            p.one(
+                "multiclient_chat_deliveries_total",
+                "counter",
+                "Chat events handed to members' mailboxes.",
+                c.deliveries as f64,
+            );
+            p.one(
+                "multiclient_chat_overflows_total",
+                "counter",
+                "Chat events refused by a full mailbox (the member is dropped).",
+                c.overflows as f64,
+            );
+            if let Some(r) = &c.redis {
+                p.one(
+                    "multiclient_redis_up",
+                    "gauge",
+                    "1 while connected to Redis.",
+                    flag(r.up),
+                );
+                p.one(
+                    "multiclient_redis_connects_total",
+                    "counter",
+                    "Connections to Redis made (the first and every reconnection).",
+                    r.connects as f64,
+                );
+                p.one(
+                    "multiclient_redis_losses_total",
+                    "counter",
+                    "Connections to Redis lost.",
+                    r.losses as f64,
+                );
+            }
+        }
+        p.out
+    }
+}
+
+impl ServiceStats {
+    fn add(&mut self, addr: &str, s: &Stats) {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        self.addrs.push(addr.to_string());
+        self.open += s.active.load(Ordering::Relaxed) as u64;
+        self.accepted += get(&s.accepted);
+        self.refused += get(&s.refused);
+        self.closed += get(&s.closed);
+        for (i, reason) in CLOSE_REASONS.iter().enumerate().skip(1) {
+            *self.closed_by.entry(reason).or_default() += get(&s.closed_by[i]);
+        }
+        self.bytes_in += get(&s.bytes_in);
+        self.bytes_out += get(&s.bytes_out);
+        self.writes += get(&s.writes);
+        self.idle_timeouts += get(&s.idle_timeouts);
+        self.slow_readers += get(&s.slow_readers);
+        self.slow_consumers += get(&s.slow_consumers);
+        self.accept_errors += get(&s.accept_errors);
+        self.over_budget += get(&s.over_budget);
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// A Prometheus text exposition being written.
+#[derive(Default)]
+struct Prom {
+    out: String,
+}
+
+impl Prom {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, val)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", escape(val));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {v}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, v: f64) {
+        self.family(name, kind, help);
+        self.sample(name, &[], v);
+    }
+
+    /// A gauge left out when the system does not tell its value.
+    fn opt(&mut self, name: &str, help: &str, v: Option<f64>) {
+        if let Some(v) = v {
+            self.one(name, "gauge", help, v);
+        }
+    }
+}
+
+/// A label value as the exposition format quotes it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The process's resident set size, from `/proc/self/status`.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_rss(&status)
+}
+
+fn parse_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// `(pages of TCP memory, TCP sockets in use)` from `/proc/net/sockstat` and the
+/// `TCP6: inuse` of `/proc/net/sockstat6`.
+fn parse_sockstat(v4: &str, v6: &str) -> Option<(u64, u64)> {
+    let field = |text: &str, proto: &str, key: &str| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(proto))?;
+        let mut words = line[proto.len()..].split_whitespace();
+        while let Some(w) = words.next() {
+            if w == key {
+                return words.next()?.parse().ok();
+            }
+        }
+        None
+    };
+    let pages = field(v4, "TCP:", "mem")?;
+    let inuse = field(v4, "TCP:", "inuse")? + field(v6, "TCP6:", "inuse").unwrap_or(0);
+    Some((pages, inuse))
+}
+
+fn memory(rss_at_start: Option<u64>, open: u64) -> Memory {
+    let rss = rss_bytes();
+    let per = |total: u64, n: u64| (n > 0).then(|| total as f64 / n as f64);
+    let user = match (rss, rss_at_start) {
+        (Some(now), Some(start)) => per(now.saturating_sub(start), open),
+        _ => None,
+    };
+    let v4 = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/sockstat6").unwrap_or_default();
+    let kernel = parse_sockstat(&v4, &v6)
+        .map(|(pages, inuse)| (pages * rustix::param::page_size() as u64, inuse));
+    Memory {
+        rss_bytes: rss,
+        rss_at_start_bytes: rss_at_start,
+        open_connections: open,
+        user_bytes_per_connection: user,
+        kernel_tcp_bytes: kernel.map(|k| k.0),
+        kernel_tcp_sockets: kernel.map(|k| k.1),
+        kernel_bytes_per_socket: kernel.and_then(|(bytes, n)| per(bytes, n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_size_is_read_in_bytes() {
+        let status = "Name:\tmulticlient\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t3\n";
+        assert_eq!(parse_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_rss("Name:\tx\n"), None);
+        assert!(rss_bytes().is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn sockstat_gives_tcp_pages_and_sockets_of_both_families() {
+        let v4 =
+            "sockets: used 310\nTCP: inuse 12 orphan 0 tw 3 alloc 20 mem 7\nUDP: inuse 1 mem 2\n";
+        let v6 = "TCP6: inuse 5\nUDP6: inuse 1\n";
+        assert_eq!(parse_sockstat(v4, v6), Some((7, 17)));
+        assert_eq!(parse_sockstat(v4, ""), Some((7, 12)));
+        assert_eq!(parse_sockstat("sockets: used 3\n", v6), None);
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}

@@ -1,0 +1,413 @@
+//! The admin listener: its counters against what a test did, readiness during a
+//! drain, a well-formed Prometheus exposition, the dashboard's page and its policy,
+//! and the `--admin` flag of the binary.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use common::TIMEOUT;
+use multiclient::model::{Limits, Listening, Model, Server};
+use multiclient::serve::admin::AdminListener;
+use multiclient::serve::{self, AdminAddr, ServeOptions, ServiceName, ServiceOptions};
+
+/// A server with `services` on port 0 and its admin listener on port 0.
+struct Served {
+    server: Server,
+    listening: Vec<Listening>,
+    admin: AdminListener,
+}
+
+impl Served {
+    fn start(model: Model, services: &[ServiceName]) -> Served {
+        Served::start_with(model, services, ServiceOptions::default())
+    }
+
+    fn start_with(model: Model, services: &[ServiceName], service: ServiceOptions) -> Served {
+        let opts = ServeOptions {
+            services: services
+                .iter()
+                .map(|&s| (s, "127.0.0.1:0".parse().unwrap()))
+                .collect(),
+            model,
+            limits: Limits::default(),
+            service,
+            tls_services: Vec::new(),
+            tls: None,
+            tls_handshake_timeout: std::time::Duration::from_secs(10),
+            admin: AdminAddr::At("127.0.0.1:0".parse().unwrap()),
+        };
+        let (server, listening) = serve::start(&opts).expect("services start");
+        let admin = serve::start_admin(&opts, &server, &listening)
+            .expect("admin starts")
+            .expect("admin is on");
+        Served {
+            server,
+            listening,
+            admin,
+        }
+    }
+
+    fn addr_of(&self, service: &str) -> SocketAddr {
+        self.listening
+            .iter()
+            .find(|l| l.service == service)
+            .expect("service listening")
+            .addr
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        get(self.admin.addr, path)
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let r = self.get("/stats");
+        assert_eq!(r.status, 200);
+        serde_json::from_str(&r.body).expect("/stats is JSON")
+    }
+
+    /// Polls `/stats` until `done` holds, failing after the safety-net timeout.
+    fn stats_until(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let s = self.stats();
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: last /stats {s}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// An HTTP answer.
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// `GET path` with `Connection: close`, read to the end.
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect to admin");
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("a whole response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
+}
+
+fn service<'a>(stats: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == name)
+        .unwrap_or_else(|| panic!("{name} in {stats}"))
+}
+
+#[test]
+fn ack_round_trips_raise_the_counters_by_what_the_clients_did() {
+    const CONNS: usize = 3;
+    const ROUNDS: usize = 7;
+    let s = Served::start(Model::Async { workers: 2 }, &[ServiceName::Ack]);
+    let ack = s.addr_of("ack");
+    let mut clients: Vec<TcpStream> = (0..CONNS).map(|_| common::connect(ack)).collect();
+    for c in &mut clients {
+        for _ in 0..ROUNDS {
+            common::round_trip(c, b"hello", b"ACK!");
+        }
+    }
+    let open = s.stats_until("3 open", |st| service(st, "ack")["open"] == CONNS);
+    assert_eq!(service(&open, "ack")["accepted"], CONNS);
+    assert_eq!(open["memory"]["open_connections"], CONNS);
+    drop(clients);
+
+    let st = s.stats_until("3 closed", |st| service(st, "ack")["closed"] == CONNS);
+    let a = service(&st, "ack");
+    let n = CONNS * ROUNDS;
+    assert_eq!(a["open"], 0);
+    assert_eq!(a["accepted"], CONNS);
+    assert_eq!(a["refused"], 0);
+    assert_eq!(a["closed_by"]["eof"], CONNS);
+    assert_eq!(a["writes"], n, "one write per ACK");
+    assert_eq!(a["bytes_in"], n * b"hello".len());
+    assert_eq!(a["bytes_out"], n * b"ACK!".len());
+
+    // The exposition says the same.
+    let m = s.get("/metrics").body;
+    for line in [
+        format!("multiclient_connections_accepted_total{{service=\"ack\"}} {CONNS}"),
+        format!("multiclient_writes_total{{service=\"ack\"}} {n}"),
+        format!("multiclient_connections_closed_total{{service=\"ack\",reason=\"eof\"}} {CONNS}"),
+        "multiclient_connections_open{service=\"ack\"} 0".to_string(),
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} not in\n{m}");
+    }
+}
+
+#[test]
+fn readyz_turns_503_once_the_drain_starts_and_healthz_stays_200() {
+    let s = Served::start(Model::Threads, &[ServiceName::Ack]);
+    assert_eq!(s.get("/healthz").status, 200);
+    let ready = s.get("/readyz");
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    assert_eq!(s.stats()["ready"], true);
+
+    s.server.drain().start();
+    let ready = s.get("/readyz");
+    assert_eq!((ready.status, ready.body.as_str()), (503, "draining\n"));
+    assert_eq!(s.get("/healthz").status, 200);
+    let st = s.stats();
+    assert_eq!(
+        (&st["draining"], &st["ready"]),
+        (&true.into(), &false.into())
+    );
+    assert!(s
+        .get("/metrics")
+        .body
+        .lines()
+        .any(|l| l == "multiclient_ready 0"));
+}
+
+#[test]
+fn readyz_is_503_while_the_chat_cannot_reach_its_redis() {
+    // Nothing listens on a port just freed: the bridge keeps trying, never up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut service = ServiceOptions::default();
+    service.chat.redis = Some(format!("redis://127.0.0.1:{port}"));
+    let s = Served::start_with(Model::Threads, &[ServiceName::Chat], service);
+    let ready = s.get("/readyz");
+    assert_eq!(
+        (ready.status, ready.body.as_str()),
+        (503, "redis unavailable\n")
+    );
+    assert_eq!(s.get("/healthz").status, 200);
+    let st = s.stats();
+    assert_eq!(st["chat"]["redis"]["up"], false, "{st}");
+    assert_eq!(st["draining"], false);
+    let m = s.get("/metrics").body;
+    assert!(m.lines().any(|l| l == "multiclient_redis_up 0"), "{m}");
+    assert!(m.lines().any(|l| l == "multiclient_ready 0"), "{m}");
+}
+
+#[test]
+fn readyz_follows_redis_going_away_and_coming_back() {
+    let mut redis = common::redis::RedisServer::start();
+    let mut service = ServiceOptions::default();
+    service.chat.redis = Some(redis.url());
+    let s = Served::start_with(Model::Async { workers: 2 }, &[ServiceName::Chat], service);
+    let up = |st: &serde_json::Value| st["chat"]["redis"]["up"] == true;
+    s.stats_until("redis up", up);
+    assert_eq!(s.get("/readyz").status, 200);
+
+    redis.kill();
+    let st = s.stats_until("redis down", |st| !up(st));
+    assert_eq!(st["ready"], false);
+    assert_eq!(s.get("/readyz").status, 503);
+
+    redis.start_again();
+    let st = s.stats_until("redis up again", up);
+    assert!(
+        st["chat"]["redis"]["connects"].as_u64().unwrap() >= 2,
+        "{st}"
+    );
+    assert!(st["chat"]["redis"]["losses"].as_u64().unwrap() >= 1, "{st}");
+    assert_eq!(s.get("/readyz").status, 200);
+}
+
+/// Checks the text exposition format: every sample under a `# TYPE` of its family,
+/// counters named `_total`, the `multiclient_` prefix, bounded label names, no series
+/// twice, numeric values. Returns the samples by series.
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    let allowed: HashSet<&str> = ["service", "reason", "model", "version", "kind"].into();
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
+            assert!(
+                ["counter", "gauge"].contains(&kind),
+                "{line}: a type we do not use"
+            );
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "{line}: a counter ends in _total");
+            }
+            assert!(
+                types.insert(name.into(), kind.into()).is_none(),
+                "{name} typed twice"
+            );
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        assert!(
+            !line.starts_with('#') && !line.is_empty(),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("series value");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}: value"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("multiclient_"), "{line}: prefix");
+        assert!(types.contains_key(name), "{line}: no TYPE before it");
+        if let Some(labels) = series.strip_prefix(name) {
+            let labels = labels.trim_start_matches('{').trim_end_matches('}');
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').expect("label=value");
+                assert!(allowed.contains(k), "{line}: unbounded label {k}");
+                assert!(v.starts_with('"') && v.ends_with('"'), "{line}: quoted");
+            }
+        }
+        assert!(
+            samples.insert(series.to_string(), value).is_none(),
+            "{series} twice"
+        );
+    }
+    samples
+}
+
+#[test]
+fn metrics_are_a_well_formed_exposition_with_every_family() {
+    let s = Served::start(
+        Model::Async { workers: 2 },
+        &[ServiceName::Ack, ServiceName::Http, ServiceName::Chat],
+    );
+    let r = s.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let samples = parse_exposition(&r.body);
+    for series in [
+        "multiclient_connections_open{service=\"http\"}",
+        "multiclient_connections_refused_total{service=\"chat\",reason=\"busy\"}",
+        "multiclient_connections_closed_total{service=\"ack\",reason=\"idle\"}",
+        "multiclient_slow_consumers_total{service=\"chat\"}",
+        "multiclient_resident_memory_bytes",
+        "multiclient_buffered_limit_bytes",
+        "multiclient_chat_rooms",
+        "multiclient_chat_deliveries_total",
+        "multiclient_ready",
+    ] {
+        assert!(
+            samples.contains_key(series),
+            "{series} missing:\n{}",
+            r.body
+        );
+    }
+    assert_eq!(
+        samples["multiclient_buffered_limit_bytes"],
+        Limits::default().max_buffered as f64
+    );
+    assert!(samples["multiclient_resident_memory_bytes"] > 0.0);
+    // No Redis: no Redis figures.
+    assert!(!r.body.contains("multiclient_redis_up"));
+}
+
+#[test]
+fn the_exposition_check_rejects_what_prometheus_would() {
+    let good = "# TYPE multiclient_x_total counter\nmulticlient_x_total{service=\"a\"} 1\n";
+    assert_eq!(parse_exposition(good).len(), 1);
+    for bad in [
+        "multiclient_x_total 1\n",
+        "# TYPE multiclient_x counter\nmulticlient_x 1\n",
+        "# TYPE multiclient_x gauge\nmulticlient_x{room=\"lobby\"} 1\n",
+        "# TYPE multiclient_x gauge\nmulticlient_x 1\nmulticlient_x 2\n",
+        "# TYPE multiclient_x gauge\nmulticlient_x one\n",
+    ] {
+        let caught = std::panic::catch_unwind(|| parse_exposition(bad)).is_err();
+        assert!(caught, "accepted {bad:?}");
+    }
+}
+
+#[test]
+fn the_dashboard_is_served_whole_under_a_strict_policy() {
+    let s = Served::start(Model::Threads, &[ServiceName::Ack]);
+    let page = s.get("/dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("Content-Type")
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.header("Content-Security-Policy").expect("a CSP");
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+    assert!(!page.body.contains("http://") && !page.body.contains("https://"));
+    for (path, kind) in [
+        ("/dashboard.js", "text/javascript"),
+        ("/dashboard.css", "text/css"),
+    ] {
+        assert!(page.body.contains(path), "the page loads {path}");
+        let r = s.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.header("Content-Type").unwrap().starts_with(kind),
+            "{path}"
+        );
+        assert!(r.body.len() > 100, "{path}");
+    }
+    assert!(s.get("/dashboard.js").body.contains("/stats"));
+    assert_eq!(s.get("/nowhere").status, 404);
+}
+
+#[test]
+fn the_binary_reports_its_admin_address_and_refuses_a_bad_one() {
+    let mut c = common::spawn_serve(&["--service", "ack=127.0.0.1:0", "--admin", "127.0.0.1:0"]);
+    let admin: SocketAddr = loop {
+        let line = c.log.recv_timeout(TIMEOUT).expect("an Admin line");
+        if let Some(rest) = line.split("Admin on http://").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    let mut ack = common::connect(c.addr);
+    common::round_trip(&mut ack, b"hi", b"ACK!");
+    assert_eq!(get(admin, "/healthz").status, 200);
+    drop(ack);
+    c.signal(rustix::process::Signal::TERM);
+    assert!(c.wait().success());
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_multiclient"))
+        .args([
+            "serve",
+            "--service",
+            "ack=127.0.0.1:0",
+            "--admin",
+            "nowhere",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--admin") && err.contains("off"), "{err}");
+}
