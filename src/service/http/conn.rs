@@ -378,7 +378,7 @@ impl<A: App> Session for HttpSession<A> {
         let late = |timeout| self.since.is_some_and(|t| cx.now() >= t + timeout);
         let head_late = late(self.opts.header_timeout);
         let body_late = late(self.opts.body_timeout);
-        let last_call_over = self.answered.map_or(true, |t| cx.now() >= t + LAST_CALL);
+        let last_call_over = self.answered.is_none_or(|t| cx.now() >= t + LAST_CALL);
         match &mut self.state {
             State::Head if self.shutting && self.since.is_none() && last_call_over => {
                 cx.close();
