@@ -258,7 +258,6 @@ fn no_layer_uses_a_layer_above_it() {
 }
 
 #[test]
-#[ignore = "http and ws still import each other; enabled once the upgrade answer lives in http and ws no longer names it"]
 fn ws_does_not_use_http() {
     // Within `service`: http depends on ws (it answers the upgrade), never the reverse.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
