@@ -15,6 +15,8 @@
 //! [`service::Session`] and hand the service to [`model::Server::listen`]; see
 //! `examples/upper.rs`.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod base;
 #[cfg(feature = "bench")]
 pub mod bench;

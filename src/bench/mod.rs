@@ -116,6 +116,7 @@ pub struct LoadArgs {
     /// --secs (a longer one is halved to fit, with a warning).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
+    /// The options every workload shares (`--server-pid`, `--threads`, `--json`).
     #[command(flatten)]
     pub tester: TesterArgs,
 }
@@ -145,6 +146,7 @@ pub struct HoldArgs {
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
+    /// The options every workload shares (`--server-pid`, `--threads`, `--json`).
     #[command(flatten)]
     pub tester: TesterArgs,
 }

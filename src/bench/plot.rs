@@ -18,7 +18,7 @@ const SIZE: (u32, u32) = (1400, 900);
 const LEGEND_W: u32 = 220;
 
 /// `1234567.8` as `1,234,568`; below 10, one or two decimals (`0.25`, `2.5`).
-pub fn number(v: f64) -> String {
+pub(super) fn number(v: f64) -> String {
     if !v.is_finite() {
         return "-".into();
     }
@@ -110,7 +110,7 @@ fn color(i: usize) -> RGBAColor {
 }
 
 /// Draws `all` into an SVG file at `path`.
-pub fn draw(path: &str, service: &str, all: &[Series]) -> anyhow::Result<()> {
+pub(super) fn draw(path: &str, service: &str, all: &[Series]) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let root = root.titled(

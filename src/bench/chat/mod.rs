@@ -90,6 +90,7 @@ pub struct ChatArgs {
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
+    /// The options every workload shares (`--server-pid`, `--threads`, `--json`).
     #[command(flatten)]
     pub tester: super::TesterArgs,
 }

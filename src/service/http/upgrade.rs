@@ -31,7 +31,7 @@ const VERSION: &str = "13";
 /// Checks an upgrade request (RFC 6455 §4.2.1) and writes the `101`, or says which
 /// error response the client gets: 400 for a malformed request, 426 with
 /// `Sec-WebSocket-Version: 13` for a missing upgrade or another version.
-pub fn accept(req: &Request<'_>) -> Result<String, Response> {
+pub(super) fn accept(req: &Request<'_>) -> Result<String, Response> {
     let bad = |why: &'static str| Err(Response::text(400, why).close());
     let upgrade_required = |why: &'static str| {
         Err(Response::text(426, why)

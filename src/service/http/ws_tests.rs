@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The RFC 6455 §1.3 sample key and its accept value.
-pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+pub(crate) const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub(crate) const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
-pub fn upgrade_request(path: &str) -> String {
+pub(crate) fn upgrade_request(path: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -21,7 +21,7 @@ pub fn upgrade_request(path: &str) -> String {
 }
 
 /// A client frame, masked as RFC 6455 requires (or not, to test the refusal).
-pub fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+pub(crate) fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
     let m = if masked { 0x80 } else { 0 };
     let mut v = vec![first];
@@ -45,14 +45,14 @@ pub fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     v
 }
 
-pub const TEXT: u8 = 0x81;
-pub const BINARY: u8 = 0x82;
-pub const CLOSE: u8 = 0x88;
-pub const PING: u8 = 0x89;
-pub const PONG: u8 = 0x8a;
+pub(crate) const TEXT: u8 = 0x81;
+pub(crate) const BINARY: u8 = 0x82;
+pub(crate) const CLOSE: u8 = 0x88;
+pub(crate) const PING: u8 = 0x89;
+pub(crate) const PONG: u8 = 0x8a;
 
 /// Server frames (unmasked) as (first byte, payload).
-pub fn frames(mut out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+pub(crate) fn frames(mut out: &[u8]) -> Vec<(u8, Vec<u8>)> {
     let mut v = Vec::new();
     while out.len() >= 2 {
         assert_eq!(out[1] & 0x80, 0, "server frames are not masked");
