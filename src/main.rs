@@ -126,8 +126,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1 << 20)]
     max_message: usize,
     /// Bytes buffered for clients across the whole server (unconsumed input, WebSocket
-    /// messages being assembled); a client whose buffer would pass it is told the
-    /// server is busy (`ERR server busy`, WebSocket close 1013) and closed.
+    /// messages being assembled, HTTP bodies being read); a client whose buffer would
+    /// pass it is told the server is busy (`ERR server busy`, WebSocket close 1013,
+    /// HTTP 503) and closed.
     #[arg(long, default_value_t = Limits::default().max_buffered)]
     max_buffered: usize,
     /// Bytes of events queued for one client before it is dropped as a slow consumer

@@ -10,6 +10,7 @@ use super::encode::{self, Persist};
 use super::head::{self, empty_lines, find_head_end, looks_like_http_version, request};
 use super::upgrade;
 use super::{App, HttpOptions, Method, Reply, Response, MAX_HEAD, MAX_HEADERS};
+use crate::base::budget::Held;
 use crate::service::ws::{Handler, WsConn};
 use crate::service::{Cx, Goodbye, Session};
 
@@ -48,6 +49,9 @@ pub struct HttpSession<A: App> {
     head: Vec<u8>,
     /// The decoded body.
     body: Vec<u8>,
+    /// The body's bytes, charged to the server's `--max-buffered` budget while it is
+    /// read: a thousand slow uploads cannot hold a gigabyte between them.
+    held: Held,
     keep_alive: bool,
     /// HTTP minor version of the request being answered.
     head_version: u8,
@@ -70,6 +74,7 @@ impl<A: App> HttpSession<A> {
             scanned: 0,
             head: Vec::new(),
             body: Vec::new(),
+            held: Held::new(),
             keep_alive: true,
             head_version: 1,
             busy: false,
@@ -220,14 +225,25 @@ impl<A: App> HttpSession<A> {
     ) -> usize {
         let pos = match decode::decode(&mut body, input, &mut self.body, self.opts.max_body) {
             Err((status, why)) => {
+                cx.hold(&mut self.held, 0);
                 self.error(status, why, cx);
                 return input.len();
             }
             Ok(Decoded::More(pos)) => {
+                if !cx.hold(&mut self.held, self.body.len()) {
+                    tracing::warn!("request body over the server's buffer budget; 503");
+                    self.body = Vec::new();
+                    cx.hold(&mut self.held, 0);
+                    self.error(503, "server busy\n", cx);
+                    return input.len();
+                }
                 self.state = State::Body(body);
                 return pos;
             }
-            Ok(Decoded::Done(pos)) => pos,
+            Ok(Decoded::Done(pos)) => {
+                cx.hold(&mut self.held, 0);
+                pos
+            }
         };
         self.state = State::Head;
         self.since = None;

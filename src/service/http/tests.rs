@@ -8,6 +8,7 @@ use super::*;
 use crate::service::Harness;
 use crate::service::{ConnInfo, Goodbye, Service, Session};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, PartialEq)]
@@ -483,4 +484,33 @@ proptest::proptest! {
         // Whatever came back parses as responses (bodies sized by Content-Length).
         let _ = responses(&out, &[]);
     }
+}
+
+#[test]
+fn a_body_past_the_servers_buffer_budget_is_refused_503_and_its_bytes_given_back() {
+    let budget = Arc::new(crate::base::budget::Budget::new(256 * 1024));
+    let mut h = harness().with_budget(budget.clone());
+    h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n");
+    h.feed(&vec![b'a'; 100 * 1024]);
+    assert!(budget.used() > 0, "a body being read is charged");
+    assert!(
+        h.take_output().is_empty(),
+        "under the budget it is still read"
+    );
+    h.feed(&vec![b'a'; 300 * 1024]);
+    let out = String::from_utf8_lossy(&h.take_output()).into_owned();
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    assert!(out.contains("Retry-After: 1\r\n"), "{out}");
+    assert!(h.is_closing());
+    assert_eq!(budget.used(), 0, "the refused body's bytes are given back");
+}
+
+#[test]
+fn a_body_read_whole_gives_its_bytes_back() {
+    let budget = Arc::new(crate::base::budget::Budget::new(1 << 20));
+    let mut h = harness().with_budget(budget.clone());
+    h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n");
+    h.feed(&vec![b'a'; 200_000]);
+    assert!(!h.take_output().is_empty(), "answered");
+    assert_eq!(budget.used(), 0);
 }
