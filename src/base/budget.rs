@@ -15,24 +15,17 @@
 //! beyond them charges move in steps of [`STEP`], so the shared counter is touched
 //! once per 64 KiB a buffer grows or shrinks, never per message.
 //!
-//! Memory given back is counted too: once [`TRIM_AFTER`] bytes have been returned, at
-//! most once per [`TRIM_EVERY`], the allocator is asked to hand free pages back to
-//! the system (`malloc_trim(0)`, glibc only), so the resident size falls after a burst
-//! of large messages instead of staying at its peak.
+//! Memory given back is told to [`super::trim`], which has the allocator hand free
+//! pages back to the system shortly after a burst, so the resident size falls after a
+//! burst of large messages instead of staying at its peak.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Bytes a holder keeps without charge.
 pub const FREE: usize = 16 * 1024;
 /// The unit charges move in.
 pub const STEP: usize = 64 * 1024;
-/// Bytes given back after which the allocator is asked to trim.
-pub const TRIM_AFTER: usize = 64 << 20;
-/// The least time between two trims.
-pub const TRIM_EVERY: Duration = Duration::from_secs(1);
-
 /// The default budget: 256 MiB, a fixed figure that a small server fits and a large
 /// one can raise with `--max-buffered`.
 pub const DEFAULT_MAX_BUFFERED: usize = 256 << 20;
@@ -51,11 +44,6 @@ pub fn charge_for(bytes: usize) -> usize {
 pub struct Budget {
     limit: usize,
     used: AtomicUsize,
-    /// Bytes given back since the last trim.
-    freed: AtomicUsize,
-    /// Milliseconds after `born` of the last trim.
-    trimmed: AtomicU64,
-    born: Instant,
 }
 
 impl Budget {
@@ -64,9 +52,6 @@ impl Budget {
         Budget {
             limit,
             used: AtomicUsize::new(0),
-            freed: AtomicUsize::new(0),
-            trimmed: AtomicU64::new(0),
-            born: Instant::now(),
         }
     }
 
@@ -105,40 +90,7 @@ impl Budget {
 
     fn give_back(&self, n: usize) {
         self.used.fetch_sub(n, Ordering::AcqRel);
-        let freed = self.freed.fetch_add(n, Ordering::Relaxed) + n;
-        if freed >= TRIM_AFTER {
-            self.maybe_trim();
-        }
-    }
-
-    /// Asks the allocator to return free memory, at most once per [`TRIM_EVERY`].
-    fn maybe_trim(&self) {
-        let now = self.born.elapsed().as_millis() as u64;
-        let last = self.trimmed.load(Ordering::Relaxed);
-        let every = TRIM_EVERY.as_millis() as u64;
-        if last != 0 && now < last + every {
-            return;
-        }
-        if self
-            .trimmed
-            .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return; // Another thread trims now.
-        }
-        self.freed.store(0, Ordering::Relaxed);
-        trim();
-    }
-}
-
-/// Returns free heap pages to the system (glibc's `malloc_trim`; elsewhere nothing).
-fn trim() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointer of ours.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        super::trim::freed(n);
     }
 }
 

@@ -1,18 +1,11 @@
 //! The history's process-wide budget (`--history-bytes`): the order every room's
-//! messages were kept in, so the oldest of the process go first whatever their room,
-//! and the hand-back of freed memory to the system.
+//! messages were kept in, so the oldest of the process go first whatever their room.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use super::{lock, Hub, Publication, Room};
-
-/// History bytes let go since the last hand-back to the system beyond which the
-/// allocator is asked to return free memory (`malloc_trim`): glibc keeps freed heap
-/// otherwise, so a connection that filled the history and left would leave the
-/// process at its peak.
-const TRIM_AFTER: usize = 8 << 20;
 
 /// The messages of every room's history, oldest first, for dropping the oldest when
 /// the process-wide budget is exceeded. An entry whose message has left its room's
@@ -92,26 +85,13 @@ impl Hub {
             return;
         }
         self.history_held.fetch_sub(bytes, Ordering::Relaxed);
-        let freed = self.history_freed.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        if freed >= TRIM_AFTER && self.history_freed.swap(0, Ordering::Relaxed) >= TRIM_AFTER {
-            trim_heap();
-        }
+        // A connection that filled the history and left would otherwise leave the
+        // process at its peak: glibc keeps freed heap unless asked.
+        crate::base::trim::freed(bytes);
     }
 
     /// Bytes of history kept by all rooms (as [`Publication::cost`] counts them).
     pub fn history_held(&self) -> usize {
         self.history_held.load(Ordering::Relaxed)
-    }
-}
-
-/// Asks the allocator to return free heap memory to the system. glibc keeps what was
-/// freed in its arenas otherwise; jemalloc (`--features jemalloc`) returns it by
-/// itself and ignores this.
-fn trim_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas; it
-    // touches no memory in use and is thread-safe.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -415,8 +415,6 @@ pub struct Hub {
     history: Mutex<HistoryOrder>,
     /// Bytes of history kept by all rooms ([`Publication::cost`]).
     history_held: AtomicUsize,
-    /// History bytes let go since the allocator last handed memory back.
-    history_freed: AtomicUsize,
     /// Counters.
     pub stats: HubStats,
 }
@@ -454,7 +452,6 @@ impl Hub {
             bridge: None,
             history: Mutex::default(),
             history_held: AtomicUsize::new(0),
-            history_freed: AtomicUsize::new(0),
             stats: HubStats::default(),
         }
     }
