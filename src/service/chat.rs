@@ -441,9 +441,8 @@ impl Session for ChatSession {
 
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, ChatEvent>) {
         if why == Goodbye::Busy {
-            // A refused client is told only that: the welcome written by `open` a
-            // moment ago, not yet sent, is withdrawn with its guest nick.
-            cx.out().clear();
+            // A refused client is never opened (no welcome is written); the member
+            // is withdrawn so it holds no guest nick.
             self.member.withdraw();
         }
         line_goodbye(why, cx);
