@@ -441,8 +441,10 @@ impl Session for ChatSession {
 
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, ChatEvent>) {
         if why == Goodbye::Busy {
-            // A refused client is never opened (no welcome is written); the member
-            // is withdrawn so it holds no guest nick.
+            // A refused client is told only that. The model's engine never opens a
+            // refused session; a driver that did (`Harness`) has its welcome, not yet
+            // sent, withdrawn with the guest nick.
+            cx.out().clear();
             self.member.withdraw();
         }
         line_goodbye(why, cx);
