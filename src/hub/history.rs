@@ -90,6 +90,21 @@ impl Hub {
         crate::base::trim::freed(bytes);
     }
 
+    /// A room and its history were forgotten. Once no room keeps any history, the
+    /// process-wide order is emptied and its buffer freed: its entries are `Weak`s, and
+    /// a `Weak` keeps its message's small allocation alive, scattered between the
+    /// freed texts, so ten thousand of them pinned a connection's burst in memory
+    /// (12 MB resident with 0.9 MB in use) after every room was gone.
+    pub(super) fn forgot_room(&self, history_bytes: usize) {
+        self.let_go(history_bytes);
+        let mut order = lock(&self.history);
+        // Checked under the order's lock: a message kept meanwhile has raised the
+        // count before its entry is pushed, so no live entry is dropped.
+        if self.history_held.load(Ordering::Relaxed) == 0 {
+            *order = HistoryOrder::default();
+        }
+    }
+
     /// Bytes of history kept by all rooms (as [`Publication::cost`] counts them).
     pub fn history_held(&self) -> usize {
         self.history_held.load(Ordering::Relaxed)

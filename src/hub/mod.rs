@@ -1026,7 +1026,7 @@ impl Hub {
                         let forgotten = r.history_bytes;
                         s.remove(room);
                         drop(s);
-                        self.let_go(forgotten);
+                        self.forgot_room(forgotten);
                     }
                     return;
                 }

@@ -486,3 +486,27 @@ fn nicks_are_unique_whatever_their_case_and_server_cannot_be_taken() {
     hub.disconnect(a.id, &big, &[]);
     assert!(hub.set_nick(b.id, &b.nick, "Ann", &[], &b.tx).is_ok());
 }
+
+#[test]
+fn once_every_room_is_forgotten_no_message_is_pinned_by_the_history_order() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 24);
+    for r in 0..3 {
+        let room = format!("r{r}");
+        a.join(&hub, &room, None);
+        for i in 0..20 {
+            hub.say(a.id, &room, &format!("m{i}")).unwrap();
+        }
+    }
+    let kept = lock(&hub.history).queue.len();
+    assert_eq!(kept, 60, "every message kept is in the order");
+    drop(a.lines());
+    hub.disconnect(a.id, &a.nick, &["r0".into(), "r1".into(), "r2".into()]);
+    assert_eq!(hub.history_held(), 0);
+    let order = lock(&hub.history);
+    assert_eq!(
+        (order.queue.len(), order.queue.capacity()),
+        (0, 0),
+        "a Weak left in the order keeps its message's allocation alive"
+    );
+}
