@@ -5,16 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
+use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc::Receiver;
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
-use common::{connect, read_to_end, round_trip};
-
-const TIMEOUT: Duration = Duration::from_secs(10);
+use common::{connect, read_to_end, round_trip, Child_};
 
 /// The binary with no `MULTICLIENT_*` variable inherited from the test's environment.
 fn multiclient() -> Command {
@@ -36,58 +31,9 @@ fn config_file(name: &str, text: &str) -> PathBuf {
     path
 }
 
-/// A running `serve`, killed when dropped, with the line that reported its listener.
-struct Served {
-    child: Child,
-    listening: String,
-    addr: SocketAddr,
-    _log: Receiver<String>,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `multiclient serve ARGS` with `env` set and waits for its `Listening on` line.
-fn serve(args: &[&str], env: &[(&str, &str)]) -> Served {
-    let mut child = multiclient()
-        .arg("serve")
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn multiclient");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let listening = loop {
-        let line = rx
-            .recv_timeout(TIMEOUT)
-            .expect("server printed no Listening line");
-        if line.contains("Listening on ") {
-            break line;
-        }
-    };
-    let rest = listening.split("Listening on ").nth(1).unwrap();
-    let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-    Served {
-        child,
-        listening,
-        addr,
-        _log: rx,
-    }
+fn serve(args: &[&str], env: &[(&str, &str)]) -> Child_ {
+    common::spawn_serve_env(args, env)
 }
 
 /// Runs the binary to completion with `stdin` as its input.

@@ -121,14 +121,23 @@ pub fn silent_for(s: &mut TcpStream, window: Duration) -> bool {
 pub struct Child_ {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The `Listening on` line it printed (service and model are in it).
+    #[allow(dead_code)]
+    pub listening: String,
     pub log: std::sync::mpsc::Receiver<String>,
 }
 
 /// Starts `multiclient serve ARGS` and waits for its `Listening on` line.
 pub fn spawn_serve(args: &[&str]) -> Child_ {
+    spawn_serve_env(args, &[])
+}
+
+/// [`spawn_serve`] with environment variables set for the server.
+pub fn spawn_serve_env(args: &[&str], env: &[(&str, &str)]) -> Child_ {
     let mut child = Command::new(env!("CARGO_BIN_EXE_multiclient"))
         .arg("serve")
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -144,17 +153,19 @@ pub fn spawn_serve(args: &[&str]) -> Child_ {
             }
         }
     });
-    let addr = loop {
+    let (addr, listening) = loop {
         let line = rx
             .recv_timeout(TIMEOUT)
             .expect("server printed no Listening line");
         if let Some(rest) = line.split("Listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
+            let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
+            break (addr, line);
         }
     };
     Child_ {
         child,
         addr,
+        listening,
         log: rx,
     }
 }
