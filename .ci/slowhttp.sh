@@ -28,21 +28,7 @@ ATTACK_CONNS=300
 # 3 s x 40 = 120 of them are open at once, well under --max-conns; without the
 # timeouts all 300 would stay and the server would be full after 5 s.
 ATTACK_RATE=40
-PIDS=()
-
-log() { printf '\n== %s\n' "$*"; }
-fail() {
-    printf 'FAIL: %s\n' "$*" >&2
-    exit 1
-}
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-
+. .ci/lib.sh
 install_tools() {
     if [[ "${SKIP_INSTALL:-}" == 1 ]]; then
         return

@@ -18,22 +18,8 @@ ROOT=$(pwd)
 OUT="$ROOT/target/tls-ci"
 BIN=${BIN:-"$ROOT/target/release/multiclient"}
 MODELS=${MODELS:-"single threads pool async"}
-PIDS=()
-
-log() { printf '\n== %s\n' "$*"; }
-fail() {
-    printf 'FAIL: %s\n' "$*" >&2
-    exit 1
-}
+. .ci/lib.sh
 ok() { printf 'ok   %s\n' "$*"; }
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-
 install_tools() {
     if [[ "${SKIP_INSTALL:-}" == 1 ]]; then
         return

@@ -19,21 +19,7 @@ OUT="$ROOT/target/web-ci"
 BIN="$ROOT/target/release/multiclient"
 MODELS=${MODELS:-"single threads pool async"}
 WRK_SECS=${WRK_SECS:-5}
-PIDS=()
-
-log() { printf '\n== %s\n' "$*"; }
-fail() {
-    printf 'FAIL: %s\n' "$*" >&2
-    exit 1
-}
-
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-
+. .ci/lib.sh
 install_tools() {
     if [[ "${SKIP_INSTALL:-}" == 1 ]]; then
         return
