@@ -24,11 +24,13 @@ attack() { # NAME [SERVE ARGS...]: one attack (python, below) on a fresh server
   python3 - "$port" "$name" "$pid" <<'PY'
 import socket, sys, threading, time
 port, name, pid = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-def rss():
+def status(key):
     with open(f"/proc/{pid}/status") as f:
         for l in f:
-            if l.startswith("VmRSS:"):
+            if l.startswith(key + ":"):
                 return int(l.split()[1]) // 1024
+def rss():
+    return status("VmRSS")
 before, peak, stop = rss(), [0], time.time() + 90
 s = socket.create_connection(("127.0.0.1", port))
 done, answered, got = threading.Event(), threading.Event(), [0, 0]
@@ -66,10 +68,14 @@ else:
 s.sendall(b"WHO r0\n")
 answered.wait(max(1, stop - time.time()))
 peak[0] = max(peak[0], rss())
+# shutdown() first: a close() alone leaves the socket open while the reader thread is
+# still blocked in recv() on it, and the server would still see the member.
+s.shutdown(socket.SHUT_RDWR)
 s.close()
 time.sleep(5)
 done.set()
 print(f"{name}: rss before {before} MB, peak {peak[0]} MB, 5 s after it left {rss()} MB "
+      f"(of which anonymous {status('RssAnon')} MB, file {status('RssFile')} MB) "
       f"({got[0]} lines read, {got[1]} too-many-rooms, "
       f"{'all answered' if answered.is_set() else 'stopped at 90 s'})")
 PY
