@@ -98,7 +98,9 @@ impl Web {
     fn next(&mut self) -> Value {
         loop {
             match self.ws.read() {
-                Ok(Message::Text(t)) => return serde_json::from_str(&t).expect("JSON"),
+                Ok(Message::Text(t)) => {
+                    return without_time(serde_json::from_str(&t).expect("JSON"))
+                }
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                 Ok(m) => panic!("{}: unexpected {m:?}", self.nick),
                 Err(e) => panic!("{}: no message within {TIMEOUT:?}: {e}", self.nick),
@@ -124,6 +126,27 @@ impl Web {
         assert_eq!(m["text"], text);
         m["id"].as_str().unwrap().to_string()
     }
+}
+
+/// `v` without the `time` of a `msg`, once that time is checked: every message, live
+/// or replayed from history (in memory or from Redis), carries when it was said, in
+/// Unix milliseconds, within the last minute of this test.
+fn without_time(mut v: Value) -> Value {
+    if v["type"] == "msg" {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let t = v["time"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("a msg without a time: {v}"));
+        assert!(
+            now - 60_000 <= t && t <= now + 1_000,
+            "time {t} is not near {now}"
+        );
+        v.as_object_mut().unwrap().remove("time");
+    }
+    v
 }
 
 fn msg(room: &str, id: &str, nick: &str, text: &str) -> Value {

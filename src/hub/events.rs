@@ -6,7 +6,7 @@
 //! `t` is the kind (`msg`, `join`, `part`, `nick`); `o` is the publishing process and
 //! `m` its member the event is about, so a process recognises its own members' events
 //! coming back (a member's own `JOIN` confirms its join; its own `MSG` answers its
-//! `SAY`); `x` marks a `PART` an expiry scan published and `r` a `JOIN` a renewal
+//! `SAY`); `ms` is when Redis ordered a message (Unix milliseconds); `x` marks a `PART` an expiry scan published and `r` a `JOIN` a renewal
 //! published for a member that never left.
 
 use std::sync::Arc;
@@ -82,6 +82,7 @@ struct Incoming {
     new: Option<String>,
     o: Option<String>,
     m: Option<u64>,
+    ms: Option<u64>,
     x: Option<IgnoredAny>,
     r: Option<IgnoredAny>,
 }
@@ -114,6 +115,7 @@ pub(super) fn parse(payload: &[u8]) -> Option<Event> {
             id: v.id?.parse().ok()?,
             nick: name(v.nick)?,
             text: v.text?.into(),
+            time: v.ms,
         },
         "join" => Kind::Join {
             nick: name(v.nick)?,
@@ -145,14 +147,15 @@ mod tests {
     #[test]
     fn events_round_trip_and_bad_ones_are_refused() {
         let ev =
-            parse(br#"{"t":"msg","room":"r","id":"7","nick":"ann","text":"hi \/ there","o":"x"}"#)
+            parse(br#"{"t":"msg","room":"r","id":"7","nick":"ann","text":"hi \/ there","o":"x","ms":1764720000123}"#)
                 .unwrap();
         assert_eq!(
             ev.kind,
             Kind::Msg {
                 id: MsgId(7),
                 nick: "ann".into(),
-                text: "hi / there".into()
+                text: "hi / there".into(),
+                time: Some(1_764_720_000_123),
             }
         );
         assert_eq!(ev.origin.as_deref(), Some("x"));
@@ -199,6 +202,7 @@ mod tests {
             id: MsgId(1),
             nick: "ann".into(),
             text: "hi".into(),
+            time: None,
         };
         assert_eq!(encode("lobby", &msg, "p1", MemberId(9)), None);
     }

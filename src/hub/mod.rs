@@ -836,6 +836,7 @@ impl Hub {
                     id: msg,
                     nick,
                     text: text.into(),
+                    time: Some(publication::unix_millis()),
                 },
             ));
             let kept = self.remember(r, &p);
@@ -880,6 +881,7 @@ impl Hub {
                     id: msg,
                     nick: SERVER_NICK.into(),
                     text: text.into(),
+                    time: Some(publication::unix_millis()),
                 },
             ));
             let kept = self.remember(r, &p);

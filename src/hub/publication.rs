@@ -30,6 +30,10 @@ pub enum Kind {
         nick: Arc<str>,
         /// What was said (one line, UTF-8).
         text: Box<str>,
+        /// When it was ordered, in milliseconds since the Unix epoch (this process's
+        /// clock, or Redis's with `--redis`, so every instance shows the same time).
+        /// `None` for a message kept by an older server that did not record it.
+        time: Option<u64>,
     },
     /// A member joined.
     Join {
@@ -48,6 +52,14 @@ pub enum Kind {
         /// The nick after.
         new: Arc<str>,
     },
+}
+
+/// Now, in milliseconds since the Unix epoch: the time a message ordered in this
+/// process carries.
+pub(super) fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// An event of a room as handed to members, with its encodings made on first use.
@@ -103,7 +115,7 @@ impl Publication {
     fn encode_line(&self) -> Bytes {
         let room = &*self.room;
         let s = match &self.kind {
-            Kind::Msg { id, nick, text } => format!("MSG {room} {id} {nick} {text}\n"),
+            Kind::Msg { id, nick, text, .. } => format!("MSG {room} {id} {nick} {text}\n"),
             Kind::Join { nick } => format!("JOIN {room} {nick}\n"),
             Kind::Part { nick } => format!("PART {room} {nick}\n"),
             Kind::Nick { old, new } => format!("NICK {room} {old} {new}\n"),
@@ -114,8 +126,14 @@ impl Publication {
     fn encode_json(&self) -> Bytes {
         let room = &*self.room;
         let v = match &self.kind {
-            Kind::Msg { id, nick, text } => serde_json::json!({
+            Kind::Msg {
+                id,
+                nick,
+                text,
+                time,
+            } => serde_json::json!({
                 "type": "msg", "room": room, "id": id.to_string(), "nick": &**nick, "text": &**text,
+                "time": time,
             }),
             Kind::Join { nick } => {
                 serde_json::json!({"type": "join", "room": room, "nick": &**nick})

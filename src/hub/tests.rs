@@ -157,6 +157,28 @@ fn who_and_history_and_rooms_vanish_when_empty() {
 }
 
 #[test]
+fn history_messages_carry_the_time_they_were_said() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    let before = publication::unix_millis();
+    hub.say(a.id, "r", "hi").unwrap();
+    hub.announce("r", "notice").unwrap();
+    let after = publication::unix_millis();
+    let h = hub.history("r", 10, &a.tx).unwrap().now().unwrap();
+    assert_eq!(h.len(), 2);
+    for p in &h {
+        let Kind::Msg { time, .. } = &p.kind else {
+            panic!("not a message: {p:?}");
+        };
+        let t = time.expect("a message said here has a time");
+        assert!((before..=after).contains(&t), "{before} <= {t} <= {after}");
+        let v: serde_json::Value = serde_json::from_slice(p.encoded(Wire::Json)).unwrap();
+        assert_eq!(v["time"], t, "the JSON wire carries it");
+    }
+}
+
+#[test]
 fn join_after_replays_exactly_what_follows() {
     let hub = Hub::new(HubConfig::default());
     let a = member(&hub, 1 << 20);
@@ -244,12 +266,13 @@ fn json_encoding_is_one_object() {
             id: MsgId(7),
             nick: "ann".into(),
             text: "say \"hi\"".into(),
+            time: Some(1_764_720_000_123),
         },
     );
     let v: serde_json::Value = serde_json::from_slice(p.encoded(Wire::Json)).unwrap();
     assert_eq!(
         v,
-        serde_json::json!({"type":"msg","room":"lobby","id":"7","nick":"ann","text":"say \"hi\""})
+        serde_json::json!({"type":"msg","room":"lobby","id":"7","nick":"ann","text":"say \"hi\"","time":1_764_720_000_123_u64})
     );
     // Encoded once: the same bytes every time.
     assert_eq!(
@@ -363,6 +386,7 @@ fn history_over_the_process_budget_drops_the_oldest_of_any_room_first() {
             id: MsgId(1),
             nick: "guest-1".into(),
             text: "x".repeat(1000).into(),
+            time: None,
         },
     );
     // Room for ten such messages in all, while each room may keep 100.

@@ -1,10 +1,11 @@
 // End-to-end test of the chat page in headless Chromium (Debian's, driven by
 // Playwright): starts `multiclient serve` on free loopback ports, opens two pages of
 // /chat, both join one room and see each other's messages, a backend notification
-// reaches both, a page joining later sees the room's history (once) then live messages
-// with their time, and a page whose socket dropped shows it is reconnecting, gets what
-// was said meanwhile through its rejoin with "after", and shows it is back. No request
-// of any page may fail (the favicon included) and no console error may appear.
+// reaches both, a page joining later sees the room's history (once, each message with
+// the time it was said) then live messages with their time, and a page whose socket
+// dropped shows it is reconnecting, gets what was said meanwhile through its rejoin
+// with "after", and shows it is back. No request of any page may fail (the favicon
+// included) and no console error may appear.
 // Screenshots at desktop and phone sizes go to target/. Exits non-zero on any failure.
 //
 // Usage: node chat.mjs [path/to/multiclient]   (default: target/debug/multiclient)
@@ -98,6 +99,10 @@ async function main() {
   check(once('hello from ann') && once('hi ann, bob here') && once('deploy finished'),
     `the newcomer sees the room's history once each (${hist.length} messages)`);
   check(await cat.locator('#log li.divider', { hasText: 'recent history' }).count() === 1, 'the history sits under its divider');
+  const histTime = (await cat.locator('#log li.msg', { hasText: 'hello from ann' }).locator('time').textContent()).trim();
+  const annTime = (await ann.locator('#log li.msg', { hasText: 'hello from ann' }).locator('time').textContent()).trim();
+  check(/^\d\d:\d\d/.test(histTime) && histTime === annTime,
+    `a message replayed from history shows when it was said (${histTime}; its author saw ${annTime})`);
   await cat.locator('#log li.divider', { hasText: 'live' }).waitFor({ timeout: STEP });
   await say(bob, 'live for cat');
   await seen(cat, 'bob', 'live for cat');

@@ -5,7 +5,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 end
 local id = string.format('%.0f', redis.call('INCR', KEYS[1]))
-local ev = cjson.encode({t='msg', room=ARGV[2], id=id, nick=ARGV[3], text=ARGV[4], o=ARGV[5], m=tonumber(ARGV[7])})
+local ev = cjson.encode({t='msg', room=ARGV[2], id=id, nick=ARGV[3], text=ARGV[4], o=ARGV[5], m=tonumber(ARGV[7]), ms=now})
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id .. '-0', 'e', ev)
 redis.call('PUBLISH', KEYS[3], ev)
 return id

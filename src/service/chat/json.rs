@@ -322,11 +322,12 @@ mod tests {
                 id: MsgId(42),
                 nick: Arc::from("ann"),
                 text: "hi </script> \"x\"".into(),
+                time: None,
             },
         );
         assert_eq!(
             serde_json::from_slice::<Value>(p.encoded(Wire::Json)).unwrap(),
-            serde_json::json!({"type":"msg","room":"lobby","id":"42","nick":"ann","text":"hi </script> \"x\""})
+            serde_json::json!({"type":"msg","room":"lobby","id":"42","nick":"ann","text":"hi </script> \"x\"","time":null})
         );
     }
 

@@ -691,6 +691,7 @@ mod tests {
                 id: MsgId(id),
                 nick: "ann".into(),
                 text: text.into(),
+                time: None,
             },
         ))
     }

@@ -4,8 +4,8 @@
 // itself (backoff capped at 5 s), shows that it is reconnecting and when it is back,
 // and rejoins each room with "after" the last message id it saw there, so nothing said
 // meanwhile is missed. Messages replayed by a join sit under a divider ("recent
-// history", "missed while offline"); live ones carry the time they arrived (the wire
-// has no send time; a live message arrives within milliseconds of being said).
+// history", "missed while offline"); every message shows the time it was said (the
+// server's `time`), replayed or live.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -38,9 +38,9 @@ function room(name) {
   return rooms.get(name);
 }
 
-/** `HH:MM` now, and the full date for a tooltip. */
-function now() {
-  const d = new Date();
+/** `HH:MM` of `ms` (Unix milliseconds; now without it), and the full date for a tooltip. */
+function now(ms) {
+  const d = ms === undefined ? new Date() : new Date(ms);
   return { short: d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }), full: d.toString() };
 }
 
@@ -133,10 +133,9 @@ function handle(m) {
           r.replay.shown = true;
           log(m.room, { kind: 'divider', text: r.replay.label });
         }
-        log(m.room, { kind: 'msg', nick: m.nick, text: m.text, time: null });
-      } else {
-        log(m.room, { kind: 'msg', nick: m.nick, text: m.text, time: now() });
       }
+      // A message a server kept without its time (an old Redis history) shows "earlier".
+      log(m.room, { kind: 'msg', nick: m.nick, text: m.text, time: typeof m.time === 'number' ? now(m.time) : null });
       break;
     }
     case 'join':
