@@ -5,11 +5,11 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::{Conn, Phase, Reason, Timer};
+use super::{Conn, Host, Phase, Reason, Timer};
 use crate::base::Clock;
 use crate::service::{Goodbye, Session};
 
-impl<S: Session> Conn<S> {
+impl<S: Session, L: Host> Conn<S, L> {
     /// Whether the mailbox has something for [`Conn::on_mail`] to do now: an overflow
     /// always, events only while the client keeps up with its replies.
     pub(crate) fn mail_waiting(&self) -> bool {

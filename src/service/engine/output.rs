@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use super::{Conn, KeepAlive, Phase, Reason, Timer, GOODBYE_GRACE, KEEP_CAPACITY, LINGER};
+use super::{Conn, Host, KeepAlive, Phase, Reason, Timer, GOODBYE_GRACE, KEEP_CAPACITY, LINGER};
 use crate::base::Clock;
 use crate::service::{Goodbye, Session};
 
-impl<S: Session> Conn<S> {
+impl<S: Session, L: Host> Conn<S, L> {
     /// The bytes to write now, if any: queued output not held for coalescing (all of
     /// it once the session is closing).
     #[inline]
@@ -75,6 +75,19 @@ impl<S: Session> Conn<S> {
         } else {
             None
         }
+    }
+
+    /// Ends the connection for `why` with the session's farewell, counted as the
+    /// matching reason (what the engine itself does at a limit, for a driver that
+    /// decides it: a test).
+    pub(crate) fn goodbye(&mut self, why: Goodbye, clock: &Clock) {
+        let reason = match why {
+            Goodbye::Busy => Reason::Busy,
+            Goodbye::Idle => Reason::Idle,
+            Goodbye::Shutdown => Reason::Shutdown,
+            Goodbye::SlowConsumer => Reason::SlowConsumer,
+        };
+        self.say_goodbye(why, reason, clock);
     }
 
     pub(super) fn say_goodbye(&mut self, why: Goodbye, reason: Reason, clock: &Clock) {

@@ -5,11 +5,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Conn, KeepAlive, Phase, Reason, Timer, FAR, IDLE_QUARTERS};
+use super::{Conn, Host, KeepAlive, Phase, Reason, Timer, FAR, IDLE_QUARTERS};
 use crate::base::Clock;
 use crate::service::{Goodbye, Session};
 
-impl<S: Session> Conn<S> {
+impl<S: Session, L: Host> Conn<S, L> {
     /// The next time [`Conn::tick`] must run: the earliest timer armed, the idle
     /// check only while open.
     pub(crate) fn next_deadline(&self) -> Instant {

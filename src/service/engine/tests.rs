@@ -2,26 +2,22 @@
 
 use super::*;
 use crate::base::mailbox::Sender;
-use crate::base::Budget;
-use crate::model::{Drain, Limits, Stats};
+use crate::base::{Budget, CLOSE_REASONS};
 use crate::service::ack::AckSession;
 use crate::service::greet::GreetSession;
 use crate::service::hello::{self, HelloSession};
 use crate::service::line_goodbye;
-use std::sync::atomic::AtomicUsize;
 
-fn listener(limits: Limits) -> Arc<Listener> {
-    Arc::new(Listener {
+fn listener(limits: Limits) -> Arc<Alone> {
+    Arc::new(Alone(Shared {
         name: "test".into(),
         budget: Arc::new(Budget::new(limits.max_buffered)),
         limits: Arc::new(limits),
         stats: Arc::new(Stats::default()),
-        drain: Drain::new().unwrap(),
-        refusing: AtomicUsize::new(0),
-    })
+    }))
 }
 
-fn engine<S: Session>(session: S, limits: Limits, t0: Instant) -> Conn<S> {
+fn engine<S: Session>(session: S, limits: Limits, t0: Instant) -> Conn<S, Alone> {
     let mut c = Conn::new(
         session,
         ConnInfo::test(1),
@@ -34,7 +30,7 @@ fn engine<S: Session>(session: S, limits: Limits, t0: Instant) -> Conn<S> {
 }
 
 /// Everything the engine wants written now, taken as sent.
-fn sent<S: Session>(c: &mut Conn<S>) -> Vec<u8> {
+fn sent<S: Session>(c: &mut Conn<S, Alone>) -> Vec<u8> {
     let mut v = Vec::new();
     while let Some(b) = c.poll_transmit() {
         let b = b.to_vec();
@@ -313,4 +309,25 @@ fn a_quiet_connection_its_session_keeps_asks_for_keepalive_once() {
     assert_eq!(c.poll_keepalive(), Some(4 * SEC));
     assert_eq!(c.poll_keepalive(), None, "once");
     assert_eq!(c.phase(), Phase::Open);
+}
+
+#[test]
+fn close_reason_names_follow_the_reasons_they_count() {
+    let named = [
+        (Reason::Open, "open"),
+        (Reason::PeerClosed, "eof"),
+        (Reason::Done, "done"),
+        (Reason::Busy, "busy"),
+        (Reason::Idle, "idle"),
+        (Reason::Shutdown, "shutdown"),
+        (Reason::SlowReader, "slow_reader"),
+        (Reason::SlowConsumer, "slow_consumer"),
+        (Reason::InputLimit, "input_limit"),
+        (Reason::OverBudget, "over_budget"),
+        (Reason::Error, "error"),
+    ];
+    assert_eq!(named.len(), CLOSE_REASONS.len());
+    for (reason, name) in named {
+        assert_eq!(CLOSE_REASONS[reason as usize], name, "{reason:?}");
+    }
 }

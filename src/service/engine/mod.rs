@@ -11,19 +11,31 @@
 //! and enforces the limits: bounded input, bounded output (a client that does not read
 //! stops being read), idle and write-stall timeouts, write coalescing, the goodbye on
 //! shutdown, and a lingering close so a reply is not destroyed by a reset. The system
-//! calls themselves are in [`super::sock`], shared by every model.
+//! calls themselves are in the models (`model/sock.rs`, shared by every model).
+//!
+//! It lives beside the sessions rather than with the models because it is as free of
+//! IO as they are: [`super::Harness`] drives this same value on plain buffers, so a
+//! unit test sees the input limit, the mailbox overflow, the goodbye and the drain
+//! exactly as a connection under any model does.
 
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::timer::{Timer, TimerTable};
-use super::Listener;
 use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
-use crate::base::Clock;
+use crate::base::{Budget, Clock, Limits, Stats};
 use crate::service::{ConnInfo, Cx, Goodbye, Session};
+use timer::{Timer, TimerTable};
+
+mod deadline;
+mod events;
+mod output;
+mod timer;
+
+#[cfg(test)]
+mod tests;
 
 /// How long a closed connection waits for the client's EOF before dropping unread
 /// input (which would make the kernel answer with a reset).
@@ -110,11 +122,45 @@ enum KeepAlive {
     On,
 }
 
-pub(crate) struct Conn<S: Session> {
+/// What the connections of one listener share, as far as the engine is concerned: its
+/// service's name (for the log span), the limits, the counters and the server's budget
+/// of buffered bytes. One pointer per connection reaches all of them.
+pub(crate) struct Shared {
+    /// The service's name, for logs.
+    pub(crate) name: Box<str>,
+    /// The server's limits.
+    pub(crate) limits: Arc<Limits>,
+    /// The listener's counters.
+    pub(crate) stats: Arc<Stats>,
+    /// The server's budget of bytes buffered for clients, shared by every listener.
+    pub(crate) budget: Arc<Budget>,
+}
+
+/// Whatever a connection points at for its listener's [`Shared`] part: the model's
+/// listener (which adds its shutdown signal and refusal count), or [`Shared`] alone
+/// under the [`super::Harness`]. Generic rather than a trait object: the engine reads
+/// its limits on every message.
+pub(crate) trait Host: std::ops::Deref<Target = Shared> {}
+
+impl<T: std::ops::Deref<Target = Shared>> Host for T {}
+
+/// [`Shared`] on its own, for a connection with no model around it.
+pub(crate) struct Alone(pub(crate) Shared);
+
+impl std::ops::Deref for Alone {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// One connection: its session, buffers, timers and how it stands (see the module
+/// documentation).
+pub(crate) struct Conn<S: Session, L: Host> {
     session: S,
     pub(crate) info: ConnInfo,
     /// The listener's name, limits and counters.
-    listener: Arc<Listener>,
+    listener: Arc<L>,
     wake: WakeKind,
     out: Vec<u8>,
     /// Bytes of `out` already sent (`out` stays far below 4 GiB: `--max-output`
@@ -140,7 +186,6 @@ pub(crate) struct Conn<S: Session> {
     timers: TimerTable,
     /// When output made by events was last written (for [`Limits::coalesce`]).
     ///
-    /// [`Limits::coalesce`]: super::Limits::coalesce
     ///
     /// Kept as milliseconds after `opened` plus one (0: never) in four bytes: every
     /// connection carries it, and an idle one should stay small.
@@ -151,11 +196,11 @@ pub(crate) struct Conn<S: Session> {
     reason: Reason,
 }
 
-impl<S: Session> Conn<S> {
+impl<S: Session, L: Host> Conn<S, L> {
     pub(crate) fn new(
         session: S,
         info: ConnInfo,
-        listener: Arc<Listener>,
+        listener: Arc<L>,
         wake: WakeKind,
         now: Instant,
     ) -> Self {
@@ -230,8 +275,13 @@ impl<S: Session> Conn<S> {
     }
 
     /// The listener this connection belongs to.
-    pub(crate) fn listener(&self) -> &Listener {
+    pub(crate) fn listener(&self) -> &L {
         &self.listener
+    }
+
+    /// The listener, to change, while this connection is the only one pointing at it.
+    pub(crate) fn listener_mut(&mut self) -> Option<&mut L> {
+        Arc::get_mut(&mut self.listener)
     }
 
     /// Starts the session. A refused connection goes straight into its busy goodbye
@@ -249,6 +299,26 @@ impl<S: Session> Conn<S> {
 
     pub(crate) fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// The session this connection drives.
+    pub(crate) fn session(&self) -> &S {
+        &self.session
+    }
+
+    /// The session this connection drives, to change.
+    pub(crate) fn session_mut(&mut self) -> &mut S {
+        &mut self.session
+    }
+
+    /// Whether the connection is ending: the session closed, or the engine ended it.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing || self.phase != Phase::Open
+    }
+
+    /// Why the connection ended (or [`Reason::Open`]).
+    pub(crate) fn reason(&self) -> Reason {
+        self.reason
     }
 
     pub(crate) fn has_output(&self) -> bool {
@@ -417,7 +487,7 @@ impl<S: Session> Conn<S> {
     }
 }
 
-impl<S: Session> Drop for Conn<S> {
+impl<S: Session, L: Host> Drop for Conn<S, L> {
     fn drop(&mut self) {
         if let Some(mb) = &self.mailbox {
             mb.close();
@@ -444,10 +514,3 @@ impl<S: Session> Drop for Conn<S> {
         });
     }
 }
-
-mod deadline;
-mod events;
-mod output;
-
-#[cfg(test)]
-mod tests;
