@@ -18,15 +18,23 @@ use crate::service::Service;
 #[path = "async.rs"]
 mod async_;
 mod blocking;
-pub(crate) mod conn;
 pub mod drain;
 mod sock;
-mod timer;
+
+/// The connection engine the models drive (it lives beside the sessions, IO-free), for
+/// a connection of one of our listeners.
+pub(crate) mod conn {
+    pub(crate) use crate::service::engine::{Phase, Shared, IDLE_QUARTERS};
+    /// One connection of one of our listeners.
+    pub(crate) type Conn<S> = crate::service::engine::Conn<S, super::Listener>;
+}
 
 mod pool;
 mod single;
 mod threads;
 
+pub use crate::base::limits::Limits;
+pub use crate::base::stats::{Stats, CLOSE_REASONS};
 pub use drain::Drain;
 
 /// A concurrency model, as chosen with `--model`.
@@ -60,113 +68,8 @@ impl Model {
     }
 }
 
-/// Every limit of a server, with its default, in one place.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Connections served at once per listener; the next client is refused with the
-    /// service's busy goodbye. Under `pool` this bounds running plus queued clients.
-    pub max_conns: usize,
-    /// A connection with no bytes in or out for this long is told and closed.
-    pub idle_timeout: Duration,
-    /// A connection whose replies make no progress for this long is dropped.
-    pub write_timeout: Duration,
-    /// After a shutdown signal, how long connections get to finish.
-    pub shutdown_timeout: Duration,
-    /// Unconsumed input held per connection.
-    pub max_input: usize,
-    /// Unsent output above which the connection stops reading (backpressure); at
-    /// most 1 GiB is used.
-    pub max_output: usize,
-    /// Bytes a session's mailbox holds before the session is a slow consumer.
-    pub max_queue: usize,
-    /// Write coalescing for pushed events: a connection written to by events less
-    /// than this long ago holds the next ones until this long after that write, so a
-    /// busy chat member gets many messages per write, not one write per message. A
-    /// lone event is written at once; replies to a client's own input are never held.
-    /// Zero writes every event at once.
-    pub coalesce: Duration,
-    /// Listen backlog.
-    pub backlog: i32,
-    /// Refused connections being told why at once; beyond this they are just closed.
-    pub max_refusing: usize,
-    /// Bytes held for clients across the whole server (input not yet consumed, a
-    /// WebSocket message being assembled); a connection whose buffer would grow past it
-    /// is told the server is busy and closed (see [`crate::base::budget`]).
-    pub max_buffered: usize,
-}
-
 /// The largest `max_output` a server uses.
 const MAX_OUTPUT_CAP: usize = 1 << 30;
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_conns: 10_000,
-            idle_timeout: Duration::from_secs(300),
-            write_timeout: Duration::from_secs(30),
-            shutdown_timeout: Duration::from_secs(10),
-            max_input: 64 * 1024,
-            max_output: 1 << 20,
-            max_queue: 1 << 20,
-            coalesce: Duration::from_millis(5),
-            backlog: 1024,
-            max_refusing: 64,
-            max_buffered: crate::base::budget::DEFAULT_MAX_BUFFERED,
-        }
-    }
-}
-
-/// Counters of one listener. Per-message figures are added once per connection, at
-/// its close, so the per-message path touches no shared cache line.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted and served.
-    pub accepted: AtomicU64,
-    /// Connections refused at `--max-conns`.
-    pub refused: AtomicU64,
-    /// Connections open now (served or queued).
-    pub active: AtomicUsize,
-    /// Connections closed.
-    pub closed: AtomicU64,
-    /// Bytes read, from closed connections.
-    pub bytes_in: AtomicU64,
-    /// Bytes written, from closed connections.
-    pub bytes_out: AtomicU64,
-    /// Writes (`send(2)` calls that sent bytes), from closed connections: with
-    /// `deliveries`, how well events are coalesced.
-    pub writes: AtomicU64,
-    /// Idle timeouts.
-    pub idle_timeouts: AtomicU64,
-    /// Connections dropped because they stopped reading.
-    pub slow_readers: AtomicU64,
-    /// Sessions whose mailbox overflowed.
-    pub slow_consumers: AtomicU64,
-    /// Failed `accept` calls.
-    pub accept_errors: AtomicU64,
-    /// Connections closed because their buffered input would pass `--max-buffered`.
-    pub over_budget: AtomicU64,
-    /// Connections closed, by why: indexed like [`CLOSE_REASONS`].
-    pub closed_by: [AtomicU64; CLOSE_REASONS.len()],
-}
-
-/// Why connections close, as the names [`Stats::closed_by`] is indexed by (`eof`:
-/// the client closed; `done`: the session ended it; `busy`: refused at
-/// `--max-conns`; `input_limit`: a session that neither consumed a full input buffer
-/// nor closed). The first entry, `open`, stays 0: a connection dropped while open
-/// counts as `shutdown`.
-pub const CLOSE_REASONS: [&str; 11] = [
-    "open",
-    "eof",
-    "done",
-    "busy",
-    "idle",
-    "shutdown",
-    "slow_reader",
-    "slow_consumer",
-    "input_limit",
-    "over_budget",
-    "error",
-];
 
 /// One service listening on one address.
 #[derive(Clone)]
@@ -180,17 +83,21 @@ pub struct Listening {
 }
 
 /// What every connection of one listener shares, whatever its service: one pointer
-/// per connection instead of one per field.
+/// per connection instead of one per field. The engine's part (name, limits, counters,
+/// budget) is reached through `Deref`.
 pub(crate) struct Listener {
-    /// The service's name, for logs.
-    pub name: Box<str>,
-    pub limits: Arc<Limits>,
-    pub stats: Arc<Stats>,
+    /// What the engine reads.
+    pub shared: conn::Shared,
     pub drain: Drain,
     /// Refused connections being told why right now.
     pub refusing: AtomicUsize,
-    /// The server's budget of bytes buffered for clients, shared by every listener.
-    pub budget: Arc<crate::base::Budget>,
+}
+
+impl std::ops::Deref for Listener {
+    type Target = conn::Shared;
+    fn deref(&self) -> &conn::Shared {
+        &self.shared
+    }
 }
 
 /// What a listener's accept loop needs, whatever the model.
@@ -348,12 +255,14 @@ impl Server {
         let ctx = Ctx {
             service: Arc::new(service),
             shared: Arc::new(Listener {
-                name: name.as_str().into(),
-                limits: self.limits.clone(),
-                stats: stats.clone(),
+                shared: conn::Shared {
+                    name: name.as_str().into(),
+                    limits: self.limits.clone(),
+                    stats: stats.clone(),
+                    budget: self.budget.clone(),
+                },
                 drain: self.drain.clone(),
                 refusing: AtomicUsize::new(0),
-                budget: self.budget.clone(),
             }),
         };
         tracing::info!("Listening on {local} ({name}, {})", self.model.name());
@@ -461,31 +370,4 @@ pub(crate) fn refusal_slot<S: Service>(ctx: &Ctx<S>) -> bool {
 
 pub(crate) fn refusal_done<S: Service>(ctx: &Ctx<S>) {
     ctx.refusing.fetch_sub(1, Ordering::AcqRel);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::conn::Reason;
-    use super::CLOSE_REASONS;
-
-    #[test]
-    fn close_reason_names_follow_the_reasons_they_count() {
-        let named = [
-            (Reason::Open, "open"),
-            (Reason::PeerClosed, "eof"),
-            (Reason::Done, "done"),
-            (Reason::Busy, "busy"),
-            (Reason::Idle, "idle"),
-            (Reason::Shutdown, "shutdown"),
-            (Reason::SlowReader, "slow_reader"),
-            (Reason::SlowConsumer, "slow_consumer"),
-            (Reason::InputLimit, "input_limit"),
-            (Reason::OverBudget, "over_budget"),
-            (Reason::Error, "error"),
-        ];
-        assert_eq!(named.len(), CLOSE_REASONS.len());
-        for (reason, name) in named {
-            assert_eq!(CLOSE_REASONS[reason as usize], name, "{reason:?}");
-        }
-    }
 }

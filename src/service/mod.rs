@@ -16,11 +16,15 @@ use std::sync::Arc;
 
 pub mod ack;
 pub mod chat;
+pub(crate) mod engine;
 pub mod greet;
+mod harness;
 pub mod hello;
 pub mod http;
 pub mod tls;
 pub mod ws;
+
+pub use harness::Harness;
 
 /// Who a session is talking to.
 #[derive(Debug, Clone)]
@@ -216,116 +220,6 @@ impl<'a, E> Cx<'a, E> {
         Ok(Sender::new(
             self.mailbox.as_ref().expect("just made").clone(),
         ))
-    }
-}
-
-/// Drives a session on plain buffers, with no socket: for unit tests, property tests
-/// and fuzzers.
-pub struct Harness<S: Session> {
-    /// The session under test.
-    pub session: S,
-    out: Vec<u8>,
-    closing: bool,
-    mailbox: Option<Arc<Mailbox<S::Event>>>,
-    info: ConnInfo,
-    pending: Vec<u8>,
-    budget: Arc<Budget>,
-    /// The clock handed to the session; tests move it forward by hand.
-    pub now: Instant,
-}
-
-impl<S: Session> Harness<S> {
-    /// Wraps a session and calls its `open`.
-    pub fn new(session: S) -> Self {
-        let mut h = Harness {
-            session,
-            out: Vec::new(),
-            closing: false,
-            mailbox: None,
-            info: ConnInfo::test(1),
-            pending: Vec::new(),
-            budget: Arc::new(Budget::new(crate::base::budget::DEFAULT_MAX_BUFFERED)),
-            now: Instant::now(),
-        };
-        h.with(|s, cx| s.open(cx));
-        h
-    }
-
-    /// Charges what the session buffers to `budget` instead of a default one of its
-    /// own (to see a session refused past `--max-buffered`).
-    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
-        self.budget = budget;
-        self
-    }
-
-    fn with<R>(&mut self, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
-        let clock = Clock::at(self.now);
-        let mut cx = Cx::new(
-            &clock,
-            &mut self.out,
-            &mut self.closing,
-            &mut self.mailbox,
-            1 << 20,
-            WakeKind::None,
-            &self.info,
-            64 * 1024,
-            &self.budget,
-        );
-        f(&mut self.session, &mut cx)
-    }
-
-    /// Feeds bytes as the model would: unconsumed bytes are kept and handed again.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if self.closing {
-            return;
-        }
-        self.pending.extend_from_slice(bytes);
-        let pending = std::mem::take(&mut self.pending);
-        let n = self.with(|s, cx| s.read(&pending, cx));
-        self.pending = pending;
-        self.pending.drain(..n.min(self.pending.len()));
-    }
-
-    /// The client half-closes.
-    pub fn eof(&mut self) {
-        if !self.closing {
-            self.with(|s, cx| s.eof(cx));
-        }
-    }
-
-    /// Asks the session for a goodbye.
-    pub fn goodbye(&mut self, why: Goodbye) {
-        self.with(|s, cx| s.goodbye(why, cx));
-    }
-
-    /// Delivers everything waiting in the session's mailbox.
-    pub fn deliver(&mut self) {
-        let Some(mb) = self.mailbox.clone() else {
-            return;
-        };
-        let mut batch = std::collections::VecDeque::new();
-        mb.take(&mut batch);
-        for ev in batch {
-            self.with(|s, cx| s.event(ev, cx));
-        }
-    }
-
-    /// Calls the session's timer if its deadline is at or before `now`.
-    pub fn advance_to(&mut self, now: Instant) {
-        self.now = now;
-        if self.session.deadline().is_some_and(|d| d <= now) {
-            self.with(|s, cx| s.timeout(cx));
-        }
-    }
-
-    /// Everything the session has written so far, taken out.
-    pub fn take_output(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
-    }
-
-    /// Whether the session asked to close.
-    pub fn is_closing(&self) -> bool {
-        self.closing
     }
 }
 

@@ -483,7 +483,7 @@ mod tests {
     fn a_client_silent_past_the_handshake_timeout_is_closed() {
         let (server, _) = configs();
         let mut h = session(ack::Ack, server);
-        let deadline = h.session.deadline().expect("a handshake deadline");
+        let deadline = h.session().deadline().expect("a handshake deadline");
         h.advance_to(deadline - Duration::from_millis(1));
         assert!(!h.is_closing());
         h.advance_to(deadline);

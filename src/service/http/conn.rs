@@ -2,11 +2,13 @@
 //! answers written in order, the 408 timers, busy and shutdown goodbyes, and the
 //! switch to a WebSocket after an upgrade.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::decode::{self, Body, Decoded};
 use super::encode::{self, Persist};
+use super::error::FramingError;
 use super::head::{self, empty_lines, find_head_end, looks_like_http_version, request};
 use super::upgrade;
 use super::{App, HttpOptions, Method, Reply, Response, MAX_HEAD, MAX_HEADERS};
@@ -91,15 +93,21 @@ impl<A: App> HttpSession<A> {
     fn error(
         &mut self,
         status: u16,
-        why: &'static str,
+        why: impl Into<Cow<'static, str>>,
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
+        let why = why.into();
         tracing::info!("HTTP {status}: {}", why.trim_end());
         let mut resp = Response::text(status, why).close();
         if status == 503 {
             resp = resp.header("Retry-After", "1");
         }
         self.write(&resp, false, cx);
+    }
+
+    /// Answers a request whose framing is refused with its status and why, and closes.
+    fn refuse(&mut self, e: FramingError, cx: &mut Cx<'_, <A::Ws as Handler>::Event>) {
+        self.error(e.status(), format!("{e}\n"), cx);
     }
 
     /// Writes a response; closes after it if it says so, or the request did.
@@ -163,8 +171,8 @@ impl<A: App> HttpSession<A> {
                 let n = lead + n;
                 let framing = match head::framing(&req, self.opts.max_body) {
                     Ok(f) => f,
-                    Err((status, why)) => {
-                        self.error(status, why, cx);
+                    Err(e) => {
+                        self.refuse(e, cx);
                         return input.len();
                     }
                 };
@@ -224,9 +232,9 @@ impl<A: App> HttpSession<A> {
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) -> usize {
         let pos = match decode::decode(&mut body, input, &mut self.body, self.opts.max_body) {
-            Err((status, why)) => {
+            Err(e) => {
                 cx.hold(&mut self.held, 0);
-                self.error(status, why, cx);
+                self.refuse(e, cx);
                 return input.len();
             }
             Ok(Decoded::More(pos)) => {

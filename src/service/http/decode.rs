@@ -3,6 +3,7 @@
 //! single read. The timer that bounds how long a body may take (`--body-timeout`) is
 //! the session's ([`super::conn`]); this module only moves bytes.
 
+use super::error::FramingError;
 use super::MAX_HEAD;
 
 /// Longest chunk-size line of a chunked body.
@@ -32,15 +33,15 @@ pub(super) enum Decoded {
     Done(usize),
 }
 
-/// Decodes body bytes from `input` into `out`, moving `body` on. A refusal is the
-/// status and text to answer with: 400 bad framing, 413 over `max_body`, 431 trailers
-/// over the head limit.
+/// Decodes body bytes from `input` into `out`, moving `body` on. A refusal says why
+/// (bad framing, over `max_body`, trailers over the head limit) and maps to the status
+/// to answer with.
 pub(super) fn decode(
     body: &mut Body,
     input: &[u8],
     out: &mut Vec<u8>,
     max_body: usize,
-) -> Result<Decoded, (u16, &'static str)> {
+) -> Result<Decoded, FramingError> {
     let mut pos = 0;
     loop {
         let rest = &input[pos..];
@@ -60,7 +61,7 @@ pub(super) fn decode(
                     pos += n;
                     let size = usize::try_from(size).unwrap_or(usize::MAX);
                     if size > max_body.saturating_sub(out.len()) {
-                        return Err((413, "body too large\n"));
+                        return Err(FramingError::BodyTooLarge);
                     }
                     *body = if size == 0 {
                         Body::Trailers(0)
@@ -70,12 +71,12 @@ pub(super) fn decode(
                 }
                 Ok(httparse::Status::Partial) => {
                     if rest.len() > MAX_CHUNK_LINE {
-                        return Err((400, "bad chunk size\n"));
+                        return Err(FramingError::BadChunkSize);
                     }
                     return Ok(Decoded::More(pos));
                 }
                 Err(_) => {
-                    return Err((400, "bad chunk size\n"));
+                    return Err(FramingError::BadChunkSize);
                 }
             },
             Body::ChunkData(n) => {
@@ -101,7 +102,7 @@ pub(super) fn decode(
                 } else if rest.is_empty() || rest == b"\r" {
                     return Ok(Decoded::More(pos));
                 } else {
-                    return Err((400, "bad chunk framing\n"));
+                    return Err(FramingError::BadChunkFraming);
                 }
             }
             Body::Trailers(seen) => match rest.iter().position(|&b| b == b'\n') {
@@ -113,13 +114,13 @@ pub(super) fn decode(
                     }
                     // Trailer fields are not used: counted against the limit, dropped.
                     if seen + i + 1 > MAX_HEAD {
-                        return Err((431, "trailers too large\n"));
+                        return Err(FramingError::TrailersTooLarge);
                     }
                     *body = Body::Trailers(seen + i + 1);
                 }
                 None => {
                     if seen + rest.len() > MAX_HEAD {
-                        return Err((431, "trailers too large\n"));
+                        return Err(FramingError::TrailersTooLarge);
                     }
                     return Ok(Decoded::More(pos));
                 }

@@ -3,6 +3,7 @@
 //! fields that must appear once, the target in origin form (RFC 9112 §2-§3, §6, §9.3).
 
 use super::decode::Body;
+use super::error::FramingError;
 
 /// The request methods we name; others are `Other` and get 405 (or 400 if they are
 /// not tokens, which httparse already refuses).
@@ -105,7 +106,7 @@ pub(super) struct Framing {
 pub(super) fn framing(
     req: &httparse::Request<'_, '_>,
     max_body: usize,
-) -> Result<Framing, (u16, &'static str)> {
+) -> Result<Framing, FramingError> {
     let v = req.version.unwrap_or(1);
     let h = &*req.headers;
     let keep_alive = if v >= 1 {
@@ -121,45 +122,45 @@ pub(super) fn framing(
             .count()
     };
     match count("host") {
-        0 if v >= 1 => return Err((400, "missing Host\n")),
+        0 if v >= 1 => return Err(FramingError::MissingHost),
         0 | 1 => {}
-        _ => return Err((400, "more than one Host\n")),
+        _ => return Err(FramingError::DuplicateHost),
     }
     if count("authorization") > 1 {
-        return Err((400, "more than one Authorization\n"));
+        return Err(FramingError::DuplicateAuthorization);
     }
     let mut length: Option<usize> = None;
     let mut chunked = false;
     for hd in h.iter() {
         if hd.name.eq_ignore_ascii_case("content-length") {
-            let s = std::str::from_utf8(hd.value).map_err(|_| (400, "bad Content-Length\n"))?;
+            let s = std::str::from_utf8(hd.value).map_err(|_| FramingError::BadContentLength)?;
             let s = s.trim();
             if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                return Err((400, "bad Content-Length\n"));
+                return Err(FramingError::BadContentLength);
             }
             // A length beyond usize is surely beyond --max-body.
             let n = s.parse::<usize>().unwrap_or(usize::MAX);
             if length.is_some_and(|l| l != n) {
-                return Err((400, "conflicting Content-Length\n"));
+                return Err(FramingError::ConflictingContentLength);
             }
             length = Some(n);
         } else if hd.name.eq_ignore_ascii_case("transfer-encoding") {
             if v == 0 {
-                return Err((400, "Transfer-Encoding in HTTP/1.0\n"));
+                return Err(FramingError::TransferEncodingInHttp10);
             }
             // Only `chunked` alone is a coding we decode.
             if !hd.value.trim_ascii().eq_ignore_ascii_case(b"chunked") || chunked {
-                return Err((501, "unsupported Transfer-Encoding\n"));
+                return Err(FramingError::UnsupportedTransferEncoding);
             }
             chunked = true;
         }
     }
     if chunked && length.is_some() {
-        return Err((400, "both Transfer-Encoding and Content-Length\n"));
+        return Err(FramingError::LengthAndChunked);
     }
     let body = match (chunked, length) {
         (true, _) => Some(Body::ChunkSize),
-        (false, Some(n)) if n > max_body => return Err((413, "body too large\n")),
+        (false, Some(n)) if n > max_body => return Err(FramingError::BodyTooLarge),
         (false, Some(0)) | (false, None) => None,
         (false, Some(n)) => Some(Body::Length(n)),
     };

@@ -20,7 +20,7 @@
 //! service is an app where every path upgrades; the chat adds its routes the same way.
 //!
 //! The engine is split as hyper's `proto/h1` is: [`head`] reads a request head,
-//! [`decode`] a body, [`encode`] writes a response (with the per-thread [`date`]),
+//! [`decode`] a body ([`error`] says why either refuses one), [`encode`] writes a response (with the per-thread [`date`]),
 //! [`routes`] is what an app plugs in, [`upgrade`] the switch to a WebSocket, [`conn`]
 //! the per-connection state machine that drives them, and [`apps`] the seed's app.
 
@@ -34,6 +34,7 @@ mod conn;
 mod date;
 mod decode;
 mod encode;
+mod error;
 mod head;
 mod routes;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub(crate) mod ws_tests;
 pub use apps::{Hello, Http, Ws, WsApp, HELLO};
 pub use conn::HttpSession;
 pub use encode::{reason, Response};
+pub use error::FramingError;
 pub use head::{Method, Request};
 pub use routes::{App, Reply, Route};
 

@@ -187,7 +187,7 @@ fn empty_lines_before_a_request_line_are_ignored() {
     h.feed(b"\r\n");
     h.feed(b"\r\n");
     assert!(h.take_output().is_empty());
-    assert_eq!(h.session.deadline(), None, "empty lines start no timer");
+    assert_eq!(h.session().deadline(), None, "empty lines start no timer");
     h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nx\r\n\r\n");
     h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let codes: Vec<u16> = responses(&h.take_output(), &[])
@@ -288,7 +288,7 @@ fn heads_over_the_limits_are_431() {
 fn slow_heads_get_408_from_their_first_byte() {
     let mut h = harness();
     let t0 = h.now;
-    assert_eq!(h.session.deadline(), None, "no timer before a byte");
+    assert_eq!(h.session().deadline(), None, "no timer before a byte");
     h.feed(b"GET / HT");
     h.now = t0 + Duration::from_secs(5);
     h.feed(b"TP/1.1\r\n");
@@ -307,7 +307,7 @@ fn slow_bodies_get_408_from_the_end_of_their_head() {
     let t0 = h.now;
     h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n");
     let timeout = HttpOptions::default().body_timeout;
-    assert_eq!(h.session.deadline(), Some(t0 + timeout));
+    assert_eq!(h.session().deadline(), Some(t0 + timeout));
     // A byte now and then keeps the connection from being idle, not the body alive.
     for s in 1..timeout.as_secs() {
         h.now = t0 + Duration::from_secs(s);
@@ -326,14 +326,14 @@ fn a_body_in_time_stops_the_body_timer() {
     let mut h = harness();
     h.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok");
     assert_eq!(responses(&h.take_output(), &[])[0].status, 405);
-    assert_eq!(h.session.deadline(), None);
+    assert_eq!(h.session().deadline(), None);
 }
 
 #[test]
 fn keep_alive_idle_has_no_header_timer() {
     let mut h = harness();
     h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(h.session.deadline(), None);
+    assert_eq!(h.session().deadline(), None);
 }
 
 #[test]
@@ -385,7 +385,7 @@ fn shutdown_answers_the_next_request_of_a_client_answered_just_before_with_close
     assert_eq!(responses(&h.take_output(), &[])[0].status, 200);
     h.goodbye(Goodbye::Shutdown);
     assert!(!h.is_closing(), "the next request may be on its way");
-    assert_eq!(h.session.deadline(), Some(t0 + LAST_CALL));
+    assert_eq!(h.session().deadline(), Some(t0 + LAST_CALL));
     h.now = t0 + LAST_CALL / 2;
     h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     let r = responses(&h.take_output(), &[]);
@@ -426,7 +426,7 @@ fn get_ws_upgrades_to_the_echo_session() {
         frames(&out[end..]),
         [(TEXT, b"Server received: hi".to_vec())]
     );
-    assert!(h.session.is_websocket());
+    assert!(h.session().is_websocket());
     // A plain GET of /ws is told to upgrade.
     let (r, _) = one("GET /ws HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(r.status, 426);

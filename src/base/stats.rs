@@ -1,0 +1,56 @@
+//! The counters of one listener, as the engine and the models add to them and the
+//! metrics endpoint reads them.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+
+/// Counters of one listener. Per-message figures are added once per connection, at
+/// its close, so the per-message path touches no shared cache line.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted and served.
+    pub accepted: AtomicU64,
+    /// Connections refused at `--max-conns`.
+    pub refused: AtomicU64,
+    /// Connections open now (served or queued).
+    pub active: AtomicUsize,
+    /// Connections closed.
+    pub closed: AtomicU64,
+    /// Bytes read, from closed connections.
+    pub bytes_in: AtomicU64,
+    /// Bytes written, from closed connections.
+    pub bytes_out: AtomicU64,
+    /// Writes (`send(2)` calls that sent bytes), from closed connections: with
+    /// `deliveries`, how well events are coalesced.
+    pub writes: AtomicU64,
+    /// Idle timeouts.
+    pub idle_timeouts: AtomicU64,
+    /// Connections dropped because they stopped reading.
+    pub slow_readers: AtomicU64,
+    /// Sessions whose mailbox overflowed.
+    pub slow_consumers: AtomicU64,
+    /// Failed `accept` calls.
+    pub accept_errors: AtomicU64,
+    /// Connections closed because their buffered input would pass `--max-buffered`.
+    pub over_budget: AtomicU64,
+    /// Connections closed, by why: indexed like [`CLOSE_REASONS`].
+    pub closed_by: [AtomicU64; CLOSE_REASONS.len()],
+}
+
+/// Why connections close, as the names [`Stats::closed_by`] is indexed by (`eof`:
+/// the client closed; `done`: the session ended it; `busy`: refused at
+/// `--max-conns`; `input_limit`: a session that neither consumed a full input buffer
+/// nor closed). The first entry, `open`, stays 0: a connection dropped while open
+/// counts as `shutdown`.
+pub const CLOSE_REASONS: [&str; 11] = [
+    "open",
+    "eof",
+    "done",
+    "busy",
+    "idle",
+    "shutdown",
+    "slow_reader",
+    "slow_consumer",
+    "input_limit",
+    "over_budget",
+    "error",
+];

@@ -1,0 +1,516 @@
+//! One connection's engine, written once and driven by every model, with no IO in it.
+//!
+//! In the manner of quinn-proto's `Connection`, a model feeds it what happened on the
+//! socket ([`Conn::handle_read`], [`Conn::handle_eof`], [`Conn::handle_sent`],
+//! [`Conn::handle_send_blocked`], [`Conn::handle_error`]) and the time (a [`Clock`]
+//! per wake-up, [`Conn::tick`] when the next deadline comes), and polls it for what to
+//! do: bytes to write ([`Conn::poll_transmit`]), whether to shut the write side down
+//! ([`Conn::poll_shutdown_write`]) or to turn on TCP keepalive
+//! ([`Conn::poll_keepalive`]), whether to read ([`Conn::wants_read`]) and when to wake
+//! next ([`Conn::next_deadline`]). The engine feeds the session, delivers its mailbox
+//! and enforces the limits: bounded input, bounded output (a client that does not read
+//! stops being read), idle and write-stall timeouts, write coalescing, the goodbye on
+//! shutdown, and a lingering close so a reply is not destroyed by a reset. The system
+//! calls themselves are in the models (`model/sock.rs`, shared by every model).
+//!
+//! It lives beside the sessions rather than with the models because it is as free of
+//! IO as they are: [`super::Harness`] drives this same value on plain buffers, so a
+//! unit test sees the input limit, the mailbox overflow, the goodbye and the drain
+//! exactly as a connection under any model does.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::base::budget::FREE;
+use crate::base::mailbox::{Mailbox, WakeKind};
+use crate::base::{Budget, Clock, Limits, Stats};
+use crate::service::{ConnInfo, Cx, Goodbye, Session};
+use timer::{Timer, TimerTable};
+
+mod deadline;
+mod events;
+mod output;
+mod timer;
+
+#[cfg(test)]
+mod tests;
+
+/// How long a closed connection waits for the client's EOF before dropping unread
+/// input (which would make the kernel answer with a reset).
+const LINGER: Duration = Duration::from_secs(2);
+/// How long a session may take to close after a goodbye (a WebSocket handshake
+/// before its close frame, say).
+const GOODBYE_GRACE: Duration = Duration::from_secs(5);
+/// A deadline far enough to mean "none".
+const FAR: Duration = Duration::from_secs(86_400);
+/// Largest buffer capacity kept on an idle connection; larger ones are freed.
+const KEEP_CAPACITY: usize = 4096;
+
+/// Quarters of the idle timeout: a connection is checked at each quarter and closed
+/// after four quiet ones, so it is closed between 1 and 1.25 idle timeouts after its
+/// last byte, without reading the clock for every message.
+pub(crate) const IDLE_QUARTERS: u32 = 4;
+
+/// Why a connection ended, as logged and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// Still open.
+    Open,
+    /// The client closed (EOF) and the session finished.
+    PeerClosed,
+    /// The session closed the connection.
+    Done,
+    /// Refused at `--max-conns`.
+    Busy,
+    /// Idle timeout.
+    Idle,
+    /// Server shutdown.
+    Shutdown,
+    /// The client stopped reading: output stalled past the write timeout.
+    SlowReader,
+    /// The mailbox overflowed.
+    SlowConsumer,
+    /// The session neither consumed a full input buffer nor closed.
+    InputLimit,
+    /// Its buffered input would have passed the server's `--max-buffered`.
+    OverBudget,
+    /// A socket error (reset, broken pipe...).
+    Error,
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reason::Open => "open",
+            Reason::PeerClosed => "peer closed",
+            Reason::Done => "done",
+            Reason::Busy => "server busy",
+            Reason::Idle => "idle timeout",
+            Reason::Shutdown => "shutdown",
+            Reason::SlowReader => "slow reader",
+            Reason::SlowConsumer => "slow consumer",
+            Reason::InputLimit => "input limit",
+            Reason::OverBudget => "over the buffer budget",
+            Reason::Error => "error",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading and writing.
+    Open,
+    /// The session closed: flush what is queued, then shut down the write side.
+    Closing,
+    /// Write side shut down; reading and discarding until the client's EOF (or the
+    /// [`Timer::Linger`] deadline).
+    Lingering,
+    /// Finished: drop the socket.
+    Done,
+}
+
+/// Where a connection stands with TCP keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepAlive {
+    /// Not wanted.
+    Off,
+    /// Wanted: the model turns it on when it polls for it.
+    Due,
+    /// Turned on.
+    On,
+}
+
+/// What the connections of one listener share, as far as the engine is concerned: its
+/// service's name (for the log span), the limits, the counters and the server's budget
+/// of buffered bytes. One pointer per connection reaches all of them.
+pub(crate) struct Shared {
+    /// The service's name, for logs.
+    pub(crate) name: Box<str>,
+    /// The server's limits.
+    pub(crate) limits: Arc<Limits>,
+    /// The listener's counters.
+    pub(crate) stats: Arc<Stats>,
+    /// The server's budget of bytes buffered for clients, shared by every listener.
+    pub(crate) budget: Arc<Budget>,
+}
+
+/// Whatever a connection points at for its listener's [`Shared`] part: the model's
+/// listener (which adds its shutdown signal and refusal count), or [`Shared`] alone
+/// under the [`super::Harness`]. Generic rather than a trait object: the engine reads
+/// its limits on every message.
+pub(crate) trait Host: std::ops::Deref<Target = Shared> {}
+
+impl<T: std::ops::Deref<Target = Shared>> Host for T {}
+
+/// [`Shared`] on its own, for a connection with no model around it.
+pub(crate) struct Alone(pub(crate) Shared);
+
+impl std::ops::Deref for Alone {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// One connection: its session, buffers, timers and how it stands (see the module
+/// documentation).
+pub(crate) struct Conn<S: Session, L: Host> {
+    session: S,
+    pub(crate) info: ConnInfo,
+    /// The listener's name, limits and counters.
+    listener: Arc<L>,
+    wake: WakeKind,
+    out: Vec<u8>,
+    /// Bytes of `out` already sent (`out` stays far below 4 GiB: `--max-output`
+    /// stops reading long before).
+    out_pos: u32,
+    pending: Vec<u8>,
+    mailbox: Option<Arc<Mailbox<S::Event>>>,
+    closing: bool,
+    phase: Phase,
+    eof: bool,
+    /// The goodbye said, if one was (its grace is [`Timer::Goodbye`]).
+    goodbye: Option<Goodbye>,
+    draining: bool,
+    opened: Instant,
+    /// Bytes moved since the last idle check.
+    active: bool,
+    /// Idle checks in a row that saw no bytes.
+    quiet: u8,
+    /// TCP keepalive for a quiet connection its session keeps: not wanted, wanted
+    /// (for [`Conn::poll_keepalive`]), or turned on.
+    keepalive: KeepAlive,
+    /// Every deadline of the connection but its session's own, by name.
+    timers: TimerTable,
+    /// When output made by events was last written (for [`Limits::coalesce`]).
+    ///
+    ///
+    /// Kept as milliseconds after `opened` plus one (0: never) in four bytes: every
+    /// connection carries it, and an idle one should stay small.
+    events_written: u32,
+    bytes_in: u64,
+    bytes_out: u64,
+    writes: u32,
+    reason: Reason,
+}
+
+impl<S: Session, L: Host> Conn<S, L> {
+    pub(crate) fn new(
+        session: S,
+        info: ConnInfo,
+        listener: Arc<L>,
+        wake: WakeKind,
+        now: Instant,
+    ) -> Self {
+        let mut timers = TimerTable::default();
+        timers.set(
+            Timer::Idle,
+            now + listener.limits.idle_timeout / IDLE_QUARTERS,
+            now,
+        );
+        Conn {
+            session,
+            info,
+            listener,
+            wake,
+            out: Vec::new(),
+            out_pos: 0,
+            pending: Vec::new(),
+            mailbox: None,
+            closing: false,
+            phase: Phase::Open,
+            eof: false,
+            goodbye: None,
+            draining: false,
+            opened: now,
+            active: false,
+            quiet: 0,
+            keepalive: KeepAlive::Off,
+            timers,
+            events_written: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            writes: 0,
+            reason: Reason::Open,
+        }
+    }
+
+    fn call<R>(&mut self, clock: &Clock, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
+        // Sessions log per message at debug level; entering the span costs as much as
+        // a small reply, so it is entered only when those lines are wanted.
+        let _entered = (tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG)
+            .then(|| self.span().entered());
+        let mut cx = Cx::new(
+            clock,
+            &mut self.out,
+            &mut self.closing,
+            &mut self.mailbox,
+            self.listener.limits.max_queue,
+            self.wake,
+            &self.info,
+            self.listener.limits.max_input,
+            &self.listener.budget,
+        );
+        let r = f(&mut self.session, &mut cx);
+        if self.closing && self.phase == Phase::Open {
+            self.phase = Phase::Closing;
+            if self.reason == Reason::Open {
+                self.reason = if self.eof {
+                    Reason::PeerClosed
+                } else {
+                    Reason::Done
+                };
+            }
+        }
+        r
+    }
+
+    /// The connection's log span (service, id, peer). It is made when a line is
+    /// logged rather than kept for the connection's life: the lines read the same, and
+    /// an idle connection holds no span in the subscriber's registry.
+    pub(crate) fn span(&self) -> tracing::Span {
+        tracing::info_span!("conn", svc = &*self.listener.name, id = self.info.id, peer = %self.info.peer)
+    }
+
+    /// The listener this connection belongs to.
+    pub(crate) fn listener(&self) -> &L {
+        &self.listener
+    }
+
+    /// The listener, to change, while this connection is the only one pointing at it.
+    pub(crate) fn listener_mut(&mut self) -> Option<&mut L> {
+        Arc::get_mut(&mut self.listener)
+    }
+
+    /// Starts the session. A refused connection goes straight into its busy goodbye
+    /// without the session's `open`: a greeting (or a chat welcome and its guest nick)
+    /// would promise a conversation the server is not going to have.
+    pub(crate) fn open(&mut self, clock: &Clock, refused: bool) {
+        self.span()
+            .in_scope(|| tracing::info!("Accepted connection from {}", self.info.peer));
+        if refused {
+            self.say_goodbye(Goodbye::Busy, Reason::Busy, clock);
+        } else {
+            self.call(clock, |s, cx| s.open(cx));
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The session this connection drives.
+    pub(crate) fn session(&self) -> &S {
+        &self.session
+    }
+
+    /// The session this connection drives, to change.
+    pub(crate) fn session_mut(&mut self) -> &mut S {
+        &mut self.session
+    }
+
+    /// Whether the connection is ending: the session closed, or the engine ended it.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing || self.phase != Phase::Open
+    }
+
+    /// Why the connection ended (or [`Reason::Open`]).
+    pub(crate) fn reason(&self) -> Reason {
+        self.reason
+    }
+
+    pub(crate) fn has_output(&self) -> bool {
+        (self.out_pos as usize) < self.out.len()
+    }
+
+    /// Bytes queued and not yet sent.
+    fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos as usize
+    }
+
+    /// Whether there is output to write now (not held for coalescing).
+    pub(crate) fn wants_write(&self) -> bool {
+        self.has_output() && !(self.timers.is_set(Timer::Coalesce) && self.phase == Phase::Open)
+    }
+
+    /// Whether the socket should be read now: not while closing, and not while the
+    /// client leaves more than `max_output` of replies unread (backpressure).
+    pub(crate) fn wants_read(&self) -> bool {
+        match self.phase {
+            Phase::Open => !self.eof && self.unsent() < self.listener.limits.max_output,
+            Phase::Lingering => true,
+            _ => false,
+        }
+    }
+
+    /// Whether mailbox events should be taken now (the same backpressure).
+    pub(crate) fn wants_events(&self) -> bool {
+        self.phase == Phase::Open && self.unsent() < self.listener.limits.max_output
+    }
+
+    pub(crate) fn mailbox(&self) -> Option<&Arc<Mailbox<S::Event>>> {
+        self.mailbox.as_ref()
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// How many bytes to read now: what the input limit leaves room for (at least
+    /// one, so that a full buffer still sees its EOF or its next byte).
+    pub(crate) fn read_room(&self) -> usize {
+        self.listener
+            .limits
+            .max_input
+            .saturating_sub(self.pending.len())
+            .max(1)
+    }
+
+    /// Bytes were read from the client: feeds the session (and delivers events pushed
+    /// meanwhile).
+    pub(crate) fn handle_read(&mut self, data: &[u8], clock: &Clock) {
+        self.bytes_in += data.len() as u64;
+        self.active = true;
+        if self.phase != Phase::Open {
+            // Lingering: read only to find the client's EOF. Closing: nothing more is
+            // taken in.
+            return;
+        }
+        self.on_input(data, clock);
+        // Events pushed while this input was handled (a chat member's own messages) are
+        // taken between reads: a client that sends fast and reads its replies is not
+        // mistaken for a slow consumer because its input came in one long burst.
+        if self.mail_waiting() {
+            self.deliver(clock);
+        }
+    }
+
+    fn on_input(&mut self, data: &[u8], clock: &Clock) {
+        // Replies go at once, and take any held events with them.
+        self.timers.stop(Timer::Coalesce);
+        let before = self.pending.len();
+        let consumed;
+        if self.pending.is_empty() {
+            consumed = self.call(clock, |s, cx| s.read(data, cx)).min(data.len());
+            if consumed < data.len() && !self.closing {
+                self.pending.extend_from_slice(&data[consumed..]);
+            }
+        } else {
+            self.pending.extend_from_slice(data);
+            let pending = std::mem::take(&mut self.pending);
+            let n = self
+                .call(clock, |s, cx| s.read(&pending, cx))
+                .min(pending.len());
+            self.pending = pending;
+            self.pending.drain(..n);
+            consumed = n;
+            if self.closing {
+                self.pending.clear();
+            }
+        }
+        if self.pending.is_empty() && self.pending.capacity() > KEEP_CAPACITY {
+            self.pending = Vec::new();
+        }
+        let after = self.pending.len();
+        if after != before && (after > FREE || before > FREE) {
+            self.charge_pending(before, clock);
+        }
+        if consumed == 0 && self.pending.len() >= self.listener.limits.max_input && !self.closing {
+            self.span().in_scope(|| {
+                tracing::warn!("session consumed none of a full input buffer; closing")
+            });
+            self.reason = Reason::InputLimit;
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// Moves the budget's charge for pending input from `before` bytes to what is
+    /// pending now. Past the budget, the connection is told the server is busy (its
+    /// pending input dropped and given back) and closed.
+    fn charge_pending(&mut self, before: usize, clock: &Clock) {
+        let budget = &self.listener.budget;
+        if budget.rehold(before, self.pending.len()) {
+            return;
+        }
+        budget.rehold(before, 0);
+        self.pending = Vec::new();
+        self.listener
+            .stats
+            .over_budget
+            .fetch_add(1, Ordering::Relaxed);
+        let limit = budget.limit();
+        self.span().in_scope(|| {
+            tracing::warn!("buffered input over the server's budget of {limit} bytes; closing")
+        });
+        if self.goodbye.is_some() || self.phase != Phase::Open {
+            self.reason = Reason::OverBudget;
+            self.phase = Phase::Done;
+        } else {
+            self.say_goodbye(Goodbye::Busy, Reason::OverBudget, clock);
+        }
+    }
+
+    /// The client closed its sending side (a read returned 0).
+    pub(crate) fn handle_eof(&mut self, clock: &Clock) {
+        self.eof = true;
+        match self.phase {
+            Phase::Open => {
+                self.call(clock, |s, cx| s.eof(cx));
+                if self.phase == Phase::Open {
+                    // The session keeps the connection half-open: it can still send.
+                    return;
+                }
+                if self.reason == Reason::Done {
+                    self.reason = Reason::PeerClosed;
+                }
+            }
+            Phase::Lingering => self.phase = Phase::Done,
+            _ => {}
+        }
+    }
+
+    /// The socket reported a hang-up while it was not being read.
+    pub(crate) fn hang_up(&mut self) {
+        self.handle_error(io::ErrorKind::ConnectionReset.into());
+    }
+
+    /// A read or a write failed (reset, broken pipe...): the connection is over.
+    pub(crate) fn handle_error(&mut self, e: io::Error) {
+        self.span()
+            .in_scope(|| tracing::debug!("connection error: {e}"));
+        if self.reason == Reason::Open || self.phase == Phase::Open {
+            self.reason = Reason::Error;
+        }
+        self.phase = Phase::Done;
+    }
+}
+
+impl<S: Session, L: Host> Drop for Conn<S, L> {
+    fn drop(&mut self) {
+        if let Some(mb) = &self.mailbox {
+            mb.close();
+        }
+        if self.reason == Reason::Open {
+            self.reason = Reason::Shutdown;
+        }
+        self.listener.budget.rehold(self.pending.len(), 0);
+        let s = &self.listener.stats;
+        s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
+        s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
+        s.writes
+            .fetch_add(u64::from(self.writes), Ordering::Relaxed);
+        s.closed.fetch_add(1, Ordering::Relaxed);
+        s.closed_by[self.reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.span().in_scope(|| {
+            tracing::info!(
+                duration = ?self.opened.elapsed(),
+                bytes_in = self.bytes_in,
+                bytes_out = self.bytes_out,
+                reason = %self.reason,
+                "Closed connection"
+            )
+        });
+    }
+}
