@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Shards of the table: enough that unrelated clients rarely share a lock.
@@ -21,7 +22,9 @@ const SHARDS: usize = 64;
 /// How many connections each client address has open, and the most it may have.
 #[derive(Debug)]
 pub struct PerIp {
-    limit: usize,
+    /// Changeable while the server runs (a configuration reload): connections open
+    /// above a lowered limit stay, and new ones wait until their address is below it.
+    limit: AtomicUsize,
     shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
     hasher: RandomState,
 }
@@ -37,7 +40,7 @@ impl PerIp {
     /// A table allowing `limit` connections per address (at least one).
     pub fn new(limit: usize) -> Arc<PerIp> {
         Arc::new(PerIp {
-            limit: limit.max(1),
+            limit: AtomicUsize::new(limit.max(1)),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
         })
@@ -45,7 +48,12 @@ impl PerIp {
 
     /// The most connections one address may have open.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the most connections one address may have open (at least one).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit.max(1), Ordering::Relaxed);
     }
 
     /// Counts one more connection from `ip`, or returns how many it has open already
@@ -55,7 +63,7 @@ impl PerIp {
         let ip = ip.to_canonical();
         let mut shard = self.shard(ip);
         let n = shard.entry(ip).or_insert(0);
-        if *n as usize >= self.limit {
+        if *n as usize >= self.limit() {
             return Err(*n as usize);
         }
         *n += 1;
@@ -126,6 +134,11 @@ mod tests {
         let _c = t
             .acquire(ip("10.0.0.1"))
             .expect("a slot given back is free again");
+        t.set_limit(3);
+        let _d = t
+            .acquire(ip("10.0.0.1"))
+            .expect("a raised limit admits one more");
+        assert!(t.acquire(ip("10.0.0.1")).is_err());
     }
 
     #[test]
