@@ -38,6 +38,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the `serve` flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run services (default: ack, greet, hello, http, ws and chat on 127.0.0.1, async
@@ -76,10 +78,13 @@ enum ModelName {
 #[derive(Args)]
 struct ServeArgs {
     /// A service to run, optionally with its address: `ack` or `ack=127.0.0.1:9999`;
-    /// `,tls` at the end serves it over TLS (`http=127.0.0.1:8443,tls`).
+    /// `,tls` at the end serves it over TLS (`http=127.0.0.1:8443,tls`); `,proxy`
+    /// expects a PROXY header (v1 or v2) first on every connection, from a proxy such
+    /// as HAProxy, and takes the client's address from it (`,proxy,tls`: TLS after the
+    /// header).
     /// Repeatable. Default: every service (ack, greet, hello, http, ws, chat) on its
     /// default port.
-    #[arg(long = "service", value_name = "NAME[=ADDR][,tls]")]
+    #[arg(long = "service", value_name = "NAME[=ADDR][,tls][,proxy]")]
     services: Vec<String>,
     /// TLS: the certificate chain (PEM, the server's certificate first), for the
     /// `,tls` listeners; reloaded on SIGHUP.
@@ -100,6 +105,13 @@ struct ServeArgs {
     /// Connections served at once per service; the next client is told it is busy.
     #[arg(long, default_value_t = Limits::default().max_conns)]
     max_conns: usize,
+    /// Connections one client address may have open at once, every service together;
+    /// the next is told why in its protocol (`ERR too many connections from your
+    /// address`, HTTP 503, WebSocket close 1013). 0 (the default) is no limit: load
+    /// tests and clients behind one NAT come from one address. On a `,proxy` listener
+    /// the address is the PROXY header's.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    max_conns_per_ip: usize,
     /// Close a connection silent for this long (`300`, `300s`, `500ms`, `5m`).
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     idle_timeout: Duration,
@@ -278,8 +290,19 @@ fn check_config(path: &Path) -> anyhow::Result<()> {
 fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     let mut services = Vec::new();
     let mut tls_services = Vec::new();
+    let mut proxy_services = Vec::new();
     for spec in &a.services {
-        if let Some(spec) = spec.strip_suffix(",tls") {
+        let (spec, tls, proxy) = listener_marks(spec)?;
+        if proxy {
+            let Some((name, addr)) = spec.split_once('=') else {
+                bail!("--service {spec},proxy: give the listener its address (NAME=ADDR,proxy)")
+            };
+            let name = ServiceName::from_str(name, true)
+                .map_err(|e| anyhow::anyhow!("--service {name}: {e}"))?;
+            proxy_services.push((name, addr.parse::<SocketAddr>()?, tls));
+            continue;
+        }
+        if tls {
             let (name, addr) = match spec.split_once('=') {
                 Some((n, addr)) => (n, addr.parse::<SocketAddr>()?),
                 None => {
@@ -293,7 +316,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         }
         let (name, addr) = match spec.split_once('=') {
             Some((n, addr)) => (n, Some(addr.parse::<SocketAddr>()?)),
-            None => (spec.as_str(), None),
+            None => (spec, None),
         };
         let name = ServiceName::from_str(name, true)
             .map_err(|e| anyhow::anyhow!("--service {name}: {e}"))?;
@@ -312,7 +335,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
             workers: a.workers.unwrap_or(cores),
         },
     };
-    if services.is_empty() && tls_services.is_empty() {
+    if services.is_empty() && tls_services.is_empty() && proxy_services.is_empty() {
         services = TCP_SERVICES
             .iter()
             .filter(|s| s.runs_under(model))
@@ -334,6 +357,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         max_queue: a.max_queue,
         coalesce: a.coalesce,
         max_buffered: a.max_buffered,
+        max_conns_per_ip: a.max_conns_per_ip,
         ..Limits::default()
     };
     let service = ServiceOptions {
@@ -370,7 +394,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         }),
         _ => None,
     };
-    if tls.is_some() && tls_services.is_empty() {
+    if tls.is_some() && tls_services.is_empty() && !proxy_services.iter().any(|p| p.2) {
         bail!("--tls-cert is set but no listener ends in `,tls` (--service NAME=ADDR,tls)");
     }
     Ok(ServeOptions {
@@ -379,10 +403,27 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
         limits,
         service,
         tls_services,
+        proxy_services,
         tls,
         tls_handshake_timeout: a.header_timeout,
         admin: a.admin.unwrap_or_default(),
     })
+}
+
+/// Splits the `,tls` and `,proxy` marks (in either order) off a `--service` value.
+fn listener_marks(spec: &str) -> anyhow::Result<(&str, bool, bool)> {
+    let (mut spec, mut tls, mut proxy) = (spec, false, false);
+    loop {
+        if let Some(rest) = spec.strip_suffix(",tls") {
+            (spec, tls) = (rest, true);
+        } else if let Some(rest) = spec.strip_suffix(",proxy") {
+            (spec, proxy) = (rest, true);
+        } else if let Some((_, mark)) = spec.rsplit_once(',') {
+            bail!("--service {spec}: unknown mark `{mark}` (`,tls` or `,proxy`)");
+        } else {
+            return Ok((spec, tls, proxy));
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -37,6 +37,7 @@ impl Served {
             service,
             tls_services: Vec::new(),
             tls: None,
+            proxy_services: Vec::new(),
             tls_handshake_timeout: std::time::Duration::from_secs(10),
             admin: AdminAddr::At("127.0.0.1:0".parse().unwrap()),
         };

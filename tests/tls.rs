@@ -426,6 +426,7 @@ fn same_service_plain_and_over_tls_in_one_process() {
         service: ServiceOptions::default(),
         tls_services: vec![(ServiceName::Ack, "127.0.0.1:0".parse().unwrap())],
         tls: Some(pki.files.clone()),
+        proxy_services: Vec::new(),
         tls_handshake_timeout: Duration::from_secs(10),
         admin: multiclient::serve::AdminAddr::Off,
     };

@@ -32,6 +32,10 @@ pub struct Limits {
     pub backlog: i32,
     /// Refused connections being told why at once; beyond this they are just closed.
     pub max_refusing: usize,
+    /// Connections one client address may have open at once, across every listener
+    /// (`--max-conns-per-ip`); 0 is no limit. Behind a PROXY header the address is
+    /// the one the header carries.
+    pub max_conns_per_ip: usize,
     /// Bytes held for clients across the whole server (input not yet consumed, a
     /// WebSocket message being assembled); a connection whose buffer would grow past it
     /// is told the server is busy and closed (see [`crate::base::budget`]).
@@ -52,6 +56,7 @@ impl Default for Limits {
             backlog: 1024,
             max_refusing: 64,
             max_buffered: crate::base::budget::DEFAULT_MAX_BUFFERED,
+            max_conns_per_ip: 0,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The primitives every layer shares: the lazily read clock of one wake-up, the
 //! bounded mailbox that wakes a session when something is pushed to it, the
-//! process-wide budget of bytes buffered for clients, the hand-back of freed memory to
-//! the system, and a server's limits and a listener's counters.
+//! process-wide budget of bytes buffered for clients, the count of connections per
+//! client address, the hand-back of freed memory to the system, and a server's limits
+//! and a listener's counters.
 //!
 //! This module is the bottom layer: it imports nothing else of the crate, so the hub,
 //! the services and the models can all use it without pointing at each other.
@@ -10,6 +11,7 @@ pub mod budget;
 mod clock;
 pub mod limits;
 pub mod mailbox;
+pub mod per_ip;
 pub mod stats;
 pub mod trim;
 

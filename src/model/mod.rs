@@ -80,6 +80,9 @@ pub struct Listening {
     pub service: String,
     /// Its counters.
     pub stats: Arc<Stats>,
+    /// Connections refused at `--max-conns-per-ip`, when the listener limits them
+    /// (its service behind a [`crate::service::gate::Gate`]).
+    pub refused_per_ip: Option<Arc<AtomicU64>>,
 }
 
 /// What every connection of one listener shares, whatever its service: one pointer
@@ -279,6 +282,7 @@ impl Server {
             addr: local,
             service: name,
             stats,
+            refused_per_ip: None,
         };
         self.listening.push(l.clone());
         Ok(l)

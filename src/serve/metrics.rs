@@ -81,6 +81,8 @@ pub struct ServiceStats {
     pub accepted: u64,
     /// Connections refused at `--max-conns` (told busy).
     pub refused: u64,
+    /// Connections refused at `--max-conns-per-ip` (too many from the address).
+    pub refused_per_ip: u64,
     /// Connections closed.
     pub closed: u64,
     /// Connections closed, by reason ([`CLOSE_REASONS`] but `open`).
@@ -176,6 +178,9 @@ impl Snapshot {
                 }
             };
             services[i].add(&l.addr.to_string(), &l.stats);
+            if let Some(n) = &l.refused_per_ip {
+                services[i].refused_per_ip += n.load(Ordering::Relaxed);
+            }
         }
         let open_connections = services.iter().map(|s| s.open).sum();
         let memory = memory(src.rss_at_start, open_connections);
@@ -330,7 +335,7 @@ impl Snapshot {
         p.family(
             "multiclient_connections_refused_total",
             "counter",
-            "Connections refused, by reason (busy: --max-conns).",
+            "Connections refused, by reason (busy: --max-conns; per_ip: --max-conns-per-ip).",
         );
         for s in &self.services {
             let l = [("service", s.service.as_str()), ("reason", "busy")];
@@ -338,6 +343,12 @@ impl Snapshot {
                 "multiclient_connections_refused_total",
                 &l,
                 s.refused as f64,
+            );
+            let l = [("service", s.service.as_str()), ("reason", "per_ip")];
+            p.sample(
+                "multiclient_connections_refused_total",
+                &l,
+                s.refused_per_ip as f64,
             );
         }
 

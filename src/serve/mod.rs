@@ -16,7 +16,7 @@ pub mod metrics;
 mod registry;
 pub mod tls;
 
-pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
+pub use registry::{Front, ServiceName, ServiceOptions, TCP_SERVICES};
 
 /// Exit status after a second signal cut the graceful shutdown short.
 pub const EXIT_INTERRUPTED: i32 = 130;
@@ -34,6 +34,10 @@ pub struct ServeOptions {
     pub service: ServiceOptions,
     /// Services served over TLS (`--service NAME=ADDR,tls`), with their addresses.
     pub tls_services: Vec<(ServiceName, SocketAddr)>,
+    /// Services behind a proxy that sends a PROXY header first (`--service
+    /// NAME=ADDR,proxy`), with their addresses and whether TLS follows the header
+    /// (`,proxy,tls`).
+    pub proxy_services: Vec<(ServiceName, SocketAddr, bool)>,
     /// The certificate and key of the TLS listeners (`--tls-cert`, `--tls-key`).
     pub tls: Option<tls::TlsFiles>,
     /// How long a TLS client has to complete its handshake (`--header-timeout`).
@@ -127,7 +131,7 @@ pub fn start_tls(
 ) -> anyhow::Result<(Server, Vec<Listening>, Option<Arc<tls::CertStore>>)> {
     let store = match &opts.tls {
         Some(files) => Some(tls::CertStore::load(files.clone()).context("loading TLS")?),
-        None if !opts.tls_services.is_empty() => {
+        None if !opts.tls_services.is_empty() || opts.proxy_services.iter().any(|p| p.2) => {
             anyhow::bail!("a `,tls` listener needs --tls-cert and --tls-key")
         }
         None => None,
@@ -137,17 +141,39 @@ pub fn start_tls(
         handshake_timeout: opts.tls_handshake_timeout,
     });
     let mut server = Server::new(opts.model, opts.limits.clone()).context("starting the server")?;
+    let front = Front {
+        proxy: None,
+        per_ip: (opts.limits.max_conns_per_ip > 0)
+            .then(|| crate::base::per_ip::PerIp::new(opts.limits.max_conns_per_ip)),
+    };
     let mut listening = Vec::new();
     for &(name, addr) in &opts.services {
         let l = name
-            .listen(&mut server, addr, &opts.service)
+            .listen_behind(&mut server, addr, &opts.service, None, &front)
             .with_context(|| format!("{name}: cannot listen on {addr}"))?;
         listening.push(l);
     }
     for &(name, addr) in &opts.tls_services {
         let l = name
-            .listen_on(&mut server, addr, &opts.service, tls_listen.as_ref())
+            .listen_behind(
+                &mut server,
+                addr,
+                &opts.service,
+                tls_listen.as_ref(),
+                &front,
+            )
             .with_context(|| format!("{name} (tls): cannot listen on {addr}"))?;
+        listening.push(l);
+    }
+    let proxied = Front {
+        proxy: Some(opts.service.http.header_timeout),
+        ..front
+    };
+    for &(name, addr, tls) in &opts.proxy_services {
+        let tls = if tls { tls_listen.as_ref() } else { None };
+        let l = name
+            .listen_behind(&mut server, addr, &opts.service, tls, &proxied)
+            .with_context(|| format!("{name} (proxy): cannot listen on {addr}"))?;
         listening.push(l);
     }
     Ok((server, listening, store))

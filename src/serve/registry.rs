@@ -3,8 +3,12 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use crate::base::per_ip::PerIp;
 use crate::model::{Listening, Server};
+use crate::service::gate::Gate;
 use crate::service::tls::Tls;
 use crate::service::Service;
 
@@ -116,8 +120,26 @@ impl ServiceName {
         opts: &ServiceOptions,
         tls: Option<&TlsListen>,
     ) -> io::Result<Listening> {
+        self.listen_behind(server, addr, opts, tls, &Front::default())
+    }
+
+    /// [`ServiceName::listen_on`], behind `front`: a PROXY header read first, a
+    /// per-address limit (see [`Gate`]).
+    pub fn listen_behind(
+        self,
+        server: &mut Server,
+        addr: SocketAddr,
+        opts: &ServiceOptions,
+        tls: Option<&TlsListen>,
+        front: &Front,
+    ) -> io::Result<Listening> {
         let http = matches!(self, ServiceName::Http | ServiceName::Ws);
-        let mut server = Put { server, tls, http };
+        let mut server = Put {
+            server,
+            tls,
+            http,
+            front,
+        };
         let server = &mut server;
         match self {
             ServiceName::Ack => server.listen(addr, crate::service::ack::Ack),
@@ -163,12 +185,23 @@ impl ServiceName {
     }
 }
 
-/// A server with the listener's TLS setting: `listen` wraps the service when it is
-/// set, so every service is written once for both.
+/// What stands before a listener's service, both optional: a PROXY header
+/// (`--service NAME=ADDR,proxy`) and the per-address limit (`--max-conns-per-ip`).
+#[derive(Debug, Clone, Default)]
+pub struct Front {
+    /// Every connection opens with a PROXY header, within this long.
+    pub proxy: Option<Duration>,
+    /// The server's count of connections per client address, shared by its listeners.
+    pub per_ip: Option<Arc<PerIp>>,
+}
+
+/// A server with the listener's TLS setting and front: `listen` wraps the service
+/// when they are set, so every service is written once for all of them.
 struct Put<'a> {
     server: &'a mut Server,
     tls: Option<&'a TlsListen>,
     http: bool,
+    front: &'a Front,
 }
 
 impl Put<'_> {
@@ -178,16 +211,29 @@ impl Put<'_> {
 
     fn listen<S: Service>(&mut self, addr: SocketAddr, service: S) -> io::Result<Listening> {
         match self.tls {
-            None => self.server.listen(addr, service),
+            None => self.gated(addr, service),
             Some(t) => {
                 let config = t
                     .store
                     .server_config(self.http)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                self.server
-                    .listen(addr, Tls::new(service, config, t.handshake_timeout))
+                self.gated(addr, Tls::new(service, config, t.handshake_timeout))
             }
         }
+    }
+
+    /// Listens with the service behind the gate when the front asks for one (the
+    /// PROXY header comes before TLS, so the gate wraps the TLS wrapper).
+    fn gated<S: Service>(&mut self, addr: SocketAddr, service: S) -> io::Result<Listening> {
+        let Front { proxy, per_ip } = self.front.clone();
+        if proxy.is_none() && per_ip.is_none() {
+            return self.server.listen(addr, service);
+        }
+        let gate = Gate::new(service, proxy, per_ip);
+        let refused = gate.refused();
+        let mut l = self.server.listen(addr, gate)?;
+        l.refused_per_ip = Some(refused);
+        Ok(l)
     }
 }
 

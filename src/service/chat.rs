@@ -440,7 +440,7 @@ impl Session for ChatSession {
     }
 
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, ChatEvent>) {
-        if why == Goodbye::Busy {
+        if why.is_refusal() {
             // A refused client is told only that. The model's engine never opens a
             // refused session; a driver that did (`Harness`) has its welcome, not yet
             // sent, withdrawn with the guest nick.

@@ -17,10 +17,12 @@ use std::sync::Arc;
 pub mod ack;
 pub mod chat;
 pub(crate) mod engine;
+pub mod gate;
 pub mod greet;
 mod harness;
 pub mod hello;
 pub mod http;
+pub mod proxy;
 pub mod tls;
 pub mod ws;
 
@@ -55,6 +57,18 @@ pub enum Goodbye {
     Shutdown,
     /// The session's mailbox overflowed because the client does not read fast enough.
     SlowConsumer,
+    /// The client's address has `--max-conns-per-ip` connections open already: this
+    /// one is refused.
+    TooManyFromAddress,
+}
+
+impl Goodbye {
+    /// Whether the client is refused before it is served (busy, or too many
+    /// connections from its address): it is told why once its protocol can say it
+    /// (after a TLS handshake, a WebSocket upgrade), and nothing else.
+    pub fn is_refusal(self) -> bool {
+        matches!(self, Goodbye::Busy | Goodbye::TooManyFromAddress)
+    }
 }
 
 /// A protocol: makes one session per accepted connection.
@@ -230,6 +244,7 @@ pub fn line_goodbye<E>(why: Goodbye, cx: &mut Cx<'_, E>) {
         Goodbye::Idle => b"ERR idle timeout\n",
         Goodbye::Shutdown => b"ERR server shutting down\n",
         Goodbye::SlowConsumer => b"ERR slow-consumer\n",
+        Goodbye::TooManyFromAddress => b"ERR too many connections from your address\n",
     });
     cx.close();
 }

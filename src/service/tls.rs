@@ -364,7 +364,7 @@ impl<S: Session> Session for TlsSession<S> {
             return;
         }
         if !self.is_handshake_done() {
-            if why == Goodbye::Busy {
+            if why.is_refusal() {
                 // Finish the handshake (bounded by its timeout) to say why.
                 self.deferred = Some(why);
             } else {

@@ -414,6 +414,9 @@ impl<H: Handler> WsConn<H> {
             Goodbye::Idle => (CloseCode::Away, "idle timeout"),
             Goodbye::Shutdown => (CloseCode::Away, "server shutting down"),
             Goodbye::SlowConsumer => (CloseCode::Policy, "slow consumer"),
+            Goodbye::TooManyFromAddress => {
+                (CloseCode::Again, "too many connections from your address")
+            }
         };
         start_close(&mut self.ws, cx, code, reason);
         if why != Goodbye::Shutdown {

@@ -82,7 +82,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// decides it: a test).
     pub(crate) fn goodbye(&mut self, why: Goodbye, clock: &Clock) {
         let reason = match why {
-            Goodbye::Busy => Reason::Busy,
+            Goodbye::Busy | Goodbye::TooManyFromAddress => Reason::Busy,
             Goodbye::Idle => Reason::Idle,
             Goodbye::Shutdown => Reason::Shutdown,
             Goodbye::SlowConsumer => Reason::SlowConsumer,

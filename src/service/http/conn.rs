@@ -57,8 +57,9 @@ pub struct HttpSession<A: App> {
     keep_alive: bool,
     /// HTTP minor version of the request being answered.
     head_version: u8,
-    /// Refused at `--max-conns`: the next request gets 503 (or 101 then 1013).
-    busy: bool,
+    /// Refused (at `--max-conns`, or `--max-conns-per-ip`): the next request gets 503
+    /// (or 101 then 1013) saying which.
+    busy: Option<Goodbye>,
     /// Shutting down: the request in flight is answered with `Connection: close`.
     shutting: bool,
     /// When the last response was written, for the shutdown's [`LAST_CALL`].
@@ -79,7 +80,7 @@ impl<A: App> HttpSession<A> {
             held: Held::new(),
             keep_alive: true,
             head_version: 1,
-            busy: false,
+            busy: None,
             shutting: false,
             answered: None,
         }
@@ -117,7 +118,7 @@ impl<A: App> HttpSession<A> {
         head_only: bool,
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
-        let close = resp.close || !self.keep_alive || self.shutting || self.busy;
+        let close = resp.close || !self.keep_alive || self.shutting || self.busy.is_some();
         self.answered = Some(cx.now());
         let persist = if close {
             Persist::Close
@@ -184,7 +185,7 @@ impl<A: App> HttpSession<A> {
                         n
                     }
                     Some(body) => {
-                        if framing.expect_continue && !self.busy {
+                        if framing.expect_continue && self.busy.is_none() {
                             // The client waits before sending the body: a request that
                             // will be refused gets its final answer instead of `100`.
                             if let Some(resp) = self.refusal(&req) {
@@ -306,8 +307,8 @@ impl<A: App> HttpSession<A> {
         let path = req.path;
         let head_only = req.method == Method::Head;
         let wants_upgrade = req.header_has_token("upgrade", "websocket");
-        if self.busy && !wants_upgrade {
-            self.error(503, "server busy, try again\n", cx);
+        if let (Some(why), false) = (self.busy, wants_upgrade) {
+            self.error(503, refusal_body(why), cx);
             return;
         }
         let app = self.app.clone();
@@ -322,13 +323,15 @@ impl<A: App> HttpSession<A> {
             return;
         }
         match app.handle(&req, cx) {
-            Reply::Respond(_) if self.busy => self.error(503, "server busy, try again\n", cx),
-            Reply::Respond(resp) => self.write(&resp, head_only, cx),
+            Reply::Respond(resp) => match self.busy {
+                Some(why) => self.error(503, refusal_body(why), cx),
+                None => self.write(&resp, head_only, cx),
+            },
             Reply::Upgrade(handler) => match upgrade::accept(&req) {
                 Ok(key) => {
                     let mut conn = upgrade::switch(key, handler, &self.opts, cx);
-                    if self.busy {
-                        conn.goodbye(Goodbye::Busy, cx);
+                    if let Some(why) = self.busy {
+                        conn.goodbye(why, cx);
                     } else if self.shutting {
                         conn.goodbye(Goodbye::Shutdown, cx);
                     }
@@ -422,10 +425,10 @@ impl<A: App> Session for HttpSession<A> {
         match &mut self.state {
             State::Ws(conn) => conn.goodbye(why, cx),
             State::Closed => cx.close(),
-            State::Head if why == Goodbye::Busy && self.since.is_none() => {
+            State::Head if why.is_refusal() && self.since.is_none() => {
                 // Read the request first, so a WebSocket client can be told 1013
                 // after its handshake; a plain request gets 503.
-                self.busy = true;
+                self.busy = Some(why);
             }
             State::Head if why == Goodbye::Idle && self.since.is_some() => {
                 self.error(408, "request head not received in time\n", cx);
@@ -443,5 +446,13 @@ impl<A: App> Session for HttpSession<A> {
             }
             _ => cx.close(),
         }
+    }
+}
+
+/// The body of the 503 a refused client gets.
+fn refusal_body(why: Goodbye) -> &'static str {
+    match why {
+        Goodbye::TooManyFromAddress => "too many connections from your address\n",
+        _ => "server busy, try again\n",
     }
 }

@@ -1,0 +1,180 @@
+//! Connections open per client address, for `--max-conns-per-ip`.
+//!
+//! One table per server, shared by every listener and every model: a connection takes
+//! an [`IpSlot`] when its session opens and gives it back when the session is dropped,
+//! however the connection ended. The table is 64 shards of a small map keyed by the
+//! address (the hub shards its rooms the same way), so two clients rarely share a
+//! lock, and an address's entry is removed when its count reaches zero: the table
+//! holds only addresses with a connection open, never a history of every client.
+//! Written here rather than taken from a crate: the whole of it is a count per key
+//! under a lock, and the shard is chosen with a randomly keyed hash so a client cannot
+//! pick addresses that all land on one lock.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Shards of the table: enough that unrelated clients rarely share a lock.
+const SHARDS: usize = 64;
+
+/// How many connections each client address has open, and the most it may have.
+#[derive(Debug)]
+pub struct PerIp {
+    /// Changeable while the server runs (a configuration reload): connections open
+    /// above a lowered limit stay, and new ones wait until their address is below it.
+    limit: AtomicUsize,
+    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+    hasher: RandomState,
+}
+
+/// One open connection of an address, counted until this is dropped.
+#[derive(Debug)]
+pub struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A table allowing `limit` connections per address (at least one).
+    pub fn new(limit: usize) -> Arc<PerIp> {
+        Arc::new(PerIp {
+            limit: AtomicUsize::new(limit.max(1)),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// The most connections one address may have open.
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Sets the most connections one address may have open (at least one).
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit.max(1), Ordering::Relaxed);
+    }
+
+    /// Counts one more connection from `ip`, or returns how many it has open already
+    /// when that is the limit. An IPv4 address seen as IPv6 (`::ffff:a.b.c.d`, from a
+    /// dual-stack listener or a PROXY header) counts as the IPv4 address.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, usize> {
+        let ip = ip.to_canonical();
+        let mut shard = self.shard(ip);
+        let n = shard.entry(ip).or_insert(0);
+        if *n as usize >= self.limit() {
+            return Err(*n as usize);
+        }
+        *n += 1;
+        Ok(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections `ip` has open now.
+    pub fn open(&self, ip: IpAddr) -> usize {
+        let ip = ip.to_canonical();
+        self.shard(ip).get(&ip).map_or(0, |&n| n as usize)
+    }
+
+    /// Addresses with a connection open now (the table's size).
+    pub fn addresses(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+
+    fn shard(&self, ip: IpAddr) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
+        lock(&self.shards[self.hasher.hash_one(ip) as usize % SHARDS])
+    }
+}
+
+impl IpSlot {
+    /// The address this slot counts.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut shard = self.table.shard(self.ip);
+        if let Some(n) = shard.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A poisoned shard holds only counts, each changed in one step: still consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_next_connection_past_the_limit_is_refused_and_others_are_not() {
+        let t = PerIp::new(2);
+        let a = t.acquire(ip("10.0.0.1")).unwrap();
+        let _b = t.acquire(ip("10.0.0.1")).unwrap();
+        assert_eq!(t.acquire(ip("10.0.0.1")).unwrap_err(), 2);
+        let _other = t
+            .acquire(ip("10.0.0.2"))
+            .expect("another address is unaffected");
+        drop(a);
+        let _c = t
+            .acquire(ip("10.0.0.1"))
+            .expect("a slot given back is free again");
+        t.set_limit(3);
+        let _d = t
+            .acquire(ip("10.0.0.1"))
+            .expect("a raised limit admits one more");
+        assert!(t.acquire(ip("10.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn an_address_is_forgotten_when_its_last_connection_ends() {
+        let t = PerIp::new(3);
+        let slots: Vec<_> = (0..3).map(|_| t.acquire(ip("::1")).unwrap()).collect();
+        assert_eq!(t.open(ip("::1")), 3);
+        assert_eq!(t.addresses(), 1);
+        drop(slots);
+        assert_eq!(t.open(ip("::1")), 0);
+        assert_eq!(t.addresses(), 0, "no entry is kept at zero");
+    }
+
+    #[test]
+    fn an_ipv4_mapped_address_counts_as_the_ipv4_address() {
+        let t = PerIp::new(1);
+        let _a = t.acquire(ip("192.0.2.7")).unwrap();
+        assert!(t.acquire(ip("::ffff:192.0.2.7")).is_err());
+    }
+
+    #[test]
+    fn slots_taken_and_given_back_on_many_threads_leave_the_table_empty() {
+        let t = PerIp::new(1000);
+        std::thread::scope(|s| {
+            for i in 0..4u8 {
+                let t = &t;
+                s.spawn(move || {
+                    for j in 0..500u32 {
+                        let a = IpAddr::from([10, i, (j % 7) as u8, 1]);
+                        let slot = t.acquire(a).unwrap();
+                        assert!(t.open(a) >= 1);
+                        drop(slot);
+                    }
+                });
+            }
+        });
+        assert_eq!(t.addresses(), 0);
+    }
+}
