@@ -20,6 +20,7 @@ mod async_;
 mod blocking;
 pub(crate) mod conn;
 pub mod drain;
+pub mod inherit;
 mod sock;
 mod timer;
 
@@ -341,7 +342,7 @@ impl Server {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
-        let listener = bind(addr, self.limits.backlog)?;
+        let listener = inherit::bind_or_take(addr, || bind(addr, self.limits.backlog))?;
         let local = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let name = service.name().to_string();
