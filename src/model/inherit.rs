@@ -38,7 +38,7 @@ pub(crate) fn take(asked: SocketAddr) -> Option<TcpListener> {
     let i = list.iter().position(|(a, _)| *a == asked)?;
     let (_, fd) = list.remove(i);
     let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
-    tracing::info!("{asked}: listening socket taken over from the previous process");
+    tracing::info!("{asked}: listening socket inherited, not bound");
     Some(TcpListener::from(fd))
 }
 

@@ -17,6 +17,7 @@ pub mod metrics;
 mod registry;
 pub mod tls;
 pub mod upgrade;
+pub mod workers;
 
 pub use registry::{ServiceName, ServiceOptions, TCP_SERVICES};
 

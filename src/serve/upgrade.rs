@@ -184,7 +184,7 @@ fn wait_ready(
 
 /// The executable on disk: the path this process was started from, even if that file
 /// was replaced since (which is the point of an upgrade).
-fn binary_on_disk() -> anyhow::Result<PathBuf> {
+pub(crate) fn binary_on_disk() -> anyhow::Result<PathBuf> {
     let link = std::fs::read_link("/proc/self/exe")
         .or_else(|_| std::env::current_exe())
         .context("finding the executable")?;
