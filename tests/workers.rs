@@ -120,3 +120,57 @@ fn a_chat_over_two_processes_without_redis_is_refused_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--redis"), "{err}");
 }
+
+#[test]
+fn sigusr2_replaces_every_worker_while_clients_keep_connecting() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (mut server, old) = two_workers();
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        std::thread::spawn(move || {
+            let mut failures = Vec::new();
+            let started = std::time::Instant::now();
+            for i in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > common::TIMEOUT * 6 {
+                    break;
+                }
+                match round_trip(addr, &format!("message {i}")) {
+                    Ok(()) => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failures.push(format!("{i}: {e}")),
+                }
+            }
+            failures
+        })
+    };
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + common::TIMEOUT * 3;
+        while answered.load(Ordering::Relaxed) < n {
+            assert!(std::time::Instant::now() < deadline, "the load stalled");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for(100);
+    server.signal(Signal::USR2);
+    for i in 0..2 {
+        let line = server.expect_log(" handed over to PID ");
+        assert!(
+            line.contains(&format!("(PID {})", old[0]))
+                || line.contains(&format!("(PID {})", old[1])),
+            "{line} ({i})"
+        );
+    }
+    let after = answered.load(Ordering::Relaxed);
+    wait_for(after + 100);
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.join().unwrap();
+    assert!(failures.is_empty(), "{failures:?}");
+    server.signal(Signal::TERM);
+    assert!(server.wait().success());
+    server.expect_log("All workers exited (0 restarts)");
+}

@@ -67,10 +67,20 @@ impl Upgrader {
             return;
         }
         let this = self.clone();
+        if super::workers::worker_index().is_some() {
+            // A worker's supervisor started its replacement, which serves already.
+            let spawned = std::thread::Builder::new()
+                .name("upgrade".into())
+                .spawn(move || this.hand_over(None));
+            if let Err(e) = spawned {
+                tracing::error!("SIGUSR2: no thread to hand over: {e}");
+            }
+            return;
+        }
         let spawned = std::thread::Builder::new()
             .name("upgrade".into())
             .spawn(move || match start_new() {
-                Ok(pid) => this.hand_over(pid),
+                Ok(pid) => this.hand_over(Some(pid)),
                 Err(e) => {
                     tracing::error!("SIGUSR2: upgrade failed, serving on: {e:#}");
                     this.busy.store(false, Ordering::SeqCst);
@@ -84,11 +94,17 @@ impl Upgrader {
 
     /// The new process serves: stop accepting, let the clients finish within the
     /// shutdown timeout, then say goodbye to those left (which ends [`run`](super::run)).
-    fn hand_over(&self, pid: u32) {
-        tracing::info!(
-            "SIGUSR2: new process {pid} is ready; process {} stops accepting and drains",
-            std::process::id()
-        );
+    fn hand_over(&self, pid: Option<u32>) {
+        match pid {
+            Some(pid) => tracing::info!(
+                "SIGUSR2: new process {pid} is ready; process {} stops accepting and drains",
+                std::process::id()
+            ),
+            None => tracing::info!(
+                "SIGUSR2: replaced by the supervisor; process {} stops accepting and drains",
+                std::process::id()
+            ),
+        }
         self.drain.stop_accepting();
         let left = self.drain.wait_idle(Instant::now() + self.shutdown_timeout);
         if left > 0 {
@@ -146,7 +162,7 @@ fn start_new() -> anyhow::Result<u32> {
 }
 
 /// Waits for the ready byte on `reader`, while `child` runs, until `timeout`.
-fn wait_ready(
+pub(crate) fn wait_ready(
     mut reader: std::os::unix::net::UnixStream,
     child: &mut Child,
     timeout: Duration,

@@ -9,6 +9,9 @@
 //! being reset (closing one socket of a reuseport group resets its queue). The
 //! supervisor prefixes each worker's log lines with `worker i:`, passes SIGTERM, SIGINT
 //! and SIGHUP to every worker, and exits 0 once they have all drained and exited 0.
+//! SIGUSR2 replaces the workers one by one: a new process on the same sockets, then
+//! SIGUSR2 to the old one once the new one serves, which makes a worker stop accepting
+//! and drain (see [`super::upgrade`]).
 //!
 //! Each worker runs its own admin listener on consecutive ports: worker `i` on the
 //! admin port plus `i` (`--admin off` turns them all off).
@@ -17,7 +20,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +76,9 @@ struct Slot {
     index: usize,
     sockets: Vec<(SocketAddr, OwnedFd)>,
     pid: Mutex<Option<u32>>,
+    /// The replacement an upgrade started, which the monitor follows once the
+    /// process it waits for has drained.
+    next: Mutex<Option<Child>>,
 }
 
 /// What the workers' monitors share with the signal loop.
@@ -131,6 +137,7 @@ pub fn supervise(opts: &ServeOptions, n: usize) -> anyhow::Result<i32> {
                 index,
                 sockets,
                 pid: Mutex::new(None),
+                next: Mutex::new(None),
             })
         })
         .collect();
@@ -143,6 +150,21 @@ pub fn supervise(opts: &ServeOptions, n: usize) -> anyhow::Result<i32> {
                 .spawn(move || monitor(&slot, &shared))
         })
         .collect::<Result<_, _>>()?;
+    // Upgrades run on a thread that lives as long as this process: the replacements
+    // it starts get SIGTERM when the thread that started them ends.
+    let (upgrades, requests) = std::sync::mpsc::channel::<()>();
+    {
+        let (slots, shared) = (slots.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("upgrade".into())
+            .spawn(move || {
+                while requests.recv().is_ok() {
+                    // Signals that came during one upgrade ask for no second one.
+                    while requests.try_recv().is_ok() {}
+                    replace_all(&slots, &shared);
+                }
+            })?;
+    }
     let send = |sig: rustix::process::Signal| {
         for slot in &slots {
             if let Some(pid) = *slot.pid.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -159,10 +181,8 @@ pub fn supervise(opts: &ServeOptions, n: usize) -> anyhow::Result<i32> {
                 send(rustix::process::Signal::HUP);
             }
             SIGUSR2 => {
-                tracing::warn!(
-                    "SIGUSR2: not supported with --processes; the workers serve on \
-                     (a worker killed or stopped is restarted from the binary on disk)"
-                );
+                tracing::info!("SIGUSR2: replacing every worker, one after another");
+                let _ = upgrades.send(());
             }
             _ if !shared.stopping.swap(true, Ordering::SeqCst) => {
                 tracing::info!(
@@ -195,31 +215,52 @@ pub fn supervise(opts: &ServeOptions, n: usize) -> anyhow::Result<i32> {
 /// Keeps worker `slot` running until the supervisor stops; returns whether its last
 /// process exited 0.
 fn monitor(slot: &Slot, shared: &Shared) -> bool {
+    let mut adopted: Option<Child> = None;
     loop {
         let started = Instant::now();
-        let mut child = match spawn(slot) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!("worker {}: cannot start: {e:#}", slot.index);
-                if shared.stopping.load(Ordering::SeqCst) {
-                    return false;
+        let mut child = match adopted.take() {
+            Some(child) => child,
+            None => match spawn(slot, None) {
+                Ok(child) => {
+                    let pid = child.id();
+                    *lock(&slot.pid) = Some(pid);
+                    tracing::info!("worker {} started (PID {pid})", slot.index);
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        // The signal came while this one started: it was not told.
+                        if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                            let _ =
+                                rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                        }
+                    }
+                    child
                 }
-                std::thread::sleep(QUICK_DEATH);
-                continue;
-            }
+                Err(e) => {
+                    tracing::error!("worker {}: cannot start: {e:#}", slot.index);
+                    if shared.stopping.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    std::thread::sleep(QUICK_DEATH);
+                    continue;
+                }
+            },
         };
         let pid = child.id();
-        *slot.pid.lock().unwrap_or_else(|p| p.into_inner()) = Some(pid);
-        tracing::info!("worker {} started (PID {pid})", slot.index);
-        if shared.stopping.load(Ordering::SeqCst) {
-            // The signal came while this one started: it was not told.
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32).expect("a PID"),
-                rustix::process::Signal::TERM,
-            );
-        }
         let status = child.wait();
-        *slot.pid.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(next) = lock(&slot.next).take() {
+            tracing::info!(
+                "worker {} (PID {pid}) handed over to PID {} and exited",
+                slot.index,
+                next.id()
+            );
+            adopted = Some(next);
+            continue;
+        }
+        {
+            let mut current = lock(&slot.pid);
+            if *current == Some(pid) {
+                *current = None;
+            }
+        }
         let status = match status {
             Ok(s) => s,
             Err(e) => {
@@ -246,10 +287,69 @@ fn monitor(slot: &Slot, shared: &Shared) -> bool {
     }
 }
 
-/// Starts one process of worker `slot` on its sockets, its log lines prefixed.
-fn spawn(slot: &Slot) -> anyhow::Result<std::process::Child> {
+/// SIGUSR2: each worker in turn is replaced by a new process of the binary on disk on
+/// the same sockets; once the new one is ready the old one is sent SIGUSR2, stops
+/// accepting and drains. A replacement that fails stops the upgrade there.
+fn replace_all(slots: &[Arc<Slot>], shared: &Shared) {
+    for slot in slots {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some(old) = *lock(&slot.pid) else {
+            tracing::warn!("worker {}: not running; not replaced", slot.index);
+            continue;
+        };
+        match replace(slot) {
+            Ok(child) => {
+                let new = child.id();
+                *lock(&slot.next) = Some(child);
+                *lock(&slot.pid) = Some(new);
+                tracing::info!(
+                    "worker {}: PID {new} is ready; PID {old} stops accepting and drains",
+                    slot.index
+                );
+                if let Some(pid) = rustix::process::Pid::from_raw(old as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::USR2);
+                }
+            }
+            Err(e) => {
+                tracing::error!(
+                    "worker {}: upgrade failed, the workers serve on: {e:#}",
+                    slot.index
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// Starts a replacement for `slot` and waits until it serves.
+fn replace(slot: &Slot) -> anyhow::Result<Child> {
+    let (reader, writer) =
+        std::os::unix::net::UnixStream::pair().context("creating the readiness pipe")?;
+    let mut child = spawn(slot, Some(&writer))?;
+    drop(writer);
+    match super::upgrade::wait_ready(reader, &mut child, super::upgrade::READY_TIMEOUT) {
+        Ok(()) => Ok(child),
+        Err(e) => {
+            // A process this one started: stop it and reap it.
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e.context(format!("new process {}", child.id())))
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts one process of worker `slot` on its sockets, its log lines prefixed; with
+/// `ready`, the descriptor on which it says it serves.
+fn spawn(slot: &Slot, ready: Option<&std::os::unix::net::UnixStream>) -> anyhow::Result<Child> {
     let exe = super::upgrade::binary_on_disk()?;
-    let keep: Vec<RawFd> = slot.sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    let mut keep: Vec<RawFd> = slot.sockets.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+    keep.extend(ready.map(|r| r.as_raw_fd()));
     let mut cmd = Command::new(&exe);
     cmd.args(std::env::args_os().skip(1))
         .env(ENV_WORKER, slot.index.to_string())
@@ -274,6 +374,9 @@ fn spawn(slot: &Slot) -> anyhow::Result<std::process::Child> {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
             Ok(())
         });
+    }
+    if let Some(r) = ready {
+        cmd.env(super::upgrade::ENV_READY, r.as_raw_fd().to_string());
     }
     let mut child = cmd
         .spawn()
