@@ -274,3 +274,51 @@ fn under_async_a_handed_over_server_counts_each_client_it_accepted() {
         workers: 2,
     });
 }
+
+/// The port in the next log line that has `needle` before an address.
+fn logged_addr(server: &common::Child_, needle: &str) -> SocketAddr {
+    let line = server.expect_log(needle);
+    let rest = line.split(needle).nth(1).unwrap();
+    let addr: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse()
+        .unwrap_or_else(|_| panic!("no address in {line:?}"))
+}
+
+#[test]
+fn listeners_asked_for_the_same_port_0_and_the_admin_get_their_own_sockets_back() {
+    reap_orphans();
+    let mut old = common::spawn_serve(&[
+        "--service",
+        "ack=127.0.0.1:0",
+        "--service",
+        "hello=127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        "--model",
+        "threads",
+    ]);
+    let ack = old.addr;
+    let hello = logged_addr(&old, "Listening on ");
+    let admin = logged_addr(&old, "Admin on http://");
+    old.signal(Signal::USR2);
+    let new = new_pid(&old);
+    assert!(old.wait().success());
+    one_round_trip(ack, "ack").expect("ack on its own port");
+    let mut s = TcpStream::connect(hello).unwrap();
+    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    s.write_all(b"hi").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert_eq!(reply, "Hello from server!");
+    let mut a = TcpStream::connect(admin).unwrap();
+    a.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    a.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    a.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(terminate(new), Some(0));
+}

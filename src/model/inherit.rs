@@ -56,9 +56,9 @@ pub fn close_unused() {
 /// as descriptors of their own (close-on-exec) to hand to a new process.
 pub fn listening() -> Vec<(SocketAddr, OwnedFd)> {
     let bound = lock(&BOUND).clone();
-    let mut found: Vec<(SocketAddr, OwnedFd)> = Vec::new();
+    let mut found: Vec<(SocketAddr, usize, OwnedFd)> = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return found;
+        return Vec::new();
     };
     for entry in dir.flatten() {
         let Some(raw) = entry
@@ -77,17 +77,20 @@ pub fn listening() -> Vec<(SocketAddr, OwnedFd)> {
         let Some(local) = listening_addr(fd.as_fd()) else {
             continue;
         };
-        let Some(&(asked, _)) = bound.iter().rev().find(|(_, l)| *l == local) else {
+        let Some(at) = bound.iter().rposition(|(_, l)| *l == local) else {
             continue;
         };
-        if !found
-            .iter()
-            .any(|(_, f)| listening_addr(f.as_fd()) == Some(local))
-        {
-            found.push((asked, fd));
+        if !found.iter().any(|&(_, b, _)| b == at) {
+            found.push((bound[at].0, at, fd));
         }
     }
+    // In the order they were bound, which is the order the new process binds in: two
+    // listeners asked for the same address (`127.0.0.1:0` twice) get their own back.
+    found.sort_by_key(|&(_, at, _)| at);
     found
+        .into_iter()
+        .map(|(asked, _, fd)| (asked, fd))
+        .collect()
 }
 
 /// The value of [`ENV_FDS`] for `sockets` (descriptor numbers as in this process;
