@@ -206,6 +206,11 @@ struct ServeArgs {
     /// an address, or `off`. Default 127.0.0.1:9180, skipped with a warning if taken.
     #[arg(long, value_name = "ADDR|off")]
     admin: Option<serve::AdminAddr>,
+    /// Worker processes: above 1, a supervisor runs N copies of this server on shared
+    /// `SO_REUSEPORT` sockets, each with its own descriptor limit and admin port
+    /// (admin port + i), and restarts one that dies. A chat needs --redis.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    processes: u16,
 }
 
 #[derive(Args)]
@@ -434,8 +439,15 @@ fn main() -> anyhow::Result<()> {
             // `serve` is always the first word: the command has no global options.
             let a = layered_serve_args(argv.get(2..).unwrap_or_default())?;
             logging::init(a.log_format, a.verbose as i8 - a.quiet as i8);
-            let opts = serve_options(&a)?;
-            let code = serve::run(&opts)?;
+            let mut opts = serve_options(&a)?;
+            let code = match serve::workers::worker_index() {
+                Some(i) => {
+                    serve::workers::as_worker(&mut opts, i);
+                    serve::run(&opts)?
+                }
+                None if a.processes > 1 => serve::workers::supervise(&opts, a.processes.into())?,
+                None => serve::run(&opts)?,
+            };
             std::process::exit(code);
         }
         Command::Connect(a) => {

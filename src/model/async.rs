@@ -92,7 +92,11 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = ctx.drain.started() => {
+            _ = ctx.drain.accept_stopped() => {
+                // Handed over to another process: the clients queued are its to take.
+                if !ctx.drain.is_started() {
+                    return;
+                }
                 // Clients already in the backlog get their messages answered, not a reset.
                 match super::blocking::accept_now(listener.get_ref()) {
                     Ok(conn) => Ok(conn),
@@ -118,7 +122,7 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
             Err(e) => {
                 if let Some(wait) = accept_backoff(&e, &ctx.stats, &mut backoff) {
                     tokio::select! {
-                        _ = ctx.drain.started() => return,
+                        _ = ctx.drain.accept_stopped() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }

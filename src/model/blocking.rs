@@ -56,7 +56,7 @@ pub(crate) fn accept_now(listener: &TcpListener) -> io::Result<(TcpStream, Socke
 
 /// Waits for the next client. Once the drain has started it only returns the clients
 /// already waiting in the backlog (so their messages are answered, not reset), then
-/// `None`.
+/// `None`; once the listeners are handed over to another process, `None` at once.
 ///
 /// It tries `accept` before sleeping in `poll`: under a burst the backlog holds many
 /// clients, and each is taken with one system call instead of two; `poll` is only
@@ -68,8 +68,14 @@ pub(crate) fn accept<S: Service>(
 ) -> Option<(TcpStream, SocketAddr)> {
     let drain = &ctx.drain;
     loop {
-        if drain.is_started() {
-            return accept_now(listener).ok();
+        if drain.is_accept_stopped() {
+            // Handed over to another process (`Drain::stop_accepting`): the clients
+            // queued are its to take.
+            return if drain.is_started() {
+                accept_now(listener).ok()
+            } else {
+                None
+            };
         }
         match accept_now(listener) {
             Ok(conn) => {
@@ -83,7 +89,7 @@ pub(crate) fn accept<S: Service>(
                 ) => {}
             Err(e) => {
                 if let Some(wait) = accept_backoff(&e, &ctx.stats, backoff) {
-                    let mut fds = [PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN)];
+                    let mut fds = [PollFd::from_borrowed_fd(drain.accept_fd(), PollFlags::IN)];
                     let _ = rustix::event::poll(&mut fds, Some(&timespec(wait)));
                 }
                 continue;
@@ -91,7 +97,7 @@ pub(crate) fn accept<S: Service>(
         }
         let mut fds = [
             PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN),
-            PollFd::from_borrowed_fd(drain.fd(), PollFlags::IN),
+            PollFd::from_borrowed_fd(drain.accept_fd(), PollFlags::IN),
         ];
         match rustix::event::poll(&mut fds, None) {
             Ok(_) | Err(rustix::io::Errno::INTR) => {}

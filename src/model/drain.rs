@@ -29,6 +29,12 @@ pub struct Drain(Arc<Inner>);
 
 struct Inner {
     started: AtomicBool,
+    /// Set by [`Drain::stop_accepting`] and by [`Drain::start`]: the accept loops end.
+    accept_stopped: AtomicBool,
+    /// Cancelled with `accept_stopped`, for the async accept loops.
+    accept_token: CancellationToken,
+    /// Readable once `accept_stopped` is set, for the blocking accept loops.
+    accept_fd: OwnedFd,
     /// [`STARTED`] once the drain has started, plus one [`SWEPT`] per sweep: the one word
     /// an async connection reads per wake-up to learn of either.
     signal: AtomicU32,
@@ -114,8 +120,15 @@ impl Drain {
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )?;
+        let accept_fd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
         Ok(Drain(Arc::new(Inner {
             started: AtomicBool::new(false),
+            accept_stopped: AtomicBool::new(false),
+            accept_token: CancellationToken::new(),
+            accept_fd,
             signal: AtomicU32::new(0),
             token: CancellationToken::new(),
             wakers: std::array::from_fn(|_| Mutex::new(Slab::new())),
@@ -138,7 +151,39 @@ impl Drain {
                 }
             }
             let _ = rustix::io::write(&self.0.fd, &1u64.to_ne_bytes());
+            self.stop_accepts();
         }
+    }
+
+    /// Hands the listeners over: the accept loops end without taking the clients
+    /// still queued (another process sharing the listening sockets takes them), and
+    /// the connections already open go on being served; [`Drain::start`] later says
+    /// goodbye to those left. Idempotent.
+    pub fn stop_accepting(&self) {
+        self.stop_accepts();
+    }
+
+    fn stop_accepts(&self) {
+        if !self.0.accept_stopped.swap(true, Ordering::SeqCst) {
+            self.0.accept_token.cancel();
+            let _ = rustix::io::write(&self.0.accept_fd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Whether the accept loops were told to end ([`Drain::stop_accepting`] or
+    /// [`Drain::start`]).
+    pub(crate) fn is_accept_stopped(&self) -> bool {
+        self.0.accept_stopped.load(Ordering::Acquire)
+    }
+
+    /// Completes when the accept loops are told to end.
+    pub(crate) async fn accept_stopped(&self) {
+        self.0.accept_token.cancelled().await
+    }
+
+    /// Readable once the accept loops are told to end.
+    pub(crate) fn accept_fd(&self) -> BorrowedFd<'_> {
+        self.0.accept_fd.as_fd()
     }
 
     /// Whether [`Drain::start`] was called.

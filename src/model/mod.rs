@@ -19,6 +19,7 @@ use crate::service::Service;
 mod async_;
 mod blocking;
 pub mod drain;
+pub mod inherit;
 mod sock;
 
 /// The connection engine the models drive (it lives beside the sessions, IO-free), for
@@ -251,7 +252,7 @@ impl Server {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
-        let listener = bind(addr, self.limits.backlog)?;
+        let listener = inherit::bind_or_take(addr, || bind(addr, self.limits.backlog))?;
         let local = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let name = service.name().to_string();

@@ -14,15 +14,19 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use super::blocking::{accept, serve, STACK};
+use super::drain::Live;
 use super::{Ctx, BACKOFF_START};
 use crate::service::Service;
 
 /// How long a thread without a client waits for the next one.
 const SPARE_FOR: Duration = Duration::from_secs(5);
 
-/// A connection handed to a thread: the socket, the client, and whether it was admitted
-/// (or is only told it is refused).
-type Handoff = (TcpStream, SocketAddr, bool);
+/// A connection handed to a thread: the socket, the client, whether it was admitted
+/// (or is only told it is refused), and its place in the drain's count, taken before
+/// the accept loop lets go of it: otherwise the count could fall to zero between the
+/// accept loop's exit and the thread's start, and the process exit with this client
+/// unanswered.
+type Handoff = (TcpStream, SocketAddr, bool, Live);
 
 pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
@@ -39,7 +43,8 @@ pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Resul
                 if !admitted && !super::refusal_slot(&ctx) {
                     continue; // Too many refusals in flight: close without a word.
                 }
-                let first = match spare_tx.try_send((stream, peer, admitted)) {
+                let handoff = (stream, peer, admitted, ctx.drain.live());
+                let first = match spare_tx.try_send(handoff) {
                     Ok(()) => continue,
                     Err(e) => e.into_inner(),
                 };
@@ -65,8 +70,9 @@ pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Resul
 fn connection_thread<S: Service>(first: Handoff, ctx: &Ctx<S>, spare: &Receiver<Handoff>) {
     let mut next = first;
     loop {
-        let (stream, peer, admitted) = next;
+        let (stream, peer, admitted, live) = next;
         serve(stream, peer, ctx, !admitted);
+        drop(live);
         if admitted {
             ctx.release();
         } else {

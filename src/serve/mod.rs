@@ -2,7 +2,8 @@
 //!
 //! The first signal starts a graceful shutdown (stop accepting, answer what was read,
 //! say goodbye, exit 0 within the shutdown timeout); a second one exits at once.
-//! SIGHUP reloads the TLS certificate and key from their files.
+//! SIGHUP reloads the TLS certificate and key from their files. SIGUSR2 hands the
+//! listening sockets over to a new process and drains this one ([`upgrade`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub mod config;
 pub mod metrics;
 mod registry;
 pub mod tls;
+pub mod upgrade;
+pub mod workers;
 
 pub use registry::{Front, ServiceName, ServiceOptions, TCP_SERVICES};
 
@@ -197,14 +200,16 @@ fn reload_certificate(store: Option<&tls::CertStore>) {
 
 /// Serves until a signal, then drains. Returns the process exit status.
 pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
     // Register before binding so a signal that arrives early is not the default
     // (immediate, unclean) exit.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])
         .context("installing signal handlers")?;
     let (server, listening, certs) = start_tls(opts)?;
     let _admin = start_admin(opts, &server, &listening)?;
     let drain = server.drain();
+    upgrade::notify_ready();
+    let upgrader = upgrade::Upgrader::new(drain.clone(), opts.limits.shutdown_timeout);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -212,6 +217,10 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     reload_certificate(certs.as_deref());
+                    continue;
+                }
+                if sig == SIGUSR2 {
+                    upgrader.start();
                     continue;
                 }
                 seen += 1;
