@@ -495,6 +495,7 @@ pub fn chat_command_json(line: &str) -> Result<String, String> {
         Command::Say { room, text } => json!({"type": "say", "room": room, "text": text}),
         Command::Who(room) => json!({"type": "who", "room": room}),
         Command::History { room, n } => json!({"type": "history", "room": room, "n": n}),
+        Command::Auth(token) => json!({"type": "auth", "token": token}),
         Command::Quit => json!({"type": "quit"}),
     };
     Ok(v.to_string())

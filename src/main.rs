@@ -38,6 +38,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run services (default: ack, greet, hello, http, ws and chat on 127.0.0.1, async
@@ -176,6 +178,21 @@ struct ServeArgs {
         value_name = "KEY"
     )]
     api_key: Option<String>,
+    /// Chat: require a JSON Web Token signed with this HS256 secret (`AUTH <token>`;
+    /// its `sub` is the nick). Prefer the environment variable: arguments are visible
+    /// to other local users.
+    #[arg(
+        long,
+        env = "MULTICLIENT_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// Chat: require a JSON Web Token signed by the private half of this public key
+    /// (a PEM file: RSA for RS256, EC P-256 for ES256).
+    #[arg(long, value_name = "PEM")]
+    jwt_public_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -363,6 +380,11 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     service.chat.max_rate = a.max_rate;
     service.chat.redis = a.redis.clone();
     service.chat.presence_ttl = a.presence_ttl;
+    service.chat.auth = multiclient::service::chat::auth::AuthHandle::from_options(
+        a.jwt_secret.as_deref(),
+        a.jwt_public_key.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(serve::tls::TlsFiles {
             cert: cert.clone(),
