@@ -240,6 +240,15 @@ struct ConnectArgs {
     /// With --tls: trust the CA certificates in this PEM file instead of the system's.
     #[arg(long, value_name = "PATH", requires = "tls")]
     ca: Option<std::path::PathBuf>,
+    /// chat: a token (JWT) for a server run with --jwt-secret or --jwt-public-key,
+    /// sent as `AUTH <token>` first.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MULTICLIENT_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// The `serve` command as clap describes it: the source of the config file's keys.
@@ -433,6 +442,7 @@ fn main() -> anyhow::Result<()> {
                 count: a.count,
                 interval: Duration::from_millis(a.interval),
                 tls: a.tls.then(|| connect::ConnectTls { ca: a.ca.clone() }),
+                token: a.token,
             };
             connect::run(&opts, &mut std::io::stdout())
         }
