@@ -309,9 +309,8 @@ fn three_bad_tokens_close_the_connection_under_async() {
     three_bad_tokens_close_the_connection(Model::Async { workers: 2 });
 }
 
-#[test]
-fn at_expiry_both_wires_are_told_and_closed_unless_refreshed() {
-    let srv = start_hs(Model::Async { workers: 2 });
+fn at_expiry_both_wires_are_told_and_closed_unless_refreshed(model: Model) {
+    let srv = start_hs(model);
     let soon = |sub: &str| hs256(json!({"sub": sub, "exp": in_secs(2)}));
     let mut stays = Line::authed(srv.chat.addr, &soon("stays"));
     stays.send(&format!(
@@ -343,6 +342,16 @@ fn at_expiry_both_wires_are_told_and_closed_unless_refreshed() {
         "WHO lobby stays",
         "the refreshed member stays"
     );
+}
+
+#[test]
+fn at_expiry_both_wires_are_told_and_closed_unless_refreshed_under_threads() {
+    at_expiry_both_wires_are_told_and_closed_unless_refreshed(Model::Threads);
+}
+
+#[test]
+fn at_expiry_both_wires_are_told_and_closed_unless_refreshed_under_async() {
+    at_expiry_both_wires_are_told_and_closed_unless_refreshed(Model::Async { workers: 2 });
 }
 
 /// A P-256 key pair made now: the private key, and the public key's PEM file.

@@ -11,8 +11,14 @@
 //! | `SAY <room> <text>` | its own `MSG` line, like every member | `MSG <room> <id> <nick> <text>` |
 //! | `WHO <room>` | `WHO <room> <nick> ...` | |
 //! | `HISTORY <room> <n>` | up to n (≤ 100) recent `MSG` lines, oldest first, then `OK HISTORY <room>` | |
+//! | `AUTH <token>` | `OK AUTH <nick>` or `ERR bad-token ...` (with `--jwt-secret` or `--jwt-public-key`: see [`auth`]) | |
 //! | `QUIT` | `OK QUIT`, then close | `PART` in each of its rooms |
 //! | anything else | `ERR <code> <human text>`; the connection stays usable | |
+//!
+//! With a token key configured, every command but `AUTH` and `QUIT` is refused
+//! (`ERR auth-required`) until a token is accepted; its `sub` is then the nick (`NICK`
+//! gets `ERR nick-fixed`), its `exp` ends the connection and its `rooms` bound `JOIN`.
+//! An `AUTH` line may then be longer than `--max-line`, up to a token of 8 KiB.
 //!
 //! A line longer than `--max-line` (default 4096 bytes) is answered `ERR line-too-long`
 //! once and skipped up to its newline; the connection stays usable and holds at most

@@ -183,6 +183,37 @@ fn an_over_long_line_is_refused_once_and_skipped() {
 }
 
 #[test]
+fn an_over_long_unfinished_line_is_answered_after_the_say_before_it() {
+    let opts = ChatOptions {
+        max_line: 16,
+        ..ChatOptions::default()
+    };
+    let chat = service(&opts);
+    let (mut a, nick) = client(&chat);
+    a.feed(
+        b"JOIN r
+",
+    );
+    assert_eq!(
+        out(&mut a),
+        "OK JOIN r
+"
+    );
+    // The SAY awaits its own MSG (through the mailbox); the over-long line after it,
+    // not yet ended, waits its turn like a complete one.
+    a.feed(
+        b"SAY r hi
+",
+    );
+    a.feed(&[b'x'; 100]);
+    let got = out(&mut a);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines.len(), 2, "{got}");
+    assert!(lines[0].ends_with(&format!(" {nick} hi")), "{got}");
+    assert!(lines[1].starts_with("ERR line-too-long "), "{got}");
+}
+
+#[test]
 fn max_rate_answers_rate_limited() {
     let opts = ChatOptions {
         max_rate: Some(3),
