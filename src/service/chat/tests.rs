@@ -540,6 +540,52 @@ mod tokens {
         );
     }
 
+    proptest! {
+        /// Whatever follows `AUTH`, however it is split into reads, never panics and
+        /// gets one `bad-token` line (or `OK AUTH`, or the usage), then the close on
+        /// the third bad token; a token-shaped input is decoded every time.
+        #[test]
+        fn any_token_bytes_in_any_split_get_one_answer_each(
+            tokens in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    "[A-Za-z0-9_-]{0,30}\\.[A-Za-z0-9_-]{0,30}\\.[A-Za-z0-9_-]{0,30}"
+                        .prop_map(String::into_bytes),
+                ],
+                1..4,
+            ),
+            cut in 1usize..50,
+        ) {
+            let chat = auth_chat();
+            let (mut a, _) = client(&chat);
+            let mut input = Vec::new();
+            for t in &tokens {
+                input.extend_from_slice(b"AUTH ");
+                input.extend(t.iter().map(|&b| if b == b'\n' { b'.' } else { b }));
+                input.push(b'\n');
+            }
+            for chunk in input.chunks(cut) {
+                a.feed(chunk);
+            }
+            let got = out(&mut a);
+            let lines: Vec<&str> = got.lines().collect();
+            let bad = lines.iter().filter(|l| l.starts_with("ERR bad-token ")).count();
+            prop_assert!(bad <= 3, "{got}");
+            for l in &lines {
+                prop_assert!(
+                    ["ERR bad-token ", "ERR bad-args ", "ERR bad-text ", "ERR auth-failed ", "OK AUTH "]
+                        .iter()
+                        .any(|p| l.starts_with(p)),
+                    "{got}"
+                );
+            }
+            prop_assert_eq!(a.is_closing(), bad == 3, "{}", got);
+            if !a.is_closing() {
+                prop_assert_eq!(lines.len(), tokens.len(), "{}", got);
+            }
+        }
+    }
+
     #[test]
     fn without_a_key_auth_is_told_it_is_not_needed_and_nothing_else_changes() {
         let chat = service(&ChatOptions::default());
