@@ -408,9 +408,10 @@ fn serve_with_an_es256_public_key_refuses_algorithm_confusion() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// `serve --jwt-public-key PEM` with the fixed RSA test key accepts RS256 tokens.
+/// `serve --jwt-public-key PEM` with the fixed RSA test key accepts RS256 tokens and
+/// refuses an HS256 one made with the public key as its secret.
 #[test]
-fn serve_with_an_rs256_public_key_accepts_its_tokens_only() {
+fn serve_with_an_rs256_public_key_accepts_its_tokens_only_and_refuses_algorithm_confusion() {
     let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
     let server = common::spawn_serve(&[
         "--service",
@@ -424,9 +425,22 @@ fn serve_with_an_rs256_public_key_accepts_its_tokens_only() {
     let key = EncodingKey::from_rsa_pem(&private).unwrap();
     let good = encode(&Header::new(Algorithm::RS256), &json!({"sub": "ann"}), &key).unwrap();
     let hs = hs256(json!({"sub": "ann"}));
+    // Algorithm confusion: the public key, which anyone has, as an HMAC secret.
+    let public = std::fs::read(format!("{keys}/rsa-public.pem")).unwrap();
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "ann"}),
+        &EncodingKey::from_secret(&public),
+    )
+    .unwrap();
     let mut c = Line::connect(server.addr);
     c.send(&format!("AUTH {hs}"));
     assert_eq!(c.code(), "bad-token");
+    c.send(&format!("AUTH {forged}"));
+    assert_eq!(
+        c.line(),
+        "ERR bad-token the token's algorithm is not the server's"
+    );
     c.send(&format!("AUTH {good}"));
     assert_eq!(c.line(), "OK AUTH ann");
 }
