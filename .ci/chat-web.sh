@@ -36,8 +36,9 @@ node --version
 (cd tests/browser && npm ci --no-audit --no-fund </dev/null)
 cargo build
 cargo test --test chat_web
-rm -f target/chat-web-ann.png target/chat-web-bob.png target/chat-web-phone.png target/chat-redis-a.png target/chat-redis-b.png
+rm -f target/chat-web-auth.png target/chat-web-ann.png target/chat-web-bob.png target/chat-web-phone.png target/chat-redis-a.png target/chat-redis-b.png
 node tests/browser/chat.mjs target/debug/multiclient
+node tests/browser/chat-auth.mjs target/debug/multiclient
 test -s target/chat-web-ann.png
 test -s target/chat-web-bob.png
 test -s target/chat-web-phone.png

@@ -10,7 +10,8 @@
 //! `ws` speaks WebSocket (each line a text message, each message received printed), and
 //! `chat` with `--ws` speaks the chat's JSON wire on `/chat/ws`: a line typed in the
 //! line protocol's words (`JOIN lobby`, `SAY lobby hi`) is sent as its JSON command, a
-//! line starting with `{` as it is.
+//! line starting with `{` as it is. `--token` sends the chat's `AUTH <token>` (on
+//! the JSON wire, its `auth` object) before anything else.
 //!
 //! What a server sends is shown, never obeyed: a control character received (a
 //! terminal escape from another chat member, a bell) is printed escaped (`\u{1b}`),
@@ -57,6 +58,9 @@ pub struct ConnectOptions {
     pub interval: Duration,
     /// Speak TLS (`--tls`), trusting `--ca` or the system's certificates.
     pub tls: Option<ConnectTls>,
+    /// Chat only: a token (JWT) sent as `AUTH <token>` before anything else
+    /// (`--token`).
+    pub token: Option<String>,
 }
 
 /// Why a connection ended, as the user is told. Only [`Ending::Closed`] and
@@ -94,8 +98,14 @@ pub fn run(opts: &ConnectOptions, out: &mut dyn Write) -> anyhow::Result<()> {
     if opts.ws && opts.service != ServiceName::Chat {
         anyhow::bail!("--ws is for `connect chat` (the chat's JSON wire on /chat/ws)");
     }
+    if opts.token.is_some() && opts.service != ServiceName::Chat {
+        anyhow::bail!("--token is for `connect chat` (the chat's AUTH)");
+    }
     let mut conn = Conn::open(opts)?;
     let ending = if opts.send.is_empty() && opts.count.is_none() {
+        if let Some(token) = &opts.token {
+            conn.send(&format!("AUTH {token}"))?;
+        }
         interactive(&mut conn, stdin_lines(), out)?
     } else {
         scripted(opts, &mut conn, out)?
@@ -495,6 +505,7 @@ pub fn chat_command_json(line: &str) -> Result<String, String> {
         Command::Say { room, text } => json!({"type": "say", "room": room, "text": text}),
         Command::Who(room) => json!({"type": "who", "room": room}),
         Command::History { room, n } => json!({"type": "history", "room": room, "n": n}),
+        Command::Auth(token) => json!({"type": "auth", "token": token}),
         Command::Quit => json!({"type": "quit"}),
     };
     Ok(v.to_string())
@@ -579,8 +590,11 @@ fn scripted(opts: &ConnectOptions, conn: &mut Conn, out: &mut dyn Write) -> anyh
             Recv::End(e) => Ok(Some(e)),
         }
     };
+    // The token goes first, as a message of its own with its own answer.
+    let auth = opts.token.as_ref().map(|t| format!("AUTH {t}"));
     for round in 0..rounds {
-        for (i, msg) in messages.iter().enumerate() {
+        let first = if round == 0 { auth.clone() } else { None };
+        for (i, msg) in first.iter().chain(&messages).enumerate() {
             if (round > 0 || i > 0) && !opts.interval.is_zero() {
                 std::thread::sleep(opts.interval);
             }

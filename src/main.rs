@@ -188,6 +188,21 @@ struct ServeArgs {
         value_name = "KEY"
     )]
     api_key: Option<String>,
+    /// Chat: require a JSON Web Token signed with this HS256 secret (`AUTH <token>`;
+    /// its `sub` is the nick). Prefer the environment variable: arguments are visible
+    /// to other local users.
+    #[arg(
+        long,
+        env = "MULTICLIENT_JWT_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET",
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// Chat: require a JSON Web Token signed by the private half of this public key
+    /// (a PEM file: RSA for RS256, EC P-256 for ES256).
+    #[arg(long, value_name = "PEM")]
+    jwt_public_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -240,6 +255,15 @@ struct ConnectArgs {
     /// With --tls: trust the CA certificates in this PEM file instead of the system's.
     #[arg(long, value_name = "PATH", requires = "tls")]
     ca: Option<std::path::PathBuf>,
+    /// chat: a token (JWT) for a server run with --jwt-secret or --jwt-public-key,
+    /// sent as `AUTH <token>` first.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MULTICLIENT_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
 }
 
 /// The `serve` command as clap describes it: the source of the config file's keys.
@@ -392,6 +416,11 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     service.chat.max_rate = a.max_rate;
     service.chat.redis = a.redis.clone();
     service.chat.presence_ttl = a.presence_ttl;
+    service.chat.auth = multiclient::service::chat::auth::AuthHandle::from_options(
+        a.jwt_secret.as_deref(),
+        a.jwt_public_key.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(serve::tls::TlsFiles {
             cert: cert.clone(),
@@ -464,6 +493,7 @@ fn main() -> anyhow::Result<()> {
                 count: a.count,
                 interval: Duration::from_millis(a.interval),
                 tls: a.tls.then(|| connect::ConnectTls { ca: a.ca.clone() }),
+                token: a.token,
             };
             connect::run(&opts, &mut std::io::stdout())
         }

@@ -693,3 +693,96 @@ fn nicks_are_unique_whatever_their_case_across_instances() {
     let l = bob.line();
     assert!(l.starts_with("ERR nick-taken "), "{l}");
 }
+
+/// An instance whose chat requires HS256 tokens signed with `secret`.
+fn start_with_tokens(url: &str, secret: &str) -> Instance {
+    let mut chat = ChatOptions::default();
+    chat.redis = Some(url.to_string());
+    chat.presence_ttl = TTL;
+    chat.auth.set(Some(
+        multiclient::service::chat::auth::Verifier::hs256(secret.as_bytes()).unwrap(),
+    ));
+    let hub = chat.hub().unwrap();
+    let mut server = Server::new(Model::Async { workers: 2 }, Limits::default()).unwrap();
+    let l = ServiceName::Chat
+        .listen(
+            &mut server,
+            "127.0.0.1:0".parse().unwrap(),
+            &ServiceOptions {
+                chat,
+                ..ServiceOptions::default()
+            },
+        )
+        .unwrap();
+    let i = Instance {
+        server: Some(server),
+        addr: l.addr,
+        hub,
+    };
+    i.wait_available(true);
+    i
+}
+
+/// A line client that read its welcome and sent nothing (no nick of its own).
+fn guest(addr: SocketAddr) -> Client {
+    let w = TcpStream::connect(addr).unwrap();
+    w.set_read_timeout(Some(common::chat::READ_TIMEOUT))
+        .unwrap();
+    let mut c = Client {
+        r: BufReader::new(w.try_clone().unwrap()),
+        w,
+        nick: "guest".into(),
+    };
+    assert!(c.line().starts_with("WELCOME guest-"));
+    c
+}
+
+/// With tokens, the nick a token's `sub` owns cannot be taken on the other instance,
+/// by another holder of a token for it (in any case) or by a NICK, and is free there
+/// once its holder has gone.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_token_owned_nick_cannot_be_taken_on_the_other_instance() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    const SECRET: &str = "a-shared-secret-of-32-bytes-or-more";
+    let token = |sub: &str| {
+        encode(
+            &Header::default(),
+            &serde_json::json!({ "sub": sub }),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let redis = RedisServer::start();
+    let one = start_with_tokens(&redis.url(), SECRET);
+    let two = start_with_tokens(&redis.url(), SECRET);
+    let mut ann = guest(one.addr);
+    ann.send(&format!("AUTH {}", token("ann")));
+    ann.expect("OK AUTH ann");
+    ann.send("JOIN lobby");
+    ann.expect("OK JOIN lobby");
+    let mut bob = guest(two.addr);
+    bob.send(&format!("AUTH {}", token("bob")));
+    bob.expect("OK AUTH bob");
+    bob.send("NICK ann");
+    assert!(bob.line().starts_with("ERR nick-fixed "));
+    for sub in ["ann", "ANN"] {
+        let mut twin = guest(two.addr);
+        twin.send(&format!("AUTH {}", token(sub)));
+        let l = twin.line();
+        assert!(l.starts_with("ERR nick-taken "), "{sub}: {l}");
+        twin.send("JOIN lobby");
+        assert!(twin.line().starts_with("ERR auth-required "));
+    }
+    bob.send("JOIN lobby");
+    bob.expect("OK JOIN lobby");
+    ann.expect("JOIN lobby bob");
+    bob.send("WHO lobby");
+    bob.expect("WHO lobby ann bob");
+    ann.send("QUIT");
+    ann.expect("OK QUIT");
+    bob.expect("PART lobby ann");
+    let mut again = guest(two.addr);
+    again.send(&format!("AUTH {}", token("ann")));
+    again.expect("OK AUTH ann");
+}

@@ -11,8 +11,14 @@
 //! | `SAY <room> <text>` | its own `MSG` line, like every member | `MSG <room> <id> <nick> <text>` |
 //! | `WHO <room>` | `WHO <room> <nick> ...` | |
 //! | `HISTORY <room> <n>` | up to n (≤ 100) recent `MSG` lines, oldest first, then `OK HISTORY <room>` | |
+//! | `AUTH <token>` | `OK AUTH <nick>` or `ERR bad-token ...` (with `--jwt-secret` or `--jwt-public-key`: see [`auth`]) | |
 //! | `QUIT` | `OK QUIT`, then close | `PART` in each of its rooms |
 //! | anything else | `ERR <code> <human text>`; the connection stays usable | |
+//!
+//! With a token key configured, every command but `AUTH` and `QUIT` is refused
+//! (`ERR auth-required`) until a token is accepted; its `sub` is then the nick (`NICK`
+//! gets `ERR nick-fixed`), its `exp` ends the connection and its `rooms` bound `JOIN`.
+//! An `AUTH` line may then be longer than `--max-line`, up to a token of 8 KiB.
 //!
 //! A line longer than `--max-line` (default 4096 bytes) is answered `ERR line-too-long`
 //! once and skipped up to its newline; the connection stays usable and holds at most
@@ -63,6 +69,10 @@ pub struct ChatOptions {
     /// With Redis: how long members of a stopped process stay listed
     /// (`--presence-ttl`).
     pub presence_ttl: std::time::Duration,
+    /// The token key (`--jwt-secret`, `--jwt-public-key`), read by every chat listener
+    /// per connection; empty: no authentication. Clones share it, so a reload can swap
+    /// it with [`auth::AuthHandle::set`].
+    pub auth: auth::AuthHandle,
     hub: Arc<OnceLock<Result<Arc<Hub>, String>>>,
 }
 
@@ -76,6 +86,7 @@ impl Default for ChatOptions {
             max_rate: None,
             redis: None,
             presence_ttl: crate::hub::DEFAULT_PRESENCE_TTL,
+            auth: auth::AuthHandle::default(),
             hub: Arc::default(),
         }
     }
@@ -108,6 +119,7 @@ pub struct Chat {
     hub: Arc<Hub>,
     max_line: usize,
     max_rate: Option<u32>,
+    auth: auth::AuthHandle,
 }
 
 impl Chat {
@@ -117,6 +129,7 @@ impl Chat {
             hub,
             max_line: opts.max_line.max(1),
             max_rate: opts.max_rate.filter(|&r| r > 0),
+            auth: opts.auth.clone(),
         }
     }
 
@@ -132,8 +145,10 @@ impl Service for Chat {
         "chat"
     }
     fn session(&self, _conn: &super::ConnInfo) -> ChatSession {
+        let verifier = self.auth.get();
         ChatSession {
-            member: Member::new(self.hub.clone(), LineDecoder, self.max_rate),
+            auth_line: verifier.is_some(),
+            member: Member::new(self.hub.clone(), LineDecoder, self.max_rate).with_auth(verifier),
             max_line: self.max_line,
             skipping: false,
             eof: false,
@@ -173,6 +188,8 @@ pub enum Command<'a> {
     },
     /// `QUIT`
     Quit,
+    /// `AUTH <token>`
+    Auth(&'a str),
 }
 
 /// A command line that is not a valid command: its code and a human explanation.
@@ -263,16 +280,30 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
             }
             _ => usage("usage: HISTORY <room> <n>"),
         },
+        "AUTH" => match args[..] {
+            [token] => Ok(Command::Auth(token)),
+            _ => usage("usage: AUTH <token>"),
+        },
         "QUIT" if args.is_empty() => Ok(Command::Quit),
         "QUIT" => usage("usage: QUIT"),
         _ => Err(perr(
             "unknown-command",
-            "commands are NICK JOIN PART SAY WHO HISTORY QUIT",
+            "commands are NICK JOIN PART SAY WHO HISTORY AUTH QUIT",
         )),
     }
 }
 
 const LINE_TOO_LONG: ParseError = perr("line-too-long", "command lines are limited in length");
+/// An `AUTH` line beyond [`AUTH_LINE`]: its token is over [`auth::MAX_TOKEN`].
+const TOKEN_TOO_LONG: ParseError = perr("bad-token", "tokens are limited to 8 KiB");
+/// The longest `AUTH` line framed whole: `AUTH `, a token of [`auth::MAX_TOKEN`] and
+/// room for the one past it, so an over-long token is still told apart.
+const AUTH_LINE: usize = auth::MAX_TOKEN + 8;
+
+/// Whether `line` (perhaps only its start) is an `AUTH` command.
+fn is_auth(line: &[u8]) -> bool {
+    line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
+}
 
 /// The line protocol's commands: [`parse`].
 struct LineDecoder;
@@ -309,12 +340,13 @@ impl Encoder for LineOut<'_, '_> {
             }
         };
         match reply {
-            Reply::Welcome(nick) => put(&["WELCOME ", nick]),
+            Reply::Welcome { nick, .. } => put(&["WELCOME ", nick]),
             Reply::Ok(Done::Nick(nick)) => put(&["OK NICK ", nick]),
             Reply::Ok(Done::Join(room)) => put(&["OK JOIN ", room]),
             Reply::Ok(Done::Part(room)) => put(&["OK PART ", room]),
             Reply::Ok(Done::History(room)) => put(&["OK HISTORY ", room]),
             Reply::Ok(Done::Quit) => put(&["OK QUIT"]),
+            Reply::Ok(Done::Auth(nick)) => put(&["OK AUTH ", nick]),
             Reply::Who(room, nicks) => {
                 put(&["WHO ", room]);
                 for n in nicks {
@@ -340,6 +372,9 @@ impl Encoder for LineOut<'_, '_> {
 pub struct ChatSession {
     member: Member<LineDecoder>,
     max_line: usize,
+    /// Tokens are required: an `AUTH` line may be longer than `--max-line`, up to
+    /// [`AUTH_LINE`], so a token up to [`auth::MAX_TOKEN`] is judged as a token.
+    auth_line: bool,
     /// The rest of an over-long line, already answered, is being discarded.
     skipping: bool,
     /// The client has closed its side: close once every command it sent is answered.
@@ -367,10 +402,10 @@ impl ChatSession {
         if line.iter().all(|&b| b == b' ' || b == b'\t') {
             return; // A blank line is no command: nothing to answer.
         }
-        let input = if line.len() > self.max_line {
-            Err(LINE_TOO_LONG)
-        } else {
+        let input = if line.len() <= self.max_line || (self.auth_line && is_auth(line)) {
             Ok(line)
+        } else {
+            Err(LINE_TOO_LONG)
         };
         self.member.input(input, &mut LineOut(cx));
     }
@@ -386,8 +421,13 @@ impl Session for ChatSession {
     fn read(&mut self, input: &[u8], cx: &mut Cx<'_, ChatEvent>) -> usize {
         // Never hold more than the model will keep for us: a line longer than that is
         // too long whatever `--max-line` says.
-        let max_line = self.max_line.min(cx.input_limit().saturating_sub(2).max(1));
-        self.max_line = max_line;
+        let limit = cx.input_limit().saturating_sub(2).max(1);
+        self.max_line = self.max_line.min(limit);
+        let max_line = if self.auth_line {
+            self.max_line.max(AUTH_LINE).min(limit)
+        } else {
+            self.max_line
+        };
         let mut pos = 0;
         while pos < input.len() && !cx.is_closing() {
             let rest = &input[pos..];
@@ -402,9 +442,16 @@ impl Session for ChatSession {
                 None => {
                     if self.skipping {
                         pos = input.len();
-                    } else if rest.len() > max_line + 1 {
+                    } else if rest.len() > max_line + 1
+                        || (rest.len() > self.max_line + 1 && !(self.auth_line && is_auth(rest)))
+                    {
                         // `+ 1`: a line of exactly max_line may still await its `\r\n`.
-                        LineOut(cx).error(LINE_TOO_LONG.code, LINE_TOO_LONG.text);
+                        let e = if self.auth_line && is_auth(rest) {
+                            TOKEN_TOO_LONG
+                        } else {
+                            LINE_TOO_LONG
+                        };
+                        self.member.input(Err(e), &mut LineOut(cx));
                         self.skipping = true;
                         pos = input.len();
                     }
@@ -451,6 +498,7 @@ impl Session for ChatSession {
     }
 }
 
+pub mod auth;
 pub mod json;
 pub mod member;
 pub mod socket;

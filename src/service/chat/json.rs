@@ -5,7 +5,8 @@
 //! In: `{"type":"join","room":"lobby"}`, `{"type":"join","room":"lobby","after":"<id>"}`,
 //! `{"type":"say","room":"lobby","text":"hi"}`, `{"type":"nick","nick":"ann"}`,
 //! `{"type":"part","room":"lobby"}`, `{"type":"who","room":"lobby"}`,
-//! `{"type":"history","room":"lobby","n":20}`, `{"type":"quit"}`.
+//! `{"type":"history","room":"lobby","n":20}`, `{"type":"auth","token":"<jwt>"}`,
+//! `{"type":"quit"}`.
 //!
 //! Out: `welcome`, `ok` (with the command in `cmd`), `who`, `error` (with `code` and
 //! `text`), and the room events `msg`, `join`, `part`, `nick`, which the hub encodes
@@ -47,6 +48,8 @@ struct Fields<'a> {
     nick: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
     #[serde(default)]
     after: Option<Value>,
     #[serde(default)]
@@ -69,7 +72,7 @@ pub fn decode(payload: &[u8]) -> Result<Incoming<'_>, ParseError> {
         Ok(f) => Ok(Incoming(f)),
         Err(e) if e.is_data() => Err(perr(
             "bad-args",
-            "a field has the wrong type (room, nick, text and type are strings, n a number)",
+            "a field has the wrong type (room, nick, text, token and type are strings, n a number)",
         )),
         Err(_) => Err(BAD_JSON),
     }
@@ -142,10 +145,17 @@ impl Incoming<'_> {
                 };
                 Ok(Command::History { room, n })
             }
+            "auth" => match f.token.as_deref() {
+                Some(t) => Ok(Command::Auth(t)),
+                None => Err(perr(
+                    "bad-args",
+                    "usage: {\"type\":\"auth\",\"token\":\"<token>\"}",
+                )),
+            },
             "quit" => Ok(Command::Quit),
             _ => Err(perr(
                 "unknown-command",
-                "types are nick join part say who history quit",
+                "types are nick join part say who history auth quit",
             )),
         }
     }
@@ -154,9 +164,14 @@ impl Incoming<'_> {
 const BAD_AFTER: ParseError = perr("bad-args", "\"after\" takes a message id");
 const BAD_COUNT: ParseError = perr("bad-args", "\"n\" takes a count");
 
-/// `{"type":"welcome","nick":...}`: the first frame, with the guest nick.
-pub fn welcome(nick: &str) -> String {
-    serde_json::json!({"type": "welcome", "nick": nick}).to_string()
+/// `{"type":"welcome","nick":...}`: the first frame, with the guest nick; with
+/// `"auth":true` when a token must come first (the page then asks for one).
+pub fn welcome(nick: &str, auth: bool) -> String {
+    let mut v = serde_json::json!({"type": "welcome", "nick": nick});
+    if auth {
+        v["auth"] = true.into();
+    }
+    v.to_string()
 }
 
 /// `{"type":"ok","cmd":...}` with the room or nick the command was about.
@@ -248,6 +263,10 @@ mod tests {
             })
         );
         assert_eq!(cmd(r#"{"type":"quit"}"#), Ok(Command::Quit));
+        assert_eq!(
+            cmd(r#"{"type":"auth","token":"a.b.c"}"#),
+            Ok(Command::Auth("a.b.c"))
+        );
     }
 
     #[test]
@@ -277,6 +296,8 @@ mod tests {
             r#"{"type":"history","room":"a","n":"3"}"#,
             r#"{"type":"history","room":"a","n":-3}"#,
             r#"{"type":"nick"}"#,
+            r#"{"type":"auth"}"#,
+            r#"{"type":"auth","token":7}"#,
             r#"{"type":"join","room":"a","room":"b"}"#,
         ] {
             assert_eq!(code(s), "bad-args", "{s:?}");
@@ -296,8 +317,16 @@ mod tests {
     fn outgoing_objects_are_the_documented_shapes() {
         let v = |s: String| serde_json::from_str::<Value>(&s).unwrap();
         assert_eq!(
-            v(welcome("guest-1")),
+            v(welcome("guest-1", false)),
             serde_json::json!({"type":"welcome","nick":"guest-1"})
+        );
+        assert_eq!(
+            v(welcome("guest-1", true)),
+            serde_json::json!({"type":"welcome","nick":"guest-1","auth":true})
+        );
+        assert_eq!(
+            v(ok("auth", None, Some("ann"))),
+            serde_json::json!({"type":"ok","cmd":"auth","nick":"ann"})
         );
         assert_eq!(
             v(ok("join", Some("lobby"), None)),

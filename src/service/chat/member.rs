@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::base::mailbox::Sender;
 use crate::hub::{Answer, ChatEvent, Deferred, Hub, HubError, MemberId, MsgId, Publication, Wire};
 
+use super::auth::{Grant, Rooms, Verifier, MAX_FAILURES};
 use super::{Command, ParseError};
 
 /// How long a command waits for an answer from Redis before it is answered
@@ -46,13 +47,21 @@ pub enum Done<'a> {
     History(&'a str),
     /// The member leaves; the connection closes next.
     Quit,
+    /// A token was accepted: the member's nick is now its `sub`.
+    Auth(&'a str),
 }
 
 /// What the member is told, apart from room events.
 #[derive(Debug, Clone, Copy)]
 pub enum Reply<'a> {
-    /// The first thing a member hears: its guest nick.
-    Welcome(&'a str),
+    /// The first thing a member hears: its guest nick, and whether it must present a
+    /// token before anything else.
+    Welcome {
+        /// The guest nick.
+        nick: &'a str,
+        /// Whether the chat requires a token.
+        auth: bool,
+    },
     /// A command succeeded.
     Ok(Done<'a>),
     /// The members of a room, sorted.
@@ -68,6 +77,10 @@ pub enum End {
     Quit,
     /// The server cannot take the member (no mailbox could be made).
     Refused,
+    /// Too many bad tokens ([`MAX_FAILURES`]).
+    AuthFailed,
+    /// The token expired and no fresh one came (`token-expired`).
+    Expired,
 }
 
 /// One wire format's way of saying what happened to a member, bound to one call's
@@ -227,6 +240,40 @@ struct State {
     waiting_since: Option<Instant>,
     queued: VecDeque<Result<Box<[u8]>, ParseError>>,
     queued_bytes: usize,
+    /// Token authentication, when the chat requires it (boxed: a connection of an
+    /// open chat pays one pointer for it).
+    auth: Option<Box<Auth>>,
+}
+
+/// A member's token authentication (see [`super::auth`]).
+struct Auth {
+    verifier: Arc<Verifier>,
+    /// Bad tokens presented so far.
+    failures: u32,
+    /// What the accepted token grants, once one was.
+    granted: Option<Granted>,
+    /// A first token whose nick claim is awaited (from Redis).
+    claiming: Option<Granted>,
+    /// A token to present when the member opens.
+    on_open: Option<Box<str>>,
+}
+
+/// An accepted token, as the member keeps it.
+struct Granted {
+    sub: Arc<str>,
+    /// When the connection ends unless a fresh token came.
+    expires: Option<Instant>,
+    rooms: Option<Rooms>,
+}
+
+impl Granted {
+    fn new(g: Grant, now: Instant) -> Granted {
+        Granted {
+            sub: g.sub,
+            expires: g.expires_in.map(|d| now + d),
+            rooms: g.rooms,
+        }
+    }
 }
 
 /// One chat member, on any wire: see the module documentation.
@@ -251,8 +298,33 @@ impl<D: Decoder> Member<D> {
                 waiting_since: None,
                 queued: VecDeque::new(),
                 queued_bytes: 0,
+                auth: None,
             },
         }
+    }
+
+    /// Requires a token checked by `verifier` (none: the chat is open, as without
+    /// `--jwt-secret`).
+    pub fn with_auth(mut self, verifier: Option<Arc<Verifier>>) -> Member<D> {
+        self.s.auth = verifier.map(|verifier| {
+            Box::new(Auth {
+                verifier,
+                failures: 0,
+                granted: None,
+                claiming: None,
+                on_open: None,
+            })
+        });
+        self
+    }
+
+    /// Presents `token` as soon as the member opens (a WebSocket upgrade's `?token=`);
+    /// ignored when the chat requires no token.
+    pub fn with_token(mut self, token: Option<&str>) -> Member<D> {
+        if let Some(auth) = &mut self.s.auth {
+            auth.on_open = token.map(Box::from);
+        }
+        self
     }
 
     /// The connection is established: the member gets its guest nick.
@@ -260,8 +332,14 @@ impl<D: Decoder> Member<D> {
         match out.mailbox() {
             Ok(tx) => {
                 let (id, nick) = self.s.hub.connect();
-                out.reply(Reply::Welcome(&nick));
+                out.reply(Reply::Welcome {
+                    nick: &nick,
+                    auth: self.s.auth.is_some(),
+                });
                 self.s.me = Some(Me { id, nick, tx });
+                if let Some(token) = self.s.auth.as_mut().and_then(|a| a.on_open.take()) {
+                    self.s.command(Command::Auth(&token), out);
+                }
             }
             Err(e) => {
                 tracing::error!("chat: cannot make a mailbox: {e}");
@@ -286,6 +364,8 @@ impl<D: Decoder> Member<D> {
     fn run(&mut self, input: Input<'_>, out: &mut impl Encoder) {
         let raw = match input {
             Ok(raw) => raw,
+            // A token the framing refused for its size counts as a bad token.
+            Err(e) if e.code == "bad-token" => return self.s.refuse_token(e.text, out),
             Err(e) => return out.error(e.code, e.text),
         };
         if let Some(rate) = &mut self.s.rate {
@@ -388,16 +468,28 @@ impl<D: Decoder> Member<D> {
                 let Some(me) = &mut s.me else {
                     return;
                 };
+                let claiming = s.auth.as_mut().and_then(|a| a.claiming.take());
                 match s.hub.apply_nick(me.id, &me.nick, &new, &rooms) {
                     Ok(()) => {
-                        out.reply(Reply::Ok(Done::Nick(&new)));
                         me.nick = new;
+                        match claiming {
+                            Some(g) => {
+                                out.reply(Reply::Ok(Done::Auth(&me.nick)));
+                                if let Some(a) = &mut s.auth {
+                                    a.granted = Some(g);
+                                }
+                            }
+                            None => out.reply(Reply::Ok(Done::Nick(&me.nick))),
+                        }
                     }
                     Err(e) => out.error(e.code(), &e.to_string()),
                 }
                 self.answered(out);
             }
             ChatEvent::Answer(Answer::Nick(Err(e))) => {
+                if let Some(a) = &mut s.auth {
+                    a.claiming = None;
+                }
                 out.error(e.code(), &e.to_string());
                 self.answered(out);
             }
@@ -420,14 +512,34 @@ impl<D: Decoder> Member<D> {
         }
     }
 
-    /// When an awaited answer is given up on.
+    /// When an awaited answer is given up on, or the token expires, whichever is
+    /// first.
     pub fn deadline(&self) -> Option<Instant> {
-        self.s.waiting_since.map(|t| t + ANSWER_TIMEOUT)
+        let answer = self.s.waiting_since.map(|t| t + ANSWER_TIMEOUT);
+        let expiry = self.s.expires();
+        match (answer, expiry) {
+            (Some(a), Some(e)) => Some(a.min(e)),
+            (a, e) => a.or(e),
+        }
     }
 
-    /// The answer did not come in time: `unavailable`, and the queued inputs go on.
+    /// A deadline passed: at the token's expiry the connection ends with
+    /// `token-expired`; an answer that did not come in time is `unavailable`, and the
+    /// queued inputs go on.
     pub fn timeout(&mut self, out: &mut impl Encoder) {
-        if self.s.waiting == 0 {
+        let now = out.now();
+        if self.s.expires().is_some_and(|e| e <= now) {
+            out.error(
+                "token-expired",
+                "the token has expired; connect again with a fresh one",
+            );
+            // Its rooms are left now, not when the model gets round to the close.
+            self.s.leave();
+            self.s.me = None;
+            out.end(End::Expired);
+            return;
+        }
+        if self.s.waiting == 0 || self.deadline().is_some_and(|d| d > now) {
             return;
         }
         out.error("unavailable", "no answer from the chat backend");
@@ -482,6 +594,118 @@ fn history(room: &str, msgs: &[Arc<Publication>], out: &mut impl Encoder) {
 }
 
 impl State {
+    /// When the accepted token expires.
+    fn expires(&self) -> Option<Instant> {
+        self.auth.as_ref()?.granted.as_ref()?.expires
+    }
+
+    /// `AUTH <token>`: a first token takes its `sub` as the nick; a later one for the
+    /// same `sub` refreshes the expiry and rooms. Each bad token counts; at
+    /// [`MAX_FAILURES`] the connection is closed.
+    fn authenticate<E: Encoder>(&mut self, token: &str, out: &mut E) -> bool {
+        let Some(auth) = &mut self.auth else {
+            out.error(
+                "auth-off",
+                "this server does not use tokens: no AUTH is needed",
+            );
+            return false;
+        };
+        let grant = match auth.verifier.verify(token) {
+            Ok(g) => match &auth.granted {
+                Some(cur) if !cur.sub.eq_ignore_ascii_case(&g.sub) => {
+                    Err("a fresh token must be for the same sub".to_owned())
+                }
+                _ => Ok(Granted::new(g, out.now())),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        let g = match grant {
+            Ok(g) => g,
+            Err(why) => {
+                self.refuse_token(&why, out);
+                return false;
+            }
+        };
+        let Some(me) = &mut self.me else {
+            out.error("unavailable", "this connection has no chat membership");
+            return false;
+        };
+        if auth.granted.is_some() || auth.claiming.is_some() {
+            // A refresh (or a second token while the first's nick is being claimed).
+            out.reply(Reply::Ok(Done::Auth(&me.nick)));
+            match &mut auth.claiming {
+                Some(c) => *c = g,
+                None => auth.granted = Some(g),
+            }
+            return false;
+        }
+        let rooms = self.rooms.keys().cloned().collect::<Vec<_>>();
+        match self.hub.set_nick(me.id, &me.nick, &g.sub, &rooms, &me.tx) {
+            Ok(Deferred::Now(new)) => {
+                out.reply(Reply::Ok(Done::Auth(&new)));
+                me.nick = new;
+                auth.granted = Some(g);
+                false
+            }
+            Ok(Deferred::Later) => {
+                auth.claiming = Some(g);
+                true
+            }
+            Err(e) => {
+                let text = match e {
+                    HubError::NickTaken => "the token's nick is in use by another connection",
+                    _ => "the token's nick cannot be taken now",
+                };
+                out.error(e.code(), text);
+                false
+            }
+        }
+    }
+
+    /// A bad token: `bad-token`, and at [`MAX_FAILURES`] of them the connection ends
+    /// with a last line saying why.
+    fn refuse_token<E: Encoder>(&mut self, why: &str, out: &mut E) {
+        out.error("bad-token", why);
+        let Some(auth) = &mut self.auth else {
+            return;
+        };
+        auth.failures += 1;
+        if auth.failures >= MAX_FAILURES {
+            out.error("auth-failed", "too many bad tokens: closing the connection");
+            self.leave();
+            self.me = None;
+            out.end(End::AuthFailed);
+        }
+    }
+
+    /// Whether `cmd` may run under the chat's authentication; if not, says why.
+    fn allowed<E: Encoder>(&self, cmd: &Command<'_>, out: &mut E) -> bool {
+        let Some(auth) = &self.auth else {
+            return true;
+        };
+        let Some(g) = &auth.granted else {
+            if matches!(cmd, Command::Auth(_) | Command::Quit) {
+                return true;
+            }
+            out.error("auth-required", "send AUTH <token> first");
+            return false;
+        };
+        match cmd {
+            Command::Nick(_) => {
+                out.error("nick-fixed", "the nick is the token's sub");
+                false
+            }
+            Command::Join { room, .. }
+                if g.rooms.as_ref().is_some_and(|r| !r.allows(room))
+                    && !self.rooms.contains_key(*room) =>
+            {
+                out.error("forbidden", "the token does not allow this room");
+                false
+            }
+            _ => true,
+        }
+    }
+
     fn room_list(&self) -> Vec<Arc<str>> {
         self.rooms.keys().cloned().collect()
     }
@@ -495,6 +719,16 @@ impl State {
     }
 
     fn command<E: Encoder>(&mut self, cmd: Command<'_>, out: &mut E) {
+        if !self.allowed(&cmd, out) {
+            return;
+        }
+        if let Command::Auth(token) = cmd {
+            if self.authenticate(token, out) {
+                self.waiting += 1;
+                self.waiting_since.get_or_insert(out.now());
+            }
+            return;
+        }
         if cmd == Command::Quit {
             out.reply(Reply::Ok(Done::Quit));
             self.leave();
@@ -566,7 +800,7 @@ impl State {
                 Deferred::Now(nicks) => out.reply(Reply::Who(room, &nicks)),
                 Deferred::Later => pending = true,
             }),
-            Command::Quit => Ok(()), // Answered above.
+            Command::Quit | Command::Auth(_) => Ok(()), // Answered above.
         };
         if let Err(e) = res {
             out.error(e.code(), &e.to_string());
@@ -632,7 +866,7 @@ mod tests {
         }
         fn reply(&mut self, reply: Reply<'_>) {
             self.said.push(match reply {
-                Reply::Welcome(n) => format!("welcome {n}"),
+                Reply::Welcome { nick, .. } => format!("welcome {nick}"),
                 Reply::Ok(done) => format!("ok {done:?}"),
                 Reply::Who(room, nicks) => format!("who {room} {}", nicks.join(" ")),
                 Reply::Error(code, _) => format!("error {code}"),

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use tungstenite::protocol::frame::coding::CloseCode;
 
+use super::auth::Verifier;
 use super::member::{Decoder, Done, Encoder, End, Member, Reply};
 use super::{json, Command, ParseError};
 use crate::base::mailbox::Sender;
@@ -69,12 +70,13 @@ impl Encoder for JsonOut<'_, '_, '_, '_> {
 
     fn reply(&mut self, reply: Reply<'_>) {
         let s = match reply {
-            Reply::Welcome(nick) => json::welcome(nick),
+            Reply::Welcome { nick, auth } => json::welcome(nick, auth),
             Reply::Ok(Done::Nick(nick)) => json::ok("nick", None, Some(nick)),
             Reply::Ok(Done::Join(room)) => json::ok("join", Some(room), None),
             Reply::Ok(Done::Part(room)) => json::ok("part", Some(room), None),
             Reply::Ok(Done::History(room)) => json::ok("history", Some(room), None),
             Reply::Ok(Done::Quit) => json::ok("quit", None, None),
+            Reply::Ok(Done::Auth(nick)) => json::ok("auth", None, Some(nick)),
             Reply::Who(room, nicks) => json::who(room, nicks),
             Reply::Error(code, text) => json::error(code, text),
         };
@@ -95,6 +97,8 @@ impl Encoder for JsonOut<'_, '_, '_, '_> {
         match why {
             End::Quit => self.0.close(CloseCode::Normal, "bye"),
             End::Refused => self.0.close(CloseCode::Error, "no mailbox"),
+            End::AuthFailed => self.0.close(CloseCode::Policy, "too many bad tokens"),
+            End::Expired => self.0.close(CloseCode::Policy, "token expired"),
         }
     }
 }
@@ -116,6 +120,13 @@ impl ChatSocket {
         }
     }
 
+    /// Requires a token checked by `verifier` (none: no authentication), and
+    /// authenticates at once with `token` (the upgrade URL's `?token=`) if given.
+    pub fn with_auth(mut self, verifier: Option<Arc<Verifier>>, token: Option<&str>) -> ChatSocket {
+        self.member = self.member.with_auth(verifier).with_token(token);
+        self
+    }
+
     /// Whether the member is in at least one room (and may only listen).
     pub fn in_a_room(&self) -> bool {
         self.member.in_a_room()
@@ -132,7 +143,12 @@ impl Handler for ChatSocket {
     fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, ChatEvent>) {
         let input = match &msg {
             Message::Text(text) => {
-                crate::service::log_received(text.as_bytes());
+                // A token is a credential: `-v` logs every frame but never one.
+                if text.contains("\"token\"") {
+                    crate::service::log_received(b"(a frame with a token, not logged)");
+                } else {
+                    crate::service::log_received(text.as_bytes());
+                }
                 Ok(text.as_bytes())
             }
             _ => Err(json::BAD_JSON),

@@ -183,6 +183,37 @@ fn an_over_long_line_is_refused_once_and_skipped() {
 }
 
 #[test]
+fn an_over_long_unfinished_line_is_answered_after_the_say_before_it() {
+    let opts = ChatOptions {
+        max_line: 16,
+        ..ChatOptions::default()
+    };
+    let chat = service(&opts);
+    let (mut a, nick) = client(&chat);
+    a.feed(
+        b"JOIN r
+",
+    );
+    assert_eq!(
+        out(&mut a),
+        "OK JOIN r
+"
+    );
+    // The SAY awaits its own MSG (through the mailbox); the over-long line after it,
+    // not yet ended, waits its turn like a complete one.
+    a.feed(
+        b"SAY r hi
+",
+    );
+    a.feed(&[b'x'; 100]);
+    let got = out(&mut a);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines.len(), 2, "{got}");
+    assert!(lines[0].ends_with(&format!(" {nick} hi")), "{got}");
+    assert!(lines[1].starts_with("ERR line-too-long "), "{got}");
+}
+
+#[test]
 fn max_rate_answers_rate_limited() {
     let opts = ChatOptions {
         max_rate: Some(3),
@@ -300,4 +331,271 @@ fn control_characters_are_refused_and_nicks_are_one_whatever_their_case() {
         got.lines().all(|l| l.starts_with("ERR nick-taken ")),
         "{got:?}"
     );
+}
+
+/// Token authentication on the line protocol (see `auth.rs` for the tokens
+/// themselves).
+mod tokens {
+    use super::*;
+    use crate::service::chat::auth::testing::{hs256, in_secs, SECRET};
+    use crate::service::chat::auth::{Verifier, MAX_TOKEN};
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn auth_chat() -> Chat {
+        let opts = ChatOptions::default();
+        opts.auth.set(Some(Verifier::hs256(SECRET).unwrap()));
+        service(&opts)
+    }
+
+    fn auth_line(claims: serde_json::Value) -> Vec<u8> {
+        format!("AUTH {}\n", hs256(claims)).into_bytes()
+    }
+
+    #[test]
+    fn before_auth_every_command_but_auth_and_quit_is_refused() {
+        let chat = auth_chat();
+        let (mut a, guest) = client(&chat);
+        assert!(
+            guest.starts_with("guest-"),
+            "the welcome is as without auth"
+        );
+        for cmd in [
+            "NICK ann",
+            "JOIN lobby",
+            "PART lobby",
+            "SAY lobby hi",
+            "WHO lobby",
+            "HISTORY lobby 5",
+        ] {
+            a.feed(format!("{cmd}\n").as_bytes());
+            assert_eq!(
+                out(&mut a),
+                "ERR auth-required send AUTH <token> first\n",
+                "{cmd}"
+            );
+        }
+        a.feed(&auth_line(json!({"sub": "ann"})));
+        assert_eq!(out(&mut a), "OK AUTH ann\n");
+        a.feed(b"JOIN lobby\nSAY lobby hi\nWHO lobby\n");
+        let got = out(&mut a);
+        assert!(got.starts_with("OK JOIN lobby\nMSG lobby "), "{got}");
+        assert!(got.ends_with(" ann hi\nWHO lobby ann\n"), "{got}");
+        // QUIT needs no token.
+        let (mut b, _) = client(&chat);
+        b.feed(b"QUIT\n");
+        assert_eq!(out(&mut b), "OK QUIT\n");
+        assert!(b.is_closing());
+    }
+
+    #[test]
+    fn the_sub_is_the_nick_and_it_is_owned() {
+        let chat = auth_chat();
+        let (mut a, _) = client(&chat);
+        a.feed(&auth_line(json!({"sub": "ann"})));
+        assert_eq!(out(&mut a), "OK AUTH ann\n");
+        a.feed(b"NICK bob\nNICK ann\n");
+        assert_eq!(
+            out(&mut a),
+            "ERR nick-fixed the nick is the token's sub\n".repeat(2)
+        );
+        // Another connection with a token for the same sub (in any case) cannot appear
+        // under it while the first holds it: a nick is one member's in the hub.
+        let (mut b, _) = client(&chat);
+        b.feed(&auth_line(json!({"sub": "ANN"})));
+        assert_eq!(
+            out(&mut b),
+            "ERR nick-taken the token's nick is in use by another connection\n"
+        );
+        b.feed(b"JOIN lobby\n");
+        assert_eq!(out(&mut b), "ERR auth-required send AUTH <token> first\n");
+        // Once it is gone, the nick is free for the next holder.
+        a.feed(b"QUIT\n");
+        out(&mut a);
+        drop(a);
+        b.feed(&auth_line(json!({"sub": "ann"})));
+        assert_eq!(out(&mut b), "OK AUTH ann\n");
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_and_the_third_closes_the_connection() {
+        let chat = auth_chat();
+        let (mut a, _) = client(&chat);
+        let wrong_key = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &json!({"sub": "ann"}),
+            &jsonwebtoken::EncodingKey::from_secret(b"not the server's"),
+        )
+        .unwrap();
+        a.feed(format!("AUTH {wrong_key}\n").as_bytes());
+        assert_eq!(
+            out(&mut a),
+            "ERR bad-token the token's signature does not verify\n"
+        );
+        a.feed(&auth_line(json!({"sub": "ann", "exp": in_secs(-5)})));
+        assert_eq!(out(&mut a), "ERR bad-token the token has expired\n");
+        assert!(!a.is_closing());
+        a.feed(b"AUTH not-base64!.%%%.&&&\n");
+        assert_eq!(
+            out(&mut a),
+            "ERR bad-token the token is malformed\n\
+             ERR auth-failed too many bad tokens: closing the connection\n"
+        );
+        assert!(a.is_closing());
+    }
+
+    #[test]
+    fn alg_none_and_oversized_tokens_are_bad_tokens_never_a_panic() {
+        use data_encoding::BASE64URL_NOPAD;
+        let chat = auth_chat();
+        let (mut a, _) = client(&chat);
+        let none = format!(
+            "{}.{}.",
+            BASE64URL_NOPAD.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            BASE64URL_NOPAD.encode(br#"{"sub":"ann"}"#)
+        );
+        a.feed(format!("AUTH {none}\n").as_bytes());
+        let got = out(&mut a);
+        assert!(got.starts_with("ERR bad-token "), "{got}");
+        // Longer than --max-line (4096) but framed whole: judged as a token.
+        a.feed(format!("AUTH {}\n", "a".repeat(MAX_TOKEN + 1)).as_bytes());
+        assert_eq!(out(&mut a), "ERR bad-token tokens are limited to 8 KiB\n");
+        // Longer still, in pieces: refused once, as a bad token, and skipped.
+        a.feed(b"AUTH ");
+        for _ in 0..4 {
+            a.feed(&[b'x'; 8192]);
+        }
+        a.feed(b"\n");
+        assert_eq!(
+            out(&mut a),
+            "ERR bad-token tokens are limited to 8 KiB\n\
+             ERR auth-failed too many bad tokens: closing the connection\n"
+        );
+        assert!(a.is_closing());
+        // A token of up to 8 KiB is a token: a valid one with padding claims passes.
+        let (mut b, _) = client(&chat);
+        let big = auth_line(json!({"sub": "ann", "pad": "p".repeat(5000)}));
+        assert!(big.len() > DEFAULT_MAX_LINE && big.len() < MAX_TOKEN);
+        b.feed(&big);
+        assert_eq!(out(&mut b), "OK AUTH ann\n");
+        // Other over-long lines are still line-too-long.
+        b.feed(format!("SAY lobby {}\n", "x".repeat(DEFAULT_MAX_LINE)).as_bytes());
+        assert!(out(&mut b).starts_with("ERR line-too-long"));
+    }
+
+    #[test]
+    fn at_expiry_the_connection_ends_unless_a_fresh_token_came() {
+        let chat = auth_chat();
+        let (mut a, _) = client(&chat);
+        let (mut watcher, _) = client(&chat);
+        watcher.feed(&auth_line(json!({"sub": "watcher"})));
+        watcher.feed(b"JOIN lobby\n");
+        out(&mut watcher);
+        a.feed(&auth_line(json!({"sub": "ann", "exp": in_secs(60)})));
+        a.feed(b"JOIN lobby\n");
+        assert_eq!(out(&mut a), "OK AUTH ann\nOK JOIN lobby\n");
+        let start = a.now;
+        let deadline = a.session.deadline().expect("the expiry is a deadline");
+        assert!(
+            deadline > start + Duration::from_secs(55)
+                && deadline <= start + Duration::from_secs(60)
+        );
+        // A refresh for the same sub moves the expiry.
+        a.now = start + Duration::from_secs(30);
+        a.feed(&auth_line(json!({"sub": "ann", "exp": in_secs(600)})));
+        assert_eq!(out(&mut a), "OK AUTH ann\n");
+        a.advance_to(start + Duration::from_secs(61));
+        assert!(!a.is_closing(), "refreshed");
+        assert_eq!(out(&mut a), "");
+        // A token for another sub is no refresh.
+        a.feed(&auth_line(json!({"sub": "bob", "exp": in_secs(6000)})));
+        assert_eq!(
+            out(&mut a),
+            "ERR bad-token a fresh token must be for the same sub\n"
+        );
+        a.advance_to(start + Duration::from_secs(631));
+        assert_eq!(
+            out(&mut a),
+            "ERR token-expired the token has expired; connect again with a fresh one\n"
+        );
+        assert!(a.is_closing());
+        assert_eq!(out(&mut watcher), "JOIN lobby ann\nPART lobby ann\n");
+    }
+
+    #[test]
+    fn the_rooms_claim_limits_joins() {
+        let chat = auth_chat();
+        let (mut a, _) = client(&chat);
+        a.feed(&auth_line(
+            json!({"sub": "ann", "rooms": ["lobby", "team-*"]}),
+        ));
+        assert_eq!(out(&mut a), "OK AUTH ann\n");
+        a.feed(b"JOIN lobby\nJOIN team-red\nJOIN secret\nJOIN lobby2\nJOIN team\n");
+        assert_eq!(
+            out(&mut a),
+            "OK JOIN lobby\nOK JOIN team-red\n\
+             ERR forbidden the token does not allow this room\n\
+             ERR forbidden the token does not allow this room\n\
+             ERR forbidden the token does not allow this room\n"
+        );
+    }
+
+    proptest! {
+        /// Whatever follows `AUTH`, however it is split into reads, never panics and
+        /// gets one `bad-token` line (or `OK AUTH`, or the usage), then the close on
+        /// the third bad token; a token-shaped input is decoded every time.
+        #[test]
+        fn any_token_bytes_in_any_split_get_one_answer_each(
+            tokens in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    "[A-Za-z0-9_-]{0,30}\\.[A-Za-z0-9_-]{0,30}\\.[A-Za-z0-9_-]{0,30}"
+                        .prop_map(String::into_bytes),
+                ],
+                1..4,
+            ),
+            cut in 1usize..50,
+        ) {
+            let chat = auth_chat();
+            let (mut a, _) = client(&chat);
+            let mut input = Vec::new();
+            for t in &tokens {
+                input.extend_from_slice(b"AUTH ");
+                input.extend(t.iter().map(|&b| if b == b'\n' { b'.' } else { b }));
+                input.push(b'\n');
+            }
+            for chunk in input.chunks(cut) {
+                a.feed(chunk);
+            }
+            let got = out(&mut a);
+            let lines: Vec<&str> = got.lines().collect();
+            let bad = lines.iter().filter(|l| l.starts_with("ERR bad-token ")).count();
+            prop_assert!(bad <= 3, "{got}");
+            for l in &lines {
+                prop_assert!(
+                    ["ERR bad-token ", "ERR bad-args ", "ERR bad-text ", "ERR auth-failed ", "OK AUTH "]
+                        .iter()
+                        .any(|p| l.starts_with(p)),
+                    "{got}"
+                );
+            }
+            prop_assert_eq!(a.is_closing(), bad == 3, "{}", got);
+            if !a.is_closing() {
+                prop_assert_eq!(lines.len(), tokens.len(), "{}", got);
+            }
+        }
+    }
+
+    #[test]
+    fn without_a_key_auth_is_told_it_is_not_needed_and_nothing_else_changes() {
+        let chat = service(&ChatOptions::default());
+        let (mut a, _) = client(&chat);
+        a.feed(&auth_line(json!({"sub": "ann"})));
+        assert_eq!(
+            out(&mut a),
+            "ERR auth-off this server does not use tokens: no AUTH is needed\n"
+        );
+        a.feed(b"NICK ann\nJOIN lobby\n");
+        assert_eq!(out(&mut a), "OK NICK ann\nOK JOIN lobby\n");
+    }
 }

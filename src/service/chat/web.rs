@@ -25,6 +25,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use super::auth::AuthHandle;
 use super::socket::ChatSocket;
 use super::ChatOptions;
 use crate::hub::{ChatEvent, Hub, HubError};
@@ -77,6 +78,7 @@ pub struct ChatWeb {
     max_text: usize,
     max_rate: Option<u32>,
     api_key: Option<ApiKey>,
+    auth: AuthHandle,
 }
 
 const ROUTES: &[Route] = &[
@@ -101,6 +103,7 @@ impl ChatWeb {
             max_text: chat.max_line.max(1),
             max_rate: chat.max_rate,
             api_key: web.api_key.clone(),
+            auth: chat.auth.clone(),
         }
     }
 
@@ -157,6 +160,13 @@ impl ChatWeb {
             Err(e) => Response::text(400, format!("{}: {e}\n", e.code())),
         }
     }
+}
+
+/// The `token` parameter of an upgrade's query (`/chat/ws?token=<jwt>`): browsers
+/// cannot set headers on a WebSocket. A JWT is base64url and dots, so it needs no
+/// percent-decoding; an encoded one fails as a bad token.
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("token="))
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive, RFC 6750 §2.1).
@@ -249,11 +259,10 @@ impl App for ChatWeb {
             "/chat/app.js" => Reply::Respond(asset("text/javascript; charset=utf-8", PAGE_JS)),
             "/chat/app.css" => Reply::Respond(asset("text/css; charset=utf-8", PAGE_CSS)),
             "/chat/favicon.svg" => Reply::Respond(asset("image/svg+xml", PAGE_ICON)),
-            "/chat/ws" => Reply::Upgrade(WebSocketApp::Chat(ChatSocket::new(
-                self.hub.clone(),
-                self.max_text,
-                self.max_rate,
-            ))),
+            "/chat/ws" => Reply::Upgrade(WebSocketApp::Chat(
+                ChatSocket::new(self.hub.clone(), self.max_text, self.max_rate)
+                    .with_auth(self.auth.get(), query_token(req.query)),
+            )),
             _ => Reply::Respond(self.notify(req)),
         }
     }

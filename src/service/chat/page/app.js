@@ -6,6 +6,11 @@
 // meanwhile is missed. Messages replayed by a join sit under a divider ("recent
 // history", "missed while offline"); every message shows the time it was said (the
 // server's `time`), replayed or live.
+// When the server requires tokens (its welcome says "auth": true) the page asks for
+// one, keeps it for the tab's life (sessionStorage) and presents it on every
+// reconnection (`?token=` on the upgrade: browsers cannot set WebSocket headers); the
+// nick is then the token's, so the nick form is hidden. A refused or expired token is
+// forgotten and asked for again.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -18,6 +23,9 @@ let current = null; // the room shown
 let backoff = 500;
 let dropped = null; // when the connection was lost, until the server welcomes us back
 let backUntil = 0; // "back online" is shown until this time (ms), then plain "online"
+const TOKEN_KEY = 'multiclient-chat-token';
+let token = sessionStorage.getItem(TOKEN_KEY); // the token presented on (re)connection
+let authOn = false; // the server requires a token
 
 function online() {
   const back = Date.now() < backUntil;
@@ -64,7 +72,8 @@ function status(text, on) {
 function connect() {
   if (dropped !== null) status('reconnecting…', false);
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  ws = new WebSocket(proto + '//' + location.host + '/chat/ws');
+  const query = token ? '?token=' + encodeURIComponent(token) : '';
+  ws = new WebSocket(proto + '//' + location.host + '/chat/ws' + query);
   ws.onmessage = (e) => {
     let m;
     try { m = JSON.parse(e.data); } catch { return; }
@@ -98,15 +107,16 @@ function handle(m) {
       me = m.nick;
       backoff = 500;
       if (dropped !== null) backUntil = Date.now() + 10_000;
+      authOn = m.auth === true;
+      $('nick-form').hidden = authOn;
+      if (authOn) {
+        // With a token the server's `ok auth` follows; without, ask for one.
+        if (!token) askToken('sign in with a token');
+        break;
+      }
       online();
       if (wanted && wanted !== me) send({ type: 'nick', nick: wanted });
-      // Rejoin after a reconnection, from the last message seen in each room.
-      for (const [name, r] of rooms) {
-        r.members.clear();
-        log(name, { kind: 'event', text: 'back online', time: now() });
-        join(name, 'missed while offline');
-      }
-      dropped = null;
+      rejoin();
       break;
     case 'ok':
       if (m.cmd === 'join') {
@@ -120,6 +130,11 @@ function handle(m) {
       } else if (m.cmd === 'nick') {
         me = m.nick;
         online();
+      } else if (m.cmd === 'auth') {
+        me = m.nick;
+        $('token-form').hidden = true;
+        online();
+        if (dropped !== null || [...rooms.values()].some((r) => !r.joined)) rejoin();
       }
       break;
     case 'msg': {
@@ -164,11 +179,34 @@ function handle(m) {
     }
     case 'error':
       if (m.code === 'nick-taken' || m.code === 'bad-name') wanted = null;
+      if (['bad-token', 'token-expired', 'auth-failed', 'auth-required'].includes(m.code)) {
+        token = null;
+        sessionStorage.removeItem(TOKEN_KEY);
+        askToken(m.code + ': ' + m.text);
+        break;
+      }
       if (current !== null) log(current, { kind: 'error', text: m.code + ': ' + m.text });
       else status(m.code + ': ' + m.text, ws !== null);
       break;
   }
   render();
+}
+
+/** Rejoins every room after a reconnection, from the last message seen in each. */
+function rejoin() {
+  for (const [name, r] of rooms) {
+    r.members.clear();
+    log(name, { kind: 'event', text: 'back online', time: now() });
+    join(name, 'missed while offline');
+  }
+  dropped = null;
+}
+
+/** Shows the token form, saying why. */
+function askToken(why) {
+  $('token-form').hidden = false;
+  status(why, false);
+  $('token').focus();
 }
 
 function select(name) {
@@ -261,6 +299,18 @@ $('nick-form').onsubmit = (e) => {
   if (!n) return;
   wanted = n;
   send({ type: 'nick', nick: n });
+};
+
+$('token-form').onsubmit = (e) => {
+  e.preventDefault();
+  const t = $('token').value.trim();
+  if (!t) return;
+  token = t;
+  sessionStorage.setItem(TOKEN_KEY, t);
+  $('token').value = '';
+  // Connected: present it now (a first sign-in, or a refresh); otherwise the next
+  // connection carries it.
+  if (ws && ws.readyState === WebSocket.OPEN) send({ type: 'auth', token: t });
 };
 
 $('join-form').onsubmit = (e) => {
