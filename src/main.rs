@@ -241,8 +241,9 @@ fn read_config(cmd: &clap::Command, path: &Path) -> anyhow::Result<Settings> {
 }
 
 /// The `serve` arguments as given on the command line (`own`, the words after
-/// `serve`), over the environment, over the config file, over the defaults.
-fn layered_serve_args(own: &[OsString]) -> anyhow::Result<ServeArgs> {
+/// `serve`), over the environment, over the config file, over the defaults; with
+/// every setting's value by key (what a reload compares).
+fn layered_serve_args(own: &[OsString]) -> anyhow::Result<(ServeArgs, Settings_)> {
     let cmd = serve_command();
     let matches = cmd.clone().no_binary_name(true).try_get_matches_from(own)?;
     let file = match matches.get_one::<PathBuf>("config") {
@@ -254,8 +255,25 @@ fn layered_serve_args(own: &[OsString]) -> anyhow::Result<ServeArgs> {
     })?;
     let mut tokens = config::layered(&cmd, &matches, &[&env, &file]);
     tokens.extend(own.iter().cloned());
-    let matches = cmd.no_binary_name(true).try_get_matches_from(tokens)?;
-    Ok(ServeArgs::from_arg_matches(&matches)?)
+    let matches = cmd
+        .clone()
+        .no_binary_name(true)
+        .try_get_matches_from(tokens)?;
+    let settings = config::effective(&cmd, &matches);
+    Ok((ServeArgs::from_arg_matches(&matches)?, settings))
+}
+
+/// Every setting's value as text, by key.
+type Settings_ = std::collections::BTreeMap<String, String>;
+
+/// The config as `serve` reads it, at start and at each SIGHUP.
+fn load_serve(own: &[OsString]) -> anyhow::Result<serve::reload::Loaded> {
+    let (a, settings) = layered_serve_args(own)?;
+    Ok(serve::reload::Loaded {
+        opts: serve_options(&a)?,
+        settings,
+        verbosity: a.verbose as i8 - a.quiet as i8,
+    })
 }
 
 /// `check-config`: the file's own errors, each with its line, then what only the
@@ -343,7 +361,8 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
                 .api_key
                 .as_deref()
                 .and_then(multiclient::service::chat::web::ApiKey::new),
-        },
+        }
+        .into(),
         http: HttpOptions {
             header_timeout: a.header_timeout,
             body_timeout: a.body_timeout,
@@ -391,10 +410,15 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => {
             // `serve` is always the first word: the command has no global options.
-            let a = layered_serve_args(argv.get(2..).unwrap_or_default())?;
+            let own = argv.get(2..).unwrap_or_default().to_vec();
+            let (a, _) = layered_serve_args(&own)?;
             logging::init(a.log_format, a.verbose as i8 - a.quiet as i8);
-            let opts = serve_options(&a)?;
-            let code = serve::run(&opts)?;
+            let first = load_serve(&own)?;
+            let source = serve::reload::Source {
+                load: Box::new(move || load_serve(&own)),
+                settings: first.settings,
+            };
+            let code = serve::run_reloading(&first.opts, Some(source))?;
             std::process::exit(code);
         }
         Command::Connect(a) => {

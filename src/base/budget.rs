@@ -42,7 +42,8 @@ pub fn charge_for(bytes: usize) -> usize {
 /// The process-wide budget (see the module documentation).
 #[derive(Debug)]
 pub struct Budget {
-    limit: usize,
+    /// Changed at run time by a config reload ([`Budget::set_limit`]).
+    limit: AtomicUsize,
     used: AtomicUsize,
 }
 
@@ -50,14 +51,20 @@ impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Budget {
         Budget {
-            limit,
+            limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
         }
     }
 
     /// The limit in bytes.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit: holders that would grow past a lowered one are refused from
+    /// now on; what is held already stays held.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Bytes charged now.
@@ -81,9 +88,10 @@ impl Budget {
     }
 
     fn take(&self, n: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| {
-                used.checked_add(n).filter(|&t| t <= self.limit)
+                used.checked_add(n).filter(|&t| t <= limit)
             })
             .is_ok()
     }

@@ -8,8 +8,10 @@
 
 pub mod budget;
 mod clock;
+pub mod live;
 pub mod mailbox;
 pub mod trim;
 
 pub use budget::{Budget, Held};
 pub use clock::Clock;
+pub use live::Live;

@@ -69,7 +69,7 @@ pub(crate) fn spawn<S: Service>(
     let listener = register(listener, Interest::READABLE)?;
     let live = ctx.drain.live();
     ctx.drain
-        .start_sweeper(ctx.limits.idle_timeout / IDLE_QUARTERS);
+        .start_sweeper(ctx.limits.load().idle_timeout / IDLE_QUARTERS);
     rt.spawn(async move {
         let _live = live;
         accept_loop(listener, ctx).await
@@ -92,7 +92,7 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = ctx.drain.started() => {
+            _ = ctx.stop.started() => {
                 // Clients already in the backlog get their messages answered, not a reset.
                 match super::blocking::accept_now(listener.get_ref()) {
                     Ok(conn) => Ok(conn),
@@ -118,7 +118,7 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
             Err(e) => {
                 if let Some(wait) = accept_backoff(&e, &ctx.stats, &mut backoff) {
                     tokio::select! {
-                        _ = ctx.drain.started() => return,
+                        _ = ctx.stop.started() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }

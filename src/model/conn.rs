@@ -113,8 +113,11 @@ enum KeepAlive {
 pub(crate) struct Conn<S: Session> {
     session: S,
     pub(crate) info: ConnInfo,
-    /// The listener's name, limits and counters.
+    /// The listener's name and counters.
     listener: Arc<Listener>,
+    /// The limits in force when the connection opened: a reload changes them for the
+    /// connections that open after it, and never under a connection's feet.
+    limits: Arc<super::Limits>,
     wake: WakeKind,
     out: Vec<u8>,
     /// Bytes of `out` already sent (`out` stays far below 4 GiB: `--max-output`
@@ -159,16 +162,14 @@ impl<S: Session> Conn<S> {
         wake: WakeKind,
         now: Instant,
     ) -> Self {
+        let limits = listener.limits.get();
         let mut timers = TimerTable::default();
-        timers.set(
-            Timer::Idle,
-            now + listener.limits.idle_timeout / IDLE_QUARTERS,
-            now,
-        );
+        timers.set(Timer::Idle, now + limits.idle_timeout / IDLE_QUARTERS, now);
         Conn {
             session,
             info,
             listener,
+            limits,
             wake,
             out: Vec::new(),
             out_pos: 0,
@@ -202,10 +203,10 @@ impl<S: Session> Conn<S> {
             &mut self.out,
             &mut self.closing,
             &mut self.mailbox,
-            self.listener.limits.max_queue,
+            self.limits.max_queue,
             self.wake,
             &self.info,
-            self.listener.limits.max_input,
+            self.limits.max_input,
             &self.listener.budget,
         );
         let r = f(&mut self.session, &mut cx);
@@ -269,7 +270,7 @@ impl<S: Session> Conn<S> {
     /// client leaves more than `max_output` of replies unread (backpressure).
     pub(crate) fn wants_read(&self) -> bool {
         match self.phase {
-            Phase::Open => !self.eof && self.unsent() < self.listener.limits.max_output,
+            Phase::Open => !self.eof && self.unsent() < self.limits.max_output,
             Phase::Lingering => true,
             _ => false,
         }
@@ -277,7 +278,7 @@ impl<S: Session> Conn<S> {
 
     /// Whether mailbox events should be taken now (the same backpressure).
     pub(crate) fn wants_events(&self) -> bool {
-        self.phase == Phase::Open && self.unsent() < self.listener.limits.max_output
+        self.phase == Phase::Open && self.unsent() < self.limits.max_output
     }
 
     pub(crate) fn mailbox(&self) -> Option<&Arc<Mailbox<S::Event>>> {
@@ -291,8 +292,7 @@ impl<S: Session> Conn<S> {
     /// How many bytes to read now: what the input limit leaves room for (at least
     /// one, so that a full buffer still sees its EOF or its next byte).
     pub(crate) fn read_room(&self) -> usize {
-        self.listener
-            .limits
+        self.limits
             .max_input
             .saturating_sub(self.pending.len())
             .max(1)
@@ -347,7 +347,7 @@ impl<S: Session> Conn<S> {
         if after != before && (after > FREE || before > FREE) {
             self.charge_pending(before, clock);
         }
-        if consumed == 0 && self.pending.len() >= self.listener.limits.max_input && !self.closing {
+        if consumed == 0 && self.pending.len() >= self.limits.max_input && !self.closing {
             self.span().in_scope(|| {
                 tracing::warn!("session consumed none of a full input buffer; closing")
             });
@@ -449,7 +449,7 @@ impl<S: Session> Conn<S> {
     /// A write would block: the client is not reading. The write-stall timer starts.
     pub(crate) fn handle_send_blocked(&mut self, clock: &Clock) {
         if !self.timers.is_set(Timer::WriteStall) {
-            let due = clock.now() + self.listener.limits.write_timeout;
+            let due = clock.now() + self.limits.write_timeout;
             self.timers.set(Timer::WriteStall, due, self.opened);
         }
     }
@@ -479,7 +479,7 @@ impl<S: Session> Conn<S> {
     pub(crate) fn poll_keepalive(&mut self) -> Option<Duration> {
         if self.keepalive == KeepAlive::Due {
             self.keepalive = KeepAlive::On;
-            Some(self.listener.limits.idle_timeout)
+            Some(self.limits.idle_timeout)
         } else {
             None
         }
@@ -521,7 +521,7 @@ impl<S: Session> Conn<S> {
                 .stats
                 .slow_consumers
                 .fetch_add(1, Ordering::Relaxed);
-            let limit = self.listener.limits.max_queue;
+            let limit = self.limits.max_queue;
             self.span()
                 .in_scope(|| tracing::warn!("slow consumer: mailbox over {limit} bytes"));
             self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, clock);
@@ -557,7 +557,7 @@ impl<S: Session> Conn<S> {
     /// `coalesce` after that write. A member of a busy room is written to at most
     /// once per `coalesce`, however many messages it gets; a quiet one at once.
     fn coalesce(&mut self, clock: &Clock) {
-        let window = self.listener.limits.coalesce;
+        let window = self.limits.coalesce;
         if window.is_zero() {
             return;
         }
@@ -649,7 +649,7 @@ impl<S: Session> Conn<S> {
                 .stats
                 .slow_readers
                 .fetch_add(1, Ordering::Relaxed);
-            let t = self.listener.limits.write_timeout;
+            let t = self.limits.write_timeout;
             self.span()
                 .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
             self.reason = Reason::SlowReader;
@@ -690,7 +690,7 @@ impl<S: Session> Conn<S> {
                     .fetch_add(1, Ordering::Relaxed);
                 self.say_goodbye(Goodbye::Idle, Reason::Idle, clock);
             } else {
-                let next = now + self.listener.limits.idle_timeout / IDLE_QUARTERS;
+                let next = now + self.limits.idle_timeout / IDLE_QUARTERS;
                 self.timers.set(Timer::Idle, next, base);
             }
         }
@@ -746,7 +746,7 @@ mod tests {
         Arc::new(Listener {
             name: "test".into(),
             budget: Arc::new(Budget::new(limits.max_buffered)),
-            limits: Arc::new(limits),
+            limits: crate::base::Live::new(limits),
             stats: Arc::new(Stats::default()),
             drain: Drain::new().unwrap(),
             refusing: AtomicUsize::new(0),

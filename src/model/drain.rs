@@ -15,7 +15,7 @@ use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use std::task::Waker;
@@ -44,6 +44,8 @@ struct Inner {
     fd: OwnedFd,
     live: Mutex<usize>,
     idle: Condvar,
+    /// Drains started with this one (see [`Drain::follower`]).
+    followers: Mutex<Vec<Weak<Inner>>>,
 }
 
 /// Shards of the waker registry: connections register and leave without all contending
@@ -124,6 +126,7 @@ impl Drain {
             fd,
             live: Mutex::new(0),
             idle: Condvar::new(),
+            followers: Mutex::new(Vec::new()),
         })))
     }
 
@@ -138,6 +141,41 @@ impl Drain {
                 }
             }
             let _ = rustix::io::write(&self.0.fd, &1u64.to_ne_bytes());
+            let followers =
+                std::mem::take(&mut *self.0.followers.lock().unwrap_or_else(|p| p.into_inner()));
+            for f in followers.iter().filter_map(Weak::upgrade) {
+                Drain(f).start();
+            }
+        }
+    }
+
+    /// A drain of its own that also starts when this one does (already started if
+    /// this one has): a listener's "stop accepting", which a reload can start alone
+    /// while the server's drain starts every listener's. Only its signal is used;
+    /// what it counts alive is separate.
+    pub(crate) fn follower(&self) -> io::Result<Drain> {
+        let f = Drain::new()?;
+        {
+            let mut followers = self.0.followers.lock().unwrap_or_else(|p| p.into_inner());
+            followers.retain(|w| w.strong_count() > 0);
+            followers.push(Arc::downgrade(&f.0));
+        }
+        // After the push: a `start` that took the list before it is seen here.
+        if self.is_started() {
+            f.start();
+        }
+        Ok(f)
+    }
+
+    /// Blocks the calling thread until the drain starts.
+    pub fn wait_started(&self) {
+        let fd = self.fd();
+        let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+            fd,
+            rustix::event::PollFlags::IN,
+        )];
+        while !self.is_started() {
+            let _ = rustix::event::poll(&mut fds, None);
         }
     }
 

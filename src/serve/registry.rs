@@ -36,8 +36,8 @@ pub struct ServiceOptions {
     pub http: crate::service::http::HttpOptions,
     /// The chat's options and its shared hub.
     pub chat: crate::service::chat::ChatOptions,
-    /// The chat on the http service: the notification key.
-    pub web: crate::service::chat::web::WebOptions,
+    /// The chat on the http service: the notification key, swapped by a reload.
+    pub web: crate::base::Live<crate::service::chat::web::WebOptions>,
 }
 
 /// The services `serve` runs when none is named.
@@ -134,7 +134,7 @@ impl ServiceName {
                     hub,
                     opts.http.clone(),
                     &opts.chat,
-                    &opts.web,
+                    opts.web.clone(),
                 );
                 server.listen(addr, http)
             }
