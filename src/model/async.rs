@@ -70,7 +70,10 @@ pub(crate) fn spawn<S: Service>(
     let live = ctx.drain.live();
     ctx.drain
         .start_sweeper(ctx.limits.load().idle_timeout / IDLE_QUARTERS);
+    let closed = ctx.stop.live();
     rt.spawn(async move {
+        // Dropped after `accept_loop` has closed the socket.
+        let _closed = closed;
         let _live = live;
         accept_loop(listener, ctx).await
     });

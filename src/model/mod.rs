@@ -429,7 +429,19 @@ impl Server {
         let (_, stop) = self.stops.remove(i);
         stop.start();
         self.listening.retain(|l| l.addr != addr);
-        tracing::info!("Stopped listening on {addr}; its connections carry on");
+        // The accept loop takes the clients already in the backlog and closes the
+        // socket, so that the port is free when this returns (a reload may bind it
+        // again for another service). Under `single` it first finishes the client it
+        // is serving; that is not waited for.
+        let left = stop.wait_idle(Instant::now() + STOP_WAIT);
+        if left == 0 {
+            tracing::info!("Stopped listening on {addr}; its connections carry on");
+        } else {
+            tracing::info!(
+                "Stopping listening on {addr} once its current client leaves; its \
+                 connections carry on"
+            );
+        }
         true
     }
 
@@ -457,6 +469,9 @@ impl Server {
         left
     }
 }
+
+/// How long [`Server::stop_listening`] waits for the socket to close.
+const STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// `limits` as a server uses them.
 fn capped(limits: Limits) -> Limits {

@@ -48,10 +48,14 @@ pub(crate) fn spawn<S: Service>(
         );
     }
     let live = ctx.drain.live();
+    let closed = ctx.stop.live();
     handles.push(
         std::thread::Builder::new()
             .name(format!("{}-accept", ctx.service.name()))
             .spawn(move || {
+                // Declared first, so dropped last: its count reaches 0 once the socket is closed.
+                let _closed = closed;
+                let listener = listener;
                 let _live = live;
                 let mut backoff = BACKOFF_START;
                 while let Some((stream, peer)) = accept(&listener, &ctx, &mut backoff) {
