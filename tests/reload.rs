@@ -21,10 +21,8 @@ struct Config(PathBuf);
 
 impl Config {
     fn new(name: &str, model: &str, text: &str) -> Config {
-        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "reload-{name}-{model}-{}.toml",
-            std::process::id()
-        ));
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("reload-{name}-{model}-{}.toml", std::process::id()));
         let c = Config(path);
         c.write(text);
         c
@@ -191,7 +189,10 @@ fn sighup_changes_the_log_level_and_a_setting_that_needs_a_restart_is_kept() {
                 .any(|l| l.contains("workers none -> 3 needs a restart")),
             "{model}: {lines:#?}"
         );
-        assert!(lines.last().unwrap().contains("verbose 0 -> 1"), "{lines:?}");
+        assert!(
+            lines.last().unwrap().contains("verbose 0 -> 1"),
+            "{lines:?}"
+        );
         s.write_all(b"loud-one").unwrap();
         srv.expect_log("Received: loud-one");
     }
@@ -228,7 +229,9 @@ fn sighup_swaps_the_notification_key() {
     cfg.write("service = [\"http=127.0.0.1:0\"]\napi-key = \"new-key\"\n");
     let lines = reload(&srv, "config reloaded");
     assert!(
-        lines.iter().all(|l| !l.contains("new-key") && !l.contains("old-key")),
+        lines
+            .iter()
+            .all(|l| !l.contains("new-key") && !l.contains("old-key")),
         "a key is never logged: {lines:#?}"
     );
     assert!(lines.last().unwrap().contains("api-key changed"));

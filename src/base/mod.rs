@@ -1,7 +1,7 @@
 //! The primitives every layer shares: the lazily read clock of one wake-up, the
 //! bounded mailbox that wakes a session when something is pushed to it, the
-//! process-wide budget of bytes buffered for clients, and the hand-back of freed
-//! memory to the system.
+//! process-wide budget of bytes buffered for clients, the hand-back of freed memory to
+//! the system, and the swappable setting a config reload changes ([`Live`]).
 //!
 //! This module is the bottom layer: it imports nothing else of the crate, so the hub,
 //! the services and the models can all use it without pointing at each other.
