@@ -158,6 +158,23 @@ mod tests {
     }
 
     #[test]
+    fn a_lowered_limit_refuses_growth_and_keeps_what_is_held() {
+        let budget = Arc::new(Budget::new(4 * STEP));
+        let mut a = Held::new();
+        assert!(a.set(&budget, 3 * STEP));
+        budget.set_limit(2 * STEP);
+        assert_eq!(budget.limit(), 2 * STEP);
+        assert_eq!(budget.used(), 3 * STEP, "what is held stays held");
+        let mut b = Held::new();
+        assert!(
+            !b.set(&budget, 2 * STEP),
+            "nothing grows past the new limit"
+        );
+        budget.set_limit(8 * STEP);
+        assert!(b.set(&budget, 2 * STEP), "a raised limit lets it grow");
+    }
+
+    #[test]
     fn a_holder_past_the_limit_is_refused_and_charged_nothing() {
         let budget = Arc::new(Budget::new(4 * STEP));
         let mut a = Held::new();

@@ -365,6 +365,30 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_starts_with_its_drain_but_not_the_other_way_round() {
+        let server = Drain::new().unwrap();
+        let one = server.follower().unwrap();
+        let two = server.follower().unwrap();
+        one.start();
+        assert!(one.is_started());
+        assert!(
+            !server.is_started(),
+            "one listener stopped is not a shutdown"
+        );
+        assert!(!two.is_started());
+        drop(two);
+        let three = server.follower().unwrap();
+        server.start();
+        assert!(three.is_started(), "the shutdown stops every listener");
+        let late = server.follower().unwrap();
+        assert!(
+            late.is_started(),
+            "a listener added during the drain never accepts"
+        );
+        late.wait_started();
+    }
+
+    #[test]
     fn a_sweep_wakes_only_the_connections_whose_check_is_due() {
         let drain = Drain::new().unwrap();
         let now = Instant::now();
