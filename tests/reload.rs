@@ -2,7 +2,7 @@
 //! `--max-conns` refuses the next client while the held ones stay and are answered; a
 //! broken file keeps the running config; a listener added accepts, one removed stops
 //! accepting while its open connection is still answered; the log level changes; the
-//! notification key changes. Under threads and async; readiness from log lines.
+//! notification key changes. Under threads, pool and async; readiness from log lines.
 
 mod common;
 
@@ -14,7 +14,7 @@ use common::{connect, read_n, round_trip, spawn_serve, Child_};
 use multiclient::service::{ack, greet};
 use rustix::process::Signal;
 
-const MODELS: &[&str] = &["threads", "async"];
+const MODELS: &[&str] = &["threads", "pool", "async"];
 
 /// A config file unique to this test and model.
 struct Config(PathBuf);

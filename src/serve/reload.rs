@@ -199,7 +199,15 @@ impl Reloader {
         }
         server.set_limits(new.opts.limits.clone());
         self.apply_services(&new.opts);
+        let level_changed = changed
+            .iter()
+            .any(|c| c.starts_with("verbose ") || c.starts_with("quiet "));
         match crate::logging::set_verbosity(new.verbosity) {
+            Ok(false) if level_changed => {
+                tracing::warn!(
+                    "SIGHUP: RUST_LOG decides the log level; verbose and quiet not applied"
+                )
+            }
             Ok(_) => {}
             Err(e) => tracing::error!("SIGHUP: log level not changed: {e}"),
         }
