@@ -243,7 +243,7 @@ fn read_config(cmd: &clap::Command, path: &Path) -> anyhow::Result<Settings> {
 /// The `serve` arguments as given on the command line (`own`, the words after
 /// `serve`), over the environment, over the config file, over the defaults; with
 /// every setting's value by key (what a reload compares).
-fn layered_serve_args(own: &[OsString]) -> anyhow::Result<(ServeArgs, Settings_)> {
+fn layered_serve_args(own: &[OsString]) -> anyhow::Result<(ServeArgs, SettingValues)> {
     let cmd = serve_command();
     let matches = cmd.clone().no_binary_name(true).try_get_matches_from(own)?;
     let file = match matches.get_one::<PathBuf>("config") {
@@ -264,13 +264,18 @@ fn layered_serve_args(own: &[OsString]) -> anyhow::Result<(ServeArgs, Settings_)
 }
 
 /// Every setting's value as text, by key.
-type Settings_ = std::collections::BTreeMap<String, String>;
+type SettingValues = std::collections::BTreeMap<String, String>;
 
 /// The config as `serve` reads it, at start and at each SIGHUP.
 fn load_serve(own: &[OsString]) -> anyhow::Result<serve::reload::Loaded> {
     let (a, settings) = layered_serve_args(own)?;
+    loaded(&a, settings)
+}
+
+/// The options of `a`, with its settings' values.
+fn loaded(a: &ServeArgs, settings: SettingValues) -> anyhow::Result<serve::reload::Loaded> {
     Ok(serve::reload::Loaded {
-        opts: serve_options(&a)?,
+        opts: serve_options(a)?,
         settings,
         verbosity: a.verbose as i8 - a.quiet as i8,
     })
@@ -411,9 +416,9 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(_) => {
             // `serve` is always the first word: the command has no global options.
             let own = argv.get(2..).unwrap_or_default().to_vec();
-            let (a, _) = layered_serve_args(&own)?;
+            let (a, settings) = layered_serve_args(&own)?;
             logging::init(a.log_format, a.verbose as i8 - a.quiet as i8);
-            let first = load_serve(&own)?;
+            let first = loaded(&a, settings)?;
             let source = serve::reload::Source {
                 load: Box::new(move || load_serve(&own)),
                 settings: first.settings,
