@@ -1,7 +1,8 @@
 //! SIGHUP reloads the config of the real binary, nobody dropped: a lowered
 //! `--max-conns` refuses the next client while the held ones stay and are answered; a
 //! broken file keeps the running config; a listener added accepts, one removed stops
-//! accepting while its open connection is still answered; the log level changes; the
+//! accepting while its open connection is still answered (and its port can be taken by
+//! a listener added in the same reload); the log level changes; the
 //! notification key changes. Under threads, pool and async; readiness from log lines.
 
 mod common;
@@ -237,4 +238,27 @@ fn sighup_swaps_the_notification_key() {
     assert!(lines.last().unwrap().contains("api-key changed"));
     assert_eq!(post("old-key"), "403");
     assert_eq!(post("new-key"), "404");
+}
+
+#[test]
+fn a_port_freed_by_a_removed_listener_is_taken_by_one_added_in_the_same_reload() {
+    for &model in MODELS {
+        let cfg = Config::new("same-port", model, "service = [\"ack=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let mut open = connect(srv.addr);
+        round_trip(&mut open, b"before", ack::REPLY);
+
+        cfg.write(&format!("service = [\"greet={}\"]\n", srv.addr));
+        let lines = reload(&srv, "config reloaded");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("added the listener greet")
+                    && l.ends_with(&srv.addr.to_string())),
+            "{model}: {lines:#?}"
+        );
+        let mut g = connect(srv.addr);
+        assert_eq!(read_n(&mut g, greet::GREETING.len()), greet::GREETING);
+        round_trip(&mut open, b"after", ack::REPLY);
+    }
 }
