@@ -262,3 +262,45 @@ fn a_port_freed_by_a_removed_listener_is_taken_by_one_added_in_the_same_reload()
         round_trip(&mut open, b"after", ack::REPLY);
     }
 }
+
+/// Reads lines from `r` until one contains `needle` (the read timeout of
+/// `common::connect` fails the test if it never comes).
+fn until(r: &mut impl std::io::BufRead, needle: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "closed before {needle:?}"
+        );
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn a_chat_listener_added_by_sighup_joins_the_running_chat() {
+    for &model in MODELS {
+        let cfg = Config::new("chat", model, "service = [\"chat=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let mut ann = connect(srv.addr);
+        let mut ann_in = std::io::BufReader::new(ann.try_clone().unwrap());
+        ann.write_all(b"NICK ann\nJOIN lobby\n").unwrap();
+        until(&mut ann_in, "OK JOIN lobby");
+
+        cfg.write("service = [\"chat=127.0.0.1:0\", \"chat=127.0.0.2:0\"]\n");
+        let lines = reload(&srv, "config reloaded");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener chat=127.0.0.2:0"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        let mut bob = connect(addr_in(added));
+        let mut bob_in = std::io::BufReader::new(bob.try_clone().unwrap());
+        bob.write_all(b"NICK bob\nJOIN lobby\nSAY lobby hi from the new listener\n")
+            .unwrap();
+        until(&mut bob_in, "OK JOIN lobby");
+        until(&mut ann_in, "JOIN lobby bob");
+        until(&mut ann_in, "bob hi from the new listener");
+    }
+}
