@@ -377,7 +377,8 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
                 max_message: a.max_message,
                 ..WsOptions::default()
             }),
-        },
+        }
+        .into(),
     };
     let mut service = service;
     service.chat.history = a.history;

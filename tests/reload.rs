@@ -304,3 +304,27 @@ fn a_chat_listener_added_by_sighup_joins_the_running_chat() {
         until(&mut ann_in, "bob hi from the new listener");
     }
 }
+
+#[test]
+fn max_body_lowered_by_sighup_refuses_the_next_request_with_413() {
+    for &model in MODELS {
+        let cfg = Config::new("max-body", model, "service = [\"http=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let status = || -> String {
+            let mut s = connect(srv.addr);
+            let body = [b'x'; 100];
+            s.write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            s.write_all(&body).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out[9..12]).into_owned()
+        };
+        assert_ne!(status(), "413", "{model}: 100 bytes are within the default");
+        cfg.write("service = [\"http=127.0.0.1:0\"]\nmax-body = 10\n");
+        reload(&srv, "max-body 1048576 -> 10");
+        assert_eq!(status(), "413", "{model}");
+    }
+}

@@ -7,7 +7,7 @@
 //! reload replaces the whole value ([`Live::set`]). This is how a service's options
 //! are made reloadable: hold them in a `Live`, read them per connection or request,
 //! and have the reload `set` the new value (`serve::reload` does, for the limits and
-//! the notification key).
+//! the notification key and the HTTP options).
 
 use std::fmt;
 use std::sync::Arc;

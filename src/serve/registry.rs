@@ -33,7 +33,7 @@ pub enum ServiceName {
 pub struct ServiceOptions {
     /// http and ws: HTTP settings (header timeout, body limit) and WebSocket settings
     /// (echo, message limit).
-    pub http: crate::service::http::HttpOptions,
+    pub http: crate::base::Live<crate::service::http::HttpOptions>,
     /// The chat's options and its shared hub.
     pub chat: crate::service::chat::ChatOptions,
     /// The chat on the http service: the notification key, swapped by a reload.

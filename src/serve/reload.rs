@@ -10,13 +10,15 @@
 //!   on; `shutdown-timeout` for a drain that starts later);
 //! - the log level (`verbose`, `quiet`), unless `RUST_LOG` decides it;
 //! - the notification key (`api-key`), asked for by the next request;
+//! - the HTTP and WebSocket limits (`header-timeout`, `body-timeout`, `max-body`,
+//!   `max-message`), for the connections accepted after the reload;
 //! - the TLS certificate and key, read again from their files;
 //! - the listeners (`service`, `addr`): one that appears starts accepting; one that
 //!   disappears stops accepting (the clients already in its backlog are still served),
 //!   closes its socket, and its connections carry on until they end.
 //!
-//! Every other setting (the model, the workers, the chat's limits, the HTTP limits, the
-//! admin address, ...) is logged as needing a restart and left as it runs. A config
+//! Every other setting (the model, the workers, the chat's limits, the WebSocket `echo`,
+//! the admin address, ...) is logged as needing a restart and left as it runs. A config
 //! that does not read or validate is logged with its error and the running one kept.
 //! What changed is logged in one line (`max-conns 1000 -> 10`); a secret's value never.
 //!
@@ -45,6 +47,10 @@ pub const RELOADABLE: &[&str] = &[
     "max-queue",
     "coalesce",
     "max-buffered",
+    "header-timeout",
+    "body-timeout",
+    "max-body",
+    "max-message",
     "verbose",
     "quiet",
     "api-key",
@@ -223,6 +229,13 @@ impl Reloader {
     fn apply_services(&self, new: &ServeOptions) {
         let web = &self.running.service.web;
         web.set((*new.service.web.get()).clone());
+        // `echo` is part of a listener's routes, built once: it needs a restart.
+        let http = &self.running.service.http;
+        let mut fresh = (*new.service.http.get()).clone();
+        let mut ws = (*fresh.ws).clone();
+        ws.echo = http.load().ws.echo;
+        fresh.ws = Arc::new(ws);
+        http.set(fresh);
     }
 
     /// Starts the listeners `new` has and the server does not, and stops those it no

@@ -281,20 +281,22 @@ impl App for ChatWeb {
 #[derive(Clone)]
 pub struct ChatHttp {
     app: Arc<ChatWeb>,
-    opts: Arc<HttpOptions>,
+    /// Read once per connection: a config reload changes them for the next ones.
+    opts: Live<HttpOptions>,
 }
 
 impl ChatHttp {
     /// The service over `hub` (the one the TCP chat of the process uses).
     pub fn new(
         hub: Arc<Hub>,
-        http: HttpOptions,
+        http: impl Into<Live<HttpOptions>>,
         chat: &ChatOptions,
         web: Live<WebOptions>,
     ) -> ChatHttp {
+        let http = http.into();
         ChatHttp {
-            app: Arc::new(ChatWeb::new(hub, &http, chat, web)),
-            opts: Arc::new(http),
+            app: Arc::new(ChatWeb::new(hub, &http.load(), chat, web)),
+            opts: http,
         }
     }
 }
@@ -305,7 +307,7 @@ impl Service for ChatHttp {
         "http"
     }
     fn session(&self, _conn: &ConnInfo) -> HttpSession<ChatWeb> {
-        HttpSession::new(self.app.clone(), self.opts.clone())
+        HttpSession::new(self.app.clone(), self.opts.get())
     }
 }
 
