@@ -282,8 +282,9 @@ fn read_config(cmd: &clap::Command, path: &Path) -> anyhow::Result<Settings> {
 }
 
 /// The `serve` arguments as given on the command line (`own`, the words after
-/// `serve`), over the environment, over the config file, over the defaults.
-fn layered_serve_args(own: &[OsString]) -> anyhow::Result<ServeArgs> {
+/// `serve`), over the environment, over the config file, over the defaults; with
+/// every setting's value by key (what a reload compares).
+fn layered_serve_args(own: &[OsString]) -> anyhow::Result<(ServeArgs, SettingValues)> {
     let cmd = serve_command();
     let matches = cmd.clone().no_binary_name(true).try_get_matches_from(own)?;
     let file = match matches.get_one::<PathBuf>("config") {
@@ -295,8 +296,30 @@ fn layered_serve_args(own: &[OsString]) -> anyhow::Result<ServeArgs> {
     })?;
     let mut tokens = config::layered(&cmd, &matches, &[&env, &file]);
     tokens.extend(own.iter().cloned());
-    let matches = cmd.no_binary_name(true).try_get_matches_from(tokens)?;
-    Ok(ServeArgs::from_arg_matches(&matches)?)
+    let matches = cmd
+        .clone()
+        .no_binary_name(true)
+        .try_get_matches_from(tokens)?;
+    let settings = config::effective(&cmd, &matches);
+    Ok((ServeArgs::from_arg_matches(&matches)?, settings))
+}
+
+/// Every setting's value as text, by key.
+type SettingValues = std::collections::BTreeMap<String, String>;
+
+/// The config as `serve` reads it, at start and at each SIGHUP.
+fn load_serve(own: &[OsString]) -> anyhow::Result<serve::reload::Loaded> {
+    let (a, settings) = layered_serve_args(own)?;
+    loaded(&a, settings)
+}
+
+/// The options of `a`, with its settings' values.
+fn loaded(a: &ServeArgs, settings: SettingValues) -> anyhow::Result<serve::reload::Loaded> {
+    Ok(serve::reload::Loaded {
+        opts: serve_options(a)?,
+        settings,
+        verbosity: a.verbose as i8 - a.quiet as i8,
+    })
 }
 
 /// `check-config`: the file's own errors, each with its line, then what only the
@@ -396,7 +419,8 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
                 .api_key
                 .as_deref()
                 .and_then(multiclient::service::chat::web::ApiKey::new),
-        },
+        }
+        .into(),
         http: HttpOptions {
             header_timeout: a.header_timeout,
             body_timeout: a.body_timeout,
@@ -406,7 +430,8 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
                 max_message: a.max_message,
                 ..WsOptions::default()
             }),
-        },
+        }
+        .into(),
     };
     let mut service = service;
     service.chat.history = a.history;
@@ -466,16 +491,23 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => {
             // `serve` is always the first word: the command has no global options.
-            let a = layered_serve_args(argv.get(2..).unwrap_or_default())?;
+            let own = argv.get(2..).unwrap_or_default().to_vec();
+            let (a, settings) = layered_serve_args(&own)?;
             logging::init(a.log_format, a.verbose as i8 - a.quiet as i8);
-            let mut opts = serve_options(&a)?;
+            let first = loaded(&a, settings)?;
+            let source = serve::reload::Source {
+                load: Box::new(move || load_serve(&own)),
+                settings: first.settings,
+            };
+            let mut opts = first.opts;
             let code = match serve::workers::worker_index() {
                 Some(i) => {
                     serve::workers::as_worker(&mut opts, i);
-                    serve::run(&opts)?
+                    serve::run_reloading(&opts, Some(source))?
                 }
+                // The supervisor passes SIGHUP on: each worker reloads for itself.
                 None if a.processes > 1 => serve::workers::supervise(&opts, a.processes.into())?,
-                None => serve::run(&opts)?,
+                None => serve::run_reloading(&opts, Some(source))?,
             };
             std::process::exit(code);
         }

@@ -50,7 +50,8 @@ fn start_chat(model: Model, limits: Limits, key: Option<&str>, chat: ChatOptions
         chat,
         web: WebOptions {
             api_key: key.and_then(ApiKey::new),
-        },
+        }
+        .into(),
         ..ServiceOptions::default()
     };
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();

@@ -42,7 +42,8 @@ pub fn charge_for(bytes: usize) -> usize {
 /// The process-wide budget (see the module documentation).
 #[derive(Debug)]
 pub struct Budget {
-    limit: usize,
+    /// Changed at run time by a config reload ([`Budget::set_limit`]).
+    limit: AtomicUsize,
     used: AtomicUsize,
 }
 
@@ -50,14 +51,20 @@ impl Budget {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Budget {
         Budget {
-            limit,
+            limit: AtomicUsize::new(limit),
             used: AtomicUsize::new(0),
         }
     }
 
     /// The limit in bytes.
     pub fn limit(&self) -> usize {
-        self.limit
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit: holders that would grow past a lowered one are refused from
+    /// now on; what is held already stays held.
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Bytes charged now.
@@ -81,9 +88,10 @@ impl Budget {
     }
 
     fn take(&self, n: usize) -> bool {
+        let limit = self.limit.load(Ordering::Relaxed);
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| {
-                used.checked_add(n).filter(|&t| t <= self.limit)
+                used.checked_add(n).filter(|&t| t <= limit)
             })
             .is_ok()
     }
@@ -147,6 +155,23 @@ mod tests {
         assert_eq!(charge_for(FREE), 0);
         assert_eq!(charge_for(FREE + 1), STEP);
         assert_eq!(charge_for(STEP + 1), 2 * STEP);
+    }
+
+    #[test]
+    fn a_lowered_limit_refuses_growth_and_keeps_what_is_held() {
+        let budget = Arc::new(Budget::new(4 * STEP));
+        let mut a = Held::new();
+        assert!(a.set(&budget, 3 * STEP));
+        budget.set_limit(2 * STEP);
+        assert_eq!(budget.limit(), 2 * STEP);
+        assert_eq!(budget.used(), 3 * STEP, "what is held stays held");
+        let mut b = Held::new();
+        assert!(
+            !b.set(&budget, 2 * STEP),
+            "nothing grows past the new limit"
+        );
+        budget.set_limit(8 * STEP);
+        assert!(b.set(&budget, 2 * STEP), "a raised limit lets it grow");
     }
 
     #[test]

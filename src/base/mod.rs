@@ -1,8 +1,8 @@
 //! The primitives every layer shares: the lazily read clock of one wake-up, the
 //! bounded mailbox that wakes a session when something is pushed to it, the
 //! process-wide budget of bytes buffered for clients, the count of connections per
-//! client address, the hand-back of freed memory to the system, and a server's limits
-//! and a listener's counters.
+//! client address, the hand-back of freed memory to the system, a server's limits and
+//! a listener's counters, and the swappable setting a config reload changes ([`Live`]).
 //!
 //! This module is the bottom layer: it imports nothing else of the crate, so the hub,
 //! the services and the models can all use it without pointing at each other.
@@ -10,6 +10,7 @@
 pub mod budget;
 mod clock;
 pub mod limits;
+pub mod live;
 pub mod mailbox;
 pub mod per_ip;
 pub mod stats;
@@ -18,4 +19,5 @@ pub mod trim;
 pub use budget::{Budget, Held};
 pub use clock::Clock;
 pub use limits::Limits;
+pub use live::Live;
 pub use stats::{Stats, CLOSE_REASONS};

@@ -69,8 +69,11 @@ pub(crate) fn spawn<S: Service>(
     let listener = register(listener, Interest::READABLE)?;
     let live = ctx.drain.live();
     ctx.drain
-        .start_sweeper(ctx.limits.idle_timeout / IDLE_QUARTERS);
+        .start_sweeper(ctx.limits.load().idle_timeout / IDLE_QUARTERS);
+    let closed = ctx.stop.live();
     rt.spawn(async move {
+        // Dropped after `accept_loop` has closed the socket.
+        let _closed = closed;
         let _live = live;
         accept_loop(listener, ctx).await
     });
@@ -92,9 +95,11 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = ctx.drain.accept_stopped() => {
-                // Handed over to another process: the clients queued are its to take.
-                if !ctx.drain.is_started() {
+            // The listener's own signal: the server's drain, this listener removed by
+            // a reload, or the listeners handed over to another process.
+            _ = ctx.stop.accept_stopped() => {
+                // Handed over: the clients queued are the new process's to take.
+                if !ctx.stop.is_started() {
                     return;
                 }
                 // Clients already in the backlog get their messages answered, not a reset.
@@ -122,7 +127,7 @@ async fn accept_loop<S: Service>(listener: AsyncFd<TcpListener>, ctx: Ctx<S>) {
             Err(e) => {
                 if let Some(wait) = accept_backoff(&e, &ctx.stats, &mut backoff) {
                     tokio::select! {
-                        _ = ctx.drain.accept_stopped() => return,
+                        _ = ctx.stop.accept_stopped() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }

@@ -66,7 +66,8 @@ pub(crate) fn accept<S: Service>(
     ctx: &Ctx<S>,
     backoff: &mut Duration,
 ) -> Option<(TcpStream, SocketAddr)> {
-    let drain = &ctx.drain;
+    // The listener's own signal: the server's drain, or this listener removed.
+    let drain = &ctx.stop;
     loop {
         if drain.is_accept_stopped() {
             // Handed over to another process (`Drain::stop_accepting`): the clients

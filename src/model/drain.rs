@@ -15,7 +15,7 @@ use std::io;
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use std::task::Waker;
@@ -50,6 +50,8 @@ struct Inner {
     fd: OwnedFd,
     live: Mutex<usize>,
     idle: Condvar,
+    /// Drains started with this one (see [`Drain::follower`]).
+    followers: Mutex<Vec<Weak<Inner>>>,
 }
 
 /// Shards of the waker registry: connections register and leave without all contending
@@ -137,6 +139,7 @@ impl Drain {
             fd,
             live: Mutex::new(0),
             idle: Condvar::new(),
+            followers: Mutex::new(Vec::new()),
         })))
     }
 
@@ -152,6 +155,44 @@ impl Drain {
             }
             let _ = rustix::io::write(&self.0.fd, &1u64.to_ne_bytes());
             self.stop_accepts();
+            let followers =
+                std::mem::take(&mut *self.0.followers.lock().unwrap_or_else(|p| p.into_inner()));
+            for f in followers.iter().filter_map(Weak::upgrade) {
+                Drain(f).start();
+            }
+        }
+    }
+
+    /// A drain of its own that also starts when this one does (already started if
+    /// this one has), and stops accepting when this one does: a listener's "stop
+    /// accepting", which a reload can start alone while the server's drain (or a
+    /// hand-over to another process) stops every listener's. Only its signal is used;
+    /// what it counts alive is separate.
+    pub(crate) fn follower(&self) -> io::Result<Drain> {
+        let f = Drain::new()?;
+        {
+            let mut followers = self.0.followers.lock().unwrap_or_else(|p| p.into_inner());
+            followers.retain(|w| w.strong_count() > 0);
+            followers.push(Arc::downgrade(&f.0));
+        }
+        // After the push: a `start` that took the list before it is seen here.
+        if self.is_started() {
+            f.start();
+        } else if self.is_accept_stopped() {
+            f.stop_accepting();
+        }
+        Ok(f)
+    }
+
+    /// Blocks the calling thread until the drain starts.
+    pub fn wait_started(&self) {
+        let fd = self.fd();
+        let mut fds = [rustix::event::PollFd::from_borrowed_fd(
+            fd,
+            rustix::event::PollFlags::IN,
+        )];
+        while !self.is_started() {
+            let _ = rustix::event::poll(&mut fds, None);
         }
     }
 
@@ -161,6 +202,11 @@ impl Drain {
     /// goodbye to those left. Idempotent.
     pub fn stop_accepting(&self) {
         self.stop_accepts();
+        // Every listener's own signal follows (see [`Drain::follower`]).
+        let followers = self.0.followers.lock().unwrap_or_else(|p| p.into_inner());
+        for f in followers.iter().filter_map(Weak::upgrade) {
+            Drain(f).stop_accepting();
+        }
     }
 
     fn stop_accepts(&self) {
@@ -369,6 +415,30 @@ mod tests {
     fn counter() -> (Arc<Count>, Waker) {
         let c = Arc::new(Count(AtomicUsize::new(0)));
         (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn a_follower_starts_with_its_drain_but_not_the_other_way_round() {
+        let server = Drain::new().unwrap();
+        let one = server.follower().unwrap();
+        let two = server.follower().unwrap();
+        one.start();
+        assert!(one.is_started());
+        assert!(
+            !server.is_started(),
+            "one listener stopped is not a shutdown"
+        );
+        assert!(!two.is_started());
+        drop(two);
+        let three = server.follower().unwrap();
+        server.start();
+        assert!(three.is_started(), "the shutdown stops every listener");
+        let late = server.follower().unwrap();
+        assert!(
+            late.is_started(),
+            "a listener added during the drain never accepts"
+        );
+        late.wait_started();
     }
 
     #[test]

@@ -108,6 +108,9 @@ impl std::ops::Deref for Listener {
 pub(crate) struct Ctx<S: Service> {
     pub service: Arc<S>,
     pub shared: Arc<Listener>,
+    /// This listener's own "stop accepting": started with the server's drain, or alone
+    /// when a reload removes the listener (its connections then carry on).
+    pub stop: Drain,
 }
 
 impl<S: Service> std::ops::Deref for Ctx<S> {
@@ -122,6 +125,7 @@ impl<S: Service> Clone for Ctx<S> {
         Ctx {
             service: self.service.clone(),
             shared: self.shared.clone(),
+            stop: self.stop.clone(),
         }
     }
 }
@@ -136,7 +140,7 @@ impl<S: Service> Ctx<S> {
     /// Admits one more connection, or says it must be refused.
     pub(crate) fn admit(&self) -> bool {
         let n = self.stats.active.fetch_add(1, Ordering::AcqRel);
-        if n >= self.limits.max_conns {
+        if n >= self.limits.load().max_conns {
             self.stats.active.fetch_sub(1, Ordering::AcqRel);
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             false
@@ -212,12 +216,14 @@ pub(crate) const BACKOFF_START: Duration = Duration::from_millis(10);
 /// ```
 pub struct Server {
     model: Model,
-    limits: Arc<Limits>,
+    limits: crate::base::Live<Limits>,
     drain: Drain,
     budget: Arc<crate::base::Budget>,
     runtime: Option<tokio::runtime::Runtime>,
     threads: Vec<JoinHandle<()>>,
     listening: Vec<Listening>,
+    /// The "stop accepting" signal of each listener, by bound address.
+    stops: Vec<(SocketAddr, Drain)>,
 }
 
 impl Server {
@@ -229,16 +235,13 @@ impl Server {
         };
         Ok(Server {
             model,
-            limits: Arc::new(Limits {
-                // A connection counts its unsent output in 32 bits.
-                max_output: limits.max_output.min(MAX_OUTPUT_CAP),
-                ..limits
-            }),
+            limits: crate::base::Live::new(capped(limits.clone())),
             drain: Drain::new()?,
             budget: Arc::new(crate::base::Budget::new(limits.max_buffered)),
             runtime,
             threads: Vec::new(),
             listening: Vec::new(),
+            stops: Vec::new(),
         })
     }
 
@@ -252,7 +255,7 @@ impl Server {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
-        let listener = inherit::bind_or_take(addr, || bind(addr, self.limits.backlog))?;
+        let listener = inherit::bind_or_take(addr, || bind(addr, self.limits.load().backlog))?;
         let local = listener.local_addr()?;
         let stats = Arc::new(Stats::default());
         let name = service.name().to_string();
@@ -268,7 +271,9 @@ impl Server {
                 drain: self.drain.clone(),
                 refusing: AtomicUsize::new(0),
             }),
+            stop: self.drain.follower()?,
         };
+        self.stops.push((local, ctx.stop.clone()));
         tracing::info!("Listening on {local} ({name}, {})", self.model.name());
         match self.model {
             Model::Single => self.threads.push(single::spawn(listener, ctx)?),
@@ -304,9 +309,52 @@ impl Server {
         self.budget.clone()
     }
 
-    /// Every listener so far.
+    /// Every listener accepting now.
     pub fn listening(&self) -> &[Listening] {
         &self.listening
+    }
+
+    /// The limits in force: what the next connection gets.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.limits.get()
+    }
+
+    /// Changes the limits at run time (a config reload): `max_conns` applies to the
+    /// next accept, the rest to connections accepted from now on, the budget's limit
+    /// (`max_buffered`) to every buffer that grows from now on, and the shutdown
+    /// timeout to a drain that starts later. Established connections keep the
+    /// timeouts and sizes they started with. The backlog of a listener is set when
+    /// it binds.
+    pub fn set_limits(&self, limits: Limits) {
+        self.budget.set_limit(limits.max_buffered);
+        self.limits.set(capped(limits));
+    }
+
+    /// Stops the listener bound to `addr` accepting: the clients already waiting in
+    /// its backlog are still taken and served, then its socket is closed; its
+    /// connections carry on until they end (or until the server's drain). False when
+    /// no listener of this server is bound there.
+    pub fn stop_listening(&mut self, addr: SocketAddr) -> bool {
+        let Some(i) = self.stops.iter().position(|(a, _)| *a == addr) else {
+            return false;
+        };
+        let (_, stop) = self.stops.remove(i);
+        stop.start();
+        self.listening.retain(|l| l.addr != addr);
+        // The accept loop takes the clients already in the backlog and closes the
+        // socket, so that the port is free when this returns (a reload may bind it
+        // again for another service). Under `single` it first finishes the client it
+        // is serving; that is not waited for.
+        let left = stop.wait_idle(Instant::now() + STOP_WAIT);
+        if left == 0 {
+            tracing::info!("Stopped listening on {addr}; its connections carry on");
+        } else {
+            tracing::info!(
+                "Stopping listening on {addr} once its current client leaves; its \
+                 connections carry on"
+            );
+        }
+        true
     }
 
     /// Blocks until the drain has started and every connection has finished, or the
@@ -314,17 +362,8 @@ impl Server {
     /// connections were cut off by that timeout.
     pub fn wait(mut self) -> usize {
         let drain = self.drain.clone();
-        {
-            let fd = drain.fd();
-            let mut fds = [rustix::event::PollFd::new(
-                &fd,
-                rustix::event::PollFlags::IN,
-            )];
-            while !drain.is_started() {
-                let _ = rustix::event::poll(&mut fds, None);
-            }
-        }
-        let deadline = Instant::now() + self.limits.shutdown_timeout;
+        drain.wait_started();
+        let deadline = Instant::now() + self.limits.load().shutdown_timeout;
         let left = drain.wait_idle(deadline);
         if left > 0 {
             tracing::warn!("shutdown timeout: cutting off {left} connections");
@@ -340,6 +379,18 @@ impl Server {
             }
         }
         left
+    }
+}
+
+/// How long [`Server::stop_listening`] waits for the socket to close.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// `limits` as a server uses them.
+fn capped(limits: Limits) -> Limits {
+    Limits {
+        // A connection counts its unsent output in 32 bits.
+        max_output: limits.max_output.min(MAX_OUTPUT_CAP),
+        ..limits
     }
 }
 
@@ -359,15 +410,16 @@ fn bind(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 
 /// Takes one of the `max_refusing` slots for telling a refused client why.
 pub(crate) fn refusal_slot<S: Service>(ctx: &Ctx<S>) -> bool {
+    let limits = ctx.limits.load();
     let n = ctx.refusing.fetch_add(1, Ordering::AcqRel);
-    if n >= ctx.limits.max_refusing {
+    if n >= limits.max_refusing {
         ctx.refusing.fetch_sub(1, Ordering::AcqRel);
         tracing::warn!("too many refusals in flight; closing a client without a word");
         false
     } else {
         tracing::info!(
             "Refusing connection: server busy ({} connections)",
-            ctx.limits.max_conns
+            limits.max_conns
         );
         true
     }

@@ -17,8 +17,10 @@ pub(crate) fn spawn<S: Service>(
     workers: usize,
 ) -> io::Result<Vec<JoinHandle<()>>> {
     listener.set_nonblocking(true)?;
-    let (tx, rx) =
-        crossbeam_channel::bounded::<(TcpStream, SocketAddr)>(ctx.limits.max_conns.max(1));
+    // Admission bounds the queue (running plus queued clients are at most
+    // `max_conns`), so the channel itself needs no bound of its own, and a reload that
+    // raises `max_conns` raises how many may wait.
+    let (tx, rx) = crossbeam_channel::unbounded::<(TcpStream, SocketAddr)>();
     let mut handles = Vec::with_capacity(workers + 1);
     for i in 0..workers.max(1) {
         let rx = rx.clone();
@@ -46,10 +48,14 @@ pub(crate) fn spawn<S: Service>(
         );
     }
     let live = ctx.drain.live();
+    let closed = ctx.stop.live();
     handles.push(
         std::thread::Builder::new()
             .name(format!("{}-accept", ctx.service.name()))
             .spawn(move || {
+                // Declared first, so dropped last: its count reaches 0 once the socket is closed.
+                let _closed = closed;
+                let listener = listener;
                 let _live = live;
                 let mut backoff = BACKOFF_START;
                 while let Some((stream, peer)) = accept(&listener, &ctx, &mut backoff) {

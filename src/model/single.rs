@@ -13,10 +13,14 @@ use crate::service::Service;
 pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let live = ctx.drain.live();
+    let closed = ctx.stop.live();
     std::thread::Builder::new()
         .name(format!("{}-single", ctx.service.name()))
         .stack_size(STACK)
         .spawn(move || {
+            // Declared first, so dropped last: its count reaches 0 once the socket is closed.
+            let _closed = closed;
+            let listener = listener;
             let _live = live;
             let mut backoff = BACKOFF_START;
             // At shutdown, clients told goodbye are finished together while the

@@ -31,9 +31,13 @@ type Handoff = (TcpStream, SocketAddr, bool, Live);
 pub(crate) fn spawn<S: Service>(listener: TcpListener, ctx: Ctx<S>) -> io::Result<JoinHandle<()>> {
     listener.set_nonblocking(true)?;
     let live = ctx.drain.live();
+    let closed = ctx.stop.live();
     std::thread::Builder::new()
         .name(format!("{}-accept", ctx.service.name()))
         .spawn(move || {
+            // Declared first, so dropped last: its count reaches 0 once the socket is closed.
+            let _closed = closed;
+            let listener = listener;
             let _live = live;
             // A rendezvous channel: a send succeeds only if a spare thread is waiting.
             let (spare_tx, spare_rx) = crossbeam_channel::bounded::<Handoff>(0);

@@ -431,6 +431,33 @@ pub fn layered(cmd: &Command, matches: &ArgMatches, sources: &[&Settings]) -> Ve
     out
 }
 
+/// Every setting's value in `matches` (the whole command line, once layered), by key,
+/// as text: what a reload compares to tell what changed. A setting with no value is
+/// `none`; a list is its values joined by `, `.
+pub fn effective(
+    cmd: &Command,
+    matches: &ArgMatches,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for arg in settings(cmd) {
+        let id = arg.get_id().as_str();
+        let value = match shape(arg) {
+            Shape::Switch => matches.get_flag(id).to_string(),
+            Shape::Count => matches.get_count(id).to_string(),
+            Shape::List | Shape::One => match matches.get_raw(id) {
+                Some(values) => values
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                None => "none".to_string(),
+            },
+        };
+        let key = arg.get_long().unwrap_or(id).to_string();
+        out.insert(key, value);
+    }
+    out
+}
+
 /// Wraps `text` into `# ` comment lines of about 88 columns.
 fn comment(out: &mut String, text: &str) {
     for para in text.lines() {

@@ -2,8 +2,8 @@
 //!
 //! The first signal starts a graceful shutdown (stop accepting, answer what was read,
 //! say goodbye, exit 0 within the shutdown timeout); a second one exits at once.
-//! SIGHUP reloads the TLS certificate and key from their files. SIGUSR2 hands the
-//! listening sockets over to a new process and drains this one ([`upgrade`]).
+//! SIGHUP reloads the config ([`reload`]). SIGUSR2 hands the listening sockets over to
+//! a new process and drains this one ([`upgrade`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ pub mod admin;
 pub mod config;
 pub mod metrics;
 mod registry;
+pub mod reload;
 pub mod tls;
 pub mod upgrade;
 pub mod workers;
@@ -169,7 +170,7 @@ pub fn start_tls(
         listening.push(l);
     }
     let proxied = Front {
-        proxy: Some(opts.service.http.header_timeout),
+        proxy: Some(opts.service.http.load().header_timeout),
         ..front
     };
     for &(name, addr, tls) in &opts.proxy_services {
@@ -182,24 +183,14 @@ pub fn start_tls(
     Ok((server, listening, store))
 }
 
-/// SIGHUP: reads the certificate and key again. New handshakes present the new pair;
-/// a pair that does not load is logged and the old one kept.
-fn reload_certificate(store: Option<&tls::CertStore>) {
-    let Some(store) = store else {
-        tracing::info!("SIGHUP: no TLS certificate to reload");
-        return;
-    };
-    match store.reload() {
-        Ok(()) => tracing::info!(
-            "SIGHUP: TLS certificate reloaded from {}",
-            store.files().cert.display()
-        ),
-        Err(e) => tracing::error!("SIGHUP: TLS certificate not reloaded, keeping the old one: {e}"),
-    }
+/// Serves until a signal, then drains. Returns the process exit status. SIGHUP only
+/// reads the TLS certificate again: [`run_reloading`] reloads the whole config.
+pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
+    run_reloading(opts, None)
 }
 
-/// Serves until a signal, then drains. Returns the process exit status.
-pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
+/// [`run`], with SIGHUP reading the config again from `source` and applying it.
+pub fn run_reloading(opts: &ServeOptions, source: Option<reload::Source>) -> anyhow::Result<i32> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
     // Register before binding so a signal that arrives early is not the default
     // (immediate, unclean) exit.
@@ -208,6 +199,9 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
     let (server, listening, certs) = start_tls(opts)?;
     let _admin = start_admin(opts, &server, &listening)?;
     let drain = server.drain();
+    let server_drain = server.drain();
+    let server = Arc::new(std::sync::Mutex::new(Some(server)));
+    let mut reloader = reload::Reloader::new(opts, source, &listening, certs, server.clone());
     upgrade::notify_ready();
     let upgrader = upgrade::Upgrader::new(drain.clone(), opts.limits.shutdown_timeout);
     std::thread::Builder::new()
@@ -216,7 +210,7 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
             let mut seen = 0;
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    reload_certificate(certs.as_deref());
+                    reloader.reload();
                     continue;
                 }
                 if sig == SIGUSR2 {
@@ -235,7 +229,9 @@ pub fn run(opts: &ServeOptions) -> anyhow::Result<i32> {
                 }
             }
         })?;
-    let cut = server.wait();
+    server_drain.wait_started();
+    let server = server.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let cut = server.expect("only this thread takes the server").wait();
     if cut > 0 {
         tracing::warn!("{cut} connections did not finish within the shutdown timeout");
     }

@@ -37,11 +37,11 @@ pub enum ServiceName {
 pub struct ServiceOptions {
     /// http and ws: HTTP settings (header timeout, body limit) and WebSocket settings
     /// (echo, message limit).
-    pub http: crate::service::http::HttpOptions,
+    pub http: crate::base::Live<crate::service::http::HttpOptions>,
     /// The chat's options and its shared hub.
     pub chat: crate::service::chat::ChatOptions,
-    /// The chat on the http service: the notification key.
-    pub web: crate::service::chat::web::WebOptions,
+    /// The chat on the http service: the notification key, swapped by a reload.
+    pub web: crate::base::Live<crate::service::chat::web::WebOptions>,
 }
 
 /// The services `serve` runs when none is named.
@@ -156,7 +156,7 @@ impl ServiceName {
                     hub,
                     opts.http.clone(),
                     &opts.chat,
-                    &opts.web,
+                    opts.web.clone(),
                 );
                 server.listen(addr, http)
             }

@@ -448,7 +448,7 @@ mod tests {
             ack::REPLY,
             "the bytes after the header reach ack"
         );
-        assert_eq!(h.session.client(), "198.51.100.22:35646".parse().unwrap());
+        assert_eq!(h.session().client(), "198.51.100.22:35646".parse().unwrap());
     }
 
     #[test]
@@ -485,7 +485,7 @@ mod tests {
         let gate = Gate::new(greet::Greet, Some(Duration::from_secs(3)), None);
         let mut h = gated(&gate, "127.0.0.1:5000");
         assert!(h.take_output().is_empty(), "no greeting before the header");
-        let deadline = h.session.deadline().expect("a header deadline");
+        let deadline = h.session().deadline().expect("a header deadline");
         h.advance_to(deadline - Duration::from_millis(1));
         assert!(!h.is_closing());
         h.advance_to(deadline);

@@ -40,7 +40,7 @@ impl<S: Session> Harness<S> {
         let shared = Shared {
             name: "test".into(),
             budget: Arc::new(Budget::new(limits.max_buffered)),
-            limits: Arc::new(limits),
+            limits: crate::base::Live::new(limits),
             stats: Arc::new(Stats::default()),
         };
         let mut conn = Conn::new(

@@ -495,7 +495,7 @@ mod tokens {
         a.feed(b"JOIN lobby\n");
         assert_eq!(out(&mut a), "OK AUTH ann\nOK JOIN lobby\n");
         let start = a.now;
-        let deadline = a.session.deadline().expect("the expiry is a deadline");
+        let deadline = a.session().deadline().expect("the expiry is a deadline");
         assert!(
             deadline > start + Duration::from_secs(55)
                 && deadline <= start + Duration::from_secs(60)

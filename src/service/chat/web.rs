@@ -28,6 +28,7 @@ use std::sync::Arc;
 use super::auth::AuthHandle;
 use super::socket::ChatSocket;
 use super::ChatOptions;
+use crate::base::Live;
 use crate::hub::{ChatEvent, Hub, HubError};
 use crate::service::http::{self, App, HttpOptions, HttpSession, Reply, Request, Response, Route};
 use crate::service::ws::{Echo, Handler, Message, WsCx};
@@ -63,7 +64,9 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Options of the chat on the http service.
+/// Options of the chat on the http service. The service holds them in a
+/// [`Live`] handle read per request, so a config reload swaps them (a new key is
+/// asked for by the next request).
 #[derive(Debug, Clone, Default)]
 pub struct WebOptions {
     /// `--api-key` / `MULTICLIENT_API_KEY`: enables `POST /rooms/<room>/messages`.
@@ -77,7 +80,7 @@ pub struct ChatWeb {
     echo: Echo,
     max_text: usize,
     max_rate: Option<u32>,
-    api_key: Option<ApiKey>,
+    web: Live<WebOptions>,
     auth: AuthHandle,
 }
 
@@ -94,7 +97,12 @@ const ROUTES: &[Route] = &[
 
 impl ChatWeb {
     /// The app over `hub`, with the chat's text limit and the web options.
-    pub fn new(hub: Arc<Hub>, http: &HttpOptions, chat: &ChatOptions, web: &WebOptions) -> ChatWeb {
+    pub fn new(
+        hub: Arc<Hub>,
+        http: &HttpOptions,
+        chat: &ChatOptions,
+        web: Live<WebOptions>,
+    ) -> ChatWeb {
         ChatWeb {
             hub,
             echo: Echo {
@@ -102,7 +110,7 @@ impl ChatWeb {
             },
             max_text: chat.max_line.max(1),
             max_rate: chat.max_rate,
-            api_key: web.api_key.clone(),
+            web,
             auth: chat.auth.clone(),
         }
     }
@@ -110,7 +118,8 @@ impl ChatWeb {
     /// Whether a notification may be posted: the endpoint is on and the key is right
     /// (404, 401 or 403 otherwise). Checked before the body is read too.
     fn authorize(&self, req: &Request<'_>) -> Result<(), Response> {
-        let Some(key) = &self.api_key else {
+        let web = self.web.load();
+        let Some(key) = &web.api_key else {
             return Err(Response::text(
                 404,
                 "notifications are off: the server has no --api-key\n",
@@ -281,15 +290,22 @@ impl App for ChatWeb {
 #[derive(Clone)]
 pub struct ChatHttp {
     app: Arc<ChatWeb>,
-    opts: Arc<HttpOptions>,
+    /// Read once per connection: a config reload changes them for the next ones.
+    opts: Live<HttpOptions>,
 }
 
 impl ChatHttp {
     /// The service over `hub` (the one the TCP chat of the process uses).
-    pub fn new(hub: Arc<Hub>, http: HttpOptions, chat: &ChatOptions, web: &WebOptions) -> ChatHttp {
+    pub fn new(
+        hub: Arc<Hub>,
+        http: impl Into<Live<HttpOptions>>,
+        chat: &ChatOptions,
+        web: Live<WebOptions>,
+    ) -> ChatHttp {
+        let http = http.into();
         ChatHttp {
-            app: Arc::new(ChatWeb::new(hub, &http, chat, web)),
-            opts: Arc::new(http),
+            app: Arc::new(ChatWeb::new(hub, &http.load(), chat, web)),
+            opts: http,
         }
     }
 }
@@ -300,7 +316,7 @@ impl Service for ChatHttp {
         "http"
     }
     fn session(&self, _conn: &ConnInfo) -> HttpSession<ChatWeb> {
-        HttpSession::new(self.app.clone(), self.opts.clone())
+        HttpSession::new(self.app.clone(), self.opts.get())
     }
 }
 
@@ -340,7 +356,12 @@ mod tests {
 
     fn post(web: &WebOptions, path: &str, auth: Option<&str>, body: &str) -> u16 {
         let hub = Arc::new(Hub::new(HubConfig::default()));
-        let svc = ChatHttp::new(hub, HttpOptions::default(), &ChatOptions::default(), web);
+        let svc = ChatHttp::new(
+            hub,
+            HttpOptions::default(),
+            &ChatOptions::default(),
+            web.clone().into(),
+        );
         let mut h = Harness::new(svc.session(&ConnInfo::test(1)));
         let auth = auth
             .map(|a| format!("Authorization: {a}\r\n"))
@@ -412,7 +433,12 @@ mod tests {
         // is never read (the connection closes).
         for (auth, status) in [("", 401), ("Authorization: Bearer x\r\n", 403)] {
             let hub = Arc::new(Hub::new(HubConfig::default()));
-            let svc = ChatHttp::new(hub, HttpOptions::default(), &ChatOptions::default(), &web);
+            let svc = ChatHttp::new(
+                hub,
+                HttpOptions::default(),
+                &ChatOptions::default(),
+                web.clone().into(),
+            );
             let mut h = Harness::new(svc.session(&ConnInfo::test(1)));
             h.feed(
                 format!(
@@ -428,7 +454,12 @@ mod tests {
         }
         // The other routes let a waiting body come.
         let hub = Arc::new(Hub::new(HubConfig::default()));
-        let svc = ChatHttp::new(hub, HttpOptions::default(), &ChatOptions::default(), &web);
+        let svc = ChatHttp::new(
+            hub,
+            HttpOptions::default(),
+            &ChatOptions::default(),
+            web.into(),
+        );
         let mut h = Harness::new(svc.session(&ConnInfo::test(1)));
         h.feed(
             b"GET /chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",

@@ -65,7 +65,7 @@ impl<S: Session, L: Host> Conn<S, L> {
                 .stats
                 .slow_readers
                 .fetch_add(1, Ordering::Relaxed);
-            let t = self.listener.limits.write_timeout;
+            let t = self.limits.write_timeout;
             self.span()
                 .in_scope(|| tracing::warn!("slow reader: no write progress for {t:?}"));
             self.reason = Reason::SlowReader;
@@ -106,7 +106,7 @@ impl<S: Session, L: Host> Conn<S, L> {
                     .fetch_add(1, Ordering::Relaxed);
                 self.say_goodbye(Goodbye::Idle, Reason::Idle, clock);
             } else {
-                let next = now + self.listener.limits.idle_timeout / IDLE_QUARTERS;
+                let next = now + self.limits.idle_timeout / IDLE_QUARTERS;
                 self.timers.set(Timer::Idle, next, base);
             }
         }

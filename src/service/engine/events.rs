@@ -46,7 +46,7 @@ impl<S: Session, L: Host> Conn<S, L> {
                 .stats
                 .slow_consumers
                 .fetch_add(1, Ordering::Relaxed);
-            let limit = self.listener.limits.max_queue;
+            let limit = self.limits.max_queue;
             self.span()
                 .in_scope(|| tracing::warn!("slow consumer: mailbox over {limit} bytes"));
             self.say_goodbye(Goodbye::SlowConsumer, Reason::SlowConsumer, clock);
@@ -82,7 +82,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// `coalesce` after that write. A member of a busy room is written to at most
     /// once per `coalesce`, however many messages it gets; a quiet one at once.
     fn coalesce(&mut self, clock: &Clock) {
-        let window = self.listener.limits.coalesce;
+        let window = self.limits.coalesce;
         if window.is_zero() {
             return;
         }

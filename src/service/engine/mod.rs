@@ -128,8 +128,9 @@ enum KeepAlive {
 pub(crate) struct Shared {
     /// The service's name, for logs.
     pub(crate) name: Box<str>,
-    /// The server's limits.
-    pub(crate) limits: Arc<Limits>,
+    /// The server's limits, changed by a config reload: each connection takes them
+    /// once, when it opens, and admission reads `max_conns` per accept.
+    pub(crate) limits: crate::base::Live<Limits>,
     /// The listener's counters.
     pub(crate) stats: Arc<Stats>,
     /// The server's budget of bytes buffered for clients, shared by every listener.
@@ -159,8 +160,11 @@ impl std::ops::Deref for Alone {
 pub(crate) struct Conn<S: Session, L: Host> {
     session: S,
     pub(crate) info: ConnInfo,
-    /// The listener's name, limits and counters.
+    /// The listener's name and counters.
     listener: Arc<L>,
+    /// The limits in force when the connection opened: a reload changes them for the
+    /// connections that open after it, and never under a connection's feet.
+    limits: Arc<Limits>,
     wake: WakeKind,
     out: Vec<u8>,
     /// Bytes of `out` already sent (`out` stays far below 4 GiB: `--max-output`
@@ -204,16 +208,14 @@ impl<S: Session, L: Host> Conn<S, L> {
         wake: WakeKind,
         now: Instant,
     ) -> Self {
+        let limits = listener.limits.get();
         let mut timers = TimerTable::default();
-        timers.set(
-            Timer::Idle,
-            now + listener.limits.idle_timeout / IDLE_QUARTERS,
-            now,
-        );
+        timers.set(Timer::Idle, now + limits.idle_timeout / IDLE_QUARTERS, now);
         Conn {
             session,
             info,
             listener,
+            limits,
             wake,
             out: Vec::new(),
             out_pos: 0,
@@ -247,10 +249,10 @@ impl<S: Session, L: Host> Conn<S, L> {
             &mut self.out,
             &mut self.closing,
             &mut self.mailbox,
-            self.listener.limits.max_queue,
+            self.limits.max_queue,
             self.wake,
             &self.info,
-            self.listener.limits.max_input,
+            self.limits.max_input,
             &self.listener.budget,
         );
         let r = f(&mut self.session, &mut cx);
@@ -339,7 +341,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// client leaves more than `max_output` of replies unread (backpressure).
     pub(crate) fn wants_read(&self) -> bool {
         match self.phase {
-            Phase::Open => !self.eof && self.unsent() < self.listener.limits.max_output,
+            Phase::Open => !self.eof && self.unsent() < self.limits.max_output,
             Phase::Lingering => true,
             _ => false,
         }
@@ -347,7 +349,7 @@ impl<S: Session, L: Host> Conn<S, L> {
 
     /// Whether mailbox events should be taken now (the same backpressure).
     pub(crate) fn wants_events(&self) -> bool {
-        self.phase == Phase::Open && self.unsent() < self.listener.limits.max_output
+        self.phase == Phase::Open && self.unsent() < self.limits.max_output
     }
 
     pub(crate) fn mailbox(&self) -> Option<&Arc<Mailbox<S::Event>>> {
@@ -361,8 +363,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// How many bytes to read now: what the input limit leaves room for (at least
     /// one, so that a full buffer still sees its EOF or its next byte).
     pub(crate) fn read_room(&self) -> usize {
-        self.listener
-            .limits
+        self.limits
             .max_input
             .saturating_sub(self.pending.len())
             .max(1)
@@ -417,7 +418,7 @@ impl<S: Session, L: Host> Conn<S, L> {
         if after != before && (after > FREE || before > FREE) {
             self.charge_pending(before, clock);
         }
-        if consumed == 0 && self.pending.len() >= self.listener.limits.max_input && !self.closing {
+        if consumed == 0 && self.pending.len() >= self.limits.max_input && !self.closing {
             self.span().in_scope(|| {
                 tracing::warn!("session consumed none of a full input buffer; closing")
             });

@@ -41,7 +41,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// A write would block: the client is not reading. The write-stall timer starts.
     pub(crate) fn handle_send_blocked(&mut self, clock: &Clock) {
         if !self.timers.is_set(Timer::WriteStall) {
-            let due = clock.now() + self.listener.limits.write_timeout;
+            let due = clock.now() + self.limits.write_timeout;
             self.timers.set(Timer::WriteStall, due, self.opened);
         }
     }
@@ -71,7 +71,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     pub(crate) fn poll_keepalive(&mut self) -> Option<Duration> {
         if self.keepalive == KeepAlive::Due {
             self.keepalive = KeepAlive::On;
-            Some(self.listener.limits.idle_timeout)
+            Some(self.limits.idle_timeout)
         } else {
             None
         }

@@ -12,7 +12,7 @@ fn listener(limits: Limits) -> Arc<Alone> {
     Arc::new(Alone(Shared {
         name: "test".into(),
         budget: Arc::new(Budget::new(limits.max_buffered)),
-        limits: Arc::new(limits),
+        limits: crate::base::Live::new(limits),
         stats: Arc::new(Stats::default()),
     }))
 }

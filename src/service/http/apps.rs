@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::{App, HttpOptions, HttpSession, Reply, Request, Response, Route};
+use crate::base::Live;
 use crate::service::ws::Echo;
 use crate::service::{ConnInfo, Cx, Service};
 
@@ -40,15 +41,20 @@ impl App for Hello {
 #[derive(Clone, Default)]
 pub struct Http {
     app: Arc<Hello>,
-    opts: Arc<HttpOptions>,
+    /// Read once per connection: a config reload changes them for the next ones.
+    opts: Live<HttpOptions>,
 }
 
 impl Http {
-    /// A service with these options.
-    pub fn new(opts: HttpOptions) -> Self {
+    /// A service with these options (a value, or a [`Live`] handle a reload swaps;
+    /// `echo` is taken once, here).
+    pub fn new(opts: impl Into<Live<HttpOptions>>) -> Self {
+        let opts = opts.into();
         Http {
-            app: Arc::new(Hello { echo: opts.ws.echo }),
-            opts: Arc::new(opts),
+            app: Arc::new(Hello {
+                echo: opts.load().ws.echo,
+            }),
+            opts,
         }
     }
 }
@@ -59,7 +65,7 @@ impl Service for Http {
         "http"
     }
     fn session(&self, _conn: &ConnInfo) -> HttpSession<Hello> {
-        HttpSession::new(self.app.clone(), self.opts.clone())
+        HttpSession::new(self.app.clone(), self.opts.get())
     }
 }
 
@@ -67,15 +73,20 @@ impl Service for Http {
 #[derive(Debug, Clone, Default)]
 pub struct Ws {
     app: Arc<WsApp>,
-    opts: Arc<HttpOptions>,
+    /// Read once per connection: a config reload changes them for the next ones.
+    opts: Live<HttpOptions>,
 }
 
 impl Ws {
-    /// A service with these options.
-    pub fn new(opts: HttpOptions) -> Self {
+    /// A service with these options (a value, or a [`Live`] handle a reload swaps;
+    /// `echo` is taken once, here).
+    pub fn new(opts: impl Into<Live<HttpOptions>>) -> Self {
+        let opts = opts.into();
         Ws {
-            app: Arc::new(WsApp { echo: opts.ws.echo }),
-            opts: Arc::new(opts),
+            app: Arc::new(WsApp {
+                echo: opts.load().ws.echo,
+            }),
+            opts,
         }
     }
 }
@@ -108,6 +119,6 @@ impl Service for Ws {
     }
 
     fn session(&self, _conn: &ConnInfo) -> Self::Session {
-        HttpSession::new(self.app.clone(), self.opts.clone())
+        HttpSession::new(self.app.clone(), self.opts.get())
     }
 }

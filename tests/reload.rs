@@ -1,0 +1,330 @@
+//! SIGHUP reloads the config of the real binary, nobody dropped: a lowered
+//! `--max-conns` refuses the next client while the held ones stay and are answered; a
+//! broken file keeps the running config; a listener added accepts, one removed stops
+//! accepting while its open connection is still answered (and its port can be taken by
+//! a listener added in the same reload); the log level changes; the
+//! notification key changes. Under threads, pool and async; readiness from log lines.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+
+use common::{connect, read_n, round_trip, spawn_serve, Child_};
+use multiclient::service::{ack, greet};
+use rustix::process::Signal;
+
+const MODELS: &[&str] = &["threads", "pool", "async"];
+
+/// A config file unique to this test and model.
+struct Config(PathBuf);
+
+impl Config {
+    fn new(name: &str, model: &str, text: &str) -> Config {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("reload-{name}-{model}-{}.toml", std::process::id()));
+        let c = Config(path);
+        c.write(text);
+        c
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
+
+    fn serve(&self, model: &str) -> Child_ {
+        spawn_serve(&[
+            "--config",
+            self.0.to_str().unwrap(),
+            "--model",
+            model,
+            "--admin",
+            "off",
+        ])
+    }
+}
+
+impl Drop for Config {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Sends SIGHUP and waits for the reload's line that contains `needle`, returning
+/// every line logged until then.
+fn reload(srv: &Child_, needle: &str) -> Vec<String> {
+    srv.signal(Signal::HUP);
+    let mut lines = Vec::new();
+    loop {
+        let line = srv
+            .log
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no log line with {needle:?}; saw {lines:#?}"));
+        let done = line.contains(needle);
+        lines.push(line);
+        if done {
+            return lines;
+        }
+    }
+}
+
+/// The address a `... on ADDR` line names last.
+fn addr_in(line: &str) -> SocketAddr {
+    line.rsplit(" on ").next().unwrap().trim().parse().unwrap()
+}
+
+/// Whether a new client of `addr` is told the server is busy (and closed).
+fn refused_busy(addr: SocketAddr) -> bool {
+    let mut s = connect(addr);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out == b"ERR server busy\n"
+}
+
+#[test]
+fn max_conns_lowered_by_sighup_refuses_the_next_client_while_held_clients_stay_answered() {
+    for &model in MODELS {
+        let cfg = Config::new(
+            "max-conns",
+            model,
+            "service = [\"ack=127.0.0.1:0\"]\nmax-conns = 3\n",
+        );
+        let srv = cfg.serve(model);
+        let mut held: Vec<TcpStream> = (0..2).map(|_| connect(srv.addr)).collect();
+        for s in &mut held {
+            round_trip(s, b"before", ack::REPLY);
+        }
+
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\nmax-conns = 1\n");
+        reload(&srv, "max-conns 3 -> 1");
+        assert!(
+            refused_busy(srv.addr),
+            "{model}: the third client is over the new limit"
+        );
+        for s in &mut held {
+            round_trip(s, b"after", ack::REPLY);
+        }
+
+        // A broken file: logged, and the running config (max-conns 1) kept.
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\nmax-conns = \"many\"\n");
+        let lines = reload(&srv, "config not reloaded");
+        assert!(lines.last().unwrap().contains("max-conns"), "{lines:?}");
+        assert!(refused_busy(srv.addr), "{model}: the old limit holds");
+        for s in &mut held {
+            round_trip(s, b"still", ack::REPLY);
+        }
+
+        // Raised again: the next client is served.
+        drop(held.pop());
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\nmax-conns = 5\n");
+        reload(&srv, "max-conns 1 -> 5");
+        let mut fresh: Vec<TcpStream> = (0..3).map(|_| connect(srv.addr)).collect();
+        for s in fresh.iter_mut().chain(&mut held) {
+            round_trip(s, b"raised", ack::REPLY);
+        }
+    }
+}
+
+#[test]
+fn a_listener_added_by_sighup_accepts_and_one_removed_stops_while_its_connection_is_answered() {
+    for &model in MODELS {
+        let cfg = Config::new("listeners", model, "service = [\"ack=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let mut open = connect(srv.addr);
+        round_trip(&mut open, b"before", ack::REPLY);
+
+        cfg.write("service = [\"greet=127.0.0.1:0\"]\n");
+        let lines = reload(&srv, "config reloaded");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener greet"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("Stopped listening on") && l.contains(&srv.addr.to_string())),
+            "{model}: {lines:#?}"
+        );
+        let mut g = connect(addr_in(added));
+        assert_eq!(read_n(&mut g, greet::GREETING.len()), greet::GREETING);
+
+        let e = TcpStream::connect(srv.addr).map(|_| ()).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{model}: the removed listener's port is closed"
+        );
+        round_trip(&mut open, b"after", ack::REPLY);
+        drop(open);
+
+        // The service comes back on a listener of its own.
+        cfg.write("service = [\"greet=127.0.0.1:0\", \"ack=127.0.0.1:0\"]\n");
+        let lines = reload(&srv, "config reloaded");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener ack"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        let mut again = connect(addr_in(added));
+        round_trip(&mut again, b"back", ack::REPLY);
+    }
+}
+
+#[test]
+fn sighup_changes_the_log_level_and_a_setting_that_needs_a_restart_is_kept() {
+    for &model in MODELS {
+        let cfg = Config::new("log-level", model, "service = [\"ack=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let mut s = connect(srv.addr);
+        round_trip(&mut s, b"quiet-one", ack::REPLY);
+
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\nverbose = 1\nworkers = 3\n");
+        let lines = reload(&srv, "config reloaded");
+        assert!(
+            lines.iter().all(|l| !l.contains("quiet-one")),
+            "{model}: info level hides what a client said: {lines:#?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("workers none -> 3 needs a restart")),
+            "{model}: {lines:#?}"
+        );
+        assert!(
+            lines.last().unwrap().contains("verbose 0 -> 1"),
+            "{lines:?}"
+        );
+        s.write_all(b"loud-one").unwrap();
+        srv.expect_log("Received: loud-one");
+    }
+}
+
+#[test]
+fn sighup_swaps_the_notification_key() {
+    let model = "threads";
+    let cfg = Config::new(
+        "api-key",
+        model,
+        "service = [\"http=127.0.0.1:0\"]\napi-key = \"old-key\"\n",
+    );
+    let srv = cfg.serve(model);
+    // A key that passes gets to the room (404: nobody is in it); a wrong one is 403.
+    let post = |key: &str| -> String {
+        let mut s = connect(srv.addr);
+        write!(
+            s,
+            "POST /rooms/lobby/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\nhi"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].to_string();
+        if status == "404" {
+            assert!(out.contains("no such room"), "{out}");
+        }
+        status
+    };
+    assert_eq!(post("old-key"), "404");
+    assert_eq!(post("new-key"), "403");
+    cfg.write("service = [\"http=127.0.0.1:0\"]\napi-key = \"new-key\"\n");
+    let lines = reload(&srv, "config reloaded");
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("new-key") && !l.contains("old-key")),
+        "a key is never logged: {lines:#?}"
+    );
+    assert!(lines.last().unwrap().contains("api-key changed"));
+    assert_eq!(post("old-key"), "403");
+    assert_eq!(post("new-key"), "404");
+}
+
+#[test]
+fn a_port_freed_by_a_removed_listener_is_taken_by_one_added_in_the_same_reload() {
+    for &model in MODELS {
+        let cfg = Config::new("same-port", model, "service = [\"ack=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let mut open = connect(srv.addr);
+        round_trip(&mut open, b"before", ack::REPLY);
+
+        cfg.write(&format!("service = [\"greet={}\"]\n", srv.addr));
+        let lines = reload(&srv, "config reloaded");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("added the listener greet")
+                    && l.ends_with(&srv.addr.to_string())),
+            "{model}: {lines:#?}"
+        );
+        let mut g = connect(srv.addr);
+        assert_eq!(read_n(&mut g, greet::GREETING.len()), greet::GREETING);
+        round_trip(&mut open, b"after", ack::REPLY);
+    }
+}
+
+/// Reads lines from `r` until one contains `needle` (the read timeout of
+/// `common::connect` fails the test if it never comes).
+fn until(r: &mut impl std::io::BufRead, needle: &str) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            r.read_line(&mut line).unwrap() > 0,
+            "closed before {needle:?}"
+        );
+        if line.contains(needle) {
+            return line;
+        }
+    }
+}
+
+#[test]
+fn a_chat_listener_added_by_sighup_joins_the_running_chat() {
+    for &model in MODELS {
+        let cfg = Config::new("chat", model, "service = [\"chat=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let mut ann = connect(srv.addr);
+        let mut ann_in = std::io::BufReader::new(ann.try_clone().unwrap());
+        ann.write_all(b"NICK ann\nJOIN lobby\n").unwrap();
+        until(&mut ann_in, "OK JOIN lobby");
+
+        cfg.write("service = [\"chat=127.0.0.1:0\", \"chat=127.0.0.2:0\"]\n");
+        let lines = reload(&srv, "config reloaded");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener chat=127.0.0.2:0"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        let mut bob = connect(addr_in(added));
+        let mut bob_in = std::io::BufReader::new(bob.try_clone().unwrap());
+        bob.write_all(b"NICK bob\nJOIN lobby\nSAY lobby hi from the new listener\n")
+            .unwrap();
+        until(&mut bob_in, "OK JOIN lobby");
+        until(&mut ann_in, "JOIN lobby bob");
+        until(&mut ann_in, "bob hi from the new listener");
+    }
+}
+
+#[test]
+fn max_body_lowered_by_sighup_refuses_the_next_request_with_413() {
+    for &model in MODELS {
+        let cfg = Config::new("max-body", model, "service = [\"http=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let status = || -> String {
+            let mut s = connect(srv.addr);
+            let body = [b'x'; 100];
+            s.write_all(
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+            s.write_all(&body).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out[9..12]).into_owned()
+        };
+        assert_ne!(status(), "413", "{model}: 100 bytes are within the default");
+        cfg.write("service = [\"http=127.0.0.1:0\"]\nmax-body = 10\n");
+        reload(&srv, "max-body 1048576 -> 10");
+        assert_eq!(status(), "413", "{model}");
+    }
+}
