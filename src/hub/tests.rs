@@ -3,6 +3,7 @@
 use super::*;
 use crate::base::mailbox::{Mailbox, WakeKind};
 use proptest::prelude::*;
+use std::collections::VecDeque;
 
 struct M {
     id: MemberId,
@@ -424,7 +425,7 @@ fn a_room_keeps_at_most_its_history_count_and_counts_what_it_drops() {
         h.iter().map(|p| p.cost()).sum::<usize>()
     );
     // The budget's order queue stays bounded by its clean-ups.
-    assert!(lock(&hub.history).queue.len() <= 2 * 1024 + 1);
+    assert!(lock(&memory::MemoryBroker::of(&hub).order).queue.len() <= 2 * 1024 + 1);
 }
 
 #[test]
@@ -498,12 +499,12 @@ fn once_every_room_is_forgotten_no_message_is_pinned_by_the_history_order() {
             hub.say(a.id, &room, &format!("m{i}")).unwrap();
         }
     }
-    let kept = lock(&hub.history).queue.len();
+    let kept = lock(&memory::MemoryBroker::of(&hub).order).queue.len();
     assert_eq!(kept, 60, "every message kept is in the order");
     drop(a.lines());
     hub.disconnect(a.id, &a.nick, &["r0".into(), "r1".into(), "r2".into()]);
     assert_eq!(hub.history_held(), 0);
-    let order = lock(&hub.history);
+    let order = lock(&memory::MemoryBroker::of(&hub).order);
     assert_eq!(
         (order.queue.len(), order.queue.capacity()),
         (0, 0),
