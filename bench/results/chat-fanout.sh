@@ -7,7 +7,8 @@
 #        --bin multiclient --example peer_tokio_chat)
 # Env: RUNS (3), SECS (10), CONFIGS ("1000:50 10000:5" = members:msgs/s),
 #      SERVERS ("ours peer"; also "ours0" for ours with --coalesce 0, and "redis"
-#      for ours over a local redis-server).
+#      for ours over a local redis-server; "base" and "baseredis" are "ours" and
+#      "redis" run from the binary $BASE, for a before/after comparison in one run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
@@ -27,7 +28,8 @@ if [ "$PIN" = 1 ]; then
 else
     PIN_SERVER="setsid" PIN_TESTER="" TESTER_THREADS=2
 fi
-BIN=target/release/multiclient
+BIN=${BIN:-target/release/multiclient}
+BASE=${BASE:-}
 PEER=target/release/examples/peer_tokio_chat
 PORT=${PORT:-17300}
 REDIS_PORT=${REDIS_PORT:-17379}
@@ -37,7 +39,7 @@ REDIS_PORT=${REDIS_PORT:-17379}
 REDIS_PID=
 cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
-if [[ " $SERVERS " == *" redis "* ]]; then
+if [[ " $SERVERS " == *" redis "* || " $SERVERS " == *" baseredis "* ]]; then
     $PIN_SERVER redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
         --appendonly no >/dev/null 2>&1 &
     REDIS_PID=$!
@@ -56,6 +58,11 @@ for cfg in $CONFIGS; do
                 ours0) $PIN_SERVER "$BIN" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 --coalesce 0 >/dev/null 2>&1 & ;;
                 redis) $PIN_SERVER "$BIN" serve -q --service chat --model async \
+                          --addr "127.0.0.1:$PORT" --max-conns 12000 \
+                          --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 & ;;
+                base) $PIN_SERVER "$BASE" serve -q --service chat --model async \
+                          --addr "127.0.0.1:$PORT" --max-conns 12000 >/dev/null 2>&1 & ;;
+                baseredis) $PIN_SERVER "$BASE" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 \
                           --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 & ;;
                 peer) $PIN_SERVER "$PEER" "$PORT" >/dev/null 2>&1 & ;;
