@@ -511,3 +511,28 @@ fn once_every_room_is_forgotten_no_message_is_pinned_by_the_history_order() {
         "a Weak left in the order keeps its message's allocation alive"
     );
 }
+
+#[test]
+fn a_room_made_again_never_replays_a_log_its_broker_has_not_dropped_yet() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    hub.say(a.id, "r", "old").unwrap().now().unwrap();
+    // The hub forgets the room, and its broker's `room_gone` has not run yet when a
+    // join makes the room again: the old log is still there then.
+    let broker = memory::MemoryBroker::of(&hub);
+    let stale = lock(broker.shard("r")).remove("r").expect("the room's log");
+    hub.disconnect(a.id, &a.nick, &[Arc::from("r")]);
+    assert!(!hub.has_room("r"));
+    lock(broker.shard("r")).insert(Arc::from("r"), stale);
+    let b = member(&hub, 1 << 20);
+    let j = b.join(&hub, "r", Some(MsgId(0)));
+    assert!(j.replay.is_empty(), "{:?}", j.replay);
+    assert!(hub
+        .history("r", 10, &b.tx)
+        .unwrap()
+        .now()
+        .unwrap()
+        .is_empty());
+    assert_eq!(hub.history_held(), 0, "the old log is counted out");
+}
