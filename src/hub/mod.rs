@@ -20,8 +20,10 @@
 //! progress becomes the room's deliverer and hands the outbox out, batch by batch, in
 //! order, outside the lock; other publishers return at once. A member records the
 //! sequence number at which it joined and is handed only later events, so the history
-//! replayed by `JOIN <room> AFTER <id>` (read under the same lock) and the live events
-//! meet exactly: no gap, no duplicate.
+//! replayed by `JOIN <room> AFTER <id>` and the live events meet exactly: no gap, no
+//! duplicate (in one process the broker reads that history and the hub records the
+//! join under the room's log lock; with Redis the member starts at its own `JOIN` as
+//! Redis ordered it, and its replay is read after that `JOIN` on the same connection).
 //!
 //! # Bounded memory
 //!
