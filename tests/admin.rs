@@ -7,7 +7,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::TIMEOUT;
 use multiclient::model::{Limits, Listening, Model, Server};
@@ -245,6 +245,42 @@ fn readyz_follows_redis_going_away_and_coming_back() {
     );
     assert!(st["chat"]["redis"]["losses"].as_u64().unwrap() >= 1, "{st}");
     assert_eq!(s.get("/readyz").status, 200);
+}
+
+#[test]
+fn the_redis_round_trip_and_pipeline_depth_are_reported_once_pipelines_go_out() {
+    let redis = common::redis::RedisServer::start();
+    let mut service = ServiceOptions::default();
+    service.chat.redis = Some(redis.url());
+    // An expiry scan (a pipeline, even with no member) every 100 ms.
+    service.chat.presence_ttl = Duration::from_millis(600);
+    let s = Served::start_with(Model::Async { workers: 2 }, &[ServiceName::Chat], service);
+    let answered = |st: &serde_json::Value| {
+        st["chat"]["redis"]["round_trips"]
+            .as_u64()
+            .is_some_and(|n| n >= 2)
+    };
+    let st = s.stats_until("redis round trips", answered);
+    let r = &st["chat"]["redis"];
+    let (sum, last) = (
+        r["round_trip_seconds"].as_f64().unwrap(),
+        r["round_trip_last_seconds"].as_f64().unwrap(),
+    );
+    // A loopback round trip: more than nothing, less than the command timeout.
+    assert!(
+        sum > 0.0 && sum < 2.0 * r["round_trips"].as_f64().unwrap(),
+        "{st}"
+    );
+    assert!(last > 0.0 && last < 2.0, "{st}");
+    assert!(r["pipeline_depth"].as_u64().is_some(), "{st}");
+    let m = parse_exposition(&s.get("/metrics").body);
+    assert!(m["multiclient_redis_round_trips_total"] >= 2.0, "{m:?}");
+    assert!(
+        m["multiclient_redis_round_trip_seconds_total"] > 0.0,
+        "{m:?}"
+    );
+    assert!(m.contains_key("multiclient_redis_round_trip_last_seconds"));
+    assert!(m.contains_key("multiclient_redis_pipeline_depth"));
 }
 
 /// Checks the text exposition format: every sample under a `# TYPE` of its family,

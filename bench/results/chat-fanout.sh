@@ -6,11 +6,9 @@
 # Usage: bench/results/chat-fanout.sh [OUT.jsonl]   (after cargo build --release
 #        --bin multiclient --example peer_tokio_chat)
 # Env: RUNS (3), SECS (10), CONFIGS ("1000:50 10000:5" = members:msgs/s),
-#      SERVERS ("ours peer"; also "ours0" for ours with --coalesce 0, "redis"
-#      for ours over a local redis-server, and "base" / "base-redis" for another build
-#      of ours, BASE_BIN, to compare two versions run for run).
-# Runs are interleaved (run 1 of every server, then run 2, ...), so a drift of the
-# shared machine falls on every server alike.
+#      SERVERS ("ours peer"; also "ours0" for ours with --coalesce 0, and "redis"
+#      for ours over a local redis-server; "base" and "baseredis" are "ours" and
+#      "redis" run from the binary $BASE, for a before/after comparison in one run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
@@ -30,9 +28,9 @@ if [ "$PIN" = 1 ]; then
 else
     PIN_SERVER="setsid" PIN_TESTER="" TESTER_THREADS=2
 fi
-BIN=target/release/multiclient
+BIN=${BIN:-target/release/multiclient}
+BASE=${BASE:-}
 PEER=target/release/examples/peer_tokio_chat
-BASE_BIN=${BASE_BIN:-}
 PORT=${PORT:-17300}
 REDIS_PORT=${REDIS_PORT:-17379}
 : > "$OUT"
@@ -41,7 +39,7 @@ REDIS_PORT=${REDIS_PORT:-17379}
 REDIS_PID=
 cleanup() { [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null || true; }
 trap cleanup EXIT
-if [[ " $SERVERS " == *" redis "* || " $SERVERS " == *" base-redis "* ]]; then
+if [[ " $SERVERS " == *" redis "* || " $SERVERS " == *" baseredis "* ]]; then
     $PIN_SERVER redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
         --appendonly no >/dev/null 2>&1 &
     REDIS_PID=$!
@@ -51,8 +49,8 @@ fi
 for cfg in $CONFIGS; do
     members=${cfg%%:*}
     rate=${cfg##*:}
-    for run in $(seq "$RUNS"); do
-        for server in $SERVERS; do
+    for server in $SERVERS; do
+        for run in $(seq "$RUNS"); do
             PORT=$((PORT + 1))
             case $server in
                 ours) $PIN_SERVER "$BIN" serve -q --service chat --model async \
@@ -62,9 +60,9 @@ for cfg in $CONFIGS; do
                 redis) $PIN_SERVER "$BIN" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 \
                           --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 & ;;
-                base) $PIN_SERVER "$BASE_BIN" serve -q --service chat --model async \
+                base) $PIN_SERVER "$BASE" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 >/dev/null 2>&1 & ;;
-                base-redis) $PIN_SERVER "$BASE_BIN" serve -q --service chat --model async \
+                baseredis) $PIN_SERVER "$BASE" serve -q --service chat --model async \
                           --addr "127.0.0.1:$PORT" --max-conns 12000 \
                           --redis "redis://127.0.0.1:$REDIS_PORT" >/dev/null 2>&1 & ;;
                 peer) $PIN_SERVER "$PEER" "$PORT" >/dev/null 2>&1 & ;;

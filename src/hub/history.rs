@@ -5,7 +5,9 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use super::{lock, Hub, Publication, Room};
+use super::lock;
+use super::memory::{Log, MemoryBroker};
+use super::Publication;
 
 /// The messages of every room's history, oldest first, for dropping the oldest when
 /// the process-wide budget is exceeded. An entry whose message has left its room's
@@ -17,16 +19,16 @@ pub(super) struct HistoryOrder {
     pub(super) live_at_compaction: usize,
 }
 
-impl Hub {
-    /// Keeps `p` in `r`'s history (under the room's lock), within the room's own
+impl MemoryBroker {
+    /// Keeps `p` in its room's `log` (under the log's lock), within the room's own
     /// limit; returns whether it was kept, so that the caller, once the lock is
-    /// released, applies the process-wide budget ([`Hub::keep_within_budget`]).
-    pub(super) fn remember(&self, r: &mut Room, p: &Arc<Publication>) -> bool {
-        if self.config.history == 0 || self.config.history_bytes == 0 {
+    /// released, applies the process-wide budget ([`MemoryBroker::keep_within_budget`]).
+    pub(super) fn remember(&self, r: &mut Log, p: &Arc<Publication>) -> bool {
+        if self.per_room == 0 || self.budget == 0 {
             return false;
         }
         let mut dropped = 0;
-        while r.history.len() >= self.config.history {
+        while r.history.len() >= self.per_room {
             match r.history.pop_front() {
                 Some(old) => dropped += old.cost(),
                 None => break,
@@ -34,18 +36,18 @@ impl Hub {
         }
         let cost = p.cost();
         r.history.push_back(p.clone());
-        r.history_bytes = r.history_bytes + cost - dropped;
-        self.history_held.fetch_add(cost, Ordering::Relaxed);
+        r.bytes = r.bytes + cost - dropped;
+        self.held.fetch_add(cost, Ordering::Relaxed);
         self.let_go(dropped);
         true
     }
 
     /// Notes `p`, just kept in its room's history, in the process-wide order, then
     /// drops the oldest messages of any room while the history is over its budget.
-    /// Takes the order's lock and a room's lock one after the other, never both.
+    /// Takes the order's lock and a room's log lock one after the other, never both.
     pub(super) fn keep_within_budget(&self, p: &Arc<Publication>) {
         {
-            let mut order = lock(&self.history);
+            let mut order = lock(&self.order);
             order.queue.push_back(Arc::downgrade(p));
             // Dead entries (dropped by a room's own limit, or with their room) are
             // cleared once they make up half the queue, so it stays within twice
@@ -55,15 +57,15 @@ impl Hub {
                 order.live_at_compaction = order.queue.len();
             }
         }
-        while self.history_held.load(Ordering::Relaxed) > self.config.history_bytes {
-            let Some(oldest) = lock(&self.history).queue.pop_front() else {
+        while self.held.load(Ordering::Relaxed) > self.budget {
+            let Some(oldest) = lock(&self.order).queue.pop_front() else {
                 break;
             };
             let Some(oldest) = oldest.upgrade() else {
                 continue; // Gone already.
             };
-            let mut shard = lock(self.shard(&oldest.room));
-            let Some(r) = shard.get_mut(&oldest.room) else {
+            let mut logs = lock(self.shard(&oldest.room));
+            let Some(r) = logs.get_mut(&oldest.room) else {
                 continue;
             };
             // A room's history is in the order said: the oldest of the process is
@@ -71,8 +73,8 @@ impl Hub {
             if r.history.front().is_some_and(|f| Arc::ptr_eq(f, &oldest)) {
                 r.history.pop_front();
                 let cost = oldest.cost();
-                r.history_bytes -= cost;
-                drop(shard);
+                r.bytes -= cost;
+                drop(logs);
                 self.let_go(cost);
             }
         }
@@ -84,7 +86,7 @@ impl Hub {
         if bytes == 0 {
             return;
         }
-        self.history_held.fetch_sub(bytes, Ordering::Relaxed);
+        self.held.fetch_sub(bytes, Ordering::Relaxed);
         // A connection that filled the history and left would otherwise leave the
         // process at its peak: glibc keeps freed heap unless asked.
         crate::base::trim::freed(bytes);
@@ -97,16 +99,11 @@ impl Hub {
     /// (12 MB resident with 0.9 MB in use) after every room was gone.
     pub(super) fn forgot_room(&self, history_bytes: usize) {
         self.let_go(history_bytes);
-        let mut order = lock(&self.history);
+        let mut order = lock(&self.order);
         // Checked under the order's lock: a message kept meanwhile has raised the
         // count before its entry is pushed, so no live entry is dropped.
-        if self.history_held.load(Ordering::Relaxed) == 0 {
+        if self.held.load(Ordering::Relaxed) == 0 {
             *order = HistoryOrder::default();
         }
-    }
-
-    /// Bytes of history kept by all rooms (as [`Publication::cost`] counts them).
-    pub fn history_held(&self) -> usize {
-        self.history_held.load(Ordering::Relaxed)
     }
 }

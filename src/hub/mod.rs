@@ -20,8 +20,10 @@
 //! progress becomes the room's deliverer and hands the outbox out, batch by batch, in
 //! order, outside the lock; other publishers return at once. A member records the
 //! sequence number at which it joined and is handed only later events, so the history
-//! replayed by `JOIN <room> AFTER <id>` (read under the same lock) and the live events
-//! meet exactly: no gap, no duplicate.
+//! replayed by `JOIN <room> AFTER <id>` and the live events meet exactly: no gap, no
+//! duplicate (in one process the broker reads that history and the hub records the
+//! join under the room's log lock; with Redis the member starts at its own `JOIN` as
+//! Redis ordered it, and its replay is read after that `JOIN` on the same connection).
 //!
 //! # Bounded memory
 //!
@@ -40,28 +42,44 @@
 //! the model ends that session as a slow consumer (`ERR slow-consumer`) and its drop
 //! parts it from every room. The other members are not slowed: a send is one short
 //! lock on the member's own queue.
+//!
+//! # Hub and broker
+//!
+//! The hub is the local fan-out registry: rooms, their members on this process, each
+//! room's local order and outbox. What orders a room's events across processes,
+//! stores its history, claims nicks and tracks presence is the [`Broker`] under it:
+//! [`MemoryBroker`](memory::MemoryBroker) in one process, the Redis bridge with
+//! `--redis`. Both feed the same registry; the hub never asks which one it has. An
+//! answer the broker gives later reaches the member's mailbox as an [`Answer`], and
+//! the hub returns [`Deferred::Later`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::base::mailbox::{SendError, Sender};
+use crate::base::mailbox::Sender;
 
 mod bridge;
+mod broker;
 mod events;
+mod fanout;
 mod history;
+mod memory;
 pub mod names;
 mod publication;
+mod room;
 
 pub use bridge::BACKOFF_MAX as REDIS_BACKOFF_MAX;
 
 pub use names::{valid_nick, valid_room, MAX_NICK, MAX_ROOM};
 pub use publication::{Kind, Publication, Wire};
 
-use self::history::HistoryOrder;
+use self::broker::{Broker, Newcomer};
+use self::memory::MemoryBroker;
+use self::room::Shard;
 
 /// The nick of backend notifications ([`Hub::announce`]); no member can take it.
 pub const SERVER_NICK: &str = "server";
@@ -249,94 +267,6 @@ impl HubError {
     }
 }
 
-/// A member's entry in a room's member list.
-#[derive(Clone)]
-struct Entry {
-    id: MemberId,
-    nick: Arc<str>,
-    tx: Sender<ChatEvent>,
-    wire: Wire,
-    /// The room sequence number at join: only later events are handed to it.
-    since: u64,
-}
-
-struct Pending {
-    seq: u64,
-    publication: Arc<Publication>,
-    /// A member the event is not for (its author, for a nick change).
-    skip: Option<MemberId>,
-    /// The member whose own message this is (its `SAY`'s answer).
-    author: Option<MemberId>,
-}
-
-struct Room {
-    name: Arc<str>,
-    /// Copy-on-write: a deliverer holds a snapshot while joins and parts go on.
-    members: Arc<Vec<Entry>>,
-    index: HashMap<MemberId, usize>,
-    history: VecDeque<Arc<Publication>>,
-    /// What `history` is counted for ([`Publication::cost`]).
-    history_bytes: usize,
-    seq: u64,
-    outbox: VecDeque<Pending>,
-    /// Someone is handing out the outbox.
-    delivering: bool,
-}
-
-impl Room {
-    fn new(name: Arc<str>) -> Room {
-        Room {
-            name,
-            members: Arc::new(Vec::new()),
-            index: HashMap::new(),
-            history: VecDeque::new(),
-            history_bytes: 0,
-            seq: 0,
-            outbox: VecDeque::new(),
-            delivering: false,
-        }
-    }
-
-    /// Queues an event; returns whether the caller must deliver the outbox.
-    fn push(&mut self, publication: Arc<Publication>, skip: Option<MemberId>) -> bool {
-        self.push_by(publication, skip, None)
-    }
-
-    /// Queues an event, a message of `author` (told it is its own); returns whether
-    /// the caller must deliver the outbox.
-    fn push_by(
-        &mut self,
-        publication: Arc<Publication>,
-        skip: Option<MemberId>,
-        author: Option<MemberId>,
-    ) -> bool {
-        self.seq += 1;
-        self.outbox.push_back(Pending {
-            seq: self.seq,
-            publication,
-            skip,
-            author,
-        });
-        !std::mem::replace(&mut self.delivering, true)
-    }
-
-    fn entry(&self, id: MemberId) -> Option<&Entry> {
-        self.index.get(&id).map(|&i| &self.members[i])
-    }
-
-    fn remove(&mut self, id: MemberId) -> Option<Entry> {
-        let i = self.index.remove(&id)?;
-        let members = Arc::make_mut(&mut self.members);
-        let e = members.swap_remove(i);
-        if let Some(moved) = members.get(i) {
-            self.index.insert(moved.id, i);
-        }
-        Some(e)
-    }
-}
-
-type Shard = HashMap<Arc<str>, Room>;
-
 /// What a successful join returns to the session.
 #[derive(Debug)]
 pub struct Joined {
@@ -396,6 +326,28 @@ pub struct HubStats {
     pub redis_connects: AtomicU64,
     /// Connections to Redis lost.
     pub redis_losses: AtomicU64,
+    /// Pipelines to Redis answered (round trips), for the average below.
+    pub redis_round_trips: AtomicU64,
+    /// Microseconds those round trips took, in all.
+    pub redis_round_trip_us_sum: AtomicU64,
+    /// Microseconds the last round trip took.
+    pub redis_round_trip_us_last: AtomicU64,
+    /// Requests in the pipeline out now (0 while none is): the pipeline depth.
+    pub redis_in_flight: AtomicU64,
+}
+
+/// Why a hub could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum HubSetupError {
+    /// The `--redis` URL is not one the Redis client takes.
+    #[error("--redis {url}: {source}")]
+    BadRedisUrl {
+        /// The URL given.
+        url: String,
+        /// Why the client refused it.
+        #[source]
+        source: redis::RedisError,
+    },
 }
 
 /// The chat state of one process. See the module documentation.
@@ -405,16 +357,12 @@ pub struct Hub {
     nicks: Mutex<HashMap<Arc<str>, MemberId>>,
     next_member: AtomicU64,
     next_guest: AtomicU64,
-    next_msg: AtomicU64,
     config: HubConfig,
     /// With Redis, guest nicks carry a random per-process part so that processes do
     /// not hand out the same ones.
     guest_prefix: String,
-    bridge: Option<bridge::Bridge>,
-    /// Every room's history in the order it was said, for the process-wide budget.
-    history: Mutex<HistoryOrder>,
-    /// Bytes of history kept by all rooms ([`Publication::cost`]).
-    history_held: AtomicUsize,
+    /// Orders, stores and claims: in this process or across processes.
+    broker: Box<dyn Broker>,
     /// Counters.
     pub stats: HubStats,
 }
@@ -434,24 +382,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// An empty hub.
+    /// An empty hub, one chat in this process.
     pub fn new(config: HubConfig) -> Hub {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let broker = Box::new(MemoryBroker::new(&config));
+        Hub::with_broker(config, broker, String::new())
+    }
+
+    fn with_broker(config: HubConfig, broker: Box<dyn Broker>, guest_prefix: String) -> Hub {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: BuildHasherDefault::default(),
             nicks: Mutex::new(HashMap::new()),
             next_member: AtomicU64::new(1),
             next_guest: AtomicU64::new(1),
-            next_msg: AtomicU64::new(start),
             config,
-            guest_prefix: String::new(),
-            bridge: None,
-            history: Mutex::default(),
-            history_held: AtomicUsize::new(0),
+            guest_prefix,
+            broker,
             stats: HubStats::default(),
         }
     }
@@ -459,18 +405,19 @@ impl Hub {
     /// A hub that is one chat with every other process given the same Redis `url`
     /// (see the bridge's documentation). Connects in the background; an invalid URL
     /// is an error now.
-    pub fn with_redis(config: HubConfig, url: &str) -> Result<Arc<Hub>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+    pub fn with_redis(config: HubConfig, url: &str) -> Result<Arc<Hub>, HubSetupError> {
+        let client = redis::Client::open(url).map_err(|source| HubSetupError::BadRedisUrl {
+            url: url.to_string(),
+            source,
+        })?;
         let (history, ttl) = (config.history, config.presence_ttl);
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
+            .unwrap_or(0);
         Ok(Arc::new_cyclic(|weak| {
-            let mut hub = Hub::new(config);
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
-                .unwrap_or(0);
-            hub.guest_prefix = format!("{t:08x}-");
-            hub.bridge = Some(bridge::Bridge::start(client, weak.clone(), history, ttl));
-            hub
+            let bridge = bridge::Bridge::start(client, weak.clone(), history, ttl);
+            Hub::with_broker(config, Box::new(bridge), format!("{t:08x}-"))
         }))
     }
 
@@ -486,77 +433,23 @@ impl Hub {
 
     /// Whether this hub is one chat with other processes through Redis.
     pub fn uses_redis(&self) -> bool {
-        self.bridge.is_some()
+        self.broker.uses_redis()
     }
 
     /// Whether the shared backend is reachable (always, without `--redis`).
     pub fn is_available(&self) -> bool {
-        self.bridge.as_ref().is_none_or(|b| b.is_up())
+        self.broker.is_up()
     }
 
-    /// Publishes a join, part or nick change through Redis; while it is down the event
-    /// reaches nobody (logged and counted by the bridge's state).
-    fn publish_event(&self, b: &bridge::Bridge, room: &Arc<str>, kind: Kind, member: MemberId) {
-        let r = bridge::Request::Event {
-            room: room.clone(),
-            kind,
-            member,
-        };
-        if b.send(r).is_err() {
-            tracing::warn!("redis unavailable: a {room} membership event was not published");
-        }
+    /// Most rooms one member may be in (`--max-rooms-per-conn`).
+    pub fn max_rooms_per_conn(&self) -> usize {
+        self.config.max_rooms_per_conn
     }
 
-    /// An event of `room` from Redis, for this process's members of it. `skip` is the
-    /// member of this process the event is about, when it must not receive it.
-    /// Returns the room when the caller must now hand its events out
-    /// ([`Hub::deliver`]): the bridge has that done on another thread, so that putting
-    /// events in order never waits for a fan-out.
-    fn inject(
-        &self,
-        room: &str,
-        kind: Kind,
-        skip: Option<MemberId>,
-        author: Option<MemberId>,
-    ) -> Option<Arc<str>> {
-        {
-            let mut shard = lock(self.shard(room));
-            let r = shard.get_mut(room)?; // None: no member here.
-            let name = r.name.clone();
-            let own_join = matches!(kind, Kind::Join { .. });
-            let p = Arc::new(Publication::new(name.clone(), kind));
-            let deliver = r.push_by(p, skip, author);
-            if let (true, Some(m)) = (own_join, skip) {
-                // The member's own JOIN, in Redis's order: it receives what follows.
-                if let Some(&i) = r.index.get(&m) {
-                    let seq = r.seq;
-                    let e = &mut Arc::make_mut(&mut r.members)[i];
-                    if e.since == u64::MAX {
-                        e.since = seq;
-                        // Sent before any later event of the room is handed out (they
-                        // all come through this thread, after this one).
-                        let joined = ChatEvent::Answer(Answer::Joined { room: name.clone() });
-                        let _ = e.tx.send(joined, 64);
-                    }
-                }
-            }
-            deliver.then_some(name)
-        }
-    }
-
-    /// Removes a member from a room without telling anyone (its join never happened).
-    fn remove_local(&self, id: MemberId, room: &str) {
-        let mut shard = lock(self.shard(room));
-        if let Some(r) = shard.get_mut(room) {
-            r.remove(id);
-            if r.members.is_empty() && !r.delivering {
-                shard.remove(room);
-            }
-        }
-    }
-
-    fn shard(&self, room: &str) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(room) as usize) % SHARDS]
+    /// Bytes of history kept by all rooms in this process (as [`Publication::cost`]
+    /// counts them; none with `--redis`, where the history lives in Redis).
+    pub fn history_held(&self) -> usize {
+        self.broker.history_held()
     }
 
     /// Registers a new member and gives it a unique guest nick (`guest-N`).
@@ -594,24 +487,7 @@ impl Hub {
         if new.eq_ignore_ascii_case(SERVER_NICK) {
             return Err(HubError::NickTaken);
         }
-        let new: Arc<str> = new.into();
-        if let Some(b) = &self.bridge {
-            if lock(&self.nicks)
-                .get(&folded(&new))
-                .is_some_and(|owner| *owner != id)
-            {
-                return Err(HubError::NickTaken);
-            }
-            b.send(bridge::Request::Claim {
-                nick: new,
-                old: old.clone(),
-                member: id,
-                to: to.clone(),
-            })?;
-            return Ok(Deferred::Later);
-        }
-        self.apply_nick(id, old, &new, rooms)?;
-        Ok(Deferred::Now(new))
+        self.broker.claim_nick(self, id, old, new.into(), rooms, to)
     }
 
     /// Makes a nick change (claimed in Redis already, with `--redis`) and tells the
@@ -623,10 +499,9 @@ impl Hub {
         new: &Arc<str>,
         rooms: &[Arc<str>],
     ) -> Result<(), HubError> {
-        let new = new.clone();
         {
             let mut nicks = lock(&self.nicks);
-            let (key, old_key) = (folded(&new), folded(old));
+            let (key, old_key) = (folded(new), folded(old));
             match nicks.get(&key) {
                 Some(owner) if *owner != id => return Err(HubError::NickTaken),
                 _ => {}
@@ -638,31 +513,25 @@ impl Hub {
             nicks.insert(key, id);
         }
         for room in rooms {
-            let deliver = {
-                let mut shard = lock(self.shard(room));
-                let Some(r) = shard.get_mut(room) else {
-                    continue;
-                };
-                let Some(&i) = r.index.get(&id) else {
-                    continue;
-                };
-                Arc::make_mut(&mut r.members)[i].nick = new.clone();
-                let kind = Kind::Nick {
-                    old: old.clone(),
-                    new: new.clone(),
-                };
-                if let Some(b) = &self.bridge {
-                    drop(shard);
-                    self.publish_event(b, room, kind, id);
-                    continue;
-                }
-                r.push(Arc::new(Publication::new(room.clone(), kind)), Some(id))
-            };
-            if deliver {
-                self.deliver(room);
-            }
+            self.broker.renamed(self, id, room, old, new);
         }
         Ok(())
+    }
+
+    /// Whether `nick` (any case) belongs to a member of this process other than `id`.
+    fn nick_held_by_other(&self, nick: &str, id: MemberId) -> bool {
+        lock(&self.nicks)
+            .get(&folded(nick))
+            .is_some_and(|owner| *owner != id)
+    }
+
+    /// This process's nicks (case-folded) and their members (what it refreshes in
+    /// Redis).
+    fn local_nicks(&self) -> Vec<(Arc<str>, MemberId)> {
+        lock(&self.nicks)
+            .iter()
+            .map(|(n, id)| (n.clone(), *id))
+            .collect()
     }
 
     /// Adds a member to `room` (created if need be) and tells the others. With
@@ -683,123 +552,13 @@ impl Hub {
         if after.is_some() && !self.is_available() {
             return Err(HubError::Unavailable);
         }
-        let (joined, deliver) = {
-            let mut shard = lock(self.shard(room));
-            if !shard.contains_key(room) {
-                let name: Arc<str> = room.into();
-                shard.insert(name.clone(), Room::new(name));
-            }
-            let r = shard.get_mut(room).expect("just made");
-            let name = r.name.clone();
-            if r.index.contains_key(&id) {
-                return Err(HubError::AlreadyMember);
-            }
-            let deliver = match self.bridge {
-                Some(_) => false, // Published through Redis below.
-                None => {
-                    let p = Publication::new(name.clone(), Kind::Join { nick: nick.clone() });
-                    r.push(Arc::new(p), None)
-                }
-            };
-            // With Redis, the member starts receiving at its own JOIN as Redis orders
-            // it (see `inject`): events ordered before it are not for it.
-            let since = if self.bridge.is_some() {
-                u64::MAX
-            } else {
-                r.seq
-            };
-            r.index.insert(id, r.members.len());
-            Arc::make_mut(&mut r.members).push(Entry {
-                id,
-                nick: nick.clone(),
-                tx: tx.clone(),
-                wire,
-                since,
-            });
-            let replay = match after {
-                Some(_) if self.bridge.is_some() => Vec::new(),
-                Some(after) => r
-                    .history
-                    .iter()
-                    .filter(|p| p.msg_id().is_some_and(|m| m > after))
-                    .cloned()
-                    .collect(),
-                None => Vec::new(),
-            };
-            (
-                Joined {
-                    room: name,
-                    since,
-                    replay,
-                    replay_pending: false,
-                    confirm_pending: self.bridge.is_some(),
-                },
-                deliver,
-            )
-        };
-        if deliver {
-            self.deliver(&joined.room);
-        }
-        let mut joined = joined;
-        if let Some(b) = &self.bridge {
-            let r = bridge::Request::Event {
-                room: joined.room.clone(),
-                kind: Kind::Join { nick: nick.clone() },
-                member: id,
-            };
-            if let Err(e) = b.send(r) {
-                // Not ordered in Redis, the membership would never start: refuse.
-                self.remove_local(id, room);
-                return Err(e);
-            }
-            if let Some(after) = after {
-                let r = bridge::Request::Range {
-                    room: joined.room.clone(),
-                    after: Some(after),
-                    last: 0,
-                    to: tx.clone(),
-                };
-                if let Err(e) = b.send(r) {
-                    let _ = self.part(id, room);
-                    return Err(e);
-                }
-                joined.replay_pending = true;
-            }
-            // The hub starts this membership at its own JOIN; the session's filter
-            // has nothing earlier to drop.
-            joined.since = 0;
-        }
-        Ok(joined)
+        let who = Newcomer { id, nick, tx, wire };
+        self.broker.join(self, who, room, after)
     }
 
     /// Removes a member from `room` and tells the others.
     pub fn part(&self, id: MemberId, room: &str) -> Result<(), HubError> {
-        let name = {
-            let mut shard = lock(self.shard(room));
-            let Some(r) = shard.get_mut(room) else {
-                return Err(HubError::NotMember);
-            };
-            let name = r.name.clone();
-            let Some(e) = r.remove(id) else {
-                return Err(HubError::NotMember);
-            };
-            let kind = Kind::Part { nick: e.nick };
-            if let Some(b) = &self.bridge {
-                let empty = r.members.is_empty() && !r.delivering;
-                if empty {
-                    shard.remove(room);
-                }
-                drop(shard);
-                self.publish_event(b, &name, kind, id);
-                return Ok(());
-            }
-            if !r.push(Arc::new(Publication::new(name.clone(), kind)), None) {
-                return Ok(());
-            }
-            name
-        };
-        self.deliver(&name);
-        Ok(())
+        self.broker.part(self, id, room)
     }
 
     /// Says `text` in `room` as member `id`: every member, the author included,
@@ -809,47 +568,9 @@ impl Hub {
     /// comes back to every member, the author included, through the shared channel.
     pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Deferred<MsgId>, HubError> {
         check_text(text)?;
-        let (name, msg, deliver, kept, p) = {
-            let mut shard = lock(self.shard(room));
-            let Some(r) = shard.get_mut(room) else {
-                return Err(HubError::NotMember);
-            };
-            let name = r.name.clone();
-            let entry = r.entry(id).ok_or(HubError::NotMember)?;
-            let nick = entry.nick.clone();
-            if let Some(b) = &self.bridge {
-                let author = Some((id, entry.tx.clone()));
-                drop(shard);
-                b.send(bridge::Request::Say {
-                    room: name,
-                    nick,
-                    text: text.into(),
-                    author,
-                })?;
-                self.stats.messages.fetch_add(1, Ordering::Relaxed);
-                return Ok(Deferred::Later);
-            }
-            let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
-            let p = Arc::new(Publication::new(
-                name.clone(),
-                Kind::Msg {
-                    id: msg,
-                    nick,
-                    text: text.into(),
-                    time: Some(publication::unix_millis()),
-                },
-            ));
-            let kept = self.remember(r, &p);
-            (name, msg, r.push_by(p.clone(), None, Some(id)), kept, p)
-        };
-        if kept {
-            self.keep_within_budget(&p);
-        }
+        let said = self.broker.say(self, id, room, text)?;
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
-        if deliver {
-            self.deliver(&name);
-        }
-        Ok(Deferred::Now(msg))
+        Ok(said)
     }
 
     /// Says `text` in `room` as [`SERVER_NICK`], delivered like a member's `SAY`: the
@@ -861,57 +582,9 @@ impl Hub {
             return Err(HubError::BadName);
         }
         check_text(text)?;
-        if let Some(b) = &self.bridge {
-            b.send(bridge::Request::Say {
-                room: room.into(),
-                nick: SERVER_NICK.into(),
-                text: text.into(),
-                author: None,
-            })?;
-            self.stats.messages.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let (name, p, deliver, kept) = {
-            let mut shard = lock(self.shard(room));
-            let r = shard.get_mut(room).ok_or(HubError::NoSuchRoom)?;
-            let msg = MsgId(self.next_msg.fetch_add(1, Ordering::Relaxed));
-            let p = Arc::new(Publication::new(
-                r.name.clone(),
-                Kind::Msg {
-                    id: msg,
-                    nick: SERVER_NICK.into(),
-                    text: text.into(),
-                    time: Some(publication::unix_millis()),
-                },
-            ));
-            let kept = self.remember(r, &p);
-            (r.name.clone(), p.clone(), r.push(p, None), kept)
-        };
-        if kept {
-            self.keep_within_budget(&p);
-        }
+        self.broker.announce(self, room, text)?;
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
-        if deliver {
-            self.deliver(&name);
-        }
         Ok(())
-    }
-
-    /// This process's members, room by room (what it refreshes in Redis).
-    fn local_presence(&self) -> Vec<(Arc<str>, Vec<Arc<str>>)> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = lock(shard);
-            for r in shard.values() {
-                if !r.members.is_empty() {
-                    all.push((
-                        r.name.clone(),
-                        r.members.iter().map(|e| e.nick.clone()).collect(),
-                    ));
-                }
-            }
-        }
-        all
     }
 
     /// The nicks in `room`, sorted. With `--redis` they are the members on every
@@ -924,29 +597,7 @@ impl Hub {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
-        match &self.bridge {
-            Some(b) => {
-                b.send(bridge::Request::Who {
-                    room: room.into(),
-                    to: to.clone(),
-                })?;
-                Ok(Deferred::Later)
-            }
-            None => self.who(room).map(Deferred::Now),
-        }
-    }
-
-    /// The nicks in `room` on this process, sorted.
-    pub fn who(&self, room: &str) -> Result<Vec<Arc<str>>, HubError> {
-        if !valid_room(room) {
-            return Err(HubError::BadName);
-        }
-        let shard = lock(self.shard(room));
-        let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
-        let mut nicks: Vec<Arc<str>> = r.members.iter().map(|e| e.nick.clone()).collect();
-        drop(shard);
-        nicks.sort();
-        Ok(nicks)
+        self.broker.who(self, room, to)
     }
 
     /// Up to `n` (at most [`MAX_HISTORY_REPLY`]) most recent messages of `room`,
@@ -961,22 +612,8 @@ impl Hub {
         if !valid_room(room) {
             return Err(HubError::BadName);
         }
-        let n = n.min(MAX_HISTORY_REPLY);
-        if let Some(b) = &self.bridge {
-            b.send(bridge::Request::Range {
-                room: room.into(),
-                after: None,
-                last: n,
-                to: to.clone(),
-            })?;
-            return Ok(Deferred::Later);
-        }
-        let shard = lock(self.shard(room));
-        let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
-        let skip = r.history.len().saturating_sub(n);
-        Ok(Deferred::Now(
-            r.history.iter().skip(skip).cloned().collect(),
-        ))
+        self.broker
+            .history(self, room, n.min(MAX_HISTORY_REPLY), to)
     }
 
     /// The member has gone: it parts from each of its `rooms` and its nick is freed.
@@ -988,80 +625,8 @@ impl Hub {
         let key = folded(nick);
         if nicks.get(&key) == Some(&id) {
             nicks.remove(&key);
-            if let Some(b) = &self.bridge {
-                let _ = b.send(bridge::Request::Release {
-                    nick: nick.clone(),
-                    member: id,
-                });
-            }
-        }
-    }
-
-    /// This process's nicks (case-folded) and their members (what it refreshes in
-    /// Redis).
-    fn local_nicks(&self) -> Vec<(Arc<str>, MemberId)> {
-        lock(&self.nicks)
-            .iter()
-            .map(|(n, id)| (n.clone(), *id))
-            .collect()
-    }
-
-    /// Most rooms one member may be in (`--max-rooms-per-conn`).
-    pub fn max_rooms_per_conn(&self) -> usize {
-        self.config.max_rooms_per_conn
-    }
-
-    /// Hands out a room's outbox in order, batch by batch, until it is empty. Called by
-    /// whoever set the room's `delivering` flag; sends happen outside every hub lock.
-    fn deliver(&self, room: &Arc<str>) {
-        let shard = self.shard(room);
-        let mut batch = VecDeque::new();
-        loop {
-            let members = {
-                let mut s = lock(shard);
-                let Some(r) = s.get_mut(room) else {
-                    return;
-                };
-                if r.outbox.is_empty() {
-                    r.delivering = false;
-                    if r.members.is_empty() {
-                        let forgotten = r.history_bytes;
-                        s.remove(room);
-                        drop(s);
-                        self.forgot_room(forgotten);
-                    }
-                    return;
-                }
-                std::mem::swap(&mut batch, &mut r.outbox);
-                r.members.clone()
-            };
-            let (mut delivered, mut overflowed) = (0u64, 0u64);
-            for p in batch.drain(..) {
-                for m in members.iter() {
-                    if p.seq <= m.since || p.skip == Some(m.id) {
-                        continue;
-                    }
-                    let cost = p.publication.encoded(m.wire).len();
-                    let ev = ChatEvent::Room {
-                        seq: p.seq,
-                        publication: p.publication.clone(),
-                        own: p.author == Some(m.id),
-                    };
-                    match m.tx.send(ev, cost) {
-                        Ok(()) => delivered += 1,
-                        Err(SendError::Overflow) => overflowed += 1,
-                        Err(SendError::Closed) => {}
-                    }
-                }
-            }
-            self.stats
-                .deliveries
-                .fetch_add(delivered, Ordering::Relaxed);
-            if overflowed > 0 {
-                self.stats
-                    .overflows
-                    .fetch_add(overflowed, Ordering::Relaxed);
-            }
+            drop(nicks);
+            self.broker.release_nick(nick, id);
         }
     }
 }

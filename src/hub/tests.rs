@@ -3,6 +3,7 @@
 use super::*;
 use crate::base::mailbox::{Mailbox, WakeKind};
 use proptest::prelude::*;
+use std::collections::VecDeque;
 
 struct M {
     id: MemberId,
@@ -448,7 +449,7 @@ fn a_room_keeps_at_most_its_history_count_and_counts_what_it_drops() {
         h.iter().map(|p| p.cost()).sum::<usize>()
     );
     // The budget's order queue stays bounded by its clean-ups.
-    assert!(lock(&hub.history).queue.len() <= 2 * 1024 + 1);
+    assert!(lock(&memory::MemoryBroker::of(&hub).order).queue.len() <= 2 * 1024 + 1);
 }
 
 #[test]
@@ -522,15 +523,40 @@ fn once_every_room_is_forgotten_no_message_is_pinned_by_the_history_order() {
             hub.say(a.id, &room, &format!("m{i}")).unwrap();
         }
     }
-    let kept = lock(&hub.history).queue.len();
+    let kept = lock(&memory::MemoryBroker::of(&hub).order).queue.len();
     assert_eq!(kept, 60, "every message kept is in the order");
     drop(a.lines());
     hub.disconnect(a.id, &a.nick, &["r0".into(), "r1".into(), "r2".into()]);
     assert_eq!(hub.history_held(), 0);
-    let order = lock(&hub.history);
+    let order = lock(&memory::MemoryBroker::of(&hub).order);
     assert_eq!(
         (order.queue.len(), order.queue.capacity()),
         (0, 0),
         "a Weak left in the order keeps its message's allocation alive"
     );
+}
+
+#[test]
+fn a_room_made_again_never_replays_a_log_its_broker_has_not_dropped_yet() {
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    a.join(&hub, "r", None);
+    hub.say(a.id, "r", "old").unwrap().now().unwrap();
+    // The hub forgets the room, and its broker's `room_gone` has not run yet when a
+    // join makes the room again: the old log is still there then.
+    let broker = memory::MemoryBroker::of(&hub);
+    let stale = lock(broker.shard("r")).remove("r").expect("the room's log");
+    hub.disconnect(a.id, &a.nick, &[Arc::from("r")]);
+    assert!(!hub.has_room("r"));
+    lock(broker.shard("r")).insert(Arc::from("r"), stale);
+    let b = member(&hub, 1 << 20);
+    let j = b.join(&hub, "r", Some(MsgId(0)));
+    assert!(j.replay.is_empty(), "{:?}", j.replay);
+    assert!(hub
+        .history("r", 10, &b.tx)
+        .unwrap()
+        .now()
+        .unwrap()
+        .is_empty());
+    assert_eq!(hub.history_held(), 0, "the old log is counted out");
 }

@@ -160,6 +160,14 @@ pub struct RedisStats {
     pub connects: u64,
     /// Connections lost.
     pub losses: u64,
+    /// Pipelines answered (round trips to Redis).
+    pub round_trips: u64,
+    /// Seconds those round trips took, in all.
+    pub round_trip_seconds: f64,
+    /// Seconds the last round trip took.
+    pub round_trip_last_seconds: f64,
+    /// Requests in the pipeline out now: the pipeline depth.
+    pub pipeline_depth: u64,
 }
 
 impl Snapshot {
@@ -197,6 +205,13 @@ impl Snapshot {
                     up: hub.is_available(),
                     connects: s.redis_connects.load(Ordering::Relaxed),
                     losses: s.redis_losses.load(Ordering::Relaxed),
+                    round_trips: s.redis_round_trips.load(Ordering::Relaxed),
+                    round_trip_seconds: s.redis_round_trip_us_sum.load(Ordering::Relaxed) as f64
+                        / 1e6,
+                    round_trip_last_seconds: s.redis_round_trip_us_last.load(Ordering::Relaxed)
+                        as f64
+                        / 1e6,
+                    pipeline_depth: s.redis_in_flight.load(Ordering::Relaxed),
                 }),
             }
         });
@@ -450,6 +465,30 @@ impl Snapshot {
                     "counter",
                     "Connections to Redis lost.",
                     r.losses as f64,
+                );
+                p.one(
+                    "multiclient_redis_round_trips_total",
+                    "counter",
+                    "Pipelines to Redis answered (round trips).",
+                    r.round_trips as f64,
+                );
+                p.one(
+                    "multiclient_redis_round_trip_seconds_total",
+                    "counter",
+                    "Seconds the Redis round trips took, in all (divide by the round trips for the mean).",
+                    r.round_trip_seconds,
+                );
+                p.one(
+                    "multiclient_redis_round_trip_last_seconds",
+                    "gauge",
+                    "Seconds the last Redis round trip took.",
+                    r.round_trip_last_seconds,
+                );
+                p.one(
+                    "multiclient_redis_pipeline_depth",
+                    "gauge",
+                    "Requests in the pipeline out to Redis now (0 while none is).",
+                    r.pipeline_depth as f64,
                 );
             }
         }

@@ -105,7 +105,7 @@ impl ChatOptions {
                     presence_ttl: self.presence_ttl,
                 };
                 match &self.redis {
-                    Some(url) => Hub::with_redis(config, url),
+                    Some(url) => Hub::with_redis(config, url).map_err(|e| e.to_string()),
                     None => Ok(Arc::new(Hub::new(config))),
                 }
             })

@@ -1,0 +1,357 @@
+//! The hub's registry of this process's rooms and members, and the fan-out: what both
+//! brokers feed. Every function here takes one shard lock at a time and never calls
+//! the broker while holding it.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use super::broker::{Newcomer, Order};
+use super::room::{Entry, Room, Shard, Since};
+use super::{
+    lock, Answer, ChatEvent, Hub, HubError, Kind, MemberId, Publication, SERVER_NICK, SHARDS,
+};
+use crate::base::mailbox::{SendError, Sender};
+
+/// A member added to a room ([`Hub::join_local`]).
+pub(super) struct Added {
+    /// The room's name, shared with the hub.
+    pub(super) room: Arc<str>,
+    /// Where the membership starts.
+    pub(super) since: Since,
+    /// The caller must hand the room's events out ([`Hub::deliver`]).
+    pub(super) deliver: bool,
+    /// The room was made for this member: nothing of an earlier room of that name is
+    /// for it.
+    pub(super) created: bool,
+}
+
+/// A member's nick and mailbox in a room ([`Hub::member`]).
+pub(super) type Member = (Arc<str>, Arc<str>, Sender<ChatEvent>);
+
+/// A member's nick, with its id once its join has been ordered by the broker.
+pub(super) type Listing = (Arc<str>, Option<MemberId>);
+
+impl Hub {
+    pub(super) fn shard(&self, room: &str) -> &Mutex<Shard> {
+        &self.shards[(self.hasher.hash_one(room) as usize) % SHARDS]
+    }
+
+    /// Whether `room` has a member here (or a delivery under way).
+    pub(super) fn has_room(&self, room: &str) -> bool {
+        lock(self.shard(room)).contains_key(room)
+    }
+
+    /// Adds `who` to `room`, made if need be. With [`Order::Here`] its `JOIN` is
+    /// queued now and the membership starts right after it; with [`Order::Broker`] it
+    /// starts once the broker's order of its `JOIN` comes back ([`Hub::inject`]).
+    pub(super) fn join_local(
+        &self,
+        who: Newcomer<'_>,
+        room: &str,
+        order: Order,
+    ) -> Result<Added, HubError> {
+        let mut shard = lock(self.shard(room));
+        let created = !shard.contains_key(room);
+        if created {
+            let name: Arc<str> = room.into();
+            shard.insert(name.clone(), Room::new(name));
+        }
+        let r = shard.get_mut(room).expect("just made");
+        if r.index.contains_key(&who.id) {
+            return Err(HubError::AlreadyMember);
+        }
+        let name = r.name.clone();
+        let (since, deliver) = match order {
+            Order::Here => {
+                let kind = Kind::Join {
+                    nick: who.nick.clone(),
+                };
+                let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), None, None);
+                (Since::Seq(r.seq), deliver)
+            }
+            Order::Broker => (Since::Unordered, false),
+        };
+        r.add(Entry {
+            id: who.id,
+            nick: who.nick.clone(),
+            tx: who.tx.clone(),
+            wire: who.wire,
+            since,
+        });
+        Ok(Added {
+            room: name,
+            since,
+            deliver,
+            created,
+        })
+    }
+
+    /// Removes member `id` from `room` and returns the room's name and the member's
+    /// nick. With [`Order::Here`] its `PART` is queued (and the caller must deliver if
+    /// the flag says so); with [`Order::Broker`] nothing is, and a room left idle is
+    /// forgotten at once.
+    pub(super) fn part_local(
+        &self,
+        id: MemberId,
+        room: &str,
+        order: Order,
+    ) -> Result<(Arc<str>, Arc<str>, bool), HubError> {
+        let mut shard = lock(self.shard(room));
+        let r = shard.get_mut(room).ok_or(HubError::NotMember)?;
+        let name = r.name.clone();
+        let e = r.remove(id).ok_or(HubError::NotMember)?;
+        match order {
+            Order::Here => {
+                let kind = Kind::Part {
+                    nick: e.nick.clone(),
+                };
+                let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), None, None);
+                Ok((name, e.nick, deliver))
+            }
+            Order::Broker => {
+                if r.idle() {
+                    shard.remove(room);
+                    drop(shard);
+                    self.broker.room_gone(self, room);
+                }
+                Ok((name, e.nick, false))
+            }
+        }
+    }
+
+    /// Removes a member from a room without telling anyone (its join never happened).
+    pub(super) fn remove_local(&self, id: MemberId, room: &str) {
+        let mut shard = lock(self.shard(room));
+        if let Some(r) = shard.get_mut(room) {
+            r.remove(id);
+            if r.idle() {
+                shard.remove(room);
+                drop(shard);
+                self.broker.room_gone(self, room);
+            }
+        }
+    }
+
+    /// Renames member `id` in `room`, queuing its `NICK` for the others with
+    /// [`Order::Here`]. `None` if it is not there; else the room's name and whether the
+    /// caller must deliver.
+    pub(super) fn rename_local(
+        &self,
+        id: MemberId,
+        room: &str,
+        old: &Arc<str>,
+        new: &Arc<str>,
+        order: Order,
+    ) -> Option<(Arc<str>, bool)> {
+        let mut shard = lock(self.shard(room));
+        let r = shard.get_mut(room)?;
+        r.entry_mut(id)?.nick = new.clone();
+        let name = r.name.clone();
+        let deliver = match order {
+            Order::Here => {
+                let kind = Kind::Nick {
+                    old: old.clone(),
+                    new: new.clone(),
+                };
+                r.push(
+                    Arc::new(Publication::new(name.clone(), kind)),
+                    Some(id),
+                    None,
+                )
+            }
+            Order::Broker => false,
+        };
+        Some((name, deliver))
+    }
+
+    /// Queues a message in `room`, now, in the room's local order: by member `author`
+    /// ([`HubError::NotMember`] unless it is in the room), or by the server
+    /// ([`HubError::NoSuchRoom`] unless someone is). `make` builds the message from the
+    /// room's name and the author's nick, under the room's lock. Returns it and
+    /// whether the caller must deliver.
+    pub(super) fn publish_local(
+        &self,
+        room: &str,
+        author: Option<MemberId>,
+        make: impl FnOnce(Arc<str>, Arc<str>) -> Publication,
+    ) -> Result<(Arc<Publication>, bool), HubError> {
+        let mut shard = lock(self.shard(room));
+        let (r, nick) = match author {
+            Some(id) => {
+                let r = shard.get_mut(room).ok_or(HubError::NotMember)?;
+                let nick = r.entry(id).ok_or(HubError::NotMember)?.nick.clone();
+                (r, nick)
+            }
+            None => (
+                shard.get_mut(room).ok_or(HubError::NoSuchRoom)?,
+                SERVER_NICK.into(),
+            ),
+        };
+        let p = Arc::new(make(r.name.clone(), nick));
+        let deliver = r.push(p.clone(), None, author);
+        Ok((p, deliver))
+    }
+
+    /// The room's name, the nick and the mailbox of member `id` in `room`.
+    pub(super) fn member(&self, id: MemberId, room: &str) -> Result<Member, HubError> {
+        let shard = lock(self.shard(room));
+        let r = shard.get(room).ok_or(HubError::NotMember)?;
+        let e = r.entry(id).ok_or(HubError::NotMember)?;
+        Ok((r.name.clone(), e.nick.clone(), e.tx.clone()))
+    }
+
+    /// The nicks in `room` on this process, sorted.
+    pub fn who(&self, room: &str) -> Result<Vec<Arc<str>>, HubError> {
+        if !super::valid_room(room) {
+            return Err(HubError::BadName);
+        }
+        let shard = lock(self.shard(room));
+        let r = shard.get(room).ok_or(HubError::NoSuchRoom)?;
+        let mut nicks: Vec<Arc<str>> = r.members.iter().map(|e| e.nick.clone()).collect();
+        drop(shard);
+        nicks.sort();
+        Ok(nicks)
+    }
+
+    /// An event of `room` ordered by the broker, for this process's members of it.
+    /// `skip` is the member of this process the event is about, when it must not
+    /// receive it; for its own `JOIN`, that membership starts here and the member is
+    /// told ([`Answer::Joined`]). Returns the room when the caller must now hand its
+    /// events out ([`Hub::deliver`]).
+    pub(super) fn inject(
+        &self,
+        room: &str,
+        kind: Kind,
+        skip: Option<MemberId>,
+        author: Option<MemberId>,
+    ) -> Option<Arc<str>> {
+        let mut shard = lock(self.shard(room));
+        let r = shard.get_mut(room)?; // None: no member here.
+        let name = r.name.clone();
+        let own_join = matches!(kind, Kind::Join { .. });
+        let p = Arc::new(Publication::new(name.clone(), kind));
+        let deliver = r.push(p, skip, author);
+        if let (true, Some(m)) = (own_join, skip) {
+            // The member's own JOIN, in the broker's order: it receives what follows.
+            let seq = r.seq;
+            if let Some(e) = r.entry_mut(m) {
+                if e.since == Since::Unordered {
+                    e.since = Since::Seq(seq);
+                    // Sent before any later event of the room is handed out (they
+                    // all come through the broker's one thread, after this one).
+                    let joined = ChatEvent::Answer(Answer::Joined { room: name.clone() });
+                    let _ = e.tx.send(joined, 64);
+                }
+            }
+        }
+        deliver.then_some(name)
+    }
+
+    /// Queues an event of `room` for this process's members but `skip`, like
+    /// [`Hub::inject`] without its handling of a member's own `JOIN`; returns the room
+    /// when the caller must hand its events out.
+    pub(super) fn push(&self, room: &str, kind: Kind, skip: Option<MemberId>) -> Option<Arc<str>> {
+        let mut shard = lock(self.shard(room));
+        let r = shard.get_mut(room)?;
+        let name = r.name.clone();
+        let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip, None);
+        deliver.then_some(name)
+    }
+
+    /// The member of this process called `nick` in `room`, if any.
+    pub(super) fn member_named(&self, room: &str, nick: &str) -> Option<MemberId> {
+        let shard = lock(self.shard(room));
+        let r = shard.get(room)?;
+        r.members.iter().find(|e| &*e.nick == nick).map(|e| e.id)
+    }
+
+    /// This process's members, room by room, each with its id once its join has been
+    /// ordered (`None` before: its `JOIN` may not have run yet).
+    pub(super) fn listings(&self) -> Vec<(Arc<str>, Vec<Listing>)> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for r in shard.values() {
+                if !r.members.is_empty() {
+                    let members = r.members.iter().map(|e| {
+                        let ordered = e.since != Since::Unordered;
+                        (e.nick.clone(), ordered.then_some(e.id))
+                    });
+                    all.push((r.name.clone(), members.collect()));
+                }
+            }
+        }
+        all
+    }
+
+    /// The rooms with a member on this process.
+    pub(super) fn local_rooms(&self) -> Vec<Arc<str>> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            all.extend(
+                shard
+                    .values()
+                    .filter(|r| !r.members.is_empty())
+                    .map(|r| r.name.clone()),
+            );
+        }
+        all
+    }
+
+    /// Hands out a room's outbox in order, batch by batch, until it is empty. Called by
+    /// whoever set the room's `delivering` flag; sends happen outside every hub lock.
+    /// A room left with no member is forgotten, and its broker told.
+    pub(super) fn deliver(&self, room: &Arc<str>) {
+        let shard = self.shard(room);
+        let mut batch = VecDeque::new();
+        loop {
+            let members = {
+                let mut s = lock(shard);
+                let Some(r) = s.get_mut(room) else {
+                    return;
+                };
+                if r.outbox.is_empty() {
+                    r.delivering = false;
+                    if r.members.is_empty() {
+                        s.remove(room);
+                        drop(s);
+                        self.broker.room_gone(self, room);
+                    }
+                    return;
+                }
+                std::mem::swap(&mut batch, &mut r.outbox);
+                r.members.clone()
+            };
+            let (mut delivered, mut overflowed) = (0u64, 0u64);
+            for p in batch.drain(..) {
+                for m in members.iter() {
+                    if !m.since.receives(p.seq) || p.skip == Some(m.id) {
+                        continue;
+                    }
+                    let cost = p.publication.encoded(m.wire).len();
+                    let ev = ChatEvent::Room {
+                        seq: p.seq,
+                        publication: p.publication.clone(),
+                        own: p.author == Some(m.id),
+                    };
+                    match m.tx.send(ev, cost) {
+                        Ok(()) => delivered += 1,
+                        Err(SendError::Overflow) => overflowed += 1,
+                        Err(SendError::Closed) => {}
+                    }
+                }
+            }
+            self.stats
+                .deliveries
+                .fetch_add(delivered, Ordering::Relaxed);
+            if overflowed > 0 {
+                self.stats
+                    .overflows
+                    .fetch_add(overflowed, Ordering::Relaxed);
+            }
+        }
+    }
+}

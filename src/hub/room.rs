@@ -1,0 +1,124 @@
+//! A room as the hub keeps it: its members on this process, its local event order
+//! and the outbox a deliverer hands out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::{ChatEvent, MemberId, Publication, Wire};
+use crate::base::mailbox::Sender;
+
+/// Where a membership starts in its room's local order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Since {
+    /// The join is not ordered yet (its `JOIN` has not come back from the broker): the
+    /// member receives nothing of the room until it is.
+    Unordered,
+    /// Ordered at this room sequence number: the member receives the events after it.
+    Seq(u64),
+}
+
+impl Since {
+    /// Whether the event at `seq` is for this membership.
+    #[inline]
+    pub(super) fn receives(self, seq: u64) -> bool {
+        match self {
+            Since::Unordered => false,
+            Since::Seq(since) => seq > since,
+        }
+    }
+}
+
+/// A member's entry in a room's member list.
+#[derive(Clone)]
+pub(super) struct Entry {
+    pub(super) id: MemberId,
+    pub(super) nick: Arc<str>,
+    pub(super) tx: Sender<ChatEvent>,
+    pub(super) wire: Wire,
+    pub(super) since: Since,
+}
+
+/// An event queued for the room's members, in the room's order.
+pub(super) struct Pending {
+    pub(super) seq: u64,
+    pub(super) publication: Arc<Publication>,
+    /// A member the event is not for (its author, for a nick change).
+    pub(super) skip: Option<MemberId>,
+    /// The member whose own message this is (its `SAY`'s answer).
+    pub(super) author: Option<MemberId>,
+}
+
+/// A room with at least one member on this process (or a delivery under way).
+pub(super) struct Room {
+    pub(super) name: Arc<str>,
+    /// Copy-on-write: a deliverer holds a snapshot while joins and parts go on.
+    pub(super) members: Arc<Vec<Entry>>,
+    pub(super) index: HashMap<MemberId, usize>,
+    pub(super) seq: u64,
+    pub(super) outbox: VecDeque<Pending>,
+    /// Someone is handing out the outbox.
+    pub(super) delivering: bool,
+}
+
+impl Room {
+    pub(super) fn new(name: Arc<str>) -> Room {
+        Room {
+            name,
+            members: Arc::new(Vec::new()),
+            index: HashMap::new(),
+            seq: 0,
+            outbox: VecDeque::new(),
+            delivering: false,
+        }
+    }
+
+    /// Queues an event, a message of `author` (told it is its own) if any, for every
+    /// member but `skip`; returns whether the caller must deliver the outbox.
+    pub(super) fn push(
+        &mut self,
+        publication: Arc<Publication>,
+        skip: Option<MemberId>,
+        author: Option<MemberId>,
+    ) -> bool {
+        self.seq += 1;
+        self.outbox.push_back(Pending {
+            seq: self.seq,
+            publication,
+            skip,
+            author,
+        });
+        !std::mem::replace(&mut self.delivering, true)
+    }
+
+    pub(super) fn entry(&self, id: MemberId) -> Option<&Entry> {
+        self.index.get(&id).map(|&i| &self.members[i])
+    }
+
+    pub(super) fn entry_mut(&mut self, id: MemberId) -> Option<&mut Entry> {
+        let i = *self.index.get(&id)?;
+        Some(&mut Arc::make_mut(&mut self.members)[i])
+    }
+
+    pub(super) fn add(&mut self, e: Entry) {
+        self.index.insert(e.id, self.members.len());
+        Arc::make_mut(&mut self.members).push(e);
+    }
+
+    pub(super) fn remove(&mut self, id: MemberId) -> Option<Entry> {
+        let i = self.index.remove(&id)?;
+        let members = Arc::make_mut(&mut self.members);
+        let e = members.swap_remove(i);
+        if let Some(moved) = members.get(i) {
+            self.index.insert(moved.id, i);
+        }
+        Some(e)
+    }
+
+    /// No member and no delivery under way: the room can be forgotten.
+    pub(super) fn idle(&self) -> bool {
+        self.members.is_empty() && !self.delivering
+    }
+}
+
+/// One shard of the rooms.
+pub(super) type Shard = HashMap<Arc<str>, Room>;
