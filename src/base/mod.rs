@@ -9,6 +9,7 @@
 pub mod budget;
 mod clock;
 pub mod mailbox;
+pub mod meter;
 pub mod trim;
 
 pub use budget::{Budget, Held};

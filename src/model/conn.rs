@@ -22,6 +22,7 @@ use super::timer::{Timer, TimerTable};
 use super::Listener;
 use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
+use crate::base::meter::{self, Answer};
 use crate::base::Clock;
 use crate::service::{ConnInfo, Cx, Goodbye, Session};
 
@@ -149,6 +150,10 @@ pub(crate) struct Conn<S: Session> {
     bytes_out: u64,
     writes: u32,
     reason: Reason,
+    /// Requests answered and not yet sent, the kind of the last, and when the read
+    /// before them came (in [`meter::ticks`]): timed once their reply is written.
+    answers: (u32, Answer),
+    read_at: u64,
 }
 
 impl<S: Session> Conn<S> {
@@ -189,6 +194,8 @@ impl<S: Session> Conn<S> {
             bytes_out: 0,
             writes: 0,
             reason: Reason::Open,
+            answers: (0, Answer::Message),
+            read_at: 0,
         }
     }
 
@@ -209,6 +216,10 @@ impl<S: Session> Conn<S> {
             &self.listener.budget,
         );
         let r = f(&mut self.session, &mut cx);
+        let (n, kind) = cx.answers();
+        if n > 0 {
+            self.answers = (self.answers.0 + n, kind);
+        }
         if self.closing && self.phase == Phase::Open {
             self.phase = Phase::Closing;
             if self.reason == Reason::Open {
@@ -302,6 +313,8 @@ impl<S: Session> Conn<S> {
     /// meanwhile).
     pub(crate) fn handle_read(&mut self, data: &[u8], clock: &Clock) {
         self.bytes_in += data.len() as u64;
+        self.read_at = meter::ticks();
+        self.listener.stats.meter.add_in(data.len());
         self.active = true;
         if self.phase != Phase::Open {
             // Lingering: read only to find the client's EOF. Closing: nothing more is
@@ -434,10 +447,16 @@ impl<S: Session> Conn<S> {
         // `max_output` of unsent replies.
         self.out_pos += u32::try_from(n).expect("one send is below 4 GiB");
         self.bytes_out += n as u64;
+        self.listener.stats.meter.add_out(n);
         self.writes = self.writes.wrapping_add(1);
         self.active = true;
         self.timers.stop(Timer::WriteStall);
         if self.out_pos as usize >= self.out.len() {
+            if self.answers.0 > 0 {
+                let took = meter::ticks().saturating_sub(self.read_at);
+                let (n, kind) = std::mem::replace(&mut self.answers, (0, Answer::Message));
+                self.listener.stats.meter.answered(kind, n.into(), took);
+            }
             self.out.clear();
             self.out_pos = 0;
             if self.out.capacity() > KEEP_CAPACITY {
@@ -710,8 +729,6 @@ impl<S: Session> Drop for Conn<S> {
         }
         self.listener.budget.rehold(self.pending.len(), 0);
         let s = &self.listener.stats;
-        s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
-        s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
         s.writes
             .fetch_add(u64::from(self.writes), Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);

@@ -128,10 +128,9 @@ pub struct Stats {
     pub active: AtomicUsize,
     /// Connections closed.
     pub closed: AtomicU64,
-    /// Bytes read, from closed connections.
-    pub bytes_in: AtomicU64,
-    /// Bytes written, from closed connections.
-    pub bytes_out: AtomicU64,
+    /// Bytes in and out, and the time each answer took, counted live (sharded by
+    /// thread: no shared cache line per message).
+    pub meter: crate::base::meter::Meter,
     /// Writes (`send(2)` calls that sent bytes), from closed connections: with
     /// `deliveries`, how well events are coalesced.
     pub writes: AtomicU64,

@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::base::meter::{Answer, Latency, BOUNDS};
 use crate::base::Budget;
 use crate::hub::Hub;
 use crate::model::{Drain, Listening, Stats, CLOSE_REASONS};
@@ -66,6 +67,9 @@ pub struct Snapshot {
     pub buffered: Buffered,
     /// The chat, when one runs.
     pub chat: Option<ChatStats>,
+    /// The upper bounds, in seconds, of the latency histograms' buckets (the last,
+    /// `+Inf`, not listed): each `buckets` list has one more entry, not cumulative.
+    pub latency_bounds: &'static [f64],
 }
 
 /// One service's counters.
@@ -85,10 +89,14 @@ pub struct ServiceStats {
     pub closed: u64,
     /// Connections closed, by reason ([`CLOSE_REASONS`] but `open`).
     pub closed_by: BTreeMap<&'static str, u64>,
-    /// Bytes read from closed connections.
+    /// Bytes read, open connections included.
     pub bytes_in: u64,
-    /// Bytes written to closed connections.
+    /// Bytes written, open connections included.
     pub bytes_out: u64,
+    /// How long answers took, by kind (`message`, `request`, `command`), from the read
+    /// that brought a request to the write that sent its reply; kinds with none left
+    /// out.
+    pub latency: BTreeMap<&'static str, LatencyStats>,
     /// `send(2)` calls that wrote bytes, on closed connections (a request-reply
     /// client that waits for each answer: one per message).
     pub writes: u64,
@@ -102,6 +110,27 @@ pub struct ServiceStats {
     pub accept_errors: u64,
     /// Connections closed because their buffers would pass `--max-buffered`.
     pub over_budget: u64,
+}
+
+/// One histogram of answer durations.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyStats(Latency);
+
+impl LatencyStats {
+    fn merge(&mut self, l: &Latency) {
+        self.0.merge(l);
+    }
+}
+
+impl Serialize for LatencyStats {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = ser.serialize_struct("LatencyStats", 3)?;
+        st.serialize_field("count", &self.0.count())?;
+        st.serialize_field("sum_seconds", &self.0.sum_seconds())?;
+        st.serialize_field("buckets", &self.0.buckets[..])?;
+        st.end()
+    }
 }
 
 /// Memory figures; `None` where the system does not tell (no `/proc`).
@@ -213,6 +242,7 @@ impl Snapshot {
                 limit_bytes: src.budget.limit() as u64,
             },
             chat,
+            latency_bounds: &BOUNDS,
         }
     }
 
@@ -262,13 +292,13 @@ impl Snapshot {
             (
                 "multiclient_received_bytes_total",
                 "counter",
-                "Bytes read, from connections that have closed.",
+                "Bytes read (open connections included).",
                 |s| s.bytes_in,
             ),
             (
                 "multiclient_sent_bytes_total",
                 "counter",
-                "Bytes written, to connections that have closed.",
+                "Bytes written (open connections included).",
                 |s| s.bytes_out,
             ),
             (
@@ -339,6 +369,23 @@ impl Snapshot {
                 &l,
                 s.refused as f64,
             );
+        }
+
+        p.family(
+            "multiclient_answer_duration_seconds",
+            "histogram",
+            "How long answers took, from the read that brought a request to the write that sent its reply, by kind (message, request, command).",
+        );
+        for s in &self.services {
+            for (kind, l) in &s.latency {
+                let l = &l.0;
+                let labels = [
+                    ("service", s.service.as_str()),
+                    ("model", self.model),
+                    ("kind", kind),
+                ];
+                p.histogram("multiclient_answer_duration_seconds", &labels, l);
+            }
         }
 
         let m = &self.memory;
@@ -457,8 +504,15 @@ impl ServiceStats {
         for (i, reason) in CLOSE_REASONS.iter().enumerate().skip(1) {
             *self.closed_by.entry(reason).or_default() += get(&s.closed_by[i]);
         }
-        self.bytes_in += get(&s.bytes_in);
-        self.bytes_out += get(&s.bytes_out);
+        self.bytes_in += s.meter.bytes_in();
+        self.bytes_out += s.meter.bytes_out();
+        for kind in Answer::ALL {
+            let l = s.meter.latency(kind);
+            if l.count() > 0 {
+                let e = self.latency.entry(kind.name()).or_default();
+                e.merge(&l);
+            }
+        }
         self.writes += get(&s.writes);
         self.idle_timeouts += get(&s.idle_timeouts);
         self.slow_readers += get(&s.slow_readers);
@@ -506,6 +560,28 @@ impl Prom {
     fn one(&mut self, name: &str, kind: &str, help: &str, v: f64) {
         self.family(name, kind, help);
         self.sample(name, &[], v);
+    }
+
+    /// One histogram's `_bucket` (cumulative, `le` in seconds), `_sum` and `_count`.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], l: &Latency) {
+        let bucket = format!("{name}_bucket");
+        let mut le = String::new();
+        let mut total = 0;
+        for (i, n) in l.buckets.iter().enumerate() {
+            total += n;
+            le.clear();
+            match BOUNDS.get(i) {
+                Some(b) => {
+                    let _ = write!(le, "{b}");
+                }
+                None => le.push_str("+Inf"),
+            }
+            let mut with = labels.to_vec();
+            with.push(("le", &le));
+            self.sample(&bucket, &with, total as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, l.sum_seconds());
+        self.sample(&format!("{name}_count"), labels, total as f64);
     }
 
     /// A gauge left out when the system does not tell its value.

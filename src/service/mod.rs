@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::base::mailbox::{Mailbox, Sender, WakeKind};
+pub use crate::base::meter::Answer;
 use crate::base::{Budget, Clock, Held};
 use std::sync::Arc;
 
@@ -129,6 +130,8 @@ pub struct Cx<'a, E> {
     conn: &'a ConnInfo,
     input_limit: usize,
     budget: &'a Arc<Budget>,
+    /// Requests answered in this call, and the kind of the last (for the metrics).
+    answers: (u32, Answer),
 }
 
 impl<'a, E> Cx<'a, E> {
@@ -154,7 +157,20 @@ impl<'a, E> Cx<'a, E> {
             conn,
             input_limit,
             budget,
+            answers: (0, Answer::Message),
         }
+    }
+
+    /// Marks one request (a message, an HTTP request, a chat command) answered: its
+    /// reply is written. The model times it, from the read that brought the request to
+    /// the write that sends its reply, in the `kind` histogram of the metrics.
+    pub fn answered(&mut self, kind: Answer) {
+        self.answers = (self.answers.0 + 1, kind);
+    }
+
+    /// Requests marked answered in this call, and the kind of the last.
+    pub fn answers(&self) -> (u32, Answer) {
+        self.answers
     }
 
     /// The time of this call, as read by the model (the system clock is read only if

@@ -134,6 +134,10 @@ impl<S: Session> TlsSession<S> {
             cx.budget,
         );
         let r = f(&mut self.inner, &mut icx);
+        let (n, kind) = icx.answers();
+        for _ in 0..n {
+            cx.answered(kind);
+        }
         self.flush(cx);
         r
     }
