@@ -49,6 +49,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::base::mailbox::{SendError, Sender};
+use crate::base::meter;
 
 mod bridge;
 mod events;
@@ -267,6 +268,9 @@ struct Pending {
     skip: Option<MemberId>,
     /// The member whose own message this is (its `SAY`'s answer).
     author: Option<MemberId>,
+    /// When it was put in the room's order here ([`meter::ticks`]), for the fan-out
+    /// latency.
+    ordered: u64,
 }
 
 struct Room {
@@ -316,6 +320,7 @@ impl Room {
             publication,
             skip,
             author,
+            ordered: meter::ticks(),
         });
         !std::mem::replace(&mut self.delivering, true)
     }
@@ -396,6 +401,9 @@ pub struct HubStats {
     pub redis_connects: AtomicU64,
     /// Connections to Redis lost.
     pub redis_losses: AtomicU64,
+    /// Room events, from their place in the room's order on this process to their
+    /// hand-off to the last member's mailbox.
+    pub fanout: meter::Histogram,
 }
 
 /// The chat state of one process. See the module documentation.
@@ -1051,6 +1059,8 @@ impl Hub {
                         Err(SendError::Closed) => {}
                     }
                 }
+                let took = meter::ticks().saturating_sub(p.ordered);
+                self.stats.fanout.record(took);
             }
             self.stats
                 .deliveries

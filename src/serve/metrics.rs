@@ -174,6 +174,9 @@ pub struct ChatStats {
     pub deliveries: u64,
     /// Events refused by a full mailbox (that member is then dropped).
     pub overflows: u64,
+    /// Room events, from their place in the room's order on this process to their
+    /// hand-off to the last member's mailbox.
+    pub fanout: LatencyStats,
     /// Redis, when the chat spans processes.
     pub redis: Option<RedisStats>,
 }
@@ -217,6 +220,7 @@ impl Snapshot {
                 messages: s.messages.load(Ordering::Relaxed),
                 deliveries: s.deliveries.load(Ordering::Relaxed),
                 overflows: s.overflows.load(Ordering::Relaxed),
+                fanout: LatencyStats(s.fanout.read()),
                 redis: hub.uses_redis().then(|| RedisStats {
                     up: hub.is_available(),
                     connects: s.redis_connects.load(Ordering::Relaxed),
@@ -467,6 +471,16 @@ impl Snapshot {
                 "counter",
                 "Chat events refused by a full mailbox (the member is dropped).",
                 c.overflows as f64,
+            );
+            p.family(
+                "multiclient_chat_fanout_duration_seconds",
+                "histogram",
+                "Chat room events, from their place in the room's order on this process to their hand-off to the last member's mailbox.",
+            );
+            p.histogram(
+                "multiclient_chat_fanout_duration_seconds",
+                &[("model", self.model)],
+                &c.fanout.0,
             );
             if let Some(r) = &c.redis {
                 p.one(
