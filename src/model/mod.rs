@@ -116,8 +116,9 @@ impl Default for Limits {
     }
 }
 
-/// Counters of one listener. Per-message figures are added once per connection, at
-/// its close, so the per-message path touches no shared cache line.
+/// Counters of one listener. Per-connection figures are added at accept and close;
+/// the per-message ones (bytes, answer durations) go to the [`Stats::meter`], whose
+/// shards are per thread, so the per-message path touches no shared cache line.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Connections accepted and served.

@@ -1,11 +1,12 @@
 //! The figures the admin listener serves: one [`Snapshot`] read from the counters the
 //! server already keeps, rendered as Prometheus text (`/metrics`) or JSON (`/stats`).
 //!
-//! Nothing here is on a connection's path. The listeners' [`Stats`] are added to once
-//! per connection (accept, close), never per message, and the hub's counters once per
-//! chat message; a scrape only loads them. So bytes and writes count connections that
-//! have closed: a connection still open shows in `connections_open`, its traffic when
-//! it ends.
+//! Nothing here is on a connection's path; a scrape only loads counters. The listeners'
+//! [`Stats`] are added to once per connection (accept, close), so writes count
+//! connections that have closed; their meters (`base::meter`: bytes in and out, the
+//! answer-duration histograms) per message, sharded by thread, so those include open
+//! connections. The hub's counters move once per chat message, its fan-out histogram
+//! once per room event.
 //!
 //! Memory per connection comes two ways, because the kernel holds a connection's
 //! socket buffers and the process its own state: the resident size grown since the
