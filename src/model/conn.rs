@@ -152,7 +152,7 @@ pub(crate) struct Conn<S: Session> {
     reason: Reason,
     /// Requests answered and not yet sent, the kind of the last, and when the read
     /// before them came (in [`meter::ticks`]): timed once their reply is written.
-    answers: (u32, Answer),
+    answers: (u16, Answer),
     read_at: u64,
 }
 
@@ -218,7 +218,7 @@ impl<S: Session> Conn<S> {
         let r = f(&mut self.session, &mut cx);
         let (n, kind) = cx.answers();
         if n > 0 {
-            self.answers = (self.answers.0 + n, kind);
+            self.count_answers(n, kind);
         }
         if self.closing && self.phase == Phase::Open {
             self.phase = Phase::Closing;
@@ -231,6 +231,27 @@ impl<S: Session> Conn<S> {
             }
         }
         r
+    }
+
+    /// `n` more requests answered and not yet sent. (Kept in two bytes: an idle
+    /// connection should stay small; past 65,535 unsent, those are timed now.)
+    fn count_answers(&mut self, n: u32, kind: Answer) {
+        let total = u32::from(self.answers.0) + n;
+        match u16::try_from(total) {
+            Ok(total) => self.answers = (total, kind),
+            Err(_) => {
+                self.answers.0 = u16::MAX;
+                self.time_answers();
+                self.count_answers(total - u32::from(u16::MAX), kind);
+            }
+        }
+    }
+
+    /// The answers counted are sent: their durations go to the listener's meter.
+    fn time_answers(&mut self) {
+        let took = meter::ticks().saturating_sub(self.read_at);
+        let (n, kind) = std::mem::replace(&mut self.answers, (0, Answer::Message));
+        self.listener.stats.meter.answered(kind, n.into(), took);
     }
 
     /// The connection's log span (service, id, peer). It is made when a line is
@@ -453,9 +474,7 @@ impl<S: Session> Conn<S> {
         self.timers.stop(Timer::WriteStall);
         if self.out_pos as usize >= self.out.len() {
             if self.answers.0 > 0 {
-                let took = meter::ticks().saturating_sub(self.read_at);
-                let (n, kind) = std::mem::replace(&mut self.answers, (0, Answer::Message));
-                self.listener.stats.meter.answered(kind, n.into(), took);
+                self.time_answers();
             }
             self.out.clear();
             self.out_pos = 0;
@@ -795,6 +814,44 @@ mod tests {
 
     fn at(t: Instant) -> Clock {
         Clock::at(t)
+    }
+
+    #[test]
+    fn answers_are_timed_once_their_reply_is_all_sent_and_bytes_count_at_once() {
+        let t0 = Instant::now();
+        let mut c = engine(AckSession, Limits::default(), t0);
+        let meter = |c: &Conn<AckSession>| {
+            let m = &c.listener.stats.meter;
+            (
+                m.latency(Answer::Message).count(),
+                m.bytes_in(),
+                m.bytes_out(),
+            )
+        };
+        c.handle_read(b"hello", &at(t0));
+        assert_eq!(meter(&c), (0, 5, 0), "read: bytes in, nothing answered yet");
+        assert_eq!(sent(&mut c), b"ACK!");
+        assert_eq!(meter(&c), (1, 5, 4));
+
+        // Three chunks, three ACKs; timed only when the last byte of them is out.
+        c.handle_read(&[b'x'; 2100], &at(t0));
+        assert_eq!(c.poll_transmit(), Some(&b"ACK!ACK!ACK!"[..]));
+        c.handle_sent(5);
+        assert_eq!(meter(&c), (1, 2105, 9));
+        assert_eq!(sent(&mut c), b"CK!ACK!");
+        assert_eq!(meter(&c), (4, 2105, 16));
+    }
+
+    #[test]
+    fn more_unsent_answers_than_two_bytes_count_are_all_timed() {
+        let t0 = Instant::now();
+        let mut c = engine(AckSession, Limits::default(), t0);
+        c.read_at = meter::ticks();
+        c.count_answers(70_000, Answer::Message);
+        c.count_answers(70_000, Answer::Message);
+        c.time_answers();
+        let h = c.listener.stats.meter.latency(Answer::Message);
+        assert_eq!(h.count(), 140_000);
     }
 
     const MS: Duration = Duration::from_millis(1);
