@@ -345,6 +345,9 @@ fn metrics_are_a_well_formed_exposition_with_every_family() {
         &[ServiceName::Ack, ServiceName::Http, ServiceName::Chat],
     );
     common::round_trip(&mut common::connect(s.addr_of("ack")), b"hi", b"ACK!");
+    s.stats_until("the ACK timed", |st| {
+        service(st, "ack")["latency"]["message"]["count"] == 1
+    });
     let r = s.get("/metrics");
     assert_eq!(r.status, 200);
     assert!(r
@@ -528,8 +531,12 @@ fn every_answer_lands_in_its_histogram_and_bytes_count_while_connections_stay_op
             .unwrap();
         line_starting(&mut r, "MSG r ");
 
+        // A reply is timed once its send returns, which may be just after the client
+        // read it: wait for the counts rather than read them once.
         let st = s.stats_until(&format!("{m}: every answer counted"), |st| {
             service(st, "chat")["latency"]["command"]["count"] == 3
+                && service(st, "ack")["latency"]["message"]["count"] == ACKS
+                && service(st, "http")["latency"]["request"]["count"] == REQUESTS
         });
         let a = service(&st, "ack");
         assert_eq!(a["open"], 1, "{m}: the ack client is still connected");
@@ -570,6 +577,9 @@ fn every_answer_lands_in_its_histogram_and_bytes_count_while_connections_stay_op
 
         // One more round trip moves the count by exactly one.
         common::round_trip(&mut ack, b"again", b"ACK!");
+        s.stats_until(&format!("{m}: one more"), |st| {
+            service(st, "ack")["latency"]["message"]["count"] == ACKS + 1
+        });
         let text = s.get("/metrics").body;
         assert_eq!(histogram_count(&text, name, &l("ack", "message")), ACKS + 1);
         drop((ack, http, chat, r));
