@@ -5,9 +5,11 @@
 #      drain, the exposition format, the dashboard's CSP);
 #   2. under every model but single: every service under load from `multiclient bench`
 #      at once, a scrape of /metrics taken while every service has accepted clients and
-#      connections are open, checked by `promtool check metrics`;
+#      connections are open and every service has answers in its latency histogram,
+#      checked by `promtool check metrics`;
 #   3. tests/browser/dashboard.mjs: the dashboard in headless Chromium under a running
-#      bench, its figures changing between two screenshots (target/admin-dashboard-*.png).
+#      bench, its figures changing between two screenshots (target/admin-dashboard-*.png),
+#      its p50/p99 latency tile and chart drawn from the histograms.
 # Exits non-zero on any failure. Runnable with CI=true, no stdin, on a clean clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,10 +70,16 @@ scrape_under_load() {
         curl -fsS "http://$admin/metrics" >"$metrics"
         local idle
         idle=$(grep -c '^multiclient_connections_accepted_total{service="[a-z]*"} 0$' "$metrics" || true)
-        if [ "$idle" -eq 0 ] && grep -q '^multiclient_connections_open{service="chat"} [1-9]' "$metrics"; then
+        local unanswered=0 s
+        for s in "${services[@]}"; do
+            grep -q "^multiclient_answer_duration_seconds_count{service=\"$s\",model=\"$model\",kind=\"[a-z]*\"} [1-9]" "$metrics" ||
+                unanswered=$((unanswered + 1))
+        done
+        if [ "$idle" -eq 0 ] && [ "$unanswered" -eq 0 ] &&
+            grep -q '^multiclient_connections_open{service="chat"} [1-9]' "$metrics"; then
             break
         fi
-        [ $SECONDS -lt $deadline ] || { cat "$metrics"; echo "admin.sh: not every service got clients" >&2; exit 1; }
+        [ $SECONDS -lt $deadline ] || { cat "$metrics"; echo "admin.sh: not every service got clients and answered" >&2; exit 1; }
         sleep 0.2
     done
     promtool check metrics <"$metrics"

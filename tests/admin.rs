@@ -285,16 +285,19 @@ fn the_redis_round_trip_and_pipeline_depth_are_reported_once_pipelines_go_out() 
 
 /// Checks the text exposition format: every sample under a `# TYPE` of its family,
 /// counters named `_total`, the `multiclient_` prefix, bounded label names, no series
-/// twice, numeric values. Returns the samples by series.
+/// twice, numeric values; a histogram's `_bucket` series cumulative in `le` and ending
+/// at `+Inf` with its `_count`. Returns the samples by series.
 fn parse_exposition(text: &str) -> HashMap<String, f64> {
     let allowed: HashSet<&str> = ["service", "reason", "model", "version", "kind"].into();
+    // The last bucket seen of each histogram series: (labels but `le`, le, count).
+    let mut last_bucket: Option<(String, String, f64)> = None;
     let mut types: HashMap<String, String> = HashMap::new();
     let mut samples = HashMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').expect("TYPE name kind");
             assert!(
-                ["counter", "gauge"].contains(&kind),
+                ["counter", "gauge", "histogram"].contains(&kind),
                 "{line}: a type we do not use"
             );
             if kind == "counter" {
@@ -317,13 +320,51 @@ fn parse_exposition(text: &str) -> HashMap<String, f64> {
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("{line}: value"));
         let name = series.split('{').next().unwrap();
         assert!(name.starts_with("multiclient_"), "{line}: prefix");
-        assert!(types.contains_key(name), "{line}: no TYPE before it");
+        let histogram = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .filter(|family| types.get(*family).is_some_and(|t| t == "histogram"));
+        assert!(
+            types.contains_key(name) || histogram.is_some(),
+            "{line}: no TYPE before it"
+        );
+        let mut le = None;
+        let mut others = Vec::new();
         if let Some(labels) = series.strip_prefix(name) {
             let labels = labels.trim_start_matches('{').trim_end_matches('}');
             for pair in labels.split(',').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').expect("label=value");
-                assert!(allowed.contains(k), "{line}: unbounded label {k}");
                 assert!(v.starts_with('"') && v.ends_with('"'), "{line}: quoted");
+                if k == "le" && name.ends_with("_bucket") {
+                    le = Some(v.trim_matches('"').to_string());
+                    continue;
+                }
+                assert!(allowed.contains(k), "{line}: unbounded label {k}");
+                others.push(pair);
+            }
+        }
+        if let Some(family) = histogram {
+            let key = format!("{family}{{{}}}", others.join(","));
+            if name.ends_with("_bucket") {
+                let le = le.unwrap_or_else(|| panic!("{line}: a bucket has an le"));
+                if let Some((k, prev_le, prev)) = &last_bucket {
+                    if *k == key {
+                        assert!(prev_le != "+Inf", "{line}: a bucket after +Inf");
+                        assert!(value >= *prev, "{line}: buckets are cumulative");
+                        let (a, b): (f64, f64) = (
+                            prev_le.parse().unwrap(),
+                            le.parse().unwrap_or(f64::INFINITY),
+                        );
+                        assert!(b > a, "{line}: le rises");
+                    }
+                }
+                last_bucket = Some((key, le, value));
+            } else if name.ends_with("_count") {
+                let (k, le, inf) = last_bucket
+                    .take()
+                    .unwrap_or_else(|| panic!("{line}: no buckets"));
+                assert!(k == key && le == "+Inf", "{line}: buckets end at +Inf");
+                assert_eq!(inf, value, "{line}: +Inf is the count");
             }
         }
         assert!(
@@ -340,6 +381,10 @@ fn metrics_are_a_well_formed_exposition_with_every_family() {
         Model::Async { workers: 2 },
         &[ServiceName::Ack, ServiceName::Http, ServiceName::Chat],
     );
+    common::round_trip(&mut common::connect(s.addr_of("ack")), b"hi", b"ACK!");
+    s.stats_until("the ACK timed", |st| {
+        service(st, "ack")["latency"]["message"]["count"] == 1
+    });
     let r = s.get("/metrics");
     assert_eq!(r.status, 200);
     assert!(r
@@ -357,6 +402,8 @@ fn metrics_are_a_well_formed_exposition_with_every_family() {
         "multiclient_chat_rooms",
         "multiclient_chat_deliveries_total",
         "multiclient_ready",
+        "multiclient_answer_duration_seconds_count{service=\"ack\",model=\"async\",kind=\"message\"}",
+        "multiclient_chat_fanout_duration_seconds_count{model=\"async\"}",
     ] {
         assert!(
             samples.contains_key(series),
@@ -377,6 +424,18 @@ fn metrics_are_a_well_formed_exposition_with_every_family() {
 fn the_exposition_check_rejects_what_prometheus_would() {
     let good = "# TYPE multiclient_x_total counter\nmulticlient_x_total{service=\"a\"} 1\n";
     assert_eq!(parse_exposition(good).len(), 1);
+    let h = |b1: u32, inf: u32, count: u32| {
+        format!(
+            "# TYPE multiclient_h histogram\nmulticlient_h_bucket{{kind=\"a\",le=\"0.1\"}} {b1}\n\
+             multiclient_h_bucket{{kind=\"a\",le=\"+Inf\"}} {inf}\n\
+             multiclient_h_sum{{kind=\"a\"}} 0.5\nmulticlient_h_count{{kind=\"a\"}} {count}\n"
+        )
+    };
+    assert_eq!(parse_exposition(&h(2, 3, 3)).len(), 4);
+    for bad in [h(4, 3, 3), h(2, 3, 4)] {
+        let caught = std::panic::catch_unwind(|| parse_exposition(&bad)).is_err();
+        assert!(caught, "accepted {bad:?}");
+    }
     for bad in [
         "multiclient_x_total 1\n",
         "# TYPE multiclient_x counter\nmulticlient_x 1\n",
@@ -447,4 +506,119 @@ fn the_binary_reports_its_admin_address_and_refuses_a_bad_one() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--admin") && err.contains("off"), "{err}");
+}
+
+/// The `_count` of one series of a histogram in a scrape (0 when the series is not
+/// there yet: a histogram with no observation is left out).
+fn histogram_count(metrics: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}_count{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.parse().expect("a count"))
+}
+
+/// Reads `\n`-terminated lines until one starts with `prefix`.
+fn line_starting(r: &mut impl std::io::BufRead, prefix: &str) -> String {
+    loop {
+        let mut l = String::new();
+        assert!(r.read_line(&mut l).expect("a line in time") > 0, "closed");
+        if l.starts_with(prefix) {
+            return l;
+        }
+    }
+}
+
+#[test]
+fn every_answer_lands_in_its_histogram_and_bytes_count_while_connections_stay_open() {
+    const ACKS: u64 = 9;
+    const REQUESTS: u64 = 4;
+    for model in [Model::Threads, Model::Async { workers: 2 }] {
+        let s = Served::start(
+            model,
+            &[ServiceName::Ack, ServiceName::Http, ServiceName::Chat],
+        );
+        let m = model.name();
+
+        // ack: every round trip is one observation; bytes count before the close.
+        let mut ack = common::connect(s.addr_of("ack"));
+        for _ in 0..ACKS {
+            common::round_trip(&mut ack, b"hello", b"ACK!");
+        }
+        // http: keep-alive requests on one connection, each one observation.
+        let http = common::connect(s.addr_of("http"));
+        let mut hr = std::io::BufReader::new(&http);
+        for _ in 0..REQUESTS {
+            (&http)
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .unwrap();
+            let len = line_starting(&mut hr, "Content-Length:");
+            let len: usize = len["Content-Length:".len()..].trim().parse().unwrap();
+            line_starting(&mut hr, "\r\n");
+            let mut body = vec![0; len];
+            hr.read_exact(&mut body).unwrap();
+            assert!(body.starts_with(b"Hello from"));
+        }
+        // chat: NICK, JOIN and SAY answered (the SAY by its own MSG coming back).
+        let chat = common::connect(s.addr_of("chat"));
+        let mut r = std::io::BufReader::new(chat.try_clone().unwrap());
+        line_starting(&mut r, "WELCOME ");
+        (&chat)
+            .write_all(b"NICK metered\nJOIN r\nSAY r hi\n")
+            .unwrap();
+        line_starting(&mut r, "MSG r ");
+
+        // A reply is timed once its send returns, which may be just after the client
+        // read it: wait for the counts rather than read them once.
+        let st = s.stats_until(&format!("{m}: every answer counted"), |st| {
+            service(st, "chat")["latency"]["command"]["count"] == 3
+                && service(st, "ack")["latency"]["message"]["count"] == ACKS
+                && service(st, "http")["latency"]["request"]["count"] == REQUESTS
+        });
+        let a = service(&st, "ack");
+        assert_eq!(a["open"], 1, "{m}: the ack client is still connected");
+        assert_eq!(a["latency"]["message"]["count"], ACKS, "{m}");
+        assert!(a["bytes_in"].as_u64().unwrap() >= ACKS * 5, "{m}: {a}");
+        assert!(a["bytes_out"].as_u64().unwrap() >= ACKS * 4, "{m}: {a}");
+        let h = service(&st, "http");
+        assert_eq!(h["latency"]["request"]["count"], REQUESTS, "{m}: {h}");
+        let buckets: u64 = a["latency"]["message"]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap())
+            .sum();
+        assert_eq!(buckets, ACKS, "{m}: the buckets add up to the count");
+        assert!(a["latency"]["message"]["sum_seconds"].as_f64().unwrap() > 0.0);
+        assert!(
+            st["chat"]["fanout"]["count"].as_u64().unwrap() >= 1,
+            "{m}: the SAY's fan-out timed: {}",
+            st["chat"]
+        );
+
+        // The exposition says the same, as histograms.
+        let text = s.get("/metrics").body;
+        let name = "multiclient_answer_duration_seconds";
+        let l = |svc: &str, kind: &str| format!("service=\"{svc}\",model=\"{m}\",kind=\"{kind}\"");
+        assert_eq!(histogram_count(&text, name, &l("ack", "message")), ACKS);
+        assert_eq!(
+            histogram_count(&text, name, &l("http", "request")),
+            REQUESTS
+        );
+        assert_eq!(histogram_count(&text, name, &l("chat", "command")), 3);
+        let inf = format!(
+            "{name}_bucket{{{},le=\"+Inf\"}} {ACKS}",
+            l("ack", "message")
+        );
+        assert!(text.lines().any(|x| x == inf), "{inf} not in\n{text}");
+
+        // One more round trip moves the count by exactly one.
+        common::round_trip(&mut ack, b"again", b"ACK!");
+        s.stats_until(&format!("{m}: one more"), |st| {
+            service(st, "ack")["latency"]["message"]["count"] == ACKS + 1
+        });
+        let text = s.get("/metrics").body;
+        assert_eq!(histogram_count(&text, name, &l("ack", "message")), ACKS + 1);
+        drop((ack, http, chat, r));
+    }
 }

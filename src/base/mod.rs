@@ -12,6 +12,7 @@ mod clock;
 pub mod limits;
 pub mod live;
 pub mod mailbox;
+pub mod meter;
 pub mod per_ip;
 pub mod stats;
 pub mod trim;

@@ -3,8 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 
-/// Counters of one listener. Per-message figures are added once per connection, at
-/// its close, so the per-message path touches no shared cache line.
+/// Counters of one listener. Per-connection figures are added at accept and close;
+/// the per-message ones (bytes, answer durations) go to the [`Stats::meter`], whose
+/// shards are per thread, so the per-message path touches no shared cache line.
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Connections accepted and served.
@@ -15,10 +16,9 @@ pub struct Stats {
     pub active: AtomicUsize,
     /// Connections closed.
     pub closed: AtomicU64,
-    /// Bytes read, from closed connections.
-    pub bytes_in: AtomicU64,
-    /// Bytes written, from closed connections.
-    pub bytes_out: AtomicU64,
+    /// Bytes in and out, and the time each answer took, counted live (sharded by
+    /// thread: no shared cache line per message).
+    pub meter: crate::base::meter::Meter,
     /// Writes (`send(2)` calls that sent bytes), from closed connections: with
     /// `deliveries`, how well events are coalesced.
     pub writes: AtomicU64,

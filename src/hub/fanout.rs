@@ -343,6 +343,8 @@ impl Hub {
                         Err(SendError::Closed) => {}
                     }
                 }
+                let took = crate::base::meter::ticks().saturating_sub(p.ordered);
+                self.stats.fanout.record(took);
             }
             self.stats
                 .deliveries

@@ -61,6 +61,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::base::mailbox::Sender;
+use crate::base::meter;
 
 mod bridge;
 mod broker;
@@ -334,6 +335,9 @@ pub struct HubStats {
     pub redis_round_trip_us_last: AtomicU64,
     /// Requests in the pipeline out now (0 while none is): the pipeline depth.
     pub redis_in_flight: AtomicU64,
+    /// Room events, from their place in the room's order on this process to their
+    /// hand-off to the last member's mailbox.
+    pub fanout: meter::Histogram,
 }
 
 /// Why a hub could not be made.

@@ -46,6 +46,9 @@ pub(super) struct Pending {
     pub(super) skip: Option<MemberId>,
     /// The member whose own message this is (its `SAY`'s answer).
     pub(super) author: Option<MemberId>,
+    /// When it was put in the room's order here ([`crate::base::meter::ticks`]), for
+    /// the fan-out latency.
+    pub(super) ordered: u64,
 }
 
 /// A room with at least one member on this process (or a delivery under way).
@@ -86,6 +89,7 @@ impl Room {
             publication,
             skip,
             author,
+            ordered: crate::base::meter::ticks(),
         });
         !std::mem::replace(&mut self.delivering, true)
     }

@@ -1,11 +1,12 @@
 //! The figures the admin listener serves: one [`Snapshot`] read from the counters the
 //! server already keeps, rendered as Prometheus text (`/metrics`) or JSON (`/stats`).
 //!
-//! Nothing here is on a connection's path. The listeners' [`Stats`] are added to once
-//! per connection (accept, close), never per message, and the hub's counters once per
-//! chat message; a scrape only loads them. So bytes and writes count connections that
-//! have closed: a connection still open shows in `connections_open`, its traffic when
-//! it ends.
+//! Nothing here is on a connection's path; a scrape only loads counters. The listeners'
+//! [`Stats`] are added to once per connection (accept, close), so writes count
+//! connections that have closed; their meters (`base::meter`: bytes in and out, the
+//! answer-duration histograms) per message, sharded by thread, so those include open
+//! connections. The hub's counters move once per chat message, its fan-out histogram
+//! once per room event.
 //!
 //! Memory per connection comes two ways, because the kernel holds a connection's
 //! socket buffers and the process its own state: the resident size grown since the
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::base::meter::{Answer, Latency, BOUNDS};
 use crate::base::Budget;
 use crate::hub::Hub;
 use crate::model::{Drain, Listening, Stats, CLOSE_REASONS};
@@ -66,6 +68,9 @@ pub struct Snapshot {
     pub buffered: Buffered,
     /// The chat, when one runs.
     pub chat: Option<ChatStats>,
+    /// The upper bounds, in seconds, of the latency histograms' buckets (the last,
+    /// `+Inf`, not listed): each `buckets` list has one more entry, not cumulative.
+    pub latency_bounds: &'static [f64],
 }
 
 /// One service's counters.
@@ -87,10 +92,14 @@ pub struct ServiceStats {
     pub closed: u64,
     /// Connections closed, by reason ([`CLOSE_REASONS`] but `open`).
     pub closed_by: BTreeMap<&'static str, u64>,
-    /// Bytes read from closed connections.
+    /// Bytes read, open connections included.
     pub bytes_in: u64,
-    /// Bytes written to closed connections.
+    /// Bytes written, open connections included.
     pub bytes_out: u64,
+    /// How long answers took, by kind (`message`, `request`, `command`), from the read
+    /// that brought a request to the write that sent its reply; kinds with none left
+    /// out.
+    pub latency: BTreeMap<&'static str, LatencyStats>,
     /// `send(2)` calls that wrote bytes, on closed connections (a request-reply
     /// client that waits for each answer: one per message).
     pub writes: u64,
@@ -104,6 +113,27 @@ pub struct ServiceStats {
     pub accept_errors: u64,
     /// Connections closed because their buffers would pass `--max-buffered`.
     pub over_budget: u64,
+}
+
+/// One histogram of answer durations.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyStats(Latency);
+
+impl LatencyStats {
+    fn merge(&mut self, l: &Latency) {
+        self.0.merge(l);
+    }
+}
+
+impl Serialize for LatencyStats {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = ser.serialize_struct("LatencyStats", 3)?;
+        st.serialize_field("count", &self.0.count())?;
+        st.serialize_field("sum_seconds", &self.0.sum_seconds())?;
+        st.serialize_field("buckets", &self.0.buckets[..])?;
+        st.end()
+    }
 }
 
 /// Memory figures; `None` where the system does not tell (no `/proc`).
@@ -147,6 +177,9 @@ pub struct ChatStats {
     pub deliveries: u64,
     /// Events refused by a full mailbox (that member is then dropped).
     pub overflows: u64,
+    /// Room events, from their place in the room's order on this process to their
+    /// hand-off to the last member's mailbox.
+    pub fanout: LatencyStats,
     /// Redis, when the chat spans processes.
     pub redis: Option<RedisStats>,
 }
@@ -201,6 +234,7 @@ impl Snapshot {
                 messages: s.messages.load(Ordering::Relaxed),
                 deliveries: s.deliveries.load(Ordering::Relaxed),
                 overflows: s.overflows.load(Ordering::Relaxed),
+                fanout: LatencyStats(s.fanout.read()),
                 redis: hub.uses_redis().then(|| RedisStats {
                     up: hub.is_available(),
                     connects: s.redis_connects.load(Ordering::Relaxed),
@@ -233,6 +267,7 @@ impl Snapshot {
                 limit_bytes: src.budget.limit() as u64,
             },
             chat,
+            latency_bounds: &BOUNDS,
         }
     }
 
@@ -282,13 +317,13 @@ impl Snapshot {
             (
                 "multiclient_received_bytes_total",
                 "counter",
-                "Bytes read, from connections that have closed.",
+                "Bytes read (open connections included).",
                 |s| s.bytes_in,
             ),
             (
                 "multiclient_sent_bytes_total",
                 "counter",
-                "Bytes written, to connections that have closed.",
+                "Bytes written (open connections included).",
                 |s| s.bytes_out,
             ),
             (
@@ -365,6 +400,23 @@ impl Snapshot {
                 &l,
                 s.refused_per_ip as f64,
             );
+        }
+
+        p.family(
+            "multiclient_answer_duration_seconds",
+            "histogram",
+            "How long answers took, from the read that brought a request to the write that sent its reply, by kind (message, request, command).",
+        );
+        for s in &self.services {
+            for (kind, l) in &s.latency {
+                let l = &l.0;
+                let labels = [
+                    ("service", s.service.as_str()),
+                    ("model", self.model),
+                    ("kind", kind),
+                ];
+                p.histogram("multiclient_answer_duration_seconds", &labels, l);
+            }
         }
 
         let m = &self.memory;
@@ -447,6 +499,16 @@ impl Snapshot {
                 "Chat events refused by a full mailbox (the member is dropped).",
                 c.overflows as f64,
             );
+            p.family(
+                "multiclient_chat_fanout_duration_seconds",
+                "histogram",
+                "Chat room events, from their place in the room's order on this process to their hand-off to the last member's mailbox.",
+            );
+            p.histogram(
+                "multiclient_chat_fanout_duration_seconds",
+                &[("model", self.model)],
+                &c.fanout.0,
+            );
             if let Some(r) = &c.redis {
                 p.one(
                     "multiclient_redis_up",
@@ -507,8 +569,15 @@ impl ServiceStats {
         for (i, reason) in CLOSE_REASONS.iter().enumerate().skip(1) {
             *self.closed_by.entry(reason).or_default() += get(&s.closed_by[i]);
         }
-        self.bytes_in += get(&s.bytes_in);
-        self.bytes_out += get(&s.bytes_out);
+        self.bytes_in += s.meter.bytes_in();
+        self.bytes_out += s.meter.bytes_out();
+        for kind in Answer::ALL {
+            let l = s.meter.latency(kind);
+            if l.count() > 0 {
+                let e = self.latency.entry(kind.name()).or_default();
+                e.merge(&l);
+            }
+        }
         self.writes += get(&s.writes);
         self.idle_timeouts += get(&s.idle_timeouts);
         self.slow_readers += get(&s.slow_readers);
@@ -556,6 +625,28 @@ impl Prom {
     fn one(&mut self, name: &str, kind: &str, help: &str, v: f64) {
         self.family(name, kind, help);
         self.sample(name, &[], v);
+    }
+
+    /// One histogram's `_bucket` (cumulative, `le` in seconds), `_sum` and `_count`.
+    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], l: &Latency) {
+        let bucket = format!("{name}_bucket");
+        let mut le = String::new();
+        let mut total = 0;
+        for (i, n) in l.buckets.iter().enumerate() {
+            total += n;
+            le.clear();
+            match BOUNDS.get(i) {
+                Some(b) => {
+                    let _ = write!(le, "{b}");
+                }
+                None => le.push_str("+Inf"),
+            }
+            let mut with = labels.to_vec();
+            with.push(("le", &le));
+            self.sample(&bucket, &with, total as f64);
+        }
+        self.sample(&format!("{name}_sum"), labels, l.sum_seconds());
+        self.sample(&format!("{name}_count"), labels, total as f64);
     }
 
     /// A gauge left out when the system does not tell its value.

@@ -2,7 +2,7 @@
 //! `ACK!`; close on EOF. Unframed like the seed: a client that waits for each `ACK!`
 //! before sending again gets exactly one per message.
 
-use super::{line_goodbye, log_received, Cx, Goodbye, Service, Session};
+use super::{line_goodbye, log_received, Answer, Cx, Goodbye, Service, Session};
 
 /// The seed's chunk size: one `recv(1024)`, one `ACK!`.
 pub const CHUNK: usize = 1024;
@@ -34,6 +34,7 @@ impl Session for AckSession {
         for chunk in input.chunks(CHUNK) {
             log_received(chunk);
             cx.send(REPLY);
+            cx.answered(Answer::Message);
         }
         input.len()
     }

@@ -328,6 +328,10 @@ impl Encoder for LineOut<'_, '_> {
         self.0.is_closing()
     }
 
+    fn answered(&mut self) {
+        self.0.answered(crate::service::Answer::Command);
+    }
+
     fn mailbox(&mut self) -> std::io::Result<Sender<ChatEvent>> {
         self.0.mailbox()
     }

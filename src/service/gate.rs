@@ -156,7 +156,10 @@ impl<S: Service> GateSession<S> {
             cx.input_limit,
             cx.budget,
         );
-        Some(f(inner, &mut icx))
+        let r = f(inner, &mut icx);
+        let answers = icx.answers();
+        cx.add_answers(answers);
+        Some(r)
     }
 
     /// Opens the inner session, or refuses it when its address is at the limit.
@@ -402,6 +405,20 @@ mod tests {
             "a connection that ended gave its place back"
         );
         assert_eq!(table.open("10.0.0.1".parse().unwrap()), 2);
+    }
+
+    #[test]
+    fn answers_behind_the_gate_are_counted_for_the_metrics() {
+        let gate = Gate::new(crate::service::ack::Ack, None, Some(PerIp::new(2)));
+        let mut h = gated(&gate, "10.0.0.1:1000");
+        h.feed(b"one");
+        assert_eq!(h.take_output(), b"ACK!");
+        let answered = h.stats().meter.latency(crate::base::meter::Answer::Message);
+        assert_eq!(
+            answered.count(),
+            1,
+            "the inner session's answer reaches the engine"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! received, logging what the client said. The seed's client answers
 //! `HI! I am client.` to each greeting, forever; ours ends on EOF.
 
-use super::{ack::CHUNK, line_goodbye, log_received, Cx, Goodbye, Service, Session};
+use super::{ack::CHUNK, line_goodbye, log_received, Answer, Cx, Goodbye, Service, Session};
 
 /// Sent on connect and after every chunk received.
 pub const GREETING: &[u8] = b"Hi! I am server\n";
@@ -38,6 +38,7 @@ impl Session for GreetSession {
         for chunk in input.chunks(CHUNK) {
             log_received(chunk);
             cx.send(GREETING);
+            cx.answered(Answer::Message);
         }
         input.len()
     }

@@ -2,7 +2,7 @@
 //! it, answer `Hello from server!` and close. Like the seed, a client that closes
 //! without sending anything still gets the answer.
 
-use super::{ack::CHUNK, line_goodbye, log_received, Cx, Goodbye, Service, Session};
+use super::{ack::CHUNK, line_goodbye, log_received, Answer, Cx, Goodbye, Service, Session};
 
 /// The one reply.
 pub const REPLY: &[u8] = b"Hello from server!";
@@ -32,6 +32,7 @@ impl Session for HelloSession {
         if !input.is_empty() {
             log_received(&input[..input.len().min(CHUNK)]);
             cx.send(REPLY);
+            cx.answered(Answer::Message);
             cx.close();
         }
         input.len()

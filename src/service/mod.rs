@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::base::mailbox::{Mailbox, Sender, WakeKind};
+pub use crate::base::meter::Answer;
 use crate::base::{Budget, Clock, Held};
 use std::sync::Arc;
 
@@ -147,6 +148,8 @@ pub struct Cx<'a, E> {
     conn: &'a ConnInfo,
     input_limit: usize,
     budget: &'a Arc<Budget>,
+    /// Requests answered in this call, and the kind of the last (for the metrics).
+    answers: (u32, Answer),
 }
 
 impl<'a, E> Cx<'a, E> {
@@ -172,6 +175,27 @@ impl<'a, E> Cx<'a, E> {
             conn,
             input_limit,
             budget,
+            answers: (0, Answer::Message),
+        }
+    }
+
+    /// Marks one request (a message, an HTTP request, a chat command) answered: its
+    /// reply is written. The model times it, from the read that brought the request to
+    /// the write that sends its reply, in the `kind` histogram of the metrics.
+    pub fn answered(&mut self, kind: Answer) {
+        self.answers = (self.answers.0 + 1, kind);
+    }
+
+    /// Requests marked answered in this call, and the kind of the last.
+    pub fn answers(&self) -> (u32, Answer) {
+        self.answers
+    }
+
+    /// Adds what a wrapped session marked answered ([`Cx::answers`] of the context a
+    /// wrapper such as TLS or the gate gave it) to this call's answers.
+    pub fn add_answers(&mut self, (n, kind): (u32, Answer)) {
+        if n > 0 {
+            self.answers = (self.answers.0 + n, kind);
         }
     }
 

@@ -134,6 +134,8 @@ impl<S: Session> TlsSession<S> {
             cx.budget,
         );
         let r = f(&mut self.inner, &mut icx);
+        let answers = icx.answers();
+        cx.add_answers(answers);
         self.flush(cx);
         r
     }

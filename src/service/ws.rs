@@ -137,6 +137,7 @@ impl Handler for Echo {
     fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, ()>) {
         if let Some(reply) = self.reply(msg) {
             ws.send(reply);
+            ws.cx().answered(super::Answer::Message);
         }
     }
 }

@@ -48,7 +48,10 @@ async function main() {
     return v > 0;
   }, null, { timeout: STEP });
   check(true, 'accepts per second above 0 under bench hello');
-  const figures = () => page.evaluate(() => ['open', 'accepts', 'rss', 'uptime']
+  // p50 and p99 come from the per-second difference of the latency histograms.
+  await page.waitForFunction(() => /µs$/.test(document.getElementById('latency').textContent), null, { timeout: STEP });
+  check(true, 'the answer latency tile shows p50 · p99 in µs under load');
+  const figures = () => page.evaluate(() => ['open', 'accepts', 'answers', 'latency', 'rss', 'uptime']
     .map((id) => document.getElementById(id).textContent).join(' | ')
     + ' | ' + [...document.querySelectorAll('#services tbody tr')]
       .map((tr) => [...tr.cells].map((td) => td.textContent).join('\t') + '\t').join(' '));
@@ -58,7 +61,7 @@ async function main() {
   const first = await figures();
   await page.screenshot({ path: shot1, fullPage: true });
   await page.waitForFunction((before) => {
-    const now = ['open', 'accepts', 'rss', 'uptime']
+    const now = ['open', 'accepts', 'answers', 'latency', 'rss', 'uptime']
       .map((id) => document.getElementById(id).textContent).join(' | ')
       + ' | ' + [...document.querySelectorAll('#services tbody tr')]
         .map((tr) => [...tr.cells].map((td) => td.textContent).join('\t') + '\t').join(' ');
@@ -70,6 +73,11 @@ async function main() {
   check(first !== second, `the figures changed between the screenshots:\n  ${first}\n  ${second}`);
   const accepted = (s) => Number((s.match(/hello\t\S+\t(\S+)\t/) ?? [0, '-1'])[1].replace(/,/g, ''));
   check(accepted(second) > accepted(first), `hello's accepted count rose (${accepted(first)} → ${accepted(second)})`);
+  const legend = await page.evaluate(() => document.getElementById('l-lat').textContent);
+  const p99 = Number((legend.match(/ack message p99 ([\d,.]+)/) ?? [0, '0'])[1].replace(/,/g, ''));
+  check(p99 > 0, `the latency chart draws ack's p99 (${p99} µs; legend: ${legend})`);
+  const answered = (s) => Number(s.split(' | ')[2].replace(/,/g, ''));
+  check(answered(second) > 0, `answers per second above 0 (${answered(second)})`);
   checkPng(shot1);
   checkPng(shot2);
   check(problems.length === 0, `no page error, no CSP violation (${problems.join('; ') || 'none'})`);

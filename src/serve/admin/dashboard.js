@@ -35,6 +35,48 @@ function rates(f) {
   return out;
 }
 
+// The `q` quantile, in seconds, of the observations between two readings of a
+// histogram (bucket counts, not cumulative, indexed like `bounds` plus +Inf), as
+// Prometheus's histogram_quantile estimates it: linear within the bucket. Null when
+// nothing was observed.
+function quantile(q, bounds, before, after) {
+  const d = after.map((n, i) => n - (before ? before[i] || 0 : 0));
+  const total = d.reduce((a, b) => a + b, 0);
+  if (total <= 0) return null;
+  const rank = q * total;
+  let seen = 0;
+  for (let i = 0; i < d.length; i++) {
+    if (seen + d[i] >= rank && d[i] > 0) {
+      if (i >= bounds.length) return bounds[bounds.length - 1];
+      const lo = i ? bounds[i - 1] : 0;
+      return lo + (bounds[i] - lo) * ((rank - seen) / d[i]);
+    }
+    seen += d[i];
+  }
+  return bounds[bounds.length - 1];
+}
+
+// Every histogram of a snapshot by name: `service kind` for answers, `chat fan-out`.
+function histograms(snap) {
+  const out = {};
+  for (const s of snap.services) {
+    for (const [kind, h] of Object.entries(s.latency || {})) out[`${s.service} ${kind}`] = h.buckets;
+  }
+  if (snap.chat && snap.chat.fanout && snap.chat.fanout.count) out['chat fan-out'] = snap.chat.fanout.buckets;
+  return out;
+}
+
+// Every answer histogram of a snapshot merged into one.
+function allAnswers(snap) {
+  let m = null;
+  for (const s of snap.services) {
+    for (const h of Object.values(s.latency || {})) {
+      m = m ? m.map((n, i) => n + h.buckets[i]) : h.buckets.slice();
+    }
+  }
+  return m;
+}
+
 function draw(id, series) {
   const c = $(id);
   const g = c.getContext('2d');
@@ -108,10 +150,35 @@ function render() {
     { name: 'accepts/s', values: acc, color: '#2ca02c' },
     { name: 'refusals/s', values: ref, color: '#d62728' },
   ]);
-  const msg = [{ name: 'writes/s', values: rates((s) => sum(s, (x) => x.writes)) }];
+  const answers = rates((s) => sum(s, (x) => Object.values(x.latency || {}).reduce((a, h) => a + h.count, 0)));
+  const msg = [
+    { name: 'answers/s', values: answers },
+    { name: 'writes/s', values: rates((s) => sum(s, (x) => x.writes)) },
+  ];
   if (chat) msg.push({ name: 'chat messages/s', values: rates((s) => (s.chat ? s.chat.messages : 0)) });
   if (chat) msg.push({ name: 'chat deliveries/s', values: rates((s) => (s.chat ? s.chat.deliveries : 0)) });
   draw('c-msg', msg);
+  const bounds = snap.latency_bounds || [];
+  const names2 = Object.keys(histograms(snap));
+  const lat = [];
+  for (const name of names2) {
+    for (const q of [0.5, 0.99]) {
+      const values = [];
+      for (let i = 1; i < history.length; i++) {
+        const a = histograms(history[i - 1].snap)[name], b = histograms(history[i].snap)[name];
+        const v = b ? quantile(q, bounds, a, b) : null;
+        values.push(v == null ? null : v * 1e6);
+      }
+      lat.push({ name: `${name} p${q * 100}`, values });
+    }
+  }
+  draw('c-lat', lat);
+  $('answers').textContent = fmtNum(answers.length ? answers[answers.length - 1] : 0);
+  if (history.length > 1) {
+    const a = allAnswers(history[history.length - 2].snap), b = allAnswers(snap);
+    const p50 = b && quantile(0.5, bounds, a, b), p99 = b && quantile(0.99, bounds, a, b);
+    $('latency').textContent = p50 == null ? 'idle' : `${fmtNum(p50 * 1e6)} · ${fmtNum(p99 * 1e6)} µs`;
+  }
   draw('c-mem', [
     { name: 'user', values: history.map((h) => h.snap.memory.user_bytes_per_connection) },
     { name: 'kernel', values: history.map((h) => h.snap.memory.kernel_bytes_per_socket) },

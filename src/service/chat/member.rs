@@ -105,6 +105,9 @@ pub trait Encoder {
     fn error(&mut self, code: &str, text: &str) {
         self.reply(Reply::Error(code, text));
     }
+
+    /// One command is answered (for the metrics' command latency).
+    fn answered(&mut self) {}
 }
 
 /// One wire format's way of reading a command from one unit of input (a line without
@@ -361,7 +364,16 @@ impl<D: Decoder> Member<D> {
         }
     }
 
+    /// Carries out one input; unless it awaits an answer, it is answered now.
     fn run(&mut self, input: Input<'_>, out: &mut impl Encoder) {
+        let waiting = self.s.waiting;
+        self.carry_out(input, out);
+        if self.s.waiting == waiting {
+            out.answered();
+        }
+    }
+
+    fn carry_out(&mut self, input: Input<'_>, out: &mut impl Encoder) {
         let raw = match input {
             Ok(raw) => raw,
             // A token the framing refused for its size counts as a bad token.
@@ -382,6 +394,7 @@ impl<D: Decoder> Member<D> {
 
     /// An awaited answer arrived (or timed out): the queued inputs go on.
     fn answered(&mut self, out: &mut impl Encoder) {
+        out.answered();
         self.s.waiting = self.s.waiting.saturating_sub(1);
         if self.s.waiting > 0 {
             return;

@@ -64,6 +64,10 @@ impl Encoder for JsonOut<'_, '_, '_, '_> {
         self.0.cx().is_closing()
     }
 
+    fn answered(&mut self) {
+        self.0.cx().answered(crate::service::Answer::Command);
+    }
+
     fn mailbox(&mut self) -> std::io::Result<Sender<ChatEvent>> {
         self.0.cx().mailbox()
     }

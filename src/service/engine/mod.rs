@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
+use crate::base::meter::{self, Answer};
 use crate::base::{Budget, Clock, Limits, Stats};
 use crate::service::{ConnInfo, Cx, Goodbye, Session};
 use timer::{Timer, TimerTable};
@@ -198,6 +199,10 @@ pub(crate) struct Conn<S: Session, L: Host> {
     bytes_out: u64,
     writes: u32,
     reason: Reason,
+    /// Requests answered and not yet sent, the kind of the last, and when the read
+    /// before them came (in [`meter::ticks`]): timed once their reply is written.
+    answers: (u16, Answer),
+    read_at: u64,
 }
 
 impl<S: Session, L: Host> Conn<S, L> {
@@ -236,6 +241,8 @@ impl<S: Session, L: Host> Conn<S, L> {
             bytes_out: 0,
             writes: 0,
             reason: Reason::Open,
+            answers: (0, Answer::Message),
+            read_at: 0,
         }
     }
 
@@ -256,6 +263,10 @@ impl<S: Session, L: Host> Conn<S, L> {
             &self.listener.budget,
         );
         let r = f(&mut self.session, &mut cx);
+        let (n, kind) = cx.answers();
+        if n > 0 {
+            self.count_answers(n, kind);
+        }
         if self.closing && self.phase == Phase::Open {
             self.phase = Phase::Closing;
             if self.reason == Reason::Open {
@@ -267,6 +278,27 @@ impl<S: Session, L: Host> Conn<S, L> {
             }
         }
         r
+    }
+
+    /// `n` more requests answered and not yet sent. (Kept in two bytes: an idle
+    /// connection should stay small; past 65,535 unsent, those are timed now.)
+    fn count_answers(&mut self, n: u32, kind: Answer) {
+        let total = u32::from(self.answers.0) + n;
+        match u16::try_from(total) {
+            Ok(total) => self.answers = (total, kind),
+            Err(_) => {
+                self.answers.0 = u16::MAX;
+                self.time_answers();
+                self.count_answers(total - u32::from(u16::MAX), kind);
+            }
+        }
+    }
+
+    /// The answers counted are sent: their durations go to the listener's meter.
+    pub(super) fn time_answers(&mut self) {
+        let took = meter::ticks().saturating_sub(self.read_at);
+        let (n, kind) = std::mem::replace(&mut self.answers, (0, Answer::Message));
+        self.listener.stats.meter.answered(kind, n.into(), took);
     }
 
     /// The connection's log span (service, id, peer). It is made when a line is
@@ -373,6 +405,8 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// meanwhile).
     pub(crate) fn handle_read(&mut self, data: &[u8], clock: &Clock) {
         self.bytes_in += data.len() as u64;
+        self.read_at = meter::ticks();
+        self.listener.stats.meter.add_in(data.len());
         self.active = true;
         if self.phase != Phase::Open {
             // Lingering: read only to find the client's EOF. Closing: nothing more is
@@ -498,8 +532,6 @@ impl<S: Session, L: Host> Drop for Conn<S, L> {
         }
         self.listener.budget.rehold(self.pending.len(), 0);
         let s = &self.listener.stats;
-        s.bytes_in.fetch_add(self.bytes_in, Ordering::Relaxed);
-        s.bytes_out.fetch_add(self.bytes_out, Ordering::Relaxed);
         s.writes
             .fetch_add(u64::from(self.writes), Ordering::Relaxed);
         s.closed.fetch_add(1, Ordering::Relaxed);

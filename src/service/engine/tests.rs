@@ -44,6 +44,44 @@ fn at(t: Instant) -> Clock {
     Clock::at(t)
 }
 
+#[test]
+fn answers_are_timed_once_their_reply_is_all_sent_and_bytes_count_at_once() {
+    let t0 = Instant::now();
+    let mut c = engine(AckSession, Limits::default(), t0);
+    let meter = |c: &Conn<AckSession, Alone>| {
+        let m = &c.listener.stats.meter;
+        (
+            m.latency(meter::Answer::Message).count(),
+            m.bytes_in(),
+            m.bytes_out(),
+        )
+    };
+    c.handle_read(b"hello", &at(t0));
+    assert_eq!(meter(&c), (0, 5, 0), "read: bytes in, nothing answered yet");
+    assert_eq!(sent(&mut c), b"ACK!");
+    assert_eq!(meter(&c), (1, 5, 4));
+
+    // Three chunks, three ACKs; timed only when the last byte of them is out.
+    c.handle_read(&[b'x'; 2100], &at(t0));
+    assert_eq!(c.poll_transmit(), Some(&b"ACK!ACK!ACK!"[..]));
+    c.handle_sent(5);
+    assert_eq!(meter(&c), (1, 2105, 9));
+    assert_eq!(sent(&mut c), b"CK!ACK!");
+    assert_eq!(meter(&c), (4, 2105, 16));
+}
+
+#[test]
+fn more_unsent_answers_than_two_bytes_count_are_all_timed() {
+    let t0 = Instant::now();
+    let mut c = engine(AckSession, Limits::default(), t0);
+    c.read_at = meter::ticks();
+    c.count_answers(70_000, meter::Answer::Message);
+    c.count_answers(70_000, meter::Answer::Message);
+    c.time_answers();
+    let h = c.listener.stats.meter.latency(meter::Answer::Message);
+    assert_eq!(h.count(), 140_000);
+}
+
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 

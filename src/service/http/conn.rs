@@ -129,6 +129,7 @@ impl<A: App> HttpSession<A> {
         };
         let now = cx.now();
         encode::response(cx.out(), resp, now, persist, head_only);
+        cx.answered(crate::service::Answer::Request);
         if close {
             self.state = State::Closed;
             cx.close();
