@@ -82,13 +82,15 @@ impl Upgrader {
             .spawn(move || match start_new() {
                 Ok(pid) => this.hand_over(Some(pid)),
                 Err(e) => {
-                    tracing::error!("SIGUSR2: upgrade failed, serving on: {e:#}");
+                    // Free before the log line: a SIGUSR2 sent by someone who read it
+                    // tries again rather than finding an upgrade "under way".
                     this.busy.store(false, Ordering::SeqCst);
+                    tracing::error!("SIGUSR2: upgrade failed, serving on: {e:#}");
                 }
             });
         if let Err(e) = spawned {
-            tracing::error!("SIGUSR2: upgrade failed, serving on: no thread: {e}");
             self.busy.store(false, Ordering::SeqCst);
+            tracing::error!("SIGUSR2: upgrade failed, serving on: no thread: {e}");
         }
     }
 
