@@ -49,8 +49,10 @@ fi
 for cfg in $CONFIGS; do
     members=${cfg%%:*}
     rate=${cfg##*:}
-    for server in $SERVERS; do
-        for run in $(seq "$RUNS"); do
+    # Run 1 of every server, then run 2, ...: a drift of the shared machine falls on
+    # every server alike.
+    for run in $(seq "$RUNS"); do
+        for server in $SERVERS; do
             PORT=$((PORT + 1))
             case $server in
                 ours) $PIN_SERVER "$BIN" serve -q --service chat --model async \
