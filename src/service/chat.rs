@@ -41,7 +41,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::base::mailbox::Sender;
-use crate::hub::{valid_nick, valid_room, ChatEvent, Hub, HubConfig, MsgId, Publication, Wire};
+use crate::hub::{
+    valid_nick, valid_room, ChatEvent, Hub, HubConfig, HubSetupError, MsgId, Publication, Wire,
+};
 
 use self::member::{Decoder, Done, Encoder, End, Member, Reply};
 use super::{line_goodbye, Cx, Goodbye, Service, Session};
@@ -73,7 +75,7 @@ pub struct ChatOptions {
     /// per connection; empty: no authentication. Clones share it, so a reload can swap
     /// it with [`auth::AuthHandle::set`].
     pub auth: auth::AuthHandle,
-    hub: Arc<OnceLock<Result<Arc<Hub>, String>>>,
+    hub: Arc<OnceLock<Result<Arc<Hub>, Arc<HubSetupError>>>>,
 }
 
 impl Default for ChatOptions {
@@ -94,8 +96,9 @@ impl Default for ChatOptions {
 
 impl ChatOptions {
     /// The process's hub, made on first use with these options; every clone of these
-    /// options gets the same one. Fails only on an invalid `--redis` URL.
-    pub fn hub(&self) -> Result<Arc<Hub>, String> {
+    /// options gets the same one. Fails only on an invalid `--redis` URL (the error is
+    /// shared: every caller gets the same one).
+    pub fn hub(&self) -> Result<Arc<Hub>, Arc<HubSetupError>> {
         self.hub
             .get_or_init(|| {
                 let config = HubConfig {
@@ -105,7 +108,7 @@ impl ChatOptions {
                     presence_ttl: self.presence_ttl,
                 };
                 match &self.redis {
-                    Some(url) => Hub::with_redis(config, url).map_err(|e| e.to_string()),
+                    Some(url) => Hub::with_redis(config, url).map_err(Arc::new),
                     None => Ok(Arc::new(Hub::new(config))),
                 }
             })
