@@ -34,6 +34,8 @@ mod conn;
 mod date;
 mod decode;
 mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 mod head;
 mod routes;
 #[cfg(test)]
