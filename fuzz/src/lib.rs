@@ -13,7 +13,7 @@ pub fn reads(seed: u8, bytes: &[u8]) -> Vec<&[u8]> {
         return vec![bytes];
     }
     let max = u32::from(seed % 64) + 1;
-    let mut x = u32::from(seed) * 2_654_435_761 | 1;
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
