@@ -440,6 +440,20 @@ proptest! {
     }
 }
 
+/// A blank line longer than `--max-line` was ignored when it came in one read but
+/// refused `line-too-long` when it came in pieces (found by the `chat_line` fuzz target).
+#[test]
+fn a_long_blank_line_is_refused_alike_in_one_read_or_in_pieces() {
+    let input = format!("{}\nQUIT\n", " ".repeat(83));
+    let whole = chat(&[input.as_bytes()], 40);
+    let pieces = chat(&cut(input.as_bytes(), &[30, 60]), 40);
+    assert_eq!(
+        String::from_utf8_lossy(&whole),
+        String::from_utf8_lossy(&pieces)
+    );
+    assert!(String::from_utf8_lossy(&whole).contains("ERR line-too-long"));
+}
+
 mod tls {
     //! The TLS wrapper: junk records never panic and only whole records come out;
     //! a real client's flights in any reads reach the service.
