@@ -454,6 +454,24 @@ fn a_long_blank_line_is_refused_alike_in_one_read_or_in_pieces() {
     assert!(String::from_utf8_lossy(&whole).contains("ERR line-too-long"));
 }
 
+/// A line found too long before its end is seen was answered at once, ahead of a
+/// `SAY` before it still waiting for its own `MSG`; in one read it came after (found by
+/// the `chat_line` fuzz target).
+#[test]
+fn a_line_too_long_is_answered_after_the_say_before_it_in_any_reads() {
+    let input = format!("JOIN r\nSAY r yo\n{}", "x".repeat(60));
+    let whole = chat(&[input.as_bytes()], 40);
+    let pieces = chat(&cut(input.as_bytes(), &[16, 50]), 40);
+    let whole = wire::chat_ids_from_zero(&whole);
+    assert_eq!(whole, wire::chat_ids_from_zero(&pieces));
+    assert!(
+        whole.ends_with(
+            "MSG r 0 guest-1 yo\nERR line-too-long command lines are limited in length\n"
+        ),
+        "{whole}"
+    );
+}
+
 mod tls {
     //! The TLS wrapper: junk records never panic and only whole records come out;
     //! a real client's flights in any reads reach the service.

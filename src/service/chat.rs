@@ -405,7 +405,9 @@ impl Session for ChatSession {
                         pos = input.len();
                     } else if rest.len() > max_line + 1 {
                         // `+ 1`: a line of exactly max_line may still await its `\r\n`.
-                        LineOut(cx).error(LINE_TOO_LONG.code, LINE_TOO_LONG.text);
+                        // Through the member, so it waits behind an awaited answer
+                        // (a SAY's own MSG) as any other reply does.
+                        self.member.input(Err(LINE_TOO_LONG), &mut LineOut(cx));
                         self.skipping = true;
                         pos = input.len();
                     }
