@@ -472,6 +472,17 @@ fn a_line_too_long_is_answered_after_the_say_before_it_in_any_reads() {
     );
 }
 
+/// A chunk-size line over the 1 KiB limit was accepted in one read but refused
+/// when it came in pieces (found by the `http_body` fuzz target).
+#[test]
+fn a_long_chunk_size_line_is_refused_alike_in_one_read_or_in_pieces() {
+    let input = format!("3;{}\r\nabc\r\n0\r\n\r\n", "e".repeat(1100));
+    let whole = decode_body(Framing::Chunked, 4096, [input.as_bytes()]);
+    let pieces = decode_body(Framing::Chunked, 4096, cut(input.as_bytes(), &[500, 1050]));
+    assert_eq!(whole, pieces);
+    assert!(matches!(whole, BodyOutcome::Refused(_)), "{whole:?}");
+}
+
 mod tls {
     //! The TLS wrapper: junk records never panic and only whole records come out;
     //! a real client's flights in any reads reach the service.
