@@ -31,7 +31,8 @@ fn line(cmd: &Command<'_>) -> String {
 
 /// Hands the mailbox on until nothing more comes; returns what was written.
 fn drain(h: &mut Harness<ChatSession>, out: &mut Vec<u8>) {
-    for _ in 0..100 {
+    // Each awaited SAY takes one round; a long pipeline needs as many.
+    for _ in 0..1_000_000 {
         h.deliver();
         let more = h.take_output();
         if more.is_empty() {
