@@ -406,15 +406,16 @@ impl ChatSession {
     /// A complete line from the client, its `\n` removed.
     fn line(&mut self, line: &[u8], cx: &mut Cx<'_, ChatEvent>) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // Too long is checked first, whatever the line holds: a long line that arrives
+        // in pieces is refused before its end is seen, so one read must refuse it too.
+        if line.len() > self.max_line && !(self.auth_line && is_auth(line)) {
+            self.member.input(Err(LINE_TOO_LONG), &mut LineOut(cx));
+            return;
+        }
         if line.iter().all(|&b| b == b' ' || b == b'\t') {
             return; // A blank line is no command: nothing to answer.
         }
-        let input = if line.len() <= self.max_line || (self.auth_line && is_auth(line)) {
-            Ok(line)
-        } else {
-            Err(LINE_TOO_LONG)
-        };
-        self.member.input(input, &mut LineOut(cx));
+        self.member.input(Ok(line), &mut LineOut(cx));
     }
 }
 
@@ -458,6 +459,8 @@ impl Session for ChatSession {
                         } else {
                             LINE_TOO_LONG
                         };
+                        // Through the member, so it waits behind an awaited answer
+                        // (a SAY's own MSG) as any other reply does.
                         self.member.input(Err(e), &mut LineOut(cx));
                         self.skipping = true;
                         pos = input.len();

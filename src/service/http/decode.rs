@@ -57,6 +57,11 @@ pub(super) fn decode(
                 *body = Body::Length(n - take);
             }
             Body::ChunkSize => match httparse::parse_chunk_size(rest) {
+                // A line is refused past MAX_CHUNK_LINE whether or not its end is in
+                // this read: read in pieces, its first MAX_CHUNK_LINE + 1 bytes are.
+                Ok(httparse::Status::Complete((n, _))) if n > MAX_CHUNK_LINE + 1 => {
+                    return Err(FramingError::BadChunkSize);
+                }
                 Ok(httparse::Status::Complete((n, size))) => {
                     pos += n;
                     let size = usize::try_from(size).unwrap_or(usize::MAX);

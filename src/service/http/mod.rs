@@ -35,6 +35,8 @@ mod date;
 mod decode;
 mod encode;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod head;
 mod routes;
 #[cfg(test)]
