@@ -328,3 +328,48 @@ fn max_body_lowered_by_sighup_refuses_the_next_request_with_413() {
         assert_eq!(status(), "413", "{model}");
     }
 }
+
+/// The chat's answer to `AUTH` with a token signed by `secret`.
+fn auth_with(addr: SocketAddr, secret: &str) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    let token = encode(
+        &Header::default(),
+        &serde_json::json!({"sub": "ann"}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let mut s = connect(addr);
+    let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+    until(&mut r, "WELCOME");
+    writeln!(s, "AUTH {token}").unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut r, &mut line).unwrap();
+    line
+}
+
+#[test]
+fn sighup_swaps_the_chat_token_key_for_new_connections_and_never_logs_it() {
+    let model = "async";
+    let cfg = Config::new(
+        "jwt",
+        model,
+        "service = [\"chat=127.0.0.1:0\"]\njwt-secret = \"first-secret\"\n",
+    );
+    let srv = cfg.serve(model);
+    assert_eq!(auth_with(srv.addr, "first-secret"), "OK AUTH ann\n");
+    assert!(auth_with(srv.addr, "second-secret").starts_with("ERR bad-token"));
+    cfg.write("service = [\"chat=127.0.0.1:0\"]\njwt-secret = \"second-secret\"\n");
+    let lines = reload(&srv, "config reloaded");
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("first-secret") && !l.contains("second-secret")),
+        "a secret is never logged: {lines:#?}"
+    );
+    assert!(
+        lines.last().unwrap().contains("jwt-secret changed"),
+        "{lines:#?}"
+    );
+    assert_eq!(auth_with(srv.addr, "second-secret"), "OK AUTH ann\n");
+    assert!(auth_with(srv.addr, "first-secret").starts_with("ERR bad-token"));
+}

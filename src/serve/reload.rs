@@ -10,6 +10,9 @@
 //!   on; `shutdown-timeout` for a drain that starts later);
 //! - the log level (`verbose`, `quiet`), unless `RUST_LOG` decides it;
 //! - the notification key (`api-key`), asked for by the next request;
+//! - the chat's token key (`jwt-secret`, or `jwt-public-key` read again from its
+//!   file), for the chat connections opened after the reload: each connection keeps
+//!   the key it was opened with;
 //! - the HTTP and WebSocket limits (`header-timeout`, `body-timeout`, `max-body`,
 //!   `max-message`), for the connections accepted after the reload;
 //! - the TLS certificate and key, read again from their files;
@@ -54,10 +57,12 @@ pub const RELOADABLE: &[&str] = &[
     "verbose",
     "quiet",
     "api-key",
+    "jwt-secret",
+    "jwt-public-key",
 ];
 
 /// Settings whose values are never logged, only that they changed.
-const SECRET: &[&str] = &["api-key"];
+const SECRET: &[&str] = &["api-key", "jwt-secret"];
 
 /// The config as read once: the options to run, and every setting's value as text
 /// (by key, as [`super::config::effective`] gives them) to tell what a reload changed.
@@ -236,6 +241,13 @@ impl Reloader {
         ws.echo = http.load().ws.echo;
         fresh.ws = Arc::new(ws);
         http.set(fresh);
+        // The key file is read again at every reload, so a key rotated in place at the
+        // same path is taken too.
+        self.running
+            .service
+            .chat
+            .auth
+            .set_shared(new.service.chat.auth.get());
     }
 
     /// Starts the listeners `new` has and the server does not, and stops those it no

@@ -246,7 +246,12 @@ impl AuthHandle {
 
     /// Replaces the key for connections made from now on.
     pub fn set(&self, verifier: Option<Verifier>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = verifier.map(Arc::new);
+        self.set_shared(verifier.map(Arc::new));
+    }
+
+    /// [`AuthHandle::set`] with a key another handle holds (a reload's).
+    pub fn set_shared(&self, verifier: Option<Arc<Verifier>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = verifier;
     }
 
     /// The key of `--jwt-secret` or `--jwt-public-key` (a PEM file's path), or none.
