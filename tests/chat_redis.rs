@@ -54,10 +54,13 @@ impl Instance {
 
     /// An instance keeping `history` messages per room (`--history`).
     fn start_with(model: Model, url: &str, history: usize) -> Instance {
-        let mut chat = ChatOptions::default();
+        let mut chat = chat_options(url);
         chat.history = history;
-        chat.redis = Some(url.to_string());
-        chat.presence_ttl = TTL;
+        Instance::serve(model, chat)
+    }
+
+    /// An instance of the chat `chat` under `model`, once its Redis is reachable.
+    fn serve(model: Model, chat: ChatOptions) -> Instance {
         let hub = chat.hub().unwrap();
         let mut server = Server::new(model, Limits::default()).unwrap();
         let l = ServiceName::Chat
@@ -696,31 +699,19 @@ fn nicks_are_unique_whatever_their_case_across_instances() {
 
 /// An instance whose chat requires HS256 tokens signed with `secret`.
 fn start_with_tokens(url: &str, secret: &str) -> Instance {
-    let mut chat = ChatOptions::default();
-    chat.redis = Some(url.to_string());
-    chat.presence_ttl = TTL;
+    let chat = chat_options(url);
     chat.auth.set(Some(
         multiclient::service::chat::auth::Verifier::hs256(secret.as_bytes()).unwrap(),
     ));
-    let hub = chat.hub().unwrap();
-    let mut server = Server::new(Model::Async { workers: 2 }, Limits::default()).unwrap();
-    let l = ServiceName::Chat
-        .listen(
-            &mut server,
-            "127.0.0.1:0".parse().unwrap(),
-            &ServiceOptions {
-                chat,
-                ..ServiceOptions::default()
-            },
-        )
-        .unwrap();
-    let i = Instance {
-        server: Some(server),
-        addr: l.addr,
-        hub,
-    };
-    i.wait_available(true);
-    i
+    Instance::serve(Model::Async { workers: 2 }, chat)
+}
+
+/// The chat options of every instance here: this Redis, the short presence TTL.
+fn chat_options(url: &str) -> ChatOptions {
+    let mut chat = ChatOptions::default();
+    chat.redis = Some(url.to_string());
+    chat.presence_ttl = TTL;
+    chat
 }
 
 /// A line client that read its welcome and sent nothing (no nick of its own).
