@@ -15,12 +15,13 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
-use multiclient::model::{Limits, Listening, Model, Server};
-use multiclient::serve::{ServiceName, ServiceOptions};
+use multiclient::model::{Limits, Model};
+use multiclient::serve::ServiceOptions;
 use multiclient::service::chat::auth::Verifier;
 use multiclient::service::chat::ChatOptions;
 
 mod common;
+use common::chat::Running;
 
 /// A safety net only: a test that waits this long has already failed.
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -52,38 +53,15 @@ fn unsigned(claims: Value) -> String {
     )
 }
 
-struct Running {
-    server: Option<Server>,
-    http: Listening,
-    chat: Listening,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.drain().start();
-            s.wait();
-        }
-    }
-}
-
 /// The chat and http services of one process with `verifier` as the token key.
 fn start(model: Model, verifier: Verifier) -> Running {
     let chat = ChatOptions::default();
     chat.auth.set(Some(verifier));
-    let mut server = Server::new(model, Limits::default()).unwrap();
     let opts = ServiceOptions {
         chat,
         ..ServiceOptions::default()
     };
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let http = ServiceName::Http.listen(&mut server, any, &opts).unwrap();
-    let chat = ServiceName::Chat.listen(&mut server, any, &opts).unwrap();
-    Running {
-        server: Some(server),
-        http,
-        chat,
-    }
+    Running::start(model, Limits::default(), &opts)
 }
 
 fn start_hs(model: Model) -> Running {

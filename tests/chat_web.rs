@@ -10,33 +10,18 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tungstenite::{Message, WebSocket};
 
-use multiclient::model::{Limits, Listening, Model, Server};
-use multiclient::serve::{ServiceName, ServiceOptions};
+use multiclient::model::{Limits, Model};
+use multiclient::serve::ServiceOptions;
 use multiclient::service::chat::web::{ApiKey, WebOptions};
 use multiclient::service::chat::ChatOptions;
 
 mod common;
-use common::chat::Member as Tcp;
+use common::chat::{Member as Tcp, Running};
 use common::redis::RedisServer;
 
 /// A safety net only: a test that waits this long has already failed.
 const TIMEOUT: Duration = Duration::from_secs(20);
 const KEY: &str = "test-key-0123456789";
-
-struct Running {
-    server: Option<Server>,
-    http: Listening,
-    chat: Listening,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.drain().start();
-            s.wait();
-        }
-    }
-}
 
 /// The http and chat services of one process, sharing its hub, as `serve` runs them.
 fn start_with(model: Model, limits: Limits, key: Option<&str>) -> Running {
@@ -45,7 +30,6 @@ fn start_with(model: Model, limits: Limits, key: Option<&str>) -> Running {
 
 /// [`start_with`] with chat options of the test's own (`--max-rate`, `--redis`).
 fn start_chat(model: Model, limits: Limits, key: Option<&str>, chat: ChatOptions) -> Running {
-    let mut server = Server::new(model, limits).unwrap();
     let opts = ServiceOptions {
         chat,
         web: WebOptions {
@@ -54,14 +38,7 @@ fn start_chat(model: Model, limits: Limits, key: Option<&str>, chat: ChatOptions
         .into(),
         ..ServiceOptions::default()
     };
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let http = ServiceName::Http.listen(&mut server, any, &opts).unwrap();
-    let chat = ServiceName::Chat.listen(&mut server, any, &opts).unwrap();
-    Running {
-        server: Some(server),
-        http,
-        chat,
-    }
+    Running::start(model, limits, &opts)
 }
 
 fn start(model: Model) -> Running {

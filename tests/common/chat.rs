@@ -61,3 +61,40 @@ impl Member {
         }
     }
 }
+
+/// The http and chat services of one process, sharing its hub, as `serve` runs them;
+/// drained and waited for when dropped.
+pub struct Running {
+    pub server: Option<multiclient::model::Server>,
+    pub http: multiclient::model::Listening,
+    pub chat: multiclient::model::Listening,
+}
+
+impl Running {
+    /// Both services on loopback port 0 under `model`, with `opts`.
+    pub fn start(
+        model: multiclient::model::Model,
+        limits: multiclient::model::Limits,
+        opts: &multiclient::serve::ServiceOptions,
+    ) -> Running {
+        use multiclient::serve::ServiceName;
+        let mut server = multiclient::model::Server::new(model, limits).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let http = ServiceName::Http.listen(&mut server, any, opts).unwrap();
+        let chat = ServiceName::Chat.listen(&mut server, any, opts).unwrap();
+        Running {
+            server: Some(server),
+            http,
+            chat,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.drain().start();
+            s.wait();
+        }
+    }
+}
