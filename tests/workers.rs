@@ -102,6 +102,20 @@ fn sigterm_drains_every_worker_and_the_supervisor_exits_0() {
     server.expect_log("All workers exited (0 restarts)");
 }
 
+/// SIGTERM the moment both workers are started, before either can have set up its
+/// signal handling: a worker that is still starting keeps the signal for when it can
+/// drain, instead of dying of it (which made the supervisor exit 1).
+#[test]
+fn sigterm_while_the_workers_start_still_drains_and_exits_0() {
+    for _ in 0..5 {
+        let (mut server, _) = two_workers();
+        server.signal(Signal::TERM);
+        let status = server.wait();
+        assert!(status.success(), "the supervisor exited with {status}");
+        server.expect_log("All workers exited (0 restarts)");
+    }
+}
+
 #[test]
 fn a_chat_over_two_processes_without_redis_is_refused_with_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_multiclient"))

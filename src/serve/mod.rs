@@ -16,6 +16,7 @@ pub mod config;
 pub mod metrics;
 mod registry;
 pub mod reload;
+pub(crate) mod sigmask;
 pub mod tls;
 pub mod upgrade;
 pub mod workers;
@@ -196,6 +197,8 @@ pub fn run_reloading(opts: &ServeOptions, source: Option<reload::Source>) -> any
     // (immediate, unclean) exit.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])
         .context("installing signal handlers")?;
+    // A supervisor or an upgrade starts this process with them blocked.
+    sigmask::unblock();
     let (server, listening, certs) = start_tls(opts)?;
     let _admin = start_admin(opts, &server, &listening)?;
     let drain = server.drain();

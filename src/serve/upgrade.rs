@@ -132,14 +132,14 @@ fn start_new() -> anyhow::Result<u32> {
     cmd.args(std::env::args_os().skip(1))
         .env(inherit::ENV_FDS, inherit::env_value(&sockets))
         .env(ENV_READY, writer.as_raw_fd().to_string());
-    // SAFETY: between fork and exec the closure only clears a descriptor flag, which
-    // is async-signal-safe, and reads a vector allocated before the fork.
+    // SAFETY: between fork and exec the closure only clears a descriptor flag and
+    // blocks signals, both async-signal-safe, and reads a vector allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
             for &fd in &keep {
                 rustix::io::fcntl_setfd(BorrowedFd::borrow_raw(fd), rustix::io::FdFlags::empty())?;
             }
-            Ok(())
+            super::sigmask::block_in_child()
         });
     }
     let mut child = cmd

@@ -359,8 +359,8 @@ fn spawn(slot: &Slot, ready: Option<&std::os::unix::net::UnixStream>) -> anyhow:
         // passes it on once (twice would cut the drain short).
         .process_group(0)
         .stderr(Stdio::piped());
-    // SAFETY: between fork and exec the closure only clears descriptor flags and sets
-    // the parent-death signal, both async-signal-safe, and reads a vector allocated
+    // SAFETY: between fork and exec the closure only clears descriptor flags, blocks
+    // signals and sets the parent-death signal, all async-signal-safe, and reads a vector allocated
     // before the fork.
     unsafe {
         cmd.pre_exec(move || {
@@ -370,6 +370,8 @@ fn spawn(slot: &Slot, ready: Option<&std::os::unix::net::UnixStream>) -> anyhow:
                     rustix::io::FdFlags::empty(),
                 )?;
             }
+            // Signals wait until the worker handles them (see super::sigmask).
+            super::sigmask::block_in_child()?;
             // A worker outlives no supervisor (this thread waits for it until it exits).
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM))?;
             Ok(())
