@@ -4,8 +4,8 @@
 //! it never hides a point. Our models are solid lines with filled dots, peers dashed
 //! lines with hollow squares; a point where the run had errors is crossed out, so a
 //! model that answered one client of a hundred quickly cannot look best. Tick labels
-//! are whole numbers with thousands separators; a log axis is labelled only at powers
-//! of ten.
+//! are whole numbers with thousands separators; a log axis is labelled at powers of
+//! ten, or at 1, 2 and 5 times them where it spans less than three decades.
 
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
@@ -41,17 +41,35 @@ pub(super) fn number(v: f64) -> String {
     out
 }
 
-/// The powers of ten from below `lo` to above `hi`, for a log axis's ticks.
+/// A log axis's ticks from `lo` to `hi`: the powers of ten, or, where fewer than three
+/// of them fall in the range (a panel spanning one decade, like CPU per operation),
+/// 1, 2 and 5 times them, then every multiple, so each panel has at least three labels.
 fn decades(lo: f64, hi: f64) -> Vec<f64> {
-    let mut v = Vec::new();
-    let mut p = 10f64.powf(lo.max(1e-9).log10().floor());
-    while p <= hi * 1.0001 {
-        if p >= lo * 0.9999 {
-            v.push(p);
+    let within = |steps: &[f64]| {
+        let mut v = Vec::new();
+        let mut p = 10f64.powf(lo.max(1e-9).log10().floor());
+        while p <= hi * 1.0001 {
+            for &m in steps {
+                let t = p * m;
+                if t >= lo * 0.9999 && t <= hi * 1.0001 {
+                    v.push(t);
+                }
+            }
+            p *= 10.0;
         }
-        p *= 10.0;
+        v
+    };
+    let mut ticks = within(&[1.0]);
+    for steps in [
+        &[1.0, 2.0, 5.0][..],
+        &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+    ] {
+        if ticks.len() >= 3 {
+            break;
+        }
+        ticks = within(steps);
     }
-    v
+    ticks
 }
 
 /// One panel's quantity.
@@ -304,5 +322,13 @@ mod tests {
     fn a_log_axis_is_labelled_at_powers_of_ten() {
         assert_eq!(decades(10.0, 1000.0), vec![10.0, 100.0, 1000.0]);
         assert_eq!(decades(7.0, 1500.0), vec![10.0, 100.0, 1000.0]);
+    }
+
+    #[test]
+    fn a_log_axis_within_one_decade_still_has_three_labels() {
+        // CPU per operation from 5 to 60 µs had the single label 10.
+        assert_eq!(decades(5.0, 60.0), vec![5.0, 10.0, 20.0, 50.0]);
+        // Narrower still: every multiple of the decade in range.
+        assert_eq!(decades(11.0, 30.0), vec![20.0, 30.0]);
     }
 }
