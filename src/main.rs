@@ -498,6 +498,7 @@ fn main() -> anyhow::Result<()> {
             let source = serve::reload::Source {
                 load: Box::new(move || load_serve(&own)),
                 settings: first.settings,
+                from_file: a.config.is_some(),
             };
             let mut opts = first.opts;
             let code = match serve::workers::worker_index() {
