@@ -552,3 +552,49 @@ fn a_proxy_listener_added_by_sighup_takes_the_client_from_its_header() {
         srv.expect_log("is client 198.51.100.22:35646");
     }
 }
+
+/// A process this test started (through an upgrade), sent SIGTERM when the test ends,
+/// passed or failed.
+struct Terminated(rustix::process::Pid);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, Signal::TERM);
+    }
+}
+
+#[test]
+fn a_shutdown_timeout_lowered_by_sighup_bounds_the_drain_after_an_upgrade() {
+    for model in ["threads", "async"] {
+        let cfg = Config::new(
+            "upgrade-timeout",
+            model,
+            "service = [\"ack=127.0.0.1:0\"]\nshutdown-timeout = \"60s\"\n",
+        );
+        let mut srv = cfg.serve(model);
+        let mut held = connect(srv.addr);
+        round_trip(&mut held, b"held", ack::REPLY);
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\nshutdown-timeout = \"200ms\"\n");
+        reload(&srv, "shutdown-timeout 60s -> 200ms");
+
+        srv.signal(Signal::USR2);
+        let line = srv.expect_log("is ready; process");
+        let started = std::time::Instant::now();
+        let new: i32 = line
+            .split("new process ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no PID in {line:?}"));
+        let _new = Terminated(rustix::process::Pid::from_raw(new).unwrap());
+        let status = srv.wait();
+        let took = started.elapsed();
+        assert!(status.success(), "{model}: {status:?}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{model}: the old process drained for {took:?}, not the reloaded 200ms"
+        );
+        let mut rest = Vec::new();
+        let _ = held.read_to_end(&mut rest);
+    }
+}

@@ -236,7 +236,15 @@ pub fn run_reloading(opts: &ServeOptions, source: Option<reload::Source>) -> any
     let mut reloader =
         reload::Reloader::new(opts, source, listeners, certs, per_ip, server.clone());
     upgrade::notify_ready();
-    let upgrader = upgrade::Upgrader::new(drain.clone(), opts.limits.shutdown_timeout);
+    // The drain after an upgrade takes the shutdown timeout as last reloaded.
+    let started_with = opts.limits.shutdown_timeout;
+    let limits_of = server.clone();
+    let upgrader = upgrade::Upgrader::new(drain.clone(), move || {
+        let server = limits_of.lock().unwrap_or_else(|p| p.into_inner());
+        server
+            .as_ref()
+            .map_or(started_with, |s| s.limits().shutdown_timeout)
+    });
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
