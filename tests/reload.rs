@@ -598,3 +598,48 @@ fn a_shutdown_timeout_lowered_by_sighup_bounds_the_drain_after_an_upgrade() {
         let _ = held.read_to_end(&mut rest);
     }
 }
+
+#[test]
+fn serve_help_says_reloaded_by_sighup_on_exactly_the_settings_a_reload_applies() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_multiclient"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    // Each option's block: its `--name` line and the lines until the next option.
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if line.starts_with("  ") && t.starts_with('-') {
+            let long = t
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("--"))
+                .unwrap_or_default()
+                .trim_end_matches(['.', ','])
+                .to_string();
+            blocks.push((long, String::new()));
+        } else if let Some((_, text)) = blocks.last_mut() {
+            text.push_str(t);
+            text.push(' ');
+        }
+    }
+    let reloadable = multiclient::serve::reload::RELOADABLE;
+    for (long, text) in &blocks {
+        let says = text.contains("Reloaded by SIGHUP");
+        if long == "config" {
+            assert!(says, "--config explains which settings reload: {text}");
+            continue;
+        }
+        assert_eq!(
+            says,
+            reloadable.contains(&long.as_str()),
+            "--{long}: its help and RELOADABLE disagree: {text}"
+        );
+    }
+    for key in reloadable {
+        assert!(
+            blocks.iter().any(|(long, _)| long == key),
+            "{key} is no serve flag"
+        );
+    }
+}
