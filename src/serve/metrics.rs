@@ -242,6 +242,8 @@ pub struct ChatStats {
     pub deliveries: u64,
     /// Events refused by a full mailbox (that member is then dropped).
     pub overflows: u64,
+    /// Tokens refused (`ERR bad-token`), with `--jwt-secret` or `--jwt-public-key`.
+    pub auth_failures: u64,
     /// Room events, from their place in the room's order on this process to their
     /// hand-off to the last member's mailbox.
     pub fanout: LatencyStats,
@@ -308,6 +310,7 @@ impl Snapshot {
                 messages: s.messages.load(Ordering::Relaxed),
                 deliveries: s.deliveries.load(Ordering::Relaxed),
                 overflows: s.overflows.load(Ordering::Relaxed),
+                auth_failures: s.auth_failures.load(Ordering::Relaxed),
                 fanout: LatencyStats(s.fanout.read()),
                 redis: hub.uses_redis().then(|| RedisStats {
                     up: hub.is_available(),
@@ -572,6 +575,12 @@ impl Snapshot {
                 "counter",
                 "Chat events refused by a full mailbox (the member is dropped).",
                 c.overflows as f64,
+            );
+            p.one(
+                "multiclient_chat_auth_failures_total",
+                "counter",
+                "Chat tokens refused (ERR bad-token), on either wire.",
+                c.auth_failures as f64,
             );
             p.family(
                 "multiclient_chat_fanout_duration_seconds",
