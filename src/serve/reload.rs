@@ -5,10 +5,11 @@
 //! What changes at run time ([`RELOADABLE`]):
 //!
 //! - the limits (`max-conns` at the next accept, `max-conns-per-ip` at the next
-//!   connection, the connections open already counted against it; timeouts, `max-queue` and
-//!   `coalesce` for the connections accepted after the reload, each connection keeping
-//!   the ones it started with; `max-buffered` for every buffer that grows from then
-//!   on; `shutdown-timeout` for a drain that starts later);
+//!   connection, the connections open already counted against it; timeouts,
+//!   `max-queue` and `coalesce` for the connections accepted after the reload, each
+//!   connection keeping the ones it started with; `max-buffered` for every buffer
+//!   that grows from then on; `shutdown-timeout` for a drain that starts later, the
+//!   old process's after an upgrade included);
 //! - the log level (`verbose`, `quiet`), unless `RUST_LOG` decides it;
 //! - the notification key (`api-key`), asked for by the next request;
 //! - the chat's token key (`jwt-secret`, or `jwt-public-key` read again from its
