@@ -82,74 +82,95 @@ struct ServeArgs {
     /// expects a PROXY header (v1 or v2) first on every connection, from a proxy such
     /// as HAProxy, and takes the client's address from it (`,proxy,tls`: TLS after the
     /// header).
-    /// Repeatable. Default: every service (ack, greet, hello, http, ws, chat) on its
-    /// default port.
+    /// Repeatable. Default: every service (ack, greet, hello, http, ws, chat; chat not
+    /// under `--model single`) on its default port. Reloaded by SIGHUP: a line added
+    /// starts a listener, a line removed stops one (its connections carry on).
     #[arg(long = "service", value_name = "NAME[=ADDR][,tls][,proxy]")]
     services: Vec<String>,
     /// TLS: the certificate chain (PEM, the server's certificate first), for the
-    /// `,tls` listeners; reloaded on SIGHUP.
+    /// `,tls` listeners. The file is read again on SIGHUP (new handshakes get the new
+    /// pair); another path needs a restart.
     #[arg(long, value_name = "PATH", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
-    /// TLS: the private key (PEM: PKCS#8, RSA or EC); reloaded on SIGHUP.
+    /// TLS: the private key (PEM: PKCS#8, RSA or EC); read again on SIGHUP with the
+    /// certificate.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
     /// Concurrency model.
     #[arg(long, value_enum, default_value = "async")]
     model: ModelName,
-    /// Address to listen on, with a single service.
+    /// Address to listen on, with a single service. Reloaded by SIGHUP (a new address
+    /// is a new listener; the old one stops accepting).
     #[arg(long)]
     addr: Option<SocketAddr>,
-    /// Worker threads: pool size (default 10) or async runtime threads (default: cores).
+    /// Worker threads: pool size (default 10) or async runtime threads (default: cores);
+    /// single and threads have none to set.
     #[arg(long)]
     workers: Option<usize>,
-    /// Connections served at once per service; the next client is told it is busy.
+    /// Connections served at once per listener (under pool: running plus queued); the
+    /// next client is told it is busy. Reloaded by SIGHUP, for the next accept.
     #[arg(long, default_value_t = Limits::default().max_conns)]
     max_conns: usize,
     /// Connections one client address may have open at once, every service together;
     /// the next is told why in its protocol (`ERR too many connections from your
     /// address`, HTTP 503, WebSocket close 1013). 0 (the default) is no limit: load
     /// tests and clients behind one NAT come from one address. On a `,proxy` listener
-    /// the address is the PROXY header's.
+    /// the address is the PROXY header's. Reloaded by SIGHUP (0 to N too) when the
+    /// server runs with `--config`: the connections open count against the new limit.
     #[arg(long, default_value_t = 0, value_name = "N")]
     max_conns_per_ip: usize,
-    /// Close a connection silent for this long (`300`, `300s`, `500ms`, `5m`).
+    /// Close a connection silent for this long (`300`, `300s`, `500ms`, `5m`); a chat
+    /// member in a room is kept. Reloaded by SIGHUP, for connections accepted after it.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     idle_timeout: Duration,
-    /// On SIGINT/SIGTERM, how long connections get to finish.
+    /// How long connections get to finish once the server stops: on SIGINT/SIGTERM
+    /// every client is answered and told goodbye, and those still open this long after
+    /// are cut off; after a SIGUSR2 upgrade the old process first serves its open
+    /// clients this long, then does the same. Reloaded by SIGHUP, for a stop that
+    /// starts after it.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     shutdown_timeout: Duration,
-    /// Drop a client whose replies make no progress for this long.
+    /// Drop a client whose replies make no progress for this long. Reloaded by SIGHUP,
+    /// for connections accepted after it.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     write_timeout: Duration,
     /// http/ws: a request head must be complete this long after its first byte (408).
-    /// TLS listeners: a client must complete its handshake this long after connecting.
+    /// TLS listeners: a client must complete its handshake this long after connecting;
+    /// `,proxy` listeners: its PROXY header. Reloaded by SIGHUP for the http/ws
+    /// connections accepted after it (a listener keeps its handshake and header bound).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     header_timeout: Duration,
-    /// http: a request body must be complete this long after its head (408).
+    /// http: a request body must be complete this long after its head (408). Reloaded
+    /// by SIGHUP, for connections accepted after it.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     body_timeout: Duration,
-    /// http: largest request body in bytes (413).
+    /// http: largest request body in bytes (413). Reloaded by SIGHUP, for connections
+    /// accepted after it.
     #[arg(long, default_value_t = 1 << 20)]
     max_body: usize,
-    /// ws: answer every message with exactly itself (for conformance suites).
+    /// ws: answer every message with exactly itself (for conformance suites). A change
+    /// needs a restart.
     #[arg(long)]
     echo: bool,
-    /// ws: largest message in bytes (close 1009).
+    /// ws: largest message in bytes (close 1009). Reloaded by SIGHUP, for connections
+    /// accepted after it.
     #[arg(long, default_value_t = 1 << 20)]
     max_message: usize,
     /// Bytes buffered for clients across the whole server (unconsumed input, WebSocket
     /// messages being assembled, HTTP bodies being read); a client whose buffer would
     /// pass it is told the server is busy (`ERR server busy`, WebSocket close 1013,
-    /// HTTP 503) and closed.
+    /// HTTP 503) and closed. Reloaded by SIGHUP, for every buffer that grows after it.
     #[arg(long, default_value_t = Limits::default().max_buffered)]
     max_buffered: usize,
     /// Bytes of events queued for one client before it is dropped as a slow consumer
-    /// (chat: `ERR slow-consumer`).
+    /// (chat: `ERR slow-consumer`). Reloaded by SIGHUP, for connections accepted after
+    /// it.
     #[arg(long, default_value_t = Limits::default().max_queue)]
     max_queue: usize,
     /// Events (chat messages) to a client written to by events less than this long
     /// ago wait until this long after that write, so one write carries many of them
-    /// (`0` writes each event at once).
+    /// (`0` writes each event at once). Reloaded by SIGHUP, for connections accepted
+    /// after it.
     #[arg(long, default_value = "5ms", value_parser = parse_duration)]
     coalesce: Duration,
     /// Chat: messages kept per room for HISTORY and JOIN ... AFTER.
@@ -181,6 +202,7 @@ struct ServeArgs {
     /// http: the key backends present (`Authorization: Bearer <key>`) to post
     /// notifications to `/rooms/<room>/messages`; without one that endpoint is 404.
     /// Prefer the environment variable: arguments are visible to other local users.
+    /// Reloaded by SIGHUP, for the next request (never logged).
     #[arg(
         long,
         env = "MULTICLIENT_API_KEY",
@@ -190,7 +212,8 @@ struct ServeArgs {
     api_key: Option<String>,
     /// Chat: require a JSON Web Token signed with this HS256 secret (`AUTH <token>`;
     /// its `sub` is the nick). Prefer the environment variable: arguments are visible
-    /// to other local users.
+    /// to other local users. Reloaded by SIGHUP, for chat connections opened after it
+    /// (never logged).
     #[arg(
         long,
         env = "MULTICLIENT_JWT_SECRET",
@@ -200,21 +223,26 @@ struct ServeArgs {
     )]
     jwt_secret: Option<String>,
     /// Chat: require a JSON Web Token signed by the private half of this public key
-    /// (a PEM file: RSA for RS256, EC P-256 for ES256).
+    /// (a PEM file: RSA for RS256, EC P-256 for ES256). Reloaded by SIGHUP (the file
+    /// is read again), for chat connections opened after it.
     #[arg(long, value_name = "PEM")]
     jwt_public_key: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
-    /// More logs (-v: every message received).
+    /// More logs (-v: every message received). Reloaded by SIGHUP, unless `RUST_LOG`
+    /// sets the filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// Fewer logs (-q: warnings only).
+    /// Fewer logs (-q: warnings only). Reloaded by SIGHUP, unless `RUST_LOG` sets the
+    /// filter.
     #[arg(short, long, action = clap::ArgAction::Count)]
     quiet: u8,
     /// A TOML file of settings: every flag above without its dashes
     /// (`max-conns = 100`, `service = ["ack", "http=127.0.0.1:8080"]`). Environment
-    /// variables `MULTICLIENT_<FLAG>` override it, flags override both.
+    /// variables `MULTICLIENT_<FLAG>` override it, flags override both. SIGHUP reads it
+    /// again and applies the settings whose help says "Reloaded by SIGHUP"; a change to
+    /// any other is logged as needing a restart and not applied.
     #[arg(long, value_name = "FILE", env = "MULTICLIENT_CONFIG")]
     config: Option<PathBuf>,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`, `/stats`, `/dashboard`):
@@ -498,6 +526,7 @@ fn main() -> anyhow::Result<()> {
             let source = serve::reload::Source {
                 load: Box::new(move || load_serve(&own)),
                 settings: first.settings,
+                from_file: a.config.is_some(),
             };
             let mut opts = first.opts;
             let code = match serve::workers::worker_index() {

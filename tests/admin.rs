@@ -622,3 +622,27 @@ fn every_answer_lands_in_its_histogram_and_bytes_count_while_connections_stay_op
         drop((ack, http, chat, r));
     }
 }
+
+#[test]
+fn refused_chat_tokens_are_counted_as_auth_failures() {
+    let mut service = ServiceOptions::default();
+    service.chat.auth =
+        multiclient::service::chat::auth::AuthHandle::from_options(Some("the-secret"), None)
+            .unwrap();
+    let s = Served::start_with(Model::Threads, &[ServiceName::Chat], service);
+    let chat = common::connect(s.addr_of("chat"));
+    let mut r = std::io::BufReader::new(chat.try_clone().unwrap());
+    line_starting(&mut r, "WELCOME ");
+    for _ in 0..2 {
+        (&chat).write_all(b"AUTH not-a-token\n").unwrap();
+        line_starting(&mut r, "ERR bad-token ");
+    }
+    let st = s.stats_until("two refusals", |st| st["chat"]["auth_failures"] == 2);
+    assert_eq!(st["chat"]["auth_failures"], 2);
+    let m = s.get("/metrics").body;
+    assert!(
+        m.lines()
+            .any(|l| l == "multiclient_chat_auth_failures_total 2"),
+        "{m}"
+    );
+}

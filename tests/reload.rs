@@ -373,3 +373,273 @@ fn sighup_swaps_the_chat_token_key_for_new_connections_and_never_logs_it() {
     assert_eq!(auth_with(srv.addr, "second-secret"), "OK AUTH ann\n");
     assert!(auth_with(srv.addr, "first-secret").starts_with("ERR bad-token"));
 }
+
+/// The admin address a server logged (`Admin on http://ADDR/ ...`).
+fn admin_of(srv: &Child_) -> SocketAddr {
+    let line = srv.expect_log("Admin on http://");
+    let rest = line.split("Admin on http://").nth(1).unwrap();
+    rest.split('/').next().unwrap().parse().unwrap()
+}
+
+/// The value of one series (`name{labels}`) in a scrape of `admin`'s `/metrics`, 0
+/// when the series is not there.
+fn scrape(admin: SocketAddr, series: &str) -> u64 {
+    let mut s = connect(admin);
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.parse().expect("a whole number"))
+}
+
+/// Scrapes until `series` reads `want` (a reply is counted once its send returns,
+/// which may be just after the client read it), failing after the safety net.
+fn scrape_until(admin: SocketAddr, series: &str, want: u64) {
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        let got = scrape(admin, series);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} is {got}, not {want}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_listener_added_by_sighup_is_counted_in_the_metrics_and_keeps_its_counts_once_removed() {
+    const N: u64 = 5;
+    let accepted = "multiclient_connections_accepted_total{service=\"ack\"}";
+    for &model in MODELS {
+        let cfg = Config::new("metrics", model, "service = [\"greet=127.0.0.1:0\"]\n");
+        let srv = spawn_serve(&[
+            "--config",
+            cfg.0.to_str().unwrap(),
+            "--model",
+            model,
+            "--admin",
+            "127.0.0.1:0",
+        ]);
+        let admin = admin_of(&srv);
+        let both = "service = [\"greet=127.0.0.1:0\", \"ack=127.0.0.1:0\"]\n";
+        cfg.write(both);
+        let lines = reload(&srv, "config reloaded");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener ack"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        let ack_addr = addr_in(added);
+        for _ in 0..N {
+            let mut c = connect(ack_addr);
+            round_trip(&mut c, b"counted", ack::REPLY);
+        }
+        scrape_until(admin, accepted, N);
+        let answers = format!(
+            "multiclient_answer_duration_seconds_count{{service=\"ack\",model=\"{model}\",kind=\"message\"}}"
+        );
+        scrape_until(admin, &answers, N);
+        scrape_until(
+            admin,
+            "multiclient_received_bytes_total{service=\"ack\"}",
+            N * b"counted".len() as u64,
+        );
+        scrape_until(
+            admin,
+            "multiclient_connections_closed_total{service=\"ack\",reason=\"eof\"}",
+            N,
+        );
+
+        // Removed: its counts stay, so a counter never goes back while its series is
+        // listed (Prometheus would read a drop as a restart).
+        cfg.write("service = [\"greet=127.0.0.1:0\"]\n");
+        reload(&srv, "config reloaded");
+        assert_eq!(scrape(admin, accepted), N, "{model}");
+        assert_eq!(scrape(admin, &answers), N, "{model}");
+
+        // The service back on a new listener adds to the same series.
+        cfg.write(both);
+        let lines = reload(&srv, "config reloaded");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener ack"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        let mut c = connect(addr_in(added));
+        round_trip(&mut c, b"again", ack::REPLY);
+        scrape_until(admin, accepted, N + 1);
+    }
+}
+
+/// What a new client of the ack service at `addr` is told before it is closed, if
+/// anything (a served one says something first: it is closed without a word).
+fn refused_for_its_address(addr: SocketAddr) -> bool {
+    let mut s = connect(addr);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out == b"ERR too many connections from your address\n"
+}
+
+#[test]
+fn max_conns_per_ip_set_by_sighup_refuses_the_next_client_while_held_ones_stay_and_zero_lifts_it() {
+    for &model in MODELS {
+        let cfg = Config::new("per-ip", model, "service = [\"ack=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        let mut held: Vec<TcpStream> = (0..2).map(|_| connect(srv.addr)).collect();
+        for s in &mut held {
+            round_trip(s, b"before", ack::REPLY);
+        }
+
+        // From no limit to 2: the two held count, the third is refused.
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\nmax-conns-per-ip = 2\n");
+        reload(&srv, "max-conns-per-ip 0 -> 2");
+        assert!(
+            refused_for_its_address(srv.addr),
+            "{model}: a third connection from 127.0.0.1 is over the new limit"
+        );
+        for s in &mut held {
+            round_trip(s, b"held", ack::REPLY);
+        }
+
+        // Raised to 3 with a listener added: one count for every listener, the new
+        // one included.
+        cfg.write("service = [\"ack=127.0.0.1:0\", \"greet=127.0.0.1:0\"]\nmax-conns-per-ip = 3\n");
+        let lines = reload(&srv, "max-conns-per-ip 2 -> 3");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener greet"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        let greet_addr = addr_in(added);
+        let mut third = connect(greet_addr);
+        assert_eq!(read_n(&mut third, greet::GREETING.len()), greet::GREETING);
+        let mut fourth = connect(greet_addr);
+        let mut out = Vec::new();
+        let _ = fourth.read_to_end(&mut out);
+        assert_eq!(
+            out, b"ERR too many connections from your address\n",
+            "{model}: the added listener counts the same address"
+        );
+
+        // 0 lifts it: the next clients are served, the held ones still are.
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\n");
+        reload(&srv, "max-conns-per-ip 3 -> 0");
+        let mut fresh: Vec<TcpStream> = (0..3).map(|_| connect(srv.addr)).collect();
+        for s in fresh.iter_mut().chain(&mut held) {
+            round_trip(s, b"lifted", ack::REPLY);
+        }
+    }
+}
+
+#[test]
+fn a_proxy_listener_added_by_sighup_takes_the_client_from_its_header() {
+    for &model in MODELS {
+        let cfg = Config::new("proxy", model, "service = [\"ack=127.0.0.1:0\"]\n");
+        let srv = cfg.serve(model);
+        cfg.write("service = [\"ack=127.0.0.1:0\", \"ack=127.0.0.1:0,proxy\"]\n");
+        let lines = reload(&srv, "config reloaded");
+        let added = lines
+            .iter()
+            .find(|l| l.contains("added the listener ack=127.0.0.1:0,proxy"))
+            .unwrap_or_else(|| panic!("{model}: {lines:#?}"));
+        let mut s = connect(addr_in(added));
+        s.write_all(b"PROXY TCP4 198.51.100.22 127.0.0.1 35646 9999\r\nhi")
+            .unwrap();
+        assert_eq!(read_n(&mut s, ack::REPLY.len()), ack::REPLY, "{model}");
+        srv.expect_log("is client 198.51.100.22:35646");
+    }
+}
+
+/// A process this test started (through an upgrade), sent SIGTERM when the test ends,
+/// passed or failed.
+struct Terminated(rustix::process::Pid);
+
+impl Drop for Terminated {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, Signal::TERM);
+    }
+}
+
+#[test]
+fn a_shutdown_timeout_lowered_by_sighup_bounds_the_drain_after_an_upgrade() {
+    for model in ["threads", "async"] {
+        let cfg = Config::new(
+            "upgrade-timeout",
+            model,
+            "service = [\"ack=127.0.0.1:0\"]\nshutdown-timeout = \"60s\"\n",
+        );
+        let mut srv = cfg.serve(model);
+        let mut held = connect(srv.addr);
+        round_trip(&mut held, b"held", ack::REPLY);
+        cfg.write("service = [\"ack=127.0.0.1:0\"]\nshutdown-timeout = \"200ms\"\n");
+        reload(&srv, "shutdown-timeout 60s -> 200ms");
+
+        srv.signal(Signal::USR2);
+        let line = srv.expect_log("is ready; process");
+        let started = std::time::Instant::now();
+        let new: i32 = line
+            .split("new process ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no PID in {line:?}"));
+        let _new = Terminated(rustix::process::Pid::from_raw(new).unwrap());
+        let status = srv.wait();
+        let took = started.elapsed();
+        assert!(status.success(), "{model}: {status:?}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{model}: the old process drained for {took:?}, not the reloaded 200ms"
+        );
+        let mut rest = Vec::new();
+        let _ = held.read_to_end(&mut rest);
+    }
+}
+
+#[test]
+fn serve_help_says_reloaded_by_sighup_on_exactly_the_settings_a_reload_applies() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_multiclient"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    // Each option's block: its `--name` line and the lines until the next option.
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let t = line.trim_start();
+        if line.starts_with("  ") && t.starts_with('-') {
+            let long = t
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("--"))
+                .unwrap_or_default()
+                .trim_end_matches(['.', ','])
+                .to_string();
+            blocks.push((long, String::new()));
+        } else if let Some((_, text)) = blocks.last_mut() {
+            text.push_str(t);
+            text.push(' ');
+        }
+    }
+    let reloadable = multiclient::serve::reload::RELOADABLE;
+    for (long, text) in &blocks {
+        let says = text.contains("Reloaded by SIGHUP");
+        if long == "config" {
+            assert!(says, "--config explains which settings reload: {text}");
+            continue;
+        }
+        assert_eq!(
+            says,
+            reloadable.contains(&long.as_str()),
+            "--{long}: its help and RELOADABLE disagree: {text}"
+        );
+    }
+    for key in reloadable {
+        assert!(
+            blocks.iter().any(|(long, _)| long == key),
+            "{key} is no serve flag"
+        );
+    }
+}

@@ -9,6 +9,11 @@
 //! Written here rather than taken from a crate: the whole of it is a count per key
 //! under a lock, and the shard is chosen with a randomly keyed hash so a client cannot
 //! pick addresses that all land on one lock.
+//!
+//! The limit can change while the server runs (a reload), 0 meaning none: a table with
+//! no limit still counts, so that a limit set later holds against the connections
+//! already open (an address with five open and a new limit of two gets no sixth, nor
+//! a third once three have closed).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -24,6 +29,7 @@ const SHARDS: usize = 64;
 pub struct PerIp {
     /// Changeable while the server runs (a configuration reload): connections open
     /// above a lowered limit stay, and new ones wait until their address is below it.
+    /// 0: no limit (connections are still counted).
     limit: AtomicUsize,
     shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
     hasher: RandomState,
@@ -37,23 +43,24 @@ pub struct IpSlot {
 }
 
 impl PerIp {
-    /// A table allowing `limit` connections per address (at least one).
+    /// A table allowing `limit` connections per address; 0 counts them without a limit.
     pub fn new(limit: usize) -> Arc<PerIp> {
         Arc::new(PerIp {
-            limit: AtomicUsize::new(limit.max(1)),
+            limit: AtomicUsize::new(limit),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
         })
     }
 
-    /// The most connections one address may have open.
+    /// The most connections one address may have open; 0 when there is no limit.
     pub fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
     }
 
-    /// Sets the most connections one address may have open (at least one).
+    /// Sets the most connections one address may have open (0: no limit), for the
+    /// next connection: those open stay.
     pub fn set_limit(&self, limit: usize) {
-        self.limit.store(limit.max(1), Ordering::Relaxed);
+        self.limit.store(limit, Ordering::Relaxed);
     }
 
     /// Counts one more connection from `ip`, or returns how many it has open already
@@ -63,7 +70,8 @@ impl PerIp {
         let ip = ip.to_canonical();
         let mut shard = self.shard(ip);
         let n = shard.entry(ip).or_insert(0);
-        if *n as usize >= self.limit() {
+        let limit = self.limit();
+        if limit > 0 && *n as usize >= limit {
             return Err(*n as usize);
         }
         *n += 1;
@@ -139,6 +147,23 @@ mod tests {
             .acquire(ip("10.0.0.1"))
             .expect("a raised limit admits one more");
         assert!(t.acquire(ip("10.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn without_a_limit_connections_are_counted_so_a_limit_set_later_holds() {
+        let t = PerIp::new(0);
+        let held: Vec<_> = (0..3).map(|_| t.acquire(ip("10.0.0.1")).unwrap()).collect();
+        assert_eq!(t.open(ip("10.0.0.1")), 3, "counted without a limit");
+        t.set_limit(2);
+        assert_eq!(
+            t.acquire(ip("10.0.0.1")).unwrap_err(),
+            3,
+            "the held ones count against the new limit"
+        );
+        drop(held);
+        let _a = t.acquire(ip("10.0.0.1")).expect("below the limit again");
+        t.set_limit(0);
+        let _more: Vec<_> = (0..5).map(|_| t.acquire(ip("10.0.0.1")).unwrap()).collect();
     }
 
     #[test]

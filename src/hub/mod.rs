@@ -338,6 +338,8 @@ pub struct HubStats {
     /// Room events, from their place in the room's order on this process to their
     /// hand-off to the last member's mailbox.
     pub fanout: meter::Histogram,
+    /// Chat tokens refused (`ERR bad-token`), on either wire.
+    pub auth_failures: AtomicU64,
 }
 
 /// Why a hub could not be made.

@@ -18,8 +18,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -29,12 +30,75 @@ use crate::base::Budget;
 use crate::hub::Hub;
 use crate::model::{Drain, Listening, Stats, CLOSE_REASONS};
 
+/// Every service listener the figures are read from, shared with the reload that adds
+/// and removes them ([`super::reload`]): one a reload adds is in the next scrape.
+///
+/// One a reload removes stays in, no longer listed among its service's addresses: its
+/// connections carry on and are still counted open, and its counters keep their final
+/// values in its service's sums. That is what Prometheus needs: a counter series never
+/// goes down while it is exported (a drop reads as a restart, and `rate()` would count
+/// the whole value again), and a service whose listener moves keeps one series. The
+/// cost is the removed listener's counters (a few KiB) for the process's life, once per
+/// listener a reload removed.
+#[derive(Clone, Default)]
+pub struct Listeners(Arc<Mutex<Vec<Entry>>>);
+
+struct Entry {
+    listening: Listening,
+    /// Still accepting: not removed by a reload.
+    accepting: bool,
+}
+
+impl Listeners {
+    /// The listeners a server started with.
+    pub fn new(listening: &[Listening]) -> Listeners {
+        let l = Listeners::default();
+        for one in listening {
+            l.add(one.clone());
+        }
+        l
+    }
+
+    /// A listener started since (by a reload).
+    pub fn add(&self, listening: Listening) {
+        self.lock().push(Entry {
+            listening,
+            accepting: true,
+        });
+    }
+
+    /// The listener bound to `addr` stopped accepting (a reload removed it): its
+    /// counters stay in the figures, its address is no longer listed.
+    pub fn remove(&self, addr: SocketAddr) {
+        for e in self.lock().iter_mut() {
+            if e.accepting && e.listening.addr == addr {
+                e.accepting = false;
+            }
+        }
+    }
+
+    /// The listeners accepting now, in the order they started.
+    pub fn accepting(&self) -> Vec<Listening> {
+        self.lock()
+            .iter()
+            .filter(|e| e.accepting)
+            .map(|e| e.listening.clone())
+            .collect()
+    }
+
+    /// A poisoned lock holds a list changed in single pushes and flag stores: still
+    /// consistent.
+    fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Where a snapshot's figures come from: what `serve` holds once it has started.
 pub struct Sources {
     /// The concurrency model's name.
     pub model: &'static str,
-    /// Every service listener.
-    pub listening: Vec<Listening>,
+    /// Every service listener, those a reload added included.
+    pub listening: Listeners,
     /// The server's shutdown signal (draining is not ready).
     pub drain: Drain,
     /// The server's budget of buffered bytes.
@@ -78,7 +142,8 @@ pub struct Snapshot {
 pub struct ServiceStats {
     /// The service's name.
     pub service: String,
-    /// Its listening addresses.
+    /// Its listening addresses (not those a reload removed, whose counts are still in
+    /// the figures).
     pub addrs: Vec<String>,
     /// Connections open now.
     pub open: u64,
@@ -177,6 +242,8 @@ pub struct ChatStats {
     pub deliveries: u64,
     /// Events refused by a full mailbox (that member is then dropped).
     pub overflows: u64,
+    /// Tokens refused (`ERR bad-token`), with `--jwt-secret` or `--jwt-public-key`.
+    pub auth_failures: u64,
     /// Room events, from their place in the room's order on this process to their
     /// hand-off to the last member's mailbox.
     pub fanout: LatencyStats,
@@ -207,7 +274,12 @@ impl Snapshot {
     /// Reads every figure now.
     pub fn collect(src: &Sources) -> Snapshot {
         let mut services: Vec<ServiceStats> = Vec::new();
-        for l in &src.listening {
+        let listening = src.listening.lock();
+        for Entry {
+            listening: l,
+            accepting,
+        } in listening.iter()
+        {
             let i = match services.iter().position(|s| s.service == l.service) {
                 Some(i) => i,
                 None => {
@@ -218,11 +290,15 @@ impl Snapshot {
                     services.len() - 1
                 }
             };
-            services[i].add(&l.addr.to_string(), &l.stats);
+            if *accepting {
+                services[i].addrs.push(l.addr.to_string());
+            }
+            services[i].add(&l.stats);
             if let Some(n) = &l.refused_per_ip {
                 services[i].refused_per_ip += n.load(Ordering::Relaxed);
             }
         }
+        drop(listening);
         let open_connections = services.iter().map(|s| s.open).sum();
         let memory = memory(src.rss_at_start, open_connections);
         let chat = src.hub.as_ref().map(|hub| {
@@ -234,6 +310,7 @@ impl Snapshot {
                 messages: s.messages.load(Ordering::Relaxed),
                 deliveries: s.deliveries.load(Ordering::Relaxed),
                 overflows: s.overflows.load(Ordering::Relaxed),
+                auth_failures: s.auth_failures.load(Ordering::Relaxed),
                 fanout: LatencyStats(s.fanout.read()),
                 redis: hub.uses_redis().then(|| RedisStats {
                     up: hub.is_available(),
@@ -499,6 +576,12 @@ impl Snapshot {
                 "Chat events refused by a full mailbox (the member is dropped).",
                 c.overflows as f64,
             );
+            p.one(
+                "multiclient_chat_auth_failures_total",
+                "counter",
+                "Chat tokens refused (ERR bad-token), on either wire.",
+                c.auth_failures as f64,
+            );
             p.family(
                 "multiclient_chat_fanout_duration_seconds",
                 "histogram",
@@ -559,9 +642,8 @@ impl Snapshot {
 }
 
 impl ServiceStats {
-    fn add(&mut self, addr: &str, s: &Stats) {
+    fn add(&mut self, s: &Stats) {
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        self.addrs.push(addr.to_string());
         self.open += s.active.load(Ordering::Relaxed) as u64;
         self.accepted += get(&s.accepted);
         self.refused += get(&s.refused);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::base::per_ip::PerIp;
 use crate::model::{Limits, Listening, Model, Server};
 pub mod admin;
 pub mod config;
@@ -83,6 +84,15 @@ pub fn start_admin(
     server: &Server,
     listening: &[Listening],
 ) -> anyhow::Result<Option<admin::AdminListener>> {
+    start_admin_over(opts, server, metrics::Listeners::new(listening))
+}
+
+/// [`start_admin`] over `listeners`, which a reload adds to and removes from.
+pub fn start_admin_over(
+    opts: &ServeOptions,
+    server: &Server,
+    listeners: metrics::Listeners,
+) -> anyhow::Result<Option<admin::AdminListener>> {
     let addr = match opts.admin {
         AdminAddr::Off => return Ok(None),
         AdminAddr::At(addr) => addr,
@@ -94,7 +104,7 @@ pub fn start_admin(
     });
     let sources = metrics::Sources {
         model: opts.model.name(),
-        listening: listening.to_vec(),
+        listening: listeners,
         drain: server.drain(),
         budget: server.budget(),
         hub: if chat {
@@ -134,6 +144,23 @@ pub fn start(opts: &ServeOptions) -> anyhow::Result<(Server, Vec<Listening>)> {
 pub fn start_tls(
     opts: &ServeOptions,
 ) -> anyhow::Result<(Server, Vec<Listening>, Option<Arc<tls::CertStore>>)> {
+    start_counted(opts, per_ip_table(opts.limits.max_conns_per_ip, false))
+}
+
+/// The count of connections per client address that every listener of a server
+/// shares: a table when `--max-conns-per-ip` is set, or when a reload may set it later
+/// (`reloadable`), since the limit must then hold against the connections already
+/// open. `None` otherwise: a server that can never have the limit does not pay for
+/// the count (a lock per connection, a wrapper around every session).
+fn per_ip_table(limit: usize, reloadable: bool) -> Option<Arc<PerIp>> {
+    (limit > 0 || reloadable).then(|| PerIp::new(limit))
+}
+
+/// [`start_tls`], every listener counting its clients in `per_ip` when there is one.
+fn start_counted(
+    opts: &ServeOptions,
+    per_ip: Option<Arc<PerIp>>,
+) -> anyhow::Result<(Server, Vec<Listening>, Option<Arc<tls::CertStore>>)> {
     let store = match &opts.tls {
         Some(files) => Some(tls::CertStore::load(files.clone()).context("loading TLS")?),
         None if !opts.tls_services.is_empty() || opts.proxy_services.iter().any(|p| p.2) => {
@@ -148,8 +175,7 @@ pub fn start_tls(
     let mut server = Server::new(opts.model, opts.limits.clone()).context("starting the server")?;
     let front = Front {
         proxy: None,
-        per_ip: (opts.limits.max_conns_per_ip > 0)
-            .then(|| crate::base::per_ip::PerIp::new(opts.limits.max_conns_per_ip)),
+        per_ip,
     };
     let mut listening = Vec::new();
     for &(name, addr) in &opts.services {
@@ -199,14 +225,26 @@ pub fn run_reloading(opts: &ServeOptions, source: Option<reload::Source>) -> any
         .context("installing signal handlers")?;
     // A supervisor or an upgrade starts this process with them blocked.
     sigmask::unblock();
-    let (server, listening, certs) = start_tls(opts)?;
-    let _admin = start_admin(opts, &server, &listening)?;
+    let from_file = source.as_ref().is_some_and(|s| s.from_file);
+    let per_ip = per_ip_table(opts.limits.max_conns_per_ip, from_file);
+    let (server, listening, certs) = start_counted(opts, per_ip.clone())?;
+    let listeners = metrics::Listeners::new(&listening);
+    let _admin = start_admin_over(opts, &server, listeners.clone())?;
     let drain = server.drain();
     let server_drain = server.drain();
     let server = Arc::new(std::sync::Mutex::new(Some(server)));
-    let mut reloader = reload::Reloader::new(opts, source, &listening, certs, server.clone());
+    let mut reloader =
+        reload::Reloader::new(opts, source, listeners, certs, per_ip, server.clone());
     upgrade::notify_ready();
-    let upgrader = upgrade::Upgrader::new(drain.clone(), opts.limits.shutdown_timeout);
+    // The drain after an upgrade takes the shutdown timeout as last reloaded.
+    let started_with = opts.limits.shutdown_timeout;
+    let limits_of = server.clone();
+    let upgrader = upgrade::Upgrader::new(drain.clone(), move || {
+        let server = limits_of.lock().unwrap_or_else(|p| p.into_inner());
+        server
+            .as_ref()
+            .map_or(started_with, |s| s.limits().shutdown_timeout)
+    });
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

@@ -4,10 +4,12 @@
 //!
 //! What changes at run time ([`RELOADABLE`]):
 //!
-//! - the limits (`max-conns` at the next accept; timeouts, `max-queue` and
-//!   `coalesce` for the connections accepted after the reload, each connection keeping
-//!   the ones it started with; `max-buffered` for every buffer that grows from then
-//!   on; `shutdown-timeout` for a drain that starts later);
+//! - the limits (`max-conns` at the next accept, `max-conns-per-ip` at the next
+//!   connection, the connections open already counted against it; timeouts,
+//!   `max-queue` and `coalesce` for the connections accepted after the reload, each
+//!   connection keeping the ones it started with; `max-buffered` for every buffer
+//!   that grows from then on; `shutdown-timeout` for a drain that starts later, the
+//!   old process's after an upgrade included);
 //! - the log level (`verbose`, `quiet`), unless `RUST_LOG` decides it;
 //! - the notification key (`api-key`), asked for by the next request;
 //! - the chat's token key (`jwt-secret`, or `jwt-public-key` read again from its
@@ -16,9 +18,11 @@
 //! - the HTTP and WebSocket limits (`header-timeout`, `body-timeout`, `max-body`,
 //!   `max-message`), for the connections accepted after the reload;
 //! - the TLS certificate and key, read again from their files;
-//! - the listeners (`service`, `addr`): one that appears starts accepting; one that
+//! - the listeners (`service`, `addr`, with their `,tls` and `,proxy` marks): one that
+//!   appears starts accepting, in the admin listener's figures from then on; one that
 //!   disappears stops accepting (the clients already in its backlog are still served),
-//!   closes its socket, and its connections carry on until they end.
+//!   closes its socket, and its connections carry on until they end (its counts stay in
+//!   the figures: a counter never goes back).
 //!
 //! Every other setting (the model, the workers, the chat's limits, the WebSocket `echo`,
 //! the admin address, ...) is logged as needing a restart and left as it runs. A config
@@ -34,16 +38,19 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use crate::base::per_ip::PerIp;
 use crate::model::{Listening, Server};
 
+use super::metrics::Listeners;
 use super::tls::{CertStore, TlsListen};
-use super::{ServeOptions, ServiceName};
+use super::{Front, ServeOptions, ServiceName};
 
 /// The settings a reload applies; a change to any other one needs a restart.
 pub const RELOADABLE: &[&str] = &[
     "service",
     "addr",
     "max-conns",
+    "max-conns-per-ip",
     "idle-timeout",
     "shutdown-timeout",
     "write-timeout",
@@ -84,20 +91,29 @@ pub struct Source {
     pub load: Loader,
     /// The settings the server started with.
     pub settings: BTreeMap<String, String>,
+    /// Whether the config comes from a file (`--config`). Without one a reload reads
+    /// the same environment and command line again, so no setting can change (only
+    /// the files they name: the TLS pair, the chat's public key), and the server does
+    /// not count connections per address for a `max-conns-per-ip` that cannot come.
+    pub from_file: bool,
 }
 
 /// A listener as configured: its service, its address as written (port 0 stays 0, so
-/// an unchanged line is the same listener), and whether it is TLS.
+/// an unchanged line is the same listener), and its marks: a PROXY header first, TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Spec {
     name: ServiceName,
     addr: SocketAddr,
+    proxy: bool,
     tls: bool,
 }
 
 impl std::fmt::Display for Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}={}", self.name, self.addr)?;
+        if self.proxy {
+            f.write_str(",proxy")?;
+        }
         if self.tls {
             f.write_str(",tls")?;
         }
@@ -105,18 +121,27 @@ impl std::fmt::Display for Spec {
     }
 }
 
+/// The listeners of `opts`, in the order [`super::start_tls`] starts them.
 fn specs(opts: &ServeOptions) -> Vec<Spec> {
     let plain = opts.services.iter().map(|&(name, addr)| Spec {
         name,
         addr,
+        proxy: false,
         tls: false,
     });
     let tls = opts.tls_services.iter().map(|&(name, addr)| Spec {
         name,
         addr,
+        proxy: false,
         tls: true,
     });
-    plain.chain(tls).collect()
+    let proxied = opts.proxy_services.iter().map(|&(name, addr, tls)| Spec {
+        name,
+        addr,
+        proxy: true,
+        tls,
+    });
+    plain.chain(tls).chain(proxied).collect()
 }
 
 /// The server, shared between the thread that waits for its end and the one that
@@ -134,24 +159,31 @@ pub struct Reloader {
     settings: BTreeMap<String, String>,
     /// Each listener running, with its bound address.
     listeners: Vec<(Spec, SocketAddr)>,
+    /// The listeners the admin listener reads its figures from.
+    figures: Listeners,
     certs: Option<Arc<CertStore>>,
+    /// The per-address count every listener shares, when the server keeps one.
+    per_ip: Option<Arc<PerIp>>,
     server: SharedServer,
 }
 
 impl Reloader {
     /// A reloader of `server`, started from `opts` with `listening` (in the order
-    /// [`super::start_tls`] returns them). Without a `source` a reload only reads the
-    /// TLS certificate again.
+    /// [`super::start_tls`] returns them; the admin listener's figures read them, and
+    /// the ones the reloads add), and the per-address count `per_ip` its listeners
+    /// share (without one, `max-conns-per-ip` needs a restart). Without a `source` a
+    /// reload only reads the TLS certificate again.
     pub fn new(
         opts: &ServeOptions,
         source: Option<Source>,
-        listening: &[Listening],
+        listening: Listeners,
         certs: Option<Arc<CertStore>>,
+        per_ip: Option<Arc<PerIp>>,
         server: SharedServer,
     ) -> Reloader {
         let listeners = specs(opts)
             .into_iter()
-            .zip(listening.iter().map(|l| l.addr))
+            .zip(listening.accepting().iter().map(|l| l.addr))
             .collect();
         let settings = source
             .as_ref()
@@ -162,7 +194,9 @@ impl Reloader {
             running: opts.clone(),
             settings,
             listeners,
+            figures: listening,
             certs,
+            per_ip,
             server,
         }
     }
@@ -201,7 +235,9 @@ impl Reloader {
             } else {
                 format!("{key} {old} -> {value}")
             };
-            if RELOADABLE.contains(&key.as_str()) {
+            let reloadable = RELOADABLE.contains(&key.as_str())
+                && (key != "max-conns-per-ip" || self.per_ip.is_some());
+            if reloadable {
                 changed.push(shown);
                 self.settings.insert(key.clone(), value.clone());
             } else {
@@ -209,6 +245,9 @@ impl Reloader {
             }
         }
         server.set_limits(new.opts.limits.clone());
+        if let Some(table) = &self.per_ip {
+            table.set_limit(new.opts.limits.max_conns_per_ip);
+        }
         self.apply_services(&new.opts);
         let level_changed = changed
             .iter()
@@ -261,6 +300,7 @@ impl Reloader {
             } else {
                 tracing::info!("SIGHUP: removing the listener {spec} on {bound}");
                 server.stop_listening(bound);
+                self.figures.remove(bound);
             }
         }
         self.listeners = kept;
@@ -272,6 +312,7 @@ impl Reloader {
                 Ok(l) => {
                     tracing::info!("SIGHUP: added the listener {spec} on {}", l.addr);
                     self.listeners.push((spec, l.addr));
+                    self.figures.add(l);
                 }
                 Err(e) => tracing::error!("SIGHUP: listener {spec} not added: {e:#}"),
             }
@@ -290,9 +331,19 @@ impl Reloader {
                  needs a restart"
             ),
         };
-        Ok(spec
-            .name
-            .listen_on(server, spec.addr, &self.running.service, tls.as_ref())?)
+        let front = Front {
+            proxy: spec
+                .proxy
+                .then(|| self.running.service.http.load().header_timeout),
+            per_ip: self.per_ip.clone(),
+        };
+        Ok(spec.name.listen_behind(
+            server,
+            spec.addr,
+            &self.running.service,
+            tls.as_ref(),
+            &front,
+        )?)
     }
 
     /// Reads the certificate and key again. New handshakes present the new pair; a

@@ -41,16 +41,22 @@ const READY: u8 = b'R';
 #[derive(Clone)]
 pub struct Upgrader {
     drain: Drain,
-    shutdown_timeout: Duration,
+    /// The shutdown timeout in force when the hand-over starts (a reload may have
+    /// changed it since the server started).
+    shutdown_timeout: Arc<dyn Fn() -> Duration + Send + Sync>,
     busy: Arc<AtomicBool>,
 }
 
 impl Upgrader {
-    /// An upgrader that hands over from the server of `drain`.
-    pub fn new(drain: Drain, shutdown_timeout: Duration) -> Upgrader {
+    /// An upgrader that hands over from the server of `drain`, its clients given
+    /// `shutdown_timeout()` (read when the hand-over starts) to leave.
+    pub fn new(
+        drain: Drain,
+        shutdown_timeout: impl Fn() -> Duration + Send + Sync + 'static,
+    ) -> Upgrader {
         Upgrader {
             drain,
-            shutdown_timeout,
+            shutdown_timeout: Arc::new(shutdown_timeout),
             busy: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -108,7 +114,9 @@ impl Upgrader {
             ),
         }
         self.drain.stop_accepting();
-        let left = self.drain.wait_idle(Instant::now() + self.shutdown_timeout);
+        let left = self
+            .drain
+            .wait_idle(Instant::now() + (self.shutdown_timeout)());
         if left > 0 {
             tracing::info!("{left} connections still open after the shutdown timeout");
         }

@@ -140,6 +140,12 @@ impl<S: Service> GateSession<S> {
         let State::Inner(inner) = &mut self.state else {
             return None;
         };
+        // Without a PROXY header the client is the socket's peer, as `cx` says: the
+        // inner session gets it as it is (a listener gated only for the per-address
+        // count pays a branch per call, not a context built and merged back).
+        if self.shared.proxy.is_none() {
+            return Some(f(inner, cx));
+        }
         // At debug level the inner session's lines carry the client's address under
         // the connection's span, which names the proxy.
         let _client = (self.shared.proxy.is_some()

@@ -649,6 +649,10 @@ impl State {
     /// with a last line saying why.
     fn refuse_token<E: Encoder>(&mut self, why: &str, out: &mut E) {
         out.error("bad-token", why);
+        self.hub
+            .stats
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(auth) = &mut self.auth else {
             return;
         };
