@@ -415,6 +415,12 @@ async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
 /// Runs `multiclient bench chat`: prints the report; fails when the run had errors,
 /// so scripts notice.
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
+    // A room's delivery times are measured from one sender's clock to every member's,
+    // which a second process does not share.
+    anyhow::ensure!(
+        args.tester.procs == 1,
+        "bench chat runs in one tester process: --procs is for ack, greet, hello, http, ws and hold"
+    );
     let report = run_chat(&args.config()?)?;
     if args.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
