@@ -5,6 +5,7 @@
 # worker's descriptors (/proc/PID/fd) and memory (VmRSS, RssAnon) are written at the
 # start (the 50,000 held), at the end (still held, churn over) and after the release:
 # a worker that leaks a descriptor or memory per connection shows it at the end.
+# `--idle-timeout 1h`: the default 300 s would close the held connections mid-run.
 #
 # Usage: bench/churn.sh   (env: HELD CHURN SECS WORKERS)
 # Output: bench/results/churn-<UTC time>/ (summary.txt, hold.json, churn.json)
@@ -18,7 +19,7 @@ out=bench/results/churn-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 ack=$(free_port); hello=$(free_port)
 setsid $B serve -q --service "ack=127.0.0.1:$ack" --service "hello=127.0.0.1:$hello" \
-  --processes "$workers" --max-conns 19000 >"$out/server.log" 2>&1 &
+  --processes "$workers" --max-conns 19000 --idle-timeout 1h >"$out/server.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 wait_port "$ack"; wait_port "$hello"; sleep 1
