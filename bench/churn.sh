@@ -27,7 +27,8 @@ wait_port "$ack"; wait_port "$hello"; sleep 1
 # The workers: the processes whose parent is the supervisor.
 workers_of() {
   for s in /proc/[0-9]*/stat; do
-    awk -v p="$1" '{ sub(/.*\) /, ""); if ($2 == p) print FILENAME }' "$s" 2>/dev/null
+    # A process may exit between the listing and the read: not an error.
+    awk -v p="$1" '{ sub(/.*\) /, ""); if ($2 == p) print FILENAME }' "$s" 2>/dev/null || true
   done | sed 's|/proc/\([0-9]*\)/stat|\1|'
 }
 sample() {
@@ -42,7 +43,7 @@ sample() {
 echo "== churn: $held held, $churn opened and closed over $secs s, serve --processes $workers (pid $pid), load $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out/summary.txt"
 sample idle
 $B bench hold --addr "127.0.0.1:$ack" --conns "$held" --procs 3 --src-ips 2 --ramp 3000 \
-  --secs $((secs + 60)) --timeout 20 --threads 1 --json >"$out/hold.json" 2>"$out/hold.err" &
+  --secs $((secs + 120)) --timeout 20 --threads 1 --json >"$out/hold.json" 2>"$out/hold.err" &
 hold=$!
 i=0
 until grep -q "connections held by" "$out/hold.err"; do
@@ -57,8 +58,8 @@ rate=$(python3 -c "print($churn / $secs)")
 # first, so the TIME_WAIT sockets are the server's and take no tester ports.
 $B bench hello --addr "127.0.0.1:$hello" --conns 64 --rate "$rate" --secs "$secs" \
   --timeout 10 --threads 1 --json >"$out/churn.json" || echo "bench hello failed (rc $?)" | tee -a "$out/summary.txt"
-kill -0 $hold 2>/dev/null || echo "   the hold ended before the churn did" | tee -a "$out/summary.txt"
 sample end
+kill -0 $hold 2>/dev/null || echo "   the hold ended before the end sample" | tee -a "$out/summary.txt"
 python3 - "$out/churn.json" <<'EOF' | tee -a "$out/summary.txt"
 import json, sys
 r = json.load(open(sys.argv[1]))
