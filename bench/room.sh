@@ -31,7 +31,8 @@ spid=$!
 wait_port "$chat"; sleep 1
 echo "== room: $members members, $workers workers over Redis, $rate msg/s for $secs s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out/summary.txt"
 $B bench chat --addr "127.0.0.1:$chat" --members "$members" --rooms 1 --rate "$rate" \
-  --secs "$secs" --src-ips 4 --threads 1 --server-pid "$spid" --setup-timeout 300 --json >"$out/chat.json"
+  --secs "$secs" --src-ips 4 --threads 1 --server-pid "$spid" --setup-timeout 300 --json \
+  >"$out/chat.json" || echo "   bench chat reported errors (rc $?): see below" | tee -a "$out/summary.txt"
 python3 - "$out/chat.json" <<'EOF' | tee -a "$out/summary.txt"
 import json, sys
 r = json.load(open(sys.argv[1]))
