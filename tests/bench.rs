@@ -1,7 +1,10 @@
 //! The load tester against real servers on port 0: exact operation counts with no
-//! errors against our own server, and wrong replies counted as errors.
+//! errors against our own server, and wrong replies counted as errors; `--procs`
+//! (several tester processes) sums its copies' figures and fails when one dies.
 
 #![cfg(feature = "bench")]
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -135,6 +138,8 @@ fn hold_establishes_every_connection_and_measures_the_server() {
         server_pid: Some(std::process::id()),
         threads: 2,
         progress: false,
+        src_first: 1,
+        gate: false,
     };
     let r = run_hold(&cfg).unwrap();
     assert_eq!(r.established, 200, "{r:?}");
@@ -272,4 +277,189 @@ fn a_served_clients_last_round_trip_at_the_end_is_not_an_error() {
     assert!(r.ok > 0, "{r:?}");
     assert_eq!(r.errors.total(), 0, "{r:?}");
     stop(server);
+}
+
+/// `multiclient bench ARGS --json` as a child with piped stdout and stderr.
+fn bench_cmd(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_multiclient"));
+    c.arg("bench").args(args).arg("--json");
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+/// Runs `multiclient bench ARGS --json` to the end and parses its report.
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = bench_cmd(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn hold_over_two_tester_processes_sums_their_connections_and_the_workers_memory() {
+    let mut server = common::spawn_serve(&["--service", "ack=127.0.0.1:0", "--processes", "2"]);
+    server.expect_log("worker 1");
+    let addr = server.addr.to_string();
+    let pid = server.child.id().to_string();
+    let r = bench_json(&[
+        "hold",
+        "--addr",
+        &addr,
+        "--conns",
+        "41",
+        "--procs",
+        "2",
+        "--src-ips",
+        "2",
+        "--secs",
+        "0.2",
+        "--server-pid",
+        &pid,
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(r["established"], 41, "{r}");
+    assert_eq!(r["established_at_sample"], 41, "{r}");
+    assert_eq!(r["procs"], 2, "{r}");
+    assert_eq!(
+        r["established_by_process"],
+        serde_json::json!([21, 20]),
+        "{r}"
+    );
+    // The supervisor's RSS alone is far below that of it and its two workers.
+    let supervisor = multiclient::bench::proc::sample(Some(server.child.id())).unwrap();
+    let summed = r["rss_held_kib"].as_u64().unwrap();
+    assert!(
+        summed > supervisor.rss_kib * 2,
+        "{summed} vs {supervisor:?}"
+    );
+    server.signal(rustix::process::Signal::TERM);
+    assert!(server.wait().success());
+}
+
+#[test]
+fn a_failure_in_one_tester_process_is_counted_in_the_sum() {
+    // Copy 0 opens 6 connections from 127.0.0.1, copy 1 opens 5 from 127.0.0.2: only
+    // copy 0 passes the limit of 5 per address.
+    let mut server =
+        common::spawn_serve(&["--service", "ack=127.0.0.1:0", "--max-conns-per-ip", "5"]);
+    let addr = server.addr.to_string();
+    let r = bench_json(&[
+        "hold",
+        "--addr",
+        &addr,
+        "--conns",
+        "11",
+        "--procs",
+        "2",
+        "--secs",
+        "0.2",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(r["established"], 10, "{r}");
+    assert_eq!(
+        r["established_by_process"],
+        serde_json::json!([5, 5]),
+        "{r}"
+    );
+    let failed: u64 = ["refused", "reset", "closed", "timeout", "other"]
+        .iter()
+        .map(|k| r[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(failed, 1, "{r}");
+    server.signal(rustix::process::Signal::TERM);
+    assert!(server.wait().success());
+}
+
+#[test]
+fn a_tester_process_that_dies_while_holding_makes_the_run_an_error() {
+    use std::io::BufRead;
+    let mut server = common::spawn_serve(&["--service", "ack=127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let mut bench = bench_cmd(&[
+        "hold",
+        "--addr",
+        &addr,
+        "--conns",
+        "10",
+        "--procs",
+        "2",
+        "--secs",
+        "30",
+        "--threads",
+        "1",
+    ])
+    .spawn()
+    .unwrap();
+    let mut stderr = std::io::BufReader::new(bench.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("connections held by 2 tester processes") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "bench ended early"
+        );
+    }
+    let copies = multiclient::bench::proc::children(bench.id());
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    let victim = rustix::process::Pid::from_raw(copies[1] as i32).unwrap();
+    rustix::process::kill_process(victim, rustix::process::Signal::KILL).unwrap();
+    let started = std::time::Instant::now();
+    let status = bench.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(!status.success(), "a lost copy went unreported: {rest}");
+    assert!(rest.contains("tester process"), "{rest}");
+    // Found while holding, not after the 30 s hold.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    server.signal(rustix::process::Signal::TERM);
+    assert!(server.wait().success());
+}
+
+#[test]
+fn ack_over_two_tester_processes_merges_counts_and_latency_histograms() {
+    let mut server = common::spawn_serve(&["--service", "ack=127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let r = bench_json(&[
+        "ack",
+        "--addr",
+        &addr,
+        "--conns",
+        "4",
+        "--procs",
+        "2",
+        "--requests",
+        "1001",
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(r["ok"], 1001, "{r}");
+    assert_eq!(r["latency"]["count"], 1001, "{r}");
+    assert_eq!(r["errors"]["other"], 0, "{r}");
+    assert!(r["latency"]["max_us"].as_u64() >= r["latency"]["p50_us"].as_u64());
+    server.signal(rustix::process::Signal::TERM);
+    assert!(server.wait().success());
+}
+
+#[test]
+fn procs_refuse_more_source_addresses_than_loopback_has() {
+    let out = bench_cmd(&[
+        "hold",
+        "--addr",
+        "127.0.0.1:9",
+        "--procs",
+        "6",
+        "--src-ips",
+        "43",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not fit"));
 }

@@ -19,6 +19,7 @@ use clap::{Args, Subcommand};
 
 pub mod chat;
 pub mod compare;
+pub mod fanout;
 pub mod hold;
 pub mod http;
 mod plot;
@@ -27,7 +28,8 @@ pub mod report;
 pub mod run;
 pub mod workload;
 
-use hold::{HoldConfig, Probe};
+use fanout::{ChildLine, Share};
+use hold::{HoldConfig, HoldReport, Probe};
 use run::LoadConfig;
 use workload::Workload;
 
@@ -65,9 +67,16 @@ pub enum BenchCommand {
 #[derive(Args, Debug, Clone)]
 pub struct TesterArgs {
     /// The server's PID: report its CPU per operation, RSS, threads and memory per
-    /// connection.
+    /// connection (with its child processes summed: the workers of
+    /// `serve --processes`).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Tester processes: past one process's descriptor limit, N copies of the tester
+    /// each open their share of the connections from source addresses of their own
+    /// (--src-ips each), and their figures are summed (ack, greet, hello, http, ws,
+    /// hold).
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
     /// Tester threads (default: every core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -210,7 +219,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Chat(c) => return chat::run(c),
     };
     let cfg = a.config(workload)?;
-    let report = run::run_load(&cfg)?;
+    let report = match (Share::from_env()?, a.tester.procs) {
+        (Some(share), _) => return run::run_load_child(&cfg, share),
+        (None, 1) => run::run_load(&cfg)?,
+        (None, n) => run::run_load_fanout(&cfg, n)?,
+    };
     if a.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -233,11 +246,23 @@ fn hold(h: HoldArgs) -> anyhow::Result<()> {
         timeout: secs(h.timeout, "--timeout")?,
         probe,
         src_ips: h.src_ips,
+        src_first: 1,
         server_pid: h.tester.server_pid,
         threads: h.tester.threads.unwrap_or_else(run::default_threads),
         progress: !h.tester.json,
+        gate: false,
     };
-    let report = hold::run_hold(&cfg)?;
+    let report = match (Share::from_env()?, h.tester.procs) {
+        (Some(share), _) => {
+            let report = hold::run_hold(&cfg.share(share))?;
+            return fanout::emit(&ChildLine::<HoldReport>::Report {
+                report,
+                histogram: Vec::new(),
+            });
+        }
+        (None, 1) => hold::run_hold(&cfg)?,
+        (None, n) => hold::run_hold_fanout(&cfg, n)?,
+    };
     if h.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

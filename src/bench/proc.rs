@@ -10,6 +10,8 @@
 
 use std::io;
 
+use serde::{Deserialize, Serialize};
+
 /// One sample of a process.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sample {
@@ -19,6 +21,108 @@ pub struct Sample {
     pub rss_kib: u64,
     /// Threads.
     pub threads: u64,
+    /// Anonymous resident memory (heap, stacks), in KiB.
+    pub rss_anon_kib: u64,
+    /// File-backed resident memory (the binary, libraries), in KiB.
+    pub rss_file_kib: u64,
+}
+
+impl Sample {
+    fn add(&mut self, o: &Sample) {
+        self.cpu_secs += o.cpu_secs;
+        self.rss_kib += o.rss_kib;
+        self.threads += o.threads;
+        self.rss_anon_kib += o.rss_anon_kib;
+        self.rss_file_kib += o.rss_file_kib;
+    }
+}
+
+/// Samples process `pid` and its child processes, summed: a server run with
+/// `--processes N` is its supervisor and N workers, each with memory of its own.
+/// A child that exits between the listing and the read no longer counts.
+pub fn sample_tree(pid: u32) -> io::Result<Sample> {
+    let mut total = sample(Some(pid))?;
+    for child in children(pid) {
+        if let Ok(s) = sample(Some(child)) {
+            total.add(&s);
+        }
+    }
+    Ok(total)
+}
+
+/// The PIDs whose parent is `pid`, from every `/proc/PID/stat`.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| parse_stat_ppid(&s))
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// The parent PID (field 4) of a `/proc/PID/stat` line.
+pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The kernel's memory for TCP sockets, machine-wide: on loopback it covers both ends
+/// of every connection (the tester's socket and the server's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Kernel {
+    /// TCP sockets in use (`/proc/net/sockstat` `TCP: inuse`).
+    pub tcp_inuse: u64,
+    /// Pages charged to TCP socket buffers (`TCP: mem`).
+    pub tcp_mem_pages: u64,
+    /// KiB of the `TCP` slab (one object per TCP socket), when `/proc/slabinfo` is
+    /// readable (root).
+    pub slab_tcp_kib: Option<u64>,
+    /// KiB of the `sock_inode_cache` slab (the socket's inode), when readable.
+    pub slab_sock_inode_kib: Option<u64>,
+}
+
+/// Samples [`Kernel`] from `/proc/net/sockstat` and `/proc/slabinfo`.
+pub fn kernel() -> io::Result<Kernel> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat")?;
+    let (tcp_inuse, tcp_mem_pages) =
+        parse_sockstat_tcp(&sockstat).ok_or_else(|| bad("/proc/net", "sockstat"))?;
+    let slab = std::fs::read_to_string("/proc/slabinfo").ok();
+    let slab_kib = |name| slab.as_deref().and_then(|s| parse_slab_kib(s, name));
+    Ok(Kernel {
+        tcp_inuse,
+        tcp_mem_pages,
+        slab_tcp_kib: slab_kib("TCP"),
+        slab_sock_inode_kib: slab_kib("sock_inode_cache"),
+    })
+}
+
+/// `inuse` and `mem` of the `TCP:` line of `/proc/net/sockstat`.
+pub fn parse_sockstat_tcp(sockstat: &str) -> Option<(u64, u64)> {
+    let line = sockstat.lines().find_map(|l| l.strip_prefix("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name| {
+        words
+            .windows(2)
+            .find(|w| w[0] == name)
+            .and_then(|w| w[1].parse().ok())
+    };
+    Some((field("inuse")?, field("mem")?))
+}
+
+/// KiB held by slab `name` (objects × object size) in `/proc/slabinfo`.
+pub fn parse_slab_kib(slabinfo: &str, name: &str) -> Option<u64> {
+    let line = slabinfo
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))?;
+    let mut f = line.split_whitespace().skip(2);
+    let objs: u64 = f.next()?.parse().ok()?;
+    let size: u64 = f.next()?.parse().ok()?;
+    Some(objs * size / 1024)
 }
 
 /// Samples process `pid` (`None`: this process).
@@ -35,6 +139,8 @@ pub fn sample(pid: Option<u32>) -> io::Result<Sample> {
         cpu_secs: (utime + stime) as f64 / ticks,
         rss_kib: status_field(&status, "VmRSS:").unwrap_or(0),
         threads: status_field(&status, "Threads:").unwrap_or(0),
+        rss_anon_kib: status_field(&status, "RssAnon:").unwrap_or(0),
+        rss_file_kib: status_field(&status, "RssFile:").unwrap_or(0),
     })
 }
 
@@ -115,6 +221,33 @@ mod tests {
         );
         assert_eq!(parse_schedstat_wait("193451855"), None);
         assert_eq!(parse_schedstat_wait("1 x 2"), None);
+    }
+
+    #[test]
+    fn parent_pid_after_a_name_with_spaces() {
+        let line = "1234 (my (odd) srv) S 77 1234 1234 0";
+        assert_eq!(parse_stat_ppid(line), Some(77));
+    }
+
+    #[test]
+    fn sockstat_and_slab_fields() {
+        let sockstat =
+            "sockets: used 200\nTCP: inuse 12 orphan 0 tw 3 alloc 15 mem 42\nUDP: inuse 1 mem 0\n";
+        assert_eq!(parse_sockstat_tcp(sockstat), Some((12, 42)));
+        let slab = "# name <active_objs> <num_objs> <objsize>\n\
+                    TCPv6 10 20 2560 12 8 : tunables 0 0 0\n\
+                    TCP 1000 2048 2432 13 8 : tunables 0 0 0\n";
+        assert_eq!(parse_slab_kib(slab, "TCP"), Some(2048 * 2432 / 1024));
+        assert_eq!(parse_slab_kib(slab, "UDP"), None);
+    }
+
+    #[test]
+    fn this_process_is_among_its_parents_children() {
+        let me = std::process::id();
+        let parent = parse_stat_ppid(&std::fs::read_to_string("/proc/self/stat").unwrap());
+        assert!(children(parent.unwrap()).contains(&me));
+        let s = sample_tree(me).unwrap();
+        assert!(s.rss_kib >= s.rss_anon_kib && s.rss_anon_kib > 0);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why an operation failed. Each kind is counted separately.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ impl ErrorCounters {
 }
 
 /// Errors by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Errors {
     /// Connections refused.
     pub refused: u64,
@@ -136,6 +136,17 @@ impl Errors {
         }
     }
 
+    /// Adds another run's errors, kind by kind.
+    pub fn add(&mut self, o: &Errors) {
+        self.refused += o.refused;
+        self.reset += o.reset;
+        self.closed += o.closed;
+        self.timeout += o.timeout;
+        self.unanswered += o.unanswered;
+        self.wrong_reply += o.wrong_reply;
+        self.other += o.other;
+    }
+
     /// Errors of all kinds.
     pub fn total(&self) -> u64 {
         self.refused
@@ -154,7 +165,7 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 /// Latency percentiles, in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     /// Samples.
     pub count: u64,
@@ -191,7 +202,7 @@ impl Latency {
 }
 
 /// CPU and memory of the server under test, from /proc, over the run.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct ServerUse {
     /// Server CPU (user + system) during the run, in seconds.
     pub cpu_secs: f64,
@@ -208,7 +219,7 @@ pub struct ServerUse {
 }
 
 /// The result of one load run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The workload's name.
     pub workload: String,

@@ -15,8 +15,9 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 
+use super::fanout::{self, ChildLine, Copies, Share};
 use super::proc;
-use super::report::{histogram, ErrorCounters, ErrorKind, Latency, Report, ServerUse};
+use super::report::{histogram, ErrorCounters, ErrorKind, Errors, Latency, Report, ServerUse};
 use super::workload::{Client, Conn, Workload};
 
 /// How long a connection that was refused waits before trying again, so a refusing
@@ -42,9 +43,13 @@ pub struct LoadConfig {
     pub msg_size: usize,
     /// Source addresses 127.0.0.1 ..= 127.0.0.N, used round robin by the connections.
     pub src_ips: u8,
+    /// The first source address's last octet (1 unless this is one copy of a
+    /// `--procs` run): the addresses are 127.0.0.`src_first` onwards.
+    pub src_first: u8,
     /// How long one operation may take before it is a timeout.
     pub timeout: Duration,
-    /// The server's PID, to sample its CPU, memory and threads from /proc.
+    /// The server's PID, to sample its CPU, memory and threads from /proc (its child
+    /// processes summed).
     pub server_pid: Option<u32>,
     /// Tester threads.
     pub threads: usize,
@@ -64,10 +69,25 @@ impl LoadConfig {
             rate: None,
             msg_size: 16,
             src_ips: 1,
+            src_first: 1,
             timeout: Duration::from_secs(5),
             server_pid: None,
             threads: default_threads(),
             progress: false,
+        }
+    }
+
+    /// Copy `share`'s part of this run (see [`fanout`]): its connections, requests and
+    /// rate, and its own source addresses.
+    pub fn share(&self, share: Share) -> LoadConfig {
+        LoadConfig {
+            conns: share.part(self.conns),
+            requests: self.requests.map(|r| share.part(r as usize) as u64),
+            rate: self.rate.map(|r| r / share.procs as f64),
+            src_first: share.first_source(self.src_ips),
+            server_pid: None,
+            progress: false,
+            ..self.clone()
         }
     }
 }
@@ -82,7 +102,7 @@ pub fn default_threads() -> usize {
 /// The source address of connection `i`, or `None` when only one is used (then the
 /// kernel picks it).
 pub fn source_ip(i: usize, src_ips: u8) -> Option<Ipv4Addr> {
-    (src_ips > 1).then(|| Ipv4Addr::new(127, 0, 0, 1 + (i % src_ips as usize) as u8))
+    fanout::source_ip(i, 1, src_ips)
 }
 
 /// An operation still waiting this long when the run ends is `unanswered`, an error
@@ -143,6 +163,100 @@ impl Shared {
 
 /// Runs the load and returns what it measured.
 pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
+    Ok(run_load_histogram(cfg)?.0)
+}
+
+/// Runs the load over `procs` tester processes (see [`fanout`]) and sums what they
+/// measured: counts and errors added, latency histograms merged, the server sampled
+/// once before and once after all of them.
+pub fn run_load_fanout(cfg: &LoadConfig, procs: usize) -> anyhow::Result<Report> {
+    fanout::check(procs, cfg.src_ips)?;
+    anyhow::ensure!(
+        cfg.conns >= procs,
+        "--conns {} is fewer than --procs {procs}",
+        cfg.conns
+    );
+    let server_before = cfg.server_pid.map(proc::sample_tree).transpose()?;
+    let mut copies = Copies::start(procs)?;
+    let mut reports = Vec::with_capacity(procs);
+    let mut hist = histogram();
+    for (i, line) in copies
+        .next_lines::<Report>("its report")?
+        .into_iter()
+        .enumerate()
+    {
+        match line {
+            ChildLine::Report { report, histogram } => {
+                fanout::add_pairs(&mut hist, &histogram)?;
+                reports.push(report);
+            }
+            ChildLine::Opened(_) => anyhow::bail!("tester process {i} wrote a hold line"),
+        }
+    }
+    copies.finish()?;
+    let server = match (cfg.server_pid, server_before) {
+        (Some(p), Some(before)) => Some((p, before)),
+        _ => None,
+    };
+    let mut errors = Errors::default();
+    for r in &reports {
+        errors.add(&r.errors);
+    }
+    let ok: u64 = reports.iter().map(|r| r.ok).sum();
+    let secs = reports.iter().map(|r| r.secs).fold(0.0, f64::max);
+    let tester_cpu: f64 = reports.iter().map(|r| r.tester_cpu_secs).sum();
+    let wait: Option<f64> = reports.iter().map(|r| r.tester_cpu_wait_secs).sum();
+    let thread_secs = secs * (cfg.threads.max(1) * procs) as f64;
+    let server = match server {
+        Some((p, before)) => {
+            let after = proc::sample_tree(p)?;
+            let cpu = after.cpu_secs - before.cpu_secs;
+            Some(ServerUse {
+                cpu_secs: cpu,
+                cpu_us_per_op: if ok > 0 { cpu * 1e6 / ok as f64 } else { 0.0 },
+                rss_before_kib: before.rss_kib,
+                rss_after_kib: after.rss_kib,
+                threads_before: before.threads,
+                threads_after: after.threads,
+            })
+        }
+        None => None,
+    };
+    Ok(Report {
+        workload: cfg.workload.name().to_string(),
+        conns: cfg.conns,
+        secs,
+        ok,
+        // Each copy measured its own window; their rates add up.
+        throughput: reports.iter().map(|r| r.throughput).sum(),
+        rate: cfg.rate,
+        unfinished: reports.iter().map(|r| r.unfinished).sum(),
+        latency: Latency::of(&hist),
+        errors,
+        tester_cpu_secs: tester_cpu,
+        tester_busy: if thread_secs > 0.0 {
+            tester_cpu / thread_secs
+        } else {
+            0.0
+        },
+        tester_cpu_wait_secs: wait,
+        tester_starved_share: wait.filter(|_| thread_secs > 0.0).map(|w| w / thread_secs),
+        server,
+    })
+}
+
+/// One copy of a `--procs` load run: runs `share`'s part and writes its report and
+/// histogram on stdout.
+pub fn run_load_child(cfg: &LoadConfig, share: Share) -> anyhow::Result<()> {
+    let (report, hist) = run_load_histogram(&cfg.share(share))?;
+    fanout::emit(&ChildLine::Report {
+        report,
+        histogram: fanout::histogram_pairs(&hist),
+    })
+}
+
+/// [`run_load`], with the latency histogram.
+pub fn run_load_histogram(cfg: &LoadConfig) -> anyhow::Result<(Report, Histogram<u64>)> {
     anyhow::ensure!(cfg.conns > 0, "--conns must be at least 1");
     anyhow::ensure!(
         cfg.src_ips > 0 && cfg.src_ips < 255,
@@ -155,7 +269,7 @@ pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
         .worker_threads(cfg.threads.max(1))
         .enable_all()
         .build()?;
-    let server_before = cfg.server_pid.map(|p| proc::sample(Some(p))).transpose()?;
+    let server_before = cfg.server_pid.map(proc::sample_tree).transpose()?;
     let tester_before = proc::sample(None)?;
     let wait_before = proc::cpu_wait_secs();
     let (hist, secs, shared, peak) = rt.block_on(drive(cfg));
@@ -166,7 +280,7 @@ pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
     };
     let server = match (cfg.server_pid, server_before) {
         (Some(p), Some(before)) => {
-            let after = proc::sample(Some(p))?;
+            let after = proc::sample_tree(p)?;
             let ok = shared.ok.load(Ordering::Relaxed);
             let cpu = after.cpu_secs - before.cpu_secs;
             Some(ServerUse {
@@ -182,7 +296,7 @@ pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
     };
     let ok = shared.ok.load(Ordering::Relaxed);
     let tester_cpu = tester_after.cpu_secs - tester_before.cpu_secs;
-    Ok(Report {
+    let report = Report {
         workload: cfg.workload.name().to_string(),
         conns: cfg.conns,
         secs,
@@ -203,7 +317,8 @@ pub fn run_load(cfg: &LoadConfig) -> anyhow::Result<Report> {
             .filter(|_| secs > 0.0)
             .map(|w| w / (secs * cfg.threads.max(1) as f64)),
         server,
-    })
+    };
+    Ok((report, hist))
 }
 
 async fn drive(cfg: &LoadConfig) -> (Histogram<u64>, f64, Arc<Shared>, proc::Sample) {
@@ -222,7 +337,7 @@ async fn drive(cfg: &LoadConfig) -> (Histogram<u64>, f64, Arc<Shared>, proc::Sam
         let client = Client::new(
             cfg.workload.clone(),
             cfg.addr,
-            source_ip(i, cfg.src_ips),
+            fanout::source_ip(i, cfg.src_first, cfg.src_ips),
             cfg.msg_size,
         );
         let pace = cfg.rate.map(|r| {
@@ -384,7 +499,7 @@ async fn watch(cfg: LoadConfig, sh: Arc<Shared>, start: Instant) -> proc::Sample
             Some(_) => bar.set_position(ok + sh.errors.total()),
             None => bar.set_position((now - start).as_millis() as u64),
         }
-        if let Some(Ok(s)) = cfg.server_pid.map(|p| proc::sample(Some(p))) {
+        if let Some(Ok(s)) = cfg.server_pid.map(proc::sample_tree) {
             peak.rss_kib = peak.rss_kib.max(s.rss_kib);
             peak.threads = peak.threads.max(s.threads);
         }

@@ -304,7 +304,7 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
     );
     let setup_secs = ctx.origin.elapsed().as_secs_f64();
 
-    let server_before = cfg.server_pid.map(|p| proc::sample(Some(p))).transpose()?;
+    let server_before = cfg.server_pid.map(proc::sample_tree).transpose()?;
     let tester_before = proc::sample(None)?;
     let send_start = ctx.us();
     let _ = phase_tx.send(Phase::Send);
@@ -312,12 +312,12 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
     let mut peak = proc::Sample::default();
     while !reached(&sh.finished) && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Some(Ok(s)) = cfg.server_pid.map(|p| proc::sample(Some(p))) {
+        if let Some(Ok(s)) = cfg.server_pid.map(proc::sample_tree) {
             peak.rss_kib = peak.rss_kib.max(s.rss_kib);
             peak.threads = peak.threads.max(s.threads);
         }
     }
-    let server_after = cfg.server_pid.map(|p| proc::sample(Some(p))).transpose()?;
+    let server_after = cfg.server_pid.map(proc::sample_tree).transpose()?;
     let tester_after = proc::sample(None)?;
     let _ = phase_tx.send(Phase::Stop);
     // Members count what they miss at `Stop`; then everyone closes.
@@ -415,6 +415,12 @@ async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
 /// Runs `multiclient bench chat`: prints the report; fails when the run had errors,
 /// so scripts notice.
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
+    // A room's delivery times are measured from one sender's clock to every member's,
+    // which a second process does not share.
+    anyhow::ensure!(
+        args.tester.procs == 1,
+        "bench chat runs in one tester process: --procs is for ack, greet, hello, http, ws and hold"
+    );
     let report = run_chat(&args.config()?)?;
     if args.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
