@@ -11,9 +11,15 @@
 //! Bounds: rustls holds at most one record of ciphertext and 16 KiB of plaintext on
 //! the way in (its own limits; the wrapper empties both on every call) and
 //! [`TLS_BUFFER_LIMIT`] on the way out; the plaintext waiting for the inner session is
-//! bounded by the model's input limit, like any session's input. A client that has
-//! not finished its handshake within the handshake timeout is dropped, and one that
-//! speaks anything but TLS gets an alert and a close.
+//! bounded by the model's input limit, like any session's input. The wrapper's own
+//! plaintext buffers (input the inner session has not consumed, output rustls has not
+//! taken yet) are charged to the server's `--max-buffered` budget exactly as the
+//! engine charges a plaintext connection's pending input: the engine sees the
+//! ciphertext consumed at once, so without the charge a client holding an unfinished
+//! line would hold it beyond the budget only because it is encrypted. A connection
+//! whose buffers would pass the budget is told the server is busy and closed. A client
+//! that has not finished its handshake within the handshake timeout is dropped, and
+//! one that speaks anything but TLS gets an alert and a close.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -22,6 +28,7 @@ use std::time::{Duration, Instant};
 use rustls::{ServerConfig, ServerConnection};
 
 use super::{ConnInfo, Cx, Goodbye, Service, Session};
+use crate::base::Held;
 
 /// Bytes of plaintext (before the handshake) and of encrypted records rustls may hold
 /// for sending. The wrapper moves records out after every write, so this bounds one
@@ -83,6 +90,8 @@ impl<S: Service> Service for Tls<S> {
             inner_eof: false,
             deferred: None,
             close_sent: false,
+            held: Held::new(),
+            over_budget: false,
         }
     }
 }
@@ -107,6 +116,10 @@ pub struct TlsSession<S: Session> {
     /// client is told why in its own protocol, which needs the handshake first).
     deferred: Option<Goodbye>,
     close_sent: bool,
+    /// What `plain_in` and `plain_out` hold, charged to the `--max-buffered` budget.
+    held: Held,
+    /// The buffers once passed the budget: the client was told busy.
+    over_budget: bool,
 }
 
 impl<S: Session> TlsSession<S> {
@@ -180,6 +193,7 @@ impl<S: Session> TlsSession<S> {
         self.tls = None;
         self.plain_in = Vec::new();
         self.plain_out = Vec::new();
+        cx.hold(&mut self.held, 0);
         cx.close();
     }
 
@@ -221,6 +235,37 @@ impl<S: Session> TlsSession<S> {
         }
         release(&mut self.plain_in);
     }
+
+    /// Charges what the wrapper's plaintext buffers hold to the server's budget. Past
+    /// it, the held input is dropped and the client told the server is busy (in its
+    /// own protocol, through the inner session), as the engine does for plaintext
+    /// input; a connection past it again after that is closed at once. Returns false
+    /// when the connection was failed.
+    fn charge(&mut self, cx: &mut Cx<'_, S::Event>) -> bool {
+        let bytes = self.plain_in.len() + self.plain_out.len();
+        if cx.hold(&mut self.held, bytes) {
+            return true;
+        }
+        tracing::warn!(
+            "TLS: {bytes} bytes buffered for {} pass the server's budget; closing",
+            cx.conn().peer
+        );
+        self.plain_in = Vec::new();
+        if self.over_budget || !self.is_handshake_done() || self.inner_closing {
+            cx.hold(&mut self.held, 0);
+            self.fail(cx);
+            return false;
+        }
+        self.over_budget = true;
+        self.with_inner(cx, |s, icx| s.goodbye(Goodbye::Busy, icx));
+        let bytes = self.plain_out.len();
+        if !cx.hold(&mut self.held, bytes) {
+            cx.hold(&mut self.held, 0);
+            self.fail(cx);
+            return false;
+        }
+        true
+    }
 }
 
 /// Moves every record rustls has ready into `out` (writing to a `Vec` cannot fail).
@@ -246,6 +291,7 @@ impl<S: Session> Session for TlsSession<S> {
         self.handshake_deadline = Some(cx.now() + self.handshake_timeout);
         // A greeting written now waits in rustls until the handshake completes.
         self.with_inner(cx, |s, icx| s.open(icx));
+        self.charge(cx);
     }
 
     fn read(&mut self, input: &[u8], cx: &mut Cx<'_, S::Event>) -> usize {
@@ -305,6 +351,9 @@ impl<S: Session> Session for TlsSession<S> {
                 self.on_handshake(cx);
             }
             self.deliver(cx);
+            if !self.charge(cx) {
+                return input.len();
+            }
             if peer_closed {
                 self.eof(cx);
                 return input.len();
@@ -312,6 +361,7 @@ impl<S: Session> Session for TlsSession<S> {
         }
         // Plaintext written before the handshake completed, or by a deferred goodbye.
         self.flush(cx);
+        self.charge(cx);
         consumed
     }
 
@@ -330,6 +380,7 @@ impl<S: Session> Session for TlsSession<S> {
     fn event(&mut self, event: S::Event, cx: &mut Cx<'_, S::Event>) {
         if self.tls.is_some() {
             self.with_inner(cx, |s, icx| s.event(event, icx));
+            self.charge(cx);
         }
     }
 
@@ -357,6 +408,7 @@ impl<S: Session> Session for TlsSession<S> {
         }
         if self.inner.deadline().is_some_and(|d| now >= d) {
             self.with_inner(cx, |s, icx| s.timeout(icx));
+            self.charge(cx);
         }
     }
 
