@@ -316,11 +316,13 @@ impl<S: Session> TlsSession<S> {
         };
         self.cipher_in.drain(..discard.min(self.cipher_in.len()));
         if let Step::Failed = step {
-            match error {
-                Some(e) => tracing::warn!("TLS: {e} from {}; closing", cx.conn().peer),
-                None => tracing::warn!("TLS: cannot write records to {}; closing", cx.conn().peer),
+            let alert = self.fail(cx);
+            let peer = cx.conn().peer;
+            match (error, alert) {
+                (Some(e), true) => tracing::warn!("TLS: {e} from {peer}; alert sent, closing"),
+                (Some(e), false) => tracing::warn!("TLS: {e} from {peer}; closing"),
+                (None, _) => tracing::warn!("TLS: cannot write records to {peer}; closing"),
             }
-            self.fail(cx);
         }
         step
     }
@@ -378,8 +380,10 @@ impl<S: Session> TlsSession<S> {
     }
 
     /// The connection failed (a TLS error, a timeout): send the alert rustls queued,
-    /// if any, and close without involving the inner session.
-    fn fail(&mut self, cx: &mut Cx<'_, S::Event>) {
+    /// if any, and close without involving the inner session. Returns whether an
+    /// alert was written.
+    fn fail(&mut self, cx: &mut Cx<'_, S::Event>) -> bool {
+        let before = cx.out.len();
         if let Some(tls) = self.tls.as_mut() {
             // After an error rustls hands out the alert it queued before anything
             // else; asked for more it would read records again, so only while one waits.
@@ -399,6 +403,7 @@ impl<S: Session> TlsSession<S> {
         self.plain_out = Vec::new();
         cx.hold(&mut self.held, 0);
         cx.close();
+        cx.out.len() > before
     }
 
     /// The handshake just completed: log it, and say a goodbye that waited for it.
