@@ -328,6 +328,7 @@ impl Write for Link {
 /// `connect --tls`: rustls over the TCP stream, trusting `--ca` or the system's store.
 mod tls {
     use std::net::{SocketAddr, TcpStream};
+    use std::path::Path;
     use std::sync::Arc;
 
     use anyhow::Context;
@@ -339,15 +340,12 @@ mod tls {
 
     pub(super) type Tls = StreamOwned<ClientConnection, TcpStream>;
 
-    /// Opens TLS to `addr` (its IP is the name checked in the certificate) and
-    /// completes the handshake, so a bad certificate is reported before anything is sent.
-    pub(super) fn connect(
-        tls: &ConnectTls,
-        addr: SocketAddr,
-        sock: TcpStream,
-    ) -> anyhow::Result<Tls> {
+    /// A client configuration trusting the PEM certificates in `ca`, or the system's
+    /// store without it: TLS 1.2 and 1.3 with rustls's safe defaults (also the load
+    /// tester's, `bench --tls`).
+    pub fn client_config(ca: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
         let mut roots = RootCertStore::empty();
-        match &tls.ca {
+        match ca {
             Some(path) => {
                 let certs = CertificateDer::pem_file_iter(path)
                     .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -367,13 +365,24 @@ mod tls {
         if roots.is_empty() {
             anyhow::bail!("no certificate to trust: give --ca PATH (PEM)");
         }
-        let config =
+        Ok(Arc::new(
             ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(roots)
-                .with_no_client_auth();
+                .with_no_client_auth(),
+        ))
+    }
+
+    /// Opens TLS to `addr` (its IP is the name checked in the certificate) and
+    /// completes the handshake, so a bad certificate is reported before anything is sent.
+    pub(super) fn connect(
+        tls: &ConnectTls,
+        addr: SocketAddr,
+        sock: TcpStream,
+    ) -> anyhow::Result<Tls> {
+        let config = client_config(tls.ca.as_deref())?;
         let name = ServerName::IpAddress(addr.ip().into());
-        let conn = ClientConnection::new(Arc::new(config), name)?;
+        let conn = ClientConnection::new(config, name)?;
         let mut stream = StreamOwned::new(conn, sock);
         stream.sock.set_read_timeout(Some(super::REPLY_TIMEOUT))?;
         while stream.conn.is_handshaking() {
@@ -385,6 +394,8 @@ mod tls {
         Ok(stream)
     }
 }
+
+pub use tls::client_config;
 
 /// `connect --tls`: which certificates the client trusts.
 #[derive(Debug, Clone, Default)]

@@ -1,6 +1,8 @@
 //! The load tester against real servers on port 0: exact operation counts with no
-//! errors against our own server, and wrong replies counted as errors; `--procs`
-//! (several tester processes) sums its copies' figures and fails when one dies.
+//! errors against our own server (plain and over TLS, kept connections and a new
+//! connection per request), and wrong replies and untrusted certificates counted as
+//! errors; `--procs` (several tester processes) sums its copies' figures and fails
+//! when one dies.
 
 #![cfg(feature = "bench")]
 
@@ -8,13 +10,16 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use multiclient::bench::hold::{run_hold, HoldConfig, Probe};
 use multiclient::bench::run::{run_load, LoadConfig};
-use multiclient::bench::workload::Workload;
-use multiclient::model::{Limits, Model, Server};
+use multiclient::bench::workload::{TlsClient, Workload};
+use multiclient::model::{Limits, Model, Server, Stats};
+use multiclient::serve::tls::{CertStore, TlsFiles, TlsListen};
+use multiclient::serve::{ServiceName, ServiceOptions};
 use multiclient::service::http::HttpOptions;
 use multiclient::service::http::Ws;
 use multiclient::service::ws::WsOptions;
@@ -277,6 +282,146 @@ fn a_served_clients_last_round_trip_at_the_end_is_not_an_error() {
     assert!(r.ok > 0, "{r:?}");
     assert_eq!(r.errors.total(), 0, "{r:?}");
     stop(server);
+}
+
+/// A certificate for `localhost` written as PEM under the target's scratch directory:
+/// the CA a TLS run trusts, and the store our `,tls` listeners present.
+struct Pki {
+    dir: std::path::PathBuf,
+    files: TlsFiles,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("bench-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        };
+        std::fs::write(&files.cert, key.cert.pem()).unwrap();
+        std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
+        Pki { dir, files }
+    }
+
+    /// A run's TLS client trusting this certificate, checking the name `localhost`.
+    fn client(&self, addr: SocketAddr, alpn: Option<&[u8]>) -> TlsClient {
+        TlsClient::new(Some(&self.files.cert), Some("localhost"), addr, alpn).unwrap()
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Our server with `name` on a free loopback port over TLS; its counters too.
+fn serve_tls(pki: &Pki, name: ServiceName) -> (Server, SocketAddr, Arc<Stats>) {
+    let mut server = Server::new(Model::Async { workers: 2 }, Limits::default()).unwrap();
+    let tls = TlsListen {
+        store: CertStore::load(pki.files.clone()).unwrap(),
+        handshake_timeout: Duration::from_secs(10),
+    };
+    let l = name
+        .listen_on(
+            &mut server,
+            "127.0.0.1:0".parse().unwrap(),
+            &ServiceOptions::default(),
+            Some(&tls),
+        )
+        .unwrap();
+    (server, l.addr, l.stats)
+}
+
+fn http_workload() -> Workload {
+    Workload::Http {
+        pipeline: 1,
+        path: "/".into(),
+        body: b"Hello from Multi-threaded Flask Server!".to_vec(),
+    }
+}
+
+#[test]
+fn every_workload_over_tls_runs_the_exact_count_on_kept_connections() {
+    let pki = Pki::new("kept");
+    let http = Some(b"http/1.1".as_slice());
+    let runs = [
+        (ServiceName::Ack, Workload::Ack, None),
+        (ServiceName::Http, http_workload(), http),
+        (ServiceName::Ws, Workload::Ws { path: "/".into() }, http),
+    ];
+    for (name, workload, alpn) in runs {
+        let (server, addr, stats) = serve_tls(&pki, name);
+        let mut cfg = bounded(workload.clone(), addr, 4, 600);
+        cfg.tls = Some(pki.client(addr, alpn));
+        let r = run_load(&cfg).unwrap();
+        assert_eq!(r.errors.total(), 0, "{workload:?}: {r:?}");
+        assert_eq!(r.ok, 600, "{workload:?}");
+        assert_eq!(
+            stats.accepted.load(Ordering::Relaxed),
+            4,
+            "{workload:?}: one connection (and handshake) per client"
+        );
+        stop(server);
+    }
+}
+
+#[test]
+fn new_conn_over_tls_makes_one_handshake_per_request() {
+    let pki = Pki::new("new-conn");
+    let runs = [
+        (
+            ServiceName::Http,
+            http_workload(),
+            Some(b"http/1.1".as_slice()),
+        ),
+        (ServiceName::Ack, Workload::Ack, None),
+        (ServiceName::Hello, Workload::Hello, None),
+    ];
+    for (name, workload, alpn) in runs {
+        let (server, addr, stats) = serve_tls(&pki, name);
+        let mut cfg = bounded(workload.clone(), addr, 3, 90);
+        cfg.tls = Some(pki.client(addr, alpn));
+        cfg.new_conn = true;
+        let r = run_load(&cfg).unwrap();
+        assert_eq!(r.errors.total(), 0, "{workload:?}: {r:?}");
+        assert_eq!(r.ok, 90, "{workload:?}");
+        assert_eq!(
+            stats.accepted.load(Ordering::Relaxed),
+            90,
+            "{workload:?}: a connection per request"
+        );
+        stop(server);
+    }
+}
+
+#[test]
+fn a_certificate_the_run_does_not_trust_is_a_tls_error() {
+    let (pki, other) = (Pki::new("served"), Pki::new("trusted"));
+    let (server, addr, _) = serve_tls(&pki, ServiceName::Ack);
+    let mut cfg = bounded(Workload::Ack, addr, 2, 10);
+    cfg.tls = Some(other.client(addr, None));
+    let r = run_load(&cfg).unwrap();
+    assert_eq!(r.ok, 0, "{r:?}");
+    assert_eq!(r.errors.tls, 10, "{r:?}");
+    assert_eq!(r.errors.total(), 10, "{r:?}");
+    stop(server);
+}
+
+#[test]
+fn new_conn_with_a_pipeline_is_refused() {
+    let w = Workload::Http {
+        pipeline: 4,
+        path: "/".into(),
+        body: Vec::new(),
+    };
+    let mut cfg = bounded(w, "127.0.0.1:1".parse().unwrap(), 1, 1);
+    cfg.new_conn = true;
+    let e = run_load(&cfg).unwrap_err();
+    assert!(e.to_string().contains("--pipeline"), "{e}");
 }
 
 /// `multiclient bench ARGS --json` as a child with piped stdout and stderr.

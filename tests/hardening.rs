@@ -8,6 +8,7 @@ use std::net::Shutdown;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::lines::Lines;
 use common::*;
 use multiclient::model::{Limits, Model};
 use multiclient::service::ack::Ack;
@@ -462,44 +463,6 @@ fn closed_stderr_neither_panics_nor_blocks_shutdown() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-}
-
-/// A line service that keeps an unfinished line in the engine's pending input, and
-/// says how much it was handed each time: `HELD n` when nothing was consumed,
-/// `LINE n` for each line.
-struct Lines;
-
-struct LinesSession;
-
-impl multiclient::service::Service for Lines {
-    type Session = LinesSession;
-    fn name(&self) -> &str {
-        "lines"
-    }
-    fn session(&self, _conn: &multiclient::service::ConnInfo) -> LinesSession {
-        LinesSession
-    }
-}
-
-impl multiclient::service::Session for LinesSession {
-    type Event = ();
-    fn read(&mut self, input: &[u8], cx: &mut multiclient::service::Cx<'_, ()>) -> usize {
-        let Some(end) = input.iter().rposition(|&b| b == b'\n') else {
-            cx.send(format!("HELD {}\n", input.len()).as_bytes());
-            return 0;
-        };
-        for line in input[..end].split(|&b| b == b'\n') {
-            cx.send(format!("LINE {}\n", line.len()).as_bytes());
-        }
-        end + 1
-    }
-    fn goodbye(
-        &mut self,
-        why: multiclient::service::Goodbye,
-        cx: &mut multiclient::service::Cx<'_, ()>,
-    ) {
-        multiclient::service::line_goodbye(why, cx);
-    }
 }
 
 /// Reads lines until one equals `want`.

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::lines::Lines;
 use common::{Running, TIMEOUT};
 use multiclient::model::{Limits, Model, Server};
 use multiclient::serve::tls::{CertStore, TlsFiles, TlsListen};
@@ -527,5 +528,64 @@ fn shutdown_says_goodbye_in_the_protocol_then_close_notify() {
         );
         drop(c);
         assert_eq!(stopping.join().unwrap(), 0, "{model:?}: nothing cut off");
+    }
+}
+
+/// Reads lines until one equals `want`.
+fn read_until_line(r: &mut BufReader<Tls>, want: &str) {
+    loop {
+        let got = line(r);
+        if got == want {
+            return;
+        }
+        assert!(got.starts_with("HELD"), "waiting for {want:?}: {got:?}");
+    }
+}
+
+fn unfinished_input_over_tls_is_charged_to_the_budget(model: Model) {
+    // One 64 KiB step: the first unfinished 40 KiB line takes it all, as in plaintext
+    // (tests/hardening.rs): encrypted, the line waits in the TLS wrapper's buffer
+    // rather than the engine's, and is charged all the same.
+    let pki = Pki::new(&format!("budget-{}", model.name()));
+    let limits = Limits {
+        max_buffered: 64 * 1024,
+        ..Limits::default()
+    };
+    let config = pki.store().server_config(false).unwrap();
+    let lines = multiclient::service::tls::Tls::new(Lines, config, Duration::from_secs(10));
+    let srv = common::start(model, limits, lines);
+    let budget = srv.server.as_ref().unwrap().budget();
+    let client = client_config(&pki.cert);
+    let mut a = BufReader::new(tls_connect(srv.addr(), &client));
+    a.get_mut().write_all(&[b'a'; 40 * 1024]).unwrap();
+    read_until_line(&mut a, "HELD 40960");
+    assert_eq!(
+        budget.used(),
+        64 * 1024,
+        "{model:?}: the held line is charged"
+    );
+    let mut b = tls_connect(srv.addr(), &client);
+    b.write_all(&[b'b'; 40 * 1024]).unwrap();
+    let got = read_to_end(&mut b);
+    assert!(
+        got.ends_with(b"ERR server busy\n"),
+        "{model:?}: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(budget.used() <= budget.limit(), "{model:?}");
+    // The first holder is unaffected and finishes its line; the budget is free again.
+    a.get_mut().write_all(b"\n").unwrap();
+    read_until_line(&mut a, "LINE 40960");
+    assert_eq!(budget.used(), 0, "{model:?}: a consumed line is given back");
+    let mut c = BufReader::new(tls_connect(srv.addr(), &client));
+    c.get_mut().write_all(&[b'c'; 40 * 1024]).unwrap();
+    c.get_mut().write_all(b"\n").unwrap();
+    read_until_line(&mut c, "LINE 40960");
+}
+
+#[test]
+fn unfinished_input_over_tls_is_charged_to_the_budget_and_refused_busy_past_it() {
+    for model in common::CONCURRENT {
+        unfinished_input_over_tls_is_charged_to_the_budget(model);
     }
 }

@@ -184,7 +184,7 @@ impl Counts {
             ErrorKind::Reset => &self.reset,
             ErrorKind::Closed => &self.closed,
             ErrorKind::Timeout | ErrorKind::Unanswered => &self.timeout,
-            ErrorKind::WrongReply | ErrorKind::Other => &self.other,
+            ErrorKind::WrongReply | ErrorKind::Tls | ErrorKind::Other => &self.other,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }

@@ -123,6 +123,15 @@ pub fn requests(host: &str, path: &str, count: usize) -> Vec<u8> {
     one.repeat(count.max(1)).into_bytes()
 }
 
+/// One `GET` for `path` on `host` asking the server to close after its response
+/// (`Connection: close`): the request of a run with a new connection per request.
+pub fn request_closing(host: &str, path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: multiclient-bench\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

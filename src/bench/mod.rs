@@ -13,6 +13,7 @@
 //! without it (`cargo build --no-default-features`) and without its dependencies.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -31,7 +32,7 @@ pub mod workload;
 use fanout::{ChildLine, Share};
 use hold::{HoldConfig, HoldReport, Probe};
 use run::LoadConfig;
-use workload::Workload;
+use workload::{TlsClient, Workload};
 
 /// `multiclient bench`.
 #[derive(Args, Debug)]
@@ -125,9 +126,31 @@ pub struct LoadArgs {
     /// --secs (a longer one is halved to fit, with a warning).
     #[arg(long, default_value_t = 5.0)]
     pub timeout: f64,
+    /// A new connection for every operation: connect (and, with --tls, a full
+    /// handshake), one request, close. Measures connections (handshakes) per second.
+    #[arg(long)]
+    pub new_conn: bool,
+    /// TLS on every connection (`--tls`, `--ca`, `--server-name`).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// The options every workload shares (`--server-pid`, `--threads`, `--json`).
     #[command(flatten)]
     pub tester: TesterArgs,
+}
+
+/// TLS options of a load run.
+#[derive(Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Speak TLS (https, wss, a `,tls` listener); session resumption is off, so each
+    /// new connection is a full handshake.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM certificates to trust (default: the system's store).
+    #[arg(long, requires = "tls")]
+    pub ca: Option<PathBuf>,
+    /// The name to check in the server's certificate (default: the address's IP).
+    #[arg(long, requires = "tls")]
+    pub server_name: Option<String>,
 }
 
 /// Options of `bench hold`.
@@ -175,7 +198,7 @@ impl LoadArgs {
             (None, Some(_)) => Duration::from_secs(60),
             (None, None) => Duration::from_secs(10),
         };
-        let mut cfg = LoadConfig::new(workload, addr);
+        let mut cfg = LoadConfig::new(workload.clone(), addr);
         cfg.conns = self.conns;
         cfg.duration = duration;
         cfg.requests = self.requests;
@@ -190,6 +213,17 @@ impl LoadArgs {
         cfg.server_pid = self.tester.server_pid;
         cfg.threads = self.tester.threads.unwrap_or_else(run::default_threads);
         cfg.progress = !self.tester.json;
+        cfg.new_conn = self.new_conn;
+        if self.tls.tls {
+            let alpn = matches!(workload, Workload::Http { .. } | Workload::Ws { .. })
+                .then_some(b"http/1.1".as_slice());
+            cfg.tls = Some(TlsClient::new(
+                self.tls.ca.as_deref(),
+                self.tls.server_name.as_deref(),
+                addr,
+                alpn,
+            )?);
+        }
         Ok(cfg)
     }
 }

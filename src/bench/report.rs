@@ -30,19 +30,23 @@ pub enum ErrorKind {
     Unanswered,
     /// A reply came, but not the bytes the service must send.
     WrongReply,
+    /// The TLS handshake failed (a certificate not trusted or not for the name, a
+    /// server that does not speak TLS).
+    Tls,
     /// Any other failure (for instance out of local ports or descriptors).
     Other,
 }
 
 impl ErrorKind {
     /// Every kind, in report order.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::Refused,
         ErrorKind::Reset,
         ErrorKind::Closed,
         ErrorKind::Timeout,
         ErrorKind::Unanswered,
         ErrorKind::WrongReply,
+        ErrorKind::Tls,
         ErrorKind::Other,
     ];
 
@@ -55,6 +59,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Unanswered => "unanswered",
             ErrorKind::WrongReply => "wrong_reply",
+            ErrorKind::Tls => "tls",
             ErrorKind::Other => "other",
         }
     }
@@ -71,11 +76,20 @@ impl ErrorKind {
             _ => ErrorKind::Other,
         }
     }
+
+    /// Classifies an error of a TLS handshake: rustls's own (a certificate, a
+    /// protocol error) come as invalid data; the rest are the socket's.
+    pub fn of_tls(e: &io::Error) -> ErrorKind {
+        match e.kind() {
+            io::ErrorKind::InvalidData => ErrorKind::Tls,
+            _ => ErrorKind::of_io(e),
+        }
+    }
 }
 
 /// Error counters shared by every connection task (touched only on errors).
 #[derive(Debug, Default)]
-pub struct ErrorCounters([AtomicU64; 7]);
+pub struct ErrorCounters([AtomicU64; 8]);
 
 impl ErrorCounters {
     /// Counts one error.
@@ -98,6 +112,7 @@ impl ErrorCounters {
             timeout: g(ErrorKind::Timeout),
             unanswered: g(ErrorKind::Unanswered),
             wrong_reply: g(ErrorKind::WrongReply),
+            tls: g(ErrorKind::Tls),
             other: g(ErrorKind::Other),
         }
     }
@@ -118,6 +133,8 @@ pub struct Errors {
     pub unanswered: u64,
     /// Replies with the wrong bytes.
     pub wrong_reply: u64,
+    /// Failed TLS handshakes.
+    pub tls: u64,
     /// Other failures.
     pub other: u64,
 }
@@ -132,6 +149,7 @@ impl Errors {
             ErrorKind::Timeout => self.timeout,
             ErrorKind::Unanswered => self.unanswered,
             ErrorKind::WrongReply => self.wrong_reply,
+            ErrorKind::Tls => self.tls,
             ErrorKind::Other => self.other,
         }
     }
@@ -155,6 +173,7 @@ impl Errors {
             + self.timeout
             + self.unanswered
             + self.wrong_reply
+            + self.tls
             + self.other
     }
 }

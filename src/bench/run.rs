@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::fanout::{self, ChildLine, Copies, Share};
 use super::proc;
 use super::report::{histogram, ErrorCounters, ErrorKind, Errors, Latency, Report, ServerUse};
-use super::workload::{Client, Conn, Workload};
+use super::workload::{Client, Conn, TlsClient, Workload};
 
 /// How long a connection that was refused waits before trying again, so a refusing
 /// server is not hammered in a tight loop.
@@ -55,6 +55,10 @@ pub struct LoadConfig {
     pub threads: usize,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// TLS on every connection (`--tls`).
+    pub tls: Option<TlsClient>,
+    /// A new connection (and TLS handshake) for every operation (`--new-conn`).
+    pub new_conn: bool,
 }
 
 impl LoadConfig {
@@ -74,6 +78,8 @@ impl LoadConfig {
             server_pid: None,
             threads: default_threads(),
             progress: false,
+            tls: None,
+            new_conn: false,
         }
     }
 
@@ -265,6 +271,10 @@ pub fn run_load_histogram(cfg: &LoadConfig) -> anyhow::Result<(Report, Histogram
     if let Some(r) = cfg.rate {
         anyhow::ensure!(r > 0.0 && r.is_finite(), "--rate must be positive");
     }
+    anyhow::ensure!(
+        !(cfg.new_conn && cfg.workload.batch() > 1),
+        "--new-conn sends one request per connection: it takes no --pipeline"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.threads.max(1))
         .enable_all()
@@ -339,7 +349,8 @@ async fn drive(cfg: &LoadConfig) -> (Histogram<u64>, f64, Arc<Shared>, proc::Sam
             cfg.addr,
             fanout::source_ip(i, cfg.src_first, cfg.src_ips),
             cfg.msg_size,
-        );
+        )
+        .with(cfg.tls.clone(), cfg.new_conn);
         let pace = cfg.rate.map(|r| {
             let interval = Duration::from_secs_f64(cfg.conns as f64 / r);
             // Spread the connections' schedules over one interval.

@@ -2,10 +2,17 @@
 //! reply must have. A reply with other bytes is a `wrong_reply` error, never a success.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
@@ -135,12 +142,123 @@ fn bind_address_no_port(s: &TcpSocket) {
     };
 }
 
+/// TLS for every connection of a run (`bench --tls`): the certificates trusted and
+/// the name checked in the server's certificate. Session resumption is off, so a run
+/// with a new connection per operation measures full handshakes.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// Trusts the PEM certificates in `ca` (the system's store without it) and checks
+    /// the server's certificate for `name`, or for `addr`'s IP address without one.
+    /// `alpn` is offered (`http/1.1` for the http and ws workloads).
+    pub fn new(
+        ca: Option<&Path>,
+        name: Option<&str>,
+        addr: SocketAddr,
+        alpn: Option<&[u8]>,
+    ) -> anyhow::Result<TlsClient> {
+        let mut config = Arc::unwrap_or_clone(crate::connect::client_config(ca)?);
+        config.resumption = rustls::client::Resumption::disabled();
+        if let Some(p) = alpn {
+            config.alpn_protocols = vec![p.to_vec()];
+        }
+        let name = match name {
+            Some(n) => ServerName::try_from(n.to_string())
+                .map_err(|e| anyhow::anyhow!("--server-name {n}: {e}"))?,
+            None => ServerName::IpAddress(addr.ip().into()),
+        };
+        Ok(TlsClient {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+}
+
+/// The byte stream of one client connection: plain TCP, or TLS over it.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the client connection is large).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// Ends the connection politely: TLS's close_notify, then the write side's FIN.
+    pub async fn close(mut self) {
+        let _ = self.shutdown().await;
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// One client connection, kept between operations.
 pub enum Conn {
-    /// A plain TCP connection, with the bytes read but not yet used.
-    Tcp(TcpStream, Vec<u8>),
+    /// A plain or TLS connection, with the bytes read but not yet used.
+    Tcp(Stream, Vec<u8>),
     /// A WebSocket connection.
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<Stream>>),
+}
+
+impl Conn {
+    /// Ends the connection politely (see [`Stream::close`]).
+    async fn close(self) {
+        match self {
+            Conn::Tcp(s, _) => s.close().await,
+            Conn::Ws(mut ws) => {
+                let _ = ws.close().await;
+            }
+        }
+    }
 }
 
 /// What a connection task needs to run operations.
@@ -157,6 +275,11 @@ pub struct Client {
     pub ws_reply: String,
     /// The http requests of one batch.
     pub http_batch: Vec<u8>,
+    /// TLS on every connection (`--tls`).
+    pub tls: Option<TlsClient>,
+    /// A new connection for every operation (`--new-conn`): connect (and handshake),
+    /// one operation, close.
+    pub new_conn: bool,
 }
 
 impl Client {
@@ -182,13 +305,40 @@ impl Client {
             msg,
             ws_reply,
             http_batch,
+            tls: None,
+            new_conn: false,
+        }
+    }
+
+    /// The same client over TLS (`None`: plain), and with a new connection for every
+    /// operation when `new_conn` (an http request then asks `Connection: close`).
+    pub fn with(mut self, tls: Option<TlsClient>, new_conn: bool) -> Client {
+        self.tls = tls;
+        self.new_conn = new_conn;
+        if let (true, Workload::Http { path, .. }) = (new_conn, &self.workload) {
+            self.http_batch = http::request_closing(&self.addr.to_string(), path);
+        }
+        self
+    }
+
+    /// Connects, with the TLS handshake when the run speaks TLS.
+    async fn stream(&self) -> Result<Stream, ErrorKind> {
+        let tcp = connect(self.addr, self.src).await?;
+        match &self.tls {
+            None => Ok(Stream::Plain(tcp)),
+            Some(t) => t
+                .connector
+                .connect(t.name.clone(), tcp)
+                .await
+                .map(|s| Stream::Tls(Box::new(s)))
+                .map_err(|e| ErrorKind::of_tls(&e)),
         }
     }
 
     /// Opens a connection ready for operations (greet: the greeting read; ws: the
     /// upgrade done).
     pub async fn open(&self) -> Result<Conn, ErrorKind> {
-        let mut stream = connect(self.addr, self.src).await?;
+        let mut stream = self.stream().await?;
         match &self.workload {
             Workload::Greet => {
                 let mut buf = Vec::with_capacity(64);
@@ -214,7 +364,7 @@ impl Client {
         mut done: impl FnMut(),
     ) -> Result<(), ErrorKind> {
         if let Workload::Hello = self.workload {
-            let mut stream = connect(self.addr, self.src).await?;
+            let mut stream = self.stream().await?;
             stream
                 .write_all(&self.msg)
                 .await
@@ -254,6 +404,10 @@ impl Client {
         };
         if close {
             *conn = None;
+        } else if self.new_conn {
+            if let Some(c) = conn.take() {
+                c.close().await;
+            }
         }
         Ok(())
     }
@@ -337,7 +491,7 @@ impl Client {
 }
 
 /// Reads more bytes into `buf` (at most 64 KiB held); returns how many (0 = EOF).
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, ErrorKind> {
+async fn read_more(s: &mut Stream, buf: &mut Vec<u8>) -> Result<usize, ErrorKind> {
     if buf.len() > 64 * 1024 {
         return Err(ErrorKind::WrongReply);
     }
@@ -348,11 +502,7 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<usize, ErrorK
 }
 
 /// Reads until `want.len()` bytes are buffered and checks them against `want`.
-async fn read_exact_reply(
-    s: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    want: &[u8],
-) -> Result<(), ErrorKind> {
+async fn read_exact_reply(s: &mut Stream, buf: &mut Vec<u8>, want: &[u8]) -> Result<(), ErrorKind> {
     while buf.len() < want.len() {
         // A partial reply that already differs is wrong: no need to wait for the rest.
         check_reply(&buf[..], &want[..buf.len()])?;

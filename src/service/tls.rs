@@ -1,32 +1,42 @@
 //! TLS as a session that wraps another session, written once for every service.
 //!
-//! [`Tls`] wraps any [`Service`]; its [`TlsSession`] drives a
-//! [`rustls::ServerConnection`] sans-IO: the ciphertext the model read goes into
-//! `read_tls` and `process_new_packets`, the plaintext that comes out is handed to the
-//! inner session's `read`, and whatever the inner session writes is encrypted through
-//! `writer` and `write_tls` into the model's output buffer. The inner session gets a
-//! [`Cx`] over the wrapper's own plaintext buffer and the model's mailbox, clock and
-//! limits, so it cannot tell it is encrypted, and no model learns about TLS.
+//! [`Tls`] wraps any [`Service`]; its [`TlsSession`] drives rustls's unbuffered
+//! [`UnbufferedServerConnection`] sans-IO: the ciphertext the model read is appended
+//! to the wrapper's own input buffer and decrypted there in place
+//! (`process_tls_records`), the plaintext that comes out is handed to the inner
+//! session's `read`, and whatever the inner session writes is encrypted straight into
+//! the model's output buffer. The inner session gets a [`Cx`] over the wrapper's own
+//! plaintext buffer and the model's mailbox, clock and limits, so it cannot tell it is
+//! encrypted, and no model learns about TLS.
 //!
-//! Bounds: rustls holds at most one record of ciphertext and 16 KiB of plaintext on
-//! the way in (its own limits; the wrapper empties both on every call) and
-//! [`TLS_BUFFER_LIMIT`] on the way out; the plaintext waiting for the inner session is
-//! bounded by the model's input limit, like any session's input. A client that has
-//! not finished its handshake within the handshake timeout is dropped, and one that
-//! speaks anything but TLS gets an alert and a close.
+//! Why the unbuffered API: rustls's buffered `ServerConnection` keeps a 4 KiB read
+//! buffer for the life of a connection (it resizes it to 4 KiB at every read and never
+//! frees it), which was half of an idle TLS connection's memory (8.39 KiB against 1.10
+//! plaintext). Here every buffer is the wrapper's, and each is freed when it empties,
+//! so an idle connection holds rustls's keys and state and nothing else.
+//!
+//! Bounds: the ciphertext held is at most one unfinished record (16 KiB and its
+//! header; a handshake message at most 64 KiB, rustls's own limits), the plaintext
+//! waiting for the inner session is bounded by the model's input limit, like any
+//! session's input, and the inner session's output waits here only until the
+//! handshake completes. The wrapper's buffers are charged to the server's
+//! `--max-buffered` budget exactly as the engine charges a plaintext connection's
+//! pending input: the engine sees the ciphertext consumed at once, so without the
+//! charge a client holding an unfinished line would hold it beyond the budget only
+//! because it is encrypted. A connection whose buffers would pass the budget is told
+//! the server is busy and closed. A client that has not finished its handshake within
+//! the handshake timeout is dropped, and one that speaks anything but TLS gets an
+//! alert and a close.
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{ServerConfig, ServerConnection};
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use rustls::ServerConfig;
 
 use super::{ConnInfo, Cx, Goodbye, Service, Session};
-
-/// Bytes of plaintext (before the handshake) and of encrypted records rustls may hold
-/// for sending. The wrapper moves records out after every write, so this bounds one
-/// write's worth; the model bounds what waits in the socket's output.
-pub const TLS_BUFFER_LIMIT: usize = 64 * 1024;
+use crate::base::Held;
 
 /// A service spoken over TLS: every session of `S` wrapped in a [`TlsSession`].
 pub struct Tls<S: Service> {
@@ -62,11 +72,8 @@ impl<S: Service> Service for Tls<S> {
         // Making a server connection fails only for a configuration rustls rejects
         // (no protocol version in common with its provider), which the serve layer
         // builds from rustls's own safe defaults; the session then closes at once.
-        let tls = match ServerConnection::new(self.config.clone()) {
-            Ok(mut c) => {
-                c.set_buffer_limit(Some(TLS_BUFFER_LIMIT));
-                Some(Box::new(c))
-            }
+        let tls = match UnbufferedServerConnection::new(self.config.clone()) {
+            Ok(c) => Some(Box::new(c)),
             Err(e) => {
                 tracing::error!("TLS: cannot start a server connection: {e}");
                 None
@@ -77,12 +84,17 @@ impl<S: Service> Service for Tls<S> {
             tls,
             handshake_timeout: self.handshake_timeout,
             handshake_deadline: None,
+            cipher_in: Vec::new(),
             plain_in: Vec::new(),
             plain_out: Vec::new(),
             inner_closing: false,
             inner_eof: false,
+            peer_closed: false,
+            handshake_done: false,
             deferred: None,
             close_sent: false,
+            held: Held::new(),
+            over_budget: false,
         }
     }
 }
@@ -92,31 +104,115 @@ pub struct TlsSession<S: Session> {
     inner: S,
     /// Boxed: the connection is large and this session lives in every model's
     /// per-connection state. `None` once the connection failed.
-    tls: Option<Box<ServerConnection>>,
+    tls: Option<Box<UnbufferedServerConnection>>,
     handshake_timeout: Duration,
     /// Set at `open`, cleared when the handshake completes.
     handshake_deadline: Option<Instant>,
+    /// Ciphertext received and not yet processed: an unfinished record.
+    cipher_in: Vec<u8>,
     /// Plaintext received and not yet consumed by the inner session.
     plain_in: Vec<u8>,
-    /// Plaintext the inner session wrote and rustls has not taken yet.
+    /// Plaintext the inner session wrote and that is not encrypted yet (before the
+    /// handshake completes).
     plain_out: Vec<u8>,
     inner_closing: bool,
     /// The inner session was told of the client's end (close_notify or TCP EOF).
     inner_eof: bool,
+    /// The client sent its close_notify.
+    peer_closed: bool,
+    handshake_done: bool,
     /// A goodbye asked for during the handshake, said once it completes (a refused
     /// client is told why in its own protocol, which needs the handshake first).
     deferred: Option<Goodbye>,
     close_sent: bool,
+    /// What the buffers above hold, charged to the `--max-buffered` budget.
+    held: Held,
+    /// The buffers once passed the budget: the client was told busy.
+    over_budget: bool,
+}
+
+/// What one turn of rustls's state machine asked for.
+enum Step {
+    /// Plaintext arrived: hand it to the inner session, then turn again.
+    Plaintext,
+    /// Records were written or state changed: turn again.
+    Again,
+    /// Nothing more to do until more bytes (or output) come.
+    Idle,
+    /// The connection failed; it is closed.
+    Failed,
+}
+
+/// Appends what `write` puts in a buffer of the size it asks for to `out`: a first try
+/// with `guess` bytes, a second with the size its error names.
+fn append<E>(
+    out: &mut Vec<u8>,
+    guess: usize,
+    mut write: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    required: impl Fn(&E) -> Option<usize>,
+) -> Result<(), E> {
+    let start = out.len();
+    out.resize(start + guess, 0);
+    match write(&mut out[start..]) {
+        Ok(n) => {
+            out.truncate(start + n);
+            Ok(())
+        }
+        Err(e) => match required(&e) {
+            Some(size) => {
+                out.resize(start + size, 0);
+                let r = write(&mut out[start..]);
+                out.truncate(start + *r.as_ref().unwrap_or(&0));
+                r.map(|_| ())
+            }
+            None => {
+                out.truncate(start);
+                Err(e)
+            }
+        },
+    }
+}
+
+fn encode_size(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    }
+}
+
+fn encrypt_size(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Some(*required_size)
+        }
+        _ => None,
+    }
+}
+
+/// Room for `n` bytes of plaintext as records: a header, a content type and a tag
+/// for every 16 KiB (TLS 1.2's explicit nonce included).
+fn sealed_size(n: usize) -> usize {
+    n + n.div_ceil(16 * 1024).max(1) * 40
+}
+
+/// Frees an emptied buffer: an idle connection should hold no buffer.
+fn release(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = Vec::new();
+    }
 }
 
 impl<S: Session> TlsSession<S> {
     /// Whether the TLS handshake has completed.
     pub fn is_handshake_done(&self) -> bool {
-        self.tls.as_ref().is_some_and(|t| !t.is_handshaking())
+        self.handshake_done
     }
 
     /// Runs `f` on the inner session with a context over the wrapper's plaintext
-    /// output and the model's mailbox, clock and limits, then encrypts what it wrote.
+    /// output and the model's mailbox, clock and limits; what it wrote is encrypted by
+    /// the next [`TlsSession::drive`].
     fn with_inner<R>(
         &mut self,
         cx: &mut Cx<'_, S::Event>,
@@ -136,51 +232,178 @@ impl<S: Session> TlsSession<S> {
         let r = f(&mut self.inner, &mut icx);
         let answers = icx.answers();
         cx.add_answers(answers);
-        self.flush(cx);
         r
     }
 
-    /// Encrypts the inner session's plaintext into the model's output, and ends the
-    /// TLS session (close_notify, then close) once the inner session closed and all
-    /// its output is out.
-    fn flush(&mut self, cx: &mut Cx<'_, S::Event>) {
+    /// One turn of rustls's state machine over the ciphertext held: records to send
+    /// go into the model's output, plaintext into `plain_in`, and once the handshake
+    /// is done the inner session's output is encrypted (and a close_notify follows
+    /// its close).
+    fn step(&mut self, cx: &mut Cx<'_, S::Event>) -> Step {
         let Some(tls) = self.tls.as_mut() else {
-            cx.close();
-            return;
+            return Step::Failed;
         };
-        let mut sent = 0;
-        while sent < self.plain_out.len() {
-            match tls.writer().write(&self.plain_out[sent..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => sent += n,
+        let status = tls.process_tls_records(&mut self.cipher_in);
+        let mut discard = status.discard;
+        let mut error = None;
+        let step = match status.state {
+            Err(e) => {
+                error = Some(e);
+                Step::Failed
             }
-            write_records(tls, cx.out);
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(record) = r.next_record() {
+                    match record {
+                        Ok(record) => {
+                            discard += record.discard;
+                            self.plain_in.extend_from_slice(record.payload);
+                        }
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if error.is_some() {
+                    Step::Failed
+                } else {
+                    Step::Plaintext
+                }
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                match append(cx.out, 1024, |b| e.encode(b), encode_size) {
+                    Ok(()) => Step::Again,
+                    Err(_) => Step::Failed,
+                }
+            }
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                // The records are in the model's output: it sends them in order.
+                t.done();
+                Step::Again
+            }
+            Ok(ConnectionState::BlockedHandshake) => Step::Idle,
+            Ok(ConnectionState::PeerClosed) => {
+                self.peer_closed = true;
+                Step::Again
+            }
+            Ok(ConnectionState::Closed) => Step::Idle,
+            Ok(ConnectionState::WriteTraffic(mut w)) => {
+                self.handshake_done = true;
+                let mut ok = true;
+                if !self.plain_out.is_empty() && self.deferred.is_none() {
+                    let plain = &self.plain_out;
+                    ok = append(
+                        cx.out,
+                        sealed_size(plain.len()),
+                        |b| w.encrypt(plain, b),
+                        encrypt_size,
+                    )
+                    .is_ok();
+                    self.plain_out.clear();
+                }
+                if ok && self.inner_closing && !self.close_sent && self.plain_out.is_empty() {
+                    ok = append(cx.out, 64, |b| w.queue_close_notify(b), encrypt_size).is_ok();
+                    self.close_sent = true;
+                }
+                if ok {
+                    Step::Idle
+                } else {
+                    Step::Failed
+                }
+            }
+            // Early data is never accepted (the configuration allows none).
+            Ok(_) => Step::Failed,
+        };
+        self.cipher_in.drain(..discard.min(self.cipher_in.len()));
+        if let Step::Failed = step {
+            let alert = self.fail(cx);
+            let peer = cx.conn().peer;
+            match (error, alert) {
+                (Some(e), true) => tracing::warn!("TLS: {e} from {peer}; alert sent, closing"),
+                (Some(e), false) => tracing::warn!("TLS: {e} from {peer}; closing"),
+                (None, _) => tracing::warn!("TLS: cannot write records to {peer}; closing"),
+            }
         }
-        self.plain_out.drain(..sent);
-        release(&mut self.plain_out);
-        write_records(tls, cx.out);
-        if self.inner_closing
-            && !self.close_sent
-            && self.plain_out.is_empty()
-            && !tls.is_handshaking()
-        {
-            tls.send_close_notify();
-            write_records(tls, cx.out);
-            self.close_sent = true;
-            cx.close();
+        step
+    }
+
+    /// Turns rustls's state machine until it waits for the client, handing plaintext
+    /// to the inner session as it comes; then frees what emptied and charges what is
+    /// held to the budget (a goodbye said for passing it takes one more round).
+    fn drive(&mut self, cx: &mut Cx<'_, S::Event>) {
+        for _ in 0..2 {
+            if !self.turn(cx) {
+                return;
+            }
+            release(&mut self.cipher_in);
+            release(&mut self.plain_in);
+            release(&mut self.plain_out);
+            if !self.charge(cx) {
+                return;
+            }
         }
     }
 
-    /// The connection failed (a TLS error, a timeout): send what rustls queued (an
-    /// alert) and close without involving the inner session.
-    fn fail(&mut self, cx: &mut Cx<'_, S::Event>) {
+    /// [`TlsSession::drive`]'s turns; false when the connection failed.
+    fn turn(&mut self, cx: &mut Cx<'_, S::Event>) -> bool {
+        // Each step consumes ciphertext, writes records or hands plaintext on; a bound
+        // no well-behaved connection reaches keeps a bug from spinning.
+        for _ in 0..10_000 {
+            let was_done = self.handshake_done;
+            let step = self.step(cx);
+            if !was_done && self.handshake_done {
+                self.on_handshake(cx);
+            }
+            match step {
+                Step::Failed => return false,
+                Step::Plaintext => self.deliver(cx),
+                Step::Again => {}
+                Step::Idle => {
+                    if self.peer_closed && !self.inner_eof {
+                        self.eof_inner(cx);
+                        continue;
+                    }
+                    if self.inner_closing && !self.close_sent && self.handshake_done {
+                        continue;
+                    }
+                    break;
+                }
+            }
+            if self.tls.is_none() {
+                return false;
+            }
+        }
+        if self.close_sent {
+            cx.close();
+        }
+        true
+    }
+
+    /// The connection failed (a TLS error, a timeout): send the alert rustls queued,
+    /// if any, and close without involving the inner session. Returns whether an
+    /// alert was written.
+    fn fail(&mut self, cx: &mut Cx<'_, S::Event>) -> bool {
+        let before = cx.out.len();
         if let Some(tls) = self.tls.as_mut() {
-            write_records(tls, cx.out);
+            // After an error rustls hands out the alert it queued before anything
+            // else; asked for more it would read records again, so only while one waits.
+            while tls.wants_write() {
+                let status = tls.process_tls_records(&mut self.cipher_in);
+                let Ok(ConnectionState::EncodeTlsData(mut e)) = status.state else {
+                    break;
+                };
+                if append(cx.out, 64, |b| e.encode(b), encode_size).is_err() {
+                    break;
+                }
+            }
         }
         self.tls = None;
+        self.cipher_in = Vec::new();
         self.plain_in = Vec::new();
         self.plain_out = Vec::new();
+        cx.hold(&mut self.held, 0);
         cx.close();
+        cx.out.len() > before
     }
 
     /// The handshake just completed: log it, and say a goodbye that waited for it.
@@ -204,6 +427,7 @@ impl<S: Session> TlsSession<S> {
     /// Hands the plaintext received so far to the inner session.
     fn deliver(&mut self, cx: &mut Cx<'_, S::Event>) {
         if self.plain_in.is_empty() || self.inner_closing || self.deferred.is_some() {
+            self.plain_in.clear();
             return;
         }
         let input = std::mem::take(&mut self.plain_in);
@@ -211,7 +435,7 @@ impl<S: Session> TlsSession<S> {
         self.plain_in = input;
         self.plain_in.drain(..n.min(self.plain_in.len()));
         if self.inner_closing {
-            self.plain_in = Vec::new();
+            self.plain_in.clear();
         } else if n == 0 && self.plain_in.len() >= cx.input_limit {
             tracing::warn!(
                 "TLS: session consumed none of {} bytes of input; closing",
@@ -219,23 +443,46 @@ impl<S: Session> TlsSession<S> {
             );
             self.fail(cx);
         }
-        release(&mut self.plain_in);
     }
-}
 
-/// Moves every record rustls has ready into `out` (writing to a `Vec` cannot fail).
-fn write_records(tls: &mut ServerConnection, out: &mut Vec<u8>) {
-    while tls.wants_write() {
-        if tls.write_tls(out).is_err() {
-            break;
+    /// Charges what the wrapper's buffers hold to the server's budget. Past it, the
+    /// held input is dropped and the client told the server is busy (in its own
+    /// protocol, through the inner session), as the engine does for plaintext input;
+    /// a connection past it again after that is closed at once. True when the goodbye
+    /// was said and waits to be encrypted.
+    fn charge(&mut self, cx: &mut Cx<'_, S::Event>) -> bool {
+        if self.tls.is_none() {
+            return false;
         }
+        let bytes = self.cipher_in.len() + self.plain_in.len() + self.plain_out.len();
+        if cx.hold(&mut self.held, bytes) {
+            return false;
+        }
+        tracing::warn!(
+            "TLS: {bytes} bytes buffered for {} pass the server's budget; closing",
+            cx.conn().peer
+        );
+        self.plain_in = Vec::new();
+        if self.over_budget || !self.handshake_done || self.inner_closing {
+            self.fail(cx);
+            return false;
+        }
+        self.over_budget = true;
+        self.with_inner(cx, |s, icx| s.goodbye(Goodbye::Busy, icx));
+        true
     }
-}
 
-/// Frees an emptied buffer: an idle connection should hold no plaintext buffer.
-fn release(buf: &mut Vec<u8>) {
-    if buf.is_empty() && buf.capacity() > 0 {
-        *buf = Vec::new();
+    /// Tells the inner session the client's end came (a close_notify, or TCP EOF).
+    fn eof_inner(&mut self, cx: &mut Cx<'_, S::Event>) {
+        if self.inner_eof {
+            return;
+        }
+        self.inner_eof = true;
+        if !self.handshake_done || self.deferred.is_some() {
+            cx.close();
+            return;
+        }
+        self.with_inner(cx, |s, icx| s.eof(icx));
     }
 }
 
@@ -244,92 +491,36 @@ impl<S: Session> Session for TlsSession<S> {
 
     fn open(&mut self, cx: &mut Cx<'_, S::Event>) {
         self.handshake_deadline = Some(cx.now() + self.handshake_timeout);
-        // A greeting written now waits in rustls until the handshake completes.
+        // A greeting written now waits until the handshake completes.
         self.with_inner(cx, |s, icx| s.open(icx));
+        if self.charge(cx) {
+            self.fail(cx);
+        }
     }
 
     fn read(&mut self, input: &[u8], cx: &mut Cx<'_, S::Event>) -> usize {
-        let mut consumed = 0;
-        while consumed < input.len() {
-            if cx.is_closing() || self.close_sent {
-                return input.len();
-            }
-            let Some(tls) = self.tls.as_mut() else {
-                return input.len();
-            };
-            let was_handshaking = tls.is_handshaking();
-            let mut rest = &input[consumed..];
-            match tls.read_tls(&mut rest) {
-                Ok(0) => {
-                    // After a close_notify nothing more is read; a record header
-                    // rustls refused also reads as nothing, and the error says why.
-                    match tls.process_new_packets() {
-                        Err(e) => {
-                            tracing::warn!("TLS: {e} from {}; closing", cx.conn().peer);
-                            self.fail(cx);
-                        }
-                        Ok(_) => self.eof(cx),
-                    }
-                    return input.len();
-                }
-                Ok(n) => consumed += n,
-                Err(e) => {
-                    tracing::warn!("TLS: {e} from {}; closing", cx.conn().peer);
-                    self.fail(cx);
-                    return input.len();
-                }
-            }
-            let state = match tls.process_new_packets() {
-                Ok(state) => state,
-                Err(e) => {
-                    tracing::warn!("TLS: {e} from {}; alert sent, closing", cx.conn().peer);
-                    self.fail(cx);
-                    return input.len();
-                }
-            };
-            let n = state.plaintext_bytes_to_read();
-            if n > 0 {
-                let start = self.plain_in.len();
-                self.plain_in.resize(start + n, 0);
-                if tls
-                    .reader()
-                    .read_exact(&mut self.plain_in[start..])
-                    .is_err()
-                {
-                    self.plain_in.truncate(start);
-                }
-            }
-            let peer_closed = state.peer_has_closed();
-            write_records(tls, cx.out);
-            if was_handshaking && !tls.is_handshaking() {
-                self.on_handshake(cx);
-            }
-            self.deliver(cx);
-            if peer_closed {
-                self.eof(cx);
-                return input.len();
-            }
+        if self.tls.is_none() || self.close_sent || cx.is_closing() || self.peer_closed {
+            return input.len();
         }
-        // Plaintext written before the handshake completed, or by a deferred goodbye.
-        self.flush(cx);
-        consumed
+        self.cipher_in.extend_from_slice(input);
+        self.drive(cx);
+        input.len()
     }
 
     fn eof(&mut self, cx: &mut Cx<'_, S::Event>) {
         if self.inner_eof {
             return;
         }
-        self.inner_eof = true;
-        if !self.is_handshake_done() || self.deferred.is_some() {
-            cx.close();
-            return;
+        self.eof_inner(cx);
+        if self.tls.is_some() && !cx.is_closing() {
+            self.drive(cx);
         }
-        self.with_inner(cx, |s, icx| s.eof(icx));
     }
 
     fn event(&mut self, event: S::Event, cx: &mut Cx<'_, S::Event>) {
         if self.tls.is_some() {
             self.with_inner(cx, |s, icx| s.event(event, icx));
+            self.drive(cx);
         }
     }
 
@@ -341,7 +532,7 @@ impl<S: Session> Session for TlsSession<S> {
     }
 
     fn idle_ok(&self) -> bool {
-        self.is_handshake_done() && self.inner.idle_ok()
+        self.handshake_done && self.inner.idle_ok()
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_, S::Event>) {
@@ -357,6 +548,7 @@ impl<S: Session> Session for TlsSession<S> {
         }
         if self.inner.deadline().is_some_and(|d| now >= d) {
             self.with_inner(cx, |s, icx| s.timeout(icx));
+            self.drive(cx);
         }
     }
 
@@ -365,7 +557,7 @@ impl<S: Session> Session for TlsSession<S> {
             cx.close();
             return;
         }
-        if !self.is_handshake_done() {
+        if !self.handshake_done {
             if why.is_refusal() {
                 // Finish the handshake (bounded by its timeout) to say why.
                 self.deferred = Some(why);
@@ -375,6 +567,7 @@ impl<S: Session> Session for TlsSession<S> {
             return;
         }
         self.with_inner(cx, |s, icx| s.goodbye(why, icx));
+        self.drive(cx);
     }
 }
 
@@ -386,6 +579,7 @@ mod tests {
     use crate::service::{ack, greet, Harness};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::io::{Read, Write};
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod chat;
+pub mod lines;
 pub mod redis;
 
 use std::io::{BufRead, BufReader, Read, Write};
