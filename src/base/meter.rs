@@ -200,7 +200,9 @@ struct Hist {
 impl Hist {
     #[inline]
     fn record(&self, scale: &Scale, n: u64, took: u64) {
-        self.buckets[scale.bucket(took)].fetch_add(n, Ordering::Relaxed);
+        // The bucket is at most `+Inf`'s: `min` says so to the compiler for free.
+        let i = scale.bucket(took).min(BUCKETS - 1);
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
         self.sum.fetch_add(took * n, Ordering::Relaxed);
     }
 
@@ -214,11 +216,16 @@ impl Hist {
 
 /// The bucket bounds in ticks, and how to find a duration's bucket from its bit length.
 struct Scale {
-    /// [`BOUNDS`] in ticks, then `u64::MAX` for `+Inf`.
-    bounds: [u64; BUCKETS],
     /// By bit length (0 to 64): the first bucket whose bound is at or above the
-    /// smallest duration of that length.
-    first: [u8; 65],
+    /// smallest duration of that length, and that bound in ticks (`u64::MAX` for
+    /// `+Inf`).
+    steps: [Step; 65],
+}
+
+#[derive(Clone, Copy)]
+struct Step {
+    bound: u64,
+    first: usize,
 }
 
 impl Scale {
@@ -232,27 +239,29 @@ impl Scale {
         for (b, s) in bounds.iter_mut().zip(BOUNDS) {
             *b = (s * per_second) as u64;
         }
-        let mut first = [0; 65];
-        for (len, f) in first.iter_mut().enumerate() {
+        let mut steps = [Step { bound: 0, first: 0 }; 65];
+        for (len, step) in steps.iter_mut().enumerate() {
             let least = if len == 0 { 0 } else { 1u64 << (len - 1) };
-            *f = bounds
+            let first = bounds
                 .iter()
                 .position(|&b| b >= least)
-                .unwrap_or(BUCKETS - 1) as u8;
+                .unwrap_or(BUCKETS - 1);
+            *step = Step {
+                bound: bounds[first],
+                first,
+            };
         }
-        Scale { bounds, first }
+        Scale { steps }
     }
 
-    /// The bucket of a duration of `took` ticks: the first whose bound holds it. The
-    /// loop runs once or twice: a power-of-two range holds at most one bound when they
-    /// are at least twice apart, and a slower counter only makes it run further.
+    /// The bucket of a duration of `took` ticks: the first whose bound holds it. One
+    /// comparison is enough: consecutive bounds are at least twice apart (and so in
+    /// ticks, rounded down), so a range from 2^k to 2^(k+1) - 1 holds at most one
+    /// bound; a duration of that range over it belongs to the next.
     #[inline]
     fn bucket(&self, took: u64) -> usize {
-        let mut i = usize::from(self.first[(u64::BITS - took.leading_zeros()) as usize]);
-        while took > self.bounds[i] {
-            i += 1;
-        }
-        i
+        let step = self.steps[(u64::BITS - took.leading_zeros()) as usize];
+        step.first + usize::from(took > step.bound)
     }
 }
 
@@ -302,14 +311,14 @@ struct MeterShard {
 /// by [`Answer`] kind.
 pub struct Meter {
     scale: Scale,
-    shards: Box<[MeterShard]>,
+    shards: Box<[MeterShard; SHARDS]>,
 }
 
 impl Default for Meter {
     fn default() -> Self {
         Meter {
             scale: Scale::new(),
-            shards: (0..SHARDS).map(|_| MeterShard::default()).collect(),
+            shards: Box::new(std::array::from_fn(|_| MeterShard::default())),
         }
     }
 }
@@ -346,7 +355,7 @@ impl Meter {
     }
 
     /// Adds a connection's report: one shard lookup for its bytes and its answers.
-    #[inline]
+    #[inline(always)]
     pub fn report(&self, r: Report) {
         let s = self.shard();
         s.bytes_in.fetch_add(r.bytes_in, Ordering::Relaxed);
@@ -455,9 +464,24 @@ mod tests {
         assert_eq!(m.latency(Answer::Request).count(), 0);
     }
 
+    /// The bounds in ticks at `per_second`, as the `le` labels say them.
+    fn bounds(per_second: f64) -> Vec<u64> {
+        BOUNDS.iter().map(|s| (s * per_second) as u64).collect()
+    }
+
     /// The bucket a scan of the bounds finds: the first whose bound holds `took`.
-    fn scanned(scale: &Scale, took: u64) -> usize {
-        scale.bounds.iter().position(|&b| took <= b).unwrap()
+    fn scanned(bounds: &[u64], took: u64) -> usize {
+        bounds
+            .iter()
+            .position(|&b| took <= b)
+            .unwrap_or(BOUNDS.len())
+    }
+
+    #[test]
+    fn consecutive_bounds_are_at_least_twice_apart_as_one_comparison_needs() {
+        for w in BOUNDS.windows(2) {
+            assert!(w[1] >= 2.0 * w[0], "{} then {}", w[0], w[1]);
+        }
     }
 
     #[test]
@@ -476,13 +500,14 @@ mod tests {
         ];
         for per_second in rates {
             let scale = Scale::at(per_second);
-            for (i, &b) in scale.bounds[..BOUNDS.len()].iter().enumerate() {
+            let bounds = bounds(per_second);
+            for (i, &b) in bounds.iter().enumerate() {
                 assert_eq!(scale.bucket(b), i, "{per_second}/s: the bound {b} itself");
                 assert_eq!(scale.bucket(b + 1), i + 1, "{per_second}/s: just over {b}");
                 if b > 0 {
                     let under = scale.bucket(b - 1);
                     assert!(under <= i, "{per_second}/s: just under {b}");
-                    assert_eq!(under, scanned(&scale, b - 1), "{per_second}/s: {}", b - 1);
+                    assert_eq!(under, scanned(&bounds, b - 1), "{per_second}/s: {}", b - 1);
                 }
             }
             for len in 0..=64u32 {
@@ -492,7 +517,7 @@ mod tests {
                 for took in [least, most, least + (most - least) / 2] {
                     assert_eq!(
                         scale.bucket(took),
-                        scanned(&scale, took),
+                        scanned(&bounds, took),
                         "{per_second}/s: {took} ticks"
                     );
                 }
@@ -505,7 +530,7 @@ mod tests {
     #[test]
     fn a_duration_just_over_a_bound_is_counted_in_the_next_bucket_when_read() {
         let m = Meter::default();
-        let b = m.scale.bounds;
+        let b = bounds(rate().per_second);
         for (i, took) in [b[0], b[0] + 1, b[9], b[9] + 1, b[21], b[21] + 1]
             .into_iter()
             .enumerate()

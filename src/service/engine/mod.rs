@@ -292,7 +292,7 @@ impl<S: Session, L: Host> Conn<S, L> {
             Ok(total) => self.answers = (total, kind),
             Err(_) => {
                 self.answers.0 = u16::MAX;
-                self.report(0, 0, true);
+                self.report_now(0, 0, true);
                 self.count_answers(total - u32::from(u16::MAX), kind);
             }
         }
@@ -304,6 +304,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// before them. A connection reports when a batch of replies is all sent, at its
     /// idle checks, when [`REPORT_BYTES`] are unreported, and when it closes: per
     /// message, the meter costs one shard lookup, not one per read, send and answer.
+    #[inline(always)]
     pub(super) fn report(&mut self, more_in: u64, more_out: u64, sent: bool) {
         let (bytes_in, bytes_out) = std::mem::take(&mut self.unreported);
         let mut r = Report {
@@ -322,6 +323,13 @@ impl<S: Session, L: Host> Conn<S, L> {
         self.listener.stats.meter.report(r);
     }
 
+    /// [`Conn::report`] off the per-message path (kept out of line there).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn report_now(&mut self, more_in: u64, more_out: u64, sent: bool) {
+        self.report(more_in, more_out, sent);
+    }
+
     /// `n` more bytes read, reported at once if that makes [`REPORT_BYTES`].
     #[inline]
     fn count_in(&mut self, n: usize) {
@@ -329,7 +337,7 @@ impl<S: Session, L: Host> Conn<S, L> {
         if unreported < REPORT_BYTES {
             self.unreported.0 = unreported as u32;
         } else {
-            self.report(n as u64, 0, false);
+            self.report_now(n as u64, 0, false);
         }
     }
 
@@ -340,7 +348,7 @@ impl<S: Session, L: Host> Conn<S, L> {
         if unreported < REPORT_BYTES {
             self.unreported.1 = unreported as u32;
         } else {
-            self.report(0, n as u64, false);
+            self.report_now(0, n as u64, false);
         }
     }
 
@@ -575,7 +583,7 @@ impl<S: Session, L: Host> Drop for Conn<S, L> {
         }
         self.listener.budget.rehold(self.pending.len(), 0);
         if self.unreported != (0, 0) {
-            self.report(0, 0, false);
+            self.report_now(0, 0, false);
         }
         let s = &self.listener.stats;
         s.writes

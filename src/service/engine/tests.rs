@@ -125,7 +125,7 @@ fn more_unsent_answers_than_two_bytes_count_are_all_timed() {
     c.read_at = meter::ticks();
     c.count_answers(70_000, meter::Answer::Message);
     c.count_answers(70_000, meter::Answer::Message);
-    c.report(0, 0, true);
+    c.report_now(0, 0, true);
     let h = c.listener.stats.meter.latency(meter::Answer::Message);
     assert_eq!(h.count(), 140_000);
 }
