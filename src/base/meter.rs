@@ -1,21 +1,30 @@
 //! Live figures counted on the hot path: bytes in and out, and how long each answer
 //! took, as a Prometheus histogram with fixed buckets.
 //!
-//! Every message passes here, so two rules keep the cost near nothing (measured: ACK
+//! Every message passes here, so three rules keep the cost near nothing (measured: ACK
 //! instructions per round trip in BENCHMARKS.md):
 //!
+//! - **One visit per batch.** A connection counts its bytes itself and reports them
+//!   with its answers' durations in one [`Meter::report`] when a batch of replies is all
+//!   sent (and at its idle checks, past [`REPORT_BYTES`] unreported, and at close), so
+//!   an ACK round trip makes one shard lookup, not one per read, per send and per answer.
 //! - **No contended cache line.** A [`Meter`] is split into [`SHARDS`] shards of their
 //!   own cache lines, and a thread always writes the same shard (a slot number taken
 //!   once per thread). The async model's workers each get their own; the thread models'
-//!   many threads share 16 shards, each thread mostly asleep. A scrape sums the shards.
-//! - **No clock call.** Durations are measured in ticks of the CPU's time-stamp counter
-//!   (one `rdtsc`, where `clock_gettime` costs some fifty instructions), turned into
-//!   seconds with a rate measured once, over 2 ms, when the first meter is made. Where
-//!   the counter is not invariant (no `constant_tsc` and `nonstop_tsc` in
+//!   many threads share 16 shards, each thread mostly asleep, which is why the adds stay
+//!   atomic (a relaxed add is one instruction, `lock`ed, either way). A scrape sums the
+//!   shards.
+//! - **No clock call, no scan.** Durations are measured in ticks of the CPU's time-stamp
+//!   counter (one `rdtsc`, where `clock_gettime` costs some fifty instructions), turned
+//!   into seconds with a rate measured once, over 2 ms, when the first meter is made.
+//!   Where the counter is not invariant (no `constant_tsc` and `nonstop_tsc` in
 //!   `/proc/cpuinfo`) or the CPU is not x86-64, the ticks are nanoseconds of
-//!   [`Instant`]. A bucket's bound is turned into ticks once, so recording is a
-//!   subtraction, a short scan and two relaxed additions; a histogram's count is the
-//!   sum of its buckets, not a third.
+//!   [`Instant`]. A duration's bucket is found from its bit length (its leading zeros):
+//!   the bounds are turned into ticks once, and a table says, for each power of two,
+//!   the first bound at or above it. Consecutive bounds are at least twice apart, so a
+//!   power-of-two range holds at most one of them and one comparison settles the
+//!   bucket: the exposed `le` buckets are exact, not rounded to powers of two. A
+//!   histogram's count is the sum of its buckets, not a third counter.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -190,11 +199,9 @@ struct Hist {
 
 impl Hist {
     #[inline]
-    fn record(&self, bounds: &[u64; BOUNDS.len()], n: u64, took: u64) {
-        let i = bounds
-            .iter()
-            .position(|&b| took <= b)
-            .unwrap_or(BOUNDS.len());
+    fn record(&self, scale: &Scale, n: u64, took: u64) {
+        // The bucket is at most `+Inf`'s: `min` says so to the compiler for free.
+        let i = scale.bucket(took).min(BUCKETS - 1);
         self.buckets[i].fetch_add(n, Ordering::Relaxed);
         self.sum.fetch_add(took * n, Ordering::Relaxed);
     }
@@ -207,10 +214,55 @@ impl Hist {
     }
 }
 
-/// The bucket bounds in ticks.
-fn tick_bounds() -> [u64; BOUNDS.len()] {
-    let r = rate().per_second;
-    BOUNDS.map(|s| (s * r) as u64)
+/// The bucket bounds in ticks, and how to find a duration's bucket from its bit length.
+struct Scale {
+    /// By bit length (0 to 64): the first bucket whose bound is at or above the
+    /// smallest duration of that length, and that bound in ticks (`u64::MAX` for
+    /// `+Inf`).
+    steps: [Step; 65],
+}
+
+#[derive(Clone, Copy)]
+struct Step {
+    bound: u64,
+    first: usize,
+}
+
+impl Scale {
+    fn new() -> Scale {
+        Scale::at(rate().per_second)
+    }
+
+    /// The scale for a counter of `per_second` ticks per second.
+    fn at(per_second: f64) -> Scale {
+        let mut bounds = [u64::MAX; BUCKETS];
+        for (b, s) in bounds.iter_mut().zip(BOUNDS) {
+            *b = (s * per_second) as u64;
+        }
+        let mut steps = [Step { bound: 0, first: 0 }; 65];
+        for (len, step) in steps.iter_mut().enumerate() {
+            let least = if len == 0 { 0 } else { 1u64 << (len - 1) };
+            let first = bounds
+                .iter()
+                .position(|&b| b >= least)
+                .unwrap_or(BUCKETS - 1);
+            *step = Step {
+                bound: bounds[first],
+                first,
+            };
+        }
+        Scale { steps }
+    }
+
+    /// The bucket of a duration of `took` ticks: the first whose bound holds it. One
+    /// comparison is enough: consecutive bounds are at least twice apart (and so in
+    /// ticks, rounded down), so a range from 2^k to 2^(k+1) - 1 holds at most one
+    /// bound; a duration of that range over it belongs to the next.
+    #[inline]
+    fn bucket(&self, took: u64) -> usize {
+        let step = self.steps[(u64::BITS - took.leading_zeros()) as usize];
+        step.first + usize::from(took > step.bound)
+    }
 }
 
 /// One histogram read from every shard.
@@ -241,6 +293,12 @@ impl Latency {
     }
 }
 
+/// Bytes a connection may move before it reports them without waiting for the end of
+/// its batch of replies (a long upload with no reply, a long download to a slow
+/// reader): what the meter has not been told stays under this per connection, plus
+/// what moved since its last idle check.
+pub const REPORT_BYTES: u64 = 64 * 1024;
+
 #[repr(align(128))]
 #[derive(Default)]
 struct MeterShard {
@@ -252,15 +310,15 @@ struct MeterShard {
 /// One listener's live figures: bytes in, bytes out, and the duration of each answer
 /// by [`Answer`] kind.
 pub struct Meter {
-    bounds: [u64; BOUNDS.len()],
-    shards: Box<[MeterShard]>,
+    scale: Scale,
+    shards: Box<[MeterShard; SHARDS]>,
 }
 
 impl Default for Meter {
     fn default() -> Self {
         Meter {
-            bounds: tick_bounds(),
-            shards: (0..SHARDS).map(|_| MeterShard::default()).collect(),
+            scale: Scale::new(),
+            shards: Box::new(std::array::from_fn(|_| MeterShard::default())),
         }
     }
 }
@@ -274,30 +332,42 @@ impl std::fmt::Debug for Meter {
     }
 }
 
+/// What a connection reports to its listener's [`Meter`] at once: the bytes it moved
+/// since its last report, and the answers whose replies were all sent since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Answers sent, all of kind `kind`.
+    pub answers: u64,
+    /// The kind of the answers.
+    pub kind: Answer,
+    /// How long each answer took, in [`ticks`].
+    pub took: u64,
+}
+
 impl Meter {
     #[inline]
     fn shard(&self) -> &MeterShard {
         &self.shards[slot() % SHARDS]
     }
 
-    /// `n` bytes were read.
-    #[inline]
-    pub fn add_in(&self, n: usize) {
-        self.shard().bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// `n` bytes were written.
-    #[inline]
-    pub fn add_out(&self, n: usize) {
-        self.shard()
-            .bytes_out
-            .fetch_add(n as u64, Ordering::Relaxed);
+    /// Adds a connection's report: one shard lookup for its bytes and its answers.
+    #[inline(always)]
+    pub fn report(&self, r: Report) {
+        let s = self.shard();
+        s.bytes_in.fetch_add(r.bytes_in, Ordering::Relaxed);
+        s.bytes_out.fetch_add(r.bytes_out, Ordering::Relaxed);
+        if r.answers > 0 {
+            s.answers[r.kind as usize].record(&self.scale, r.answers, r.took);
+        }
     }
 
     /// `n` answers of kind `kind` took `took` ticks each.
-    #[inline]
     pub fn answered(&self, kind: Answer, n: u64, took: u64) {
-        self.shard().answers[kind as usize].record(&self.bounds, n, took);
+        self.shard().answers[kind as usize].record(&self.scale, n, took);
     }
 
     /// Bytes read so far.
@@ -332,14 +402,14 @@ struct HistShard(Hist);
 
 /// A histogram of durations on its own, sharded like a [`Meter`] (the chat's fan-out).
 pub struct Histogram {
-    bounds: [u64; BOUNDS.len()],
+    scale: Scale,
     shards: Box<[HistShard]>,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
-            bounds: tick_bounds(),
+            scale: Scale::new(),
             shards: (0..SHARDS).map(|_| HistShard::default()).collect(),
         }
     }
@@ -357,7 +427,7 @@ impl Histogram {
     /// One duration of `took` ticks.
     #[inline]
     pub fn record(&self, took: u64) {
-        self.shards[slot() % SHARDS].0.record(&self.bounds, 1, took);
+        self.shards[slot() % SHARDS].0.record(&self.scale, 1, took);
     }
 
     /// Every shard summed.
@@ -394,6 +464,89 @@ mod tests {
         assert_eq!(m.latency(Answer::Request).count(), 0);
     }
 
+    /// The bounds in ticks at `per_second`, as the `le` labels say them.
+    fn bounds(per_second: f64) -> Vec<u64> {
+        BOUNDS.iter().map(|s| (s * per_second) as u64).collect()
+    }
+
+    /// The bucket a scan of the bounds finds: the first whose bound holds `took`.
+    fn scanned(bounds: &[u64], took: u64) -> usize {
+        bounds
+            .iter()
+            .position(|&b| took <= b)
+            .unwrap_or(BOUNDS.len())
+    }
+
+    #[test]
+    fn consecutive_bounds_are_at_least_twice_apart_as_one_comparison_needs() {
+        for w in BOUNDS.windows(2) {
+            assert!(w[1] >= 2.0 * w[0], "{} then {}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn every_bound_and_its_neighbours_land_in_the_le_bucket_a_scan_finds() {
+        // The machine's own counter, nanoseconds (no invariant counter), and counters
+        // from 1 MHz to 10 GHz, odd rates included so that bounds fall anywhere in their
+        // power-of-two range.
+        let rates = [
+            rate().per_second,
+            1e9,
+            1e6,
+            3.3e6,
+            2.2e8,
+            2_904_123_456.0,
+            1e10,
+        ];
+        for per_second in rates {
+            let scale = Scale::at(per_second);
+            let bounds = bounds(per_second);
+            for (i, &b) in bounds.iter().enumerate() {
+                assert_eq!(scale.bucket(b), i, "{per_second}/s: the bound {b} itself");
+                assert_eq!(scale.bucket(b + 1), i + 1, "{per_second}/s: just over {b}");
+                if b > 0 {
+                    let under = scale.bucket(b - 1);
+                    assert!(under <= i, "{per_second}/s: just under {b}");
+                    assert_eq!(under, scanned(&bounds, b - 1), "{per_second}/s: {}", b - 1);
+                }
+            }
+            for len in 0..=64u32 {
+                // The ends of every power-of-two range, and its middle.
+                let least = if len == 0 { 0 } else { 1u64 << (len - 1) };
+                let most = if len == 0 { 0 } else { least | (least - 1) };
+                for took in [least, most, least + (most - least) / 2] {
+                    assert_eq!(
+                        scale.bucket(took),
+                        scanned(&bounds, took),
+                        "{per_second}/s: {took} ticks"
+                    );
+                }
+            }
+            assert_eq!(scale.bucket(u64::MAX), BOUNDS.len(), "the longest is +Inf");
+            assert_eq!(scale.bucket(0), 0);
+        }
+    }
+
+    #[test]
+    fn a_duration_just_over_a_bound_is_counted_in_the_next_bucket_when_read() {
+        let m = Meter::default();
+        let b = bounds(rate().per_second);
+        for (i, took) in [b[0], b[0] + 1, b[9], b[9] + 1, b[21], b[21] + 1]
+            .into_iter()
+            .enumerate()
+        {
+            m.answered(Answer::Request, i as u64 + 1, took);
+        }
+        let h = m.latency(Answer::Request);
+        assert_eq!(h.buckets[0], 1, "1 µs itself is le 1 µs");
+        assert_eq!(h.buckets[1], 2, "just over 1 µs is le 2.5 µs");
+        assert_eq!(h.buckets[9], 3, "1 ms itself is le 1 ms");
+        assert_eq!(h.buckets[10], 4);
+        assert_eq!(h.buckets[21], 5, "10 s itself is le 10 s");
+        assert_eq!(h.buckets[BOUNDS.len()], 6, "just over 10 s is +Inf");
+        assert_eq!(h.count(), 21);
+    }
+
     #[test]
     fn counts_from_many_threads_all_add_up() {
         let m = std::sync::Arc::new(Meter::default());
@@ -402,9 +555,13 @@ mod tests {
                 let m = m.clone();
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
-                        m.add_in(3);
-                        m.add_out(4);
-                        m.answered(Answer::Command, 1, 10);
+                        m.report(Report {
+                            bytes_in: 3,
+                            bytes_out: 4,
+                            answers: 1,
+                            kind: Answer::Command,
+                            took: 10,
+                        });
                     }
                 })
             })

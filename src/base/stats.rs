@@ -16,8 +16,9 @@ pub struct Stats {
     pub active: AtomicUsize,
     /// Connections closed.
     pub closed: AtomicU64,
-    /// Bytes in and out, and the time each answer took, counted live (sharded by
-    /// thread: no shared cache line per message).
+    /// Bytes in and out, and the time each answer took, counted live: a connection
+    /// reports them once per batch of replies sent (sharded by thread: no shared cache
+    /// line per message).
     pub meter: crate::base::meter::Meter,
     /// Writes (`send(2)` calls that sent bytes), from closed connections: with
     /// `deliveries`, how well events are coalesced.

@@ -4,8 +4,8 @@
 //! Nothing here is on a connection's path; a scrape only loads counters. The listeners'
 //! [`Stats`] are added to once per connection (accept, close), so writes count
 //! connections that have closed; their meters (`base::meter`: bytes in and out, the
-//! answer-duration histograms) per message, sharded by thread, so those include open
-//! connections. The hub's counters move once per chat message, its fan-out histogram
+//! answer-duration histograms) once per batch of replies sent, sharded by thread, so
+//! those include open connections. The hub's counters move once per chat message, its fan-out histogram
 //! once per room event.
 //!
 //! Memory per connection comes two ways, because the kernel holds a connection's

@@ -86,6 +86,11 @@ impl<S: Session, L: Host> Conn<S, L> {
             self.set_events_written(now);
         }
         if self.timers.expired(Timer::Idle, now, base) {
+            // What a connection moved without finishing a batch of replies (a long
+            // upload, a partial send) reaches the meter at least this often.
+            if self.unreported != (0, 0) {
+                self.report_now(0, 0, false);
+            }
             if std::mem::take(&mut self.active) {
                 self.quiet = 0;
             } else {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
-use crate::base::meter::{self, Answer};
+use crate::base::meter::{self, Answer, Report, REPORT_BYTES};
 use crate::base::{Budget, Clock, Limits, Stats};
 use crate::service::{ConnInfo, Cx, Goodbye, Session};
 use timer::{Timer, TimerTable};
@@ -197,6 +197,9 @@ pub(crate) struct Conn<S: Session, L: Host> {
     events_written: u32,
     bytes_in: u64,
     bytes_out: u64,
+    /// Bytes read and written that the listener's meter has not been told of yet, each
+    /// under [`REPORT_BYTES`] (see [`Conn::report`]).
+    unreported: (u32, u32),
     writes: u32,
     reason: Reason,
     /// Requests answered and not yet sent, the kind of the last, and when the read
@@ -239,6 +242,7 @@ impl<S: Session, L: Host> Conn<S, L> {
             events_written: 0,
             bytes_in: 0,
             bytes_out: 0,
+            unreported: (0, 0),
             writes: 0,
             reason: Reason::Open,
             answers: (0, Answer::Message),
@@ -288,17 +292,64 @@ impl<S: Session, L: Host> Conn<S, L> {
             Ok(total) => self.answers = (total, kind),
             Err(_) => {
                 self.answers.0 = u16::MAX;
-                self.time_answers();
+                self.report_now(0, 0, true);
                 self.count_answers(total - u32::from(u16::MAX), kind);
             }
         }
     }
 
-    /// The answers counted are sent: their durations go to the listener's meter.
-    pub(super) fn time_answers(&mut self) {
-        let took = meter::ticks().saturating_sub(self.read_at);
-        let (n, kind) = std::mem::replace(&mut self.answers, (0, Answer::Message));
-        self.listener.stats.meter.answered(kind, n.into(), took);
+    /// Tells the listener's meter, in one visit, the bytes moved since the last report
+    /// plus `more_in` and `more_out`, and, once `sent` (the replies of the answers
+    /// counted are all written), those answers and how long they took since the read
+    /// before them. A connection reports when a batch of replies is all sent, at its
+    /// idle checks, when [`REPORT_BYTES`] are unreported, and when it closes: per
+    /// message, the meter costs one shard lookup, not one per read, send and answer.
+    #[inline(always)]
+    pub(super) fn report(&mut self, more_in: u64, more_out: u64, sent: bool) {
+        let (bytes_in, bytes_out) = std::mem::take(&mut self.unreported);
+        let mut r = Report {
+            bytes_in: u64::from(bytes_in) + more_in,
+            bytes_out: u64::from(bytes_out) + more_out,
+            answers: 0,
+            kind: Answer::Message,
+            took: 0,
+        };
+        if sent && self.answers.0 > 0 {
+            let (n, kind) = std::mem::replace(&mut self.answers, (0, Answer::Message));
+            r.answers = n.into();
+            r.kind = kind;
+            r.took = meter::ticks().saturating_sub(self.read_at);
+        }
+        self.listener.stats.meter.report(r);
+    }
+
+    /// [`Conn::report`] off the per-message path (kept out of line there).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn report_now(&mut self, more_in: u64, more_out: u64, sent: bool) {
+        self.report(more_in, more_out, sent);
+    }
+
+    /// `n` more bytes read, reported at once if that makes [`REPORT_BYTES`].
+    #[inline]
+    fn count_in(&mut self, n: usize) {
+        let unreported = u64::from(self.unreported.0) + n as u64;
+        if unreported < REPORT_BYTES {
+            self.unreported.0 = unreported as u32;
+        } else {
+            self.report_now(n as u64, 0, false);
+        }
+    }
+
+    /// `n` more bytes written, reported at once if that makes [`REPORT_BYTES`].
+    #[inline]
+    pub(super) fn count_out(&mut self, n: usize) {
+        let unreported = u64::from(self.unreported.1) + n as u64;
+        if unreported < REPORT_BYTES {
+            self.unreported.1 = unreported as u32;
+        } else {
+            self.report_now(0, n as u64, false);
+        }
     }
 
     /// The connection's log span (service, id, peer). It is made when a line is
@@ -406,7 +457,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     pub(crate) fn handle_read(&mut self, data: &[u8], clock: &Clock) {
         self.bytes_in += data.len() as u64;
         self.read_at = meter::ticks();
-        self.listener.stats.meter.add_in(data.len());
+        self.count_in(data.len());
         self.active = true;
         if self.phase != Phase::Open {
             // Lingering: read only to find the client's EOF. Closing: nothing more is
@@ -531,6 +582,9 @@ impl<S: Session, L: Host> Drop for Conn<S, L> {
             self.reason = Reason::Shutdown;
         }
         self.listener.budget.rehold(self.pending.len(), 0);
+        if self.unreported != (0, 0) {
+            self.report_now(0, 0, false);
+        }
         let s = &self.listener.stats;
         s.writes
             .fetch_add(u64::from(self.writes), Ordering::Relaxed);

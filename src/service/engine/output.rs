@@ -26,19 +26,19 @@ impl<S: Session, L: Host> Conn<S, L> {
         // `max_output` of unsent replies.
         self.out_pos += u32::try_from(n).expect("one send is below 4 GiB");
         self.bytes_out += n as u64;
-        self.listener.stats.meter.add_out(n);
         self.writes = self.writes.wrapping_add(1);
         self.active = true;
         self.timers.stop(Timer::WriteStall);
         if self.out_pos as usize >= self.out.len() {
-            if self.answers.0 > 0 {
-                self.time_answers();
-            }
+            // A batch of replies is all sent: its bytes and answers go to the meter.
+            self.report(0, n as u64, true);
             self.out.clear();
             self.out_pos = 0;
             if self.out.capacity() > KEEP_CAPACITY {
                 self.out = Vec::new();
             }
+        } else {
+            self.count_out(n);
         }
     }
 

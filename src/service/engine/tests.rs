@@ -44,30 +44,78 @@ fn at(t: Instant) -> Clock {
     Clock::at(t)
 }
 
+/// What the listener's meter holds: answers timed, bytes in, bytes out.
+fn metered<S: Session>(c: &Conn<S, Alone>) -> (u64, u64, u64) {
+    let m = &c.listener.stats.meter;
+    (
+        m.latency(meter::Answer::Message).count(),
+        m.bytes_in(),
+        m.bytes_out(),
+    )
+}
+
 #[test]
-fn answers_are_timed_once_their_reply_is_all_sent_and_bytes_count_at_once() {
+fn answers_and_their_bytes_reach_the_meter_once_their_replies_are_all_sent() {
     let t0 = Instant::now();
     let mut c = engine(AckSession, Limits::default(), t0);
-    let meter = |c: &Conn<AckSession, Alone>| {
-        let m = &c.listener.stats.meter;
-        (
-            m.latency(meter::Answer::Message).count(),
-            m.bytes_in(),
-            m.bytes_out(),
-        )
-    };
     c.handle_read(b"hello", &at(t0));
-    assert_eq!(meter(&c), (0, 5, 0), "read: bytes in, nothing answered yet");
+    assert_eq!(metered(&c), (0, 0, 0), "read: reported with its answer");
     assert_eq!(sent(&mut c), b"ACK!");
-    assert_eq!(meter(&c), (1, 5, 4));
+    assert_eq!(metered(&c), (1, 5, 4));
 
-    // Three chunks, three ACKs; timed only when the last byte of them is out.
+    // Three chunks, three ACKs; reported only when the last byte of them is out.
     c.handle_read(&[b'x'; 2100], &at(t0));
     assert_eq!(c.poll_transmit(), Some(&b"ACK!ACK!ACK!"[..]));
     c.handle_sent(5);
-    assert_eq!(meter(&c), (1, 2105, 9));
+    assert_eq!(metered(&c), (1, 5, 4));
     assert_eq!(sent(&mut c), b"CK!ACK!");
-    assert_eq!(meter(&c), (4, 2105, 16));
+    assert_eq!(metered(&c), (4, 2105, 16));
+}
+
+#[test]
+fn bytes_with_no_reply_reach_the_meter_at_the_idle_check_and_at_close() {
+    let t0 = Instant::now();
+    let limits = Limits {
+        idle_timeout: 4 * SEC,
+        ..Limits::default()
+    };
+    let mut c = engine(Eat, limits, t0);
+    c.handle_read(b"abc", &at(t0));
+    assert_eq!(metered(&c), (0, 0, 0));
+    c.tick(&at(t0 + SEC));
+    assert_eq!(metered(&c), (0, 3, 0), "the first idle check reports them");
+    c.handle_read(b"de", &at(t0 + SEC));
+    let stats = c.listener.stats.clone();
+    drop(c);
+    assert_eq!(stats.meter.bytes_in(), 5, "closing reports the rest");
+}
+
+#[test]
+fn a_long_upload_with_no_reply_reaches_the_meter_every_report_bytes() {
+    let t0 = Instant::now();
+    let mut c = engine(Eat, Limits::default(), t0);
+    let chunk = vec![b'x'; 1000];
+    let reads = REPORT_BYTES / 1000;
+    for _ in 0..reads {
+        c.handle_read(&chunk, &at(t0));
+    }
+    assert_eq!(metered(&c).1, 0, "{reads} KB: under the threshold");
+    c.handle_read(&chunk, &at(t0));
+    assert_eq!(metered(&c).1, (reads + 1) * 1000, "past it: all of them");
+    assert_eq!(c.unreported, (0, 0));
+}
+
+#[test]
+fn a_long_send_to_a_slow_reader_reaches_the_meter_every_report_bytes() {
+    let t0 = Instant::now();
+    let mut c = engine(Eat, Limits::default(), t0);
+    c.out = vec![b'y'; 3 * REPORT_BYTES as usize];
+    c.handle_sent(1000);
+    assert_eq!(metered(&c).2, 0, "a partial send under the threshold waits");
+    c.handle_sent(REPORT_BYTES as usize);
+    assert_eq!(metered(&c).2, REPORT_BYTES + 1000);
+    c.handle_sent(2 * REPORT_BYTES as usize - 1000);
+    assert_eq!(metered(&c).2, 3 * REPORT_BYTES, "all sent: the rest");
 }
 
 #[test]
@@ -77,7 +125,7 @@ fn more_unsent_answers_than_two_bytes_count_are_all_timed() {
     c.read_at = meter::ticks();
     c.count_answers(70_000, meter::Answer::Message);
     c.count_answers(70_000, meter::Answer::Message);
-    c.time_answers();
+    c.report_now(0, 0, true);
     let h = c.listener.stats.meter.latency(meter::Answer::Message);
     assert_eq!(h.count(), 140_000);
 }
@@ -91,6 +139,15 @@ impl Session for Hoard {
     type Event = ();
     fn read(&mut self, _input: &[u8], _cx: &mut Cx<'_, ()>) -> usize {
         0
+    }
+}
+
+/// Consumes everything, answers nothing.
+struct Eat;
+impl Session for Eat {
+    type Event = ();
+    fn read(&mut self, input: &[u8], _cx: &mut Cx<'_, ()>) -> usize {
+        input.len()
     }
 }
 
