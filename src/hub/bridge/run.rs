@@ -248,6 +248,19 @@ impl Run {
         Box::pin(conn.clone().exec(cmds, meta, plan))
     }
 
+    /// A cluster: every room's channel is subscribed to again with the next pipeline
+    /// (at each presence renewal). Subscribing twice is harmless, and a subscription
+    /// the client lost when it replaced a node's connection (a failover elsewhere
+    /// makes it reconnect) is back within `T/3`.
+    fn resubscribe(&self) {
+        if self.cluster {
+            let mut ch = self.channels.borrow_mut();
+            for room in self.subscribed.borrow().iter() {
+                ch.entry(room.clone()).or_insert(true);
+            }
+        }
+    }
+
     /// Marks slots down after their pipeline failed (see `cluster.rs`).
     fn mark_down(&self, slots: Vec<(u16, Arc<str>)>) {
         self.down.borrow_mut().extend(slots);
@@ -381,6 +394,7 @@ impl Run {
                 // expire, and the queue holds at most one renewal.
                 let mut spread = SPREAD;
                 if std::mem::take(&mut refresh_due) {
+                    self.resubscribe();
                     if !relist.is_empty() {
                         tracing::warn!("redis: presence renewal lagging: sent in one go");
                         spread = usize::MAX;
