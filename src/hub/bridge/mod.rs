@@ -1,4 +1,7 @@
-//! The Redis bridge: makes several processes one chat (`--redis URL`).
+//! The Redis bridge: makes several processes one chat (`--redis URL`), on one Redis
+//! or a Redis Cluster (`cluster.rs`: rooms spread over the masters by hash tag, fan-out
+//! over sharded pub/sub, messages acknowledged once a replica has them). What follows
+//! is written for one Redis; on a cluster it holds per room, on the room's master.
 //!
 //! Every room event goes through Redis, and each process delivers to its own members
 //! only what comes back on the shared channel, so all processes see each room in one
