@@ -282,6 +282,35 @@ impl RedisCluster {
         None
     }
 
+    /// The index of a replica of master `i`.
+    pub fn replica_of(&self, i: usize) -> usize {
+        let nodes = query(self.nodes[i].port, "CLUSTER NODES").expect("CLUSTER NODES");
+        let id = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .and_then(|l| l.split(' ').next())
+            .expect("its own id")
+            .to_string();
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() > 3 && f[2].contains("slave") && f[3] == id {
+                let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("node {i} has no replica");
+    }
+
+    /// Freezes node `i` (SIGSTOP), as when a host stalls.
+    pub fn pause(&self, i: usize) {
+        self.nodes[i].pause();
+    }
+
+    /// Thaws node `i` (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.nodes[i].resume();
+    }
+
     /// Kills node `i` (SIGKILL), as when a host dies.
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
