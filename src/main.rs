@@ -192,7 +192,8 @@ struct ServeArgs {
     #[arg(long)]
     max_rate: Option<u32>,
     /// Chat: a Redis URL (`redis://127.0.0.1:6379`); every process given the same one
-    /// is one chat.
+    /// is one chat. A Redis Cluster: `redis+cluster://host:port` or several
+    /// comma-separated URLs (`?wait=N`: replicas that must have a message).
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Chat with Redis: how long the members of a process that stopped (even killed)

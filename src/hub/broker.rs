@@ -7,8 +7,8 @@
 //! Redis. Each feeds the hub's registry the same way (`Hub::join_local`,
 //! `Hub::publish_local`, `Hub::inject`...), choosing only who orders an event
 //! ([`Order`]). As in Centrifuge (`broker.go`, `broker_memory.go`, `broker_redis.go`),
-//! an implementation for several Redis shards or a Redis Cluster is one more `impl`:
-//! rooms are independent, so a room's keys can live on any one shard.
+//! the Redis bridge also runs on a Redis Cluster (`bridge/cluster.rs`): rooms are
+//! independent, so each room's keys live on the one slot of its hash tag.
 //!
 //! The trait is object-safe and the hub holds a `Box<dyn Broker>`: one indirect call
 //! per command, against a fan-out of one mailbox send per member (BENCHMARKS.md,

@@ -412,7 +412,7 @@ impl Hub {
     /// (see the bridge's documentation). Connects in the background; an invalid URL
     /// is an error now.
     pub fn with_redis(config: HubConfig, url: &str) -> Result<Arc<Hub>, HubSetupError> {
-        let client = redis::Client::open(url).map_err(|source| HubSetupError::BadRedisUrl {
+        let target = bridge::Target::parse(url).map_err(|source| HubSetupError::BadRedisUrl {
             url: url.to_string(),
             source,
         })?;
@@ -422,7 +422,7 @@ impl Hub {
             .map(|d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
             .unwrap_or(0);
         Ok(Arc::new_cyclic(|weak| {
-            let bridge = bridge::Bridge::start(client, weak.clone(), history, ttl);
+            let bridge = bridge::Bridge::start(target, weak.clone(), history, ttl);
             Hub::with_broker(config, Box::new(bridge), format!("{t:08x}-"))
         }))
     }

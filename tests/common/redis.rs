@@ -38,9 +38,16 @@ impl RedisServer {
 
     /// A server on `port`, once it answers; `None` when the port turns out taken.
     fn start_on(port: u16) -> Option<RedisServer> {
+        Self::start_with(port, &[])
+    }
+
+    /// A server on `port` with more arguments, once it answers; `None` when the port
+    /// turns out taken.
+    fn start_with(port: u16, more: &[String]) -> Option<RedisServer> {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(more)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -68,16 +75,7 @@ impl RedisServer {
 
     /// The PID of the server answering on the port, if one answers.
     fn served_by(&self) -> Option<u32> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-        s.write_all(b"INFO server\r\n").ok()?;
-        let mut r = BufReader::new(s);
-        let mut head = String::new();
-        r.read_line(&mut head).ok()?;
-        let len: usize = head.strip_prefix('$')?.trim_end().parse().ok()?;
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).ok()?;
-        String::from_utf8_lossy(&body)
+        query(self.port, "INFO server")?
             .lines()
             .find_map(|l| l.strip_prefix("process_id:"))
             .and_then(|pid| pid.trim().parse().ok())
@@ -121,6 +119,234 @@ impl RedisServer {
             .expect("run kill")
             .success();
         assert!(ok, "kill {sig} redis-server");
+    }
+}
+
+/// The reply of an inline command to the server on `port`: a bulk string's text, or a
+/// status, integer or error line (with its `+`, `:` or `-`); `None` if none came.
+pub fn query(port: u16, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    r.read_line(&mut head).ok()?;
+    let Some(len) = head.strip_prefix('$') else {
+        return Some(head.trim_end().to_string());
+    };
+    let len: usize = len.trim_end().parse().ok()?;
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A Redis Cluster of the test's own: 3 masters and 3 replicas of `redis-server` on
+/// free loopback ports, made by `redis-cli --cluster create`. A failed master's
+/// replica takes over after `cluster-node-timeout` (1 s here), and the other masters
+/// keep serving meanwhile (`cluster-require-full-coverage no`).
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisCluster {
+    /// Starts the six servers, makes them one cluster and waits until every node
+    /// sees every slot served.
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "mc-cluster-{}-{}",
+            std::process::id(),
+            cluster_ports_salt()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        while nodes.len() < 6 {
+            let port = bus_free_port();
+            if let Some(n) = RedisServer::start_with(port, &Self::args(&dir, port)) {
+                nodes.push(n);
+            }
+        }
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli ({e}): install redis-tools"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes, dir };
+        c.wait_ok(&[]);
+        c.wait_replicated(3);
+        c
+    }
+
+    /// Waits (bounded) until `masters` masters each have a replica in sync: before
+    /// that, a message to be acknowledged by a replica is refused.
+    pub fn wait_replicated(&self, masters: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = (0..self.nodes.len())
+                .filter(|&i| {
+                    query(self.nodes[i].port, "INFO replication")
+                        .is_some_and(|r| r.contains("role:master") && r.contains("state=online"))
+                })
+                .count();
+            if synced >= masters {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the replicas never caught up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn args(dir: &std::path::Path, port: u16) -> Vec<String> {
+        let conf = dir.join(format!("nodes-{port}.conf"));
+        [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            conf.to_str().unwrap(),
+            "--cluster-node-timeout",
+            "1000",
+            "--cluster-require-full-coverage",
+            "no",
+            "--dir",
+            dir.to_str().unwrap(),
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Waits (bounded) until every node but `dead` says the cluster is ok and sees
+    /// all 16384 slots served by masters that are not failed.
+    pub fn wait_ok(&self, dead: &[usize]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = (0..self.nodes.len())
+                .filter(|i| !dead.contains(i))
+                .all(|i| {
+                    let info = query(self.nodes[i].port, "CLUSTER INFO").unwrap_or_default();
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The seeds to give `--redis`: every node.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    /// The index of the node that serves `room`'s slot now, as node `ask` sees it
+    /// (none while the slot's master has failed and no replica has taken over).
+    pub fn master_of(&self, room: &str, ask: usize) -> Option<usize> {
+        let slot = query(
+            self.nodes[ask].port,
+            &format!("CLUSTER KEYSLOT mc:room:{{{room}}}:seq"),
+        )
+        .and_then(|s| s.trim_start_matches(':').parse::<u32>().ok())
+        .expect("CLUSTER KEYSLOT");
+        let nodes = query(self.nodes[ask].port, "CLUSTER NODES").expect("CLUSTER NODES");
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    a.parse::<u32>().is_ok_and(|a| a <= slot)
+                        && b.parse::<u32>().is_ok_and(|b| slot <= b)
+                }
+                None => r.parse::<u32>() == Ok(slot),
+            });
+            if serves {
+                let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                return self.nodes.iter().position(|n| n.port == port);
+            }
+        }
+        None
+    }
+
+    /// The index of a replica of master `i`.
+    pub fn replica_of(&self, i: usize) -> usize {
+        let nodes = query(self.nodes[i].port, "CLUSTER NODES").expect("CLUSTER NODES");
+        let id = nodes
+            .lines()
+            .find(|l| l.contains("myself"))
+            .and_then(|l| l.split(' ').next())
+            .expect("its own id")
+            .to_string();
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() > 3 && f[2].contains("slave") && f[3] == id {
+                let port: u16 = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                return self.nodes.iter().position(|n| n.port == port).unwrap();
+            }
+        }
+        panic!("node {i} has no replica");
+    }
+
+    /// Freezes node `i` (SIGSTOP), as when a host stalls.
+    pub fn pause(&self, i: usize) {
+        self.nodes[i].pause();
+    }
+
+    /// Thaws node `i` (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.nodes[i].resume();
+    }
+
+    /// Kills node `i` (SIGKILL), as when a host dies.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again on its port with its cluster state: a master that was
+    /// failed over comes back as its successor's replica.
+    pub fn restart(&mut self, i: usize) {
+        let port = self.nodes[i].port;
+        self.nodes[i] = RedisServer::start_with(port, &Self::args(&self.dir, port))
+            .unwrap_or_else(|| panic!("redis-server could not start again on {port}"));
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cluster_ports_salt() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+/// A free loopback port whose cluster bus port (+10000) is free too.
+fn bus_free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The Redis command of each request: the scripts' keys and arguments.
 
 use super::run::Run;
-use super::{keys, nick_key, parted_key, who_key, Kind, MemberId, Request, CHANNEL};
+use super::{channel, cursor_key, hist_key, keys, nick_key, parted_key, who_key};
+use super::{Kind, MemberId, Request};
 
 impl Run {
     /// The command of a request, or `None` for one that needs none. A `SAY` carries
@@ -16,10 +17,11 @@ impl Run {
                 author,
             } => {
                 let (seq, hist) = keys(room);
-                let mut c = self.scripts.say.call(3);
+                let mut c = self.scripts.say.call(4);
                 c.arg(seq)
                     .arg(hist)
-                    .arg(CHANNEL)
+                    .arg(channel(room, self.cluster))
+                    .arg(cursor_key(room))
                     .arg(self.history)
                     .arg(&**room)
                     .arg(&**nick)
@@ -30,7 +32,9 @@ impl Run {
                         author
                             .as_ref()
                             .map_or(String::new(), |(m, _)| m.0.to_string()),
-                    );
+                    )
+                    // Published now, or once replicas have it (`WAIT`, then a flush).
+                    .arg(if self.acks.get() == 0 { "1" } else { "" });
                 c
             }
             Request::Event { room, kind, member } => {
@@ -43,7 +47,7 @@ impl Run {
                 let v = crate::hub::events::encode(room, kind, &self.instance, *member)?;
                 let mut c = self.scripts.event.call(3);
                 c.arg(who_key(room))
-                    .arg(CHANNEL)
+                    .arg(channel(room, self.cluster))
                     .arg(parted_key(room))
                     .arg(v)
                     .arg(life)
@@ -55,6 +59,9 @@ impl Run {
                 nick, old, member, ..
             } => {
                 let mut c = self.scripts.claim.call(2);
+                // On a cluster the two nicks are on two slots: the old one is
+                // released by a command of its own once the new one is claimed.
+                let old = if self.cluster { nick } else { old };
                 c.arg(nick_key(nick))
                     .arg(nick_key(old))
                     .arg(self.owner(*member))
@@ -74,20 +81,15 @@ impl Run {
             Request::Range {
                 room, after, last, ..
             } => {
-                let (_, hist) = keys(room);
+                let mut c = self.scripts.range.call(2);
+                c.arg(hist_key(room)).arg(cursor_key(room));
                 match after {
-                    Some(after) => {
-                        let mut c = redis::cmd("XRANGE");
-                        c.arg(hist).arg(format!("({after}-0")).arg("+");
-                        c
-                    }
-                    None => {
-                        let mut c = redis::cmd("XREVRANGE");
-                        c.arg(hist).arg("+").arg("-").arg("COUNT").arg(*last);
-                        c
-                    }
-                }
+                    Some(after) => c.arg(after.to_string()).arg(0),
+                    None => c.arg("").arg(*last),
+                };
+                c
             }
+            Request::Forget { .. } => return None,
         };
         Some(c)
     }

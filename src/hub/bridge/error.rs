@@ -34,6 +34,10 @@ pub(super) enum BridgeError {
     /// `TIME` answered something else than a time.
     #[error("TIME answered no time")]
     NoTime,
+    /// A cluster: the channel of a room could not be subscribed to, so its requests
+    /// were not sent.
+    #[error("a room's channel could not be subscribed to")]
+    Subscribe,
     /// The pub/sub connection closed.
     #[error("subscription closed")]
     SubscriptionClosed,

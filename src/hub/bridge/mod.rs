@@ -1,4 +1,7 @@
-//! The Redis bridge: makes several processes one chat (`--redis URL`).
+//! The Redis bridge: makes several processes one chat (`--redis URL`), on one Redis
+//! or a Redis Cluster (`cluster.rs`: rooms spread over the masters by hash tag, fan-out
+//! over sharded pub/sub, messages acknowledged once a replica has them). What follows
+//! is written for one Redis; on a cluster it holds per room, on the room's master.
 //!
 //! Every room event goes through Redis, and each process delivers to its own members
 //! only what comes back on the shared channel, so all processes see each room in one
@@ -107,6 +110,7 @@ use super::{
 use crate::base::mailbox::Sender;
 
 mod clock;
+mod cluster;
 mod commands;
 mod error;
 mod inbound;
@@ -115,6 +119,7 @@ mod replies;
 mod run;
 mod scripts;
 
+pub(crate) use self::cluster::Target;
 use self::run::Run;
 #[cfg(test)]
 use self::scripts::SAY_SCRIPT;
@@ -181,6 +186,8 @@ pub(super) enum Request {
     },
     /// `member` has gone: its nick is free.
     Release { nick: Arc<str>, member: MemberId },
+    /// This process has no member left in `room` (a cluster: its channel is left).
+    Forget { room: Arc<str> },
     /// Messages from the room's history: after `after` (a replay) or the last `last`.
     Range {
         room: Arc<str>,
@@ -194,8 +201,9 @@ pub(super) enum Request {
 pub(super) enum Job {
     /// A session's request.
     Req(Request),
-    /// Renewal of some of this process's nick claims; the reply lists those lost.
-    Nicks,
+    /// Renewal of some of this process's nick claims (of one slot on a cluster: the
+    /// hash tag of one of them); the reply lists those lost.
+    Nicks(Arc<str>),
     /// Re-listing of this process's members of a room; the reply lists the nicks
     /// listed again after an expiry had parted them.
     Presence(Arc<str>),
@@ -209,42 +217,64 @@ pub(super) enum Job {
 pub(super) struct Bridge {
     tx: mpsc::Sender<Request>,
     up: Arc<AtomicBool>,
+    /// On a Redis Cluster, a room with no member here any more has its channel left.
+    cluster: bool,
 }
 
 /// A nick's claim, under its case-folded form: `ann` and `ANN` are one nick on every
-/// process.
+/// process. Its hash tag is the nick: on a cluster, each claim has its own slot.
 fn nick_key(nick: &str) -> String {
-    format!("mc:nick:{}", nick.to_ascii_lowercase())
+    format!("mc:nick:{{{}}}", nick.to_ascii_lowercase())
 }
 
+/// The hash tag of a nick's claim (see [`nick_key`]).
+fn nick_tag(nick: &str) -> Arc<str> {
+    nick.to_ascii_lowercase().into()
+}
+
+// Every key of a room carries the room's hash tag (`{room}`): on a cluster, all of a
+// room's scripts run on its one slot.
+
 fn who_key(room: &str) -> String {
-    format!("mc:room:{room}:who")
+    format!("mc:room:{{{room}}}:who")
 }
 
 /// A room's parted set: nicks an expiry scan unlisted, scored by when they are
 /// forgotten.
 fn parted_key(room: &str) -> String {
-    format!("mc:room:{room}:parted")
+    format!("mc:room:{{{room}}}:parted")
+}
+
+/// A room's history: a stream keyed by message id.
+fn hist_key(room: &str) -> String {
+    format!("mc:room:{{{room}}}:hist")
+}
+
+/// The id of a room's last published message: history is read up to it.
+fn cursor_key(room: &str) -> String {
+    format!("mc:room:{{{room}}}:pub")
 }
 
 fn keys(room: &str) -> (String, String) {
-    (
-        format!("mc:room:{room}:seq"),
-        format!("mc:room:{room}:hist"),
-    )
+    (format!("mc:room:{{{room}}}:seq"), hist_key(room))
+}
+
+/// Where a room's events are published: the one channel of a single Redis, or the
+/// room's own sharded channel on a cluster.
+fn channel(room: &str, cluster: bool) -> String {
+    match cluster {
+        true => cluster::room_channel(room),
+        false => CHANNEL.to_string(),
+    }
 }
 
 impl Bridge {
     /// Starts the bridge thread for `client`; it connects in the background.
-    pub(super) fn start(
-        client: redis::Client,
-        hub: Weak<Hub>,
-        history: usize,
-        ttl: Duration,
-    ) -> Bridge {
+    pub(super) fn start(target: Target, hub: Weak<Hub>, history: usize, ttl: Duration) -> Bridge {
         let (tx, rx) = mpsc::channel(QUEUE);
         let up = Arc::new(AtomicBool::new(false));
-        let state = Run::new(client, hub, history, ttl, up.clone());
+        let cluster = target.is_cluster();
+        let up2 = up.clone();
         let spawned = std::thread::Builder::new()
             .name("redis-bridge".into())
             .spawn(move || {
@@ -258,12 +288,14 @@ impl Bridge {
                         return;
                     }
                 };
+                // Made here: its state is the thread's own (`Rc`, `RefCell`).
+                let state = Run::new(target, hub, history, ttl, up2);
                 rt.block_on(state.run(rx));
             });
         if let Err(e) = spawned {
             tracing::error!("redis: cannot start the bridge thread: {e}");
         }
-        Bridge { tx, up }
+        Bridge { tx, up, cluster }
     }
 
     /// Whether Redis is reachable now.
@@ -482,8 +514,13 @@ impl Broker for Bridge {
         Ok(Deferred::Later)
     }
 
-    /// Nothing of a room is kept here: its history and presence live in Redis.
-    fn room_gone(&self, _hub: &Hub, _room: &str) {}
+    /// Nothing of a room is kept here: its history and presence live in Redis. On a
+    /// cluster, this process leaves the room's channel.
+    fn room_gone(&self, _hub: &Hub, room: &str) {
+        if self.cluster {
+            let _ = self.send(Request::Forget { room: room.into() });
+        }
+    }
 
     fn history_held(&self) -> usize {
         0

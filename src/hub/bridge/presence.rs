@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use super::run::Run;
-use super::{nick_key, parted_key, who_key, Job, BACKOFF_MAX, CHANNEL, CHUNK, COMMAND_TIMEOUT};
+use super::{channel, nick_key, nick_tag, parted_key, who_key};
+use super::{Job, BACKOFF_MAX, CHUNK, COMMAND_TIMEOUT};
 
 /// The presence periods derived from `--presence-ttl` (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,8 +51,23 @@ impl Run {
         };
         let life = self.timing.lifetime.as_millis() as u64;
         let mut out = Vec::new();
-        let nicks = hub.local_nicks();
-        for chunk in nicks.chunks(CHUNK) {
+        let mut nicks = hub.local_nicks();
+        // On a cluster a script's keys must share a slot: the nicks go by slot.
+        let mut runs = Vec::new();
+        if !self.cluster {
+            runs.push(0..nicks.len());
+        } else {
+            nicks.sort_by_cached_key(|(n, _)| super::cluster::slot(&nick_tag(n)));
+            let mut start = 0;
+            for i in 1..=nicks.len() {
+                let slot = |j: usize| super::cluster::slot(&nick_tag(&nicks[j].0));
+                if i == nicks.len() || slot(i) != slot(start) {
+                    runs.push(start..i);
+                    start = i;
+                }
+            }
+        }
+        for chunk in runs.into_iter().flat_map(|r| nicks[r].chunks(CHUNK)) {
             let mut c = self.scripts.nicks.call(chunk.len());
             for (nick, _) in chunk {
                 c.arg(nick_key(nick));
@@ -60,13 +76,13 @@ impl Run {
             for (_, member) in chunk {
                 c.arg(self.owner(*member));
             }
-            out.push((Job::Nicks, c));
+            out.push((Job::Nicks(nick_tag(&chunk[0].0)), c));
         }
         for (room, members) in hub.listings() {
             let (key, parted) = (who_key(&room), parted_key(&room));
             for chunk in members.chunks(CHUNK) {
                 let mut c = self.scripts.presence.call(3);
-                c.arg(&key).arg(&parted).arg(CHANNEL);
+                c.arg(&key).arg(&parted).arg(channel(&room, self.cluster));
                 c.arg(life).arg(if renew { "XX" } else { "" });
                 c.arg(&*room).arg(&*self.instance);
                 for (nick, member) in chunk {
@@ -84,18 +100,18 @@ impl Run {
 
     /// The commands removing the expired listings of the rooms this process has
     /// members in.
-    pub(super) fn scan(&self, jobs: &mut Vec<Job>, p: &mut redis::Pipeline) {
+    pub(super) fn scan(&self, jobs: &mut Vec<Job>, p: &mut Vec<redis::Cmd>) {
         let Some(hub) = self.hub() else {
             return;
         };
         for room in hub.local_rooms() {
             let mut c = self.scripts.expire.call(3);
             c.arg(who_key(&room))
-                .arg(CHANNEL)
+                .arg(channel(&room, self.cluster))
                 .arg(parted_key(&room))
                 .arg(&*room)
                 .arg(self.timing.keep.as_millis() as u64);
-            p.add_command(c);
+            p.push(c);
             jobs.push(Job::Expire(room));
         }
     }

@@ -43,6 +43,11 @@ impl Run {
         let mut expired = 0;
         for (job, reply) in jobs.into_iter().zip(replies) {
             if let Value::ServerError(e) = &reply {
+                if e.code() == "NOTREPLICATED" {
+                    // No replica had it in time: it was deleted, and nobody saw it.
+                    self.fail_job(job);
+                    continue;
+                }
                 if e.code() == "EXPIRED" {
                     // Redis ran the message too late: it sent nothing.
                     expired += 1;
@@ -89,7 +94,7 @@ impl Run {
                 }
                 return;
             }
-            Job::Nicks => {
+            Job::Nicks(_) => {
                 for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
                 {
                     tracing::warn!("redis: {nick} is held by another member now; not renewed");
@@ -105,10 +110,25 @@ impl Run {
             }
         };
         match r {
-            Request::Say { .. } | Request::Event { .. } | Request::Release { .. } => {}
-            Request::Claim { nick, to, .. } => {
+            Request::Say { .. }
+            | Request::Event { .. }
+            | Request::Release { .. }
+            | Request::Forget { .. } => {}
+            Request::Claim {
+                nick,
+                old,
+                member,
+                to,
+            } => {
                 let answer = match redis::from_owned_redis_value::<i64>(reply) {
-                    Ok(1) => Ok(nick),
+                    Ok(1) => {
+                        // On a cluster the old nick is released now, on its own slot.
+                        if self.cluster && !old.eq_ignore_ascii_case(&nick) {
+                            let r = Request::Release { nick: old, member };
+                            self.followups.borrow_mut().push(r);
+                        }
+                        Ok(nick)
+                    }
                     Ok(_) => Err(HubError::NickTaken),
                     Err(_) => Err(HubError::Unavailable),
                 };
@@ -191,7 +211,7 @@ impl Run {
                 to,
                 ChatEvent::Answer(Answer::Nick(Err(HubError::Unavailable))),
             ),
-            Request::Event { .. } | Request::Release { .. } => return,
+            Request::Event { .. } | Request::Release { .. } | Request::Forget { .. } => return,
         };
         let _ = ev.0.send(ev.1, 64);
     }

@@ -2,44 +2,61 @@
 //! (one out at a time), events from the channel, and the presence ticks; reconnect
 //! with backoff when the connection fails.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use redis::aio::ConnectionLike;
 use redis::Value;
 use tokio::sync::mpsc;
 
 use super::clock::{time_ms, Clock};
+use super::cluster::{self, Conn, Done, Inbound, Meta, Plan, Target, PROBE_EVERY};
 use super::error::BridgeError;
 use super::presence::Timing;
 use super::scripts::Scripts;
 use super::{
-    Hub, Job, Request, BACKOFF_MAX, BACKOFF_START, BATCH, CHANNEL, COMMAND_TIMEOUT, SAY_BUDGET,
-    SLOW, SPREAD,
+    nick_tag, Hub, Job, Kind, Request, BACKOFF_MAX, BACKOFF_START, BATCH, CHANNEL, COMMAND_TIMEOUT,
+    SAY_BUDGET, SLOW, SPREAD,
 };
 
 /// The bridge thread's state.
 pub(super) struct Run {
-    client: redis::Client,
+    target: Target,
+    /// `target` is a Redis Cluster.
+    pub(super) cluster: bool,
+    /// Replicas that must have a message before it is published (see `cluster.rs`),
+    /// decided at each connect.
+    pub(super) acks: Cell<u32>,
+    /// Rooms whose sharded channel this process is subscribed to (a cluster).
+    subscribed: Rc<RefCell<HashSet<Arc<str>>>>,
+    /// Channels to join (true) or leave before the next pipeline (a cluster).
+    channels: RefCell<HashMap<Arc<str>, bool>>,
+    /// Slots whose pipeline failed, with a hash tag of each: their requests are
+    /// answered `unavailable` until a probe gets an answer (a cluster).
+    down: RefCell<HashMap<u16, Arc<str>>>,
+    /// Requests made by replies, sent with the next pipeline (a cluster: the release
+    /// of an old nick once the new one is claimed).
+    pub(super) followups: RefCell<Vec<Request>>,
     hub: Weak<Hub>,
     pub(super) deliver: Option<std::sync::mpsc::Sender<Arc<str>>>,
     pub(super) history: usize,
     pub(super) instance: Arc<str>,
     up: Arc<AtomicBool>,
     pub(super) timing: Timing,
-    pub(super) scripts: Scripts,
+    pub(super) scripts: Rc<Scripts>,
     pub(super) clock: RefCell<Clock>,
 }
 
-type Conn = redis::aio::MultiplexedConnection;
+/// The pipeline out, if any: its replies, one per job, and the slots that failed.
+type Batch = Pin<Box<dyn Future<Output = Result<Done, BridgeError>>>>;
 
-/// The pipeline out, if any: its replies, one per job.
-type Batch = Pin<Box<dyn Future<Output = Result<Vec<Value>, BridgeError>>>>;
+/// The probe of the slots marked down, if one is out: those that answered.
+type Probe = Pin<Box<dyn Future<Output = Vec<u16>>>>;
 
 async fn timed<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -52,9 +69,17 @@ async fn timed<T>(
 }
 
 /// The replies of the pipeline out, or never when none is.
-async fn replies(batch: &mut Option<Batch>) -> Result<Vec<Value>, BridgeError> {
+async fn replies(batch: &mut Option<Batch>) -> Result<Done, BridgeError> {
     match batch {
         Some(b) => b.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The answer of the probe out, or never when none is.
+async fn probed(probe: &mut Option<Probe>) -> Vec<u16> {
+    match probe {
+        Some(p) => p.await,
         None => std::future::pending().await,
     }
 }
@@ -64,21 +89,28 @@ struct Gone;
 
 impl Run {
     pub(super) fn new(
-        client: redis::Client,
+        target: Target,
         hub: Weak<Hub>,
         history: usize,
         ttl: Duration,
         up: Arc<AtomicBool>,
     ) -> Run {
+        let cluster = target.is_cluster();
         Run {
-            client,
+            target,
+            cluster,
+            acks: Cell::new(0),
+            subscribed: Default::default(),
+            channels: Default::default(),
+            down: Default::default(),
+            followups: Default::default(),
             deliver: super::start_deliverer(hub.clone()),
             hub,
             history: history.max(1),
             instance: super::instance_id(),
             up,
             timing: Timing::new(ttl.max(Duration::from_millis(300))),
-            scripts: Scripts::new(),
+            scripts: Rc::new(Scripts::new(cluster)),
             clock: RefCell::new(Clock::new()),
         }
     }
@@ -148,16 +180,109 @@ impl Run {
         if jobs.is_empty() {
             return Ok(());
         }
-        let mut p = redis::pipe();
-        for c in cmds {
-            p.add_command(c);
-        }
-        let n = jobs.len();
-        self.finish(jobs, timed(conn.req_packed_commands(&p, 0, n)).await)
+        let res = self.launch(conn, &jobs, cmds).await;
+        let res = res.map(|(values, down)| {
+            self.mark_down(down);
+            values
+        });
+        self.finish(jobs, res)
     }
 
-    async fn connect(&self) -> Result<(Conn, redis::aio::PubSubStream), BridgeError> {
-        let mut conn = timed(self.client.get_multiplexed_async_connection()).await?;
+    /// The hash tag of a request's keys: its slot on a cluster.
+    fn request_tag(r: &Request) -> Arc<str> {
+        match r {
+            Request::Say { room, .. }
+            | Request::Event { room, .. }
+            | Request::Who { room, .. }
+            | Request::Range { room, .. }
+            | Request::Forget { room } => room.clone(),
+            Request::Claim { nick, .. } | Request::Release { nick, .. } => nick_tag(nick),
+        }
+    }
+
+    fn job_tag(job: &Job) -> Option<Arc<str>> {
+        match job {
+            Job::Req(r) => Some(Self::request_tag(r)),
+            Job::Nicks(tag) => Some(tag.clone()),
+            Job::Presence(room) | Job::Expire(room) => Some(room.clone()),
+            Job::Clock => None,
+        }
+    }
+
+    /// Sends `cmds` (one per job) and the channel changes due, as one pipeline, or
+    /// one per slot on a cluster.
+    fn launch(&self, conn: &Conn, jobs: &[Job], cmds: Vec<redis::Cmd>) -> Batch {
+        let acks = self.acks.get();
+        let mut meta = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let joins = match job {
+                Job::Req(Request::Event {
+                    room,
+                    kind: Kind::Join { .. },
+                    ..
+                })
+                | Job::Presence(room) => Some(room),
+                _ => None,
+            };
+            if let Some(room) = joins.filter(|_| self.cluster) {
+                if self.subscribed.borrow_mut().insert(room.clone()) {
+                    self.channels.borrow_mut().insert(room.clone(), true);
+                }
+            }
+            let say = match job {
+                Job::Req(Request::Say { room, .. }) if acks > 0 => Some(room.clone()),
+                _ => None,
+            };
+            let slot = match self.cluster {
+                true => Self::job_tag(job).map(|t| (cluster::slot(&t), t)),
+                false => None,
+            };
+            meta.push(Meta { slot, say });
+        }
+        let plan = Plan {
+            acks,
+            channels: self.channels.borrow_mut().drain().collect(),
+            subscribed: self.subscribed.clone(),
+            scripts: self.scripts.clone(),
+        };
+        Box::pin(conn.clone().exec(cmds, meta, plan))
+    }
+
+    /// A cluster: every room's channel is subscribed to again with the next pipeline
+    /// (at each presence renewal). Subscribing twice is harmless, and a subscription
+    /// the client lost when it replaced a node's connection (a failover elsewhere
+    /// makes it reconnect) is back within `T/3`.
+    fn resubscribe(&self) {
+        if self.cluster {
+            let mut ch = self.channels.borrow_mut();
+            for room in self.subscribed.borrow().iter() {
+                ch.entry(room.clone()).or_insert(true);
+            }
+        }
+    }
+
+    /// Marks slots down after their pipeline failed (see `cluster.rs`).
+    fn mark_down(&self, slots: Vec<(u16, Arc<str>)>) {
+        self.down.borrow_mut().extend(slots);
+    }
+
+    /// Whether a request goes to a slot marked down: then it is answered `unavailable`.
+    fn is_down(&self, r: &Request) -> bool {
+        let down = self.down.borrow();
+        !down.is_empty() && down.contains_key(&cluster::slot(&Self::request_tag(r)))
+    }
+
+    async fn connect(&self) -> Result<(Conn, Inbound), BridgeError> {
+        self.subscribed.borrow_mut().clear();
+        self.channels.borrow_mut().clear();
+        self.down.borrow_mut().clear();
+        self.clock.borrow_mut().reset();
+        let (client, wait) = match &self.target {
+            Target::Single { client, wait } => (client, *wait),
+            Target::Cluster { seeds, wait } => return self.connect_cluster(seeds, *wait).await,
+        };
+        self.acks.set(wait);
+        let mut conn = timed(client.get_multiplexed_async_connection()).await?;
         let mut load = redis::pipe();
         for s in self.scripts.all() {
             load.cmd("SCRIPT").arg("LOAD").arg(&s.code);
@@ -171,16 +296,59 @@ impl Run {
                 });
             }
         }
-        let mut ps = timed(self.client.get_async_pubsub()).await?;
+        let mut ps = timed(client.get_async_pubsub()).await?;
         timed(ps.subscribe(CHANNEL)).await?;
         // The first reading of Redis's clock, before any message is sent on this
         // connection; the expiry scans add more.
-        self.clock.borrow_mut().reset();
         let time: Value = timed(redis::cmd("TIME").query_async(&mut conn)).await?;
         let received = Instant::now();
         let ms = time_ms(time).ok_or(BridgeError::NoTime)?;
         self.clock.borrow_mut().sample(ms, received);
-        Ok((conn, ps.into_on_message()))
+        Ok((Conn::Single(conn), Inbound::Single(ps.into_on_message())))
+    }
+
+    /// Connects to a Redis Cluster: one connection per node, whose sharded messages
+    /// come back as pushes (RESP3). The client retries nothing by itself (a retried
+    /// script could run twice) and finds a slot's new master after a failover.
+    async fn connect_cluster(
+        &self,
+        seeds: &[String],
+        wait: Option<u32>,
+    ) -> Result<(Conn, Inbound), BridgeError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let client = redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx)
+            .retries(0)
+            .connection_timeout(COMMAND_TIMEOUT)
+            .response_timeout(COMMAND_TIMEOUT)
+            .build()?;
+        let mut conn = timed(client.get_async_connection()).await?;
+        let any = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::Random,
+        );
+        let acks = match wait {
+            Some(n) => n,
+            None => {
+                // Acknowledged by one replica when the cluster has replicas now.
+                let mut c = redis::cmd("CLUSTER");
+                c.arg("NODES");
+                let nodes = timed(conn.route_command(&c, any.clone())).await?;
+                let nodes: String = redis::from_owned_redis_value(nodes)?;
+                let replicas = nodes
+                    .lines()
+                    .filter(|l| l.contains("slave") && !l.contains("fail"))
+                    .count();
+                u32::from(replicas > 0)
+            }
+        };
+        self.acks.set(acks);
+        tracing::info!("redis: a cluster; a message is acknowledged by {acks} replicas");
+        let time = timed(conn.route_command(&redis::cmd("TIME"), any)).await?;
+        let received = Instant::now();
+        let ms = time_ms(time).ok_or(BridgeError::NoTime)?;
+        self.clock.borrow_mut().sample(ms, received);
+        Ok((Conn::Cluster(conn), Inbound::Cluster(rx)))
     }
 
     /// The deadline, on Redis's clock, of a `SAY` going out now: [`SAY_BUDGET`] from
@@ -197,9 +365,12 @@ impl Run {
     async fn serve(
         &self,
         conn: Conn,
-        mut stream: redis::aio::PubSubStream,
+        mut stream: Inbound,
         rx: &mut mpsc::Receiver<Request>,
     ) -> Option<BridgeError> {
+        let mut probes = tokio::time::interval(PROBE_EVERY);
+        probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe: Option<Probe> = None;
         // A tick per scan, a refresh every second tick; none at once: `register` has
         // just listed everyone.
         let start = tokio::time::Instant::now() + self.timing.scan;
@@ -223,6 +394,7 @@ impl Run {
                 // expire, and the queue holds at most one renewal.
                 let mut spread = SPREAD;
                 if std::mem::take(&mut refresh_due) {
+                    self.resubscribe();
                     if !relist.is_empty() {
                         tracing::warn!("redis: presence renewal lagging: sent in one go");
                         spread = usize::MAX;
@@ -231,15 +403,15 @@ impl Run {
                 }
                 let scan = std::mem::take(&mut scan_due);
                 match self.collect(&mut relist, spread, scan, first.take(), rx) {
-                    Ok((jobs, pipe)) if !jobs.is_empty() => {
+                    Ok((jobs, cmds)) if !jobs.is_empty() => {
+                        let n = jobs.len();
+                        let run = self.launch(&conn, &jobs, cmds);
                         out = jobs;
-                        let mut conn = conn.clone();
-                        let n = out.len();
                         sent = Instant::now();
                         self.note_out(n);
                         batch = Some(Box::pin(async move {
                             let t = tokio::time::Instant::now();
-                            let r = timed(conn.req_packed_commands(&pipe, 0, n)).await;
+                            let r = run.await;
                             if t.elapsed() > SLOW {
                                 tracing::warn!(
                                     "redis: a pipeline of {n} commands took {:?}",
@@ -261,7 +433,7 @@ impl Run {
                 }
                 m = stream.next() => match m {
                     Some(m) => {
-                        if self.inject(m.get_payload_bytes()).is_none() {
+                        if self.inject(m.bytes()).is_none() {
                             break None;
                         }
                     }
@@ -270,8 +442,26 @@ impl Run {
                 res = replies(&mut batch) => {
                     batch = None;
                     self.note_back(sent.elapsed());
+                    let res = res.map(|(values, down)| {
+                        self.mark_down(down);
+                        values
+                    });
                     if let Err(e) = self.finish(std::mem::take(&mut out), res) {
                         break Some(e);
+                    }
+                }
+                _ = probes.tick(), if probe.is_none() && !self.down.borrow().is_empty() => {
+                    if let Conn::Cluster(c) = &conn {
+                        let slots = self.down.borrow().iter().map(|(s, t)| (*s, t.clone())).collect();
+                        probe = Some(Box::pin(cluster::probe(c.clone(), slots)));
+                    }
+                }
+                up = probed(&mut probe) => {
+                    probe = None;
+                    let mut down = self.down.borrow_mut();
+                    for s in up {
+                        down.remove(&s);
+                        tracing::info!("redis: slot {s} answers again");
                     }
                 }
                 r = rx.recv(), if batch.is_none() => match r {
@@ -320,33 +510,48 @@ impl Run {
         scan: bool,
         first: Option<Request>,
         rx: &mut mpsc::Receiver<Request>,
-    ) -> Result<(Vec<Job>, redis::Pipeline), Gone> {
+    ) -> Result<(Vec<Job>, Vec<redis::Cmd>), Gone> {
         let mut jobs = Vec::new();
-        let mut pipe = redis::pipe();
+        let mut pipe = Vec::new();
         for (job, c) in relist.drain(..spread.min(relist.len())) {
-            pipe.add_command(c);
+            pipe.push(c);
             jobs.push(job);
         }
         if scan {
             self.scan(&mut jobs, &mut pipe);
         }
         let deadline = self.say_deadline();
+        let mut followups = std::mem::take(&mut *self.followups.borrow_mut()).into_iter();
         let mut next = first;
         let mut taken = 0;
         loop {
-            let r = match next.take() {
-                Some(r) => r,
-                None if taken >= BATCH => break,
-                None => match rx.try_recv() {
+            let r = match (followups.next(), next.take()) {
+                (Some(f), n) => {
+                    next = n;
+                    f
+                }
+                (None, Some(r)) => r,
+                (None, None) if taken >= BATCH => break,
+                (None, None) => match rx.try_recv() {
                     Ok(r) => r,
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => return Err(Gone),
                 },
             };
             taken += 1;
+            if let Request::Forget { room } = &r {
+                if self.subscribed.borrow_mut().remove(room) {
+                    self.channels.borrow_mut().insert(room.clone(), false);
+                }
+                continue;
+            }
+            if self.cluster && self.is_down(&r) {
+                self.fail(r);
+                continue;
+            }
             match self.command(&r, deadline) {
                 Some(c) => {
-                    pipe.add_command(c);
+                    pipe.push(c);
                     jobs.push(Job::Req(r));
                 }
                 None => self.fail(r),
@@ -355,7 +560,7 @@ impl Run {
         if scan {
             // Last in the pipeline, so that little but the reply's way back lies
             // between Redis reading its clock and the pipeline's answer here.
-            pipe.add_command(redis::cmd("TIME"));
+            pipe.push(redis::cmd("TIME"));
             jobs.push(Job::Clock);
         }
         Ok((jobs, pipe))

@@ -4,8 +4,13 @@
 /// Milliseconds of Redis's clock, as a Lua number (exact: below 2^53).
 pub(super) const NOW_MS: &str = include_str!("../lua/now.lua");
 
-/// `KEYS`: counter, stream, channel. `ARGV`: history length, room, nick, text, origin,
-/// deadline (ms of Redis's clock), the author's member id (empty for a notification).
+/// `KEYS`: counter, stream, channel, published cursor. `ARGV`: history length, room,
+/// nick, text, origin, deadline (ms of Redis's clock), the author's member id (empty
+/// for a notification), `1` to publish now (else [`FLUSH_SCRIPT`] publishes it once a
+/// replica has it; see "Acknowledged by a replica" in the module documentation).
+///
+/// The cursor is the id of the room's last published message: [`RANGE_SCRIPT`] reads
+/// history only up to it, so nobody reads a message before it is published.
 ///
 /// Past its deadline the script does nothing and answers an `EXPIRED` error: the
 /// bridge has told (or is about to tell) the author `unavailable`, so the message must
@@ -16,6 +21,26 @@ pub(super) const NOW_MS: &str = include_str!("../lua/now.lua");
 /// sessions never take new messages for duplicates. (`%.0f`: Lua numbers are doubles,
 /// exact below 2^53, and `tostring` would print them in exponent form.)
 pub(super) const SAY_SCRIPT: &str = include_str!("../lua/say.lua");
+
+/// Publishes, in id order, a room's messages after its cursor up to `ARGV[1]` and
+/// moves the cursor there; run once a replica acknowledged that id (`WAIT`), which
+/// covers every earlier write to that master, so every message it publishes is on a
+/// replica. A message that ran more than `ARGV[2]` ms ago is deleted instead: its
+/// author has been answered `unavailable` (its pipeline failed: the master died after
+/// running it, say) or is about to be, so it must reach nobody, as in "A refused
+/// message is never sent". `KEYS`: stream, cursor, channel. Answers the stream ids
+/// (`<id>-0`) it deleted.
+pub(super) const FLUSH_SCRIPT: &str = include_str!("../lua/flush.lua");
+
+/// Deletes message `ARGV[1]` from the stream unless it is published already (another
+/// process's flush, after its own `WAIT`, got there first): a message no replica
+/// acknowledged in time is refused and reaches nobody. `KEYS`: stream, cursor.
+/// Answers 1 if deleted.
+pub(super) const RETRACT_SCRIPT: &str = include_str!("../lua/retract.lua");
+
+/// History up to the room's cursor: after `ARGV[1]` (a replay, oldest first) or, with
+/// `ARGV[1]` empty, the last `ARGV[2]` (newest first). `KEYS`: stream, cursor.
+pub(super) const RANGE_SCRIPT: &str = include_str!("../lua/range.lua");
 
 /// A join, part or nick change. `KEYS`: presence set, channel, parted set. `ARGV`:
 /// the event, listing lifetime (ms), nick to unlist (or empty), nick to list (or
@@ -68,23 +93,48 @@ pub(super) const NICKS_SCRIPT: &str = include_str!("../lua/nicks.lua");
 pub(super) struct Lua {
     pub(super) code: String,
     pub(super) hash: String,
+    /// Sent whole (`EVAL`) rather than by hash: on a Redis Cluster, where a replica
+    /// promoted by a failover has an empty script cache (Redis 7 does not replicate
+    /// `SCRIPT LOAD`).
+    eval: bool,
 }
 
 impl Lua {
-    pub(super) fn new(body: &str, clock: bool) -> Lua {
-        let code = if clock {
+    /// The script `body`, after the clock prelude if it reads `now`; on a cluster
+    /// (`cluster`), its `PUBLISH` is the sharded `SPUBLISH` and it is sent whole.
+    pub(super) fn new(body: &str, clock: bool, cluster: bool) -> Lua {
+        let mut code = if clock {
             format!("{NOW_MS}{body}")
         } else {
             body.to_string()
         };
+        if cluster {
+            code = code.replace("'PUBLISH'", "'SPUBLISH'");
+        }
         let hash = redis::Script::new(&code).get_hash().to_string();
-        Lua { code, hash }
+        Lua {
+            code,
+            hash,
+            eval: cluster,
+        }
     }
 
-    /// `EVALSHA` of this script with `keys` keys; the caller adds keys and arguments.
+    /// `EVALSHA` (or `EVAL`) of this script with `keys` keys; the caller adds keys and
+    /// arguments.
     pub(super) fn call(&self, keys: usize) -> redis::Cmd {
-        let mut c = redis::cmd("EVALSHA");
-        c.arg(&self.hash).arg(keys);
+        let mut c = match self.eval {
+            true => {
+                let mut c = redis::cmd("EVAL");
+                c.arg(&self.code);
+                c
+            }
+            false => {
+                let mut c = redis::cmd("EVALSHA");
+                c.arg(&self.hash);
+                c
+            }
+        };
+        c.arg(keys);
         c
     }
 }
@@ -99,23 +149,31 @@ pub(super) struct Scripts {
     pub(super) claim: Lua,
     pub(super) release: Lua,
     pub(super) nicks: Lua,
+    pub(super) flush: Lua,
+    pub(super) retract: Lua,
+    pub(super) range: Lua,
 }
 
 impl Scripts {
-    pub(super) fn new() -> Scripts {
+    /// The scripts for one Redis (`cluster` false) or a Redis Cluster.
+    pub(super) fn new(cluster: bool) -> Scripts {
+        let c = cluster;
         Scripts {
-            say: Lua::new(SAY_SCRIPT, true),
-            event: Lua::new(EVENT_SCRIPT, true),
-            presence: Lua::new(PRESENCE_SCRIPT, true),
-            expire: Lua::new(EXPIRE_SCRIPT, true),
-            who: Lua::new(WHO_SCRIPT, true),
-            claim: Lua::new(CLAIM_SCRIPT, false),
-            release: Lua::new(RELEASE_SCRIPT, false),
-            nicks: Lua::new(NICKS_SCRIPT, false),
+            say: Lua::new(SAY_SCRIPT, true, c),
+            event: Lua::new(EVENT_SCRIPT, true, c),
+            presence: Lua::new(PRESENCE_SCRIPT, true, c),
+            expire: Lua::new(EXPIRE_SCRIPT, true, c),
+            who: Lua::new(WHO_SCRIPT, true, c),
+            claim: Lua::new(CLAIM_SCRIPT, false, c),
+            release: Lua::new(RELEASE_SCRIPT, false, c),
+            nicks: Lua::new(NICKS_SCRIPT, false, c),
+            flush: Lua::new(FLUSH_SCRIPT, true, c),
+            retract: Lua::new(RETRACT_SCRIPT, false, c),
+            range: Lua::new(RANGE_SCRIPT, false, c),
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 8] {
+    pub(super) fn all(&self) -> [&Lua; 11] {
         [
             &self.say,
             &self.event,
@@ -125,6 +183,9 @@ impl Scripts {
             &self.claim,
             &self.release,
             &self.nicks,
+            &self.flush,
+            &self.retract,
+            &self.range,
         ]
     }
 }
@@ -135,12 +196,27 @@ mod tests {
 
     #[test]
     fn scripts_read_the_clock_they_use() {
-        let s = Scripts::new();
-        for l in s.all() {
+        for l in Scripts::new(false)
+            .all()
+            .into_iter()
+            .chain(Scripts::new(true).all())
+        {
             // A script that uses `now` defines it first, from Redis's clock.
             let uses = l.code.replacen(NOW_MS, "", 1).contains("now");
             assert_eq!(uses, l.code.starts_with(NOW_MS), "{}", l.code);
             assert_eq!(l.hash.len(), 40);
         }
+    }
+
+    #[test]
+    fn on_a_cluster_every_script_publishes_sharded_and_is_sent_whole() {
+        for l in Scripts::new(true).all() {
+            assert!(!l.code.contains("'PUBLISH'"), "{}", l.code);
+            let c = l.call(0);
+            let args: Vec<_> = c.args_iter().collect();
+            assert!(matches!(args[0], redis::Arg::Simple(b"EVAL")));
+        }
+        let say = Scripts::new(true).say;
+        assert!(say.code.contains("'SPUBLISH'"));
     }
 }
