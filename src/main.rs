@@ -10,6 +10,13 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The binary's default allocator: glibc's, with small over-aligned blocks (tokio's
+/// task cells and socket registrations) cut from slabs, so they cost their size and
+/// not glibc's `memalign` fragments around them ([`multiclient::base::aligned`]).
+#[cfg(not(all(feature = "jemalloc", not(target_env = "msvc"))))]
+#[global_allocator]
+static ALLOC: multiclient::base::aligned::Aligned = multiclient::base::aligned::Aligned::new();
+
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -56,7 +56,11 @@ async fn main() -> std::io::Result<()> {
                 }
                 while count > 0 {
                     let k = count.min(BATCH);
-                    if socket.write_all(&batch[..k * RESPONSE.len()]).await.is_err() {
+                    if socket
+                        .write_all(&batch[..k * RESPONSE.len()])
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     count -= k;
