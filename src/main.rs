@@ -3,7 +3,8 @@
 /// The binary's allocator with `--features jemalloc`. tokio allocates every task and
 /// every socket registration 128-byte aligned; glibc's malloc leaves about 150 bytes of
 /// unusable fragments around each such allocation, jemalloc none (its size classes come
-/// aligned): an idle async connection takes 0.70 KiB instead of 1.01. But jemalloc's
+/// aligned): an idle async connection takes 0.70 KiB instead of glibc's 1.01 (the
+/// default allocator below now gets the same 0.70 from glibc). But jemalloc's
 /// per-thread caches double the memory of a thread-per-connection client (13.6 to
 /// 27.6 KiB), hence not the default (bench/results/async-memory-cpu.md).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
