@@ -129,7 +129,8 @@ print("| workload | server | ops/s (runs) | median ops/s | CPU µs/op (runs) | m
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 med = {}
 for w, name in order:
-    d = data[(w, name)]
+    # Failed runs (no report) are left out of the medians; the errors column shows them.
+    d = [x for x in data[(w, name)] if x[0] == x[0]] or data[(w, name)]
     ops = st.median(x[0] for x in d)
     cpu = st.median(x[1] for x in d)
     med[(w, name)] = (ops, cpu)
