@@ -3,12 +3,20 @@
 /// The binary's allocator with `--features jemalloc`. tokio allocates every task and
 /// every socket registration 128-byte aligned; glibc's malloc leaves about 150 bytes of
 /// unusable fragments around each such allocation, jemalloc none (its size classes come
-/// aligned): an idle async connection takes 0.70 KiB instead of 1.01. But jemalloc's
+/// aligned): an idle async connection takes 0.70 KiB instead of glibc's 1.01 (the
+/// default allocator below now gets the same 0.70 from glibc). But jemalloc's
 /// per-thread caches double the memory of a thread-per-connection client (13.6 to
 /// 27.6 KiB), hence not the default (bench/results/async-memory-cpu.md).
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// The binary's default allocator: glibc's, with small over-aligned blocks (tokio's
+/// task cells and socket registrations) cut from slabs, so they cost their size and
+/// not glibc's `memalign` fragments around them ([`multiclient::base::aligned`]).
+#[cfg(not(all(feature = "jemalloc", not(target_env = "msvc"))))]
+#[global_allocator]
+static ALLOC: multiclient::base::aligned::Aligned = multiclient::base::aligned::Aligned::new();
 
 use std::ffi::OsString;
 use std::net::SocketAddr;

@@ -7,6 +7,7 @@
 //! This module is the bottom layer: it imports nothing else of the crate, so the hub,
 //! the services and the models can all use it without pointing at each other.
 
+pub mod aligned;
 pub mod budget;
 mod clock;
 pub mod limits;

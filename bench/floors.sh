@@ -1,0 +1,146 @@
+#!/bin/sh
+# The opening table of BENCHMARKS.md: per protocol, the do-nothing floor
+# (bench/peers/floor_*.rs, tokio_ack.rs), our server with every default on (limits,
+# timeouts, Date header, info logs to /dev/null, the admin listener if its port is
+# free) and the peers users pick, each measured with `multiclient bench`:
+#   - server CPU per operation at a fixed offered rate (open loop, `--rate`);
+#   - throughput when saturated (closed loop), and its CPU per operation.
+# Runs are interleaved: for each workload, run 1 of every server, then run 2, ...; a
+# fresh server each run, pinned to CPU 1 at nice -20 in a session of its own, the
+# tester on CPU 0 with one thread. The load average is written beside every run.
+# Prints the raw lines as it goes and, at the end, the table of medians with every
+# server's ratio to the floor; both are kept in $OUT (default
+# bench/results/floors-<time>).
+#
+# Usage: bench/floors.sh [WORKLOAD ...]   (default: all; RUNS=3 SECS=5)
+#   workloads: ack-rate ack-sat http-rate http-sat http-pipe ws-rate ws-sat
+#              chat-rate chat-sat
+# Needs: cargo build --release --bin multiclient --examples; nginx (apt-get install
+# nginx-light; its row is skipped without it); python3 with websockets
+# (pip install -r bench/peers/requirements.txt).
+set -eu
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+B=target/release/multiclient
+E=${E:-target/release/examples}
+RUNS=${RUNS:-3}
+SECS=${SECS:-5}
+# The fixed offered rates (operations per second in total; chat: messages per second
+# to 1,000 members, so deliveries are 1,000 times that). Low enough that the tester
+# keeps up on the shared 2-core machine: a starved tester measures the load, not the
+# server.
+ACK_RATE=${ACK_RATE:-10000}
+HTTP_RATE=${HTTP_RATE:-10000}
+WS_RATE=${WS_RATE:-5000}
+CHAT_RATE=${CHAT_RATE:-10}
+OUT=${OUT:-bench/results/floors-$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$OUT"
+RAW=$OUT/raw.tsv
+: > "$RAW"
+echo "# $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(date -u +%FT%TZ) RUNS=$RUNS SECS=$SECS ACK_RATE=$ACK_RATE HTTP_RATE=$HTTP_RATE WS_RATE=$WS_RATE CHAT_RATE=$CHAT_RATE" | tee "$OUT/head.txt"
+
+OURS="$B serve --model async"
+NGINX=
+if command -v nginx >/dev/null 2>&1; then NGINX="nginx=bench/peers/nginx_hello.sh {port}"; fi
+
+# The servers of each protocol, floor first: NAME=COMMAND with {port}.
+servers() {
+  case $1 in
+    ack) set -- "floor=$E/peer_tokio_ack {port}" \
+           "ours=$OURS --service ack=127.0.0.1:{port}" \
+           "py-asyncio=python3 bench/peers/asyncio_ack.py {port}" ;;
+    http) set -- "floor=$E/floor_http {port}" \
+            "ours=$OURS --service http=127.0.0.1:{port}" \
+            ${NGINX:+"$NGINX"} \
+            "hyper=$E/peer_hyper_hello {port}" ;;
+    ws) set -- "floor=$E/floor_ws {port}" \
+          "ours=$OURS --service ws=127.0.0.1:{port}" \
+          "tungstenite=$E/peer_tungstenite_ws {port}" \
+          "py-websockets=python3 bench/peers/ws_echo.py {port}" ;;
+    chat) set -- "floor=$E/floor_chat {port}" \
+            "ours=$OURS --service chat=127.0.0.1:{port}" \
+            "tokio-chat=$E/peer_tokio_chat {port}" ;;
+  esac
+  for s in "$@"; do printf '%s\n' "$s"; done
+}
+
+# The bench arguments of each workload (without --addr, --threads, --server-pid).
+args() {
+  case $1 in
+    ack-rate) echo "ack --conns 100 --rate $ACK_RATE --secs $SECS" ;;
+    ack-sat) echo "ack --conns 100 --secs $SECS" ;;
+    http-rate) echo "http --conns 100 --rate $HTTP_RATE --secs $SECS" ;;
+    http-sat) echo "http --conns 100 --secs $SECS" ;;
+    http-pipe) echo "http --conns 10 --pipeline 16 --secs $SECS" ;;
+    ws-rate) echo "ws --conns 100 --rate $WS_RATE --secs $SECS" ;;
+    ws-sat) echo "ws --conns 100 --secs $SECS" ;;
+    chat-rate) echo "chat --members 1000 --rate $CHAT_RATE --secs $SECS" ;;
+    chat-sat) echo "chat --members 1000 --rate 100 --secs $SECS" ;;
+  esac
+}
+
+[ $# -gt 0 ] || set -- ack-rate ack-sat http-rate http-sat http-pipe ws-rate ws-sat chat-rate chat-sat
+for w in "$@"; do
+  proto=${w%%-*}
+  a=$(args "$w")
+  [ -n "$a" ] || { echo "unknown workload $w" >&2; exit 2; }
+  for run in $(seq 1 "$RUNS"); do
+    servers "$proto" | while IFS= read -r spec; do
+      name=${spec%%=*}; cmd=${spec#*=}
+      start_server "$name" "$cmd" </dev/null || continue
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      # shellcheck disable=SC2086
+      nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$port --threads 1 \
+        --server-pid $pid --json > "$OUT/last.json" 2>/dev/null </dev/null || true
+      kill $pid; wait $pid 2>/dev/null || true
+      python3 - "$w" "$name" "$run" "$load" "$OUT/last.json" <<'PY' | tee -a "$RAW"
+import json, sys
+w, name, run, load, js = sys.argv[1:]
+try:
+    r = json.load(open(js))
+except Exception:
+    print("\t".join([w, name, run, load, "nan", "nan", "nan", "failed"]))
+    sys.exit()
+sv = r.get("server") or {}
+if "deliveries_per_sec" in r:
+    ops, errs = r["deliveries_per_sec"], r["errors"]
+    errs = sum(v for v in errs.values() if isinstance(v, int))
+else:
+    ops, errs = r["throughput"], sum(r["errors"].values())
+print("\t".join([w, name, run, load, "%.0f" % ops, "%.2f" % sv.get("cpu_us_per_op", float("nan")),
+                 str(r["latency"]["p99_us"]), str(errs)]))
+PY
+      sleep 1
+    done
+  done
+done
+rm -f "$OUT/last.json"
+
+# The table: medians per workload and server, ratios to the floor.
+python3 - "$RAW" <<'PY' | tee "$OUT/table.md"
+import sys, statistics as st
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+order, data = [], {}
+for w, name, run, load, ops, cpu, p99, errs in rows:
+    if (w, name) not in data:
+        order.append((w, name))
+    data.setdefault((w, name), []).append((float(ops), float(cpu), int(p99) if p99 != "nan" else -1, errs, float(load)))
+print("| workload | server | ops/s (runs) | median ops/s | CPU µs/op (runs) | median CPU µs/op | × floor CPU | × floor ops/s | p99 µs (median run) | errors | load |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+med = {}
+for w, name in order:
+    # Failed runs (no report) are left out of the medians; the errors column shows them.
+    d = [x for x in data[(w, name)] if x[0] == x[0]] or data[(w, name)]
+    ops = st.median(x[0] for x in d)
+    cpu = st.median(x[1] for x in d)
+    med[(w, name)] = (ops, cpu)
+for w, name in order:
+    d = data[(w, name)]
+    ops, cpu = med[(w, name)]
+    fops, fcpu = med.get((w, "floor"), (float("nan"), float("nan")))
+    mid = sorted(d, key=lambda x: x[0])[len(d) // 2]
+    print("| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.2f | %d | %s | %s |" % (
+        w, name, ", ".join("%.0f" % x[0] for x in d), ops, ", ".join("%.2f" % x[1] for x in d), cpu,
+        cpu / fcpu, ops / fops, mid[2], "/".join(x[3] for x in d),
+        "%.0f–%.0f" % (min(x[4] for x in d), max(x[4] for x in d))))
+PY
