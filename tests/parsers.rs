@@ -483,6 +483,20 @@ fn a_long_chunk_size_line_is_refused_alike_in_one_read_or_in_pieces() {
     assert!(matches!(whole, BodyOutcome::Refused(_)), "{whole:?}");
 }
 
+/// A busy goodbye while only stray line ends had come (no request started yet) drops
+/// the unread input, but the session kept how far it had scanned it: the next, shorter
+/// read was sliced past its end and panicked (found by the `http_session` fuzz target).
+#[test]
+fn a_busy_goodbye_after_stray_line_ends_then_a_short_read_gets_a_503_not_a_panic() {
+    let mut h = Harness::new(Http::new(HttpOptions::default()).session(&ConnInfo::test(1)));
+    h.feed(b"\r\r\r\r\r\r\r\r");
+    h.goodbye(multiclient::service::Goodbye::Busy);
+    h.feed(b"\r\n");
+    h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let out = h.take_output();
+    assert_eq!(wire::http_responses(&out, false), Ok(vec![503]), "{out:?}");
+}
+
 mod tls {
     //! The TLS wrapper: junk records never panic and only whole records come out;
     //! a real client's flights in any reads reach the service.
