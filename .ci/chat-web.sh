@@ -10,9 +10,11 @@
 # the same ids everywhere, WHO and NICK across instances, Redis killed and restarted:
 # `unavailable` shown, pages kept, messages flowing again) and
 # tests/browser/redis-freeze-repro.mjs (Redis frozen with SIGSTOP: a SAY refused
-# `unavailable` is never delivered nor in any history once Redis resumes). Screenshots
-# in target/ (chat-web-ann.png and chat-web-bob.png at desktop size, chat-web-phone.png
-# at 390x844).
+# `unavailable` is never delivered nor in any history once Redis resumes) and
+# tests/browser/chat-tls.mjs (the page over https with a certificate of a test CA made
+# with openssl: two pages chatting both ways over wss://). Screenshots in target/
+# (chat-web-ann.png and chat-web-bob.png at desktop size, chat-web-phone.png at
+# 390x844, chat-tls-ann.png and chat-tls-bob.png over https).
 # The socket tests of the WebSocket chat and notifications run in
 # `cargo test --test chat_web`. Exits non-zero on any failure. Runnable with CI=true,
 # no stdin, on a clean clone.
@@ -22,6 +24,7 @@ cd "$(dirname "$0")/.."
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "chat-web.sh: installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -37,6 +40,7 @@ node --version
 cargo build
 cargo test --test chat_web
 rm -f target/chat-web-auth.png target/chat-web-ann.png target/chat-web-bob.png target/chat-web-phone.png target/chat-redis-a.png target/chat-redis-b.png
+rm -f target/chat-tls-ann.png target/chat-tls-bob.png
 node tests/browser/chat.mjs target/debug/multiclient
 node tests/browser/chat-auth.mjs target/debug/multiclient
 test -s target/chat-web-ann.png
@@ -46,4 +50,7 @@ node tests/browser/chat-redis.mjs target/debug/multiclient
 test -s target/chat-redis-a.png
 test -s target/chat-redis-b.png
 node tests/browser/redis-freeze-repro.mjs target/debug/multiclient
+node tests/browser/chat-tls.mjs target/debug/multiclient
+test -s target/chat-tls-ann.png
+test -s target/chat-tls-bob.png
 echo "chat-web.sh: all chat web checks passed"

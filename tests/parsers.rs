@@ -483,6 +483,20 @@ fn a_long_chunk_size_line_is_refused_alike_in_one_read_or_in_pieces() {
     assert!(matches!(whole, BodyOutcome::Refused(_)), "{whole:?}");
 }
 
+/// A busy goodbye while only stray line ends had come (no request started yet) drops
+/// the unread input, but the session kept how far it had scanned it: the next, shorter
+/// read was sliced past its end and panicked (found by the `http_session` fuzz target).
+#[test]
+fn a_busy_goodbye_after_stray_line_ends_then_a_short_read_gets_a_503_not_a_panic() {
+    let mut h = Harness::new(Http::new(HttpOptions::default()).session(&ConnInfo::test(1)));
+    h.feed(b"\r\r\r\r\r\r\r\r");
+    h.goodbye(multiclient::service::Goodbye::Busy);
+    h.feed(b"\r\n");
+    h.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let out = h.take_output();
+    assert_eq!(wire::http_responses(&out, false), Ok(vec![503]), "{out:?}");
+}
+
 mod tls {
     //! The TLS wrapper: junk records never panic and only whole records come out;
     //! a real client's flights in any reads reach the service.
@@ -590,6 +604,202 @@ mod tls {
             let codes = wire::http_responses(&plain, false).map_err(TestCaseError::fail)?;
             prop_assert_eq!(codes, [200]);
             prop_assert!(String::from_utf8_lossy(&plain).ends_with(HELLO));
+        }
+    }
+}
+
+mod proxy {
+    //! The PROXY header (v1 and v2) and the gate that reads it: valid headers of every
+    //! kind in any reads give their address and pass on exactly the bytes after them;
+    //! any bytes give the same address, bytes and refusal in one read or in pieces.
+
+    use super::*;
+    use multiclient::service::gate::Gate;
+    use multiclient::service::proxy::{parse, Parsed, MAX_HEADER};
+    use multiclient::service::Cx;
+    use std::net::{IpAddr, SocketAddr};
+
+    /// Writes `open <address>` when opened, then every byte it is given: the output
+    /// shows whom the gate said the client was and what it passed on (the same
+    /// recorder as the `proxy_header` fuzz target's).
+    struct Record;
+
+    struct RecordSession(String);
+
+    impl Service for Record {
+        type Session = RecordSession;
+        fn name(&self) -> &str {
+            "record"
+        }
+        fn session(&self, conn: &ConnInfo) -> RecordSession {
+            RecordSession(format!("open {}\n", conn.peer))
+        }
+    }
+
+    impl Session for RecordSession {
+        type Event = ();
+        fn open(&mut self, cx: &mut Cx<'_, ()>) {
+            cx.send(self.0.as_bytes());
+        }
+        fn read(&mut self, input: &[u8], cx: &mut Cx<'_, ()>) -> usize {
+            cx.send(input);
+            input.len()
+        }
+    }
+
+    /// What the gate passed on after `reads`, and whether it is closing.
+    fn gate(reads: &[&[u8]]) -> (String, bool) {
+        let session =
+            Gate::new(Record, Some(Duration::from_secs(5)), None).session(&ConnInfo::test(1));
+        let mut h = Harness::new(session);
+        let mut out = Vec::new();
+        for r in reads {
+            h.feed(r);
+            out.extend(h.take_output());
+        }
+        (String::from_utf8_lossy(&out).into_owned(), h.is_closing())
+    }
+
+    const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+    /// A header of every kind the protocol has, and the address it gives (`None`:
+    /// the socket's peer stays the client).
+    #[derive(Debug, Clone)]
+    enum Kind {
+        V1(SocketAddr),
+        V1Unknown,
+        V2(SocketAddr, Vec<u8>),
+        V2Local,
+    }
+
+    impl Kind {
+        fn bytes(&self) -> Vec<u8> {
+            match self {
+                Kind::V1(a) => {
+                    let fam = if a.is_ipv4() { "TCP4" } else { "TCP6" };
+                    let dst = if a.is_ipv4() { "127.0.0.1" } else { "::1" };
+                    format!("PROXY {fam} {} {dst} {} 8080\r\n", a.ip(), a.port()).into_bytes()
+                }
+                Kind::V1Unknown => b"PROXY UNKNOWN\r\n".to_vec(),
+                Kind::V2(a, tlv) => {
+                    let mut addrs = Vec::new();
+                    let fam = match a.ip() {
+                        IpAddr::V4(ip) => {
+                            addrs.extend_from_slice(&ip.octets());
+                            addrs.extend_from_slice(&[127, 0, 0, 1]);
+                            0x11
+                        }
+                        IpAddr::V6(ip) => {
+                            addrs.extend_from_slice(&ip.octets());
+                            addrs.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
+                            0x21
+                        }
+                    };
+                    addrs.extend_from_slice(&a.port().to_be_bytes());
+                    addrs.extend_from_slice(&8080u16.to_be_bytes());
+                    // One NOOP TLV carrying `tlv`: skipped, whatever it holds.
+                    addrs.push(0x04);
+                    addrs.extend_from_slice(&(tlv.len() as u16).to_be_bytes());
+                    addrs.extend_from_slice(tlv);
+                    let mut h = V2_SIG.to_vec();
+                    h.extend_from_slice(&[0x21, fam]);
+                    h.extend_from_slice(&(addrs.len() as u16).to_be_bytes());
+                    h.extend_from_slice(&addrs);
+                    h
+                }
+                Kind::V2Local => {
+                    let mut h = V2_SIG.to_vec();
+                    h.extend_from_slice(&[0x20, 0x00, 0, 0]);
+                    h
+                }
+            }
+        }
+
+        fn source(&self) -> Option<SocketAddr> {
+            match self {
+                Kind::V1(a) | Kind::V2(a, _) => Some(*a),
+                _ => None,
+            }
+        }
+    }
+
+    fn kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            any::<SocketAddr>().prop_map(Kind::V1),
+            Just(Kind::V1Unknown),
+            (
+                any::<SocketAddr>(),
+                prop::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(a, t)| Kind::V2(a, t)),
+            Just(Kind::V2Local),
+        ]
+    }
+
+    /// An IPv6 address as a v6 `SocketAddr` carries it: no flow info, no scope.
+    fn plain(a: SocketAddr) -> SocketAddr {
+        SocketAddr::new(a.ip(), a.port())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every kind of header, then the client's own bytes, in any reads: the
+        /// header's address, then exactly the bytes after it, nothing closed.
+        #[test]
+        fn a_valid_header_in_any_reads_gives_its_address_and_passes_on_the_rest(
+            kind in kind(),
+            rest in prop::collection::vec(any::<u8>(), 0..100),
+            cuts in cuts(),
+        ) {
+            let kind = match kind {
+                Kind::V1(a) => Kind::V1(plain(a)),
+                Kind::V2(a, t) => Kind::V2(plain(a), t),
+                k => k,
+            };
+            let header = kind.bytes();
+            let mut input = header.clone();
+            input.extend_from_slice(&rest);
+            let parsed = parse(&input);
+            match &parsed {
+                Parsed::Header { len, source, .. } => {
+                    prop_assert_eq!(*len, header.len());
+                    prop_assert_eq!(*source, kind.source());
+                }
+                other => prop_assert!(false, "{:?} for {:?}", other, kind),
+            }
+            let peer = kind.source().unwrap_or(ConnInfo::test(1).peer);
+            let want = format!("open {peer}\n{}", String::from_utf8_lossy(&rest));
+            prop_assert_eq!(gate(&cut(&input, &cuts)), (want, false));
+        }
+
+        /// Any bytes, and any bytes after a valid header's start: the same address,
+        /// bytes and refusal in any reads as in one; a header read is within the input
+        /// and reads the same alone; a refusal passes nothing on and closes.
+        #[test]
+        fn any_proxy_bytes_give_the_same_address_or_refusal_in_any_reads(
+            start in proptest::option::of(kind()),
+            junk in prop::collection::vec(any::<u8>(), 0..300),
+            cut_at in any::<usize>(),
+            cuts in cuts(),
+        ) {
+            let mut input = Vec::new();
+            if let Some(k) = start {
+                let h = k.bytes();
+                input.extend_from_slice(&h[..cut_at % (h.len() + 1)]);
+            }
+            input.extend_from_slice(&junk);
+            let whole = gate(&[&input]);
+            match parse(&input) {
+                Parsed::Header { len, .. } => {
+                    prop_assert!(len <= input.len() && len <= MAX_HEADER);
+                    prop_assert_eq!(&parse(&input[..len]), &parse(&input));
+                    prop_assert!(whole.0.starts_with("open ") && !whole.1);
+                }
+                Parsed::Invalid(_) => prop_assert_eq!(&whole, &(String::new(), true)),
+                Parsed::Incomplete => prop_assert_eq!(&whole, &(String::new(), false)),
+            }
+            prop_assert_eq!(gate(&cut(&input, &cuts)), whole);
         }
     }
 }

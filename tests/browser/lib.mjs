@@ -174,7 +174,8 @@ export async function startServer(bin, args, env, name) {
   const text = () => log.items.join('');
   const ports = await log.wait(() => {
     const p = {};
-    for (const m of text().matchAll(/Listening on 127\.0\.0\.1:(\d+) \((\w+),/g)) p[m[2]] = Number(m[1]);
+    // A TLS listener is logged as `http+tls`: its port is the service's all the same.
+    for (const m of text().matchAll(/Listening on 127\.0\.0\.1:(\d+) \((\w+)(?:\+tls)?,/g)) p[m[2]] = Number(m[1]);
     return p.http && p.chat ? p : undefined;
   }, 'ports of http and chat in its log');
   const logged = (re, n = 1, ms = STEP) => log.wait(
@@ -329,8 +330,11 @@ export class LineClient {
   }
 }
 
-/** Debian's Chromium, headless, in a fresh profile removed at cleanup. */
-export async function launchChromium() {
+/**
+ * Debian's Chromium, headless, in a fresh profile removed at cleanup; `extraArgs` are
+ * added to its command line (chat-tls.mjs: the test certificate to trust).
+ */
+export async function launchChromium(extraArgs = []) {
   const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
   const profile = mkdtempSync(path.join(tmpdir(), 'multiclient-chromium-'));
   onCleanup(() => rmSync(profile, { recursive: true, force: true }));
@@ -342,6 +346,7 @@ export async function launchChromium() {
     args: [
       '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ...extraArgs,
     ],
   });
   onCleanup(() => context.close());

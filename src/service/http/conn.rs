@@ -423,6 +423,10 @@ impl<A: App> Session for HttpSession<A> {
     }
 
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, Self::Event>) {
+        // The engine drops the unread input before a goodbye: what was scanned of it
+        // is gone, and a session that reads on (a refusal awaiting its request) starts
+        // scanning afresh.
+        self.scanned = 0;
         match &mut self.state {
             State::Ws(conn) => conn.goodbye(why, cx),
             State::Closed => cx.close(),
