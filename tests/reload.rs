@@ -82,6 +82,13 @@ fn refused_busy(addr: SocketAddr) -> bool {
     out == b"ERR server busy\n"
 }
 
+/// One ACK round trip on each held connection.
+fn each_answered(held: &mut [TcpStream], msg: &[u8]) {
+    for s in held {
+        round_trip(s, msg, ack::REPLY);
+    }
+}
+
 #[test]
 fn max_conns_lowered_by_sighup_refuses_the_next_client_while_held_clients_stay_answered() {
     for &model in MODELS {
@@ -92,9 +99,7 @@ fn max_conns_lowered_by_sighup_refuses_the_next_client_while_held_clients_stay_a
         );
         let srv = cfg.serve(model);
         let mut held: Vec<TcpStream> = (0..2).map(|_| connect(srv.addr)).collect();
-        for s in &mut held {
-            round_trip(s, b"before", ack::REPLY);
-        }
+        each_answered(&mut held, b"before");
 
         cfg.write("service = [\"ack=127.0.0.1:0\"]\nmax-conns = 1\n");
         reload(&srv, "max-conns 3 -> 1");
@@ -102,18 +107,14 @@ fn max_conns_lowered_by_sighup_refuses_the_next_client_while_held_clients_stay_a
             refused_busy(srv.addr),
             "{model}: the third client is over the new limit"
         );
-        for s in &mut held {
-            round_trip(s, b"after", ack::REPLY);
-        }
+        each_answered(&mut held, b"after");
 
         // A broken file: logged, and the running config (max-conns 1) kept.
         cfg.write("service = [\"ack=127.0.0.1:0\"]\nmax-conns = \"many\"\n");
         let lines = reload(&srv, "config not reloaded");
         assert!(lines.last().unwrap().contains("max-conns"), "{lines:?}");
         assert!(refused_busy(srv.addr), "{model}: the old limit holds");
-        for s in &mut held {
-            round_trip(s, b"still", ack::REPLY);
-        }
+        each_answered(&mut held, b"still");
 
         // Raised again: the next client is served.
         drop(held.pop());
@@ -490,9 +491,7 @@ fn max_conns_per_ip_set_by_sighup_refuses_the_next_client_while_held_ones_stay_a
         let cfg = Config::new("per-ip", model, "service = [\"ack=127.0.0.1:0\"]\n");
         let srv = cfg.serve(model);
         let mut held: Vec<TcpStream> = (0..2).map(|_| connect(srv.addr)).collect();
-        for s in &mut held {
-            round_trip(s, b"before", ack::REPLY);
-        }
+        each_answered(&mut held, b"before");
 
         // From no limit to 2: the two held count, the third is refused.
         cfg.write("service = [\"ack=127.0.0.1:0\"]\nmax-conns-per-ip = 2\n");
@@ -501,9 +500,7 @@ fn max_conns_per_ip_set_by_sighup_refuses_the_next_client_while_held_ones_stay_a
             refused_for_its_address(srv.addr),
             "{model}: a third connection from 127.0.0.1 is over the new limit"
         );
-        for s in &mut held {
-            round_trip(s, b"held", ack::REPLY);
-        }
+        each_answered(&mut held, b"held");
 
         // Raised to 3 with a listener added: one count for every listener, the new
         // one included.
