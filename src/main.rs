@@ -19,6 +19,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static ALLOC: multiclient::base::aligned::Aligned = multiclient::base::aligned::Aligned::new();
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -522,6 +523,18 @@ fn listener_marks(spec: &str) -> anyhow::Result<(&str, bool, bool)> {
     }
 }
 
+/// Writes a generated text (completions, the man page, the example config) to stdout.
+/// A reader that stops early (`multiclient man | head`) closes the pipe: that ends the
+/// output, as it does for any Unix filter, and is not an error. (`print!` would panic
+/// there, since Rust ignores SIGPIPE and the write fails with `EPIPE`.)
+fn print_out(text: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = Cli::parse_from(&argv);
@@ -570,18 +583,16 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "bench")]
         Command::Bench(a) => multiclient::bench::run(a),
         Command::CheckConfig { file } => check_config(&file),
-        Command::ConfigExample => {
-            print!("{}", config::example(&serve_command()));
-            Ok(())
-        }
+        Command::ConfigExample => print_out(config::example(&serve_command()).as_bytes()),
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "multiclient", &mut std::io::stdout());
-            Ok(())
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "multiclient", &mut out);
+            print_out(&out)
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            Ok(())
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            print_out(&out)
         }
     }
 }

@@ -186,3 +186,38 @@ fn completions_for_each_shell_and_the_man_page_are_printed() {
         assert!(text.contains("connect"), "{args:?} lacks the subcommands");
     }
 }
+
+#[test]
+fn generated_texts_end_quietly_when_the_reader_closes_the_pipe_early() {
+    // `multiclient man | head -1`: the reader closes its end early. The rest of the
+    // output is not wanted, which is no error and certainly no panic.
+    let bin = env!("CARGO_BIN_EXE_multiclient");
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "zsh"][..],
+        &["man"][..],
+        &["config-example"][..],
+    ] {
+        // The read end is closed before the program starts: its first write fails
+        // with EPIPE, whatever the pipe's buffer size.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = Command::new(bin)
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{args:?}: {status:?} {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
