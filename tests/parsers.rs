@@ -614,50 +614,13 @@ mod proxy {
     //! any bytes give the same address, bytes and refusal in one read or in pieces.
 
     use super::*;
-    use multiclient::service::gate::Gate;
     use multiclient::service::proxy::{parse, Parsed, MAX_HEADER};
-    use multiclient::service::Cx;
     use std::net::{IpAddr, SocketAddr};
-
-    /// Writes `open <address>` when opened, then every byte it is given: the output
-    /// shows whom the gate said the client was and what it passed on (the same
-    /// recorder as the `proxy_header` fuzz target's).
-    struct Record;
-
-    struct RecordSession(String);
-
-    impl Service for Record {
-        type Session = RecordSession;
-        fn name(&self) -> &str {
-            "record"
-        }
-        fn session(&self, conn: &ConnInfo) -> RecordSession {
-            RecordSession(format!("open {}\n", conn.peer))
-        }
-    }
-
-    impl Session for RecordSession {
-        type Event = ();
-        fn open(&mut self, cx: &mut Cx<'_, ()>) {
-            cx.send(self.0.as_bytes());
-        }
-        fn read(&mut self, input: &[u8], cx: &mut Cx<'_, ()>) -> usize {
-            cx.send(input);
-            input.len()
-        }
-    }
 
     /// What the gate passed on after `reads`, and whether it is closing.
     fn gate(reads: &[&[u8]]) -> (String, bool) {
-        let session =
-            Gate::new(Record, Some(Duration::from_secs(5)), None).session(&ConnInfo::test(1));
-        let mut h = Harness::new(session);
-        let mut out = Vec::new();
-        for r in reads {
-            h.feed(r);
-            out.extend(h.take_output());
-        }
-        (String::from_utf8_lossy(&out).into_owned(), h.is_closing())
+        let (out, closing) = multiclient::service::gate::fuzzing::gate(reads);
+        (String::from_utf8_lossy(&out).into_owned(), closing)
     }
 
     const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";

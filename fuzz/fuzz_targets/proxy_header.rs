@@ -10,52 +10,11 @@
 
 #![no_main]
 
-use std::time::Duration;
-
 use libfuzzer_sys::fuzz_target;
-use multiclient::service::gate::Gate;
+use multiclient::service::gate::fuzzing::gate;
 use multiclient::service::proxy::{parse, Parsed, MAX_HEADER};
-use multiclient::service::{ConnInfo, Cx, Harness, Service, Session};
+use multiclient::service::ConnInfo;
 use multiclient_fuzz::reads;
-
-/// Writes `open <address>` when opened, then every byte it is given: the output shows
-/// whom the gate said the client was and what it passed on.
-struct Record;
-
-struct RecordSession(String);
-
-impl Service for Record {
-    type Session = RecordSession;
-    fn name(&self) -> &str {
-        "record"
-    }
-    fn session(&self, conn: &ConnInfo) -> RecordSession {
-        RecordSession(format!("open {}\n", conn.peer))
-    }
-}
-
-impl Session for RecordSession {
-    type Event = ();
-    fn open(&mut self, cx: &mut Cx<'_, ()>) {
-        cx.send(self.0.as_bytes());
-    }
-    fn read(&mut self, input: &[u8], cx: &mut Cx<'_, ()>) -> usize {
-        cx.send(input);
-        input.len()
-    }
-}
-
-/// The gate's output and whether it is closing, after `reads`.
-fn gate(reads: &[&[u8]]) -> (Vec<u8>, bool) {
-    let session = Gate::new(Record, Some(Duration::from_secs(5)), None).session(&ConnInfo::test(1));
-    let mut h = Harness::new(session);
-    let mut out = Vec::new();
-    for r in reads {
-        h.feed(r);
-        out.extend(h.take_output());
-    }
-    (out, h.is_closing())
-}
 
 fuzz_target!(|data: &[u8]| {
     let [seed, bytes @ ..] = data else {

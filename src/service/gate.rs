@@ -363,6 +363,9 @@ impl<S: Service> Session for GateSession<S> {
     }
 }
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests {
     use super::*;
