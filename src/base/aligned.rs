@@ -153,23 +153,27 @@ unsafe impl GlobalAlloc for Aligned {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some(size) = Self::block(layout) else {
-            // SAFETY: System's block, System's realloc (same alignment, so the new
-            // layout is System's too).
-            return unsafe { System.realloc(ptr, layout, new_size) };
-        };
         // SAFETY: the caller guarantees the new layout is valid.
         let new = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
-        if Self::block(new) == Some(size) {
-            return ptr;
+        let (old_block, new_block) = (Self::block(layout), Self::block(new));
+        if old_block == new_block {
+            return match old_block {
+                // The same slab block holds the new size.
+                Some(_) => ptr,
+                // SAFETY: System's block, and System's again at the new size.
+                None => unsafe { System.realloc(ptr, layout, new_size) },
+            };
         }
-        // SAFETY: a fresh block for the new layout, the old one's bytes copied (as
-        // many as both hold), then the old one freed.
+        // The block changes sides or slabs (an over-aligned block grown past `MAX`,
+        // or shrunk into a slab's size: `dealloc` will look at the new layout, so the
+        // block must then be a slab's). SAFETY: a fresh block for the new layout, the
+        // old one's bytes copied (as many as both hold), then the old one freed where
+        // it came from.
         unsafe {
             let p = self.alloc(new);
             if !p.is_null() {
                 ptr::copy_nonoverlapping(ptr, p, layout.size().min(new_size));
-                self.give(ptr, size);
+                self.dealloc(ptr, layout);
             }
             p
         }
@@ -256,6 +260,37 @@ mod tests {
             assert_eq!(unsafe { r.add(i).read() }, i as u8);
         }
         unsafe { a.dealloc(r, layout(5000, 64)) };
+    }
+
+    #[test]
+    fn a_system_block_shrunk_to_a_slab_size_moves_into_the_slab() {
+        // `dealloc` finds a block's side from its layout: a block of 4096 bytes
+        // aligned to 128 is the system's, but shrunk to 500 its layout says "slab", so
+        // it must be in the slab by then (else a system block of ~500 bytes would be
+        // handed out later as a 512-byte slab block).
+        let a = Aligned::new();
+        let big = layout(4096, 128);
+        let p = unsafe { a.alloc(big) };
+        for i in 0..500 {
+            unsafe { p.add(i).write(i as u8) };
+        }
+        let small = layout(500, 128);
+        let q = unsafe { a.realloc(p, big, 500) };
+        assert_eq!(q as usize % 128, 0);
+        for i in 0..500 {
+            assert_eq!(unsafe { q.add(i).read() }, i as u8);
+        }
+        // The next 512-byte block of this (fresh) allocator is cut right after it.
+        let r = unsafe { a.alloc(small) };
+        assert_eq!(
+            r as usize - q as usize,
+            512,
+            "the shrunk block is not a slab's"
+        );
+        unsafe {
+            a.dealloc(r, small);
+            a.dealloc(q, small);
+        }
     }
 
     #[test]
