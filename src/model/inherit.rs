@@ -118,9 +118,15 @@ fn listening_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
 /// Parses [`ENV_FDS`]; an entry that does not name a listening TCP socket is logged
 /// and skipped (never owned, so a stray variable cannot close someone else's file).
 fn from_env() -> Vec<(SocketAddr, OwnedFd)> {
-    let Ok(value) = std::env::var(ENV_FDS) else {
-        return Vec::new();
-    };
+    match std::env::var(ENV_FDS) {
+        Ok(value) => parse_fds(&value),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`from_env`] on the variable's value.
+fn parse_fds(value: &str) -> Vec<(SocketAddr, OwnedFd)> {
+    use std::os::fd::AsRawFd;
     let mut list = Vec::new();
     for item in value.split(',').filter(|s| !s.is_empty()) {
         let parsed = item
@@ -130,6 +136,14 @@ fn from_env() -> Vec<(SocketAddr, OwnedFd)> {
             tracing::warn!("{ENV_FDS}: {item:?} is not ADDR=FD; ignored");
             continue;
         };
+        if list
+            .iter()
+            .any(|(_, fd): &(SocketAddr, OwnedFd)| fd.as_raw_fd() == raw)
+        {
+            // Owned once already: a second owner would close it twice.
+            tracing::warn!("{ENV_FDS}: descriptor {raw} named twice; {item:?} ignored");
+            continue;
+        }
         match check(raw) {
             Ok(()) => {
                 // SAFETY: the previous process left this descriptor open for this one,
@@ -169,4 +183,33 @@ pub(crate) fn bind_or_take(
     };
     record(asked, listener.local_addr()?);
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    #[test]
+    fn a_descriptor_named_twice_is_owned_once() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        // Ownership passes to what `parse_fds` returns, as from a previous process.
+        let raw = l.into_raw_fd();
+        let list = parse_fds(&format!("{addr}={raw},127.0.0.1:1={raw}"));
+        assert_eq!(list.len(), 1, "two owners would close it twice");
+        assert_eq!(list[0].0, addr);
+        assert_eq!(list[0].1.as_raw_fd(), raw);
+    }
+
+    #[test]
+    fn entries_that_are_not_listening_sockets_are_skipped() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let list = parse_fds(&format!(
+            "127.0.0.1:1={},nonsense,127.0.0.1:2=2",
+            s.as_raw_fd()
+        ));
+        assert!(list.is_empty());
+    }
 }
