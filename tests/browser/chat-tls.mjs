@@ -14,7 +14,10 @@ import { X509Certificate, createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { STEP, check, checkPng, launchChromium, onCleanup, root, run, startServer } from './lib.mjs';
+import {
+  STEP, check, checkPng, launchChromium, onCleanup, openChatPage, root, run, sayOnPage as say,
+  seenOnPage as seen, startServer,
+} from './lib.mjs';
 
 const bin = path.resolve(process.argv[2] ?? path.join(root, 'target/debug/multiclient'));
 
@@ -37,40 +40,6 @@ function makePki(dir) {
   };
 }
 
-async function openPage(context, base, nick, sockets) {
-  const page = await context.newPage();
-  page.on('pageerror', (e) => { console.error(`${nick}: page error:`, e.message); process.exitCode = 1; });
-  page.on('console', (m) => {
-    if (m.type() === 'error') { console.error(`${nick}: console error:`, m.text()); process.exitCode = 1; }
-  });
-  page.on('response', (r) => {
-    if (r.status() >= 400) { console.error(`${nick}: ${r.status()} for ${r.url()}`); process.exitCode = 1; }
-  });
-  page.on('requestfailed', (r) => {
-    console.error(`${nick}: request failed: ${r.url()} (${r.failure()?.errorText})`);
-    process.exitCode = 1;
-  });
-  page.on('websocket', (ws) => sockets.push(ws.url()));
-  await page.goto(base + '/chat');
-  await page.locator('#status', { hasText: 'online as guest-' }).waitFor({ timeout: STEP });
-  await page.fill('#nick', nick);
-  await page.click('#nick-set');
-  await page.locator('#status', { hasText: `online as ${nick}` }).waitFor({ timeout: STEP });
-  await page.fill('#room', 'lobby');
-  await page.click('#join');
-  await page.locator('#rooms li.current', { hasText: '#lobby' }).waitFor({ timeout: STEP });
-  await page.locator('#text:enabled').waitFor({ timeout: STEP });
-  return page;
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.click('#send');
-}
-
-const seen = (page, nick, text) =>
-  page.locator('#log li.msg', { hasText: text }).filter({ hasText: nick }).waitFor({ timeout: STEP });
-
 async function main() {
   const dir = mkdtempSync(path.join(tmpdir(), 'multiclient-chat-tls-'));
   onCleanup(() => rmSync(dir, { recursive: true, force: true }));
@@ -84,8 +53,8 @@ async function main() {
   const context = await launchChromium([`--ignore-certificate-errors-spki-list=${pki.spkiHash}`]);
 
   const sockets = { ann: [], bob: [] };
-  const ann = await openPage(context, base, 'ann', sockets.ann);
-  const bob = await openPage(context, base, 'bob', sockets.bob);
+  const ann = await openChatPage(context, base, 'ann', { sockets: sockets.ann });
+  const bob = await openChatPage(context, base, 'bob', { sockets: sockets.bob });
   for (const [nick, page] of [['ann', ann], ['bob', bob]]) {
     const url = new URL(page.url());
     check(url.protocol === 'https:' && url.port === String(ports.http), `${nick}'s page was loaded over https (${page.url()})`);

@@ -11,46 +11,13 @@
 // Usage: node chat.mjs [path/to/multiclient]   (default: target/debug/multiclient)
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { STEP, check, checkPng, launchChromium, root, run, startServer } from './lib.mjs';
+import {
+  STEP, check, checkPng, launchChromium, openChatPage, root, run, sayOnPage as say, seenOnPage as seen,
+  startServer,
+} from './lib.mjs';
 
 const bin = path.resolve(process.argv[2] ?? path.join(root, 'target/debug/multiclient'));
 const KEY = 'browser-test-key';
-
-async function openPage(context, base, nick, viewport = null) {
-  const page = await context.newPage();
-  if (viewport) await page.setViewportSize(viewport);
-  page.on('pageerror', (e) => { console.error(`${nick}: page error:`, e.message); process.exitCode = 1; });
-  page.on('console', (m) => {
-    if (m.type() === 'error' && !/WebSocket/.test(m.text())) {
-      console.error(`${nick}: console error:`, m.text());
-      process.exitCode = 1;
-    }
-  });
-  page.on('response', (r) => {
-    if (r.status() >= 400) { console.error(`${nick}: ${r.status()} for ${r.url()}`); process.exitCode = 1; }
-  });
-  page.on('requestfailed', (r) => {
-    if (!r.url().includes('/chat/ws')) { console.error(`${nick}: request failed: ${r.url()}`); process.exitCode = 1; }
-  });
-  await page.goto(base + '/chat');
-  await page.locator('#status', { hasText: 'online as guest-' }).waitFor({ timeout: STEP });
-  await page.fill('#nick', nick);
-  await page.click('#nick-set');
-  await page.locator('#status', { hasText: `online as ${nick}` }).waitFor({ timeout: STEP });
-  await page.fill('#room', 'lobby');
-  await page.click('#join');
-  await page.locator('#rooms li.current', { hasText: '#lobby' }).waitFor({ timeout: STEP });
-  await page.locator('#text:enabled').waitFor({ timeout: STEP });
-  return page;
-}
-
-async function say(page, text) {
-  await page.fill('#text', text);
-  await page.click('#send');
-}
-
-const seen = (page, nick, text) =>
-  page.locator('#log li.msg', { hasText: text }).filter({ hasText: nick }).waitFor({ timeout: STEP });
 
 async function main() {
   const { ports } = await startServer(bin, [
@@ -60,8 +27,8 @@ async function main() {
   console.log('server: http', ports.http, 'chat', ports.chat);
   const context = await launchChromium();
 
-  const ann = await openPage(context, base, 'ann');
-  const bob = await openPage(context, base, 'bob');
+  const ann = await openChatPage(context, base, 'ann', { socketDrops: true });
+  const bob = await openChatPage(context, base, 'bob', { socketDrops: true });
   await ann.locator('#members li', { hasText: 'bob' }).waitFor({ timeout: STEP });
   await ann.locator('#log li.event', { hasText: 'bob joined' }).waitFor({ timeout: STEP });
   check(true, 'ann sees bob join the room and in its member list');
@@ -91,7 +58,7 @@ async function main() {
 
   // A page joining now sees the room's history, each message once, under its divider,
   // then live messages with a time. At phone size.
-  const cat = await openPage(context, base, 'cat', { width: 390, height: 844 });
+  const cat = await openChatPage(context, base, 'cat', { viewport: { width: 390, height: 844 }, socketDrops: true });
   await seen(cat, 'ann', 'hello from ann');
   await seen(cat, 'server', 'deploy finished');
   const hist = await cat.locator('#log li.msg').allTextContents();

@@ -360,3 +360,45 @@ export function checkPng(file) {
   const magic = readFileSync(file).subarray(0, 8).toString('hex');
   check(size > 0 && magic === '89504e470d0a1a0a', `${path.relative(root, file)} is a non-empty PNG (${size} bytes)`);
 }
+
+/**
+ * Opens the chat page at `base + '/chat'` as `nick` and joins `lobby`, failing the run
+ * on a page error, a console error, a response of 400 or more, or a failed request.
+ * Options: `viewport` (a size for this page), `socketDrops` (the test drops the page's
+ * WebSocket on purpose: its console errors and failed request are expected), `sockets`
+ * (an array the page's WebSocket URLs are pushed to).
+ */
+export async function openChatPage(context, base, nick, { viewport = null, socketDrops = false, sockets = null } = {}) {
+  const page = await context.newPage();
+  if (viewport) await page.setViewportSize(viewport);
+  const fail = (...what) => { console.error(`${nick}:`, ...what); process.exitCode = 1; };
+  page.on('pageerror', (e) => fail('page error:', e.message));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && !(socketDrops && /WebSocket/.test(m.text()))) fail('console error:', m.text());
+  });
+  page.on('response', (r) => { if (r.status() >= 400) fail(`${r.status()} for ${r.url()}`); });
+  page.on('requestfailed', (r) => {
+    if (!(socketDrops && r.url().includes('/chat/ws'))) fail(`request failed: ${r.url()} (${r.failure()?.errorText})`);
+  });
+  if (sockets) page.on('websocket', (ws) => sockets.push(ws.url()));
+  await page.goto(base + '/chat');
+  await page.locator('#status', { hasText: 'online as guest-' }).waitFor({ timeout: STEP });
+  await page.fill('#nick', nick);
+  await page.click('#nick-set');
+  await page.locator('#status', { hasText: `online as ${nick}` }).waitFor({ timeout: STEP });
+  await page.fill('#room', 'lobby');
+  await page.click('#join');
+  await page.locator('#rooms li.current', { hasText: '#lobby' }).waitFor({ timeout: STEP });
+  await page.locator('#text:enabled').waitFor({ timeout: STEP });
+  return page;
+}
+
+/** Says `text` in the page's current room. */
+export async function sayOnPage(page, text) {
+  await page.fill('#text', text);
+  await page.click('#send');
+}
+
+/** Waits until the page shows a message of `nick` with `text`. */
+export const seenOnPage = (page, nick, text) =>
+  page.locator('#log li.msg', { hasText: text }).filter({ hasText: nick }).waitFor({ timeout: STEP });
