@@ -18,7 +18,7 @@
 # loopback ports, and only the PIDs started here are signalled.
 # Usage: bench/tls-callgrind.sh   (after cargo build --release; needs nginx, valgrind,
 #        perf, openssl; N=20000 SMALL=10 by default; B=path/to/multiclient for another
-#        build)
+#        build; WHO=ours for ours alone)
 set -eu
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -27,6 +27,7 @@ D=$PWD/target/tls-callgrind
 N=${N:-20000}
 SMALL=${SMALL:-10}
 PROFILE=${PROFILE:-0}
+WHO=${WHO:-ours nginx}
 for c in nginx valgrind perf openssl; do
   command -v $c >/dev/null || { echo "needs $c"; exit 1; }
 done
@@ -135,7 +136,7 @@ syscalls() { # WHO REQUESTS -> system calls of the server during the load
 
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null' INT TERM
 echo "load $(cut -d' ' -f1-3 /proc/loadavg); N=$N SMALL=$SMALL over 10 connections" | tee "$D/results"
-for who in ours nginx; do
+for who in $WHO; do
   small=$(instructions "$who" "$SMALL")
   big=$(instructions "$who" "$N")
   [ "$PROFILE" = 1 ] || rm -f "$D/cg.$who.$N"

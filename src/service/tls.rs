@@ -299,6 +299,10 @@ fn sealed_size(n: usize) -> usize {
     n + n.div_ceil(16 * 1024).max(1) * 40
 }
 
+/// The room a reply of the inner session gets in `plain_out` before it writes: an HTTP
+/// response head and a short body, a chat line.
+const REPLY_ROOM: usize = 512;
+
 /// Frees an emptied buffer: an idle connection should hold no buffer.
 fn release(buf: &mut Vec<u8>) {
     if buf.is_empty() && buf.capacity() > 0 {
@@ -320,6 +324,14 @@ impl<S: Session> TlsSession<S> {
         cx: &mut Cx<'_, S::Event>,
         f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R,
     ) -> R {
+        // `plain_out` is freed whenever it empties (an idle connection holds no
+        // buffer), so a reply would grow it from nothing, one reallocation per
+        // doubling: five for an HTTP response, about 2,000 of an https keep-alive
+        // request's 14,000 instructions (callgrind). Room for a typical reply up front
+        // makes that one allocation.
+        if self.handshake_done && self.plain_out.capacity() == 0 {
+            self.plain_out.reserve(REPLY_ROOM);
+        }
         let mut icx = Cx::new(
             cx.clock,
             &mut self.plain_out,
@@ -796,6 +808,21 @@ mod tests {
         c.send_close_notify();
         pump(&mut h, &mut c);
         assert_eq!(failures(&stats), [0; 4], "a close after it is no failure");
+    }
+
+    #[test]
+    fn an_idle_connection_holds_no_buffer_after_its_replies() {
+        let (server, client_config) = configs();
+        let mut h = session(ack::Ack, server);
+        let mut c = client(&client_config);
+        pump(&mut h, &mut c);
+        for _ in 0..3 {
+            c.writer().write_all(b"one").unwrap();
+            assert_eq!(pump(&mut h, &mut c), ack::REPLY);
+            let s = h.session();
+            let held = [&s.cipher_in, &s.plain_in, &s.plain_out].map(|b| b.capacity());
+            assert_eq!(held, [0; 3], "the reply's room is freed once it is sent");
+        }
     }
 
     #[test]
