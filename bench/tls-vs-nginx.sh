@@ -17,7 +17,8 @@
 # started here are killed. Prints one line per measurement, the load average beside
 # it, and the medians.
 # Usage: bench/tls-vs-nginx.sh   (after cargo build --release; needs nginx, wrk, openssl;
-#        B=path/to/multiclient to measure another build)
+#        B=path/to/multiclient to measure another build; ONLY=idle for the idle memory
+#        alone, which the machine's load does not change, the rates then printed as 0)
 set -eu
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -122,9 +123,13 @@ for run in $(seq "$RUNS"); do
   for who in $order; do
     if [ "$who" = ours ]; then p=$oport; ps=$(pids $opid); else p=$nport; ps=$(pids $npid); fi
     load=$(cut -d' ' -f1 /proc/loadavg)
-    ka=$(wrk_rate "$p")
-    nc=$(wrk_rate "$p" "Connection: close")
-    bn=$(bench_new "$p")
+    if [ "${ONLY:-}" = idle ]; then
+      ka=0; nc=0; bn=0
+    else
+      ka=$(wrk_rate "$p")
+      nc=$(wrk_rate "$p" "Connection: close")
+      bn=$(bench_new "$p")
+    fi
     mem=$(hold "$p" "$ps")
     echo "run $run $who (load $load): keep-alive ${ka} req/s; new conns wrk ${nc}/s, bench --new-conn ${bn}/s; idle $mem KiB/conn" | tee -a "$D/results"
   done
@@ -143,5 +148,7 @@ med = {w: [statistics.median(c) for c in zip(*v)] for w, v in rows.items()}
 print("%-22s %12s %12s %8s" % ("median", "ours", "nginx", "ratio"))
 for i, n in enumerate(names):
     o, g = med["ours"][i], med["nginx"][i]
+    if o == g == 0:
+        continue  # not measured (ONLY=idle)
     print("%-22s %12.1f %12.1f %8.2f" % (n, o, g, o / g if g else float("nan")))
 EOF

@@ -1,5 +1,6 @@
-//! The admin listener: its counters against what a test did, readiness during a
-//! drain, a well-formed Prometheus exposition, the dashboard's page and its policy,
+//! The admin listener: its counters against what a test did (TLS handshakes and their
+//! failures, refusals by reason included), readiness during a drain, a well-formed
+//! Prometheus exposition, the dashboard's page and its policy,
 //! and the `--admin` flag of the binary.
 
 mod common;
@@ -12,7 +13,11 @@ use std::time::{Duration, Instant};
 use common::TIMEOUT;
 use multiclient::model::{Limits, Listening, Model, Server};
 use multiclient::serve::admin::AdminListener;
+use multiclient::serve::tls::TlsFiles;
 use multiclient::serve::{self, AdminAddr, ServeOptions, ServiceName, ServiceOptions};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use std::sync::Arc;
 
 /// A server with `services` on port 0 and its admin listener on port 0.
 struct Served {
@@ -21,26 +26,37 @@ struct Served {
     admin: AdminListener,
 }
 
+/// Options for `services` on port 0 and the admin listener on port 0.
+fn options(model: Model, services: &[ServiceName]) -> ServeOptions {
+    ServeOptions {
+        services: services
+            .iter()
+            .map(|&s| (s, "127.0.0.1:0".parse().unwrap()))
+            .collect(),
+        model,
+        limits: Limits::default(),
+        service: ServiceOptions::default(),
+        tls_services: Vec::new(),
+        tls: None,
+        proxy_services: Vec::new(),
+        tls_handshake_timeout: std::time::Duration::from_secs(10),
+        admin: AdminAddr::At("127.0.0.1:0".parse().unwrap()),
+    }
+}
+
 impl Served {
     fn start(model: Model, services: &[ServiceName]) -> Served {
         Served::start_with(model, services, ServiceOptions::default())
     }
 
     fn start_with(model: Model, services: &[ServiceName], service: ServiceOptions) -> Served {
-        let opts = ServeOptions {
-            services: services
-                .iter()
-                .map(|&s| (s, "127.0.0.1:0".parse().unwrap()))
-                .collect(),
-            model,
-            limits: Limits::default(),
+        Served::start_opts(ServeOptions {
             service,
-            tls_services: Vec::new(),
-            tls: None,
-            proxy_services: Vec::new(),
-            tls_handshake_timeout: std::time::Duration::from_secs(10),
-            admin: AdminAddr::At("127.0.0.1:0".parse().unwrap()),
-        };
+            ..options(model, services)
+        })
+    }
+
+    fn start_opts(opts: ServeOptions) -> Served {
         let (server, listening) = serve::start(&opts).expect("services start");
         let admin = serve::start_admin(&opts, &server, &listening)
             .expect("admin starts")
@@ -645,4 +661,200 @@ fn refused_chat_tokens_are_counted_as_auth_failures() {
             .any(|l| l == "multiclient_chat_auth_failures_total 2"),
         "{m}"
     );
+}
+
+#[test]
+fn a_chat_connection_closed_after_three_bad_tokens_is_refused_for_auth() {
+    let mut opts = ServiceOptions::default();
+    opts.chat.auth =
+        multiclient::service::chat::auth::AuthHandle::from_options(Some("the-secret"), None)
+            .unwrap();
+    let s = Served::start_with(Model::Threads, &[ServiceName::Chat], opts);
+    let chat = common::connect(s.addr_of("chat"));
+    let mut r = std::io::BufReader::new(chat.try_clone().unwrap());
+    line_starting(&mut r, "WELCOME ");
+    for _ in 0..2 {
+        (&chat).write_all(b"AUTH not-a-token\n").unwrap();
+        line_starting(&mut r, "ERR bad-token ");
+    }
+    let st = s.stats_until("two refusals", |st| st["chat"]["auth_failures"] == 2);
+    assert_eq!(
+        service(&st, "chat")["refused_auth"],
+        0,
+        "two are not yet three"
+    );
+    (&chat).write_all(b"AUTH not-a-token\n").unwrap();
+    line_starting(&mut r, "ERR bad-token ");
+    line_starting(&mut r, "ERR auth-failed ");
+    let st = s.stats_until("the third closes", |st| {
+        service(st, "chat")["refused_auth"] == 1
+    });
+    assert_eq!(st["chat"]["auth_failures"], 3);
+    let m = s.get("/metrics").body;
+    let samples = parse_exposition(&m);
+    let refused = |reason: &str| {
+        samples[&format!(
+            "multiclient_connections_refused_total{{service=\"chat\",reason=\"{reason}\"}}"
+        )]
+    };
+    assert_eq!(refused("auth"), 1.0, "{m}");
+    assert_eq!(refused("tls"), 0.0, "no TLS listener, no TLS refusal");
+    assert_eq!(refused("busy"), 0.0);
+}
+
+/// A self-signed certificate for localhost written as PEM files under the tests'
+/// directory; returns the files and the certificate a client trusts.
+fn pki(name: &str) -> (TlsFiles, CertificateDer<'static>) {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("admin-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let files = TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, key.cert.pem()).unwrap();
+    std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
+    (files, key.cert.der().clone())
+}
+
+/// A client configuration trusting `cert`, with rustls's session cache (so a second
+/// connection resumes).
+fn tls_client(cert: &CertificateDer<'static>) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// The handshakes of one service in `/stats`, by `version/kind`, and its failures by
+/// reason.
+fn tls_figures(st: &serde_json::Value, name: &str) -> (HashMap<String, u64>, HashMap<String, u64>) {
+    let tls = &service(st, name)["tls"];
+    let mut shakes = HashMap::new();
+    for (version, kinds) in tls["handshakes"].as_object().expect("handshakes") {
+        for (kind, n) in kinds.as_object().unwrap() {
+            shakes.insert(format!("{version}/{kind}"), n.as_u64().unwrap());
+        }
+    }
+    let failures = tls["failures"]
+        .as_object()
+        .expect("failures")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    (shakes, failures)
+}
+
+/// `promtool check metrics` on `text`, when promtool is installed (`.ci/admin.sh`
+/// installs it): its verdict and what it said.
+fn promtool(text: &str) -> Option<(bool, String)> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Some((out.status.success(), said))
+}
+
+#[test]
+fn tls_handshakes_and_their_failures_are_counted_by_version_kind_and_reason() {
+    let (files, cert) = pki("handshakes");
+    let s = Served::start_opts(ServeOptions {
+        tls_services: vec![(ServiceName::Ack, "127.0.0.1:0".parse().unwrap())],
+        tls: Some(files),
+        tls_handshake_timeout: Duration::from_millis(300),
+        ..options(Model::Threads, &[ServiceName::Ack])
+    });
+    let addr = s.addr_of("ack+tls");
+    let config = tls_client(&cert);
+    const N: u64 = 3;
+    for _ in 0..N {
+        let name = ServerName::try_from("localhost").unwrap();
+        let conn = ClientConnection::new(config.clone(), name).unwrap();
+        let mut t = StreamOwned::new(conn, common::connect(addr));
+        t.write_all(b"hi").unwrap();
+        let mut ack = [0u8; 4];
+        t.read_exact(&mut ack).unwrap();
+        assert_eq!(&ack, b"ACK!");
+    }
+    let st = s.stats_until("N handshakes", |st| {
+        tls_figures(st, "ack+tls").0.values().sum::<u64>() == N
+    });
+    let (shakes, failures) = tls_figures(&st, "ack+tls");
+    assert_eq!(shakes["tls1.3/full"], 1, "{shakes:?}");
+    assert_eq!(
+        shakes["tls1.3/resumed"],
+        N - 1,
+        "the client resumes: {shakes:?}"
+    );
+    assert_eq!(failures.values().sum::<u64>(), 0, "{failures:?}");
+    assert!(
+        service(&st, "ack")["tls"].is_null(),
+        "the plain listener has none"
+    );
+
+    // Plaintext on the TLS port: an alert (record type 21) and a close.
+    let mut plain = common::connect(addr);
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got);
+    assert_eq!(got.first(), Some(&0x15), "a TLS alert: {got:?}");
+    s.stats_until("not_tls", |st| tls_figures(st, "ack+tls").1["not_tls"] == 1);
+    // Silent past --header-timeout: dropped.
+    let mut silent = common::connect(addr);
+    let _ = silent.read_to_end(&mut got);
+    s.stats_until("timeout", |st| tls_figures(st, "ack+tls").1["timeout"] == 1);
+    // Connected and gone before a ClientHello.
+    drop(common::connect(addr));
+    let st = s.stats_until("eof", |st| tls_figures(st, "ack+tls").1["eof"] == 1);
+    let (_, failures) = tls_figures(&st, "ack+tls");
+    assert_eq!(failures["protocol"], 0, "{failures:?}");
+    assert_eq!(service(&st, "ack+tls")["refused_tls"], 3);
+    assert_eq!(service(&st, "ack")["refused_tls"], 0);
+
+    let m = s.get("/metrics").body;
+    let samples = parse_exposition(&m);
+    for (series, want) in [
+        ("multiclient_tls_handshakes_total{service=\"ack+tls\",version=\"tls1.3\",kind=\"full\"}", 1),
+        ("multiclient_tls_handshakes_total{service=\"ack+tls\",version=\"tls1.3\",kind=\"resumed\"}", N - 1),
+        ("multiclient_tls_handshakes_total{service=\"ack+tls\",version=\"tls1.2\",kind=\"full\"}", 0),
+        ("multiclient_tls_handshake_failures_total{service=\"ack+tls\",reason=\"not_tls\"}", 1),
+        ("multiclient_tls_handshake_failures_total{service=\"ack+tls\",reason=\"timeout\"}", 1),
+        ("multiclient_tls_handshake_failures_total{service=\"ack+tls\",reason=\"eof\"}", 1),
+        ("multiclient_tls_handshake_failures_total{service=\"ack+tls\",reason=\"protocol\"}", 0),
+        ("multiclient_connections_refused_total{service=\"ack+tls\",reason=\"tls\"}", 3),
+        ("multiclient_connections_refused_total{service=\"ack\",reason=\"tls\"}", 0),
+    ] {
+        assert_eq!(samples.get(series), Some(&(want as f64)), "{series}:\n{m}");
+    }
+    assert!(
+        !m.contains("multiclient_tls_handshakes_total{service=\"ack\""),
+        "a plain listener has no TLS series"
+    );
+    match promtool(&m) {
+        Some((ok, said)) => assert!(ok, "promtool check metrics: {said}\n{m}"),
+        None => eprintln!(
+            "promtool is not installed: the exposition is checked by parse_exposition only"
+        ),
+    }
 }

@@ -573,6 +573,12 @@ fn unfinished_input_over_tls_is_charged_to_the_budget(model: Model) {
         String::from_utf8_lossy(&got)
     );
     assert!(budget.used() <= budget.limit(), "{model:?}");
+    let over = &srv.listening.stats.over_budget;
+    assert_eq!(
+        over.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "{model:?}: the refused one is counted over_budget"
+    );
     // The first holder is unaffected and finishes its line; the budget is free again.
     a.get_mut().write_all(b"\n").unwrap();
     read_until_line(&mut a, "LINE 40960");

@@ -31,8 +31,13 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     /// Failed `accept` calls.
     pub accept_errors: AtomicU64,
-    /// Connections closed because their buffered input would pass `--max-buffered`.
+    /// Connections closed because their buffered input would pass `--max-buffered`:
+    /// the engine's pending input, or a session's own buffer (a TLS record, a request
+    /// body, a WebSocket message being assembled).
     pub over_budget: AtomicU64,
+    /// Connections closed because their client failed authentication (the chat's
+    /// third bad token).
+    pub refused_auth: AtomicU64,
     /// Connections closed, by why: indexed like [`CLOSE_REASONS`].
     pub closed_by: [AtomicU64; CLOSE_REASONS.len()],
 }

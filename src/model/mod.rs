@@ -84,6 +84,8 @@ pub struct Listening {
     /// Connections refused at `--max-conns-per-ip`, when the listener limits them
     /// (its service behind a [`crate::service::gate::Gate`]).
     pub refused_per_ip: Option<Arc<AtomicU64>>,
+    /// Its handshake counters, when the listener speaks TLS.
+    pub tls: Option<Arc<crate::service::tls::TlsStats>>,
 }
 
 /// What every connection of one listener shares, whatever its service: one pointer
@@ -289,6 +291,7 @@ impl Server {
             service: name,
             stats,
             refused_per_ip: None,
+            tls: None,
         };
         self.listening.push(l.clone());
         Ok(l)

@@ -29,6 +29,7 @@ use crate::base::meter::{Answer, Latency, BOUNDS};
 use crate::base::Budget;
 use crate::hub::Hub;
 use crate::model::{Drain, Listening, Stats, CLOSE_REASONS};
+use crate::service::tls::{Failure, TlsStats, KINDS, VERSIONS};
 
 /// Every service listener the figures are read from, shared with the reload that adds
 /// and removes them ([`super::reload`]): one a reload adds is in the next scrape.
@@ -153,6 +154,14 @@ pub struct ServiceStats {
     pub refused: u64,
     /// Connections refused at `--max-conns-per-ip` (too many from the address).
     pub refused_per_ip: u64,
+    /// Connections refused because their TLS handshake failed (the sum of
+    /// `tls.failures`).
+    pub refused_tls: u64,
+    /// Connections closed because their client failed authentication (the chat's
+    /// third bad token).
+    pub refused_auth: u64,
+    /// TLS handshakes, when the service has a TLS listener.
+    pub tls: Option<TlsServiceStats>,
     /// Connections closed.
     pub closed: u64,
     /// Connections closed, by reason ([`CLOSE_REASONS`] but `open`).
@@ -178,6 +187,30 @@ pub struct ServiceStats {
     pub accept_errors: u64,
     /// Connections closed because their buffers would pass `--max-buffered`.
     pub over_budget: u64,
+}
+
+/// One service's TLS handshakes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TlsServiceStats {
+    /// Handshakes completed, by protocol version (`tls1.2`, `tls1.3`), then kind
+    /// (`full`, `resumed`).
+    pub handshakes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Handshakes failed, by reason (`timeout`, `not_tls`, `protocol`, `eof`).
+    pub failures: BTreeMap<&'static str, u64>,
+}
+
+impl TlsServiceStats {
+    fn add(&mut self, t: &TlsStats) {
+        for (v, version) in VERSIONS.iter().enumerate() {
+            let by_kind = self.handshakes.entry(version).or_default();
+            for (k, kind) in KINDS.iter().enumerate() {
+                *by_kind.entry(kind).or_default() += t.handshakes(v, k);
+            }
+        }
+        for why in Failure::ALL {
+            *self.failures.entry(why.name()).or_default() += t.failures(why);
+        }
+    }
 }
 
 /// One histogram of answer durations.
@@ -296,6 +329,11 @@ impl Snapshot {
             services[i].add(&l.stats);
             if let Some(n) = &l.refused_per_ip {
                 services[i].refused_per_ip += n.load(Ordering::Relaxed);
+            }
+            if let Some(t) = &l.tls {
+                let tls = services[i].tls.get_or_insert_with(TlsServiceStats::default);
+                tls.add(t);
+                services[i].refused_tls = tls.failures.values().sum();
             }
         }
         drop(listening);
@@ -462,21 +500,50 @@ impl Snapshot {
         p.family(
             "multiclient_connections_refused_total",
             "counter",
-            "Connections refused, by reason (busy: --max-conns; per_ip: --max-conns-per-ip).",
+            "Connections refused, by reason (busy: --max-conns; per_ip: --max-conns-per-ip; tls: a failed TLS handshake; auth: too many bad tokens).",
         );
         for s in &self.services {
-            let l = [("service", s.service.as_str()), ("reason", "busy")];
-            p.sample(
-                "multiclient_connections_refused_total",
-                &l,
-                s.refused as f64,
+            for (reason, n) in [
+                ("busy", s.refused),
+                ("per_ip", s.refused_per_ip),
+                ("tls", s.refused_tls),
+                ("auth", s.refused_auth),
+            ] {
+                let l = [("service", s.service.as_str()), ("reason", reason)];
+                p.sample("multiclient_connections_refused_total", &l, n as f64);
+            }
+        }
+        if self.services.iter().any(|s| s.tls.is_some()) {
+            p.family(
+                "multiclient_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed, by protocol version (tls1.2, tls1.3) and kind (full, resumed).",
             );
-            let l = [("service", s.service.as_str()), ("reason", "per_ip")];
-            p.sample(
-                "multiclient_connections_refused_total",
-                &l,
-                s.refused_per_ip as f64,
+            for s in &self.services {
+                let Some(t) = &s.tls else { continue };
+                for (version, by_kind) in &t.handshakes {
+                    for (kind, n) in by_kind {
+                        let l = [
+                            ("service", s.service.as_str()),
+                            ("version", version),
+                            ("kind", kind),
+                        ];
+                        p.sample("multiclient_tls_handshakes_total", &l, *n as f64);
+                    }
+                }
+            }
+            p.family(
+                "multiclient_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes failed, by reason (timeout: none within --header-timeout; not_tls: no TLS record; protocol: a TLS error or alert; eof: closed mid-handshake).",
             );
+            for s in &self.services {
+                let Some(t) = &s.tls else { continue };
+                for (reason, n) in &t.failures {
+                    let l = [("service", s.service.as_str()), ("reason", reason)];
+                    p.sample("multiclient_tls_handshake_failures_total", &l, *n as f64);
+                }
+            }
         }
 
         p.family(
@@ -666,6 +733,7 @@ impl ServiceStats {
         self.slow_consumers += get(&s.slow_consumers);
         self.accept_errors += get(&s.accept_errors);
         self.over_budget += get(&s.over_budget);
+        self.refused_auth += get(&s.refused_auth);
     }
 }
 

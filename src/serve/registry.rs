@@ -217,7 +217,11 @@ impl Put<'_> {
                     .store
                     .server_config(self.http)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                self.gated(addr, Tls::new(service, config, t.handshake_timeout))
+                let tls = Tls::new(service, config, t.handshake_timeout);
+                let stats = tls.stats();
+                let mut l = self.gated(addr, tls)?;
+                l.tls = Some(stats);
+                Ok(l)
             }
         }
     }

@@ -369,7 +369,10 @@ impl Encoder for LineOut<'_, '_> {
         self.0.send(p.encoded(Wire::Line));
     }
 
-    fn end(&mut self, _why: End) {
+    fn end(&mut self, why: End) {
+        if why == End::AuthFailed {
+            self.0.refuse_auth();
+        }
         self.0.close();
     }
 }

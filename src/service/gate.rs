@@ -164,7 +164,9 @@ impl<S: Service> GateSession<S> {
         );
         let r = f(inner, &mut icx);
         let answers = icx.answers();
+        let refusals = icx.refusals();
         cx.add_answers(answers);
+        cx.add_refusals(refusals);
         Some(r)
     }
 

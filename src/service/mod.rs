@@ -150,6 +150,40 @@ pub struct Cx<'a, E> {
     budget: &'a Arc<Budget>,
     /// Requests answered in this call, and the kind of the last (for the metrics).
     answers: (u32, Answer),
+    /// Refusals the session made in this call (for the metrics).
+    refusals: Refusals,
+}
+
+/// Why a session refused its client in one call, as the listener's counters count it:
+/// the engine adds it to the `over_budget` and `refused{reason="auth"}` counters once
+/// per connection, and a wrapper passes its inner session's on with
+/// [`Cx::add_refusals`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusals(u8);
+
+impl Refusals {
+    /// A buffer of the session could not grow within `--max-buffered` ([`Cx::hold`]
+    /// said no).
+    pub const OVER_BUDGET: Refusals = Refusals(1);
+    /// The client failed authentication and is closed ([`Cx::refuse_auth`]).
+    pub const AUTH: Refusals = Refusals(2);
+
+    /// Whether there is none.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every refusal of `other` is in this one.
+    pub fn contains(self, other: Refusals) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl std::ops::BitOr for Refusals {
+    type Output = Refusals;
+    fn bitor(self, other: Refusals) -> Refusals {
+        Refusals(self.0 | other.0)
+    }
 }
 
 impl<'a, E> Cx<'a, E> {
@@ -176,6 +210,7 @@ impl<'a, E> Cx<'a, E> {
             input_limit,
             budget,
             answers: (0, Answer::Message),
+            refusals: Refusals(0),
         }
     }
 
@@ -197,6 +232,23 @@ impl<'a, E> Cx<'a, E> {
         if n > 0 {
             self.answers = (self.answers.0 + n, kind);
         }
+    }
+
+    /// The refusals made in this call ([`Cx::hold`] refused, [`Cx::refuse_auth`]).
+    pub fn refusals(&self) -> Refusals {
+        self.refusals
+    }
+
+    /// Adds what a wrapped session refused ([`Cx::refusals`] of the context a wrapper
+    /// gave it) to this call's refusals.
+    pub fn add_refusals(&mut self, r: Refusals) {
+        self.refusals = self.refusals | r;
+    }
+
+    /// The client failed authentication (too many bad tokens) and the session is
+    /// closing it, in its protocol's way: counted as a connection refused for `auth`.
+    pub fn refuse_auth(&mut self) {
+        self.refusals = self.refusals | Refusals::AUTH;
     }
 
     /// The time of this call, as read by the model (the system clock is read only if
@@ -243,9 +295,14 @@ impl<'a, E> Cx<'a, E> {
     /// Says that `held` (a buffer of this session's: a message being assembled) now
     /// holds `bytes` for the client, charged to the server's `--max-buffered` budget.
     /// Returns false, changing nothing, when growing would pass the budget: the
-    /// session should then tell the client the server is busy and close.
+    /// session should then tell the client the server is busy and close (the
+    /// connection is counted `over_budget`).
     pub fn hold(&mut self, held: &mut Held, bytes: usize) -> bool {
-        held.set(self.budget, bytes)
+        let ok = held.set(self.budget, bytes);
+        if !ok {
+            self.refusals = self.refusals | Refusals::OVER_BUDGET;
+        }
+        ok
     }
 
     /// A sender into this session's mailbox, made on first use. Whoever holds it can

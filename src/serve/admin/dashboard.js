@@ -126,13 +126,19 @@ function render() {
   state.textContent = snap.draining ? 'draining' : snap.ready ? 'ready' : 'not ready';
   state.className = 'badge ' + (snap.ready ? 'ready' : 'down');
   const acc = rates((s) => sum(s, (x) => x.accepted));
-  const ref = rates((s) => sum(s, (x) => x.refused));
+  const refusedAll = (x) => x.refused + x.refused_per_ip + x.refused_tls + x.refused_auth;
+  const ref = rates((s) => sum(s, refusedAll));
   $('open').textContent = fmtNum(snap.memory.open_connections);
   $('accepts').textContent = fmtNum(acc.length ? acc[acc.length - 1] : 0);
   $('refusals').textContent = fmtNum(ref.length ? ref[ref.length - 1] : 0);
   $('rss').textContent = fmtBytes(snap.memory.rss_bytes);
   $('perconn').textContent = `${fmtBytes(snap.memory.user_bytes_per_connection)} · ${fmtBytes(snap.memory.kernel_bytes_per_socket)}`;
   $('buffered').textContent = `${fmtBytes(snap.buffered.used_bytes)} of ${fmtBytes(snap.buffered.limit_bytes)}`;
+  const tlsOf = (x) => x.tls || { handshakes: {}, failures: {} };
+  const shakes = sum(snap, (x) => Object.values(tlsOf(x).handshakes)
+    .reduce((a, k) => a + Object.values(k).reduce((b, n) => b + n, 0), 0));
+  const failed = sum(snap, (x) => Object.values(tlsOf(x).failures).reduce((a, n) => a + n, 0));
+  $('tls').textContent = snap.services.some((x) => x.tls) ? `${fmtNum(shakes)} · ${fmtNum(failed)}` : 'no TLS';
   const chat = snap.chat;
   $('chat').textContent = chat ? `${fmtNum(chat.rooms)} · ${fmtNum(chat.memberships)}` : 'no chat';
   const redis = chat && chat.redis;
@@ -186,7 +192,7 @@ function render() {
 
   const rows = snap.services.map((s) => {
     const tr = document.createElement('tr');
-    const cells = [s.service, s.open, s.accepted, s.refused, s.closed,
+    const cells = [s.service, s.open, s.accepted, refusedAll(s), s.closed,
       fmtBytes(s.bytes_in), fmtBytes(s.bytes_out), s.idle_timeouts, s.slow_consumers + s.slow_readers];
     for (const v of cells) {
       const td = document.createElement('td');

@@ -101,7 +101,10 @@ impl Encoder for JsonOut<'_, '_, '_, '_> {
         match why {
             End::Quit => self.0.close(CloseCode::Normal, "bye"),
             End::Refused => self.0.close(CloseCode::Error, "no mailbox"),
-            End::AuthFailed => self.0.close(CloseCode::Policy, "too many bad tokens"),
+            End::AuthFailed => {
+                self.0.cx().refuse_auth();
+                self.0.close(CloseCode::Policy, "too many bad tokens")
+            }
             End::Expired => self.0.close(CloseCode::Policy, "token expired"),
         }
     }

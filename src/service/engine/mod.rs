@@ -27,7 +27,7 @@ use crate::base::budget::FREE;
 use crate::base::mailbox::{Mailbox, WakeKind};
 use crate::base::meter::{self, Answer, Report, REPORT_BYTES};
 use crate::base::{Budget, Clock, Limits, Stats};
-use crate::service::{ConnInfo, Cx, Goodbye, Session};
+use crate::service::{ConnInfo, Cx, Goodbye, Refusals, Session};
 use timer::{Timer, TimerTable};
 
 mod deadline;
@@ -268,8 +268,12 @@ impl<S: Session, L: Host> Conn<S, L> {
         );
         let r = f(&mut self.session, &mut cx);
         let (n, kind) = cx.answers();
+        let refusals = cx.refusals();
         if n > 0 {
             self.count_answers(n, kind);
+        }
+        if !refusals.is_empty() {
+            self.count_refusals(refusals);
         }
         if self.closing && self.phase == Phase::Open {
             self.phase = Phase::Closing;
@@ -282,6 +286,27 @@ impl<S: Session, L: Host> Conn<S, L> {
             }
         }
         r
+    }
+
+    /// The session refused its client: a buffer of its own past `--max-buffered`
+    /// (counted `over_budget`, and the close's reason, once per connection, whether
+    /// the engine's pending input or a session's buffer passed it), or a failed
+    /// authentication.
+    #[cold]
+    fn count_refusals(&mut self, r: Refusals) {
+        let stats = &self.listener.stats;
+        if r.contains(Refusals::OVER_BUDGET) && self.reason != Reason::OverBudget {
+            stats.over_budget.fetch_add(1, Ordering::Relaxed);
+            if matches!(
+                self.reason,
+                Reason::Open | Reason::Done | Reason::PeerClosed
+            ) {
+                self.reason = Reason::OverBudget;
+            }
+        }
+        if r.contains(Refusals::AUTH) {
+            stats.refused_auth.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// `n` more requests answered and not yet sent. (Kept in two bytes: an idle

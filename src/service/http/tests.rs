@@ -503,6 +503,12 @@ fn a_body_past_the_servers_buffer_budget_is_refused_503_and_its_bytes_given_back
     assert!(out.contains("Retry-After: 1\r\n"), "{out}");
     assert!(h.is_closing());
     assert_eq!(budget.used(), 0, "the refused body's bytes are given back");
+    let over = h
+        .stats()
+        .over_budget
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(over, 1, "counted in over_budget");
+    assert_eq!(h.closed_by(), Some("over_budget"));
 }
 
 #[test]
