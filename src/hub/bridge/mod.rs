@@ -158,13 +158,14 @@ const SLOW: Duration = Duration::from_millis(500);
 
 /// What sessions ask of Redis, through the hub.
 pub(super) enum Request {
-    /// A message; a failure is answered to its author (none for a server notice),
-    /// which recognises its own message coming back by its member id.
+    /// A message; a failure is answered to its author (none for a server notice)
+    /// with the author's tag for it; the author recognises its own message coming
+    /// back by its member id.
     Say {
         room: Arc<str>,
         nick: Arc<str>,
         text: Box<str>,
-        author: Option<(MemberId, Sender<ChatEvent>)>,
+        author: Option<(MemberId, Sender<ChatEvent>, u64)>,
     },
     /// A join, part or nick change, by `member` of this process.
     Event {
@@ -427,13 +428,14 @@ impl Broker for Bridge {
         id: MemberId,
         room: &str,
         text: &str,
+        tag: u64,
     ) -> Result<Deferred<MsgId>, HubError> {
         let (room, nick, tx) = hub.member(id, room)?;
         self.send(Request::Say {
             room,
             nick,
             text: text.into(),
-            author: Some((id, tx)),
+            author: Some((id, tx, tag)),
         })?;
         Ok(Deferred::Later)
     }
