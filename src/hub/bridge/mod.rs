@@ -27,6 +27,9 @@
 //! request still goes out at once. Redis runs a connection's commands in the order
 //! they were written, so a member's requests (a `JOIN` then the `XRANGE` of its
 //! replay, two `SAY`s) keep their order, and the scripts keep each room's one order.
+//! A member keeps up to 32 `SAY`s of one room in flight (`service/chat/member.rs`):
+//! a client that pipelines its messages has them in one pipeline, not one round trip
+//! each.
 //! Only one pipeline is out at a time: that order then never depends on the client
 //! library's scheduling. The scripts are loaded once per connection (`SCRIPT LOAD`)
 //! and called by hash.

@@ -10,6 +10,16 @@
 //! `OK JOIN` only once the join is in effect, `AFTER` replay with no gap and no
 //! duplicate, commands answered in the order they were sent, the same rate limit.
 //!
+//! A `SAY`'s answer is its own message coming back (over Redis, a round trip), so
+//! the commands after it wait; but `SAY`s of one room that follow it go out at once,
+//! up to [`MAX_IN_FLIGHT`], each answered in its turn: by its message (a room's
+//! messages come back in the order they were sent), or by the refusal it got, said
+//! only once the `SAY`s before it are answered. A refusal from Redis carries the
+//! `SAY`'s tag, since it may arrive before an earlier `SAY`'s message (the two come on
+//! different connections). The one case this cannot tell apart: a `SAY` answered
+//! `unavailable` whose message Redis did run and publish late (see the bridge's "A
+//! refused message is never sent") answers the next pending `SAY` of its room early.
+//!
 //! Room events are handed on as the hub's shared encoding for the member's wire
 //! ([`Publication::encoded`]): encoded once per wire, never per member.
 
