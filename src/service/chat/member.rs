@@ -39,6 +39,9 @@ mod rate;
 /// How long a command waits for an answer from Redis before it is answered
 /// `unavailable` and the commands after it go on.
 pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The text of the `unavailable` answer of a command whose answer did not come in
+/// time (its message may have gone out nevertheless: see `hub/bridge`).
+const NO_ANSWER: &str = "no answer from the chat backend";
 /// Command bytes kept in order behind a command awaiting its answer; beyond this,
 /// commands are carried out at once (their replies may then come before that answer).
 const MAX_QUEUED: usize = 256 * 1024;
@@ -334,6 +337,8 @@ enum Outcome {
 enum Refusal {
     Hub(HubError),
     RateLimited,
+    /// Nothing came back within [`ANSWER_TIMEOUT`].
+    NoAnswer,
 }
 
 /// An accepted token, as the member keeps it.
@@ -528,6 +533,7 @@ impl<D: Decoder> Member<D> {
                 Outcome::Refused(code, why) => match why {
                     Refusal::Hub(e) => out.error(code, &e.to_string()),
                     Refusal::RateLimited => out.error(code, "too many commands per second"),
+                    Refusal::NoAnswer => out.error(code, NO_ANSWER),
                 },
             }
             let cost = front.cost;
@@ -706,14 +712,13 @@ impl<D: Decoder> Member<D> {
             for said in self.s.says.iter_mut() {
                 if matches!(said.outcome, Outcome::Pending) && late.is_some_and(|l| said.since <= l)
                 {
-                    let e = HubError::Unavailable;
-                    said.outcome = Outcome::Refused(e.code(), Refusal::Hub(e));
+                    said.outcome = Outcome::Refused("unavailable", Refusal::NoAnswer);
                 }
             }
             self.settle(out);
             return;
         }
-        out.error("unavailable", "no answer from the chat backend");
+        out.error("unavailable", NO_ANSWER);
         // A join never confirmed is undone, so it leaves no member that receives
         // nothing but is listed everywhere.
         let s = &mut self.s;

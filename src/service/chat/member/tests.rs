@@ -10,6 +10,8 @@ struct Rec {
     now: Instant,
     closing: bool,
     said: Vec<String>,
+    /// The human text of every error said.
+    texts: Vec<String>,
     mailbox: Arc<Mailbox<ChatEvent>>,
 }
 
@@ -19,6 +21,7 @@ impl Rec {
             now: Instant::now(),
             closing: false,
             said: Vec::new(),
+            texts: Vec::new(),
             mailbox: Arc::new(Mailbox::new(1 << 20, WakeKind::None).unwrap()),
         }
     }
@@ -53,7 +56,10 @@ impl Encoder for Rec {
             Reply::Welcome { nick, .. } => format!("welcome {nick}"),
             Reply::Ok(done) => format!("ok {done:?}"),
             Reply::Who(room, nicks) => format!("who {room} {}", nicks.join(" ")),
-            Reply::Error(code, _) => format!("error {code}"),
+            Reply::Error(code, text) => {
+                self.texts.push(text.to_string());
+                format!("error {code}")
+            }
         });
     }
     fn publication(&mut self, p: &Publication) {
@@ -549,6 +555,8 @@ fn pipelined_says_never_answered_time_out_once_each_in_order() {
             format!("who r {nick}")
         ]
     );
+    // Told as any command is whose answer never came, not as a refusal by Redis.
+    assert_eq!(rec.texts, [NO_ANSWER, NO_ANSWER]);
     assert!(!m.is_waiting());
     assert_eq!(m.deadline(), None);
 }
