@@ -23,6 +23,7 @@ use multiclient::service::chat::ChatOptions;
 struct Instance {
     server: Option<Server>,
     addr: SocketAddr,
+    hub: Arc<multiclient::hub::Hub>,
 }
 
 impl Instance {
@@ -57,6 +58,7 @@ impl Instance {
         Instance {
             server: Some(server),
             addr: l.addr,
+            hub,
         }
     }
 }
@@ -420,4 +422,58 @@ fn a_message_no_replica_has_is_refused_and_seen_by_nobody() {
         .map(|(_, t)| t)
         .collect();
     assert_eq!(kept, ["replicated"]);
+}
+
+/// Messages of rooms on several slots of one master, pipelined together, wait for a
+/// replica once per pipeline (one `WAIT` per master covers every write made on its
+/// connection), not once per slot; and every one is acknowledged, in order.
+#[test]
+#[ignore = "needs redis-server: .ci/cluster.sh installs it and runs this with --ignored"]
+fn messages_of_many_slots_of_one_master_wait_once_per_pipeline() {
+    const ROOMS: usize = 8;
+    const SAYS: usize = 20;
+    let cluster = RedisCluster::start();
+    cluster.wait_replicated(3);
+    let one = Instance::start(Model::Async { workers: 2 }, &cluster.url());
+    let m = master(&cluster, "room0", 0);
+    let rooms: Vec<String> = (0..1000)
+        .map(|i| format!("room{i}"))
+        .filter(|r| master(&cluster, r, 0) == m)
+        .take(ROOMS)
+        .collect();
+    let mut clients: Vec<Client> = rooms
+        .iter()
+        .enumerate()
+        .map(|(k, room)| {
+            let mut c = Client::connect(one.addr, &format!("w{k}"));
+            c.send(&format!("JOIN {room}"));
+            c.expect(&format!("OK JOIN {room}"));
+            c
+        })
+        .collect();
+    let trips = || one.hub.stats.redis_round_trips.load(Ordering::Relaxed);
+    let (waits, batches) = (cluster.calls(m, "wait"), trips());
+    for (c, room) in clients.iter_mut().zip(&rooms) {
+        let burst: String = (0..SAYS).map(|i| format!("SAY {room} m{i}\n")).collect();
+        std::io::Write::write_all(&mut c.w, burst.as_bytes()).unwrap();
+    }
+    for (c, room) in clients.iter_mut().zip(&rooms) {
+        for i in 0..SAYS {
+            let l = c.line();
+            assert!(
+                l.starts_with(&format!("MSG {room} ")) && l.ends_with(&format!(" m{i}")),
+                "{i}: {l}"
+            );
+        }
+    }
+    let (waits, batches) = (cluster.calls(m, "wait") - waits, trips() - batches);
+    eprintln!(
+        "{} messages in {ROOMS} slots: {batches} pipelines, {waits} WAITs",
+        ROOMS * SAYS
+    );
+    assert!(waits >= 1, "the messages were acknowledged by a replica");
+    assert!(
+        waits <= batches,
+        "{waits} WAITs for {batches} pipelines: one per slot"
+    );
 }

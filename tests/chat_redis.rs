@@ -777,3 +777,134 @@ fn a_token_owned_nick_cannot_be_taken_on_the_other_instance() {
     again.send(&format!("AUTH {}", token("ann")));
     again.expect("OK AUTH ann");
 }
+
+/// The answers `c` reads until its `OK QUIT`, without presence lines (an expiry during
+/// a hang may part and list again another member), each `MSG`'s id replaced by `-`.
+fn answers_until_quit(c: &mut Client) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let l = c.line();
+        if l.starts_with("JOIN ") || l.starts_with("PART ") {
+            continue;
+        }
+        if l == "OK QUIT" {
+            return got;
+        }
+        got.push(match l.splitn(4, ' ').collect::<Vec<_>>()[..] {
+            ["MSG", room, _id, text] => format!("MSG {room} - {text}"),
+            _ => l,
+        });
+    }
+}
+
+/// Many `SAY`s of one connection are in flight over Redis at once (a few round trips,
+/// not one each) and still answered in command order, each by its own message,
+/// before `OK QUIT`.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn two_hundred_pipelined_says_are_answered_in_order_in_few_round_trips_then_quit() {
+    let redis = RedisServer::start();
+    let one = Instance::start(Model::Async { workers: 2 }, &redis.url());
+    let mut a = Client::connect(one.addr, "piper");
+    a.send("JOIN pipe");
+    a.expect("OK JOIN pipe");
+    let trips = || one.hub.stats.redis_round_trips.load(Ordering::Relaxed);
+    let before = trips();
+    let mut burst = String::new();
+    for i in 0..200 {
+        burst.push_str(&format!("SAY pipe m{i}\n"));
+    }
+    burst.push_str("QUIT\n");
+    a.w.write_all(burst.as_bytes()).unwrap();
+    let want: Vec<String> = (0..200).map(|i| format!("MSG pipe - piper m{i}")).collect();
+    assert_eq!(answers_until_quit(&mut a), want);
+    let used = trips() - before;
+    eprintln!("200 pipelined SAYs took {used} Redis round trips");
+    // One at a time they take 200; the presence ticks add a few.
+    assert!(
+        used < 100,
+        "{used} round trips: the SAYs went out one at a time"
+    );
+}
+
+/// Pipelined `SAY`s interleaved with a `WHO` (answered by Redis too) and a bad
+/// command are answered in command order: each reply waits behind the `SAY`s before it.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn says_interleaved_with_who_and_a_bad_command_are_answered_in_command_order() {
+    let redis = RedisServer::start();
+    let one = Instance::start(Model::Threads, &redis.url());
+    let mut a = Client::connect(one.addr, "mixer");
+    a.send("JOIN mix");
+    a.expect("OK JOIN mix");
+    let lines = [
+        "SAY mix one",
+        "SAY mix two",
+        "WHO mix",
+        "SAY mix three",
+        "BOGUS",
+        "SAY mix four",
+        "SAY elsewhere five",
+        "SAY mix six",
+        "QUIT",
+    ];
+    a.w.write_all(format!("{}\n", lines.join("\n")).as_bytes())
+        .unwrap();
+    let got = answers_until_quit(&mut a);
+    let code = |l: &str| l.split(' ').take(2).collect::<Vec<_>>().join(" ");
+    assert_eq!(got.len(), 8, "{got:?}");
+    assert_eq!(
+        got[..3],
+        [
+            "MSG mix - mixer one",
+            "MSG mix - mixer two",
+            "WHO mix mixer"
+        ]
+    );
+    assert_eq!(got[3], "MSG mix - mixer three");
+    assert_eq!(code(&got[4]), "ERR unknown-command", "{got:?}");
+    assert_eq!(got[5], "MSG mix - mixer four");
+    assert_eq!(code(&got[6]), "ERR not-member", "{got:?}");
+    assert_eq!(got[7], "MSG mix - mixer six");
+}
+
+/// Redis hangs (SIGSTOP) while a connection's `SAY`s are in flight and more are
+/// queued behind them: every `SAY` is answered exactly once, in command order, by
+/// its message or `ERR unavailable`; once Redis is back, the next ones are delivered.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_redis_stall_mid_pipeline_answers_every_say_once_in_order() {
+    let redis = RedisServer::start();
+    let one = Instance::start(Model::Async { workers: 2 }, &redis.url());
+    let mut a = Client::connect(one.addr, "staller");
+    a.send("JOIN stall");
+    a.expect("OK JOIN stall");
+    let burst = |from: usize, to: usize| {
+        let mut b = String::new();
+        for i in from..to {
+            b.push_str(&format!("SAY stall m{i}\n"));
+        }
+        b
+    };
+    a.w.write_all(burst(0, 100).as_bytes()).unwrap();
+    // Frozen once the first is answered: the others are in flight or queued.
+    let first = a.line();
+    redis.pause();
+    one.wait_available(false);
+    redis.resume();
+    one.wait_available(true);
+    a.w.write_all(format!("{}QUIT\n", burst(100, 200)).as_bytes())
+        .unwrap();
+    let mut got = answers_until_quit(&mut a);
+    got.insert(0, first.replacen(&format!(" {} ", id(&first)), " - ", 1));
+    assert_eq!(got.len(), 200, "{got:?}");
+    let mut refused = 0;
+    for (i, l) in got.iter().enumerate() {
+        if l.starts_with("ERR unavailable ") && i < 100 {
+            refused += 1;
+        } else {
+            assert_eq!(*l, format!("MSG stall - staller m{i}"), "answer {i}");
+        }
+    }
+    eprintln!("{refused} of the first 100 SAYs refused by the stall");
+}

@@ -66,13 +66,15 @@ pub(super) trait Broker: Any + Send + Sync {
     /// Removes `id` from `room` in the hub and orders its `PART`.
     fn part(&self, hub: &Hub, id: MemberId, room: &str) -> Result<(), HubError>;
 
-    /// Orders, keeps and publishes a message of member `id` (checked text).
+    /// Orders, keeps and publishes a message of member `id` (checked text); a later
+    /// failure is answered as [`Answer::Failed`](super::Answer::Failed) with `tag`.
     fn say(
         &self,
         hub: &Hub,
         id: MemberId,
         room: &str,
         text: &str,
+        tag: u64,
     ) -> Result<Deferred<MsgId>, HubError>;
 
     /// Orders, keeps and publishes a message of the server (checked room and text).

@@ -199,8 +199,14 @@ pub enum Answer {
     },
     /// The outcome of a `NICK` claimed in Redis.
     Nick(Result<Arc<str>, HubError>),
-    /// A request failed (a `SAY` that Redis did not take: nothing was delivered).
-    Failed(HubError),
+    /// A `SAY` that Redis did not take: nothing was delivered.
+    Failed {
+        /// The member's number for that `SAY` (see [`Hub::say_tagged`]): several may
+        /// be in flight, and a failure can come back before an earlier one's message.
+        say: u64,
+        /// Why.
+        error: HubError,
+    },
 }
 
 /// What a member's mailbox receives from the hub.
@@ -573,8 +579,21 @@ impl Hub {
     /// With `--redis` the id is given by Redis and `Deferred::Later` is returned: the message
     /// comes back to every member, the author included, through the shared channel.
     pub fn say(&self, id: MemberId, room: &str, text: &str) -> Result<Deferred<MsgId>, HubError> {
+        self.say_tagged(id, room, text, 0)
+    }
+
+    /// [`Hub::say`], with the member's own number `tag` for this `SAY`: a failure
+    /// that comes later ([`Answer::Failed`]) carries it, so a member with several
+    /// `SAY`s in flight answers the right one.
+    pub fn say_tagged(
+        &self,
+        id: MemberId,
+        room: &str,
+        text: &str,
+        tag: u64,
+    ) -> Result<Deferred<MsgId>, HubError> {
         check_text(text)?;
-        let said = self.broker.say(self, id, room, text)?;
+        let said = self.broker.say(self, id, room, text, tag)?;
         self.stats.messages.fetch_add(1, Ordering::Relaxed);
         Ok(said)
     }

@@ -282,6 +282,18 @@ impl RedisCluster {
         None
     }
 
+    /// How many times node `i` ran `command` (lower case, as `INFO commandstats`
+    /// names it: `wait`, `cluster|myid`).
+    pub fn calls(&self, i: usize, command: &str) -> u64 {
+        let stats = query(self.nodes[i].port, "INFO commandstats").expect("INFO commandstats");
+        let head = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The index of a replica of master `i`.
     pub fn replica_of(&self, i: usize) -> usize {
         let nodes = query(self.nodes[i].port, "CLUSTER NODES").expect("CLUSTER NODES");

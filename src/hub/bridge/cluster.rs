@@ -19,7 +19,9 @@
 //!
 //! A batch of requests is sent as one pipeline per slot, all at once, each awaited on
 //! its own; a pipeline's commands run in order, so a member's `JOIN` and its replay,
-//! or two `SAY`s in a room, keep theirs. A slot whose pipeline fails (its master is
+//! or two `SAY`s in a room, keep theirs. (A member may have several `SAY`s of one room
+//! in flight: they go out in order on the one connection to the room's master, in
+//! one pipeline or in successive ones, so they run in that order.) A slot whose pipeline fails (its master is
 //! dead, or a failover moved it) is marked down: its requests are answered
 //! `unavailable` at once, without a round trip, while a probe (`EXISTS` on a key of
 //! that slot) asks every [`PROBE_EVERY`]; the slot is up again when the probe is
@@ -37,6 +39,16 @@
 //! replicas have every write made so far, and a second script publishes, in id order,
 //! the room's messages up to this one and moves the room's cursor there. A reader of
 //! the history (`HISTORY`, the replay of `JOIN … AFTER`) reads only up to the cursor.
+//! `WAIT` is sent once per master for a whole batch, after its slots' pipelines are
+//! answered: it blocks the master's one connection, and it covers every write made on
+//! that connection so far, so one per slot would only queue the slots of one master
+//! behind each other. Which slots share a master is read from the pipelines
+//! themselves: one that carries messages, or goes to a slot whose master is not known
+//! yet, ends with `CLUSTER MYID`. The slots of one master as last seen are sent and
+//! acknowledged together, apart from the other masters', so a dead master holds up
+//! only its own slots; a slot whose pipeline failed is forgotten and learnt again,
+//! and if a failover moved slots meanwhile, the answers of `CLUSTER MYID` split the
+//! `WAIT` by the masters that really ran them.
 //! When `WAIT` times out ([`WAIT_TIMEOUT`]), the message is deleted unless another
 //! process's flush published it already (then a replica has it); deleted, its author
 //! is answered `unavailable` and nobody sees it. Joins, parts and nick changes are
@@ -224,6 +236,9 @@ pub(super) struct Plan {
     /// a subscription that failed is taken out again.
     pub(super) subscribed: Rc<RefCell<HashSet<Arc<str>>>>,
     pub(super) scripts: Rc<Scripts>,
+    /// The master of each slot as its last pipeline with messages found it
+    /// (`CLUSTER MYID`); a slot whose pipeline failed is forgotten.
+    pub(super) masters: Rc<RefCell<HashMap<u16, Arc<str>>>>,
 }
 
 /// A batch's replies, one per command, and the slots whose pipeline failed (with a
@@ -329,40 +344,108 @@ impl Conn {
                 }
                 let mut replies: Vec<Value> = vec![Value::Nil; n];
                 let mut down = Vec::new();
-                let runs = groups.into_iter().map(|(s, (idx, cmds))| {
-                    let mut conn = Conn::Cluster(c.clone());
-                    let says: Vec<_> = idx
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(j, &i)| Some((j, meta[i].say.clone()?)))
-                        .collect();
-                    let skip = s.is_some_and(|s| failed_rooms.contains(&s));
+                let until = tokio::time::Instant::now() + budget;
+                let acks = plan.acks;
+                // The slots grouped by their master as last seen; a slot not seen yet
+                // (or since its failure) is a group of its own.
+                let mut teams: HashMap<Team, Vec<SlotPipe>> = HashMap::new();
+                {
+                    let seen = plan.masters.borrow();
+                    for (s, (idx, cmds)) in groups {
+                        let team = match s.and_then(|s| seen.get(&s)) {
+                            Some(node) => Team::Node(node.clone()),
+                            None => Team::Slot(s),
+                        };
+                        teams.entry(team).or_default().push((s, idx, cmds));
+                    }
+                }
+                let runs = teams.into_iter().map(|(team, slots)| {
+                    // A slot whose master is not known yet asks even without messages,
+                    // so that its first messages already share their master's `WAIT`.
+                    let learn = matches!(team, Team::Slot(Some(_)));
                     let plan = &plan;
+                    let failed_rooms = &failed_rooms;
+                    let meta = &meta;
                     async move {
-                        if skip {
-                            let e = BridgeError::Subscribe;
-                            return (s, idx, Err(e));
+                        // Each slot's pipeline, all at once; one that carries messages
+                        // to be acknowledged also asks which node ran it
+                        // (`CLUSTER MYID`).
+                        let pipes = slots.into_iter().map(|(s, idx, cmds)| {
+                            let mut conn = Conn::Cluster(c.clone());
+                            let says = idx.iter().any(|&i| meta[i].say.is_some());
+                            let skip = s.is_some_and(|s| failed_rooms.contains(&s));
+                            async move {
+                                if skip {
+                                    return (s, idx, Err(BridgeError::Subscribe));
+                                }
+                                let ask = (says || learn) && acks > 0 && s.is_some();
+                                let r = conn.scripts(s, cmds, ask);
+                                let r = tokio::time::timeout_at(until, r).await;
+                                (s, idx, r.unwrap_or(Err(BridgeError::Timeout(budget))))
+                            }
+                        });
+                        let done = futures_util::future::join_all(pipes).await;
+                        // Then one `WAIT` per master for all its slots' messages.
+                        let mut by_node: HashMap<&str, (Vec<u16>, Vec<_>)> = HashMap::new();
+                        for (s, idx, r) in &done {
+                            if let (Some(s), Ok((values, Some(node)))) = (s, r) {
+                                let ids = message_ids(idx, values, meta);
+                                let e = by_node.entry(&**node).or_default();
+                                e.0.push(*s);
+                                e.1.extend(ids);
+                            }
                         }
-                        let r = tokio::time::timeout(budget, conn.group(s, cmds, says, plan)).await;
-                        (s, idx, r.unwrap_or(Err(BridgeError::Timeout(budget))))
+                        let mut refused = Vec::new();
+                        let mut lost = Vec::new();
+                        for (slots, ids) in by_node.into_values().filter(|(_, ids)| !ids.is_empty())
+                        {
+                            let mut conn = Conn::Cluster(c.clone());
+                            let r = conn.acknowledge(Some(slots[0]), &ids, plan);
+                            match tokio::time::timeout_at(until, r).await {
+                                Ok(Ok(r)) => refused.extend(r),
+                                Ok(Err(e)) => lost.push((slots, ids, e)),
+                                Err(_) => lost.push((slots, ids, BridgeError::Timeout(budget))),
+                            }
+                        }
+                        (done, refused, lost)
                     }
                 });
-                for (s, idx, r) in futures_util::future::join_all(runs).await {
-                    match r {
-                        Ok(values) => {
-                            for (i, v) in idx.into_iter().zip(values) {
-                                replies[i] = v;
+                for (done, refused, lost) in futures_util::future::join_all(runs).await {
+                    for (s, idx, r) in done {
+                        match r {
+                            Ok((values, node)) => {
+                                for (i, v) in idx.into_iter().zip(values) {
+                                    replies[i] = v;
+                                }
+                                if let (Some(s), Some(node)) = (s, node) {
+                                    plan.masters.borrow_mut().insert(s, node);
+                                }
+                            }
+                            Err(e) => {
+                                let why = e.to_string();
+                                for i in idx {
+                                    replies[i] = unavailable(&why);
+                                }
+                                if let Some(s) = s {
+                                    tracing::warn!("redis: slot {s} is down: {why}");
+                                    plan.masters.borrow_mut().remove(&s);
+                                    down.push((s, tags[&s].clone()));
+                                }
                             }
                         }
-                        Err(e) => {
-                            let why = e.to_string();
-                            for i in idx {
-                                replies[i] = unavailable(&why);
-                            }
-                            if let Some(s) = s {
-                                tracing::warn!("redis: slot {s} is down: {why}");
-                                down.push((s, tags[&s].clone()));
-                            }
+                    }
+                    for (i, v) in refused {
+                        replies[i] = v;
+                    }
+                    for (slots, ids, e) in lost {
+                        let why = e.to_string();
+                        for (i, _, _) in ids {
+                            replies[i] = unavailable(&why);
+                        }
+                        for s in slots {
+                            tracing::warn!("redis: slot {s} is down: {why}");
+                            plan.masters.borrow_mut().remove(&s);
+                            down.push((s, tags[&s].clone()));
                         }
                     }
                 }
@@ -372,7 +455,8 @@ impl Conn {
     }
 
     /// One pipeline, then, for the `SAY`s among it (`says`: index and room) when
-    /// replicas must have them, `WAIT` and their publication or retraction.
+    /// replicas must have them, `WAIT` and their publication or retraction (one
+    /// Redis).
     async fn group(
         &mut self,
         route: Option<u16>,
@@ -380,18 +464,7 @@ impl Conn {
         says: Vec<(usize, Arc<str>)>,
         plan: &Plan,
     ) -> Result<Vec<Value>, BridgeError> {
-        let n = cmds.len();
-        let mut p = redis::pipe();
-        for c in cmds {
-            p.add_command(c);
-        }
-        let mut replies = self.pipe(route, &p, n).await?;
-        if replies.len() != n {
-            return Err(BridgeError::Replies {
-                replies: replies.len(),
-                commands: n,
-            });
-        }
+        let (mut replies, _) = self.scripts(route, cmds, false).await?;
         if plan.acks == 0 {
             return Ok(replies);
         }
@@ -405,6 +478,55 @@ impl Conn {
         if ids.is_empty() {
             return Ok(replies);
         }
+        for (i, v) in self.acknowledge(route, &ids, plan).await? {
+            replies[i] = v;
+        }
+        Ok(replies)
+    }
+
+    /// One pipeline of `cmds`, with `CLUSTER MYID` last when `ask`: its replies, and
+    /// the id of the node that ran it.
+    async fn scripts(
+        &mut self,
+        route: Option<u16>,
+        cmds: Vec<redis::Cmd>,
+        ask: bool,
+    ) -> Result<(Vec<Value>, Option<Arc<str>>), BridgeError> {
+        let n = cmds.len() + usize::from(ask);
+        let mut p = redis::pipe();
+        for c in cmds {
+            p.add_command(c);
+        }
+        if ask {
+            p.cmd("CLUSTER").arg("MYID");
+        }
+        let mut replies = self.pipe(route, &p, n).await?;
+        if replies.len() != n {
+            return Err(BridgeError::Replies {
+                replies: replies.len(),
+                commands: n,
+            });
+        }
+        let node = match ask {
+            true => replies
+                .pop()
+                .and_then(|v| redis::from_owned_redis_value::<String>(v).ok())
+                .map(Arc::from),
+            false => None,
+        };
+        Ok((replies, node))
+    }
+
+    /// Messages that ran (`ids`: reply index, room, id), all written on this
+    /// connection to one master: `WAIT` once for every one of them, then their
+    /// publication (one flush per room) or retraction. The replies of those refused.
+    async fn acknowledge(
+        &mut self,
+        route: Option<u16>,
+        ids: &[(usize, Arc<str>, u64)],
+        plan: &Plan,
+    ) -> Result<Vec<(usize, Value)>, BridgeError> {
+        let mut refused = Vec::new();
         let mut w = redis::pipe();
         w.cmd("WAIT")
             .arg(plan.acks)
@@ -416,7 +538,7 @@ impl Conn {
         let s = &plan.scripts;
         if got.is_some_and(|g| g >= plan.acks) {
             let mut last: HashMap<&Arc<str>, u64> = HashMap::new();
-            for (_, room, id) in &ids {
+            for (_, room, id) in ids {
                 let e = last.entry(room).or_default();
                 *e = (*e).max(*id);
             }
@@ -437,12 +559,13 @@ impl Conn {
                 .flatten()
                 .filter_map(|id| id.strip_suffix("-0")?.parse().ok())
                 .collect();
-            for (i, _, id) in &ids {
+            for (i, _, id) in ids {
                 if stale.contains(id) {
-                    replies[*i] = error_reply("NOTREPLICATED", "published too late: deleted");
+                    let v = error_reply("NOTREPLICATED", "published too late: deleted");
+                    refused.push((*i, v));
                 }
             }
-            return Ok(replies);
+            return Ok(refused);
         }
         tracing::warn!(
             "redis: {} messages not on {} replicas within {WAIT_TIMEOUT:?} (WAIT answered \
@@ -451,7 +574,7 @@ impl Conn {
             plan.acks
         );
         let mut r = redis::pipe();
-        for (_, room, id) in &ids {
+        for (_, room, id) in ids {
             let mut c = s.retract.call(2);
             c.arg(super::hist_key(room))
                 .arg(super::cursor_key(room))
@@ -462,14 +585,41 @@ impl Conn {
         for ((i, _, _), g) in ids.iter().zip(gone) {
             // 0: another process published it after its own WAIT: a replica has it.
             if redis::from_redis_value::<i64>(&g).unwrap_or(1) != 0 {
-                replies[*i] = error_reply(
+                let v = error_reply(
                     "NOTREPLICATED",
                     "no replica acknowledged the message in time",
                 );
+                refused.push((*i, v));
             }
         }
-        Ok(replies)
+        Ok(refused)
     }
+}
+
+/// The messages that ran among the commands `idx` of a batch (reply index, room, id):
+/// those whose reply is their id.
+/// `values` are the replies of the commands `idx` (indexes in the batch).
+fn message_ids(idx: &[usize], values: &[Value], meta: &[Meta]) -> Vec<(usize, Arc<str>, u64)> {
+    idx.iter()
+        .zip(values)
+        .filter_map(|(&i, v)| {
+            let room = meta[i].say.clone()?;
+            let id = redis::from_redis_value::<u64>(v).ok()?;
+            Some((i, room, id))
+        })
+        .collect()
+}
+
+/// One slot's pipeline of a batch: its slot (none: any node), the indexes of its
+/// commands in the batch, and the commands.
+type SlotPipe = (Option<u16>, Vec<usize>, Vec<redis::Cmd>);
+
+/// Slots whose pipelines are sent together, then acknowledged with one `WAIT`: those
+/// of one master as last seen, or a slot alone.
+#[derive(PartialEq, Eq, Hash)]
+enum Team {
+    Node(Arc<str>),
+    Slot(Option<u16>),
 }
 
 /// Probes the slots marked down (`EXISTS` on a key with each one's hash tag); the

@@ -31,7 +31,7 @@ impl Run {
                     .arg(
                         author
                             .as_ref()
-                            .map_or(String::new(), |(m, _)| m.0.to_string()),
+                            .map_or(String::new(), |(m, _, _)| m.0.to_string()),
                     )
                     // Published now, or once replicas have it (`WAIT`, then a flush).
                     .arg(if self.acks.get() == 0 { "1" } else { "" });

@@ -27,6 +27,9 @@
 //! request still goes out at once. Redis runs a connection's commands in the order
 //! they were written, so a member's requests (a `JOIN` then the `XRANGE` of its
 //! replay, two `SAY`s) keep their order, and the scripts keep each room's one order.
+//! A member keeps up to 32 `SAY`s of one room in flight (`service/chat/member.rs`):
+//! a client that pipelines its messages has them in one pipeline, not one round trip
+//! each.
 //! Only one pipeline is out at a time: that order then never depends on the client
 //! library's scheduling. The scripts are loaded once per connection (`SCRIPT LOAD`)
 //! and called by hash.
@@ -158,13 +161,14 @@ const SLOW: Duration = Duration::from_millis(500);
 
 /// What sessions ask of Redis, through the hub.
 pub(super) enum Request {
-    /// A message; a failure is answered to its author (none for a server notice),
-    /// which recognises its own message coming back by its member id.
+    /// A message; a failure is answered to its author (none for a server notice)
+    /// with the author's tag for it; the author recognises its own message coming
+    /// back by its member id.
     Say {
         room: Arc<str>,
         nick: Arc<str>,
         text: Box<str>,
-        author: Option<(MemberId, Sender<ChatEvent>)>,
+        author: Option<(MemberId, Sender<ChatEvent>, u64)>,
     },
     /// A join, part or nick change, by `member` of this process.
     Event {
@@ -427,13 +431,14 @@ impl Broker for Bridge {
         id: MemberId,
         room: &str,
         text: &str,
+        tag: u64,
     ) -> Result<Deferred<MsgId>, HubError> {
         let (room, nick, tx) = hub.member(id, room)?;
         self.send(Request::Say {
             room,
             nick,
             text: text.into(),
-            author: Some((id, tx)),
+            author: Some((id, tx, tag)),
         })?;
         Ok(Deferred::Later)
     }

@@ -184,11 +184,14 @@ impl Run {
     pub(super) fn fail(&self, r: Request) {
         let ev = match r {
             Request::Say {
-                author: Some((_, author)),
+                author: Some((_, author, say)),
                 ..
             } => (
                 author,
-                ChatEvent::Answer(Answer::Failed(HubError::Unavailable)),
+                ChatEvent::Answer(Answer::Failed {
+                    say,
+                    error: HubError::Unavailable,
+                }),
             ),
             Request::Say {
                 author: None, room, ..

@@ -39,6 +39,8 @@ pub(super) struct Run {
     /// Slots whose pipeline failed, with a hash tag of each: their requests are
     /// answered `unavailable` until a probe gets an answer (a cluster).
     down: RefCell<HashMap<u16, Arc<str>>>,
+    /// The master of each slot as last seen (a cluster; see `cluster.rs`).
+    masters: Rc<RefCell<HashMap<u16, Arc<str>>>>,
     /// Requests made by replies, sent with the next pipeline (a cluster: the release
     /// of an old nick once the new one is claimed).
     pub(super) followups: RefCell<Vec<Request>>,
@@ -103,6 +105,7 @@ impl Run {
             subscribed: Default::default(),
             channels: Default::default(),
             down: Default::default(),
+            masters: Default::default(),
             followups: Default::default(),
             deliver: super::start_deliverer(hub.clone()),
             hub,
@@ -244,6 +247,7 @@ impl Run {
             channels: self.channels.borrow_mut().drain().collect(),
             subscribed: self.subscribed.clone(),
             scripts: self.scripts.clone(),
+            masters: self.masters.clone(),
         };
         Box::pin(conn.clone().exec(cmds, meta, plan))
     }
@@ -276,6 +280,7 @@ impl Run {
         self.subscribed.borrow_mut().clear();
         self.channels.borrow_mut().clear();
         self.down.borrow_mut().clear();
+        self.masters.borrow_mut().clear();
         self.clock.borrow_mut().reset();
         let (client, wait) = match &self.target {
             Target::Single { client, wait } => (client, *wait),

@@ -10,6 +10,16 @@
 //! `OK JOIN` only once the join is in effect, `AFTER` replay with no gap and no
 //! duplicate, commands answered in the order they were sent, the same rate limit.
 //!
+//! A `SAY`'s answer is its own message coming back (over Redis, a round trip), so
+//! the commands after it wait; but `SAY`s of one room that follow it go out at once,
+//! up to [`MAX_IN_FLIGHT`], each answered in its turn: by its message (a room's
+//! messages come back in the order they were sent), or by the refusal it got, said
+//! only once the `SAY`s before it are answered. A refusal from Redis carries the
+//! `SAY`'s tag, since it may arrive before an earlier `SAY`'s message (the two come on
+//! different connections). The one case this cannot tell apart: a `SAY` answered
+//! `unavailable` whose message Redis did run and publish late (see the bridge's "A
+//! refused message is never sent") answers the next pending `SAY` of its room early.
+//!
 //! Room events are handed on as the hub's shared encoding for the member's wire
 //! ([`Publication::encoded`]): encoded once per wire, never per member.
 
@@ -29,12 +39,21 @@ mod rate;
 /// How long a command waits for an answer from Redis before it is answered
 /// `unavailable` and the commands after it go on.
 pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The text of the `unavailable` answer of a command whose answer did not come in
+/// time (its message may have gone out nevertheless: see `hub/bridge`).
+const NO_ANSWER: &str = "no answer from the chat backend";
 /// Command bytes kept in order behind a command awaiting its answer; beyond this,
 /// commands are carried out at once (their replies may then come before that answer).
 const MAX_QUEUED: usize = 256 * 1024;
 /// What one queued input counts for beyond its bytes, so that empty frames and refused
 /// inputs (which keep no bytes) cannot be queued without bound either.
 const QUEUED_ENTRY_COST: usize = 64;
+/// `SAY`s of one connection sent on before the first of them is answered. Over Redis a
+/// `SAY` is answered by its own message coming back, a round trip; a client that
+/// pipelines its messages would otherwise pay one round trip each, in series. Each
+/// one in flight stays charged to [`MAX_QUEUED`] (its bytes wait in the bridge's
+/// queue) until it is answered.
+pub(super) const MAX_IN_FLIGHT: usize = 32;
 
 /// A command's success, as the wire says it (`OK JOIN lobby`,
 /// `{"type":"ok","cmd":"join","room":"lobby"}`).
@@ -159,14 +178,14 @@ impl RoomState {
         self.awaiting_replay = false;
     }
 
-    /// Hands on what was held, once nothing is awaited any more; returns whether the
-    /// member's own message was among it.
-    fn release(&mut self, out: &mut impl Encoder) -> bool {
-        let mut own = false;
+    /// Hands on what was held, once nothing is awaited any more; returns how many of
+    /// the member's own messages were among it.
+    fn release(&mut self, out: &mut impl Encoder) -> usize {
+        let mut own = 0;
         if !self.holding() {
             for (p, mine) in std::mem::take(&mut self.held) {
                 self.hand_on(&p, out);
-                own |= mine;
+                own += usize::from(mine);
             }
         }
         own
@@ -204,15 +223,22 @@ struct State {
     rate: Option<Rate>,
     /// Answers awaited (`NICK`, `JOIN`, `WHO`, `HISTORY` with `--redis`; `SAY`
     /// always): the inputs after them wait in `queued`, so replies come in command
-    /// order and a `SAY` after a `NICK` speaks with the new nick.
+    /// order and a `SAY` after a `NICK` speaks with the new nick. `SAY`s of one room
+    /// go on before (see [`Said`]).
     waiting: u32,
-    /// How many of the awaited answers are `SAY`s': the member's own message coming
-    /// back through its mailbox in the room's order (or its failure). More than one
-    /// only when inputs beyond [`MAX_QUEUED`] ran at once.
-    saying: u32,
+    /// The awaited answers that are `SAY`s', in command order (counted in `waiting`
+    /// too). Up to [`MAX_IN_FLIGHT`] of one room go out at once: Redis runs them in
+    /// the order sent and publishes the room's messages in that order, so their own
+    /// messages come back in it. More, and of several rooms, only when inputs beyond
+    /// [`MAX_QUEUED`] ran at once.
+    says: Says,
+    /// Since when the oldest awaited answer that is not a `SAY`'s is awaited.
     waiting_since: Option<Instant>,
     queued: VecDeque<Result<Box<[u8]>, ParseError>>,
-    queued_bytes: usize,
+    /// Bytes of `queued` and of the `SAY`s in flight, each with its entry cost (a
+    /// `u32` keeps the member small; it stays far below: `MAX_QUEUED`, and beyond it
+    /// `SAY`s the bridge's bounded queue took).
+    queued_bytes: u32,
     /// Token authentication, when the chat requires it (boxed: a connection of an
     /// open chat pays one pointer for it).
     auth: Option<Box<Auth>>,
@@ -229,6 +255,90 @@ struct Auth {
     claiming: Option<Granted>,
     /// A token to present when the member opens.
     on_open: Option<Box<str>>,
+}
+
+/// A `SAY` awaiting its answer.
+struct Said {
+    tag: u64,
+    room: Arc<str>,
+    /// When it went out: it is answered `unavailable` [`ANSWER_TIMEOUT`] later.
+    since: Instant,
+    /// What it counts for in `queued_bytes` until it is answered.
+    cost: u32,
+    outcome: Outcome,
+}
+
+/// The `SAY`s awaiting their answer, in command order. Boxed and made at the first
+/// `SAY`: a connection that never speaks pays one pointer for them.
+struct Says(Option<Box<InFlight>>);
+
+struct InFlight {
+    list: VecDeque<Said>,
+    /// The tag of the next `SAY` (see [`Hub::say_tagged`]).
+    next_tag: u64,
+}
+
+impl Says {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |f| f.list.len())
+    }
+
+    fn front(&self) -> Option<&Said> {
+        self.0.as_ref()?.list.front()
+    }
+
+    fn back(&self) -> Option<&Said> {
+        self.0.as_ref()?.list.back()
+    }
+
+    fn pop_front(&mut self) -> Option<Said> {
+        self.0.as_mut()?.list.pop_front()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Said> {
+        self.0.iter_mut().flat_map(|f| f.list.iter_mut())
+    }
+
+    fn push_back(&mut self, said: Said) {
+        self.made().list.push_back(said);
+    }
+
+    /// A new tag: the next `SAY`'s.
+    fn next_tag(&mut self) -> u64 {
+        let f = self.made();
+        f.next_tag += 1;
+        f.next_tag - 1
+    }
+
+    fn made(&mut self) -> &mut InFlight {
+        self.0.get_or_insert_with(|| {
+            Box::new(InFlight {
+                list: VecDeque::new(),
+                next_tag: 0,
+            })
+        })
+    }
+}
+
+/// Where a `SAY` in flight stands; it is answered once every one before it is.
+#[derive(Clone, Copy)]
+enum Outcome {
+    /// Nothing came back yet.
+    Pending,
+    /// Its own message was handed on: that was its answer.
+    Delivered,
+    /// Refused (later by Redis, or when it went out behind earlier ones): the
+    /// error is said in its turn.
+    Refused(&'static str, Refusal),
+}
+
+/// Why a `SAY` was refused, for its `ERR` line.
+#[derive(Clone, Copy)]
+enum Refusal {
+    Hub(HubError),
+    RateLimited,
+    /// Nothing came back within [`ANSWER_TIMEOUT`].
+    NoAnswer,
 }
 
 /// An accepted token, as the member keeps it.
@@ -267,7 +377,7 @@ impl<D: Decoder> Member<D> {
                 rooms: HashMap::new(),
                 rate: max_rate.filter(|&r| r > 0).map(Rate::new),
                 waiting: 0,
-                saying: 0,
+                says: Says(None),
                 waiting_since: None,
                 queued: VecDeque::new(),
                 queued_bytes: 0,
@@ -326,11 +436,45 @@ impl<D: Decoder> Member<D> {
     /// its answer.
     pub fn input(&mut self, input: Input<'_>, out: &mut impl Encoder) {
         let size = QUEUED_ENTRY_COST + input.map_or(0, <[u8]>::len);
-        if self.s.waiting > 0 && self.s.queued_bytes + size <= MAX_QUEUED {
-            self.s.queued_bytes += size;
+        if self.s.waiting > 0 && self.s.queued_bytes as usize + size <= MAX_QUEUED {
+            self.s.queued_bytes += size as u32;
             self.s.queued.push_back(input.map(Box::from));
+            self.ahead(out);
         } else {
             self.run(input, out);
+        }
+    }
+
+    /// While only `SAY`s are awaited, sends on the queued `SAY`s of their room that
+    /// come next, up to [`MAX_IN_FLIGHT`]: each is answered in its turn all the same
+    /// (a refusal now is said once the ones before it are answered).
+    fn ahead(&mut self, out: &mut impl Encoder) {
+        let s = &mut self.s;
+        while s.waiting as usize == s.says.len()
+            && s.says.len() < MAX_IN_FLIGHT
+            && s.auth.as_ref().is_none_or(|a| a.granted.is_some())
+            && !out.is_closing()
+        {
+            let (Some(last), Some(Ok(_))) = (s.says.back(), s.queued.front()) else {
+                return;
+            };
+            let room = last.room.clone();
+            let Some(Ok(raw)) = s.queued.pop_front() else {
+                return;
+            };
+            let cost = (QUEUED_ENTRY_COST + raw.len()) as u32;
+            let taken = self.decoder.decode(&raw, |cmd| match cmd {
+                Ok(Command::Say { room: r, text }) if *r == *room => {
+                    s.say_ahead(room, text, cost, out);
+                    true
+                }
+                _ => false,
+            });
+            if !taken {
+                s.queued.push_front(Ok(raw));
+                return;
+            }
+            // Its bytes stay charged, now to the `SAY` in flight.
         }
     }
 
@@ -366,17 +510,36 @@ impl<D: Decoder> Member<D> {
     fn answered(&mut self, out: &mut impl Encoder) {
         out.answered();
         self.s.waiting = self.s.waiting.saturating_sub(1);
-        if self.s.waiting > 0 {
-            return;
+        if self.s.waiting as usize == self.s.says.len() {
+            self.s.waiting_since = None;
         }
-        self.s.waiting_since = None;
         while self.s.waiting == 0 && !out.is_closing() {
             let Some(input) = self.s.queued.pop_front() else {
                 break;
             };
             let input = input.as_deref().map_err(|e| *e);
-            self.s.queued_bytes -= QUEUED_ENTRY_COST + input.map_or(0, <[u8]>::len);
+            self.s.queued_bytes -= (QUEUED_ENTRY_COST + input.map_or(0, <[u8]>::len)) as u32;
             self.run(input, out);
+        }
+        self.ahead(out);
+    }
+
+    /// Answers the `SAY`s at the front whose outcome is known, in command order.
+    fn settle(&mut self, out: &mut impl Encoder) {
+        while let Some(front) = self.s.says.front() {
+            match front.outcome {
+                Outcome::Pending => return,
+                Outcome::Delivered => {}
+                Outcome::Refused(code, why) => match why {
+                    Refusal::Hub(e) => out.error(code, &e.to_string()),
+                    Refusal::RateLimited => out.error(code, "too many commands per second"),
+                    Refusal::NoAnswer => out.error(code, NO_ANSWER),
+                },
+            }
+            let cost = front.cost;
+            self.s.says.pop_front();
+            self.s.queued_bytes -= cost;
+            self.answered(out);
         }
     }
 
@@ -400,7 +563,7 @@ impl<D: Decoder> Member<D> {
                 } else {
                     st.hand_on(&publication, out);
                     if own {
-                        self.said(out);
+                        self.said(&publication.room, 1, out);
                     }
                 }
             }
@@ -417,9 +580,8 @@ impl<D: Decoder> Member<D> {
                 };
                 if st.confirmed {
                     st.replay(msgs, out);
-                    if st.release(out) {
-                        self.said(out);
-                    }
+                    let own = st.release(out);
+                    self.said(&room, own, out);
                 } else {
                     st.stashed = Some(msgs);
                 }
@@ -435,9 +597,7 @@ impl<D: Decoder> Member<D> {
                 }
                 let own = st.release(out);
                 self.answered(out);
-                if own {
-                    self.said(out);
-                }
+                self.said(&room, own, out);
             }
             ChatEvent::Answer(Answer::Who { room, nicks }) => {
                 match nicks {
@@ -476,29 +636,46 @@ impl<D: Decoder> Member<D> {
                 out.error(e.code(), &e.to_string());
                 self.answered(out);
             }
-            ChatEvent::Answer(Answer::Failed(e)) => {
-                out.error(e.code(), &e.to_string());
-                if s.saying > 0 {
-                    s.saying -= 1;
-                    self.answered(out);
+            ChatEvent::Answer(Answer::Failed { say, error }) => {
+                // Not found: it was answered already (its answer timed out).
+                let pending = s.says.iter_mut().find(|x| x.tag == say);
+                if let Some(said) = pending.filter(|x| matches!(x.outcome, Outcome::Pending)) {
+                    said.outcome = Outcome::Refused(error.code(), Refusal::Hub(error));
+                    self.settle(out);
                 }
             }
         }
     }
 
-    /// The member's own message was handed on: if its `SAY` awaited it, that `SAY` is
-    /// answered and the inputs after it go on.
-    fn said(&mut self, out: &mut impl Encoder) {
-        if self.s.saying > 0 {
-            self.s.saying -= 1;
-            self.answered(out);
+    /// `n` of the member's own messages in `room` were handed on: each answers the
+    /// first `SAY` of that room still pending (its messages come back in the order
+    /// sent, and a `SAY` refused has none), and the `SAY`s answered in turn go on.
+    fn said(&mut self, room: &str, n: usize, out: &mut impl Encoder) {
+        if n == 0 {
+            return;
         }
+        let mut left = n;
+        for said in self.s.says.iter_mut() {
+            if left == 0 {
+                break;
+            }
+            if matches!(said.outcome, Outcome::Pending) && *said.room == *room {
+                said.outcome = Outcome::Delivered;
+                left -= 1;
+            }
+        }
+        self.settle(out);
     }
 
     /// When an awaited answer is given up on, or the token expires, whichever is
     /// first.
     pub fn deadline(&self) -> Option<Instant> {
-        let answer = self.s.waiting_since.map(|t| t + ANSWER_TIMEOUT);
+        let say = self.s.says.front().map(|s| s.since);
+        let since = match (self.s.waiting_since, say) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let answer = since.map(|t| t + ANSWER_TIMEOUT);
         let expiry = self.s.expires();
         match (answer, expiry) {
             (Some(a), Some(e)) => Some(a.min(e)),
@@ -525,7 +702,23 @@ impl<D: Decoder> Member<D> {
         if self.s.waiting == 0 || self.deadline().is_some_and(|d| d > now) {
             return;
         }
-        out.error("unavailable", "no answer from the chat backend");
+        if self
+            .s
+            .waiting_since
+            .is_none_or(|t| t + ANSWER_TIMEOUT > now)
+        {
+            // Only `SAY`s are late: each late one is answered `unavailable`, in turn.
+            let late = now.checked_sub(ANSWER_TIMEOUT);
+            for said in self.s.says.iter_mut() {
+                if matches!(said.outcome, Outcome::Pending) && late.is_some_and(|l| said.since <= l)
+                {
+                    said.outcome = Outcome::Refused("unavailable", Refusal::NoAnswer);
+                }
+            }
+            self.settle(out);
+            return;
+        }
+        out.error("unavailable", NO_ANSWER);
         // A join never confirmed is undone, so it leaves no member that receives
         // nothing but is listed everywhere.
         let s = &mut self.s;
@@ -537,8 +730,9 @@ impl<D: Decoder> Member<D> {
                 st.confirmed
             });
         }
-        self.s.waiting = 1;
-        self.s.saying = 0;
+        // Every other answer awaited is given up on with it; `SAY`s, each answered
+        // in turn, are not.
+        self.s.waiting = self.s.says.len() as u32 + 1;
         self.answered(out);
     }
 
@@ -775,10 +969,23 @@ impl State {
             // The author's own message arrives through its mailbox like everyone's,
             // so it is in the room's order; it is the `SAY`'s answer, so the commands
             // after it wait for it.
-            Command::Say { room, text } => hub.say(me.id, room, text).map(|_| {
-                pending = true;
-                self.saying += 1;
-            }),
+            Command::Say { room, text } => {
+                let tag = self.says.next_tag();
+                let cost = (QUEUED_ENTRY_COST + text.len()) as u32;
+                hub.say_tagged(me.id, room, text, tag).map(|_| {
+                    let known = self.rooms.get_key_value(room).map(|(k, _)| k.clone());
+                    let room = known.unwrap_or_else(|| Arc::from(room));
+                    self.says.push_back(Said {
+                        tag,
+                        room,
+                        since: out.now(),
+                        cost,
+                        outcome: Outcome::Pending,
+                    });
+                    self.queued_bytes += cost;
+                    self.waiting += 1;
+                })
+            }
             Command::History { room, n } => hub.history(room, n, &me.tx).map(|msgs| match msgs {
                 Deferred::Now(msgs) => history(room, &msgs, out),
                 Deferred::Later => pending = true,
@@ -796,6 +1003,30 @@ impl State {
             self.waiting += 1;
             self.waiting_since.get_or_insert(out.now());
         }
+    }
+
+    /// A `SAY` in `room` sent on behind the `SAY`s in flight (see `Member::ahead`):
+    /// in flight too, or refused, to be answered in its turn.
+    fn say_ahead<E: Encoder>(&mut self, room: Arc<str>, text: &str, cost: u32, out: &mut E) {
+        let now = out.now();
+        let tag = self.says.next_tag();
+        let allowed = self.rate.as_mut().is_none_or(|r| r.allow(now));
+        let outcome = match &self.me {
+            _ if !allowed => Outcome::Refused("rate-limited", Refusal::RateLimited),
+            None => Outcome::Refused("unavailable", Refusal::Hub(HubError::Unavailable)),
+            Some(me) => match self.hub.say_tagged(me.id, &room, text, tag) {
+                Ok(_) => Outcome::Pending,
+                Err(e) => Outcome::Refused(e.code(), Refusal::Hub(e)),
+            },
+        };
+        self.says.push_back(Said {
+            tag,
+            room,
+            since: now,
+            cost,
+            outcome,
+        });
+        self.waiting += 1;
     }
 }
 

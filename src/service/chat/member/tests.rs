@@ -10,6 +10,8 @@ struct Rec {
     now: Instant,
     closing: bool,
     said: Vec<String>,
+    /// The human text of every error said.
+    texts: Vec<String>,
     mailbox: Arc<Mailbox<ChatEvent>>,
 }
 
@@ -19,6 +21,7 @@ impl Rec {
             now: Instant::now(),
             closing: false,
             said: Vec::new(),
+            texts: Vec::new(),
             mailbox: Arc::new(Mailbox::new(1 << 20, WakeKind::None).unwrap()),
         }
     }
@@ -53,7 +56,10 @@ impl Encoder for Rec {
             Reply::Welcome { nick, .. } => format!("welcome {nick}"),
             Reply::Ok(done) => format!("ok {done:?}"),
             Reply::Who(room, nicks) => format!("who {room} {}", nicks.join(" ")),
-            Reply::Error(code, _) => format!("error {code}"),
+            Reply::Error(code, text) => {
+                self.texts.push(text.to_string());
+                format!("error {code}")
+            }
         });
     }
     fn publication(&mut self, p: &Publication) {
@@ -96,6 +102,19 @@ fn join_deferred(m: &mut Member<Lines>, rec: &mut Rec, room: &str, replay: bool)
     st.awaiting_replay = replay;
     m.s.waiting += 1;
     m.s.waiting_since = Some(rec.now);
+}
+
+/// Puts the member where a Redis hub leaves it after a `SAY` in `r` with `tag`: its
+/// own message (or its failure) to come.
+fn say_in_flight(m: &mut Member<Lines>, rec: &Rec, tag: u64) {
+    m.s.says.push_back(Said {
+        tag,
+        room: "r".into(),
+        since: rec.now,
+        cost: 0,
+        outcome: Outcome::Pending,
+    });
+    m.s.waiting += 1;
 }
 
 fn msg(id: u64, text: &str) -> Arc<Publication> {
@@ -226,7 +245,7 @@ fn the_queue_behind_an_answer_is_bounded_even_for_empty_inputs() {
         m.input(if i % 2 == 0 { Ok(b"") } else { Err(refused) }, &mut rec);
     }
     assert_eq!(m.s.queued.len(), room);
-    assert_eq!(m.s.queued_bytes, room * QUEUED_ENTRY_COST);
+    assert_eq!(m.s.queued_bytes as usize, room * QUEUED_ENTRY_COST);
     // Beyond the bound, inputs are answered at once rather than kept.
     assert_eq!(rec.take().len(), 10);
     m.event(joined(), &mut rec);
@@ -279,9 +298,7 @@ fn another_members_message_does_not_answer_a_say() {
     m.input(Ok(b"JOIN r"), &mut rec);
     rec.take();
     // Joined in the hub only, so the room's event reaches the member as it would.
-    m.s.waiting += 1;
-    m.s.saying = 1;
-    m.s.waiting_since = Some(rec.now);
+    say_in_flight(&mut m, &rec, 0);
     m.input(Ok(b"WHO r"), &mut rec);
     m.event(live(5, &msg(9, "from ann")), &mut rec);
     assert_eq!(rec.take(), ["MSG r 9 ann from ann"], "WHO still waits");
@@ -301,20 +318,20 @@ fn a_failed_say_is_answered_unavailable_and_the_commands_after_it_go_on() {
     let (mut m, mut rec) = member(None);
     m.input(Ok(b"JOIN r"), &mut rec);
     rec.take();
-    m.s.waiting += 1;
-    m.s.saying = 1;
-    m.s.waiting_since = Some(rec.now);
+    say_in_flight(&mut m, &rec, 0);
     m.input(Ok(b"PART r"), &mut rec);
     assert_eq!(rec.take(), Vec::<String>::new());
-    m.event(answer(Answer::Failed(HubError::Unavailable)), &mut rec);
+    let failed = Answer::Failed {
+        say: 0,
+        error: HubError::Unavailable,
+    };
+    m.event(answer(failed), &mut rec);
     assert_eq!(rec.take(), ["error unavailable", "ok Part(\"r\")"]);
     assert!(!m.is_waiting());
     // A say never answered at all times out the same way.
     m.input(Ok(b"JOIN r"), &mut rec);
     rec.take();
-    m.s.waiting += 1;
-    m.s.saying = 1;
-    m.s.waiting_since = Some(rec.now);
+    say_in_flight(&mut m, &rec, 0);
     m.input(Ok(b"PART r"), &mut rec);
     rec.now += ANSWER_TIMEOUT;
     m.timeout(&mut rec);
@@ -331,7 +348,7 @@ fn says_beyond_the_queue_bound_are_each_answered_and_none_is_left_waiting() {
     for _ in 0..n {
         m.input(Ok(format!("SAY r {text}").as_bytes()), &mut rec);
     }
-    assert!(m.s.saying > 1, "some ran at once, beyond the bound");
+    assert!(m.s.says.len() > 1, "some ran at once, beyond the bound");
     for _ in 0..2 * n {
         rec.deliver(&mut m);
     }
@@ -364,4 +381,182 @@ fn the_rate_limit_counts_commands_not_refused_framing() {
     rec.now += Duration::from_millis(500);
     m.input(Ok(b"JOIN r"), &mut rec);
     assert_eq!(rec.take(), ["ok Join(\"r\")"], "refilled at 2 a second");
+}
+
+/// The member's mailbox, taken whole: the events a hub sent it, to be played by hand.
+fn mailbox(rec: &mut Rec) -> Vec<ChatEvent> {
+    let mut batch = VecDeque::new();
+    rec.mailbox.take(&mut batch);
+    batch.into()
+}
+
+/// Whether `line` is `nick`'s message `text` in `r`.
+fn is_msg(line: &str, nick: &str, text: &str) -> bool {
+    line.starts_with("MSG r ") && line.ends_with(&format!(" {nick} {text}"))
+}
+
+#[test]
+fn pipelined_says_go_out_together_and_are_answered_in_order_before_quit() {
+    let (mut m, mut rec) = member(None);
+    m.input(Ok(b"JOIN r"), &mut rec);
+    rec.take();
+    let nick = m.s.me.as_ref().unwrap().nick.to_string();
+    for i in 0..200 {
+        m.input(Ok(format!("SAY r m{i}").as_bytes()), &mut rec);
+    }
+    m.input(Ok(b"QUIT"), &mut rec);
+    // Sent on without waiting for the first one's message: the hub has published
+    // as many as may be in flight.
+    let first = mailbox(&mut rec);
+    assert_eq!(first.len(), MAX_IN_FLIGHT, "SAYs in flight at once");
+    for ev in first {
+        m.event(ev, &mut rec);
+    }
+    for _ in 0..200 {
+        rec.deliver(&mut m);
+    }
+    let said = rec.take();
+    assert_eq!(said.len(), 202, "{said:?}");
+    for (i, line) in said[..200].iter().enumerate() {
+        assert!(is_msg(line, &nick, &format!("m{i}")), "{i}: {line}");
+    }
+    assert_eq!(said[200..], ["ok Quit", "end Quit"]);
+    assert!(!m.is_waiting());
+    assert_eq!(m.s.queued_bytes, 0, "nothing left charged");
+}
+
+#[test]
+fn says_interleaved_with_who_and_a_bad_command_are_answered_in_command_order() {
+    let (mut m, mut rec) = member(None);
+    m.input(Ok(b"JOIN r"), &mut rec);
+    rec.take();
+    let nick = m.s.me.as_ref().unwrap().nick.to_string();
+    for line in [
+        "SAY r one",
+        "SAY r two",
+        "WHO r",
+        "SAY r three",
+        "BOGUS",
+        "SAY r four",
+        "QUIT",
+    ] {
+        m.input(Ok(line.as_bytes()), &mut rec);
+    }
+    assert_eq!(
+        rec.take(),
+        Vec::<String>::new(),
+        "all wait for the first SAY"
+    );
+    for _ in 0..10 {
+        rec.deliver(&mut m);
+    }
+    let said = rec.take();
+    assert_eq!(said.len(), 8, "{said:?}");
+    assert!(is_msg(&said[0], &nick, "one"), "{said:?}");
+    assert!(is_msg(&said[1], &nick, "two"), "{said:?}");
+    assert_eq!(said[2], format!("who r {nick}"));
+    assert!(is_msg(&said[3], &nick, "three"), "{said:?}");
+    assert_eq!(said[4], "error unknown-command");
+    assert!(is_msg(&said[5], &nick, "four"), "{said:?}");
+    assert_eq!(said[6..], ["ok Quit", "end Quit"]);
+}
+
+#[test]
+fn a_say_refused_in_flight_is_answered_in_its_turn_and_the_later_ones_go_on() {
+    let (mut m, mut rec) = member(None);
+    m.input(Ok(b"JOIN r"), &mut rec);
+    rec.take();
+    let nick = m.s.me.as_ref().unwrap().nick.to_string();
+    for line in ["SAY r a", "SAY r b", "SAY r c", "WHO r"] {
+        m.input(Ok(line.as_bytes()), &mut rec);
+    }
+    let mut sent = mailbox(&mut rec);
+    assert_eq!(sent.len(), 3, "three SAYs in flight");
+    // As from Redis: `b` refused (its message never comes), and its failure comes
+    // back before `a`'s message (which rides another connection).
+    let c = sent.pop().unwrap();
+    sent.pop();
+    let a = sent.pop().unwrap();
+    let failed = Answer::Failed {
+        say: 1,
+        error: HubError::Unavailable,
+    };
+    m.event(answer(failed), &mut rec);
+    assert_eq!(rec.take(), Vec::<String>::new(), "b waits for a's answer");
+    m.event(a, &mut rec);
+    let said = rec.take();
+    assert!(is_msg(&said[0], &nick, "a"), "{said:?}");
+    assert_eq!(said[1..], ["error unavailable"]);
+    m.event(c, &mut rec);
+    let said = rec.take();
+    assert!(is_msg(&said[0], &nick, "c"), "{said:?}");
+    assert_eq!(said[1..], [format!("who r {nick}")]);
+    // A failure of a SAY answered already says nothing more.
+    let late = Answer::Failed {
+        say: 0,
+        error: HubError::Unavailable,
+    };
+    m.event(answer(late), &mut rec);
+    assert_eq!(rec.take(), Vec::<String>::new());
+}
+
+#[test]
+fn a_say_rate_limited_behind_others_is_refused_in_its_turn() {
+    let (mut m, mut rec) = member(Some(3));
+    m.input(Ok(b"JOIN r"), &mut rec);
+    rec.take();
+    let nick = m.s.me.as_ref().unwrap().nick.to_string();
+    for line in ["SAY r a", "SAY r b", "SAY r c"] {
+        m.input(Ok(line.as_bytes()), &mut rec);
+    }
+    for _ in 0..3 {
+        rec.deliver(&mut m);
+    }
+    let said = rec.take();
+    assert_eq!(said.len(), 3, "{said:?}");
+    assert!(is_msg(&said[0], &nick, "a"), "{said:?}");
+    assert!(is_msg(&said[1], &nick, "b"), "{said:?}");
+    assert_eq!(said[2], "error rate-limited", "JOIN took the third token");
+}
+
+#[test]
+fn a_say_in_another_room_waits_for_those_in_flight() {
+    let (mut m, mut rec) = member(None);
+    for line in ["JOIN r", "JOIN s"] {
+        m.input(Ok(line.as_bytes()), &mut rec);
+    }
+    rec.take();
+    for line in ["SAY r a", "SAY s b", "SAY r c"] {
+        m.input(Ok(line.as_bytes()), &mut rec);
+    }
+    assert_eq!(mailbox(&mut rec).len(), 1, "only the first is in flight");
+    assert_eq!(m.s.says.len(), 1);
+}
+
+#[test]
+fn pipelined_says_never_answered_time_out_once_each_in_order() {
+    let (mut m, mut rec) = member(None);
+    m.input(Ok(b"JOIN r"), &mut rec);
+    rec.take();
+    for line in ["SAY r a", "SAY r b", "WHO r"] {
+        m.input(Ok(line.as_bytes()), &mut rec);
+    }
+    let nick = m.s.me.as_ref().unwrap().nick.to_string();
+    let sent = mailbox(&mut rec); // Lost on the way.
+    assert_eq!(sent.len(), 2);
+    assert_eq!(m.deadline(), Some(rec.now + ANSWER_TIMEOUT));
+    rec.now += ANSWER_TIMEOUT;
+    m.timeout(&mut rec);
+    assert_eq!(
+        rec.take(),
+        [
+            "error unavailable".to_string(),
+            "error unavailable".to_string(),
+            format!("who r {nick}")
+        ]
+    );
+    // Told as any command is whose answer never came, not as a refusal by Redis.
+    assert_eq!(rec.texts, [NO_ANSWER, NO_ANSWER]);
+    assert!(!m.is_waiting());
+    assert_eq!(m.deadline(), None);
 }
