@@ -28,13 +28,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::base::mailbox::Sender;
-use crate::hub::{Answer, ChatEvent, Deferred, Hub, HubError, MemberId, MsgId, Publication, Wire};
+use crate::hub::{Answer, ChatEvent, Deferred, Hub, HubError, MemberId, Publication, Wire};
 
-use super::auth::{Grant, Rooms, Verifier, MAX_FAILURES};
+use super::auth::Verifier;
 use super::{Command, ParseError};
 use rate::Rate;
 
+mod auth;
 mod rate;
+mod room;
+mod says;
+
+use auth::Auth;
+use room::RoomState;
+use says::{Outcome, Refusal, Said, Says};
 
 /// How long a command waits for an answer from Redis before it is answered
 /// `unavailable` and the commands after it go on.
@@ -140,68 +147,6 @@ pub trait Decoder {
     fn decode<R>(&self, raw: &[u8], run: impl FnOnce(Result<Command<'_>, ParseError>) -> R) -> R;
 }
 
-/// A member's view of one room it is in.
-#[derive(Debug)]
-struct RoomState {
-    /// The room sequence number at join: events up to it belong to an earlier
-    /// membership and are not handed on.
-    since: u64,
-    /// The last message id handed on: a message at or before it is a duplicate (a
-    /// replayed message that also arrived live).
-    last: Option<MsgId>,
-    /// The join is in effect: with `--redis`, once it is ordered in Redis (then the
-    /// join's `OK` is said), at once without.
-    confirmed: bool,
-    /// A `JOIN ... AFTER` replay is on its way (with `--redis`).
-    awaiting_replay: bool,
-    /// A replay that arrived before the join was confirmed.
-    stashed: Option<Result<Vec<Arc<Publication>>, HubError>>,
-    /// Live events held until the join is confirmed and the replay handed on, each
-    /// with whether it is the member's own message.
-    held: Vec<(Arc<Publication>, bool)>,
-}
-
-impl RoomState {
-    fn holding(&self) -> bool {
-        !self.confirmed || self.awaiting_replay
-    }
-
-    fn replay(&mut self, msgs: Result<Vec<Arc<Publication>>, HubError>, out: &mut impl Encoder) {
-        match msgs {
-            Ok(msgs) => {
-                for p in &msgs {
-                    self.hand_on(p, out);
-                }
-            }
-            Err(e) => out.error(e.code(), "the replay of missed messages failed"),
-        }
-        self.awaiting_replay = false;
-    }
-
-    /// Hands on what was held, once nothing is awaited any more; returns how many of
-    /// the member's own messages were among it.
-    fn release(&mut self, out: &mut impl Encoder) -> usize {
-        let mut own = 0;
-        if !self.holding() {
-            for (p, mine) in std::mem::take(&mut self.held) {
-                self.hand_on(&p, out);
-                own += usize::from(mine);
-            }
-        }
-        own
-    }
-
-    fn hand_on(&mut self, p: &Publication, out: &mut impl Encoder) {
-        if let Some(id) = p.msg_id() {
-            if self.last.is_some_and(|last| id <= last) {
-                return;
-            }
-            self.last = Some(id);
-        }
-        out.publication(p);
-    }
-}
-
 struct Me {
     id: MemberId,
     nick: Arc<str>,
@@ -242,121 +187,6 @@ struct State {
     /// Token authentication, when the chat requires it (boxed: a connection of an
     /// open chat pays one pointer for it).
     auth: Option<Box<Auth>>,
-}
-
-/// A member's token authentication (see [`super::auth`]).
-struct Auth {
-    verifier: Arc<Verifier>,
-    /// Bad tokens presented so far.
-    failures: u32,
-    /// What the accepted token grants, once one was.
-    granted: Option<Granted>,
-    /// A first token whose nick claim is awaited (from Redis).
-    claiming: Option<Granted>,
-    /// A token to present when the member opens.
-    on_open: Option<Box<str>>,
-}
-
-/// A `SAY` awaiting its answer.
-struct Said {
-    tag: u64,
-    room: Arc<str>,
-    /// When it went out: it is answered `unavailable` [`ANSWER_TIMEOUT`] later.
-    since: Instant,
-    /// What it counts for in `queued_bytes` until it is answered.
-    cost: u32,
-    outcome: Outcome,
-}
-
-/// The `SAY`s awaiting their answer, in command order. Boxed and made at the first
-/// `SAY`: a connection that never speaks pays one pointer for them.
-struct Says(Option<Box<InFlight>>);
-
-struct InFlight {
-    list: VecDeque<Said>,
-    /// The tag of the next `SAY` (see [`Hub::say_tagged`]).
-    next_tag: u64,
-}
-
-impl Says {
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |f| f.list.len())
-    }
-
-    fn front(&self) -> Option<&Said> {
-        self.0.as_ref()?.list.front()
-    }
-
-    fn back(&self) -> Option<&Said> {
-        self.0.as_ref()?.list.back()
-    }
-
-    fn pop_front(&mut self) -> Option<Said> {
-        self.0.as_mut()?.list.pop_front()
-    }
-
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Said> {
-        self.0.iter_mut().flat_map(|f| f.list.iter_mut())
-    }
-
-    fn push_back(&mut self, said: Said) {
-        self.made().list.push_back(said);
-    }
-
-    /// A new tag: the next `SAY`'s.
-    fn next_tag(&mut self) -> u64 {
-        let f = self.made();
-        f.next_tag += 1;
-        f.next_tag - 1
-    }
-
-    fn made(&mut self) -> &mut InFlight {
-        self.0.get_or_insert_with(|| {
-            Box::new(InFlight {
-                list: VecDeque::new(),
-                next_tag: 0,
-            })
-        })
-    }
-}
-
-/// Where a `SAY` in flight stands; it is answered once every one before it is.
-#[derive(Clone, Copy)]
-enum Outcome {
-    /// Nothing came back yet.
-    Pending,
-    /// Its own message was handed on: that was its answer.
-    Delivered,
-    /// Refused (later by Redis, or when it went out behind earlier ones): the
-    /// error is said in its turn.
-    Refused(&'static str, Refusal),
-}
-
-/// Why a `SAY` was refused, for its `ERR` line.
-#[derive(Clone, Copy)]
-enum Refusal {
-    Hub(HubError),
-    RateLimited,
-    /// Nothing came back within [`ANSWER_TIMEOUT`].
-    NoAnswer,
-}
-
-/// An accepted token, as the member keeps it.
-struct Granted {
-    sub: Arc<str>,
-    /// When the connection ends unless a fresh token came.
-    expires: Option<Instant>,
-    rooms: Option<Rooms>,
-}
-
-impl Granted {
-    fn new(g: Grant, now: Instant) -> Granted {
-        Granted {
-            sub: g.sub,
-            expires: g.expires_in.map(|d| now + d),
-            rooms: g.rooms,
-        }
-    }
 }
 
 /// One chat member, on any wire: see the module documentation.
@@ -771,122 +601,6 @@ fn history(room: &str, msgs: &[Arc<Publication>], out: &mut impl Encoder) {
 }
 
 impl State {
-    /// When the accepted token expires.
-    fn expires(&self) -> Option<Instant> {
-        self.auth.as_ref()?.granted.as_ref()?.expires
-    }
-
-    /// `AUTH <token>`: a first token takes its `sub` as the nick; a later one for the
-    /// same `sub` refreshes the expiry and rooms. Each bad token counts; at
-    /// [`MAX_FAILURES`] the connection is closed.
-    fn authenticate<E: Encoder>(&mut self, token: &str, out: &mut E) -> bool {
-        let Some(auth) = &mut self.auth else {
-            out.error(
-                "auth-off",
-                "this server does not use tokens: no AUTH is needed",
-            );
-            return false;
-        };
-        let grant = match auth.verifier.verify(token) {
-            Ok(g) => match &auth.granted {
-                Some(cur) if !cur.sub.eq_ignore_ascii_case(&g.sub) => {
-                    Err("a fresh token must be for the same sub".to_owned())
-                }
-                _ => Ok(Granted::new(g, out.now())),
-            },
-            Err(e) => Err(e.to_string()),
-        };
-        let g = match grant {
-            Ok(g) => g,
-            Err(why) => {
-                self.refuse_token(&why, out);
-                return false;
-            }
-        };
-        let Some(me) = &mut self.me else {
-            out.error("unavailable", "this connection has no chat membership");
-            return false;
-        };
-        if auth.granted.is_some() || auth.claiming.is_some() {
-            // A refresh (or a second token while the first's nick is being claimed).
-            out.reply(Reply::Ok(Done::Auth(&me.nick)));
-            match &mut auth.claiming {
-                Some(c) => *c = g,
-                None => auth.granted = Some(g),
-            }
-            return false;
-        }
-        let rooms = self.rooms.keys().cloned().collect::<Vec<_>>();
-        match self.hub.set_nick(me.id, &me.nick, &g.sub, &rooms, &me.tx) {
-            Ok(Deferred::Now(new)) => {
-                out.reply(Reply::Ok(Done::Auth(&new)));
-                me.nick = new;
-                auth.granted = Some(g);
-                false
-            }
-            Ok(Deferred::Later) => {
-                auth.claiming = Some(g);
-                true
-            }
-            Err(e) => {
-                let text = match e {
-                    HubError::NickTaken => "the token's nick is in use by another connection",
-                    _ => "the token's nick cannot be taken now",
-                };
-                out.error(e.code(), text);
-                false
-            }
-        }
-    }
-
-    /// A bad token: `bad-token`, and at [`MAX_FAILURES`] of them the connection ends
-    /// with a last line saying why.
-    fn refuse_token<E: Encoder>(&mut self, why: &str, out: &mut E) {
-        out.error("bad-token", why);
-        self.hub
-            .stats
-            .auth_failures
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some(auth) = &mut self.auth else {
-            return;
-        };
-        auth.failures += 1;
-        if auth.failures >= MAX_FAILURES {
-            out.error("auth-failed", "too many bad tokens: closing the connection");
-            self.leave();
-            self.me = None;
-            out.end(End::AuthFailed);
-        }
-    }
-
-    /// Whether `cmd` may run under the chat's authentication; if not, says why.
-    fn allowed<E: Encoder>(&self, cmd: &Command<'_>, out: &mut E) -> bool {
-        let Some(auth) = &self.auth else {
-            return true;
-        };
-        let Some(g) = &auth.granted else {
-            if matches!(cmd, Command::Auth(_) | Command::Quit) {
-                return true;
-            }
-            out.error("auth-required", "send AUTH <token> first");
-            return false;
-        };
-        match cmd {
-            Command::Nick(_) => {
-                out.error("nick-fixed", "the nick is the token's sub");
-                false
-            }
-            Command::Join { room, .. }
-                if g.rooms.as_ref().is_some_and(|r| !r.allows(room))
-                    && !self.rooms.contains_key(*room) =>
-            {
-                out.error("forbidden", "the token does not allow this room");
-                false
-            }
-            _ => true,
-        }
-    }
-
     fn room_list(&self) -> Vec<Arc<str>> {
         self.rooms.keys().cloned().collect()
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::base::mailbox::{Mailbox, WakeKind};
+use crate::hub::MsgId;
 use crate::hub::{HubConfig, Kind};
 
 /// Records what a member is told, one short line per thing.
