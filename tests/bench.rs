@@ -618,12 +618,16 @@ fn chat_over_two_tester_processes_delivers_every_message_to_every_member_once() 
         "2",
         "--src-ips",
         "2",
+        "--ramp",
+        "20",
         "--server-pid",
         &pid,
         "--threads",
         "1",
     ]);
     assert_eq!(r["members"], 31, "{r}");
+    // Member 30 starts 1.5 s after the origin, whichever copy runs it.
+    assert!(r["setup_secs"].as_f64().unwrap() >= 1.5, "{r}");
     let sent = r["sent"].as_u64().unwrap();
     assert!((30..=50).contains(&sent), "{r}");
     // Room 0 has 16 members, room 1 15; senders 0 and 2 are in room 0.

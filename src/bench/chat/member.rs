@@ -43,6 +43,10 @@ pub(super) async fn member(ctx: Arc<Ctx>, i: usize, gate: Arc<Semaphore>) {
     };
     let setup = tokio::time::timeout_at(ctx.origin + ctx.cfg.setup_timeout, async {
         let io = |k: ErrorKind| k.name().to_string();
+        if let Some(ramp) = ctx.cfg.ramp {
+            let at = std::time::Duration::from_secs_f64(i as f64 / ramp);
+            tokio::time::sleep_until(ctx.origin + at).await;
+        }
         let permit = gate
             .acquire()
             .await

@@ -106,6 +106,11 @@ pub struct ChatArgs {
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
+    /// Members connecting and joining per second, all tester processes together
+    /// (default: as fast as the server takes them). A join storm of 100,000 at once
+    /// is a reconnection storm no client library makes.
+    #[arg(long)]
+    pub ramp: Option<f64>,
     /// The options every workload shares (`--server-pid`, `--threads`, `--json`).
     #[command(flatten)]
     pub tester: super::TesterArgs,
@@ -136,6 +141,8 @@ pub struct ChatConfig {
     pub src_ips: u8,
     /// The first source address (1, or a copy's own in a `--procs` run).
     pub src_first: u8,
+    /// Members starting per second (member `i` starts `i / ramp` s after the origin).
+    pub ramp: Option<f64>,
     /// This tester's copy of a `--procs` run: it runs members `i` with
     /// `i % procs == index`, in step with its parent.
     pub share: Option<Share>,
@@ -162,6 +169,7 @@ impl ChatConfig {
             room_prefix: "bench".into(),
             src_ips: 1,
             src_first: 1,
+            ramp: None,
             share: None,
             origin_us: None,
             server_pid: None,
@@ -188,6 +196,7 @@ impl ChatArgs {
         c.drain_timeout = d(self.timeout, "--timeout")?;
         c.room_prefix = self.room_prefix.clone();
         c.src_ips = self.src_ips;
+        c.ramp = self.ramp;
         c.server_pid = self.tester.server_pid;
         c.threads = self.tester.threads.unwrap_or_else(default_threads);
         Ok(c)
@@ -292,6 +301,10 @@ fn check(cfg: &ChatConfig) -> anyhow::Result<()> {
     anyhow::ensure!(
         cfg.src_ips > 0 && cfg.src_ips < 255,
         "--src-ips must be 1..=254"
+    );
+    anyhow::ensure!(
+        cfg.ramp.is_none_or(|r| r > 0.0 && r.is_finite()),
+        "--ramp must be positive"
     );
     anyhow::ensure!(
         !cfg.room_prefix.is_empty()
