@@ -6,19 +6,22 @@
 # delivery is measured (its maximum is the last delivery of the slowest message). The
 # tester is PROCS processes (`bench chat --procs`, one process holds ~19,900 sockets),
 # each with 2 source addresses of its own; members connect and join at RAMP a second
-# (default 2,000: at once, 100,000 joins kept Redis answering in 2.5 s, the bridge's
-# deadline, on these shared cores). Beside it, in the same run, the floor: one
+# (default 1,000: at once, or at 2,000, 100,000 joins kept Redis answering in 2.5 s,
+# the bridge's deadline, on these shared cores). PRESENCE_TTL is the workers'
+# --presence-ttl: every worker renews its members' listings in Redis every third of
+# it (two scripts per 1,000 members), which at 100,000 members and the default 15 s
+# stalled Redis for 0.5-0.8 s every few seconds here; 60s makes that 4 times rarer. Beside it, in the same run, the floor: one
 # loopback send of a chat line per member by a minimal loop (bench/send-floor.py,
 # measured on 9,000 sockets at most and computed for MEMBERS).
 #
 # The two runs of the issue:
-#   MEMBERS=100000 RATE=0.2 SECS=30 bench/room.sh               # one room of 100,000
-#   MEMBERS=100000 ROOMS=100 RATE=100 SECS=60 bench/room.sh     # 100 rooms x 1,000, 1 msg/s each
+#   MEMBERS=100000 RATE=0.2 SECS=30 PRESENCE_TTL=60s bench/room.sh               # one room of 100,000
+#   MEMBERS=100000 ROOMS=100 RATE=100 SECS=60 PRESENCE_TTL=60s bench/room.sh     # 100 rooms x 1,000, 1 msg/s each
 #
 # Filling a room no longer costs a JOIN line to every member already there: above 100
 # members a room gets no JOIN/PART lines (docs/chat.md), so the setup is O(MEMBERS).
 #
-# Usage: bench/room.sh   (env: MEMBERS ROOMS RATE SECS WORKERS PROCS RAMP)
+# Usage: bench/room.sh   (env: MEMBERS ROOMS RATE SECS WORKERS PROCS RAMP PRESENCE_TTL)
 # Output: bench/results/room-<UTC time>/
 set -eu
 cd "$(dirname "$0")/.."
@@ -26,7 +29,7 @@ cd "$(dirname "$0")/.."
 B=${B:-target/release/multiclient}
 [ -x $B ] || { echo "build first: cargo build --release" >&2; exit 1; }
 members=${MEMBERS:-5000}; rooms=${ROOMS:-1}; rate=${RATE:-2}; secs=${SECS:-10}
-workers=${WORKERS:-6}; ramp=${RAMP:-2000}
+workers=${WORKERS:-6}; ramp=${RAMP:-1000}; ttl=${PRESENCE_TTL:-15s}
 procs=${PROCS:-$(( (members + 15999) / 16000 ))}
 per_worker=$(( members / workers * 21 / 20 + 100 ))
 [ "$(ulimit -n)" -gt "$per_worker" ] || { echo "ulimit -n $(ulimit -n): too few for $per_worker members a worker" >&2; exit 1; }
@@ -43,10 +46,10 @@ trap 'kill $spid $rpid 2>/dev/null || true' EXIT
 wait_port "$rport"
 chat=$(free_port)
 setsid $B serve -q --service "chat=127.0.0.1:$chat" --processes "$workers" \
-  --redis "redis://127.0.0.1:$rport" --max-conns 19000 >"$out/server.log" 2>&1 &
+  --redis "redis://127.0.0.1:$rport" --presence-ttl "$ttl" --max-conns 19000 >"$out/server.log" 2>&1 &
 spid=$!
 wait_port "$chat"; sleep 1
-echo "== $members members in $rooms room(s), $workers workers over Redis, $rate msg/s for $secs s, $procs tester processes, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out/summary.txt"
+echo "== $members members in $rooms room(s), $workers workers over Redis (--presence-ttl $ttl), $rate msg/s for $secs s, $procs tester processes at $ramp/s, load $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$out/summary.txt"
 $B bench chat --addr "127.0.0.1:$chat" --members "$members" --rooms "$rooms" --rate "$rate" \
   --secs "$secs" --procs "$procs" --src-ips 2 --ramp "$ramp" --threads 1 --server-pid "$spid" \
   --setup-timeout 600 --timeout 30 --json \
