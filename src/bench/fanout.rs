@@ -11,7 +11,9 @@
 //! parent merges histograms rather than averaging percentiles. A `hold` copy first
 //! writes a line when its connections are open and then holds them until the parent
 //! writes a line on its stdin (or closes it), so every connection of every copy is
-//! held at the same time while the parent samples the server.
+//! held at the same time while the parent samples the server. A `chat` copy goes
+//! through its run's phases in step with the parent the same way (`bench/chat`), and
+//! measures from the parent's time origin ([`ORIGIN_ENV`]).
 //!
 //! A copy that exits with an error, dies, or writes no report makes the whole run an
 //! error naming it: never a silently lower count.
