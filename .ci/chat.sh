@@ -22,4 +22,7 @@ cargo test --test chat_redis -- --ignored
 # WebSocket members with --redis: ok-join only once Redis ordered the join, AFTER with
 # no gap and no duplicate on both wires (their own redis-server, too).
 cargo test --test chat_web with_redis -- --ignored
+# A room past the presence limit (100) over two instances: no JOIN/PART lines there,
+# decided alike by both from Redis's count; WHO exact.
+cargo test --test chat_big_room -- --ignored
 echo "chat.sh: all chat checks passed"

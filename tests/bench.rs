@@ -593,6 +593,68 @@ fn ack_over_two_tester_processes_merges_counts_and_latency_histograms() {
 }
 
 #[test]
+fn chat_over_two_tester_processes_delivers_every_message_to_every_member_once() {
+    // Members 0, 2, 4... in copy 0 and 1, 3, 5... in copy 1, so each room's members
+    // and its senders are spread over both copies: every latency a member measures
+    // from a sender in the other copy uses the shared time origin.
+    let mut server = common::spawn_serve(&["--service", "chat=127.0.0.1:0"]);
+    let addr = server.addr.to_string();
+    let pid = server.child.id().to_string();
+    let r = bench_json(&[
+        "chat",
+        "--addr",
+        &addr,
+        "--members",
+        "31",
+        "--rooms",
+        "2",
+        "--senders",
+        "4",
+        "--rate",
+        "40",
+        "--secs",
+        "1",
+        "--procs",
+        "2",
+        "--src-ips",
+        "2",
+        "--ramp",
+        "20",
+        "--server-pid",
+        &pid,
+        "--threads",
+        "1",
+    ]);
+    assert_eq!(r["members"], 31, "{r}");
+    // Member 30 starts 1.5 s after the origin, whichever copy runs it.
+    assert!(r["setup_secs"].as_f64().unwrap() >= 1.5, "{r}");
+    let sent = r["sent"].as_u64().unwrap();
+    assert!((30..=50).contains(&sent), "{r}");
+    // Room 0 has 16 members, room 1 15; senders 0 and 2 are in room 0.
+    let deliveries = r["deliveries"].as_u64().unwrap();
+    assert!(deliveries >= sent * 15, "{r}");
+    assert_eq!(r["expected_deliveries"], deliveries, "{r}");
+    assert_eq!(r["latency"]["count"], deliveries, "{r}");
+    let max = r["latency"]["max_us"].as_u64().unwrap();
+    assert!(
+        max > 0 && max < 5_000_000,
+        "a shared origin gives sane latencies: {r}"
+    );
+    for k in [
+        "missing",
+        "duplicate_or_reordered",
+        "wrong",
+        "conn",
+        "timeout",
+    ] {
+        assert_eq!(r["errors"][k], 0, "{k}: {r}");
+    }
+    assert!(r["server"]["cpu_us_per_op"].as_f64().unwrap() > 0.0, "{r}");
+    server.signal(rustix::process::Signal::TERM);
+    assert!(server.wait().success());
+}
+
+#[test]
 fn procs_refuse_more_source_addresses_than_loopback_has() {
     let out = bench_cmd(&[
         "hold",

@@ -11,7 +11,9 @@
 //! parent merges histograms rather than averaging percentiles. A `hold` copy first
 //! writes a line when its connections are open and then holds them until the parent
 //! writes a line on its stdin (or closes it), so every connection of every copy is
-//! held at the same time while the parent samples the server.
+//! held at the same time while the parent samples the server. A `chat` copy goes
+//! through its run's phases in step with the parent the same way (`bench/chat`), and
+//! measures from the parent's time origin ([`ORIGIN_ENV`]).
 //!
 //! A copy that exits with an error, dies, or writes no report makes the whole run an
 //! error naming it: never a silently lower count.
@@ -123,6 +125,11 @@ pub enum ChildLine<R> {
 
 /// Writes one line of the child protocol on stdout.
 pub fn emit<R: Serialize>(line: &ChildLine<R>) -> anyhow::Result<()> {
+    emit_json(line)
+}
+
+/// Writes `line` as one JSON line on stdout (a copy's line to its parent).
+pub fn emit_json<T: Serialize>(line: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, line)?;
     out.write_all(b"\n")?;
@@ -174,9 +181,38 @@ pub fn child_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
     out
 }
 
+/// The environment variable that gives a chat copy its parent's time origin: the
+/// CLOCK_MONOTONIC reading, in microseconds, all copies measure from.
+pub const ORIGIN_ENV: &str = "MULTICLIENT_BENCH_ORIGIN";
+
+/// CLOCK_MONOTONIC in microseconds: the clock `Instant` reads on Linux, one clock
+/// for every process of the machine, so copies can share a time origin.
+pub fn monotonic_us() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write to; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000 + t.tv_nsec as u64 / 1_000
+}
+
+/// The `Instant` of a [`monotonic_us`] reading taken in another process (or now, if
+/// it lies in the future).
+pub fn instant_of(us: u64) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    let ago = std::time::Duration::from_micros(monotonic_us().saturating_sub(us));
+    now.checked_sub(ago).unwrap_or(now)
+}
+
 impl Copies {
     /// Starts `procs` copies of this binary with this process's arguments.
     pub fn start(procs: usize) -> anyhow::Result<Copies> {
+        Copies::start_with(procs, &[])
+    }
+
+    /// Starts `procs` copies with `env` set besides [`CHILD_ENV`].
+    pub fn start_with(procs: usize, env: &[(&str, String)]) -> anyhow::Result<Copies> {
         let exe = std::env::current_exe().context("the tester's own binary")?;
         let args = child_args(std::env::args().skip(1));
         let mut copies = Copies {
@@ -186,6 +222,7 @@ impl Copies {
             let mut child = Command::new(&exe)
                 .args(&args)
                 .env(CHILD_ENV, format!("{index}/{procs}"))
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
@@ -217,6 +254,15 @@ impl Copies {
         &mut self,
         what: &str,
     ) -> anyhow::Result<Vec<ChildLine<R>>> {
+        self.next_json(what)
+    }
+
+    /// Reads the next line of every copy, in order, as a `T` (a workload with a line
+    /// protocol of its own: `bench chat`).
+    pub fn next_json<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        what: &str,
+    ) -> anyhow::Result<Vec<T>> {
         let mut lines = Vec::with_capacity(self.children.len());
         for index in 0..self.children.len() {
             lines.push(self.next_line(index, what)?);
@@ -224,11 +270,25 @@ impl Copies {
         Ok(lines)
     }
 
-    fn next_line<R: for<'de> Deserialize<'de>>(
+    /// Writes `line` on every copy's stdin (the next step of a run in phases).
+    pub fn tell(&mut self, line: &str) -> anyhow::Result<()> {
+        for (index, c) in self.children.iter_mut().enumerate() {
+            let stdin = c
+                .stdin
+                .as_mut()
+                .with_context(|| format!("tester process {index} was released already"))?;
+            writeln!(stdin, "{line}")
+                .and_then(|()| stdin.flush())
+                .with_context(|| format!("telling tester process {index} {line:?}"))?;
+        }
+        Ok(())
+    }
+
+    fn next_line<T: for<'de> Deserialize<'de>>(
         &mut self,
         index: usize,
         what: &str,
-    ) -> anyhow::Result<ChildLine<R>> {
+    ) -> anyhow::Result<T> {
         let c = &mut self.children[index];
         let mut line = String::new();
         let n = c
@@ -360,6 +420,19 @@ mod tests {
         assert_eq!(
             child_args(args),
             ["bench", "ack", "--json"].map(String::from)
+        );
+    }
+
+    #[test]
+    fn an_origin_read_here_is_the_same_instant() {
+        let before = std::time::Instant::now();
+        let origin = instant_of(monotonic_us());
+        let after = std::time::Instant::now();
+        // Microsecond readings: within a microsecond of the window.
+        let slack = std::time::Duration::from_micros(2);
+        assert!(origin + slack >= before && origin <= after + slack);
+        assert!(
+            instant_of(monotonic_us() - 1_000_000) + std::time::Duration::from_millis(999) < after
         );
     }
 

@@ -74,8 +74,8 @@ pub struct TesterArgs {
     pub server_pid: Option<u32>,
     /// Tester processes: past one process's descriptor limit, N copies of the tester
     /// each open their share of the connections from source addresses of their own
-    /// (--src-ips each), and their figures are summed (ack, greet, hello, http, ws,
-    /// hold).
+    /// (--src-ips each), and their figures are summed (every workload; chat copies
+    /// run in step).
     #[arg(long, default_value_t = 1)]
     pub procs: usize,
     /// Tester threads (default: every core).

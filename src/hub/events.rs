@@ -7,7 +7,9 @@
 //! `m` its member the event is about, so a process recognises its own members' events
 //! coming back (a member's own `JOIN` confirms its join; its own `MSG` answers its
 //! `SAY`); `ms` is when Redis ordered a message (Unix milliseconds); `x` marks a `PART` an expiry scan published and `r` a `JOIN` a renewal
-//! published for a member that never left.
+//! published for a member that never left; `n`, added by the scripts to a `JOIN` or
+//! `PART`, is the room's size on every process counting that member (what decides
+//! whether presence lines are sent there).
 
 use std::sync::Arc;
 
@@ -85,6 +87,7 @@ struct Incoming {
     ms: Option<u64>,
     x: Option<IgnoredAny>,
     r: Option<IgnoredAny>,
+    n: Option<u64>,
 }
 
 /// An event as carried on the channel.
@@ -98,6 +101,9 @@ pub(super) struct Event {
     /// A `JOIN` published by a renewal that found its member parted by an expiry
     /// (`r`): the member never left.
     pub(super) rejoin: bool,
+    /// The room's members on every process, counting the one joining or leaving
+    /// (`n`), when the script that published the event counted them.
+    pub(super) size: Option<usize>,
 }
 
 /// The event in `payload`, or `None` for anything malformed (not JSON, an unknown
@@ -136,6 +142,7 @@ pub(super) fn parse(payload: &[u8]) -> Option<Event> {
         member: v.m.map(MemberId),
         expired: v.x.is_some(),
         rejoin: v.r.is_some(),
+        size: v.n.map(|n| n as usize),
     })
 }
 
@@ -167,6 +174,10 @@ mod tests {
         assert!(ev.unwrap().rejoin);
         let ev = parse(br#"{"t":"part","room":"r","nick":"bob","x":1}"#).unwrap();
         assert!(ev.expired && ev.origin.is_none());
+        assert_eq!(ev.size, None);
+        // The room's size the scripts add to a JOIN or PART.
+        let ev = parse(br#"{"t":"join","room":"r","nick":"bob","o":"x","m":3,"n":100001}"#);
+        assert_eq!(ev.unwrap().size, Some(100_001));
         for bad in [
             &br#"{"t":"msg","room":"r","id":"x","nick":"ann","text":"hi"}"#[..],
             br#"{"t":"join","room":"bad room","nick":"bob"}"#,

@@ -64,13 +64,16 @@ impl Hub {
         }
         let name = r.name.clone();
         let (since, deliver) = match order {
-            Order::Here => {
+            Order::Here if r.presence_shown(self.config.presence_limit, r.members.len() + 1) => {
                 let kind = Kind::Join {
                     nick: who.nick.clone(),
                 };
                 let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), None, None);
                 (Since::Seq(r.seq), deliver)
             }
+            // A large room: no `JOIN` line; the membership starts after the room's
+            // latest event.
+            Order::Here => (Since::Seq(r.seq), false),
             Order::Broker => (Since::Unordered, false),
         };
         r.add(Entry {
@@ -103,14 +106,15 @@ impl Hub {
         let name = r.name.clone();
         let e = r.remove(id).ok_or(HubError::NotMember)?;
         match order {
-            Order::Here => {
+            Order::Here if r.presence_shown(self.config.presence_limit, r.members.len() + 1) => {
                 let kind = Kind::Part {
                     nick: e.nick.clone(),
                 };
                 let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), None, None);
                 Ok((name, e.nick, deliver))
             }
-            Order::Broker => {
+            // A large room (no `PART` line), or the broker orders the `PART`.
+            Order::Here | Order::Broker => {
                 if r.idle() {
                     shard.remove(room);
                     drop(shard);
@@ -231,8 +235,10 @@ impl Hub {
         let r = shard.get_mut(room)?; // None: no member here.
         let name = r.name.clone();
         let own_join = matches!(kind, Kind::Join { .. });
-        let p = Arc::new(Publication::new(name.clone(), kind));
-        let deliver = r.push(p, skip, author);
+        let deliver = match self.presence_shown(r, &kind) {
+            true => r.push(Arc::new(Publication::new(name.clone(), kind)), skip, author),
+            false => false,
+        };
         if let (true, Some(m)) = (own_join, skip) {
             // The member's own JOIN, in the broker's order: it receives what follows.
             let seq = r.seq;
@@ -256,8 +262,35 @@ impl Hub {
         let mut shard = lock(self.shard(room));
         let r = shard.get_mut(room)?;
         let name = r.name.clone();
+        if !self.presence_shown(r, &kind) {
+            return None;
+        }
         let deliver = r.push(Arc::new(Publication::new(name.clone(), kind)), skip, None);
         deliver.then_some(name)
+    }
+
+    /// Whether an event ordered by the broker is sent to the room's members: a `JOIN`
+    /// or `PART` only in a room of at most [`HubConfig::presence_limit`](super::HubConfig)
+    /// members
+    /// ([`Room::presence_shown`]); every other event always.
+    fn presence_shown(&self, r: &Room, kind: &Kind) -> bool {
+        let limit = self.config.presence_limit;
+        match kind {
+            // The member joining may be one of this process's, listed already.
+            Kind::Join { .. } => r.presence_shown(limit, r.members.len()),
+            // The member leaving is no longer listed here.
+            Kind::Part { .. } => r.presence_shown(limit, r.members.len() + 1),
+            Kind::Msg { .. } | Kind::Nick { .. } => true,
+        }
+    }
+
+    /// The broker's count of `room`'s members on every process (with Redis, carried by
+    /// each `JOIN` and `PART`): what decides, with the local count, whether presence
+    /// lines are sent there.
+    pub(super) fn report_size(&self, room: &str, members: usize) {
+        if let Some(r) = lock(self.shard(room)).get_mut(room) {
+            r.reported = members;
+        }
     }
 
     /// The member of this process called `nick` in `room`, if any.

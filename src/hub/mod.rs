@@ -303,7 +303,16 @@ pub struct HubConfig {
     /// refreshing them (`--presence-ttl`); a killed process's members part everywhere
     /// within about this long.
     pub presence_ttl: std::time::Duration,
+    /// Rooms of more members than this (counting the one joining or leaving, on every
+    /// process) get no `JOIN` and `PART` lines: filling a room would otherwise cost
+    /// O(n²) lines. `WHO` stays exact in every room.
+    pub presence_limit: usize,
 }
+
+/// Default [`HubConfig::presence_limit`]: presence lines are sent in rooms of up to
+/// 100 members. Filling a room of 100 costs 4,950 `JOIN` lines; one of 100,000 then
+/// costs those same 4,950, not 5 × 10⁹.
+pub const DEFAULT_PRESENCE_LIMIT: usize = 100;
 
 /// Default `--presence-ttl`.
 pub const DEFAULT_PRESENCE_TTL: std::time::Duration = std::time::Duration::from_secs(15);
@@ -315,6 +324,7 @@ impl Default for HubConfig {
             history_bytes: DEFAULT_HISTORY_BYTES,
             max_rooms_per_conn: DEFAULT_MAX_ROOMS_PER_CONN,
             presence_ttl: DEFAULT_PRESENCE_TTL,
+            presence_limit: DEFAULT_PRESENCE_LIMIT,
         }
     }
 }

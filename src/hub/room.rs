@@ -61,6 +61,11 @@ pub(super) struct Room {
     pub(super) outbox: VecDeque<Pending>,
     /// Someone is handing out the outbox.
     pub(super) delivering: bool,
+    /// The room's size on every process as the broker last reported it (with Redis:
+    /// the presence set's count carried by a `JOIN` or `PART`); 0 when it reports
+    /// none. Decides with the local count whether presence lines are sent
+    /// ([`Room::presence_shown`]).
+    pub(super) reported: usize,
 }
 
 impl Room {
@@ -72,7 +77,20 @@ impl Room {
             seq: 0,
             outbox: VecDeque::new(),
             delivering: false,
+            reported: 0,
         }
+    }
+
+    /// Whether the `JOIN` or `PART` of a member is sent to the room's members: only in
+    /// a room of at most `limit` members, counting the member joining or leaving.
+    /// `here` is that count on this process; the broker's report may say more.
+    ///
+    /// Above the limit a room's fill would cost O(n²) lines (every join a line to
+    /// each member already there: 5 × 10⁹ for 100,000 members), so, as Centrifugo
+    /// turns join and leave messages off for large channels, presence there is what
+    /// `WHO` answers, exactly, and no longer a stream of lines.
+    pub(super) fn presence_shown(&self, limit: usize, here: usize) -> bool {
+        here.max(self.reported) <= limit
     }
 
     /// Queues an event, a message of `author` (told it is its own) if any, for every

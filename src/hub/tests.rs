@@ -560,3 +560,100 @@ fn a_room_made_again_never_replays_a_log_its_broker_has_not_dropped_yet() {
         .is_empty());
     assert_eq!(hub.history_held(), 0, "the old log is counted out");
 }
+
+/// Members in one room, each with a mailbox large enough for what the test sends.
+fn fill(hub: &Hub, room: &str, n: usize) -> Vec<M> {
+    (0..n)
+        .map(|_| {
+            let m = member(hub, 1 << 20);
+            m.join(hub, room, None);
+            m
+        })
+        .collect()
+}
+
+#[test]
+fn filling_a_room_costs_a_bounded_number_of_events_per_join_not_one_per_member() {
+    // Every JOIN went to each member already there: filling a room of n cost
+    // n(n-1)/2 events (1,999,000 for 2,000). Past the presence limit a join costs none.
+    for n in [1_000, 2_000] {
+        let hub = Hub::new(HubConfig::default());
+        let members = fill(&hub, "big", n);
+        let limit = DEFAULT_PRESENCE_LIMIT as u64;
+        let joins = hub.stats.deliveries.load(Ordering::Relaxed);
+        assert_eq!(joins, limit * (limit - 1) / 2, "filling a room of {n}");
+        // The 101st member onwards was told nothing but its own join.
+        assert!(members[DEFAULT_PRESENCE_LIMIT].lines().is_empty());
+        assert_eq!(members[0].lines().len(), DEFAULT_PRESENCE_LIMIT - 1);
+        members.iter().for_each(|m| drop(m.lines()));
+        // WHO is still exact, and a message still reaches every member.
+        assert_eq!(hub.who("big").unwrap().len(), n);
+        hub.say(members[7].id, "big", "hello all").unwrap();
+        assert!(members.iter().all(|m| m.lines().len() == 1));
+    }
+}
+
+#[test]
+fn presence_lines_stop_above_the_limit_and_come_back_below_it() {
+    let hub = Hub::new(HubConfig {
+        presence_limit: 3,
+        ..HubConfig::default()
+    });
+    let members = fill(&hub, "r", 4);
+    let lines = |m: &M| m.lines();
+    assert_eq!(lines(&members[0]).len(), 2, "joins 2 and 3 of a room of 3");
+    assert!(lines(&members[2]).is_empty(), "the 4th join is not a line");
+    // A PART counts the member leaving: from 4 members, silent; from 3, a line.
+    hub.part(members[3].id, "r").unwrap();
+    assert!(lines(&members[0]).is_empty());
+    hub.part(members[2].id, "r").unwrap();
+    assert_eq!(
+        lines(&members[0]),
+        [format!("PART r {}\n", members[2].nick)]
+    );
+    // Nick changes are not presence: always a line.
+    hub.set_nick(
+        members[1].id,
+        &members[1].nick,
+        "bo",
+        &["r".into()],
+        &members[1].tx,
+    )
+    .unwrap();
+    assert_eq!(
+        lines(&members[0]),
+        ["NICK r ".to_string() + &members[1].nick + " bo\n"]
+    );
+}
+
+#[test]
+fn a_room_the_broker_reports_large_gets_no_presence_lines_from_it() {
+    // With Redis each process sees its own members only; the size the scripts count
+    // over every process decides, so every process agrees.
+    let hub = Hub::new(HubConfig::default());
+    let members = fill(&hub, "r", 2);
+    members[0].lines();
+    let join = || Kind::Join { nick: "far".into() };
+    let part = || Kind::Part { nick: "far".into() };
+    hub.report_size("r", 5_000);
+    assert_eq!(hub.push("r", join(), None), None);
+    assert_eq!(hub.inject("r", part(), None, None), None);
+    assert!(members[0].lines().is_empty() && members[1].lines().is_empty());
+    let text = Kind::Msg {
+        id: MsgId(1),
+        nick: "far".into(),
+        text: "still heard".into(),
+        time: None,
+    };
+    let room = hub
+        .inject("r", text, None, None)
+        .expect("a message is delivered");
+    hub.deliver(&room);
+    assert_eq!(members[1].lines(), ["MSG r 1 far still heard\n"]);
+    hub.report_size("r", DEFAULT_PRESENCE_LIMIT);
+    let room = hub
+        .push("r", join(), None)
+        .expect("a small room hears joins");
+    hub.deliver(&room);
+    assert_eq!(members[1].lines(), ["JOIN r far\n"]);
+}

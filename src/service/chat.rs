@@ -106,6 +106,7 @@ impl ChatOptions {
                     history_bytes: self.history_bytes,
                     max_rooms_per_conn: self.max_rooms_per_conn,
                     presence_ttl: self.presence_ttl,
+                    ..HubConfig::default()
                 };
                 match &self.redis {
                     Some(url) => Hub::with_redis(config, url).map_err(Arc::new),

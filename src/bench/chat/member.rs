@@ -10,8 +10,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
 
 use super::{Ctx, Phase, Shared, HISTS, MAX_LINE, READ_BUF};
+use crate::bench::fanout::source_ip;
 use crate::bench::report::ErrorKind;
-use crate::bench::run::source_ip;
 use crate::bench::workload::connect;
 
 /// What a member is waiting for in its lines.
@@ -43,13 +43,20 @@ pub(super) async fn member(ctx: Arc<Ctx>, i: usize, gate: Arc<Semaphore>) {
     };
     let setup = tokio::time::timeout_at(ctx.origin + ctx.cfg.setup_timeout, async {
         let io = |k: ErrorKind| k.name().to_string();
+        if let Some(ramp) = ctx.cfg.ramp {
+            let at = std::time::Duration::from_secs_f64(i as f64 / ramp);
+            tokio::time::sleep_until(ctx.origin + at).await;
+        }
         let permit = gate
             .acquire()
             .await
             .map_err(|_| "closed gate".to_string())?;
-        let s = connect(ctx.cfg.addr, source_ip(i, ctx.cfg.src_ips))
-            .await
-            .map_err(io)?;
+        let s = connect(
+            ctx.cfg.addr,
+            source_ip(i, ctx.cfg.src_first, ctx.cfg.src_ips),
+        )
+        .await
+        .map_err(io)?;
         drop(permit);
         let (mut r, mut w) = s.into_split();
         let mut buf = Vec::with_capacity(READ_BUF);

@@ -22,6 +22,19 @@
 //! place) and record latencies into one of a few shared histograms per batch, so the
 //! tester stays far cheaper per delivery than the server it measures.
 //!
+//! With `--procs N` (past the ~19,900 sockets one tester process may hold) the
+//! members are spread over N copies of the tester (member `i` in copy `i % N`, each
+//! copy with source addresses of its own), run in step by their parent: each copy
+//! says on stdout when its members have joined, read the warm-up, and finished, and
+//! waits for the parent's word on stdin before the next phase, so the phases start
+//! together everywhere and the parent samples the server once around the measured
+//! phase. The copies share one time origin (the parent's CLOCK_MONOTONIC reading, a
+//! clock every process of the machine shares), so a latency measured by a member of
+//! one copy from a sender's time in another is as exact as within one process. The
+//! parent merges the copies' histograms and adds their counts; it tells every copy
+//! each sender's final count before they stop, so a member short of messages from a
+//! sender in another copy counts them as missing.
+//!
 //! One file per concern: this one has the options, the shared state and the driver
 //! (connect, warm up, measure, release); [`report`] what a run measured, `member` a
 //! receiving member's read loop and checks, `sender` a publishing member's schedule.
@@ -36,6 +49,9 @@ use hdrhistogram::Histogram;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
+use super::fanout::{self, Copies, Share};
 use super::proc;
 use super::report::{histogram, Latency, ServerUse};
 use super::run::default_threads;
@@ -90,6 +106,11 @@ pub struct ChatArgs {
     /// Spread connections over source addresses 127.0.0.1..=127.0.0.N.
     #[arg(long, default_value_t = 1)]
     pub src_ips: u8,
+    /// Members connecting and joining per second, all tester processes together
+    /// (default: as fast as the server takes them). A join storm of 100,000 at once
+    /// is a reconnection storm no client library makes.
+    #[arg(long)]
+    pub ramp: Option<f64>,
     /// The options every workload shares (`--server-pid`, `--threads`, `--json`).
     #[command(flatten)]
     pub tester: super::TesterArgs,
@@ -116,8 +137,17 @@ pub struct ChatConfig {
     pub drain_timeout: Duration,
     /// Room name prefix.
     pub room_prefix: String,
-    /// Source addresses 127.0.0.1 ..= 127.0.0.N.
+    /// Source addresses 127.0.0.`src_first` ..= 127.0.0.`src_first + src_ips - 1`.
     pub src_ips: u8,
+    /// The first source address (1, or a copy's own in a `--procs` run).
+    pub src_first: u8,
+    /// Members starting per second (member `i` starts `i / ramp` s after the origin).
+    pub ramp: Option<f64>,
+    /// This tester's copy of a `--procs` run: it runs members `i` with
+    /// `i % procs == index`, in step with its parent.
+    pub share: Option<Share>,
+    /// The time origin of a `--procs` run ([`fanout::monotonic_us`] in the parent).
+    pub origin_us: Option<u64>,
     /// The server's PID.
     pub server_pid: Option<u32>,
     /// Tester threads.
@@ -138,6 +168,10 @@ impl ChatConfig {
             drain_timeout: Duration::from_secs(10),
             room_prefix: "bench".into(),
             src_ips: 1,
+            src_first: 1,
+            ramp: None,
+            share: None,
+            origin_us: None,
             server_pid: None,
             threads: default_threads(),
         }
@@ -162,6 +196,7 @@ impl ChatArgs {
         c.drain_timeout = d(self.timeout, "--timeout")?;
         c.room_prefix = self.room_prefix.clone();
         c.src_ips = self.src_ips;
+        c.ramp = self.ramp;
         c.server_pid = self.tester.server_pid;
         c.threads = self.tester.threads.unwrap_or_else(default_threads);
         Ok(c)
@@ -230,8 +265,30 @@ impl Ctx {
     }
 }
 
-/// Runs `bench chat` and returns what it measured.
-pub fn run_chat(cfg: &ChatConfig) -> anyhow::Result<ChatReport> {
+/// What a copy of a `--procs` run writes on stdout, one JSON object a line.
+#[derive(Debug, Serialize, Deserialize)]
+enum ChatLine {
+    /// The copy reached a phase (`joined`, `warm`, `finished`) and waits for the
+    /// parent's word; `sent` is what each sender sent (zero for other copies').
+    Reached {
+        /// The phase.
+        phase: String,
+        /// Messages sent, by sender.
+        sent: Vec<u64>,
+    },
+    /// The copy's report and its latency histogram as (value µs, count) pairs.
+    Report {
+        /// The report of this copy's members.
+        report: Box<ChatReport>,
+        /// Its histogram.
+        histogram: Vec<(u64, u64)>,
+    },
+}
+
+/// The parent's words to a copy, one a line on its stdin.
+type Link = tokio::sync::mpsc::UnboundedReceiver<String>;
+
+fn check(cfg: &ChatConfig) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.rooms > 0, "--rooms must be at least 1");
     anyhow::ensure!(
         cfg.senders >= cfg.rooms && cfg.senders <= cfg.members,
@@ -246,18 +303,204 @@ pub fn run_chat(cfg: &ChatConfig) -> anyhow::Result<ChatReport> {
         "--src-ips must be 1..=254"
     );
     anyhow::ensure!(
+        cfg.ramp.is_none_or(|r| r > 0.0 && r.is_finite()),
+        "--ramp must be positive"
+    );
+    anyhow::ensure!(
         !cfg.room_prefix.is_empty()
             && crate::hub::valid_room(&format!("{}{}", cfg.room_prefix, cfg.rooms)),
         "--room-prefix must make valid room names"
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads.max(1))
-        .enable_all()
-        .build()?;
-    rt.block_on(drive(cfg.clone()))
+    Ok(())
 }
 
-async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
+fn runtime(cfg: &ChatConfig) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads.max(1))
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `bench chat` and returns what it measured.
+pub fn run_chat(cfg: &ChatConfig) -> anyhow::Result<ChatReport> {
+    check(cfg)?;
+    Ok(runtime(cfg)?.block_on(drive(cfg.clone(), None))?.0)
+}
+
+/// One copy of a `--procs` run: runs its share of the members in step with the
+/// parent (its words come on stdin) and writes its report on stdout.
+fn run_chat_child(cfg: &ChatConfig) -> anyhow::Result<()> {
+    check(cfg)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        // The end of stdin (the parent gone) closes the channel: the copy stops.
+        for line in std::io::stdin().lock().lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    runtime(cfg)?.block_on(drive(cfg.clone(), Some(rx)))?;
+    Ok(())
+}
+
+/// Runs the chat workload over `procs` tester processes, in step (see the module
+/// documentation), and sums what they measured: counts and errors added, latency
+/// histograms merged, the server sampled once around the measured phase.
+pub fn run_chat_fanout(cfg: &ChatConfig, procs: usize) -> anyhow::Result<ChatReport> {
+    check(cfg)?;
+    fanout::check(procs, cfg.src_ips)?;
+    anyhow::ensure!(
+        cfg.members >= procs,
+        "--members {} is fewer than --procs {procs}",
+        cfg.members
+    );
+    let start = std::time::Instant::now();
+    let origin = fanout::monotonic_us().to_string();
+    let mut copies = Copies::start_with(procs, &[(fanout::ORIGIN_ENV, origin)])?;
+    reached(&mut copies, "joined")?;
+    copies.tell("warm")?;
+    reached(&mut copies, "warm")?;
+    let setup_secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: {} members joined and warm in {procs} tester processes ({setup_secs:.1} s)",
+        cfg.members
+    );
+    let server_before = cfg.server_pid.map(proc::sample_tree).transpose()?;
+    copies.tell("send")?;
+    let sent = reached(&mut copies, "finished")?;
+    let server_after = cfg.server_pid.map(proc::sample_tree).transpose()?;
+    let sent: Vec<String> = sent.iter().map(u64::to_string).collect();
+    copies.tell(&format!("stop {}", sent.join(",")))?;
+    let mut reports = Vec::with_capacity(procs);
+    let mut hist = histogram();
+    for (i, line) in copies
+        .next_json::<ChatLine>("its report")?
+        .into_iter()
+        .enumerate()
+    {
+        match line {
+            ChatLine::Report { report, histogram } => {
+                fanout::add_pairs(&mut hist, &histogram)?;
+                reports.push(*report);
+            }
+            ChatLine::Reached { phase, .. } => {
+                anyhow::bail!("tester process {i} wrote {phase:?} instead of its report")
+            }
+        }
+    }
+    copies.finish()?;
+    let sum = |f: fn(&ChatReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let secs = reports.iter().map(|r| r.secs).fold(0.0, f64::max);
+    let deliveries = sum(|r| r.deliveries);
+    let errors = ChatErrors {
+        missing: sum(|r| r.errors.missing),
+        duplicate_or_reordered: sum(|r| r.errors.duplicate_or_reordered),
+        wrong: sum(|r| r.errors.wrong),
+        conn: sum(|r| r.errors.conn),
+        timeout: sum(|r| r.errors.timeout),
+    };
+    Ok(ChatReport {
+        members: cfg.members,
+        rooms: cfg.rooms,
+        senders: cfg.senders,
+        rate: cfg.rate,
+        setup_secs,
+        secs,
+        sent: sum(|r| r.sent),
+        deliveries,
+        expected_deliveries: sum(|r| r.expected_deliveries),
+        deliveries_per_sec: if secs > 0.0 {
+            deliveries as f64 / secs
+        } else {
+            0.0
+        },
+        latency: Latency::of(&hist),
+        slow_consumer_drops: sum(|r| r.slow_consumer_drops),
+        missed_by_dropped: sum(|r| r.missed_by_dropped),
+        errors,
+        tester_cpu_secs: reports.iter().map(|r| r.tester_cpu_secs).sum(),
+        server: server_use(server_before, server_after, None, deliveries),
+    })
+}
+
+/// Reads every copy's next line, which must say it reached `phase`; returns what the
+/// senders sent, summed over the copies.
+fn reached(copies: &mut Copies, phase: &str) -> anyhow::Result<Vec<u64>> {
+    let mut sent = Vec::new();
+    for (i, line) in copies.next_json::<ChatLine>(phase)?.into_iter().enumerate() {
+        match line {
+            ChatLine::Reached { phase: p, sent: s } if p == phase => {
+                sent.resize(sent.len().max(s.len()), 0);
+                for (total, n) in sent.iter_mut().zip(s) {
+                    *total += n;
+                }
+            }
+            other => anyhow::bail!("tester process {i} wrote {other:?} instead of {phase}"),
+        }
+    }
+    Ok(sent)
+}
+
+/// In a copy: says the copy reached `phase` and waits for the parent's `next` (what
+/// follows the word on its line is returned). Nothing to wait for in a lone tester.
+async fn step(
+    link: &mut Option<Link>,
+    ctx: &Ctx,
+    phase: &str,
+    next: &str,
+) -> anyhow::Result<String> {
+    let Some(rx) = link else {
+        return Ok(String::new());
+    };
+    let sent = ctx
+        .senders
+        .iter()
+        .map(|s| s.sent.load(Ordering::Relaxed))
+        .collect();
+    fanout::emit_json(&ChatLine::Reached {
+        phase: phase.into(),
+        sent,
+    })?;
+    let line = rx
+        .recv()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the parent tester ended the run before {next}"))?;
+    let rest = line
+        .strip_prefix(next)
+        .ok_or_else(|| anyhow::anyhow!("the parent tester said {line:?}, not {next}"))?;
+    Ok(rest.trim().to_string())
+}
+
+/// The server's CPU per delivery and its memory over the measured phase.
+fn server_use(
+    before: Option<proc::Sample>,
+    after: Option<proc::Sample>,
+    peak: Option<&proc::Sample>,
+    deliveries: u64,
+) -> Option<ServerUse> {
+    let (b, a) = (before?, after?);
+    let cpu = a.cpu_secs - b.cpu_secs;
+    Some(ServerUse {
+        cpu_secs: cpu,
+        cpu_us_per_op: if deliveries > 0 {
+            cpu * 1e6 / deliveries as f64
+        } else {
+            0.0
+        },
+        rss_before_kib: b.rss_kib,
+        rss_after_kib: peak.map_or(0, |p| p.rss_kib).max(a.rss_kib),
+        threads_before: b.threads,
+        threads_after: peak.map_or(0, |p| p.threads).max(a.threads),
+    })
+}
+
+async fn drive(
+    cfg: ChatConfig,
+    mut link: Option<Link>,
+) -> anyhow::Result<(ChatReport, Histogram<u64>)> {
     let (phase_tx, phase) = watch::channel(Phase::Setup);
     let senders = (0..cfg.senders)
         .map(|j| SenderInfo {
@@ -265,9 +508,16 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
             sent: AtomicU64::new(0),
         })
         .collect();
+    let origin = match cfg.origin_us {
+        Some(us) => Instant::from_std(fanout::instant_of(us)),
+        None => Instant::now(),
+    };
+    let mine: Vec<usize> = (0..cfg.members)
+        .filter(|i| cfg.share.is_none_or(|s| i % s.procs == s.index))
+        .collect();
     let ctx = Arc::new(Ctx {
         hists: (0..HISTS).map(|_| Mutex::new(histogram())).collect(),
-        origin: Instant::now(),
+        origin,
         shared: Shared::default(),
         senders,
         phase,
@@ -276,12 +526,12 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
     let cfg = &ctx.cfg;
     let setup_deadline = ctx.origin + cfg.setup_timeout;
     let gate = Arc::new(Semaphore::new(CONNECTING));
-    let mut tasks = Vec::with_capacity(cfg.members);
-    for i in 0..cfg.members {
+    let mut tasks = Vec::with_capacity(mine.len());
+    for &i in &mine {
         tasks.push(tokio::spawn(member::member(ctx.clone(), i, gate.clone())));
     }
     let sh = &ctx.shared;
-    let all = cfg.members;
+    let all = mine.len();
     let reached = |c: &AtomicUsize| c.load(Ordering::Relaxed) >= all;
     let failed = || sh.abort.load(Ordering::Relaxed);
     let ok = wait_until(setup_deadline, || reached(&sh.joined) || failed()).await;
@@ -292,6 +542,7 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
         sh.conn.load(Ordering::Relaxed),
         first_failure(sh)
     );
+    step(&mut link, &ctx, "joined", "warm").await?;
     let _ = phase_tx.send(Phase::WarmUp);
     let ok = wait_until(setup_deadline, || reached(&sh.warm) || failed()).await;
     anyhow::ensure!(
@@ -302,6 +553,7 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
         sh.slow_drops.load(Ordering::Relaxed),
         first_failure(sh)
     );
+    step(&mut link, &ctx, "warm", "send").await?;
     let setup_secs = ctx.origin.elapsed().as_secs_f64();
 
     let server_before = cfg.server_pid.map(proc::sample_tree).transpose()?;
@@ -319,16 +571,24 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
     }
     let server_after = cfg.server_pid.map(proc::sample_tree).transpose()?;
     let tester_after = proc::sample(None)?;
+    // What this process's senders sent, before the counts of every copy's come.
+    let sent_here: Vec<u64> = ctx
+        .senders
+        .iter()
+        .map(|s| s.sent.load(Ordering::Relaxed))
+        .collect();
+    let every = step(&mut link, &ctx, "finished", "stop").await?;
+    for (info, n) in ctx.senders.iter().zip(every.split(',')) {
+        if let Ok(n) = n.parse() {
+            info.sent.store(n, Ordering::Relaxed);
+        }
+    }
     let _ = phase_tx.send(Phase::Stop);
     // Members count what they miss at `Stop`; then everyone closes.
     wait_until(Instant::now() + Duration::from_secs(5), || {
         reached(&sh.finished)
     })
     .await;
-    let _ = phase_tx.send(Phase::Release);
-    for t in tasks {
-        let _ = t.await;
-    }
 
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let deliveries = g(&sh.deliveries);
@@ -340,32 +600,15 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
         let _ = hist.add(&*h);
     }
     let per_room = |r: usize| (0..cfg.members).filter(|i| i % cfg.rooms == r).count() as u64;
-    let sent: u64 = ctx.senders.iter().map(|s| g(&s.sent)).sum();
+    let sent: u64 = sent_here.iter().sum();
     let expected: u64 = ctx
         .senders
         .iter()
-        .map(|s| g(&s.sent) * per_room(s.room))
+        .zip(&sent_here)
+        .map(|(s, n)| n * per_room(s.room))
         .sum();
-    let server = match (server_before, server_after) {
-        (Some(b), Some(a)) => {
-            let cpu = a.cpu_secs - b.cpu_secs;
-            Some(ServerUse {
-                cpu_secs: cpu,
-                cpu_us_per_op: if deliveries > 0 {
-                    cpu * 1e6 / deliveries as f64
-                } else {
-                    0.0
-                },
-                rss_before_kib: b.rss_kib,
-                rss_after_kib: peak.rss_kib.max(a.rss_kib),
-                threads_before: b.threads,
-                threads_after: peak.threads.max(a.threads),
-            })
-        }
-        _ => None,
-    };
-    Ok(ChatReport {
-        members: cfg.members,
+    let report = ChatReport {
+        members: all,
         rooms: cfg.rooms,
         senders: cfg.senders,
         rate: cfg.rate,
@@ -390,8 +633,21 @@ async fn drive(cfg: ChatConfig) -> anyhow::Result<ChatReport> {
             timeout: g(&sh.timeout),
         },
         tester_cpu_secs: tester_after.cpu_secs - tester_before.cpu_secs,
-        server,
-    })
+        server: server_use(server_before, server_after, Some(&peak), deliveries),
+    };
+    if let Some(rx) = link.as_mut() {
+        // Every copy's members stay connected until the parent has every report.
+        fanout::emit_json(&ChatLine::Report {
+            report: Box::new(report.clone()),
+            histogram: fanout::histogram_pairs(&hist),
+        })?;
+        let _ = rx.recv().await;
+    }
+    let _ = phase_tx.send(Phase::Release);
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok((report, hist))
 }
 
 fn first_failure(sh: &Shared) -> String {
@@ -413,15 +669,25 @@ async fn wait_until(deadline: Instant, done: impl Fn() -> bool) -> bool {
 }
 
 /// Runs `multiclient bench chat`: prints the report; fails when the run had errors,
-/// so scripts notice.
+/// so scripts notice. With `--procs N`, over N tester processes in step.
 pub fn run(args: ChatArgs) -> anyhow::Result<()> {
-    // A room's delivery times are measured from one sender's clock to every member's,
-    // which a second process does not share.
-    anyhow::ensure!(
-        args.tester.procs == 1,
-        "bench chat runs in one tester process: --procs is for ack, greet, hello, http, ws and hold"
-    );
-    let report = run_chat(&args.config()?)?;
+    let mut cfg = args.config()?;
+    let report = match (Share::from_env()?, args.tester.procs) {
+        (Some(share), _) => {
+            let origin = std::env::var(fanout::ORIGIN_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("a chat tester copy needs {}", fanout::ORIGIN_ENV)
+                })?;
+            cfg.share = Some(share);
+            cfg.src_first = share.first_source(cfg.src_ips);
+            cfg.origin_us = Some(origin);
+            return run_chat_child(&cfg);
+        }
+        (None, 1) => run_chat(&cfg)?,
+        (None, n) => run_chat_fanout(&cfg, n)?,
+    };
     if args.tester.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

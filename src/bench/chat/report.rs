@@ -1,12 +1,12 @@
 //! What a chat run measured: delivery errors by kind, latency, the server's CPU per
 //! delivery, and the summary printed for people or written as JSON.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bench::report::{Latency, ServerUse};
 
 /// Delivery errors and connection failures, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatErrors {
     /// Messages a member never got (a gap in a sender's sequence, or short of its
     /// end mark), members dropped as slow consumers excepted.
@@ -31,7 +31,7 @@ impl ChatErrors {
 }
 
 /// What a chat run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatReport {
     /// Members (connections).
     pub members: usize,

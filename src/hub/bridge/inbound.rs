@@ -16,6 +16,9 @@ impl Run {
             );
             return Some(());
         };
+        if let Some(n) = ev.size {
+            hub.report_size(&ev.room, n);
+        }
         let own = ev.origin.as_deref() == Some(&*self.instance);
         let room = match (&ev.kind, ev.member) {
             // A member of this process listed again after an expiry parted it: it
