@@ -250,11 +250,36 @@ impl<S: Session, L: Host> Conn<S, L> {
         }
     }
 
+    #[inline]
     fn call<R>(&mut self, clock: &Clock, f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R) -> R {
         // Sessions log per message at debug level; entering the span costs as much as
-        // a small reply, so it is entered only when those lines are wanted.
-        let _entered = (tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG)
-            .then(|| self.span().entered());
+        // a small reply, so it is entered only when those lines are wanted, out of
+        // line: an `Option` of an entered span, even `None`, is dropped by a call of
+        // about a dozen instructions per message (measured, BENCHMARKS.md).
+        if tracing::level_enabled!(tracing::Level::DEBUG) {
+            return self.call_in_span(clock, f);
+        }
+        self.call_now(clock, f)
+    }
+
+    /// [`Conn::call`] with the connection's span entered, for debug logging.
+    #[cold]
+    #[inline(never)]
+    fn call_in_span<R>(
+        &mut self,
+        clock: &Clock,
+        f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R,
+    ) -> R {
+        let _entered = self.span().entered();
+        self.call_now(clock, f)
+    }
+
+    #[inline(always)]
+    fn call_now<R>(
+        &mut self,
+        clock: &Clock,
+        f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R,
+    ) -> R {
         let mut cx = Cx::new(
             clock,
             &mut self.out,
@@ -340,7 +365,9 @@ impl<S: Session, L: Host> Conn<S, L> {
             took: 0,
         };
         if sent && self.answers.0 > 0 {
-            let (n, kind) = std::mem::replace(&mut self.answers, (0, Answer::Message));
+            // The kind stays: it is read only with a count above zero.
+            let (n, kind) = self.answers;
+            self.answers.0 = 0;
             r.answers = n.into();
             r.kind = kind;
             r.took = meter::ticks().saturating_sub(self.read_at);
