@@ -262,7 +262,7 @@ impl App for ChatWeb {
 
     fn handle(&self, req: &Request<'_>, _cx: &mut Cx<'_, ChatEvent>) -> Reply<WebSocketApp> {
         match req.path {
-            "/" => Reply::Respond(Response::text(200, http::HELLO)),
+            "/" => Reply::Prebuilt(http::hello()),
             "/ws" => Reply::Upgrade(WebSocketApp::Echo(self.echo.clone())),
             "/chat" => Reply::Respond(asset("text/html; charset=utf-8", PAGE_HTML)),
             "/chat/app.js" => Reply::Respond(asset("text/javascript; charset=utf-8", PAGE_JS)),

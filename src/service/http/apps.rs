@@ -2,15 +2,22 @@
 //! (`GET /` says hello, `GET /ws` is the echo WebSocket) and the standalone `ws`
 //! service (every path upgrades to the echo).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use super::{App, HttpOptions, HttpSession, Reply, Request, Response, Route};
+use super::{App, HttpOptions, HttpSession, Prebuilt, Reply, Request, Response, Route};
 use crate::base::Live;
 use crate::service::ws::Echo;
 use crate::service::{ConnInfo, Cx, Service};
 
 /// The seed's body.
 pub const HELLO: &str = "Hello from Multi-threaded Flask Server!";
+
+/// The seed's answer to `GET /`, encoded once.
+pub fn hello() -> &'static Prebuilt {
+    static HELLO_200: LazyLock<Prebuilt> =
+        LazyLock::new(|| Prebuilt::new(Response::text(200, HELLO)));
+    &HELLO_200
+}
 
 /// The seed's app: `/` says hello, `/ws` is the echo WebSocket.
 #[derive(Debug, Clone, Default)]
@@ -32,7 +39,7 @@ impl App for Hello {
         if req.path == "/ws" {
             Reply::Upgrade(Echo { exact: self.echo })
         } else {
-            Reply::Respond(Response::text(200, HELLO))
+            Reply::Prebuilt(hello())
         }
     }
 }

@@ -3,6 +3,7 @@
 //! switch to a WebSocket after an upgrade.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use super::encode::{self, Persist};
 use super::error::FramingError;
 use super::head::{self, empty_lines, find_head_end, looks_like_http_version, request};
 use super::upgrade;
-use super::{App, HttpOptions, Method, Reply, Response, MAX_HEAD, MAX_HEADERS};
+use super::{App, HttpOptions, Method, Prebuilt, Reply, Response, MAX_HEAD, MAX_HEADERS};
 use crate::base::budget::Held;
 use crate::service::ws::{Handler, WsConn};
 use crate::service::{Cx, Goodbye, Session};
@@ -118,19 +119,44 @@ impl<A: App> HttpSession<A> {
         head_only: bool,
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
-        let close = resp.close || !self.keep_alive || self.shutting || self.busy.is_some();
+        let persist = self.persist(resp.close, cx);
+        let now = cx.now();
+        encode::response(cx.out(), resp, now, persist, head_only);
+        self.written(persist, cx);
+    }
+
+    /// [`HttpSession::write`] for a response encoded once.
+    fn write_prebuilt(
+        &mut self,
+        pre: &Prebuilt,
+        head_only: bool,
+        cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
+    ) {
+        let persist = self.persist(pre.response().close, cx);
+        let now = cx.now();
+        encode::prebuilt(cx.out(), pre, now, persist, head_only);
+        self.written(persist, cx);
+    }
+
+    /// What the `Connection` header of the response about to be written says: it
+    /// closes if the response says so (`close`), or the request did.
+    fn persist(&mut self, close: bool, cx: &mut Cx<'_, <A::Ws as Handler>::Event>) -> Persist {
+        let close = close || !self.keep_alive || self.shutting || self.busy.is_some();
         self.answered = Some(cx.now());
-        let persist = if close {
+        if close {
             Persist::Close
         } else if self.keep_alive_is_explicit() {
             Persist::KeepAlive
         } else {
             Persist::Implied
-        };
-        let now = cx.now();
-        encode::response(cx.out(), resp, now, persist, head_only);
+        }
+    }
+
+    /// A response was written: counted, and the connection closed after it if it said
+    /// so.
+    fn written(&mut self, persist: Persist, cx: &mut Cx<'_, <A::Ws as Handler>::Event>) {
         cx.answered(crate::service::Answer::Request);
-        if close {
+        if persist == Persist::Close {
             self.state = State::Closed;
             cx.close();
         }
@@ -147,6 +173,23 @@ impl<A: App> HttpSession<A> {
         // Empty lines before a request line are ignored (RFC 9112 §2.2); they stay in
         // the input until the head is complete, so they count against its limit.
         let lead = empty_lines(input);
+        if self.scanned == 0 {
+            // The usual case, a whole head in one read: httparse finds its end itself,
+            // at the first empty line, where `find_head_end` would (in a head it
+            // accepts every line feed ends a line), and into headers it need not
+            // initialise. Anything else (a head not yet complete, an error) takes the
+            // path below, which waits for the end before judging, as it always has.
+            if let Some(window) = input.get(lead..input.len().min(MAX_HEAD)) {
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                if let Ok(httparse::Status::Complete(n)) =
+                    req.parse_with_uninit_headers(window, &mut headers)
+                {
+                    self.since = None;
+                    return self.take_head(&req, input, lead, lead + n, cx);
+                }
+            }
+        }
         let from = self.scanned.saturating_sub(3).max(lead);
         let end = find_head_end(&input[from..]).map(|e| from + e);
         let Some(end) = end else {
@@ -169,42 +212,7 @@ impl<A: App> HttpSession<A> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&input[lead..end]) {
-            Ok(httparse::Status::Complete(n)) => {
-                let n = lead + n;
-                let framing = match head::framing(&req, self.opts.max_body) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        self.refuse(e, cx);
-                        return input.len();
-                    }
-                };
-                self.keep_alive = framing.keep_alive;
-                self.head_version = req.version.unwrap_or(1);
-                match framing.body {
-                    None => {
-                        self.dispatch(&req, &[], cx);
-                        n
-                    }
-                    Some(body) => {
-                        if framing.expect_continue && self.busy.is_none() {
-                            // The client waits before sending the body: a request that
-                            // will be refused gets its final answer instead of `100`.
-                            if let Some(resp) = self.refusal(&req) {
-                                let head_only = req.method == Some("HEAD");
-                                self.write(&resp.close(), head_only, cx);
-                                return input.len();
-                            }
-                            cx.send(b"HTTP/1.1 100 Continue\r\n\r\n");
-                        }
-                        self.since = Some(cx.now());
-                        self.head.clear();
-                        self.head.extend_from_slice(&input[lead..n]);
-                        self.body.clear();
-                        self.state = State::Body(body);
-                        n
-                    }
-                }
-            }
+            Ok(httparse::Status::Complete(n)) => self.take_head(&req, input, lead, lead + n, cx),
             Ok(httparse::Status::Partial) => {
                 // Only a stray blank-line pair was found: an empty request line.
                 self.error(400, "malformed request\n", cx);
@@ -224,6 +232,48 @@ impl<A: App> HttpSession<A> {
                 input.len()
             }
         }
+    }
+
+    /// Acts on a complete head `req`, `input[lead..n]` (after the empty lines before
+    /// it): decides its framing, then answers it or starts reading its body. Returns
+    /// the bytes used.
+    fn take_head(
+        &mut self,
+        req: &httparse::Request<'_, '_>,
+        input: &[u8],
+        lead: usize,
+        n: usize,
+        cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
+    ) -> usize {
+        let framing = match head::framing(req, self.opts.max_body) {
+            Ok(f) => f,
+            Err(e) => {
+                self.refuse(e, cx);
+                return input.len();
+            }
+        };
+        self.keep_alive = framing.keep_alive;
+        self.head_version = req.version.unwrap_or(1);
+        let Some(body) = framing.body else {
+            self.dispatch(req, &[], cx);
+            return n;
+        };
+        if framing.expect_continue && self.busy.is_none() {
+            // The client waits before sending the body: a request that will be
+            // refused gets its final answer instead of `100`.
+            if let Some(resp) = self.refusal(req) {
+                let head_only = req.method == Some("HEAD");
+                self.write(&resp.close(), head_only, cx);
+                return input.len();
+            }
+            cx.send(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        self.since = Some(cx.now());
+        self.head.clear();
+        self.head.extend_from_slice(&input[lead..n]);
+        self.body.clear();
+        self.state = State::Body(body);
+        n
     }
 
     /// Reads body bytes; returns how many were used. Dispatches once complete.
@@ -305,15 +355,14 @@ impl<A: App> HttpSession<A> {
         cx: &mut Cx<'_, <A::Ws as Handler>::Event>,
     ) {
         let req = request(raw, body);
-        let path = req.path;
         let head_only = req.method == Method::Head;
         let wants_upgrade = req.header_has_token("upgrade", "websocket");
         if let (Some(why), false) = (self.busy, wants_upgrade) {
             self.error(503, refusal_body(why), cx);
             return;
         }
-        let app = self.app.clone();
-        let Some(route) = app.routes().iter().find(|r| r.matches(path)) else {
+        let routes = self.app.routes();
+        let Some(route) = routes.iter().find(|r| r.matches(req.path)) else {
             self.write(&Response::text(404, "not found\n"), head_only, cx);
             return;
         };
@@ -323,12 +372,14 @@ impl<A: App> HttpSession<A> {
             self.write(&resp, head_only, cx);
             return;
         }
-        match app.handle(&req, cx) {
-            Reply::Respond(resp) => match self.busy {
-                Some(why) => self.error(503, refusal_body(why), cx),
-                None => self.write(&resp, head_only, cx),
-            },
-            Reply::Upgrade(handler) => match upgrade::accept(&req) {
+        let reply = self.app.handle(&req, cx);
+        match (reply, self.busy) {
+            (Reply::Respond(_) | Reply::Prebuilt(_), Some(why)) => {
+                self.error(503, refusal_body(why), cx)
+            }
+            (Reply::Respond(resp), None) => self.write(&resp, head_only, cx),
+            (Reply::Prebuilt(pre), None) => self.write_prebuilt(pre, head_only, cx),
+            (Reply::Upgrade(handler), _) => match upgrade::accept(&req) {
                 Ok(key) => {
                     let mut conn = upgrade::switch(key, handler, &self.opts, cx);
                     if let Some(why) = self.busy {

@@ -5,62 +5,74 @@
 //! Wall time is derived from the session clock (`cx.now()`) and one reading of the
 //! system clock taken at first use, so tests that move the clock move the date.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// Length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-const DATE_LEN: usize = 29;
+pub(super) const DATE_LEN: usize = 29;
 
-/// The date of one second, formatted.
+/// The date of one second, formatted, and the instants that second spans: a request
+/// checks that its `now` falls inside with two comparisons, and reads no other clock.
+#[derive(Clone, Copy)]
 struct Cached {
-    /// Seconds since the epoch it was formatted for (`u64::MAX`: not yet).
-    secs: u64,
+    from: Instant,
+    until: Instant,
     text: [u8; DATE_LEN],
 }
 
 thread_local! {
-    static CACHED: RefCell<Cached> = const {
-        RefCell::new(Cached {
-            secs: u64::MAX,
-            text: [0; DATE_LEN],
-        })
-    };
+    static CACHED: Cell<Option<Cached>> = const { Cell::new(None) };
+}
+
+/// The wall time at `now`: one reading of the system clock, at first use, and the
+/// session clock's distance from it.
+fn wall(now: Instant) -> SystemTime {
+    static ANCHOR: OnceLock<(Instant, SystemTime)> = OnceLock::new();
+    let (i0, s0) = *ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
+    if now >= i0 {
+        s0 + (now - i0)
+    } else {
+        s0 - (i0 - now)
+    }
+}
+
+/// The date at `now`, if it is the usual 29 bytes (it is not past the year 9999, nor
+/// before 1970, where it is formatted each time instead).
+pub(super) fn imf(now: Instant) -> Option<[u8; DATE_LEN]> {
+    if let Some(c) = CACHED.get() {
+        if now >= c.from && now < c.until {
+            return Some(c.text);
+        }
+    }
+    let wall = wall(now);
+    let into_second = wall
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .subsec_nanos();
+    let formatted = httpdate::fmt_http_date(wall);
+    let text: [u8; DATE_LEN] = formatted.as_bytes().try_into().ok()?;
+    if let Some(from) = now.checked_sub(Duration::from_nanos(into_second.into())) {
+        CACHED.set(Some(Cached {
+            from,
+            until: from + Duration::from_secs(1),
+            text,
+        }));
+    }
+    Some(text)
 }
 
 /// Appends the date at `now` to `out`.
 pub(super) fn append(out: &mut Vec<u8>, now: Instant) {
-    static ANCHOR: OnceLock<(Instant, SystemTime)> = OnceLock::new();
-    let (i0, s0) = *ANCHOR.get_or_init(|| (Instant::now(), SystemTime::now()));
-    let wall = if now >= i0 {
-        s0 + (now - i0)
-    } else {
-        s0 - (i0 - now)
-    };
-    let secs = wall
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    CACHED.with(|cached| {
-        let mut c = cached.borrow_mut();
-        if c.secs != secs {
-            let text = httpdate::fmt_http_date(wall);
-            if text.len() != DATE_LEN {
-                // Beyond the year 9999: not cached, still correct.
-                out.extend_from_slice(text.as_bytes());
-                return;
-            }
-            c.text.copy_from_slice(text.as_bytes());
-            c.secs = secs;
-        }
-        out.extend_from_slice(&c.text);
-    });
+    match imf(now) {
+        Some(text) => out.extend_from_slice(&text),
+        None => out.extend_from_slice(httpdate::fmt_http_date(wall(now)).as_bytes()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn the_date_follows_the_clock_and_parses() {
@@ -72,5 +84,21 @@ mod tests {
         let a = httpdate::parse_http_date(std::str::from_utf8(&a).unwrap()).unwrap();
         let b = httpdate::parse_http_date(std::str::from_utf8(&b).unwrap()).unwrap();
         assert_eq!(b.duration_since(a).unwrap(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_cached_date_is_the_formatted_one_across_second_boundaries() {
+        // Steps of 0.3 s cross a second boundary every few steps, in both directions:
+        // each answer equals the date formatted afresh for that instant.
+        let t0 = Instant::now() + Duration::from_secs(7200);
+        for i in 0..40u64 {
+            for now in [
+                t0 + Duration::from_millis(300 * i),
+                t0 - Duration::from_millis(300 * i),
+            ] {
+                let want = httpdate::fmt_http_date(wall(now));
+                assert_eq!(imf(now).unwrap(), want.as_bytes(), "step {i}");
+            }
+        }
     }
 }

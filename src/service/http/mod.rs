@@ -20,7 +20,9 @@
 //! service is an app where every path upgrades; the chat adds its routes the same way.
 //!
 //! The engine is split as hyper's `proto/h1` is: [`head`] reads a request head,
-//! [`decode`] a body ([`error`] says why either refuses one), [`encode`] writes a response (with the per-thread [`date`]),
+//! [`decode`] a body ([`error`] says why either refuses one), [`encode`] writes a response
+//! (with the per-thread [`date`]; a fixed answer, such as the hello, is a [`Prebuilt`]
+//! encoded once, with only its date spliced in per request),
 //! [`routes`] is what an app plugs in, [`upgrade`] the switch to a WebSocket, [`conn`]
 //! the per-connection state machine that drives them, and [`apps`] the seed's app.
 
@@ -45,9 +47,9 @@ mod upgrade;
 #[cfg(test)]
 pub(crate) mod ws_tests;
 
-pub use apps::{Hello, Http, Ws, WsApp, HELLO};
+pub use apps::{hello, Hello, Http, Ws, WsApp, HELLO};
 pub use conn::HttpSession;
-pub use encode::{reason, Response};
+pub use encode::{reason, Prebuilt, Response};
 pub use error::FramingError;
 pub use head::{Method, Request};
 pub use routes::{App, Reply, Route};

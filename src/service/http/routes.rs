@@ -2,7 +2,7 @@
 //! answers 404 and 405 itself, and a handler that answers a request or upgrades it to
 //! a WebSocket.
 
-use super::{Method, Request, Response};
+use super::{Method, Prebuilt, Request, Response};
 use crate::service::ws::Handler;
 use crate::service::Cx;
 
@@ -35,7 +35,9 @@ impl Route {
 
     /// Whether `path` matches this route's pattern.
     pub fn matches(&self, path: &str) -> bool {
-        if self.path == "*" {
+        // A path equal to the pattern matches it segment by segment too; this answers
+        // the usual request without splitting either.
+        if self.path == "*" || self.path == path {
             return true;
         }
         let mut want = self.path.split('/');
@@ -72,6 +74,9 @@ impl Route {
 pub enum Reply<H> {
     /// Answer it.
     Respond(Response),
+    /// Answer it with a response encoded once (the same bytes for every request but
+    /// the `Date`).
+    Prebuilt(&'static Prebuilt),
     /// Upgrade to a WebSocket run by this handler (the handshake is checked first).
     Upgrade(H),
 }
