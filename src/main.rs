@@ -209,6 +209,12 @@ struct ServeArgs {
     /// stay listed before they part everywhere.
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     presence_ttl: Duration,
+    /// Chat: JOIN and PART lines are sent only in rooms of at most this many members
+    /// (counting the one joining or leaving); in a larger room only `WHO` tells who is
+    /// there, since each join would be a line to every member. Give every instance
+    /// sharing a Redis the same value.
+    #[arg(long, default_value_t = multiclient::hub::DEFAULT_PRESENCE_LIMIT)]
+    presence_limit: usize,
     /// http: the key backends present (`Authorization: Bearer <key>`) to post
     /// notifications to `/rooms/<room>/messages`; without one that endpoint is 404.
     /// Prefer the environment variable: arguments are visible to other local users.
@@ -479,6 +485,7 @@ fn serve_options(a: &ServeArgs) -> anyhow::Result<ServeOptions> {
     service.chat.max_rate = a.max_rate;
     service.chat.redis = a.redis.clone();
     service.chat.presence_ttl = a.presence_ttl;
+    service.chat.presence_limit = a.presence_limit;
     service.chat.auth = multiclient::service::chat::auth::AuthHandle::from_options(
         a.jwt_secret.as_deref(),
         a.jwt_public_key.as_deref(),

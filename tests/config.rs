@@ -222,3 +222,67 @@ fn every_serve_flag_is_a_config_key_and_in_the_example() {
     let out = run(&["check-config", "-"], b"no-such-flag = 1\n");
     assert!(stderr(&out).contains("-:1: unknown key `no-such-flag`"));
 }
+
+/// Joins `room` on a fresh line-protocol connection; returns the reader and the writer.
+fn chat_member(
+    addr: std::net::SocketAddr,
+    room: &str,
+) -> (std::io::BufReader<std::net::TcpStream>, std::net::TcpStream) {
+    use std::io::BufRead;
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("WELCOME "), "{line:?}");
+    w.write_all(format!("JOIN {room}\n").as_bytes()).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, format!("OK JOIN {room}\n"));
+    (r, w)
+}
+
+/// What the first member heard of the room filling to three: every line up to its own
+/// message said after the joins (room events come in the room's order, so any JOIN
+/// line comes before it), then its `WHO` answer.
+fn heard_while_three_join(args: &[&str]) -> Vec<String> {
+    use std::io::BufRead;
+    let server = common::spawn_serve(args);
+    let (mut first, mut w) = chat_member(server.addr, "big");
+    let _second = chat_member(server.addr, "big");
+    let _third = chat_member(server.addr, "big");
+    w.write_all(b"SAY big after the joins\nWHO big\n").unwrap();
+    let mut heard = Vec::new();
+    loop {
+        let mut line = String::new();
+        first.read_line(&mut line).unwrap();
+        let done = line.starts_with("WHO big ");
+        heard.push(line.trim_end().to_owned());
+        if done {
+            return heard;
+        }
+    }
+}
+
+#[test]
+fn presence_limit_stops_join_lines_past_it_while_who_stays_exact() {
+    let base = ["--service", "chat=127.0.0.1:0", "--admin", "off"];
+    // Default (100): both later joins are announced.
+    let heard = heard_while_three_join(&base);
+    let joins = heard.iter().filter(|l| l.starts_with("JOIN big ")).count();
+    assert_eq!(joins, 2, "{heard:?}");
+    // --presence-limit 2: the second join (2 members) is announced, the third is not.
+    let heard = heard_while_three_join(&[&base[..], &["--presence-limit", "2"]].concat());
+    let joins: Vec<_> = heard
+        .iter()
+        .filter(|l| l.starts_with("JOIN big "))
+        .collect();
+    assert_eq!(joins, ["JOIN big guest-2"], "{heard:?}");
+    let who = heard.last().unwrap();
+    assert_eq!(
+        who.split(' ').count(),
+        2 + 3,
+        "WHO lists all three: {who:?}"
+    );
+}

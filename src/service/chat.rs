@@ -71,6 +71,9 @@ pub struct ChatOptions {
     /// With Redis: how long members of a stopped process stay listed
     /// (`--presence-ttl`).
     pub presence_ttl: std::time::Duration,
+    /// Rooms of at most this many members get JOIN and PART lines
+    /// (`--presence-limit`).
+    pub presence_limit: usize,
     /// The token key (`--jwt-secret`, `--jwt-public-key`), read by every chat listener
     /// per connection; empty: no authentication. Clones share it, so a reload can swap
     /// it with [`auth::AuthHandle::set`].
@@ -88,6 +91,7 @@ impl Default for ChatOptions {
             max_rate: None,
             redis: None,
             presence_ttl: crate::hub::DEFAULT_PRESENCE_TTL,
+            presence_limit: crate::hub::DEFAULT_PRESENCE_LIMIT,
             auth: auth::AuthHandle::default(),
             hub: Arc::default(),
         }
@@ -106,7 +110,7 @@ impl ChatOptions {
                     history_bytes: self.history_bytes,
                     max_rooms_per_conn: self.max_rooms_per_conn,
                     presence_ttl: self.presence_ttl,
-                    ..HubConfig::default()
+                    presence_limit: self.presence_limit,
                 };
                 match &self.redis {
                     Some(url) => Hub::with_redis(config, url).map_err(Arc::new),
