@@ -639,8 +639,14 @@ fn every_answer_lands_in_its_histogram_and_bytes_count_while_connections_stay_op
     }
 }
 
-#[test]
-fn refused_chat_tokens_are_counted_as_auth_failures() {
+/// A chat that wants tokens, and a connection to it that presented two bad ones (its
+/// reader, its writer), once `/stats` counts both.
+fn chat_after_two_bad_tokens() -> (
+    Served,
+    std::net::TcpStream,
+    std::io::BufReader<std::net::TcpStream>,
+    serde_json::Value,
+) {
     let mut service = ServiceOptions::default();
     service.chat.auth =
         multiclient::service::chat::auth::AuthHandle::from_options(Some("the-secret"), None)
@@ -654,6 +660,12 @@ fn refused_chat_tokens_are_counted_as_auth_failures() {
         line_starting(&mut r, "ERR bad-token ");
     }
     let st = s.stats_until("two refusals", |st| st["chat"]["auth_failures"] == 2);
+    (s, chat, r, st)
+}
+
+#[test]
+fn refused_chat_tokens_are_counted_as_auth_failures() {
+    let (s, _chat, _r, st) = chat_after_two_bad_tokens();
     assert_eq!(st["chat"]["auth_failures"], 2);
     let m = s.get("/metrics").body;
     assert!(
@@ -665,19 +677,7 @@ fn refused_chat_tokens_are_counted_as_auth_failures() {
 
 #[test]
 fn a_chat_connection_closed_after_three_bad_tokens_is_refused_for_auth() {
-    let mut opts = ServiceOptions::default();
-    opts.chat.auth =
-        multiclient::service::chat::auth::AuthHandle::from_options(Some("the-secret"), None)
-            .unwrap();
-    let s = Served::start_with(Model::Threads, &[ServiceName::Chat], opts);
-    let chat = common::connect(s.addr_of("chat"));
-    let mut r = std::io::BufReader::new(chat.try_clone().unwrap());
-    line_starting(&mut r, "WELCOME ");
-    for _ in 0..2 {
-        (&chat).write_all(b"AUTH not-a-token\n").unwrap();
-        line_starting(&mut r, "ERR bad-token ");
-    }
-    let st = s.stats_until("two refusals", |st| st["chat"]["auth_failures"] == 2);
+    let (s, chat, mut r, st) = chat_after_two_bad_tokens();
     assert_eq!(
         service(&st, "chat")["refused_auth"],
         0,
