@@ -35,62 +35,16 @@ done
 rm -rf "$D"
 mkdir -p "$D/tmp"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=tls-callgrind CA" -keyout "$D/ca.key" -out "$D/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-  -subj /CN=localhost -keyout "$D/key.pem" -out "$D/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$D/san.ext"
-openssl x509 -req -in "$D/server.csr" -CA "$D/ca.pem" -CAkey "$D/ca.key" \
-  -CAcreateserial -days 2 -extfile "$D/san.ext" -out "$D/cert.pem" 2>/dev/null
-
-nginx_conf() { # PORT -> the config file
-  cat >"$D/nginx-$1.conf" <<EOF
-master_process off;
-worker_processes 1;
-daemon off;
-pid $D/nginx-$1.pid;
-error_log $D/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $D/tmp/body;
-    proxy_temp_path $D/tmp/proxy;
-    fastcgi_temp_path $D/tmp/fastcgi;
-    uwsgi_temp_path $D/tmp/uwsgi;
-    scgi_temp_path $D/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$1 ssl;
-        ssl_certificate $D/cert.pem;
-        ssl_certificate_key $D/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            default_type text/plain;
-            return 200 "Hello from Multi-threaded Flask Server!";
-        }
-    }
-}
-EOF
-  echo "$D/nginx-$1.conf"
-}
+make_tls_pki "$D" "tls-callgrind CA"
 
 server_cmd() { # WHO PORT
   if [ "$1" = nginx ]; then
-    echo "nginx -p $D -e $D/error.log -c $(nginx_conf "$2")"
+    echo "nginx -p $D -e $D/error.log -c $(nginx_https_conf "$D" "$2" 'master_process off;
+worker_processes 1;
+events { worker_connections 1024; }')"
   else
     echo "$B serve -q --service http=127.0.0.1:$2,tls --tls-cert $D/cert.pem --tls-key $D/key.pem --model async --workers 1 --admin off"
   fi
-}
-
-# Waits up to 120 s for a port (a server under valgrind starts slowly).
-wait_slow() {
-  _i=0
-  until python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),1)" 2>/dev/null; do
-    _i=$((_i + 1))
-    [ "$_i" -lt 1200 ] || { echo "nothing listening on $1" >&2; return 1; }
-    sleep 0.1
-  done
 }
 
 load() { # REQUESTS PORT OUT
@@ -113,7 +67,7 @@ instructions() { # WHO REQUESTS -> total instructions of the server
   valgrind --tool=callgrind --trace-children=no --callgrind-out-file="$D/cg.$1.$2" \
     $(server_cmd "$1" "$port") >"$D/valgrind.$1.$2.log" 2>&1 &
   pid=$!
-  wait_slow "$port"
+  wait_port "$port" 1200 # a server under valgrind starts slowly
   load "$2" "$port" "$D/bench.cg.$1.$2"
   stop "$1" "$pid"
   sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$D/cg.$1.$2"

@@ -34,49 +34,16 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)"; exit 1; }
 rm -rf "$D"
 mkdir -p "$D/tmp"
 
-# A CA and a server certificate it signed (as .ci/tls.sh makes them: rustls refuses a
-# self-signed CA certificate as a server's own).
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-  -subj "/CN=tls-vs-nginx CA" -keyout "$D/ca.key" -out "$D/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-  -subj /CN=localhost -keyout "$D/key.pem" -out "$D/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$D/san.ext"
-openssl x509 -req -in "$D/server.csr" -CA "$D/ca.pem" -CAkey "$D/ca.key" \
-  -CAcreateserial -days 2 -extfile "$D/san.ext" -out "$D/cert.pem" 2>/dev/null
+make_tls_pki "$D" "tls-vs-nginx CA"
 
 nport=$(free_port)
-cat >"$D/nginx.conf" <<EOF
-worker_processes 2;
+nconf=$(nginx_https_conf "$D" "$nport" 'worker_processes 2;
 worker_rlimit_nofile 19000;
-daemon off;
-pid $D/nginx.pid;
-error_log $D/error.log warn;
-events { worker_connections 20000; }
-http {
-    access_log off;
-    client_body_temp_path $D/tmp/body;
-    proxy_temp_path $D/tmp/proxy;
-    fastcgi_temp_path $D/tmp/fastcgi;
-    uwsgi_temp_path $D/tmp/uwsgi;
-    scgi_temp_path $D/tmp/scgi;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$nport ssl;
-        ssl_certificate $D/cert.pem;
-        ssl_certificate_key $D/key.pem;
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            default_type text/plain;
-            return 200 "Hello from Multi-threaded Flask Server!";
-        }
-    }
-}
-EOF
+events { worker_connections 20000; }')
 npid=; opid=
 trap 'kill $npid $opid 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 start() {
-  nginx -p "$D" -e "$D/error.log" -c "$D/nginx.conf" &
+  nginx -p "$D" -e "$D/error.log" -c "$nconf" &
   npid=$!
   RUST_LOG=warn "$B" serve --service "http=127.0.0.1:$oport,tls" --tls-cert "$D/cert.pem" \
     --tls-key "$D/key.pem" --model async --workers 2 --admin off 2>>"$D/ours.log" &
