@@ -262,12 +262,7 @@ pub fn run_hold(cfg: &HoldConfig) -> anyhow::Result<HoldReport> {
     let c = &counts;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let established = g(&c.established);
-    let kib_per_conn = match (before, held) {
-        (Some(b), Some(h)) if at_sample > 0 => {
-            Some((h.rss_kib as f64 - b.rss_kib as f64) / at_sample as f64)
-        }
-        _ => None,
-    };
+    let kib_per_conn = kib_per_conn(before.as_ref(), held.as_ref(), at_sample);
     Ok(HoldReport {
         conns: cfg.conns,
         established,
@@ -336,12 +331,7 @@ pub fn run_hold_fanout(cfg: &HoldConfig, procs: usize) -> anyhow::Result<HoldRep
     }
     copies.finish()?;
     let sum = |f: fn(&HoldReport) -> u64| reports.iter().map(f).sum::<u64>();
-    let kib_per_conn = match (before, held) {
-        (Some(b), Some(h)) if at_sample > 0 => {
-            Some((h.rss_kib as f64 - b.rss_kib as f64) / at_sample as f64)
-        }
-        _ => None,
-    };
+    let kib_per_conn = kib_per_conn(before.as_ref(), held.as_ref(), at_sample);
     Ok(HoldReport {
         conns: cfg.conns,
         established: sum(|r| r.established),
@@ -420,4 +410,19 @@ async fn read_reply(
         buf.extend_from_slice(&chunk[..n]);
     }
     workload::check_reply(buf, want)
+}
+
+/// The server's resident growth per connection held at the sample, in KiB, when both
+/// samples were taken.
+fn kib_per_conn(
+    before: Option<&proc::Sample>,
+    held: Option<&proc::Sample>,
+    at_sample: u64,
+) -> Option<f64> {
+    match (before, held) {
+        (Some(b), Some(h)) if at_sample > 0 => {
+            Some((h.rss_kib as f64 - b.rss_kib as f64) / at_sample as f64)
+        }
+        _ => None,
+    }
 }
