@@ -705,17 +705,8 @@ fn a_chat_connection_closed_after_three_bad_tokens_is_refused_for_auth() {
 /// A self-signed certificate for localhost written as PEM files under the tests'
 /// directory; returns the files and the certificate a client trusts.
 fn pki(name: &str) -> (TlsFiles, CertificateDer<'static>) {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("admin-tls-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let files = TlsFiles {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    };
-    std::fs::write(&files.cert, key.cert.pem()).unwrap();
-    std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
-    (files, key.cert.der().clone())
+    let (_, files, cert) = common::self_signed_pem(&format!("admin-tls-{name}"));
+    (files, cert)
 }
 
 /// A client configuration trusting `cert`, with rustls's session cache (so a second

@@ -293,16 +293,7 @@ struct Pki {
 
 impl Pki {
     fn new(name: &str) -> Pki {
-        let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("bench-tls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let files = TlsFiles {
-            cert: dir.join("cert.pem"),
-            key: dir.join("key.pem"),
-        };
-        std::fs::write(&files.cert, key.cert.pem()).unwrap();
-        std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
+        let (dir, files, _) = common::self_signed_pem(&format!("bench-tls-{name}"));
         Pki { dir, files }
     }
 

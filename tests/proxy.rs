@@ -246,24 +246,15 @@ fn no_header_within_the_header_timeout_is_closed_under_every_model() {
 
 #[test]
 fn the_header_comes_before_tls_on_a_proxy_tls_listener() {
-    use multiclient::serve::tls::{CertStore, TlsFiles, TlsListen};
+    use multiclient::serve::tls::{CertStore, TlsListen};
     use rustls::pki_types::ServerName;
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("proxy-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let files = TlsFiles {
-        cert: dir.join("cert.pem"),
-        key: dir.join("key.pem"),
-    };
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(&files.cert, key.cert.pem()).unwrap();
-    std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
+    let (dir, files, cert) = common::self_signed_pem("proxy-tls");
     let tls = TlsListen {
         store: CertStore::load(files).unwrap(),
         handshake_timeout: Duration::from_secs(10),
     };
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(key.cert.der().clone()).unwrap();
+    roots.add(cert).unwrap();
     let client = Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),

@@ -214,3 +214,27 @@ impl Drop for Child_ {
         }
     }
 }
+
+/// A self-signed certificate for `localhost`, written as PEM files in a fresh directory
+/// `<name>-<pid>` under the tests' target directory: the directory (the caller removes
+/// it if it wants), the files a `,tls` listener loads, and the certificate a client
+/// trusts.
+pub fn self_signed_pem(
+    name: &str,
+) -> (
+    std::path::PathBuf,
+    multiclient::serve::tls::TlsFiles,
+    rustls::pki_types::CertificateDer<'static>,
+) {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let files = multiclient::serve::tls::TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    std::fs::write(&files.cert, key.cert.pem()).unwrap();
+    std::fs::write(&files.key, key.signing_key.serialize_pem()).unwrap();
+    (dir, files, key.cert.der().clone())
+}
