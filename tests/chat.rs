@@ -513,6 +513,41 @@ fn a_connection_is_in_at_most_max_rooms_per_conn(model: Model) {
     a.join(&format!("r{max}"));
 }
 
+/// Clients that each pipeline a `JOIN`, many `SAY`s and a `WHO` in one write, then the
+/// server shuts down: every command already sent is answered, in order, before the
+/// goodbye (the `SAY`s in flight and the commands queued behind them alike).
+fn a_shutdown_answers_every_command_already_sent(model: Model) {
+    // Fewer than the pool's workers: each client holds one while connected.
+    const CLIENTS: usize = 12;
+    const SAYS: usize = 100;
+    let mut srv = start(model);
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| Client::connect(srv.addr())).collect();
+    let mut wants = Vec::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let n = c.nick.clone();
+        let mut batch = format!("JOIN s{i}\n");
+        let mut want = vec![format!("OK JOIN s{i}")];
+        for k in 0..SAYS {
+            batch.push_str(&format!("SAY s{i} m{k}\n"));
+            want.push(format!("MSG s{i} - {n} m{k}"));
+        }
+        batch.push_str(&format!("WHO s{i}\n"));
+        want.push(format!("WHO s{i} {n}"));
+        want.push("ERR server shutting down".into());
+        c.w.write_all(batch.as_bytes()).unwrap();
+        wants.push(want);
+    }
+    let server = srv.server.take().unwrap();
+    server.drain().start();
+    for (i, (c, want)) in clients.iter_mut().zip(&wants).enumerate() {
+        let got = without_ids(&rest_of(c));
+        assert_eq!(got.len(), want.len(), "client {i}: {got:?}");
+        assert_eq!(&got, want, "client {i}");
+    }
+    drop(clients);
+    assert_eq!(server.wait(), 0, "nobody was cut off");
+}
+
 macro_rules! every_model {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -541,6 +576,7 @@ every_model!(
     quiet_member_outlives_the_idle_timeout,
     the_author_gets_every_own_msg_in_command_order_before_quit_or_close,
     a_connection_is_in_at_most_max_rooms_per_conn,
+    a_shutdown_answers_every_command_already_sent,
 );
 
 #[test]

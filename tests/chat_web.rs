@@ -372,6 +372,55 @@ fn busy_is_1013_and_shutdown_1001(model: Model) {
     assert_eq!(server.wait(), 0, "nobody was cut off");
 }
 
+/// Members that each send a `join`, many `say`s and a `who`, then the server shuts
+/// down: every message already sent is answered, in order, then the close is 1001.
+fn shutdown_answers_every_message_already_sent(model: Model) {
+    const MEMBERS: usize = 4;
+    const SAYS: usize = 100;
+    let mut srv = start(model);
+    let mut webs: Vec<Web> = (0..MEMBERS)
+        .map(|i| Web::connect(srv.http.addr, &format!("w{i}")))
+        .collect();
+    // Each member's frames go in one write: frames written one by one could wait in
+    // the client's own kernel (Nagle) when the shutdown begins, never sent.
+    for (i, w) in webs.iter_mut().enumerate() {
+        let room = format!("s{i}");
+        let mut frames = vec![json!({"type": "join", "room": room})];
+        frames.extend(
+            (0..SAYS).map(|k| json!({"type": "say", "room": room, "text": format!("m{k}")})),
+        );
+        frames.push(json!({"type": "who", "room": room}));
+        for f in frames {
+            w.ws.write(Message::text(f.to_string())).unwrap();
+        }
+        w.ws.flush().unwrap();
+    }
+    let server = srv.server.take().unwrap();
+    server.drain().start();
+    for (i, w) in webs.iter_mut().enumerate() {
+        let room = format!("s{i}");
+        let mut got = Vec::new();
+        let code = loop {
+            match w.ws.read() {
+                Ok(Message::Text(t)) => got.push(serde_json::from_str::<Value>(&t).unwrap()),
+                Ok(Message::Close(Some(f))) => break u16::from(f.code),
+                Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                other => panic!("{}: unexpected {other:?}", w.nick),
+            }
+        };
+        assert_eq!(code, 1001, "{}", w.nick);
+        assert_eq!(got.len(), SAYS + 2, "{}: {got:?}", w.nick);
+        assert_eq!(got[0], json!({"type": "ok", "cmd": "join", "room": room}));
+        for (k, m) in got[1..=SAYS].iter().enumerate() {
+            assert_eq!(m["type"], "msg", "{m}");
+            assert_eq!(m["text"], format!("m{k}"), "{m}");
+        }
+        assert_eq!(got[SAYS + 1]["type"], "who", "{}", got[SAYS + 1]);
+    }
+    drop(webs);
+    assert_eq!(server.wait(), 0, "nobody was cut off");
+}
+
 /// A raw HTTP exchange: the status and body of the answer.
 fn post(addr: SocketAddr, path: &str, auth: Option<&str>, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -698,6 +747,7 @@ macro_rules! under_models {
         mod page_under { use super::*; $(#[test] fn $name() { page_is_served($model) })* }
         mod rate_under { use super::*; $(#[test] fn $name() { web_members_are_rate_limited($model) })* }
         mod own_msg_under { use super::*; $(#[test] fn $name() { web_say_is_answered_before_quit($model) })* }
+        mod shutdown_under { use super::*; $(#[test] fn $name() { shutdown_answers_every_message_already_sent($model) })* }
     };
 }
 

@@ -160,6 +160,7 @@ impl Service for Chat {
             max_line: self.max_line,
             skipping: false,
             eof: false,
+            farewell: None,
         }
     }
 }
@@ -394,14 +395,22 @@ pub struct ChatSession {
     skipping: bool,
     /// The client has closed its side: close once every command it sent is answered.
     eof: bool,
+    /// The model's shutdown goodbye, held until every command read is answered (see
+    /// [`Session::goodbye`]).
+    farewell: Option<Goodbye>,
 }
 
 impl ChatSession {
     /// After the client's EOF, the connection closes as soon as no answer is awaited:
     /// commands sent just before the EOF (a `WHO` answered through Redis, then
-    /// `QUIT`) still get their replies.
-    fn close_if_done(&self, cx: &mut Cx<'_, ChatEvent>) {
-        if self.eof && !self.member.is_waiting() {
+    /// `QUIT`) still get their replies. A shutdown goodbye held back is said then.
+    fn close_if_done(&mut self, cx: &mut Cx<'_, ChatEvent>) {
+        if self.member.is_waiting() || cx.is_closing() {
+            return;
+        }
+        if let Some(why) = self.farewell.take() {
+            line_goodbye(why, cx);
+        } else if self.eof {
             cx.close();
         }
     }
@@ -435,6 +444,11 @@ impl Session for ChatSession {
     }
 
     fn read(&mut self, input: &[u8], cx: &mut Cx<'_, ChatEvent>) -> usize {
+        if self.farewell.is_some() {
+            // Sent after the shutdown began: not taken in, and the goodbye that
+            // follows the answers owed says why.
+            return input.len();
+        }
         // Never hold more than the model will keep for us: a line longer than that is
         // too long whatever `--max-line` says.
         let limit = cx.input_limit().saturating_sub(2).max(1);
@@ -504,7 +518,14 @@ impl Session for ChatSession {
         self.close_if_done(cx);
     }
 
+    /// A shutdown waits for the answers still owed to the commands read (the `SAY`s
+    /// in flight and the commands queued behind them): they come first, then the
+    /// goodbye. The model bounds that wait (its goodbye grace, `--shutdown-timeout`).
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, ChatEvent>) {
+        if why == Goodbye::Shutdown && self.member.is_waiting() {
+            self.farewell = Some(why);
+            return;
+        }
         if why.is_refusal() {
             // A refused client is told only that. The model's engine never opens a
             // refused session; a driver that did (`Harness`) has its welcome, not yet

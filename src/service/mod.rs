@@ -128,9 +128,10 @@ pub trait Session: Send + 'static {
     }
 
     /// The model ends the connection for `why`; the session writes its protocol's
-    /// farewell. The default closes without a word. After a goodbye the session gets
-    /// no more input; it may still finish a protocol exchange (a WebSocket handshake
-    /// before its close frame, say) if it does not close at once.
+    /// farewell. The default closes without a word. After a goodbye the engine drops
+    /// the input not yet consumed; a session that does not close at once may still
+    /// finish what it owes (a WebSocket's close handshake, the answers a chat member
+    /// awaits for commands it read before a shutdown), bounded by the model's grace.
     fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, Self::Event>) {
         let _ = why;
         cx.close();

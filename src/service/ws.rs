@@ -34,6 +34,8 @@ use super::{log_received, Cx, Goodbye};
 
 /// The seed's reply prefix.
 pub const PREFIX: &str = "Server received: ";
+/// The reason of the shutdown's close (1001).
+const SHUTDOWN: &str = "server shutting down";
 
 /// WebSocket settings, shared by every connection of a listener.
 #[derive(Debug, Clone)]
@@ -89,6 +91,12 @@ pub trait Handler: Send + 'static {
     /// The deadline returned by [`Handler::deadline`] has passed.
     fn timeout(&mut self, ws: &mut WsCx<'_, '_, '_, Self::Event>) {
         let _ = ws;
+    }
+
+    /// Whether answers are still owed to messages already received (a chat member
+    /// waiting for its own messages to come back): a shutdown's close waits for them.
+    fn owes_answers(&self) -> bool {
+        false
     }
 }
 
@@ -241,6 +249,8 @@ pub struct WsConn<H: Handler> {
     /// assembled (within a read chunk), charged to the server's buffer budget.
     unfinished: usize,
     held: crate::base::Held,
+    /// A shutdown's close held back until the handler owes no answer.
+    farewell: bool,
 }
 
 impl<H: Handler> WsConn<H> {
@@ -261,6 +271,7 @@ impl<H: Handler> WsConn<H> {
             pinged: None,
             unfinished: 0,
             held: crate::base::Held::new(),
+            farewell: false,
         }
     }
 
@@ -301,6 +312,9 @@ impl<H: Handler> WsConn<H> {
                 self.unfinished = 0;
             }
             match r {
+                // Sent after the shutdown began: not taken in; the close that follows
+                // the answers owed says why.
+                Ok(Message::Text(_) | Message::Binary(_)) if self.farewell => {}
                 Ok(msg @ (Message::Text(_) | Message::Binary(_))) => {
                     let mut wcx = WsCx {
                         ws: &mut self.ws,
@@ -357,6 +371,17 @@ impl<H: Handler> WsConn<H> {
             cx,
         };
         self.handler.event(ev, &mut wcx);
+        self.farewell_if_done(cx);
+    }
+
+    /// Says the shutdown's close held back, once the handler owes no answer.
+    fn farewell_if_done(&mut self, cx: &mut Cx<'_, H::Event>) {
+        if self.farewell && !self.handler.owes_answers() {
+            self.farewell = false;
+            if !cx.is_closing() {
+                start_close(&mut self.ws, cx, CloseCode::Away, SHUTDOWN);
+            }
+        }
     }
 
     /// When the ping timer or the handler's timer next fires.
@@ -381,6 +406,7 @@ impl<H: Handler> WsConn<H> {
                 cx,
             };
             self.handler.timeout(&mut wcx);
+            self.farewell_if_done(cx);
         }
         match self.pinged {
             Some(t) if now >= t + self.opts.ping_timeout => {
@@ -410,10 +436,16 @@ impl<H: Handler> WsConn<H> {
     /// the client's close reply (bounded by the model's grace); the others close TCP
     /// once the frame is sent.
     pub fn goodbye(&mut self, why: Goodbye, cx: &mut Cx<'_, H::Event>) {
+        if why == Goodbye::Shutdown && self.handler.owes_answers() {
+            // The answers owed to messages received come first (bounded by the same
+            // grace).
+            self.farewell = true;
+            return;
+        }
         let (code, reason) = match why {
             Goodbye::Busy => (CloseCode::Again, "server busy"),
             Goodbye::Idle => (CloseCode::Away, "idle timeout"),
-            Goodbye::Shutdown => (CloseCode::Away, "server shutting down"),
+            Goodbye::Shutdown => (CloseCode::Away, SHUTDOWN),
             Goodbye::SlowConsumer => (CloseCode::Policy, "slow consumer"),
             Goodbye::TooManyFromAddress => {
                 (CloseCode::Again, "too many connections from your address")

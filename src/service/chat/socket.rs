@@ -174,4 +174,8 @@ impl Handler for ChatSocket {
     fn timeout(&mut self, ws: &mut WsCx<'_, '_, '_, ChatEvent>) {
         self.member.timeout(&mut JsonOut(ws));
     }
+
+    fn owes_answers(&self) -> bool {
+        self.member.is_waiting()
+    }
 }

@@ -251,6 +251,13 @@ impl Handler for WebSocketApp {
             c.timeout(ws);
         }
     }
+
+    fn owes_answers(&self) -> bool {
+        match self {
+            WebSocketApp::Echo(_) => false,
+            WebSocketApp::Chat(c) => c.owes_answers(),
+        }
+    }
 }
 
 impl App for ChatWeb {
