@@ -40,7 +40,7 @@ impl<S: Session, L: Host> Conn<S, L> {
     /// the session's own timer; `None` on most connections most of the time. With
     /// [`Conn::idle_deadline`] it makes [`Conn::next_deadline`].
     pub(crate) fn precise_deadline(&self) -> Option<Instant> {
-        let t = self.timers.next_of(&Timer::PRECISE, self.opened);
+        let t = self.timers.next_precise(self.opened);
         if self.phase != Phase::Open {
             return t;
         }

@@ -24,19 +24,11 @@ pub(crate) enum Timer {
     /// Output made by events is held until the coalescing window ends.
     Coalesce = 4,
 }
+// Every timer but `Idle` is "precise" (see `TimerTable::next_precise`): the ones a
+// connection rarely has, which a model may keep a timer of its own for (the idle check
+// can come from a shared sweep). `Idle` is slot 0, so they are the slots after it.
 
 const COUNT: usize = 5;
-
-impl Timer {
-    /// Every timer but [`Timer::Idle`]: the ones a connection rarely has, which a model
-    /// may keep a timer of its own for (the idle check can come from a shared sweep).
-    pub(crate) const PRECISE: [Timer; 4] = [
-        Timer::WriteStall,
-        Timer::Goodbye,
-        Timer::Linger,
-        Timer::Coalesce,
-    ];
-}
 
 /// When each [`Timer`] is due (see the module documentation).
 #[derive(Debug, Clone, Default)]
@@ -50,7 +42,7 @@ impl TimerTable {
             .saturating_duration_since(base)
             .as_nanos()
             .div_ceil(1_000_000);
-        self.0[timer as usize] = u32::try_from(ms).unwrap_or(u32::MAX - 1) + 1;
+        self.0[timer as usize] = u32::try_from(ms).map_or(u32::MAX, |ms| ms.saturating_add(1));
     }
 
     /// Disarms `timer`.
@@ -80,15 +72,16 @@ impl TimerTable {
         self.get(timer, base).is_some_and(|t| now >= t)
     }
 
-    /// The earliest of `timers` that is armed.
+    /// The earliest armed timer but [`Timer::Idle`]: the precise ones.
+    ///
+    /// Checked on every wake-up of every connection, so with no branch per timer: an
+    /// unarmed slot (0) wraps to `u32::MAX` when one is taken off, past any armed one
+    /// (at most `u32::MAX - 1` after it).
     #[inline]
-    pub(crate) fn next_of(&self, timers: &[Timer], base: Instant) -> Option<Instant> {
-        let min = timers
-            .iter()
-            .map(|&t| self.0[t as usize])
-            .filter(|&v| v != 0)
-            .min()?;
-        Some(base + Duration::from_millis(u64::from(min - 1)))
+    pub(crate) fn next_precise(&self, base: Instant) -> Option<Instant> {
+        let [_idle, rest @ ..] = &self.0;
+        let min = rest.iter().fold(u32::MAX, |m, &v| m.min(v.wrapping_sub(1)));
+        (min != u32::MAX).then(|| base + Duration::from_millis(u64::from(min)))
     }
 }
 
@@ -100,21 +93,18 @@ mod tests {
     fn the_next_deadline_is_the_earliest_armed_timer() {
         let base = Instant::now();
         let mut t = TimerTable::default();
-        assert_eq!(t.next_of(&Timer::PRECISE, base), None);
+        assert_eq!(t.next_precise(base), None);
         t.set(Timer::Linger, base + Duration::from_secs(2), base);
         t.set(Timer::WriteStall, base + Duration::from_secs(30), base);
         t.set(Timer::Idle, base + Duration::from_secs(1), base);
         assert_eq!(
-            t.next_of(&Timer::PRECISE, base),
+            t.next_precise(base),
             Some(base + Duration::from_secs(2)),
             "the idle check is not a precise timer"
         );
         t.stop(Timer::Linger);
         assert!(!t.is_set(Timer::Linger));
-        assert_eq!(
-            t.next_of(&Timer::PRECISE, base),
-            Some(base + Duration::from_secs(30))
-        );
+        assert_eq!(t.next_precise(base), Some(base + Duration::from_secs(30)));
         assert!(t.expired(Timer::Idle, base + Duration::from_secs(1), base));
         assert!(!t.expired(Timer::Idle, base + Duration::from_millis(999), base));
     }
@@ -141,5 +131,18 @@ mod tests {
             base,
         );
         assert!(t.get(Timer::Goodbye, base).unwrap() > base + Duration::from_secs(49 * 86_400));
+        // Exactly `u32::MAX` ms after opening: kept at the far end too, not wrapped to
+        // "unarmed" (nor an overflow).
+        let far = base + Duration::from_millis(u64::from(u32::MAX - 1));
+        t.set(
+            Timer::Linger,
+            base + Duration::from_millis(u64::from(u32::MAX)),
+            base,
+        );
+        assert_eq!(t.get(Timer::Linger, base), Some(far));
+        assert_eq!(t.next_precise(base), Some(far));
+        t.stop(Timer::Goodbye);
+        t.stop(Timer::Linger);
+        assert_eq!(t.next_precise(base), None);
     }
 }
