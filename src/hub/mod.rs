@@ -468,6 +468,12 @@ impl Hub {
         self.config.max_rooms_per_conn
     }
 
+    /// The largest room whose members are told of each `JOIN` and `PART`
+    /// (`--presence-limit`).
+    pub fn presence_limit(&self) -> usize {
+        self.config.presence_limit
+    }
+
     /// Bytes of history kept by all rooms in this process (as [`Publication::cost`]
     /// counts them; none with `--redis`, where the history lives in Redis).
     pub fn history_held(&self) -> usize {

@@ -4,7 +4,9 @@
 // reaches both, a page joining later sees the room's history (once, each message with
 // the time it was said) then live messages with their time, and a page whose socket
 // dropped shows it is reconnecting, gets what was said meanwhile through its rejoin
-// with "after", and shows it is back. No request of any page may fail (the favicon
+// with "after", and shows it is back. On a second server with `--presence-limit 2`, a
+// page in a room grown past the limit (no join object comes) still lists the newcomer
+// within its member list's refresh, and says the list is refreshed. No request of any page may fail (the favicon
 // included) and no console error may appear.
 // Screenshots at desktop and phone sizes go to target/. Exits non-zero on any failure.
 //
@@ -115,6 +117,24 @@ async function main() {
   checkPng(shotA);
   checkPng(shotB);
   checkPng(shotPhone);
+
+  // Past the presence limit no join object comes: the member list is asked for again.
+  const small = await startServer(bin, [
+    '--service', 'http=127.0.0.1:0', '--service', 'chat=127.0.0.1:0', '--presence-limit', '2',
+  ], {}, 'server (presence limit 2)');
+  const base2 = `http://127.0.0.1:${small.ports.http}`;
+  const dan = await openChatPage(context, base2, 'dan');
+  const eve = await openChatPage(context, base2, 'eve');
+  await dan.locator('#members li', { hasText: 'eve' }).waitFor({ timeout: STEP });
+  check(await dan.locator('#log li.event', { hasText: 'eve joined' }).count() === 1, 'within the limit, dan is told eve joined');
+  const fay = await openChatPage(context, base2, 'fay');
+  await fay.locator('#members li', { hasText: 'dan' }).waitFor({ timeout: STEP });
+  await dan.locator('#members li', { hasText: 'fay' }).waitFor({ timeout: STEP + 10_000 });
+  check(await dan.locator('#log li.event', { hasText: 'fay joined' }).count() === 0,
+    'past the limit no join is told, yet dan lists fay after the refresh');
+  const title = await dan.textContent('#members-title');
+  check(/Members \(3, updated every \d+ s\)/.test(title), `the member list says it is refreshed (${title})`);
+  await Promise.all([dan.close(), eve.close(), fay.close()]);
 }
 
 await run('chat page in headless Chromium', 120_000, main);

@@ -164,10 +164,13 @@ impl Incoming<'_> {
 const BAD_AFTER: ParseError = perr("bad-args", "\"after\" takes a message id");
 const BAD_COUNT: ParseError = perr("bad-args", "\"n\" takes a count");
 
-/// `{"type":"welcome","nick":...}`: the first frame, with the guest nick; with
-/// `"auth":true` when a token must come first (the page then asks for one).
-pub fn welcome(nick: &str, auth: bool) -> String {
-    let mut v = serde_json::json!({"type": "welcome", "nick": nick});
+/// `{"type":"welcome","nick":...,"presence_limit":...}`: the first frame, with the
+/// guest nick and `--presence-limit` (rooms larger than that get no `join` and `part`
+/// objects, so the page asks `who` again now and then); with `"auth":true` when a
+/// token must come first (the page then asks for one).
+pub fn welcome(nick: &str, auth: bool, presence_limit: usize) -> String {
+    let mut v =
+        serde_json::json!({"type": "welcome", "nick": nick, "presence_limit": presence_limit});
     if auth {
         v["auth"] = true.into();
     }
@@ -317,12 +320,12 @@ mod tests {
     fn outgoing_objects_are_the_documented_shapes() {
         let v = |s: String| serde_json::from_str::<Value>(&s).unwrap();
         assert_eq!(
-            v(welcome("guest-1", false)),
-            serde_json::json!({"type":"welcome","nick":"guest-1"})
+            v(welcome("guest-1", false, 100)),
+            serde_json::json!({"type":"welcome","nick":"guest-1","presence_limit":100})
         );
         assert_eq!(
-            v(welcome("guest-1", true)),
-            serde_json::json!({"type":"welcome","nick":"guest-1","auth":true})
+            v(welcome("guest-1", true, 7)),
+            serde_json::json!({"type":"welcome","nick":"guest-1","auth":true,"presence_limit":7})
         );
         assert_eq!(
             v(ok("auth", None, Some("ann"))),

@@ -90,6 +90,9 @@ pub enum Reply<'a> {
         nick: &'a str,
         /// Whether the chat requires a token.
         auth: bool,
+        /// The largest room whose members are told of joins and parts: a client
+        /// showing a larger room's members asks `WHO` again now and then.
+        presence_limit: usize,
     },
     /// A command succeeded.
     Ok(Done<'a>),
@@ -248,6 +251,7 @@ impl<D: Decoder> Member<D> {
                 out.reply(Reply::Welcome {
                     nick: &nick,
                     auth: self.s.auth.is_some(),
+                    presence_limit: self.s.hub.presence_limit(),
                 });
                 self.s.me = Some(Me { id, nick, tx });
                 if let Some(token) = self.s.auth.as_mut().and_then(|a| a.on_open.take()) {

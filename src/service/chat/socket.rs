@@ -74,7 +74,11 @@ impl Encoder for JsonOut<'_, '_, '_, '_> {
 
     fn reply(&mut self, reply: Reply<'_>) {
         let s = match reply {
-            Reply::Welcome { nick, auth } => json::welcome(nick, auth),
+            Reply::Welcome {
+                nick,
+                auth,
+                presence_limit,
+            } => json::welcome(nick, auth, presence_limit),
             Reply::Ok(Done::Nick(nick)) => json::ok("nick", None, Some(nick)),
             Reply::Ok(Done::Join(room)) => json::ok("join", Some(room), None),
             Reply::Ok(Done::Part(room)) => json::ok("part", Some(room), None),

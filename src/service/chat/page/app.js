@@ -11,10 +11,14 @@
 // reconnection (`?token=` on the upgrade: browsers cannot set WebSocket headers); the
 // nick is then the token's, so the nick form is hidden. A refused or expired token is
 // forgotten and asked for again.
+// A room of more members than the server's presence limit (its welcome's
+// "presence_limit") gets no join and part objects, so the shown room's member list is
+// asked for again every WHO_REFRESH_MS there, and its title says so.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
 const MAX_LOG = 500; // lines kept per room
+const WHO_REFRESH_MS = 10_000; // how often a large room's member list is asked for
 
 let ws = null;
 let me = null; // our nick, as the server knows it
@@ -26,6 +30,7 @@ let backUntil = 0; // "back online" is shown until this time (ms), then plain "o
 const TOKEN_KEY = 'multiclient-chat-token';
 let token = sessionStorage.getItem(TOKEN_KEY); // the token presented on (re)connection
 let authOn = false; // the server requires a token
+let presenceLimit = Infinity; // larger rooms get no join and part objects
 
 function online() {
   const back = Date.now() < backUntil;
@@ -106,6 +111,7 @@ function handle(m) {
     case 'welcome':
       me = m.nick;
       backoff = 500;
+      presenceLimit = Number.isInteger(m.presence_limit) ? m.presence_limit : Infinity;
       if (dropped !== null) backUntil = Date.now() + 10_000;
       authOn = m.auth === true;
       $('nick-form').hidden = authOn;
@@ -212,8 +218,20 @@ function askToken(why) {
 function select(name) {
   current = name;
   if (name !== null) room(name).unread = 0;
+  if (name !== null && large(room(name))) send({ type: 'who', room: name });
   render();
 }
+
+/** Whether joins and parts in `r` may go untold: its member list is then a snapshot. */
+function large(r) {
+  return r.joined && r.members.size >= presenceLimit;
+}
+
+// The shown large room's member list, asked for again now and then.
+setInterval(() => {
+  const r = current === null ? null : rooms.get(current);
+  if (r && large(r)) send({ type: 'who', room: current });
+}, WHO_REFRESH_MS);
 
 function li(text, cls) {
   const e = document.createElement('li');
@@ -246,6 +264,9 @@ function render() {
   }
   const r = current === null ? null : rooms.get(current);
   const members = $('members');
+  $('members-title').textContent = r && large(r)
+    ? `Members (${r.members.size}, updated every ${WHO_REFRESH_MS / 1000} s)`
+    : 'Members';
   members.replaceChildren(...(r ? [...r.members].sort().map((n) => li(n, n === me ? 'me' : '')) : []));
   const logEl = $('log');
   const atEnd = logEl.scrollTop + logEl.clientHeight >= logEl.scrollHeight - 4;
