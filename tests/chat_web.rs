@@ -372,50 +372,92 @@ fn busy_is_1013_and_shutdown_1001(model: Model) {
     assert_eq!(server.wait(), 0, "nobody was cut off");
 }
 
+/// How many `SAY`s each client pipelines before a shutdown.
+const SAYS_AT_SHUTDOWN: usize = 100;
+
+/// Sends `join`, [`SAYS_AT_SHUTDOWN`] `say`s and `who` for `room` in one write: frames
+/// written one by one could wait in the client's own kernel (Nagle) when the shutdown
+/// begins, never sent.
+fn web_pipeline(w: &mut Web, room: &str) {
+    let mut frames = vec![json!({"type": "join", "room": room})];
+    frames.extend(
+        (0..SAYS_AT_SHUTDOWN)
+            .map(|k| json!({"type": "say", "room": room, "text": format!("m{k}")})),
+    );
+    frames.push(json!({"type": "who", "room": room}));
+    for f in frames {
+        w.ws.write(Message::text(f.to_string())).unwrap();
+    }
+    w.ws.flush().unwrap();
+}
+
+/// What [`web_pipeline`] must get after a shutdown: every answer in order, then 1001.
+fn web_answered_then_closed(w: &mut Web, room: &str) {
+    let mut got = Vec::new();
+    let code = loop {
+        match w.ws.read() {
+            Ok(Message::Text(t)) => got.push(serde_json::from_str::<Value>(&t).unwrap()),
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            other => panic!("{}: unexpected {other:?}", w.nick),
+        }
+    };
+    assert_eq!(code, 1001, "{}", w.nick);
+    assert_eq!(got.len(), SAYS_AT_SHUTDOWN + 2, "{}: {got:?}", w.nick);
+    assert_eq!(got[0], json!({"type": "ok", "cmd": "join", "room": room}));
+    for (k, m) in got[1..=SAYS_AT_SHUTDOWN].iter().enumerate() {
+        assert_eq!(m["type"], "msg", "{m}");
+        assert_eq!(m["text"], format!("m{k}"), "{m}");
+    }
+    let who = &got[SAYS_AT_SHUTDOWN + 1];
+    assert_eq!(who["type"], "who", "{who}");
+}
+
+/// The line protocol's [`web_pipeline`], with its check: `tcp`'s answers in order,
+/// then the goodbye and the close.
+fn line_pipeline(tcp: &mut Tcp, room: &str) {
+    let mut batch = format!("JOIN {room}\n");
+    for k in 0..SAYS_AT_SHUTDOWN {
+        batch.push_str(&format!("SAY {room} m{k}\n"));
+    }
+    batch.push_str(&format!("WHO {room}\n"));
+    tcp.w.write_all(batch.as_bytes()).unwrap();
+}
+
+fn line_answered_then_closed(tcp: &mut Tcp, room: &str) {
+    let mut rest = String::new();
+    tcp.r.read_to_string(&mut rest).unwrap();
+    let got: Vec<&str> = rest.lines().collect();
+    assert_eq!(got.len(), SAYS_AT_SHUTDOWN + 3, "{}: {got:?}", tcp.nick);
+    assert_eq!(got[0], format!("OK JOIN {room}"));
+    for (k, l) in got[1..=SAYS_AT_SHUTDOWN].iter().enumerate() {
+        let suffix = format!(" {} m{k}", tcp.nick);
+        assert!(
+            l.starts_with(&format!("MSG {room} ")) && l.ends_with(&suffix),
+            "{l}"
+        );
+    }
+    assert_eq!(
+        got[SAYS_AT_SHUTDOWN + 1],
+        format!("WHO {room} {}", tcp.nick)
+    );
+    assert_eq!(got[SAYS_AT_SHUTDOWN + 2], "ERR server shutting down");
+}
+
 /// Members that each send a `join`, many `say`s and a `who`, then the server shuts
 /// down: every message already sent is answered, in order, then the close is 1001.
 fn shutdown_answers_every_message_already_sent(model: Model) {
-    const MEMBERS: usize = 4;
-    const SAYS: usize = 100;
     let mut srv = start(model);
-    let mut webs: Vec<Web> = (0..MEMBERS)
+    let mut webs: Vec<Web> = (0..4)
         .map(|i| Web::connect(srv.http.addr, &format!("w{i}")))
         .collect();
-    // Each member's frames go in one write: frames written one by one could wait in
-    // the client's own kernel (Nagle) when the shutdown begins, never sent.
     for (i, w) in webs.iter_mut().enumerate() {
-        let room = format!("s{i}");
-        let mut frames = vec![json!({"type": "join", "room": room})];
-        frames.extend(
-            (0..SAYS).map(|k| json!({"type": "say", "room": room, "text": format!("m{k}")})),
-        );
-        frames.push(json!({"type": "who", "room": room}));
-        for f in frames {
-            w.ws.write(Message::text(f.to_string())).unwrap();
-        }
-        w.ws.flush().unwrap();
+        web_pipeline(w, &format!("s{i}"));
     }
     let server = srv.server.take().unwrap();
     server.drain().start();
     for (i, w) in webs.iter_mut().enumerate() {
-        let room = format!("s{i}");
-        let mut got = Vec::new();
-        let code = loop {
-            match w.ws.read() {
-                Ok(Message::Text(t)) => got.push(serde_json::from_str::<Value>(&t).unwrap()),
-                Ok(Message::Close(Some(f))) => break u16::from(f.code),
-                Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                other => panic!("{}: unexpected {other:?}", w.nick),
-            }
-        };
-        assert_eq!(code, 1001, "{}", w.nick);
-        assert_eq!(got.len(), SAYS + 2, "{}: {got:?}", w.nick);
-        assert_eq!(got[0], json!({"type": "ok", "cmd": "join", "room": room}));
-        for (k, m) in got[1..=SAYS].iter().enumerate() {
-            assert_eq!(m["type"], "msg", "{m}");
-            assert_eq!(m["text"], format!("m{k}"), "{m}");
-        }
-        assert_eq!(got[SAYS + 1]["type"], "who", "{}", got[SAYS + 1]);
+        web_answered_then_closed(w, &format!("s{i}"));
     }
     drop(webs);
     assert_eq!(server.wait(), 0, "nobody was cut off");
@@ -611,6 +653,38 @@ fn wait_available(hub: &multiclient::hub::Hub, up: bool) {
         assert!(Instant::now() < deadline, "redis link never became up={up}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// With `--redis`, where each `SAY` is answered by its message coming back through
+/// Redis: at a shutdown, line and WebSocket members that pipelined a `JOIN`, 100
+/// `SAY`s and a `WHO` get every answer, in order, then the goodbye.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn with_redis_a_shutdown_answers_every_command_already_sent() {
+    let redis = RedisServer::start();
+    let (mut srv, _hub) = start_redis(&redis);
+    let mut tcps: Vec<Tcp> = (0..4)
+        .map(|i| Tcp::connect(srv.chat.addr, &format!("t{i}")))
+        .collect();
+    let mut webs: Vec<Web> = (0..2)
+        .map(|i| Web::connect(srv.http.addr, &format!("w{i}")))
+        .collect();
+    for (i, t) in tcps.iter_mut().enumerate() {
+        line_pipeline(t, &format!("t{i}"));
+    }
+    for (i, w) in webs.iter_mut().enumerate() {
+        web_pipeline(w, &format!("w{i}"));
+    }
+    let server = srv.server.take().unwrap();
+    server.drain().start();
+    for (i, t) in tcps.iter_mut().enumerate() {
+        line_answered_then_closed(t, &format!("t{i}"));
+    }
+    for (i, w) in webs.iter_mut().enumerate() {
+        web_answered_then_closed(w, &format!("w{i}"));
+    }
+    drop((tcps, webs));
+    assert_eq!(server.wait(), 0, "nobody was cut off");
 }
 
 /// With `--redis`, a WebSocket member's join is `ok` only once Redis has ordered it,
