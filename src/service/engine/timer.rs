@@ -74,14 +74,16 @@ impl TimerTable {
 
     /// The earliest armed timer but [`Timer::Idle`]: the precise ones.
     ///
-    /// Checked on every wake-up of every connection, so with no branch per timer: an
-    /// unarmed slot (0) wraps to `u32::MAX` when one is taken off, past any armed one
-    /// (at most `u32::MAX - 1` after it).
+    /// Asked on every wake-up of every connection, and most have none armed: that is
+    /// one test of the four slots or'ed together.
     #[inline]
     pub(crate) fn next_precise(&self, base: Instant) -> Option<Instant> {
         let [_idle, rest @ ..] = &self.0;
-        let min = rest.iter().fold(u32::MAX, |m, &v| m.min(v.wrapping_sub(1)));
-        (min != u32::MAX).then(|| base + Duration::from_millis(u64::from(min)))
+        if rest.iter().fold(0, |any, &v| any | v) == 0 {
+            return None;
+        }
+        let min = rest.iter().filter(|&&v| v != 0).min()?;
+        Some(base + Duration::from_millis(u64::from(min - 1)))
     }
 }
 
