@@ -444,23 +444,43 @@ fn line_answered_then_closed(tcp: &mut Tcp, room: &str) {
     assert_eq!(got[SAYS_AT_SHUTDOWN + 2], "ERR server shutting down");
 }
 
-/// Members that each send a `join`, many `say`s and a `who`, then the server shuts
-/// down: every message already sent is answered, in order, then the close is 1001.
-fn shutdown_answers_every_message_already_sent(model: Model) {
-    let mut srv = start(model);
-    let mut webs: Vec<Web> = (0..4)
+/// `tcps` line clients and `webs` WebSocket members of `srv` that each pipeline a
+/// join, [`SAYS_AT_SHUTDOWN`] says and a who (in a room of their own), then the server
+/// shuts down: each gets every answer, in order, then the goodbye, and nobody is cut
+/// off.
+fn shutdown_answers_every_pipelined_command(mut srv: Running, tcps: usize, webs: usize) {
+    let mut tcps: Vec<Tcp> = (0..tcps)
+        .map(|i| Tcp::connect(srv.chat.addr, &format!("t{i}")))
+        .collect();
+    let mut webs: Vec<Web> = (0..webs)
         .map(|i| Web::connect(srv.http.addr, &format!("w{i}")))
         .collect();
-    for (i, w) in webs.iter_mut().enumerate() {
-        web_pipeline(w, &format!("s{i}"));
+    for t in tcps.iter_mut() {
+        let room = t.nick.clone();
+        line_pipeline(t, &room);
+    }
+    for w in webs.iter_mut() {
+        let room = w.nick.clone();
+        web_pipeline(w, &room);
     }
     let server = srv.server.take().unwrap();
     server.drain().start();
-    for (i, w) in webs.iter_mut().enumerate() {
-        web_answered_then_closed(w, &format!("s{i}"));
+    for t in tcps.iter_mut() {
+        let room = t.nick.clone();
+        line_answered_then_closed(t, &room);
     }
-    drop(webs);
+    for w in webs.iter_mut() {
+        let room = w.nick.clone();
+        web_answered_then_closed(w, &room);
+    }
+    drop((tcps, webs));
     assert_eq!(server.wait(), 0, "nobody was cut off");
+}
+
+/// Members that each send a `join`, many `say`s and a `who`, then the server shuts
+/// down: every message already sent is answered, in order, then the close is 1001.
+fn shutdown_answers_every_message_already_sent(model: Model) {
+    shutdown_answers_every_pipelined_command(start(model), 0, 4);
 }
 
 /// A raw HTTP exchange: the status and body of the answer.
@@ -662,29 +682,8 @@ fn wait_available(hub: &multiclient::hub::Hub, up: bool) {
 #[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
 fn with_redis_a_shutdown_answers_every_command_already_sent() {
     let redis = RedisServer::start();
-    let (mut srv, _hub) = start_redis(&redis);
-    let mut tcps: Vec<Tcp> = (0..4)
-        .map(|i| Tcp::connect(srv.chat.addr, &format!("t{i}")))
-        .collect();
-    let mut webs: Vec<Web> = (0..2)
-        .map(|i| Web::connect(srv.http.addr, &format!("w{i}")))
-        .collect();
-    for (i, t) in tcps.iter_mut().enumerate() {
-        line_pipeline(t, &format!("t{i}"));
-    }
-    for (i, w) in webs.iter_mut().enumerate() {
-        web_pipeline(w, &format!("w{i}"));
-    }
-    let server = srv.server.take().unwrap();
-    server.drain().start();
-    for (i, t) in tcps.iter_mut().enumerate() {
-        line_answered_then_closed(t, &format!("t{i}"));
-    }
-    for (i, w) in webs.iter_mut().enumerate() {
-        web_answered_then_closed(w, &format!("w{i}"));
-    }
-    drop((tcps, webs));
-    assert_eq!(server.wait(), 0, "nobody was cut off");
+    let (srv, _hub) = start_redis(&redis);
+    shutdown_answers_every_pipelined_command(srv, 4, 2);
 }
 
 /// With `--redis`, a WebSocket member's join is `ok` only once Redis has ordered it,
