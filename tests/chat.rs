@@ -548,6 +548,43 @@ fn a_shutdown_answers_every_command_already_sent(model: Model) {
     assert_eq!(server.wait(), 0, "nobody was cut off");
 }
 
+/// A client that pipelines far more `SAY`s than the server keeps waiting behind an
+/// answer (20,000, over 256 KiB) gets one answer per command, in command order: its
+/// `MSG`, or `ERR queue-full` for a command that found the queue full; none is
+/// answered out of turn and none is left unanswered.
+fn a_flood_of_pipelined_says_is_answered_in_command_order(model: Model) {
+    const SAYS: usize = 20_000;
+    let srv = start(model);
+    let mut c = Client::connect(srv.addr());
+    let n = c.nick.clone();
+    let mut batch = String::from("JOIN f\n");
+    for k in 0..SAYS {
+        batch.push_str(&format!("SAY f m{k}\n"));
+    }
+    batch.push_str("WHO f\nQUIT\n");
+    let mut w = c.w.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(batch.as_bytes()));
+    let got = without_ids(&rest_of(&mut c));
+    writer.join().unwrap().unwrap();
+    assert_eq!(got.len(), SAYS + 3, "one answer per command");
+    assert_eq!(got[0], "OK JOIN f");
+    let mut refused = 0;
+    for (k, line) in got[1..=SAYS].iter().enumerate() {
+        if line.starts_with("ERR queue-full ") {
+            refused += 1;
+        } else {
+            assert_eq!(line, &format!("MSG f - {n} m{k}"), "answer {k} out of turn");
+        }
+    }
+    assert!(refused < SAYS, "some were carried out");
+    let who = &got[SAYS + 1];
+    assert!(
+        *who == format!("WHO f {n}") || who.starts_with("ERR queue-full "),
+        "{who}"
+    );
+    assert_eq!(got[SAYS + 2], "OK QUIT");
+}
+
 macro_rules! every_model {
     ($($name:ident),* $(,)?) => {$(
         mod $name {
@@ -577,6 +614,7 @@ every_model!(
     the_author_gets_every_own_msg_in_command_order_before_quit_or_close,
     a_connection_is_in_at_most_max_rooms_per_conn,
     a_shutdown_answers_every_command_already_sent,
+    a_flood_of_pipelined_says_is_answered_in_command_order,
 );
 
 #[test]

@@ -50,8 +50,16 @@ pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// time (its message may have gone out nevertheless: see `hub/bridge`).
 const NO_ANSWER: &str = "no answer from the chat backend";
 /// Command bytes kept in order behind a command awaiting its answer; beyond this,
-/// commands are carried out at once (their replies may then come before that answer).
+/// commands are not carried out: each is refused `queue-full` in its turn (counted,
+/// not kept), so answers still come in command order and memory stays bounded.
 const MAX_QUEUED: usize = 256 * 1024;
+/// In `State::overflow`: a `QUIT` came after the commands refused `queue-full`.
+const QUIT_AFTER: u32 = 1 << 31;
+/// The refusal of a command that came while [`MAX_QUEUED`] were waiting.
+const QUEUE_FULL: (&str, &str) = (
+    "queue-full",
+    "too many commands wait for an answer (256 KiB); this one was not carried out",
+);
 /// What one queued input counts for beyond its bytes, so that empty frames and refused
 /// inputs (which keep no bytes) cannot be queued without bound either.
 const QUEUED_ENTRY_COST: usize = 64;
@@ -177,15 +185,19 @@ struct State {
     /// The awaited answers that are `SAY`s', in command order (counted in `waiting`
     /// too). Up to [`MAX_IN_FLIGHT`] of one room go out at once: Redis runs them in
     /// the order sent and publishes the room's messages in that order, so their own
-    /// messages come back in it. More, and of several rooms, only when inputs beyond
-    /// [`MAX_QUEUED`] ran at once.
+    /// messages come back in it.
     says: Says,
     /// Since when the oldest awaited answer that is not a `SAY`'s is awaited.
     waiting_since: Option<Instant>,
     queued: VecDeque<Result<Box<[u8]>, ParseError>>,
+    /// Inputs that came while `queued` was full, after everything in it: each is
+    /// refused `queue-full` in its turn. While any is counted, every new input joins
+    /// them, so none is answered out of turn. With [`QUIT_AFTER`]: a `QUIT` came
+    /// after them, carried out once they are refused (whatever came after it is
+    /// never read, as after any `QUIT`).
+    overflow: u32,
     /// Bytes of `queued` and of the `SAY`s in flight, each with its entry cost (a
-    /// `u32` keeps the member small; it stays far below: `MAX_QUEUED`, and beyond it
-    /// `SAY`s the bridge's bounded queue took).
+    /// `u32` keeps the member small; it stays within `MAX_QUEUED` and one input).
     queued_bytes: u32,
     /// Token authentication, when the chat requires it (boxed: a connection of an
     /// open chat pays one pointer for it).
@@ -213,6 +225,7 @@ impl<D: Decoder> Member<D> {
                 says: Says(None),
                 waiting_since: None,
                 queued: VecDeque::new(),
+                overflow: 0,
                 queued_bytes: 0,
                 auth: None,
             },
@@ -269,13 +282,24 @@ impl<D: Decoder> Member<D> {
     /// One unit of input: carried out now, or queued behind a command still awaiting
     /// its answer.
     pub fn input(&mut self, input: Input<'_>, out: &mut impl Encoder) {
+        if self.s.waiting == 0 {
+            return self.run(input, out);
+        }
         let size = QUEUED_ENTRY_COST + input.map_or(0, <[u8]>::len);
-        if self.s.waiting > 0 && self.s.queued_bytes as usize + size <= MAX_QUEUED {
+        if self.s.overflow == 0 && self.s.queued_bytes as usize + size <= MAX_QUEUED {
             self.s.queued_bytes += size as u32;
             self.s.queued.push_back(input.map(Box::from));
             self.ahead(out);
-        } else {
-            self.run(input, out);
+        } else if self.s.overflow & QUIT_AFTER == 0 {
+            let quit = input.is_ok_and(|raw| {
+                self.decoder
+                    .decode(raw, |cmd| matches!(cmd, Ok(Command::Quit)))
+            });
+            self.s.overflow = if quit {
+                self.s.overflow | QUIT_AFTER
+            } else {
+                (self.s.overflow + 1).min(QUIT_AFTER - 1)
+            };
         }
     }
 
@@ -349,6 +373,16 @@ impl<D: Decoder> Member<D> {
         }
         while self.s.waiting == 0 && !out.is_closing() {
             let Some(input) = self.s.queued.pop_front() else {
+                // Then the inputs that found the queue full, each refused in turn.
+                let overflow = std::mem::take(&mut self.s.overflow);
+                for _ in 0..overflow & !QUIT_AFTER {
+                    out.error(QUEUE_FULL.0, QUEUE_FULL.1);
+                    out.answered();
+                }
+                if overflow & QUIT_AFTER != 0 {
+                    self.s.command(Command::Quit, out);
+                    out.answered();
+                }
                 break;
             };
             let input = input.as_deref().map_err(|e| *e);

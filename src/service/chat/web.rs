@@ -206,6 +206,9 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 /// What an upgraded connection of the chat's http service runs.
+// The chat member is the variant nearly every connection holds: boxing it would only
+// add an allocation to each.
+#[allow(clippy::large_enum_variant)]
 pub enum WebSocketApp {
     /// `/ws`: the seed's echo.
     Echo(Echo),

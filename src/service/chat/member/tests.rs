@@ -247,11 +247,19 @@ fn the_queue_behind_an_answer_is_bounded_even_for_empty_inputs() {
     }
     assert_eq!(m.s.queued.len(), room);
     assert_eq!(m.s.queued_bytes as usize, room * QUEUED_ENTRY_COST);
-    // Beyond the bound, inputs are answered at once rather than kept.
-    assert_eq!(rec.take().len(), 10);
+    // Beyond the bound, inputs are not kept, only counted, and answered in their turn.
+    assert_eq!(rec.take().len(), 0);
     m.event(joined(), &mut rec);
-    assert_eq!(rec.take().len(), 1 + room);
-    assert_eq!((m.s.queued.len(), m.s.queued_bytes), (0, 0));
+    let said = rec.take();
+    assert_eq!(said.len(), 1 + room + 10);
+    assert!(
+        said[1 + room..].iter().all(|s| s == "error queue-full"),
+        "{said:?}"
+    );
+    assert_eq!(
+        (m.s.queued.len(), m.s.queued_bytes, m.s.overflow),
+        (0, 0, 0)
+    );
 }
 
 #[test]
@@ -340,7 +348,7 @@ fn a_failed_say_is_answered_unavailable_and_the_commands_after_it_go_on() {
 }
 
 #[test]
-fn says_beyond_the_queue_bound_are_each_answered_and_none_is_left_waiting() {
+fn says_beyond_the_queue_bound_are_refused_in_their_turn_and_none_is_left_waiting() {
     let (mut m, mut rec) = member(None);
     m.input(Ok(b"JOIN r"), &mut rec);
     rec.take();
@@ -349,14 +357,62 @@ fn says_beyond_the_queue_bound_are_each_answered_and_none_is_left_waiting() {
     for _ in 0..n {
         m.input(Ok(format!("SAY r {text}").as_bytes()), &mut rec);
     }
-    assert!(m.s.says.len() > 1, "some ran at once, beyond the bound");
+    assert!(
+        m.s.says.len() <= MAX_IN_FLIGHT,
+        "no more in flight than the bound"
+    );
+    // An input after the overflow waits behind it too (it is not run out of turn).
+    m.input(Ok(b"WHO r"), &mut rec);
     for _ in 0..2 * n {
         rec.deliver(&mut m);
     }
-    let msgs = rec.take();
-    assert_eq!(msgs.len(), n, "every SAY answered by its MSG");
+    let said = rec.take();
+    assert_eq!(said.len(), n + 1, "every input answered once: {said:?}");
+    let refused = said
+        .iter()
+        .position(|s| s == "error queue-full")
+        .expect("a refusal");
+    assert!(
+        said[..refused].iter().all(|s| s.starts_with("MSG ")),
+        "{said:?}"
+    );
+    assert!(
+        said[refused..].iter().all(|s| s == "error queue-full"),
+        "{said:?}"
+    );
     assert!(!m.is_waiting(), "nothing left waiting for an answer");
     assert_eq!(m.deadline(), None);
+    // Once all is answered, commands are carried out again.
+    m.input(Ok(b"WHO r"), &mut rec);
+    assert_eq!(rec.take().len(), 1);
+}
+
+#[test]
+fn a_quit_that_finds_the_queue_full_is_carried_out_after_the_refusals() {
+    let (mut m, mut rec) = member(None);
+    join_deferred(&mut m, &mut rec, "r", false);
+    let n = MAX_QUEUED / QUEUED_ENTRY_COST;
+    for _ in 0..n + 3 {
+        m.input(Ok(b""), &mut rec);
+    }
+    assert_eq!(m.s.overflow, 3);
+    let quit_after = 3 | QUIT_AFTER;
+    m.input(Ok(b"QUIT"), &mut rec);
+    m.input(Ok(b"WHO r"), &mut rec); // After the QUIT: never answered.
+    assert_eq!(m.s.overflow, quit_after);
+    m.event(joined(), &mut rec);
+    let said = rec.take();
+    let tail: Vec<&str> = said[said.len() - 5..].iter().map(String::as_str).collect();
+    assert_eq!(
+        tail,
+        [
+            "error queue-full",
+            "error queue-full",
+            "error queue-full",
+            "ok Quit",
+            "end Quit"
+        ]
+    );
 }
 
 #[test]
