@@ -34,8 +34,6 @@ use super::{log_received, Cx, Goodbye};
 
 /// The seed's reply prefix.
 pub const PREFIX: &str = "Server received: ";
-/// The reason of the shutdown's close (1001).
-const SHUTDOWN: &str = "server shutting down";
 
 /// WebSocket settings, shared by every connection of a listener.
 #[derive(Debug, Clone)]
@@ -379,7 +377,7 @@ impl<H: Handler> WsConn<H> {
         if self.farewell && !self.handler.owes_answers() {
             self.farewell = false;
             if !cx.is_closing() {
-                start_close(&mut self.ws, cx, CloseCode::Away, SHUTDOWN);
+                self.goodbye(Goodbye::Shutdown, cx);
             }
         }
     }
@@ -445,7 +443,7 @@ impl<H: Handler> WsConn<H> {
         let (code, reason) = match why {
             Goodbye::Busy => (CloseCode::Again, "server busy"),
             Goodbye::Idle => (CloseCode::Away, "idle timeout"),
-            Goodbye::Shutdown => (CloseCode::Away, SHUTDOWN),
+            Goodbye::Shutdown => (CloseCode::Away, "server shutting down"),
             Goodbye::SlowConsumer => (CloseCode::Policy, "slow consumer"),
             Goodbye::TooManyFromAddress => {
                 (CloseCode::Again, "too many connections from your address")
