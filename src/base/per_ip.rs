@@ -2,27 +2,37 @@
 //!
 //! One table per server, shared by every listener and every model: a connection takes
 //! an [`IpSlot`] when its session opens and gives it back when the session is dropped,
-//! however the connection ended. The table is 64 shards of a small map keyed by the
-//! address (the hub shards its rooms the same way), so two clients rarely share a
+//! however the connection ended. The table is 64 shards of a small hash table of
+//! addresses (the hub shards its rooms the same way), so two clients rarely share a
 //! lock, and an address's entry is removed when its count reaches zero: the table
 //! holds only addresses with a connection open, never a history of every client.
 //! Written here rather than taken from a crate: the whole of it is a count per key
-//! under a lock, and the shard is chosen with a randomly keyed hash so a client cannot
-//! pick addresses that all land on one lock.
+//! under a lock.
+//!
+//! An address is hashed once per connection, with a randomly keyed hash (SipHash) so
+//! that a client cannot pick addresses that all land on one lock or one chain: the
+//! hash chooses the shard (from its middle bits) and the place in the shard's table
+//! (`hashbrown`'s `HashTable`, which takes a hash computed by its user), and the slot
+//! keeps it for its drop. (A map keyed by address would hash it again inside the
+//! shard, and once more on the way out.)
 //!
 //! The limit can change while the server runs (a reload), 0 meaning none: a table with
 //! no limit still counts, so that a limit set later holds against the connections
 //! already open (an address with five open and a new limit of two gets no sixth, nor
 //! a third once three have closed).
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use hashbrown::hash_table::{Entry, HashTable};
+
 /// Shards of the table: enough that unrelated clients rarely share a lock.
 const SHARDS: usize = 64;
+
+/// Each address of a shard with a connection open, and how many.
+type Shard = HashTable<(IpAddr, u32)>;
 
 /// How many connections each client address has open, and the most it may have.
 #[derive(Debug)]
@@ -31,7 +41,7 @@ pub struct PerIp {
     /// above a lowered limit stay, and new ones wait until their address is below it.
     /// 0: no limit (connections are still counted).
     limit: AtomicUsize,
-    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
 }
 
@@ -40,6 +50,8 @@ pub struct PerIp {
 pub struct IpSlot {
     table: Arc<PerIp>,
     ip: IpAddr,
+    /// The address's keyed hash, computed once when the slot was taken.
+    hash: u64,
 }
 
 impl PerIp {
@@ -47,7 +59,7 @@ impl PerIp {
     pub fn new(limit: usize) -> Arc<PerIp> {
         Arc::new(PerIp {
             limit: AtomicUsize::new(limit),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
             hasher: RandomState::new(),
         })
     }
@@ -68,23 +80,36 @@ impl PerIp {
     /// dual-stack listener or a PROXY header) counts as the IPv4 address.
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<IpSlot, usize> {
         let ip = ip.to_canonical();
-        let mut shard = self.shard(ip);
-        let n = shard.entry(ip).or_insert(0);
+        let hash = self.hasher.hash_one(ip);
         let limit = self.limit();
-        if limit > 0 && *n as usize >= limit {
-            return Err(*n as usize);
+        let mut shard = self.shard(hash);
+        match shard.entry(hash, |e| e.0 == ip, |e| self.hasher.hash_one(e.0)) {
+            Entry::Occupied(mut e) => {
+                let n = &mut e.get_mut().1;
+                if limit > 0 && *n as usize >= limit {
+                    return Err(*n as usize);
+                }
+                *n += 1;
+            }
+            // A first connection is within any limit (0 is none).
+            Entry::Vacant(e) => {
+                e.insert((ip, 1));
+            }
         }
-        *n += 1;
         Ok(IpSlot {
             table: self.clone(),
             ip,
+            hash,
         })
     }
 
     /// Connections `ip` has open now.
     pub fn open(&self, ip: IpAddr) -> usize {
         let ip = ip.to_canonical();
-        self.shard(ip).get(&ip).map_or(0, |&n| n as usize)
+        let hash = self.hasher.hash_one(ip);
+        self.shard(hash)
+            .find(hash, |e| e.0 == ip)
+            .map_or(0, |e| e.1 as usize)
     }
 
     /// Addresses with a connection open now (the table's size).
@@ -92,8 +117,11 @@ impl PerIp {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
-    fn shard(&self, ip: IpAddr) -> MutexGuard<'_, HashMap<IpAddr, u32>> {
-        lock(&self.shards[self.hasher.hash_one(ip) as usize % SHARDS])
+    /// The shard of an address's hash. Its middle bits: the shard's table places an
+    /// entry by the hash's low bits and tags it with its top seven, so a shard chosen by
+    /// either would leave its table's entries alike in the bits that spread them.
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[(hash >> 32) as usize % SHARDS])
     }
 }
 
@@ -106,11 +134,13 @@ impl IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut shard = self.table.shard(self.ip);
-        if let Some(n) = shard.get_mut(&self.ip) {
+        let ip = self.ip;
+        let mut shard = self.table.shard(self.hash);
+        if let Ok(mut e) = shard.find_entry(self.hash, |e| e.0 == ip) {
+            let n = &mut e.get_mut().1;
             *n -= 1;
             if *n == 0 {
-                shard.remove(&self.ip);
+                e.remove();
             }
         }
     }
@@ -175,6 +205,23 @@ mod tests {
         drop(slots);
         assert_eq!(t.open(ip("::1")), 0);
         assert_eq!(t.addresses(), 0, "no entry is kept at zero");
+    }
+
+    #[test]
+    fn many_addresses_keep_their_own_counts_as_the_shards_grow() {
+        // 20,000 addresses: every shard's table grows (and rehashes) many times over.
+        let t = PerIp::new(2);
+        let addr = |i: u32| IpAddr::from(i.to_be_bytes());
+        let first: Vec<_> = (0..20_000).map(|i| t.acquire(addr(i)).unwrap()).collect();
+        let second: Vec<_> = (0..20_000).map(|i| t.acquire(addr(i)).unwrap()).collect();
+        assert_eq!(t.addresses(), 20_000);
+        assert!((0..20_000).all(|i| t.open(addr(i)) == 2));
+        assert!((0..20_000).all(|i| t.acquire(addr(i)).err() == Some(2)));
+        drop(first);
+        assert!((0..20_000).all(|i| t.open(addr(i)) == 1));
+        drop(second);
+        assert_eq!(t.addresses(), 0);
+        assert_eq!(t.open(addr(7)), 0);
     }
 
     #[test]
