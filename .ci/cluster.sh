@@ -26,4 +26,7 @@ fi
 # rooms on the other masters are answered meanwhile. One at a time: each makes six
 # redis-server processes.
 cargo test --test chat_cluster -- --ignored --test-threads 1
+# The chat suite's checks that do not stop or slow Redis, on a cluster: order and
+# AFTER under a burst, owned nicks, tokens, pipelined SAYs in command order.
+cargo test --test chat_redis -- --ignored --test-threads 1 ::cluster
 echo "cluster.sh: all cluster checks passed"

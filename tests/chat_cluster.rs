@@ -13,63 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::chat::Member as Client;
-use common::redis::RedisCluster;
+use common::redis::{ChatInstance as Instance, RedisCluster};
 
-use multiclient::model::{Limits, Model, Server};
-use multiclient::serve::{ServiceName, ServiceOptions};
+use multiclient::model::Model;
 use multiclient::service::chat::ChatOptions;
 
-/// A chat instance on the cluster; drained when dropped.
-struct Instance {
-    server: Option<Server>,
-    addr: SocketAddr,
-    hub: Arc<multiclient::hub::Hub>,
-}
-
-impl Instance {
-    /// An instance under `model`, once its link to the cluster is up.
-    fn start(model: Model, url: &str) -> Instance {
-        // The bridge's log, with RUST_LOG set, shows what a failure went through.
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
-        let mut chat = ChatOptions::default();
-        chat.redis = Some(url.to_string());
-        chat.presence_ttl = Duration::from_secs(3);
-        chat.history = 10_000;
-        let hub = chat.hub().unwrap();
-        let mut server = Server::new(model, Limits::default()).unwrap();
-        let l = ServiceName::Chat
-            .listen(
-                &mut server,
-                "127.0.0.1:0".parse().unwrap(),
-                &ServiceOptions {
-                    chat,
-                    ..ServiceOptions::default()
-                },
-            )
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !hub.is_available() {
-            assert!(Instant::now() < deadline, "the cluster link never came up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Instance {
-            server: Some(server),
-            addr: l.addr,
-            hub,
-        }
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.drain().start();
-            s.wait();
-        }
-    }
+/// A chat instance on the cluster at `url` under `model`, once its link is up.
+fn start(model: Model, url: &str) -> Instance {
+    let mut chat = ChatOptions::default();
+    chat.redis = Some(url.to_string());
+    chat.presence_ttl = Duration::from_secs(3);
+    chat.history = 10_000;
+    Instance::serve(model, chat)
 }
 
 /// The node serving `room` now, as node `ask` sees it.
@@ -130,8 +85,8 @@ fn history(addr: SocketAddr, room: &str) -> Vec<(u64, String)> {
 #[ignore = "needs redis-server: .ci/cluster.sh installs it and runs this with --ignored"]
 fn instances_on_a_cluster_are_one_chat_on_every_master() {
     let cluster = RedisCluster::start();
-    let one = Instance::start(Model::Async { workers: 2 }, &cluster.url());
-    let two = Instance::start(Model::Threads, &cluster.url());
+    let one = start(Model::Async { workers: 2 }, &cluster.url());
+    let two = start(Model::Threads, &cluster.url());
     let mut ann = Client::connect(one.addr, "ann");
     let mut bob = Client::connect(two.addr, "bob");
     for room in rooms_on_three_masters(&cluster) {
@@ -257,8 +212,8 @@ fn writer(addr: SocketAddr, nick: &str, room: &str, stop: Arc<AtomicBool>) -> An
 #[ignore = "needs redis-server: .ci/cluster.sh installs it and runs this with --ignored"]
 fn killing_a_master_loses_no_acknowledged_message() {
     let mut cluster = RedisCluster::start();
-    let one = Instance::start(Model::Async { workers: 2 }, &cluster.url());
-    let two = Instance::start(Model::Async { workers: 2 }, &cluster.url());
+    let one = start(Model::Async { workers: 2 }, &cluster.url());
+    let two = start(Model::Async { workers: 2 }, &cluster.url());
     let rooms = rooms_on_three_masters(&cluster);
     let (hot, calm) = (rooms[0].clone(), rooms[1].clone());
     let victim = master(&cluster, &hot, 0);
@@ -395,8 +350,8 @@ fn killing_a_master_loses_no_acknowledged_message() {
 #[ignore = "needs redis-server: .ci/cluster.sh installs it and runs this with --ignored"]
 fn a_message_no_replica_has_is_refused_and_seen_by_nobody() {
     let cluster = RedisCluster::start();
-    let one = Instance::start(Model::Async { workers: 2 }, &cluster.url());
-    let two = Instance::start(Model::Threads, &cluster.url());
+    let one = start(Model::Async { workers: 2 }, &cluster.url());
+    let two = start(Model::Threads, &cluster.url());
     let room = rooms_on_three_masters(&cluster).remove(0);
     let replica = cluster.replica_of(master(&cluster, &room, 0));
     let mut ann = Client::connect(one.addr, "ann");
@@ -434,7 +389,7 @@ fn messages_of_many_slots_of_one_master_wait_once_per_pipeline() {
     const SAYS: usize = 20;
     let cluster = RedisCluster::start();
     cluster.wait_replicated(3);
-    let one = Instance::start(Model::Async { workers: 2 }, &cluster.url());
+    let one = start(Model::Async { workers: 2 }, &cluster.url());
     let m = master(&cluster, "room0", 0);
     let rooms: Vec<String> = (0..1000)
         .map(|i| format!("room{i}"))

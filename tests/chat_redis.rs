@@ -1,6 +1,8 @@
 //! Two chat instances sharing one Redis: one chat. The test starts its own
 //! `redis-server` on a free loopback port (`tests/common/redis.rs`); without
 //! `redis-server` it fails with a clear message (CI installs it with `.ci/chat.sh`).
+//! The checks that do not stop or slow Redis run on a Redis Cluster too
+//! (`on_one_and_on_a_cluster!`, `.ci/cluster.sh`).
 
 mod common;
 
@@ -8,15 +10,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::chat::Member as Client;
-use common::redis::RedisServer;
+use common::redis::{ChatInstance as Instance, Redis, RedisServer};
 
-use multiclient::hub::Hub;
-use multiclient::model::{Limits, Model, Server};
-use multiclient::serve::{ServiceName, ServiceOptions};
+use multiclient::model::Model;
 use multiclient::service::chat::ChatOptions;
 
 /// `--presence-ttl` of every instance in these tests.
@@ -41,65 +40,50 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Instance {
-    server: Option<Server>,
-    addr: SocketAddr,
-    hub: Arc<Hub>,
+/// An instance on `url` under `model`.
+fn start(model: Model, url: &str) -> Instance {
+    start_with(model, url, multiclient::hub::DEFAULT_HISTORY)
 }
 
-impl Instance {
-    fn start(model: Model, url: &str) -> Instance {
-        Instance::start_with(model, url, multiclient::hub::DEFAULT_HISTORY)
-    }
+/// An instance keeping `history` messages per room (`--history`).
+fn start_with(model: Model, url: &str, history: usize) -> Instance {
+    let mut chat = chat_options(url);
+    chat.history = history;
+    Instance::serve(model, chat)
+}
 
-    /// An instance keeping `history` messages per room (`--history`).
-    fn start_with(model: Model, url: &str, history: usize) -> Instance {
-        let mut chat = chat_options(url);
-        chat.history = history;
-        Instance::serve(model, chat)
-    }
+/// The checks below that hold on a cluster as on one Redis, run on both: `NAME::one`
+/// (`.ci/chat.sh`) and `NAME::cluster`, on 3 masters with a replica each
+/// (`.ci/cluster.sh`, one at a time: each makes six redis-servers). The others stop,
+/// kill or slow the one Redis; `tests/chat_cluster.rs` does that to a master.
+macro_rules! on_one_and_on_a_cluster {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
 
-    /// An instance of the chat `chat` under `model`, once its Redis is reachable.
-    fn serve(model: Model, chat: ChatOptions) -> Instance {
-        let hub = chat.hub().unwrap();
-        let mut server = Server::new(model, Limits::default()).unwrap();
-        let l = ServiceName::Chat
-            .listen(
-                &mut server,
-                "127.0.0.1:0".parse().unwrap(),
-                &ServiceOptions {
-                    chat,
-                    ..ServiceOptions::default()
-                },
-            )
-            .unwrap();
-        let i = Instance {
-            server: Some(server),
-            addr: l.addr,
-            hub,
-        };
-        i.wait_available(true);
-        i
-    }
+            #[test]
+            #[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+            fn one() {
+                super::$name(&Redis::one());
+            }
 
-    /// Waits (bounded) until the hub's Redis link is up or down.
-    fn wait_available(&self, up: bool) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.hub.is_available() != up {
-            assert!(Instant::now() < deadline, "redis link never became up={up}");
-            std::thread::sleep(Duration::from_millis(20));
+            #[test]
+            #[ignore = "needs a cluster of redis-servers: .ci/cluster.sh runs this with --ignored"]
+            fn cluster() {
+                super::$name(&Redis::cluster());
+            }
         }
-    }
+    )*};
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.drain().start();
-            s.wait();
-        }
-    }
-}
+on_one_and_on_a_cluster!(
+    joins_after_an_id_during_a_burst_miss_nothing_and_repeat_nothing,
+    the_author_gets_every_own_msg_in_command_order_before_quit_or_close,
+    nicks_are_unique_whatever_their_case_across_instances,
+    a_token_owned_nick_cannot_be_taken_on_the_other_instance,
+    two_hundred_pipelined_says_are_answered_in_order_in_few_round_trips_then_quit,
+    says_interleaved_with_who_and_a_bad_command_are_answered_in_command_order,
+);
 
 fn id(line: &str) -> &str {
     line.split(' ').nth(2).unwrap()
@@ -108,8 +92,8 @@ fn id(line: &str) -> &str {
 /// Two instances on `url` (async and threads), `ann` on the first and `bob` on the
 /// second, both in `lobby`.
 fn two_in_lobby(url: &str) -> (Instance, Instance, Client, Client) {
-    let one = Instance::start(Model::Async { workers: 2 }, url);
-    let two = Instance::start(Model::Threads, url);
+    let one = start(Model::Async { workers: 2 }, url);
+    let two = start(Model::Threads, url);
     let mut ann = Client::connect(one.addr, "ann");
     let mut bob = Client::connect(two.addr, "bob");
     ann.send("JOIN lobby");
@@ -432,17 +416,14 @@ fn a_say_redis_runs_past_its_deadline_is_refused_and_sent_nowhere() {
 /// Messages flow while members join with `AFTER` on another instance, all pipelined:
 /// each joiner gets exactly the messages after its id, replayed then live, in the one
 /// order every member sees, with no gap and no duplicate.
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn joins_after_an_id_during_a_burst_miss_nothing_and_repeat_nothing() {
+fn joins_after_an_id_during_a_burst_miss_nothing_and_repeat_nothing(redis: &Redis) {
     const JOINERS: usize = 40;
     const BURST: usize = 300;
-    let redis = RedisServer::start();
     let url = redis.url();
     // History holds the whole burst: the replay is "every message after <id> still
     // in history".
-    let one = Instance::start_with(Model::Async { workers: 2 }, &url, 2 * BURST);
-    let two = Instance::start_with(Model::Threads, &url, 2 * BURST);
+    let one = start_with(Model::Async { workers: 2 }, &url, 2 * BURST);
+    let two = start_with(Model::Threads, &url, 2 * BURST);
 
     let mut ann = Client::connect(one.addr, "ann");
     ann.send("JOIN lobby");
@@ -620,17 +601,14 @@ fn rest_without_ids(c: &mut Client) -> Vec<String> {
 /// `SAY`s then `QUIT`, a `SAY` then `WHO`, a `SAY` then the client's EOF, under every
 /// model the chat runs under; each command is answered, in order, before `OK QUIT` or
 /// the close.
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close() {
-    let redis = RedisServer::start();
+fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close(redis: &Redis) {
     let models = [
         ("async", Model::Async { workers: 2 }),
         ("threads", Model::Threads),
         ("pool", Model::Pool { workers: 8 }),
     ];
     for (name, model) in models {
-        let one = Instance::start(model, &redis.url());
+        let one = start(model, &redis.url());
         let mut a = Client::connect(one.addr, &format!("a-{name}"));
         // Rooms of their own for each model: the members of an instance stopped
         // earlier may stay listed for the presence TTL.
@@ -678,10 +656,7 @@ fn the_author_gets_every_own_msg_in_command_order_before_quit_or_close() {
 
 /// Nicks are unique whatever their case across instances: `ann` on one instance
 /// keeps `ANN` and `Ann` from a member of the other, and nobody takes `SERVER`.
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn nicks_are_unique_whatever_their_case_across_instances() {
-    let redis = RedisServer::start();
+fn nicks_are_unique_whatever_their_case_across_instances(redis: &Redis) {
     let (_one, _two, mut ann, mut bob) = two_in_lobby(&redis.url());
     for taken in ["ANN", "Ann", "SERVER", "Server"] {
         bob.send(&format!("NICK {taken}"));
@@ -731,9 +706,7 @@ fn guest(addr: SocketAddr) -> Client {
 /// With tokens, the nick a token's `sub` owns cannot be taken on the other instance,
 /// by another holder of a token for it (in any case) or by a NICK, and is free there
 /// once its holder has gone.
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn a_token_owned_nick_cannot_be_taken_on_the_other_instance() {
+fn a_token_owned_nick_cannot_be_taken_on_the_other_instance(redis: &Redis) {
     use jsonwebtoken::{encode, EncodingKey, Header};
     const SECRET: &str = "a-shared-secret-of-32-bytes-or-more";
     let token = |sub: &str| {
@@ -744,7 +717,6 @@ fn a_token_owned_nick_cannot_be_taken_on_the_other_instance() {
         )
         .unwrap()
     };
-    let redis = RedisServer::start();
     let one = start_with_tokens(&redis.url(), SECRET);
     let two = start_with_tokens(&redis.url(), SECRET);
     let mut ann = guest(one.addr);
@@ -800,11 +772,8 @@ fn answers_until_quit(c: &mut Client) -> Vec<String> {
 /// Many `SAY`s of one connection are in flight over Redis at once (a few round trips,
 /// not one each) and still answered in command order, each by its own message,
 /// before `OK QUIT`.
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn two_hundred_pipelined_says_are_answered_in_order_in_few_round_trips_then_quit() {
-    let redis = RedisServer::start();
-    let one = Instance::start(Model::Async { workers: 2 }, &redis.url());
+fn two_hundred_pipelined_says_are_answered_in_order_in_few_round_trips_then_quit(redis: &Redis) {
+    let one = start(Model::Async { workers: 2 }, &redis.url());
     let mut a = Client::connect(one.addr, "piper");
     a.send("JOIN pipe");
     a.expect("OK JOIN pipe");
@@ -829,11 +798,8 @@ fn two_hundred_pipelined_says_are_answered_in_order_in_few_round_trips_then_quit
 
 /// Pipelined `SAY`s interleaved with a `WHO` (answered by Redis too) and a bad
 /// command are answered in command order: each reply waits behind the `SAY`s before it.
-#[test]
-#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
-fn says_interleaved_with_who_and_a_bad_command_are_answered_in_command_order() {
-    let redis = RedisServer::start();
-    let one = Instance::start(Model::Threads, &redis.url());
+fn says_interleaved_with_who_and_a_bad_command_are_answered_in_command_order(redis: &Redis) {
+    let one = start(Model::Threads, &redis.url());
     let mut a = Client::connect(one.addr, "mixer");
     a.send("JOIN mix");
     a.expect("OK JOIN mix");
@@ -875,7 +841,7 @@ fn says_interleaved_with_who_and_a_bad_command_are_answered_in_command_order() {
 #[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
 fn a_redis_stall_mid_pipeline_answers_every_say_once_in_order() {
     let redis = RedisServer::start();
-    let one = Instance::start(Model::Async { workers: 2 }, &redis.url());
+    let one = start(Model::Async { workers: 2 }, &redis.url());
     let mut a = Client::connect(one.addr, "staller");
     a.send("JOIN stall");
     a.expect("OK JOIN stall");

@@ -1,12 +1,102 @@
-//! A `redis-server` of the test's own on a free loopback port, for the chat suites that
-//! run with `--redis` (ignored by a plain `cargo test`; `.ci/chat.sh` installs
-//! redis-server and runs them). Without `redis-server` a test fails with a clear
+//! A `redis-server` of the test's own on a free loopback port, or a Redis Cluster of
+//! them, and chat instances on it, for the chat suites that run with `--redis`
+//! (ignored by a plain `cargo test`; `.ci/chat.sh` and `.ci/cluster.sh` install
+//! redis-server and run them). Without `redis-server` a test fails with a clear
 //! message rather than passing.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use multiclient::hub::Hub;
+use multiclient::model::{Limits, Model, Server};
+use multiclient::serve::{ServiceName, ServiceOptions};
+use multiclient::service::chat::ChatOptions;
+
+/// A chat instance of the test's own, in this process, on a Redis (its `ChatOptions`
+/// say which); drained when dropped.
+pub struct ChatInstance {
+    server: Option<Server>,
+    pub addr: SocketAddr,
+    pub hub: Arc<Hub>,
+}
+
+impl ChatInstance {
+    /// The chat `chat` under `model` on 127.0.0.1:0, once its Redis link is up.
+    pub fn serve(model: Model, chat: ChatOptions) -> ChatInstance {
+        // The bridge's log, with RUST_LOG set, shows what a failure went through.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+        let hub = chat.hub().unwrap();
+        let mut server = Server::new(model, Limits::default()).unwrap();
+        let l = ServiceName::Chat
+            .listen(
+                &mut server,
+                "127.0.0.1:0".parse().unwrap(),
+                &ServiceOptions {
+                    chat,
+                    ..ServiceOptions::default()
+                },
+            )
+            .unwrap();
+        let i = ChatInstance {
+            server: Some(server),
+            addr: l.addr,
+            hub,
+        };
+        i.wait_available(true);
+        i
+    }
+
+    /// Waits (bounded) until the hub's Redis link is up or down.
+    pub fn wait_available(&self, up: bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.hub.is_available() != up {
+            assert!(Instant::now() < deadline, "redis link never became up={up}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChatInstance {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.drain().start();
+            s.wait();
+        }
+    }
+}
+
+/// What a suite's chat runs on: one Redis, or a cluster of 3 masters and 3 replicas.
+/// A check that holds on both is run on both.
+pub enum Redis {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    /// One `redis-server`.
+    pub fn one() -> Redis {
+        Redis::One(RedisServer::start())
+    }
+
+    /// A cluster of six (see [`RedisCluster`]).
+    pub fn cluster() -> Redis {
+        Redis::Cluster(RedisCluster::start())
+    }
+
+    /// The URL to give `--redis`.
+    pub fn url(&self) -> String {
+        match self {
+            Redis::One(r) => r.url(),
+            Redis::Cluster(c) => c.url(),
+        }
+    }
+}
 
 /// The server process; killed (by its PID) when dropped.
 pub struct RedisServer {
