@@ -257,7 +257,11 @@ impl<H: Handler> WsConn<H> {
         let max = Some(opts.max_message);
         let config = WebSocketConfig::default()
             // Small buffers: an idle connection holds little; large messages grow them.
-            .read_buffer_size(4096)
+            // tungstenite zero-fills up to this many bytes of its input buffer before
+            // every read from the stream, twice per message here (the bytes, then the
+            // end of them): at 4 KiB that fill was 43% of a 16-byte echo's instructions
+            // and 18% of a 64 KiB one's (BENCHMARKS.md, "WebSocket: the read buffer").
+            .read_buffer_size(512)
             .write_buffer_size(0)
             .max_message_size(max)
             .max_frame_size(max);
