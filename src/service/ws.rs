@@ -241,6 +241,11 @@ pub struct WsConn<H: Handler> {
     opts: Arc<WsOptions>,
     /// When the client last sent anything.
     heard: Instant,
+    /// When to check the client's silence next: a ping interval after it was last
+    /// heard, or later. Moved only when it comes (to a ping interval after `heard`),
+    /// not on every message: a message then leaves the connection's timer as armed,
+    /// where moving it cost a timer reset per message (BENCHMARKS.md).
+    silence_check: Instant,
     /// When our unanswered ping went out.
     pinged: Option<Instant>,
     /// Input taken by the engine since the last whole message: the message being
@@ -265,11 +270,13 @@ impl<H: Handler> WsConn<H> {
             .write_buffer_size(0)
             .max_message_size(max)
             .max_frame_size(max);
+        let silence_check = now + opts.ping_interval;
         WsConn {
             ws: WebSocketContext::new(Role::Server, Some(config)),
             handler,
             opts,
             heard: now,
+            silence_check,
             pinged: None,
             unfinished: 0,
             held: crate::base::Held::new(),
@@ -296,7 +303,9 @@ impl<H: Handler> WsConn<H> {
     pub fn read(&mut self, input: &[u8], cx: &mut Cx<'_, H::Event>) -> usize {
         if !input.is_empty() {
             self.heard = cx.now();
-            self.pinged = None;
+            if self.pinged.take().is_some() {
+                self.silence_check = self.heard + self.opts.ping_interval;
+            }
         }
         let mut rest = input;
         while !cx.is_closing() {
@@ -393,7 +402,7 @@ impl<H: Handler> WsConn<H> {
         }
         let ping = match self.pinged {
             Some(t) => t + self.opts.ping_timeout,
-            None => self.heard + self.opts.ping_interval,
+            None => self.silence_check,
         };
         Some(self.handler.deadline().map_or(ping, |d| d.min(ping)))
     }
@@ -416,7 +425,11 @@ impl<H: Handler> WsConn<H> {
                 start_close(&mut self.ws, cx, CloseCode::Away, "ping timeout");
                 cx.close();
             }
-            None if now >= self.heard + self.opts.ping_interval => {
+            // Heard since this check was set: the next one is an interval after.
+            None if now >= self.silence_check && now < self.heard + self.opts.ping_interval => {
+                self.silence_check = self.heard + self.opts.ping_interval;
+            }
+            None if now >= self.silence_check => {
                 self.pinged = Some(now);
                 let mut pipe = Pipe {
                     input: &[],

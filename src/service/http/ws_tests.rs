@@ -5,7 +5,7 @@
 use super::apps::UPGRADE_ONLY;
 use super::{App, HttpOptions, HttpSession, Reply, Request, Route, Ws};
 use crate::service::ws::*;
-use crate::service::{ConnInfo, Cx, Goodbye, Harness, Service};
+use crate::service::{ConnInfo, Cx, Goodbye, Harness, Service, Session};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -305,6 +305,31 @@ fn silent_clients_are_pinged_then_closed() {
     h.advance_to(t1 + opts.ping_interval + opts.ping_timeout);
     assert_eq!(close_code(&frames(&h.take_output())[0]), 1001);
     assert!(h.is_closing());
+}
+
+/// A message does not move the silence check (moving it reset the connection's timer
+/// on every message): the check stays where it was, and when it comes for a client
+/// heard since, it moves to a ping interval after that client last spoke, where the
+/// ping then goes out.
+#[test]
+fn messages_leave_the_silence_check_armed_and_the_ping_follows_the_last_one() {
+    let opts = WsOptions::default();
+    let mut h = open(true, 1 << 20);
+    let t0 = h.now;
+    let first = h.session().deadline();
+    assert_eq!(first, Some(t0 + opts.ping_interval));
+    let t1 = t0 + opts.ping_interval / 2;
+    h.now = t1;
+    h.feed(&frame(TEXT, b"hi", true));
+    assert_eq!(frames(&h.take_output()), [(TEXT, b"hi".to_vec())]);
+    assert_eq!(h.session().deadline(), first, "the timer stays as armed");
+    h.advance_to(t0 + opts.ping_interval);
+    assert!(h.take_output().is_empty(), "heard since: no ping yet");
+    assert_eq!(h.session().deadline(), Some(t1 + opts.ping_interval));
+    h.advance_to(t1 + opts.ping_interval - Duration::from_millis(1));
+    assert!(h.take_output().is_empty());
+    h.advance_to(t1 + opts.ping_interval);
+    assert_eq!(frames(&h.take_output()), [(PING, vec![])]);
 }
 
 /// A handler woken by its mailbox, as the chat's will be: events pushed by
