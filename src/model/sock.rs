@@ -73,8 +73,9 @@ pub(crate) fn read<S: Session>(
 ///
 /// A model flushes on every turn of its loop, most often with nothing to write (before
 /// a read, and after the reply is sent): that test is inlined, and the call, whose
-/// frame saves and restores six registers, is made only when there is work (measured:
-/// some 30 instructions per ACK round trip, BENCHMARKS.md).
+/// frame saves and restores six registers, is made only when there is work (about 15
+/// instructions per ACK round trip with 10 connections; BENCHMARKS.md, "Within the
+/// 2%").
 #[inline(always)]
 pub(crate) fn flush<S: Session>(conn: &mut Conn<S>, sock: &TcpStream, clock: &Clock) -> bool {
     if !conn.has_output() && conn.phase() != Phase::Closing {
