@@ -78,7 +78,7 @@ pub(crate) fn read<S: Session>(
 /// 2%").
 #[inline(always)]
 pub(crate) fn flush<S: Session>(conn: &mut Conn<S>, sock: &TcpStream, clock: &Clock) -> bool {
-    if !conn.has_output() && conn.phase() != Phase::Closing {
+    if !conn.may_transmit() {
         return true;
     }
     flush_some(conn, sock, clock)

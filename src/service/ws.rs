@@ -419,6 +419,7 @@ impl<H: Handler> WsConn<H> {
             self.handler.timeout(&mut wcx);
             self.farewell_if_done(cx);
         }
+        let silent_from = self.heard + self.opts.ping_interval;
         match self.pinged {
             Some(t) if now >= t + self.opts.ping_timeout => {
                 tracing::info!("websocket client stopped answering pings");
@@ -426,8 +427,8 @@ impl<H: Handler> WsConn<H> {
                 cx.close();
             }
             // Heard since this check was set: the next one is an interval after.
-            None if now >= self.silence_check && now < self.heard + self.opts.ping_interval => {
-                self.silence_check = self.heard + self.opts.ping_interval;
+            None if now >= self.silence_check && now < silent_from => {
+                self.silence_check = silent_from;
             }
             None if now >= self.silence_check => {
                 self.pinged = Some(now);

@@ -19,6 +19,14 @@ impl<S: Session, L: Host> Conn<S, L> {
         }
     }
 
+    /// Whether [`Conn::poll_transmit`] or [`Conn::poll_shutdown_write`] may have work:
+    /// false (the common case, tested first on every turn of a model's loop) when there
+    /// is no output and the session is not closing.
+    #[inline(always)]
+    pub(crate) fn may_transmit(&self) -> bool {
+        self.has_output() || self.phase == Phase::Closing
+    }
+
     /// `n` bytes of [`Conn::poll_transmit`]'s were written.
     #[inline]
     pub(crate) fn handle_sent(&mut self, n: usize) {
