@@ -874,3 +874,80 @@ fn a_redis_stall_mid_pipeline_answers_every_say_once_in_order() {
     }
     eprintln!("{refused} of the first 100 SAYs refused by the stall");
 }
+
+/// A member leaves more rooms at once than the bridge's queue holds while Redis is
+/// slow (frozen for a moment): every `PART` still reaches Redis, in order behind the
+/// member's earlier requests, and the nick is free at once on the other instance. A
+/// departure cannot be refused to its member, so none may be dropped either.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_burst_of_departures_past_the_queue_reaches_every_instance() {
+    // More than the bridge's queue (8,192) plus one pipeline (1,024).
+    const ROOMS: usize = 10_000;
+    let redis = RedisServer::start();
+    let mut chat = chat_options(&redis.url());
+    chat.max_rooms_per_conn = ROOMS + 1;
+    // Long enough that no expiry scan parts anyone while the test runs.
+    chat.presence_ttl = Duration::from_secs(120);
+    let one = Instance::serve(Model::Async { workers: 2 }, chat.clone());
+    let two = Instance::serve(Model::Threads, chat);
+    let mut a = Client::connect(one.addr, "leaver");
+    // Commands awaiting Redis's answer queue up to 256 KiB per connection: in chunks.
+    for chunk in (0..ROOMS).collect::<Vec<_>>().chunks(1000) {
+        let joins: String = chunk.iter().map(|i| format!("JOIN r{i}\n")).collect();
+        a.w.write_all(joins.as_bytes()).unwrap();
+        a.until(&format!("OK JOIN r{}", chunk[chunk.len() - 1]));
+    }
+    a.send("JOIN sync");
+    a.until("OK JOIN sync");
+    // Parts are answered at once; their events wait in the bridge's queue, behind a
+    // pipeline Redis does not answer while frozen.
+    let parts: String = (0..ROOMS).map(|i| format!("PART r{i}\n")).collect();
+    redis.pause();
+    a.w.write_all(parts.as_bytes()).unwrap();
+    a.until(&format!("OK PART r{}", ROOMS - 1));
+    redis.resume();
+    // Behind every PART in the bridge's one order: once its MSG is back, they ran.
+    a.send("SAY sync done");
+    let said = skip_presence(&mut a);
+    assert!(
+        said.starts_with("MSG sync ") && said.ends_with(" leaver done"),
+        "{said}"
+    );
+    a.send("QUIT");
+    a.until("OK QUIT");
+    let mut w = Client::connect(two.addr, "watcher");
+    let mut listed = Vec::new();
+    for chunk in (0..ROOMS).collect::<Vec<_>>().chunks(1000) {
+        let whos: String = chunk.iter().map(|i| format!("WHO r{i}\n")).collect();
+        w.w.write_all(whos.as_bytes()).unwrap();
+        for i in chunk {
+            // An empty room is no room.
+            let l = w.line();
+            if l.starts_with("ERR no-such-room ") {
+                continue;
+            }
+            assert!(l.starts_with(&format!("WHO r{i} ")), "{l}");
+            if l.split(' ').skip(2).any(|n| n == "leaver") {
+                listed.push(*i);
+            }
+        }
+    }
+    assert!(
+        listed.is_empty(),
+        "{} rooms still list the departed member: {:?}",
+        listed.len(),
+        &listed[..listed.len().min(5)]
+    );
+    // The member's nick is released behind its parts, with the same guarantee.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        w.send("NICK leaver");
+        let l = w.line();
+        if l.starts_with("OK NICK") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nick stayed taken: {l}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

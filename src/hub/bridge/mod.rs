@@ -20,8 +20,9 @@
 //!
 //! # Pipelining
 //!
-//! Requests reach the bridge thread through one bounded queue, in the order the hub
-//! made them. The bridge sends whatever is queued (up to [`BATCH`] requests) as one
+//! Requests reach the bridge thread through one queue, in the order the hub made
+//! them; it is bounded for the requests that may be refused (departures are not: see
+//! `queue.rs`). The bridge sends whatever is queued (up to [`BATCH`] requests) as one
 //! pipeline on its one connection and, while that pipeline is out, collects the next
 //! ones: a group commit, so one round trip serves many requests under load and a lone
 //! request still goes out at once. Redis runs a connection's commands in the order
@@ -103,8 +104,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::broker::{Broker, Newcomer, Order};
 use super::{
     Answer, ChatEvent, Deferred, Hub, HubError, Joined, Kind, MemberId, MsgId, Publication,
@@ -118,6 +117,7 @@ mod commands;
 mod error;
 mod inbound;
 mod presence;
+mod queue;
 mod replies;
 mod run;
 mod scripts;
@@ -130,7 +130,7 @@ use self::scripts::SAY_SCRIPT;
 /// The pub/sub channel every process subscribes to.
 const CHANNEL: &str = "mc:events";
 /// Requests waiting for the bridge; beyond this, `SAY` is answered `unavailable`
-/// rather than queued without bound.
+/// rather than queued without bound. Departures are queued past it (`queue.rs`).
 const QUEUE: usize = 8192;
 /// Most requests sent in one pipeline. Large enough that a join storm drains in a
 /// few round trips; small enough that one pipeline's replies stay a few hundred KiB.
@@ -219,7 +219,7 @@ pub(super) enum Job {
 
 /// The hub's handle on the bridge thread.
 pub(super) struct Bridge {
-    tx: mpsc::Sender<Request>,
+    tx: queue::Queue,
     up: Arc<AtomicBool>,
     /// On a Redis Cluster, a room with no member here any more has its channel left.
     cluster: bool,
@@ -275,7 +275,7 @@ fn channel(room: &str, cluster: bool) -> String {
 impl Bridge {
     /// Starts the bridge thread for `client`; it connects in the background.
     pub(super) fn start(target: Target, hub: Weak<Hub>, history: usize, ttl: Duration) -> Bridge {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = queue::queue(QUEUE);
         let up = Arc::new(AtomicBool::new(false));
         let cluster = target.is_cluster();
         let up2 = up.clone();
@@ -312,7 +312,7 @@ impl Bridge {
         if !self.is_up() {
             return Err(HubError::Unavailable);
         }
-        self.tx.try_send(r).map_err(|_| HubError::Unavailable)
+        self.tx.send(r).map_err(|_| HubError::Unavailable)
     }
 }
 

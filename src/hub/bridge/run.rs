@@ -18,6 +18,7 @@ use super::clock::{time_ms, Clock};
 use super::cluster::{self, Conn, Done, Inbound, Meta, Plan, Target, PROBE_EVERY};
 use super::error::BridgeError;
 use super::presence::Timing;
+use super::queue::Inbox;
 use super::scripts::Scripts;
 use super::{
     nick_tag, Hub, Job, Kind, Request, BACKOFF_MAX, BACKOFF_START, BATCH, CHANNEL, COMMAND_TIMEOUT,
@@ -122,7 +123,7 @@ impl Run {
         self.hub.upgrade()
     }
 
-    pub(super) async fn run(self, mut rx: mpsc::Receiver<Request>) {
+    pub(super) async fn run(self, mut rx: Inbox) {
         let mut backoff = BACKOFF_START;
         loop {
             match self.connect().await {
@@ -167,7 +168,7 @@ impl Run {
 
     /// Waits `backoff` while down, answering queued requests at once rather than
     /// leaving them waiting; `None` when the hub is gone.
-    async fn wait(&self, rx: &mut mpsc::Receiver<Request>, backoff: Duration) -> Option<()> {
+    async fn wait(&self, rx: &mut Inbox, backoff: Duration) -> Option<()> {
         let until = tokio::time::Instant::now() + backoff;
         loop {
             tokio::select! {
@@ -367,12 +368,7 @@ impl Run {
     }
 
     /// Serves until the connection fails (the reason) or the hub is gone (`None`).
-    async fn serve(
-        &self,
-        conn: Conn,
-        mut stream: Inbound,
-        rx: &mut mpsc::Receiver<Request>,
-    ) -> Option<BridgeError> {
+    async fn serve(&self, conn: Conn, mut stream: Inbound, rx: &mut Inbox) -> Option<BridgeError> {
         let mut probes = tokio::time::interval(PROBE_EVERY);
         probes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut probe: Option<Probe> = None;
@@ -514,7 +510,7 @@ impl Run {
         spread: usize,
         scan: bool,
         first: Option<Request>,
-        rx: &mut mpsc::Receiver<Request>,
+        rx: &mut Inbox,
     ) -> Result<(Vec<Job>, Vec<redis::Cmd>), Gone> {
         let mut jobs = Vec::new();
         let mut pipe = Vec::new();
