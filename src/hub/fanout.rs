@@ -234,6 +234,9 @@ impl Hub {
         let mut shard = lock(self.shard(room));
         let r = shard.get_mut(room)?; // None: no member here.
         let name = r.name.clone();
+        if let Kind::Msg { id, .. } = &kind {
+            r.last_msg = Some(id.0);
+        }
         let own_join = matches!(kind, Kind::Join { .. });
         let deliver = match self.presence_shown(r, &kind) {
             true => r.push(Arc::new(Publication::new(name.clone(), kind)), skip, author),
@@ -253,6 +256,12 @@ impl Hub {
             }
         }
         deliver.then_some(name)
+    }
+
+    /// The id of the last message of `room` put in its order here: `None` when the
+    /// room has no member here, `Some(None)` before its first message.
+    pub(super) fn last_msg(&self, room: &str) -> Option<Option<u64>> {
+        lock(self.shard(room)).get(room).map(|r| r.last_msg)
     }
 
     /// Queues an event of `room` for this process's members but `skip`, like

@@ -66,6 +66,11 @@ pub(super) struct Room {
     /// none. Decides with the local count whether presence lines are sent
     /// ([`Room::presence_shown`]).
     pub(super) reported: usize,
+    /// With Redis: the id of the room's last message put in its order here (`None`
+    /// before the first). Ids of a room follow one another: a later one coming in
+    /// shows what this process missed (see the bridge's `repair`). A room made again
+    /// starts without one, so its new members get nothing from before them.
+    pub(super) last_msg: Option<u64>,
 }
 
 impl Room {
@@ -78,6 +83,7 @@ impl Room {
             outbox: VecDeque::new(),
             delivering: false,
             reported: 0,
+            last_msg: None,
         }
     }
 

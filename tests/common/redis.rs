@@ -197,6 +197,20 @@ impl RedisServer {
             .unwrap_or_else(|| panic!("redis-server could not start again on {}", self.port));
     }
 
+    /// The ids of the clients subscribed to a channel now (`CLIENT LIST TYPE pubsub`).
+    pub fn subscribers(&self) -> Vec<u64> {
+        let list = query(self.port, "CLIENT LIST TYPE pubsub").expect("CLIENT LIST");
+        list.lines()
+            .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Closes client `id`'s connection (`CLIENT KILL ID`), as when it breaks.
+    pub fn disconnect(&self, id: u64) {
+        let r = query(self.port, &format!("CLIENT KILL ID {id}"));
+        assert_eq!(r.as_deref(), Some(":1"), "CLIENT KILL ID {id}");
+    }
+
     /// Thaws a paused server (SIGCONT).
     pub fn resume(&self) {
         self.signal("-CONT");

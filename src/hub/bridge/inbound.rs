@@ -1,13 +1,22 @@
 //! Events coming back on the channel: put in order into the hub's rooms, in the
 //! order Redis published them, and handed to the delivery thread.
 
+use super::repair::Gate;
 use super::run::Run;
 use super::Kind;
 
 impl Run {
-    /// Puts an event from the channel into its room for this process's members;
-    /// `None` when the hub is gone.
+    /// Puts an event from the channel into its room for this process's members,
+    /// unless it shows messages missed here (see `repair.rs`); `None` when the hub is
+    /// gone.
     pub(super) fn inject(&self, payload: &[u8]) -> Option<()> {
+        self.inject_checked(payload, true)
+    }
+
+    /// Puts an event into its room: with `check`, through the gate that holds a room's
+    /// events behind a repair; without (what a repair read, and what it held), as it
+    /// comes, but each message once.
+    pub(super) fn inject_checked(&self, payload: &[u8], check: bool) -> Option<()> {
         let hub = self.hub()?;
         let Some(ev) = crate::hub::events::parse(payload) else {
             tracing::warn!(
@@ -16,6 +25,20 @@ impl Run {
             );
             return Some(());
         };
+        let id = match &ev.kind {
+            Kind::Msg { id, .. } => Some(id.0),
+            _ => None,
+        };
+        let gate = match check {
+            true => self.gate(&ev.room, id, payload),
+            false => match (id, hub.last_msg(&ev.room)) {
+                (Some(id), Some(Some(last))) if id <= last => Gate::Had,
+                _ => Gate::Now,
+            },
+        };
+        if !matches!(gate, Gate::Now) {
+            return Some(());
+        }
         if let Some(n) = ev.size {
             hub.report_size(&ev.room, n);
         }

@@ -58,9 +58,9 @@
 //! that margin after the script ran (Redis stopped right after running it, the
 //! network or this process stalled), or a connection that breaks (an error, not a
 //! timeout) after the script ran and before its reply arrived. Then the author is
-//! told `unavailable` although the message was sent; the other processes deliver it
-//! and it is in the history, and the author's own process delivers it only if its
-//! subscription was still up when it was published. Notifications (`Hub::announce`)
+//! told `unavailable` although the message was sent; every process delivers it (one
+//! whose subscription missed it reads it back from the history: `repair.rs`) and it
+//! is in the history. Notifications (`Hub::announce`)
 //! go through the same script with the same deadline; their sender was answered when
 //! they were queued, so one refused is only logged.
 //!
@@ -118,6 +118,7 @@ mod error;
 mod inbound;
 mod presence;
 mod queue;
+mod repair;
 mod replies;
 mod run;
 mod scripts;
@@ -215,6 +216,9 @@ pub(super) enum Job {
     Expire(Arc<str>),
     /// A reading of Redis's clock (`TIME`), for the estimate of [`Clock`].
     Clock,
+    /// The history of a room after its last message here: what its subscription
+    /// missed (`repair.rs`).
+    Repair(Arc<str>),
 }
 
 /// The hub's handle on the bridge thread.

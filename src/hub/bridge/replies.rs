@@ -84,6 +84,7 @@ impl Run {
         let r = match job {
             Job::Req(r) => r,
             Job::Clock => return,
+            Job::Repair(room) => return self.repaired(&room, Some(reply)),
             Job::Presence(room) => {
                 for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
                 {
@@ -175,8 +176,10 @@ impl Run {
     }
 
     pub(super) fn fail_job(&self, job: Job) {
-        if let Job::Req(r) = job {
-            self.fail(r);
+        match job {
+            Job::Req(r) => self.fail(r),
+            Job::Repair(room) => self.repaired(&room, None),
+            _ => {}
         }
     }
 

@@ -19,6 +19,7 @@ use super::cluster::{self, Conn, Done, Inbound, Meta, Plan, Target, PROBE_EVERY}
 use super::error::BridgeError;
 use super::presence::Timing;
 use super::queue::Inbox;
+use super::repair::Repair;
 use super::scripts::Scripts;
 use super::{
     nick_tag, Hub, Job, Kind, Request, BACKOFF_MAX, BACKOFF_START, BATCH, CHANNEL, COMMAND_TIMEOUT,
@@ -45,6 +46,11 @@ pub(super) struct Run {
     /// Requests made by replies, sent with the next pipeline (a cluster: the release
     /// of an old nick once the new one is claimed).
     pub(super) followups: RefCell<Vec<Request>>,
+    /// Rooms whose missed messages are being read back, with the events held
+    /// meanwhile (`repair.rs`).
+    pub(super) repairs: RefCell<HashMap<Arc<str>, Repair>>,
+    /// Repairs to send with the next pipeline: the room and its last message here.
+    pub(super) repair_due: RefCell<Vec<(Arc<str>, u64)>>,
     hub: Weak<Hub>,
     pub(super) deliver: Option<std::sync::mpsc::Sender<Arc<str>>>,
     pub(super) history: usize,
@@ -108,6 +114,8 @@ impl Run {
             down: Default::default(),
             masters: Default::default(),
             followups: Default::default(),
+            repairs: Default::default(),
+            repair_due: Default::default(),
             deliver: super::start_deliverer(hub.clone()),
             hub,
             history: history.max(1),
@@ -147,6 +155,8 @@ impl Run {
                     // Logged once requests are taken: a readiness signal (.ci, tests).
                     tracing::info!("redis: connected and subscribed");
                     backoff = BACKOFF_START;
+                    // Messages published while this process was not subscribed.
+                    self.repair_all();
                     let why = self.serve(conn, stream, &mut rx).await;
                     self.up.store(false, Ordering::Release);
                     if let Some(h) = self.hub() {
@@ -208,7 +218,7 @@ impl Run {
         match job {
             Job::Req(r) => Some(Self::request_tag(r)),
             Job::Nicks(tag) => Some(tag.clone()),
-            Job::Presence(room) | Job::Expire(room) => Some(room.clone()),
+            Job::Presence(room) | Job::Expire(room) | Job::Repair(room) => Some(room.clone()),
             Job::Clock => None,
         }
     }
@@ -396,6 +406,10 @@ impl Run {
                 let mut spread = SPREAD;
                 if std::mem::take(&mut refresh_due) {
                     self.resubscribe();
+                    if self.cluster {
+                        // Each channel subscribed to again: what it missed meanwhile.
+                        self.repair_all();
+                    }
                     if !relist.is_empty() {
                         tracing::warn!("redis: presence renewal lagging: sent in one go");
                         spread = usize::MAX;
@@ -521,6 +535,7 @@ impl Run {
         if scan {
             self.scan(&mut jobs, &mut pipe);
         }
+        self.repair_jobs(&mut jobs, &mut pipe);
         let deadline = self.say_deadline();
         let mut followups = std::mem::take(&mut *self.followups.borrow_mut()).into_iter();
         let mut next = first;
