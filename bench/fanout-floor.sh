@@ -27,11 +27,7 @@ RUNS=${RUNS:-3}
 MEMBERS=${MEMBERS:-10000}
 RATE=${RATE:-1}
 SECS=${SECS:-10}
-OUT=${OUT:-bench/results/fanout-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-RAW=$OUT/raw.tsv
-: > "$RAW"
-echo "# $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(date -u +%FT%TZ) RUNS=$RUNS MEMBERS=$MEMBERS RATE=$RATE SECS=$SECS" | tee "$OUT/head.txt"
+results fanout "RUNS=$RUNS MEMBERS=$MEMBERS RATE=$RATE SECS=$SECS"
 
 for run in $(seq 1 "$RUNS"); do
   for spec in "floor-server=$E/floor_chat {port}" \

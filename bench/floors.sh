@@ -33,11 +33,7 @@ ACK_RATE=${ACK_RATE:-10000}
 HTTP_RATE=${HTTP_RATE:-10000}
 WS_RATE=${WS_RATE:-5000}
 CHAT_RATE=${CHAT_RATE:-10}
-OUT=${OUT:-bench/results/floors-$(date -u +%Y%m%dT%H%M%SZ)}
-mkdir -p "$OUT"
-RAW=$OUT/raw.tsv
-: > "$RAW"
-echo "# $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(date -u +%FT%TZ) RUNS=$RUNS SECS=$SECS ACK_RATE=$ACK_RATE HTTP_RATE=$HTTP_RATE WS_RATE=$WS_RATE CHAT_RATE=$CHAT_RATE" | tee "$OUT/head.txt"
+results floors "RUNS=$RUNS SECS=$SECS ACK_RATE=$ACK_RATE HTTP_RATE=$HTTP_RATE WS_RATE=$WS_RATE CHAT_RATE=$CHAT_RATE"
 
 OURS="$B serve --model async"
 NGINX=

@@ -76,3 +76,14 @@ http {
 CONF
   echo "$1/nginx-$2.conf"
 }
+
+# results KIND 'SETTINGS': the run's output directory, $OUT (default
+# bench/results/KIND-<UTC time>), made, with an empty $RAW (raw.tsv) and head.txt: the
+# commit, the time and SETTINGS, also printed.
+results() {
+  OUT=${OUT:-bench/results/$1-$(date -u +%Y%m%dT%H%M%SZ)}
+  mkdir -p "$OUT"
+  RAW=$OUT/raw.tsv
+  : > "$RAW"
+  echo "# $(git rev-parse --short HEAD 2>/dev/null || echo '?') $(date -u +%FT%TZ) $2" | tee "$OUT/head.txt"
+}
