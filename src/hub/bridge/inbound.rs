@@ -1,7 +1,6 @@
 //! Events coming back on the channel: put in order into the hub's rooms, in the
 //! order Redis published them, and handed to the delivery thread.
 
-use super::repair::Gate;
 use super::run::Run;
 use super::Kind;
 
@@ -29,14 +28,12 @@ impl Run {
             Kind::Msg { id, .. } => Some(id.0),
             _ => None,
         };
-        let gate = match check {
-            true => self.gate(&ev.room, id, payload),
-            false => match (id, hub.last_msg(&ev.room)) {
-                (Some(id), Some(Some(last))) if id <= last => Gate::Had,
-                _ => Gate::Now,
-            },
-        };
-        if !matches!(gate, Gate::Now) {
+        // The id of the room's last message here, for a message.
+        let last = id.and_then(|_| hub.last_msg(&ev.room).flatten());
+        if id.zip(last).is_some_and(|(id, last)| id <= last) {
+            return Some(()); // Delivered already: a repair read it back.
+        }
+        if check && self.hold(&ev.room, id, last, payload) {
             return Some(());
         }
         if let Some(n) = ev.size {

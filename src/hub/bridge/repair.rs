@@ -30,46 +30,40 @@ pub(super) struct Repair {
     pub(super) held: Vec<Box<[u8]>>,
 }
 
-/// What to do with an event coming in.
-pub(super) enum Gate {
-    /// Put it in the room's order now.
-    Now,
-    /// Already there (a repair gave it): dropped.
-    Had,
-    /// Held behind a repair.
-    Held,
-}
-
 impl Run {
-    /// Decides for an event of `room` (message id `id`, if a message), holding it if
-    /// a repair is under way or if it shows a gap (a repair starts).
-    pub(super) fn gate(&self, room: &Arc<str>, id: Option<u64>, payload: &[u8]) -> Gate {
+    /// Holds an event of `room` (a message: its id, and the id of the room's last
+    /// message here) if a repair of the room is under way, or if it shows a gap: then
+    /// a repair starts. Whether it was held.
+    pub(super) fn hold(
+        &self,
+        room: &Arc<str>,
+        id: Option<u64>,
+        last: Option<u64>,
+        payload: &[u8],
+    ) -> bool {
         let mut repairs = self.repairs.borrow_mut();
         if let Some(r) = repairs.get_mut(room) {
             r.held.push(payload.into());
-            return Gate::Held;
+            return true;
         }
-        let (Some(id), Some(hub)) = (id, self.hub()) else {
-            return Gate::Now;
+        let (Some(id), Some(last)) = (id, last) else {
+            return false;
         };
-        match hub.last_msg(room) {
-            Some(Some(last)) if id <= last => Gate::Had,
-            Some(Some(last)) if id > last + 1 => {
-                tracing::info!(
-                    "redis: {room}: message {id} came after {last}: reading the ones \
-                     between from history"
-                );
-                repairs.insert(
-                    room.clone(),
-                    Repair {
-                        held: vec![payload.into()],
-                    },
-                );
-                self.repair_due.borrow_mut().push((room.clone(), last));
-                Gate::Held
-            }
-            _ => Gate::Now,
+        if id <= last + 1 {
+            return false;
         }
+        tracing::info!(
+            "redis: {room}: message {id} came after {last}: reading the ones between from \
+             history"
+        );
+        repairs.insert(
+            room.clone(),
+            Repair {
+                held: vec![payload.into()],
+            },
+        );
+        self.repair_due.borrow_mut().push((room.clone(), last));
+        true
     }
 
     /// Checks every room with a message here for messages missed at its end (after a
