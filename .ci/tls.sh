@@ -26,9 +26,11 @@ install_tools() {
     fi
     local sudo=""
     [[ $(id -u) == 0 ]] || sudo="sudo"
-    if [[ "${CI:-}" == true ]] || ! command -v curl >/dev/null || ! command -v openssl >/dev/null; then
+    if [[ "${CI:-}" == true ]] || ! command -v curl >/dev/null || ! command -v openssl >/dev/null ||
+        ! command -v nc >/dev/null; then
         $sudo apt-get update -q
-        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q curl openssl
+        # netcat: the plaintext client on a TLS port.
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q curl openssl netcat-openbsd
     fi
     if ! python3 -c 'import websockets' 2>/dev/null; then
         python3 -m pip --version >/dev/null 2>&1 ||
@@ -39,6 +41,7 @@ install_tools() {
     fi
     command -v curl >/dev/null || fail "curl missing"
     command -v openssl >/dev/null || fail "openssl missing"
+    command -v nc >/dev/null || fail "nc missing"
     python3 -c 'import websockets' || fail "python websockets missing"
 }
 
