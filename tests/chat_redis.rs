@@ -863,16 +863,34 @@ fn a_redis_stall_mid_pipeline_answers_every_say_once_in_order() {
         .unwrap();
     let mut got = answers_until_quit(&mut a);
     got.insert(0, first.replacen(&format!(" {} ", id(&first)), " - ", 1));
-    assert_eq!(got.len(), 200, "{got:?}");
-    let mut refused = 0;
-    for (i, l) in got.iter().enumerate() {
+    // Answers in command order. A message Redis ran just as it froze, whose reply
+    // never came, was answered `unavailable`, yet it went out (see `hub/bridge`): it
+    // may then come as a message of the room, once, without answering anything.
+    let (mut i, mut refused, mut late) = (0, Vec::new(), Vec::new());
+    for l in &got {
         if l.starts_with("ERR unavailable ") && i < 100 {
-            refused += 1;
+            refused.push(i);
+            i += 1;
+        } else if *l == format!("MSG stall - staller m{i}") {
+            i += 1;
         } else {
-            assert_eq!(*l, format!("MSG stall - staller m{i}"), "answer {i}");
+            let k = l
+                .strip_prefix("MSG stall - staller m")
+                .and_then(|k| k.parse().ok());
+            let k: usize = k.unwrap_or_else(|| panic!("answer {i}: {l}"));
+            assert!(
+                refused.contains(&k) && !late.contains(&k),
+                "answer {i}: {l} ({got:?})"
+            );
+            late.push(k);
         }
     }
-    eprintln!("{refused} of the first 100 SAYs refused by the stall");
+    assert_eq!(i, 200, "{got:?}");
+    eprintln!(
+        "{} of the first 100 SAYs refused by the stall, {} of those sent all the same",
+        refused.len(),
+        late.len()
+    );
 }
 
 /// A member leaves more rooms at once than the bridge's queue holds while Redis is

@@ -4,18 +4,28 @@
 use super::run::Run;
 use super::Kind;
 
+/// Where an event comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    /// The subscription.
+    Live,
+    /// The subscription, held behind a repair (`repair.rs`).
+    Held,
+    /// The room's history, read by a repair.
+    History,
+}
+
 impl Run {
     /// Puts an event from the channel into its room for this process's members,
     /// unless it shows messages missed here (see `repair.rs`); `None` when the hub is
     /// gone.
     pub(super) fn inject(&self, payload: &[u8]) -> Option<()> {
-        self.inject_checked(payload, true)
+        self.inject_from(payload, Source::Live)
     }
 
-    /// Puts an event into its room: with `check`, through the gate that holds a room's
-    /// events behind a repair; without (what a repair read, and what it held), as it
-    /// comes, but each message once.
-    pub(super) fn inject_checked(&self, payload: &[u8], check: bool) -> Option<()> {
+    /// Puts an event into its room, each message once: a live one through the gate
+    /// that holds a room's events behind a repair, the others as they come.
+    pub(super) fn inject_from(&self, payload: &[u8], from: Source) -> Option<()> {
         let hub = self.hub()?;
         let Some(ev) = crate::hub::events::parse(payload) else {
             tracing::warn!(
@@ -33,13 +43,24 @@ impl Run {
         if id.zip(last).is_some_and(|(id, last)| id <= last) {
             return Some(()); // Delivered already: a repair read it back.
         }
-        if check && self.hold(&ev.room, id, last, payload) {
+        if from == Source::Live && self.hold(&ev.room, id, last, payload) {
             return Some(());
         }
         if let Some(n) = ev.size {
             hub.report_size(&ev.room, n);
         }
         let own = ev.origin.as_deref() == Some(&*self.instance);
+        // A message of this process read back from history answers its `SAY` only if
+        // Redis's reply to that `SAY` came (the `SAY` still waits for its message);
+        // without it, its author was answered `unavailable`, and it is only a message
+        // of the room, as it is on every other process.
+        let answers = match (own, id) {
+            (true, Some(id)) => {
+                let ran = self.ran.borrow_mut().remove(&(ev.room.clone(), id));
+                from != Source::History || ran
+            }
+            _ => true,
+        };
         let room = match (&ev.kind, ev.member) {
             // A member of this process listed again after an expiry parted it: it
             // never left, so it is not told it joined (and its join is not confirmed
@@ -52,7 +73,9 @@ impl Run {
                 hub.inject(&ev.room, ev.kind, Some(m), None)
             }
             // A message of a member of this process: its `SAY`'s answer.
-            (Kind::Msg { .. }, Some(m)) if own => hub.inject(&ev.room, ev.kind, None, Some(m)),
+            (Kind::Msg { .. }, Some(m)) if own && answers => {
+                hub.inject(&ev.room, ev.kind, None, Some(m))
+            }
             // An expiry parted a member that is still here (this process will list it
             // again and publish its JOIN): the others are told, as everywhere; it
             // never left, so it is not.

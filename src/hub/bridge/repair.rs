@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use redis::Value;
 
+use super::inbound::Source;
 use super::run::Run;
 use super::{cursor_key, hist_key, Job};
 
@@ -124,11 +125,18 @@ impl Run {
         let entries = found.map(|r| r.ids).unwrap_or_default();
         for e in entries {
             if let Some(v) = e.get::<Vec<u8>>("e") {
-                self.inject_checked(&v, false);
+                self.inject_from(&v, Source::History);
             }
         }
         for payload in repair.held {
-            self.inject_checked(&payload, false);
+            self.inject_from(&payload, Source::Held);
+        }
+        // What is left of the room's messages that ran up to here never came: forget
+        // them.
+        if let Some(Some(last)) = self.hub().and_then(|h| h.last_msg(room)) {
+            self.ran
+                .borrow_mut()
+                .retain(|(r, id)| r != room || *id > last);
         }
     }
 }

@@ -12,6 +12,9 @@ use super::error::BridgeError;
 use super::run::Run;
 use super::{Answer, ChatEvent, HubError, Job, MsgId, Publication, Request};
 
+/// Most messages noted as run and not come back ([`Run::ran`]).
+pub(super) const RAN_MAX: usize = 65_536;
+
 impl Run {
     /// Answers the jobs of a pipeline from its replies. An error of the connection
     /// fails them all and ends it; an error of one command fails that job only, but
@@ -111,6 +114,11 @@ impl Run {
             }
         };
         match r {
+            Request::Say {
+                room,
+                author: Some(_),
+                ..
+            } => self.note_ran(room, reply),
             Request::Say { .. }
             | Request::Event { .. }
             | Request::Release { .. }
@@ -173,6 +181,31 @@ impl Run {
                 let _ = to.send(range_answer(room, after, msgs), 64);
             }
         }
+    }
+
+    /// A member's message ran in Redis (`reply`: its id): unless its publication came
+    /// back already, it is noted, so that a repair reading it back answers its `SAY`.
+    fn note_ran(&self, room: Arc<str>, reply: Value) {
+        let Some(id) = redis::from_owned_redis_value::<u64>(reply).ok() else {
+            return;
+        };
+        let Some(hub) = self.hub() else {
+            return;
+        };
+        if hub.last_msg(&room).flatten().is_some_and(|last| last >= id) {
+            return;
+        }
+        let mut ran = self.ran.borrow_mut();
+        if ran.len() >= RAN_MAX {
+            // Only messages whose publication never came, and no repair read back,
+            // are left here this long.
+            tracing::warn!(
+                "redis: {} messages that ran never came back: forgotten",
+                ran.len()
+            );
+            ran.clear();
+        }
+        ran.insert((room, id));
     }
 
     pub(super) fn fail_job(&self, job: Job) {

@@ -51,6 +51,10 @@ pub(super) struct Run {
     pub(super) repairs: RefCell<HashMap<Arc<str>, Repair>>,
     /// Repairs to send with the next pipeline: the room and its last message here.
     pub(super) repair_due: RefCell<Vec<(Arc<str>, u64)>>,
+    /// Messages of this process's members that Redis ran (the reply to their `SAY`
+    /// came) and that have not come back yet: read back by a repair, one answers its
+    /// `SAY` (`inbound.rs`). At most `replies::RAN_MAX`.
+    pub(super) ran: RefCell<HashSet<(Arc<str>, u64)>>,
     hub: Weak<Hub>,
     pub(super) deliver: Option<std::sync::mpsc::Sender<Arc<str>>>,
     pub(super) history: usize,
@@ -116,6 +120,7 @@ impl Run {
             followups: Default::default(),
             repairs: Default::default(),
             repair_due: Default::default(),
+            ran: Default::default(),
             deliver: super::start_deliverer(hub.clone()),
             hub,
             history: history.max(1),
