@@ -80,18 +80,22 @@ impl Run {
             }
             Request::Range {
                 room, after, last, ..
-            } => {
-                let mut c = self.scripts.range.call(2);
-                c.arg(hist_key(room)).arg(cursor_key(room));
-                match after {
-                    Some(after) => c.arg(after.to_string()).arg(0),
-                    None => c.arg("").arg(*last),
-                };
-                c
-            }
+            } => self.range(room, after.map(|a| a.0), *last),
             Request::Forget { .. } => return None,
         };
         Some(c)
+    }
+
+    /// The read of a room's published history: the messages after id `after`, or the
+    /// last `last` (a `JOIN ... AFTER` replay, `HISTORY`, a repair).
+    pub(super) fn range(&self, room: &str, after: Option<u64>, last: usize) -> redis::Cmd {
+        let mut c = self.scripts.range.call(2);
+        c.arg(hist_key(room)).arg(cursor_key(room));
+        match after {
+            Some(after) => c.arg(after.to_string()).arg(0),
+            None => c.arg("").arg(last),
+        };
+        c
     }
 
     /// The value of a nick claim: which process and member hold it.

@@ -22,7 +22,7 @@ use redis::Value;
 
 use super::inbound::Source;
 use super::run::Run;
-use super::{cursor_key, hist_key, Job};
+use super::Job;
 
 /// A room's repair under way: its read of history is queued or out, and the events
 /// that came in meanwhile wait, in order.
@@ -89,12 +89,7 @@ impl Run {
     /// here, up to its published cursor.
     pub(super) fn repair_jobs(&self, jobs: &mut Vec<Job>, pipe: &mut Vec<redis::Cmd>) {
         for (room, after) in self.repair_due.borrow_mut().drain(..) {
-            let mut c = self.scripts.range.call(2);
-            c.arg(hist_key(&room))
-                .arg(cursor_key(&room))
-                .arg(after.to_string())
-                .arg(0);
-            pipe.push(c);
+            pipe.push(self.range(&room, Some(after), 0));
             jobs.push(Job::Repair(room));
         }
     }
