@@ -77,6 +77,13 @@ fn instances_agree_a_room_is_past_the_presence_limit_though_each_holds_half() {
     // The 101st member's part is silent too; one from a room of 100 is heard.
     members[last].send("PART big");
     members[last].expect("OK PART big");
+    // `OK PART` does not wait for Redis, and the next `PART` comes from the other
+    // instance: a `WHO` on the first, behind the `PART` in its bridge's one queue and
+    // connection, is answered once Redis has unlisted m100 (else m99's `PART` could run
+    // first, in a room of 101, and m100's in a room of 100).
+    members[0].send("WHO big");
+    let who = members[0].until("WHO big ");
+    assert_eq!(who.split(' ').count() - 2, last, "{who}");
     members[last - 1].send("PART big");
     members[last - 1].expect("OK PART big");
     members[3].send("SAY big after");
