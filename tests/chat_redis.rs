@@ -1038,3 +1038,102 @@ fn messages_published_while_a_subscription_was_down_reach_its_members_in_order()
     w.send("WHO gap");
     assert_eq!(skip_presence(&mut w), "WHO gap watcher writer");
 }
+
+/// Presence is renewed per room, not per member: with 200 members in a room, each
+/// renewal (every `T/3`) costs Redis a few commands for the room, never one per member,
+/// and the members stay listed through many lifetimes of a lease.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn presence_renewal_costs_redis_per_room_not_per_member() {
+    const MEMBERS: usize = 200;
+    let redis = RedisServer::start();
+    let mut chat = chat_options(&redis.url());
+    let ttl = Duration::from_millis(600);
+    chat.presence_ttl = ttl;
+    let one = Instance::serve(Model::Async { workers: 2 }, chat.clone());
+    let two = Instance::serve(Model::Threads, chat);
+    let mut members: Vec<Client> = (0..MEMBERS)
+        .map(|i| {
+            let mut m = Client::connect(one.addr, &format!("m{i}"));
+            m.send("JOIN big");
+            m.until("OK JOIN big");
+            m
+        })
+        .collect();
+    let mut watcher = Client::connect(two.addr, "watcher");
+    watcher.send("JOIN small");
+    watcher.expect("OK JOIN small");
+    // From now on, renewals and scans only.
+    let (sadd, zscore, sismember) = (
+        redis.calls("sadd"),
+        redis.calls("zscore"),
+        redis.calls("sismember"),
+    );
+    // A renewal reads each lease it renews (ZSCORE): at least 5 renewals of each of
+    // the two instances' rooms (one room each), so several lease lifetimes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.calls("zscore") < zscore + 10 {
+        assert!(Instant::now() < deadline, "no presence renewal came");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let renewals = redis.calls("zscore") - zscore;
+    // Nobody was listed again (no SADD, no SISMEMBER), and no renewal read a member.
+    assert_eq!(redis.calls("sadd"), sadd, "members were listed again");
+    assert_eq!(redis.calls("sismember"), sismember);
+    assert!(
+        renewals < MEMBERS as u64,
+        "{renewals} ZSCOREs: a renewal reads per member"
+    );
+    // The members are still listed, on the other instance too.
+    watcher.send("WHO big");
+    let who = watcher.until("WHO big ");
+    assert_eq!(who.split(' ').count() - 2, MEMBERS, "{who}");
+    members[0].send("SAY big still here");
+    assert!(members[0].until("MSG big ").ends_with(" m0 still here"));
+}
+
+/// A member that leaves while its instance cannot reach Redis is parted everywhere
+/// once Redis is back, at once rather than when its listing would have lapsed: the
+/// instance lists its members of the room again, and the nick it no longer has there
+/// is parted (one `PART`), so `WHO` is right everywhere.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_part_while_redis_is_down_reaches_the_others_once_it_is_back() {
+    let redis = RedisServer::start();
+    let mut chat = chat_options(&redis.url());
+    // Listings that would last 40 s: only the listing after the reconnect parts ann in
+    // time.
+    chat.presence_ttl = Duration::from_secs(60);
+    let one = Instance::serve(Model::Async { workers: 2 }, chat.clone());
+    let two = Instance::serve(Model::Threads, chat);
+    let mut ann = Client::connect(one.addr, "ann");
+    let mut cat = Client::connect(one.addr, "cat");
+    let mut bob = Client::connect(two.addr, "bob");
+    for c in [&mut bob, &mut ann, &mut cat] {
+        c.send("JOIN lobby");
+        c.expect("OK JOIN lobby");
+    }
+    bob.expect("JOIN lobby ann");
+    bob.expect("JOIN lobby cat");
+    redis.pause();
+    // A request out on instance one times out: it is down, reconnecting.
+    cat.send("WHO lobby");
+    cat.until("ERR unavailable");
+    one.wait_available(false);
+    ann.send("PART lobby");
+    ann.until("OK PART lobby");
+    redis.resume();
+    one.wait_available(true);
+    two.wait_available(true);
+    // Bounded well below the 40 s a listing lives.
+    bob.r
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(bob.line(), "PART lobby ann");
+    cat.send("SAY lobby after");
+    let after = cat.until("MSG lobby ");
+    assert_eq!(bob.line(), after, "one PART, then the message");
+    bob.send("WHO lobby");
+    assert_eq!(bob.until("WHO lobby"), "WHO lobby bob cat");
+}

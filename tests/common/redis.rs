@@ -211,6 +211,18 @@ impl RedisServer {
         assert_eq!(r.as_deref(), Some(":1"), "CLIENT KILL ID {id}");
     }
 
+    /// How many times the server ran `command` since it started (lower case, as
+    /// `INFO commandstats` names it; commands run by scripts included).
+    pub fn calls(&self, command: &str) -> u64 {
+        let stats = query(self.port, "INFO commandstats").expect("INFO commandstats");
+        let head = format!("cmdstat_{command}:calls=");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Thaws a paused server (SIGCONT).
     pub fn resume(&self) {
         self.signal("-CONT");
@@ -389,13 +401,7 @@ impl RedisCluster {
     /// How many times node `i` ran `command` (lower case, as `INFO commandstats`
     /// names it: `wait`, `cluster|myid`).
     pub fn calls(&self, i: usize, command: &str) -> u64 {
-        let stats = query(self.nodes[i].port, "INFO commandstats").expect("INFO commandstats");
-        let head = format!("cmdstat_{command}:calls=");
-        stats
-            .lines()
-            .find_map(|l| l.strip_prefix(&head))
-            .and_then(|rest| rest.split(',').next()?.parse().ok())
-            .unwrap_or(0)
+        self.nodes[i].calls(command)
     }
 
     /// The index of a replica of master `i`.

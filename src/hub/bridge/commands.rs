@@ -1,7 +1,8 @@
 //! The Redis command of each request: the scripts' keys and arguments.
 
 use super::run::Run;
-use super::{channel, cursor_key, hist_key, keys, nick_key, parted_key, who_key};
+use super::{channel, cursor_key, hist_key, keys, nick_key, parted_key};
+use super::{leases_key, members_key, members_prefix};
 use super::{Kind, MemberId, Request};
 
 impl Run {
@@ -45,14 +46,17 @@ impl Run {
                     Kind::Msg { .. } => return None, // Messages go through `Say`.
                 };
                 let v = crate::hub::events::encode(room, kind, &self.instance, *member)?;
-                let mut c = self.scripts.event.call(3);
-                c.arg(who_key(room))
+                let mut c = self.scripts.event.call(4);
+                c.arg(leases_key(room))
                     .arg(channel(room, self.cluster))
                     .arg(parted_key(room))
+                    .arg(members_key(room, &self.instance))
                     .arg(v)
                     .arg(life)
                     .arg(unlist)
-                    .arg(list);
+                    .arg(list)
+                    .arg(&*self.instance)
+                    .arg(members_prefix(room));
                 c
             }
             Request::Claim {
@@ -75,7 +79,7 @@ impl Run {
             }
             Request::Who { room, .. } => {
                 let mut c = self.scripts.who.call(1);
-                c.arg(who_key(room));
+                c.arg(leases_key(room)).arg(members_prefix(room));
                 c
             }
             Request::Range {

@@ -209,9 +209,12 @@ pub(super) enum Job {
     /// Renewal of some of this process's nick claims (of one slot on a cluster: the
     /// hash tag of one of them); the reply lists those lost.
     Nicks(Arc<str>),
-    /// Re-listing of this process's members of a room; the reply lists the nicks
-    /// listed again after an expiry had parted them.
+    /// Listing of this process's members of a room; the reply lists the nicks
+    /// listed again after a scan had parted them, and those parted as gone.
     Presence(Arc<str>),
+    /// Renewal of this process's lease in a room; the reply says whether it must
+    /// list its members there again.
+    Renew(Arc<str>),
     /// Removal of a room's expired listings; the reply lists the nicks parted.
     Expire(Arc<str>),
     /// A reading of Redis's clock (`TIME`), for the estimate of [`Clock`].
@@ -243,8 +246,26 @@ fn nick_tag(nick: &str) -> Arc<str> {
 // Every key of a room carries the room's hash tag (`{room}`): on a cluster, all of a
 // room's scripts run on its one slot.
 
-fn who_key(room: &str) -> String {
-    format!("mc:room:{{{room}}}:who")
+/// A room's leases: the processes with members there, each scored by when its lease
+/// lapses (Redis's clock, ms).
+fn leases_key(room: &str) -> String {
+    format!("mc:room:{{{room}}}:here")
+}
+
+/// The prefix of a room's member sets: one per process, its id after the prefix.
+fn members_prefix(room: &str) -> String {
+    format!("mc:room:{{{room}}}:at:")
+}
+
+/// The nicks process `instance` lists in a room.
+fn members_key(room: &str, instance: &str) -> String {
+    format!("{}{instance}", members_prefix(room))
+}
+
+/// A room's evicted processes: those a scan parted the members of (their lease had
+/// lapsed), scored by when they are forgotten.
+fn evicted_key(room: &str) -> String {
+    format!("mc:room:{{{room}}}:evicted")
 }
 
 /// A room's parted set: nicks an expiry scan unlisted, scored by when they are
@@ -355,15 +376,16 @@ pub(super) fn instance_id() -> Arc<str> {
 }
 
 impl Bridge {
-    /// Publishes a join, part or nick change through Redis; while it is down the event
-    /// reaches nobody (logged).
+    /// Publishes a part or nick change through Redis. It is queued also while Redis
+    /// is down: the bridge then fails it, and lists the room again once connected
+    /// (the others are told of the departure then: `presence.lua`).
     fn publish_event(&self, room: &Arc<str>, kind: Kind, member: MemberId) {
         let r = Request::Event {
             room: room.clone(),
             kind,
             member,
         };
-        if self.send(r).is_err() {
+        if self.tx.send(r).is_err() {
             tracing::warn!("redis unavailable: a {room} membership event was not published");
         }
     }

@@ -2,11 +2,15 @@
 //! process's listings and nick claims, and the expiry scan (see the bridge's
 //! documentation, "Presence").
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::run::Run;
-use super::{channel, nick_key, nick_tag, parted_key, who_key};
+use super::{channel, evicted_key, leases_key, members_key, members_prefix};
+use super::{nick_key, nick_tag, parted_key};
 use super::{Job, BACKOFF_MAX, CHUNK, COMMAND_TIMEOUT};
+use crate::hub::fanout::Listing;
 
 /// The presence periods derived from `--presence-ttl` (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,9 +47,10 @@ impl Timing {
 }
 
 impl Run {
-    /// The commands re-listing this process's nicks and members: all of them when
-    /// `renew` is false (after a connect), else only those still listed.
-    pub(super) fn relist(&self, renew: bool) -> Vec<(Job, redis::Cmd)> {
+    /// The commands claiming this process's nicks (after a connect: all of them) or
+    /// renewing them (`renew`: only those still held, so a nick released meanwhile
+    /// stays free).
+    fn nick_claims(&self, renew: bool) -> Vec<(Job, redis::Cmd)> {
         let Some(hub) = self.hub() else {
             return Vec::new();
         };
@@ -78,39 +83,94 @@ impl Run {
             }
             out.push((Job::Nicks(nick_tag(&chunk[0].0)), c));
         }
-        for (room, members) in hub.listings() {
-            let (key, parted) = (who_key(&room), parted_key(&room));
-            for chunk in members.chunks(CHUNK) {
-                let mut c = self.scripts.presence.call(3);
-                c.arg(&key).arg(&parted).arg(channel(&room, self.cluster));
-                c.arg(life).arg(if renew { "XX" } else { "" });
-                c.arg(&*room).arg(&*self.instance);
-                for (nick, member) in chunk {
-                    c.arg(&**nick);
-                    match member {
-                        Some(m) => c.arg(m.0),
-                        None => c.arg(""),
-                    };
-                }
-                out.push((Job::Presence(room.clone()), c));
+        out
+    }
+
+    /// The commands listing this process's members, room by room (each room's set
+    /// then holds exactly them: see [`PRESENCE_SCRIPT`](super::scripts::PRESENCE_SCRIPT)),
+    /// with its nick claims: after a connect, before any request goes out.
+    pub(super) fn register_all(&self) -> Vec<(Job, redis::Cmd)> {
+        let mut out = self.nick_claims(false);
+        // The rooms whose listing was due go with them (a room left meanwhile too).
+        let mut rooms: HashSet<Arc<str>> = std::mem::take(&mut *self.relist.borrow_mut());
+        rooms.extend(std::mem::take(&mut *self.relist_later.borrow_mut()));
+        rooms.extend(self.hub().map(|h| h.local_rooms()).unwrap_or_default());
+        out.extend(self.listings(rooms.into_iter().collect()));
+        out
+    }
+
+    /// The commands listing this process's members of `rooms`, a room it no longer
+    /// has any in included: its set there is emptied.
+    /// They must reach Redis before any request made after this call, and after every
+    /// one made before it that is already out (one connection runs its commands in
+    /// order): the set then matches the members here as of now, and each later `JOIN`
+    /// or `PART` changes it from there.
+    pub(super) fn listings(&self, rooms: Vec<Arc<str>>) -> Vec<(Job, redis::Cmd)> {
+        let Some(hub) = self.hub() else {
+            return Vec::new();
+        };
+        let life = self.timing.lifetime.as_millis() as u64;
+        let mut all: HashMap<Arc<str>, Vec<Listing>> = hub.listings().into_iter().collect();
+        let mut out = Vec::new();
+        for room in rooms {
+            let members = all.remove(&room).unwrap_or_default();
+            let mut c = self.scripts.presence.call(5);
+            c.arg(leases_key(&room))
+                .arg(parted_key(&room))
+                .arg(channel(&room, self.cluster))
+                .arg(members_key(&room, &self.instance))
+                .arg(evicted_key(&room));
+            c.arg(life)
+                .arg(&*room)
+                .arg(&*self.instance)
+                .arg(members_prefix(&room));
+            for (nick, member) in &members {
+                c.arg(&**nick);
+                match member {
+                    Some(m) => c.arg(m.0),
+                    None => c.arg(""),
+                };
             }
+            out.push((Job::Presence(room.clone()), c));
         }
         out
     }
 
-    /// The commands removing the expired listings of the rooms this process has
-    /// members in.
+    /// The commands renewing this process's presence: one lease per room it has
+    /// members in (not one listing per member), and its nick claims.
+    pub(super) fn renewals(&self) -> Vec<(Job, redis::Cmd)> {
+        let Some(hub) = self.hub() else {
+            return Vec::new();
+        };
+        let life = self.timing.lifetime.as_millis() as u64;
+        let mut out = self.nick_claims(true);
+        for room in hub.local_rooms() {
+            let mut c = self.scripts.renew.call(3);
+            c.arg(leases_key(&room))
+                .arg(members_key(&room, &self.instance))
+                .arg(evicted_key(&room))
+                .arg(life)
+                .arg(&*self.instance);
+            out.push((Job::Renew(room), c));
+        }
+        out
+    }
+
+    /// The commands parting the members of processes whose lease lapsed in the rooms
+    /// this process has members in.
     pub(super) fn scan(&self, jobs: &mut Vec<Job>, p: &mut Vec<redis::Cmd>) {
         let Some(hub) = self.hub() else {
             return;
         };
         for room in hub.local_rooms() {
-            let mut c = self.scripts.expire.call(3);
-            c.arg(who_key(&room))
+            let mut c = self.scripts.expire.call(4);
+            c.arg(leases_key(&room))
                 .arg(channel(&room, self.cluster))
                 .arg(parted_key(&room))
+                .arg(evicted_key(&room))
                 .arg(&*room)
-                .arg(self.timing.keep.as_millis() as u64);
+                .arg(self.timing.keep.as_millis() as u64)
+                .arg(members_prefix(&room));
             p.push(c);
             jobs.push(Job::Expire(room));
         }

@@ -89,12 +89,27 @@ impl Run {
             Job::Clock => return,
             Job::Repair(room) => return self.repaired(&room, Some(reply)),
             Job::Presence(room) => {
-                for nick in redis::from_owned_redis_value::<Vec<String>>(reply).unwrap_or_default()
-                {
+                let (back, gone) =
+                    redis::from_owned_redis_value::<(Vec<String>, Vec<String>)>(reply)
+                        .unwrap_or_default();
+                for nick in back {
                     tracing::warn!(
                         "redis: {nick} in {room} was parted by expiry while still here \
                          (a late renewal, or Redis hung): listed again, JOIN published"
                     );
+                }
+                for nick in gone {
+                    tracing::info!(
+                        "redis: {nick} in {room} had left while its PART could not be \
+                         published: parted everywhere now"
+                    );
+                }
+                return;
+            }
+            Job::Renew(room) => {
+                if redis::from_owned_redis_value::<i64>(reply).is_ok_and(|lost| lost == 1) {
+                    // Listed again before any request made from now on.
+                    self.relist.borrow_mut().insert(room);
                 }
                 return;
             }
@@ -212,6 +227,10 @@ impl Run {
         match job {
             Job::Req(r) => self.fail(r),
             Job::Repair(room) => self.repaired(&room, None),
+            // Tried again with the next renewal (not at once: its slot may be down).
+            Job::Presence(room) => {
+                self.relist_later.borrow_mut().insert(room);
+            }
             _ => {}
         }
     }
@@ -250,7 +269,13 @@ impl Run {
                 to,
                 ChatEvent::Answer(Answer::Nick(Err(HubError::Unavailable))),
             ),
-            Request::Event { .. } | Request::Release { .. } | Request::Forget { .. } => return,
+            Request::Event { room, .. } => {
+                // The room's set in Redis may now differ from its members here (a
+                // `PART` not run): listed again.
+                self.relist.borrow_mut().insert(room);
+                return;
+            }
+            Request::Release { .. } | Request::Forget { .. } => return,
         };
         let _ = ev.0.send(ev.1, 64);
     }

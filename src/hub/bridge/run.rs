@@ -55,6 +55,11 @@ pub(super) struct Run {
     /// came) and that have not come back yet: read back by a repair, one answers its
     /// `SAY` (`inbound.rs`). At most `replies::RAN_MAX`.
     pub(super) ran: RefCell<HashSet<(Arc<str>, u64)>>,
+    /// Rooms whose members here are listed again in Redis before the next requests
+    /// (`presence.rs`): this process's lease there was lost, or an event failed.
+    pub(super) relist: RefCell<HashSet<Arc<str>>>,
+    /// Rooms whose listing failed: listed again with the next renewal.
+    pub(super) relist_later: RefCell<HashSet<Arc<str>>>,
     hub: Weak<Hub>,
     pub(super) deliver: Option<std::sync::mpsc::Sender<Arc<str>>>,
     pub(super) history: usize,
@@ -121,6 +126,8 @@ impl Run {
             repairs: Default::default(),
             repair_due: Default::default(),
             ran: Default::default(),
+            relist: Default::default(),
+            relist_later: Default::default(),
             deliver: super::start_deliverer(hub.clone()),
             hub,
             history: history.max(1),
@@ -195,7 +202,7 @@ impl Run {
 
     /// Lists every member and nick of this process, in one pipeline.
     async fn register(&self, conn: &mut Conn) -> Result<(), BridgeError> {
-        let (jobs, cmds): (Vec<Job>, Vec<redis::Cmd>) = self.relist(false).into_iter().unzip();
+        let (jobs, cmds): (Vec<Job>, Vec<redis::Cmd>) = self.register_all().into_iter().unzip();
         if jobs.is_empty() {
             return Ok(());
         }
@@ -223,7 +230,9 @@ impl Run {
         match job {
             Job::Req(r) => Some(Self::request_tag(r)),
             Job::Nicks(tag) => Some(tag.clone()),
-            Job::Presence(room) | Job::Expire(room) | Job::Repair(room) => Some(room.clone()),
+            Job::Presence(room) | Job::Renew(room) | Job::Expire(room) | Job::Repair(room) => {
+                Some(room.clone())
+            }
             Job::Clock => None,
         }
     }
@@ -232,6 +241,7 @@ impl Run {
     /// one per slot on a cluster.
     fn launch(&self, conn: &Conn, jobs: &[Job], cmds: Vec<redis::Cmd>) -> Batch {
         let acks = self.acks.get();
+        let hub = self.hub();
         let mut meta = Vec::with_capacity(jobs.len());
         for job in jobs {
             let joins = match job {
@@ -239,8 +249,10 @@ impl Run {
                     room,
                     kind: Kind::Join { .. },
                     ..
-                })
-                | Job::Presence(room) => Some(room),
+                }) => Some(room),
+                // A listing of a room with members here (not one emptying this
+                // process's set of a room it left).
+                Job::Presence(room) if hub.as_ref().is_some_and(|h| h.has_room(room)) => Some(room),
                 _ => None,
             };
             if let Some(room) = joins.filter(|_| self.cluster) {
@@ -395,9 +407,9 @@ impl Run {
         let per_refresh = (self.timing.refresh.as_nanos() / self.timing.scan.as_nanos()).max(1);
         let mut tick: u128 = 0;
         let (mut refresh_due, mut scan_due) = (false, false);
-        // Re-listing commands not sent yet: a few go in each pipeline, so that no
-        // pipeline carries a whole refresh of many members ahead of their requests.
-        let mut relist: std::collections::VecDeque<(Job, redis::Cmd)> = Default::default();
+        // Renewals not sent yet: a few go in each pipeline, so that no pipeline
+        // carries a whole refresh of many rooms and nicks ahead of the requests.
+        let mut renewals: std::collections::VecDeque<(Job, redis::Cmd)> = Default::default();
         // A request taken from the queue while no pipeline was out: the next one's first.
         let mut first: Option<Request> = None;
         let mut batch: Option<Batch> = None;
@@ -415,14 +427,16 @@ impl Run {
                         // Each channel subscribed to again: what it missed meanwhile.
                         self.repair_all();
                     }
-                    if !relist.is_empty() {
+                    if !renewals.is_empty() {
                         tracing::warn!("redis: presence renewal lagging: sent in one go");
                         spread = usize::MAX;
                     }
-                    relist.extend(self.relist(true));
+                    renewals.extend(self.renewals());
+                    let later = std::mem::take(&mut *self.relist_later.borrow_mut());
+                    self.relist.borrow_mut().extend(later);
                 }
                 let scan = std::mem::take(&mut scan_due);
-                match self.collect(&mut relist, spread, scan, first.take(), rx) {
+                match self.collect(&mut renewals, spread, scan, first.take(), rx) {
                     Ok((jobs, cmds)) if !jobs.is_empty() => {
                         let n = jobs.len();
                         let run = self.launch(&conn, &jobs, cmds);
@@ -525,7 +539,7 @@ impl Run {
     /// due, then `first` and the requests queued behind it, in queue order.
     fn collect(
         &self,
-        relist: &mut std::collections::VecDeque<(Job, redis::Cmd)>,
+        renewals: &mut std::collections::VecDeque<(Job, redis::Cmd)>,
         spread: usize,
         scan: bool,
         first: Option<Request>,
@@ -533,7 +547,15 @@ impl Run {
     ) -> Result<(Vec<Job>, Vec<redis::Cmd>), Gone> {
         let mut jobs = Vec::new();
         let mut pipe = Vec::new();
-        for (job, c) in relist.drain(..spread.min(relist.len())) {
+        // Listings first: taken now, they go out ahead of every request made since.
+        let relist: Vec<Arc<str>> = self.relist.borrow_mut().drain().collect();
+        if !relist.is_empty() {
+            for (job, c) in self.listings(relist) {
+                pipe.push(c);
+                jobs.push(job);
+            }
+        }
+        for (job, c) in renewals.drain(..spread.min(renewals.len())) {
             pipe.push(c);
             jobs.push(job);
         }

@@ -42,37 +42,55 @@ pub(super) const RETRACT_SCRIPT: &str = include_str!("../lua/retract.lua");
 /// `ARGV[1]` empty, the last `ARGV[2]` (newest first). `KEYS`: stream, cursor.
 pub(super) const RANGE_SCRIPT: &str = include_str!("../lua/range.lua");
 
-/// A join, part or nick change. `KEYS`: presence set, channel, parted set. `ARGV`:
-/// the event, listing lifetime (ms), nick to unlist (or empty), nick to list (or
-/// empty). Both nicks leave the parted set: after an event of its own a member's
-/// expiry is no longer something to repair (see [`PRESENCE_SCRIPT`]).
+/// A join, part or nick change. `KEYS`: the room's leases, channel, parted set, this
+/// process's set of the room. `ARGV`: the event, lease (ms), nick to unlist (or
+/// empty), nick to list (or empty), this process's id, the prefix of the room's sets.
+/// Both nicks leave the parted set: after an event of its own a member's expiry is no
+/// longer something to repair (see [`PRESENCE_SCRIPT`]). The event also starts this
+/// process's lease in the room again (or ends it with its last member there). A
+/// `PART` of a nick the set no longer holds is not published: a scan or a listing
+/// (below) published it already.
 pub(super) const EVENT_SCRIPT: &str = include_str!("../lua/event.lua");
 
-/// Re-lists a process's members of one room (at most [`CHUNK`]: one variadic
-/// `ZADD`); returns the nicks it listed again after an expiry had parted them.
-/// `KEYS`: presence set, parted set, channel. `ARGV`: listing lifetime (ms), `XX`
-/// (renew: only members still listed, or repaired) or empty (list them all, after a
-/// connect), room, this process's id, then pairs of nick and member id (empty for a
-/// member whose join has not come back yet: never repaired).
+/// Lists a process's members of one room: its set of the room then holds exactly
+/// them, and its lease there starts again. Returns the nicks listed again after a scan
+/// had parted them, and the nicks parted as gone. `KEYS`: the room's leases, parted
+/// set, channel, this process's set, evicted processes. `ARGV`: lease (ms), room, this
+/// process's id, the prefix of the room's sets, then pairs of nick and member id
+/// (empty for a member whose `JOIN` has not come back: kept if listed, not listed by
+/// this; its `JOIN` lists it).
 ///
-/// A member missing from the set whose nick is in the parted set (an expiry scan
-/// unlisted it and published its `PART`, and it has had no join, part or nick change
-/// since) is still here: Redis hung longer than its listing lived, or this process's
+/// A member missing from the set whose nick is in the parted set (a scan parted it
+/// when this process's lease lapsed, and it has had no join, part or nick change
+/// since) is still here: Redis hung longer than a lease lives, or this process's
 /// renewal came late. It is listed again and its `JOIN` is published, in this one
 /// script, so every process's members see it come back and `WHO` is right everywhere.
-/// A member that really parted or renamed itself is in neither set (its event's
-/// script cleared both), so a renewal that reaches Redis after its `PART` does not
-/// list it again; one before its `PART` is followed by it, on this same connection.
+/// A nick in the set that is no member here any more (its `PART` was lost: Redis was
+/// down, or the room's master failing over) is parted everywhere.
+///
+/// Sent after a connect for every room, and for a room whose lease was found lost
+/// ([`RENEW_SCRIPT`]) or whose event failed, ahead of every request made after the
+/// listing was taken (see `Run::listings`).
 pub(super) const PRESENCE_SCRIPT: &str = include_str!("../lua/presence.lua");
 
-/// Unlists the expired members of a room and publishes their `PART`s (marked `x`:
-/// by expiry); returns their nicks. Each is kept in the room's parted set until
-/// `ARGV[2]` from now, so that its process, if it is alive after all, lists it again
-/// and publishes its `JOIN` (see [`PRESENCE_SCRIPT`]). `KEYS`: presence set, channel,
-/// parted set. `ARGV`: room, how long a parted nick is kept (ms).
+/// Renews a process's lease in one room, whatever its members there: presence costs
+/// Redis one command per room and process every `T/3`, not one per member. `KEYS`:
+/// the room's leases, this process's set, evicted processes. `ARGV`: lease (ms), this
+/// process's id. Answers 1, renewing nothing, when a scan parted this process's
+/// members there or the lease is gone: the bridge lists the room again.
+pub(super) const RENEW_SCRIPT: &str = include_str!("../lua/renew.lua");
+
+/// Parts the members of the processes whose lease lapsed in a room, publishing their
+/// `PART`s (marked `x`: by expiry); returns their nicks. Each is kept in the room's
+/// parted set, and the process in the evicted set, until `ARGV[2]` from now, so that
+/// the process, if it is alive after all, lists them again and publishes their `JOIN`s
+/// (see [`PRESENCE_SCRIPT`]). `KEYS`: the room's leases, channel, parted set, evicted
+/// processes. `ARGV`: room, how long a parted nick is kept (ms), the prefix of the
+/// room's sets.
 pub(super) const EXPIRE_SCRIPT: &str = include_str!("../lua/expire.lua");
 
-/// The listed members of a room. `KEYS`: presence set.
+/// The members of a room: the union of the sets of the processes whose lease holds.
+/// `KEYS`: the room's leases. `ARGV`: the prefix of the room's sets.
 pub(super) const WHO_SCRIPT: &str = include_str!("../lua/who.lua");
 
 /// Claims a nick unless another member holds it, then releases the member's old one.
@@ -144,6 +162,7 @@ pub(super) struct Scripts {
     pub(super) say: Lua,
     pub(super) event: Lua,
     pub(super) presence: Lua,
+    pub(super) renew: Lua,
     pub(super) expire: Lua,
     pub(super) who: Lua,
     pub(super) claim: Lua,
@@ -162,6 +181,7 @@ impl Scripts {
             say: Lua::new(SAY_SCRIPT, true, c),
             event: Lua::new(EVENT_SCRIPT, true, c),
             presence: Lua::new(PRESENCE_SCRIPT, true, c),
+            renew: Lua::new(RENEW_SCRIPT, true, c),
             expire: Lua::new(EXPIRE_SCRIPT, true, c),
             who: Lua::new(WHO_SCRIPT, true, c),
             claim: Lua::new(CLAIM_SCRIPT, false, c),
@@ -173,11 +193,12 @@ impl Scripts {
         }
     }
 
-    pub(super) fn all(&self) -> [&Lua; 11] {
+    pub(super) fn all(&self) -> [&Lua; 12] {
         [
             &self.say,
             &self.event,
             &self.presence,
+            &self.renew,
             &self.expire,
             &self.who,
             &self.claim,

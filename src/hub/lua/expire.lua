@@ -1,15 +1,42 @@
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', string.format('%.0f', now))
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
-if #gone > 0 then
-  local keep = string.format('%.0f', now + tonumber(ARGV[2]))
-  -- Each PART carries the room's size counting the member leaving (as event.lua's).
-  local size = redis.call('ZCARD', KEYS[1])
-  for _, n in ipairs(gone) do
-    redis.call('ZREM', KEYS[1], n)
-    redis.call('ZADD', KEYS[3], keep, n)
-    redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n, x=1, n=size}))
+-- Parts the members of the processes whose lease in the room lapsed. KEYS: the
+-- room's leases, channel, parted set, evicted processes. ARGV: room, how long a parted
+-- nick (and an evicted process) is kept (ms), the prefix of the room's sets.
+local t = string.format('%.0f', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', t)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', t)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t)
+if #dead == 0 then return {} end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. t, '+inf')
+-- Each PART carries the room's size counting the member leaving (as event.lua's).
+local size = 0
+for _, i in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  size = size + redis.call('SCARD', ARGV[3] .. i)
+end
+local keep = string.format('%.0f', now + tonumber(ARGV[2]))
+local gone = {}
+for _, i in ipairs(dead) do
+  local set = ARGV[3] .. i
+  for _, n in ipairs(redis.call('SMEMBERS', set)) do
+    -- A nick a live process lists too (a member that took it after this one went)
+    -- has not left.
+    local here = false
+    for _, l in ipairs(live) do
+      if redis.call('SISMEMBER', ARGV[3] .. l, n) == 1 then
+        here = true
+        break
+      end
+    end
+    if not here then
+      gone[#gone + 1] = n
+      redis.call('ZADD', KEYS[3], keep, n)
+      redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n, x=1, n=size}))
+    end
     size = size - 1
   end
-  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  redis.call('DEL', set)
+  redis.call('ZREM', KEYS[1], i)
+  redis.call('ZADD', KEYS[4], keep, i)
 end
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
 return gone

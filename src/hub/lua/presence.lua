@@ -1,23 +1,44 @@
-local expires = string.format('%.0f', now + tonumber(ARGV[1]))
-local args = {}
-local back = {}
+-- Lists this process's members of one room: its set (KEYS[4]) becomes exactly them,
+-- and its lease in the room (KEYS[1]) starts again. ARGV: lease (ms), room, this
+-- process's id, the prefix of the room's sets, then pairs of nick and member id (empty
+-- while its JOIN has not come back: kept if listed, not listed by this).
+local listed, back = {}, {}
 for i = 5, #ARGV, 2 do
   local nick, m = ARGV[i], ARGV[i + 1]
-  local list = true
-  if not redis.call('ZSCORE', KEYS[1], nick) then
-    if m ~= '' and redis.call('ZREM', KEYS[2], nick) == 1 then
-      back[#back + 1] = nick
-      redis.call('PUBLISH', KEYS[3], cjson.encode(
-        {t='join', room=ARGV[3], nick=nick, o=ARGV[4], m=tonumber(m), r=1}))
-    elseif ARGV[2] == 'XX' then
-      list = false
-    end
-  end
-  if list then
-    args[#args + 1] = expires
-    args[#args + 1] = nick
+  listed[nick] = true
+  if m ~= '' and redis.call('SADD', KEYS[4], nick) == 1
+      and redis.call('ZREM', KEYS[2], nick) == 1 then
+    -- Parted by a scan while it was still here: listed again, its JOIN published.
+    back[#back + 1] = nick
+    redis.call('PUBLISH', KEYS[3], cjson.encode(
+      {t='join', room=ARGV[2], nick=nick, o=ARGV[3], m=tonumber(m), r=1}))
   end
 end
-if #args > 0 then redis.call('ZADD', KEYS[1], unpack(args)) end
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * tonumber(ARGV[1])))
-return back
+-- Listed here but gone from this process (its PART was lost: Redis was down, or the
+-- room's master was failing over): parted everywhere now, each PART carrying the
+-- room's size counting the member leaving (as event.lua's).
+local stale = {}
+for _, nick in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if not listed[nick] then stale[#stale + 1] = nick end
+end
+if #stale > 0 then
+  local size = 0
+  for _, i in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    size = size + redis.call('SCARD', ARGV[4] .. i)
+  end
+  for _, nick in ipairs(stale) do
+    redis.call('SREM', KEYS[4], nick)
+    redis.call('PUBLISH', KEYS[3], cjson.encode({t='part', room=ARGV[2], nick=nick, x=1, n=size}))
+    size = size - 1
+  end
+end
+redis.call('ZREM', KEYS[5], ARGV[3])
+local life = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZADD', KEYS[1], string.format('%.0f', now + life), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * life))
+  redis.call('PEXPIRE', KEYS[4], string.format('%.0f', 2 * life))
+else
+  redis.call('ZREM', KEYS[1], ARGV[3])
+end
+return {back, stale}
