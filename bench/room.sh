@@ -8,9 +8,9 @@
 # each with 2 source addresses of its own; members connect and join at RAMP a second
 # (default 1,000: at once, or at 2,000, 100,000 joins kept Redis answering in 2.5 s,
 # the bridge's deadline, on these shared cores). PRESENCE_TTL is the workers'
-# --presence-ttl: every worker renews its members' listings in Redis every third of
-# it (two scripts per 1,000 members), which at 100,000 members and the default 15 s
-# stalled Redis for 0.5-0.8 s every few seconds here; 60s makes that 4 times rarer. Beside it, in the same run, the floor: one
+# --presence-ttl: every worker renews its lease in each of its rooms and its nick
+# claims every third of it (before December 2026 it renewed every member's listing,
+# which at 100,000 members and 15 s stalled a loaded Redis). Beside it, in the same run, the floor: one
 # loopback send of a chat line per member by a minimal loop (bench/send-floor.py,
 # measured on 9,000 sockets at most and computed for MEMBERS).
 #

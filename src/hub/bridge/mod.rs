@@ -66,33 +66,43 @@
 //!
 //! # Presence
 //!
-//! Each room has a sorted set of nicks scored by when their listing expires, and each
-//! nick claim is a key with an expiry; times are Redis's own clock (`TIME` in the
-//! scripts), so processes on hosts whose clocks differ agree. With `T` =
-//! `--presence-ttl`, every process renews its members' listings and nick claims every
-//! `T/3` for `2T/3` from then (in chunks, a few per pipeline; only entries still there,
-//! so a member that parted meanwhile is not listed again), and every `T/6` removes the
-//! expired listings of the rooms it has members in, publishing a `PART` for each (one
-//! script: whoever removes an entry publishes its `PART`, once). After every connect,
-//! before it takes requests, it lists all its members and claims all its nicks in one
-//! pipeline: Redis may have come back empty.
-//! A process killed just after re-listing is unlisted `2T/3` later and its members'
-//! `PART`s are published at most `T/6` after that: everywhere within `5T/6`, inside
-//! the TTL with `T/6` left for the fan-out. A live process has `T/3` of slack for a
-//! late refresh before its members would be wrongly parted. `WHO` reads the set: the
-//! members of every process.
+//! A room's presence in Redis is one set of nicks per process with members there
+//! (`mc:room:{room}:at:<process>`) and the room's leases: a sorted set of those
+//! processes scored by when each one's lease there lapses. Each nick claim is a key
+//! with an expiry. Times are Redis's own clock (`TIME` in the scripts), so processes
+//! on hosts whose clocks differ agree. With `T` = `--presence-ttl`, every process
+//! renews its lease in each of its rooms and its nick claims every `T/3` for `2T/3`
+//! from then: one command per room, whatever its members (a room of 100,000 members
+//! over six processes costs six commands per renewal, not a listing per member), and
+//! every `T/6` it parts the members of the processes whose lease lapsed in the rooms
+//! it has members in, publishing a `PART` for each (one script: whoever parts a
+//! process's members publishes their `PART`s, once). A join adds its nick to its
+//! process's set, a part removes it, in the script that publishes the event.
 //!
-//! When that slack is not enough (Redis hung longer than a listing lives, so the scans
+//! A process lists its members of a room (the set then holds exactly them, and a nick
+//! in it that is no member here any more is parted everywhere) after every connect,
+//! before it takes requests (Redis may have come back empty, and a `PART` made while
+//! it was down reached nobody), after a renewal found its lease there lost, and after
+//! an event of the room failed. A listing goes out ahead of every request made after
+//! it was taken, behind those before (one connection runs its commands in order), so
+//! each later `JOIN` or `PART` changes the set from there.
+//! A process killed just after a renewal has its lease lapse `2T/3` later and its
+//! members' `PART`s published at most `T/6` after that: everywhere within `5T/6`,
+//! inside the TTL with `T/6` left for the fan-out. A live process has `T/3` of slack
+//! for a late renewal before its members would be wrongly parted. `WHO` reads the
+//! union of the sets of the processes whose lease holds: the members of every process.
+//!
+//! When that slack is not enough (Redis hung longer than a lease lives, so the scans
 //! queued during the hang run on resume before the renewals), live members are parted
-//! everywhere. The expiry scan therefore keeps each nick it parts in the room's parted
-//! set for a while, and the renewal (or the registration after a connect) of a member
-//! missing from the listing but in the parted set lists it again and publishes its
-//! `JOIN`, in the same script: every process's members see it come back, and `WHO` is
-//! right everywhere. A real `PART` or nick change clears the nick from both sets in
-//! its own script, so a renewal Redis runs after it lists nobody again, and one it
-//! runs before it is followed by it (one connection runs its commands in order). Only
-//! members whose own `JOIN` has come back are repaired (their join script ran first).
-//! The member itself is shown neither the false `PART` nor the `JOIN`: it never left.
+//! everywhere. The scan therefore keeps each nick it parts in the room's parted set,
+//! and the process among the room's evicted ones, for a while; the process's next
+//! renewal finds itself evicted and lists the room again, and a member listed there
+//! whose nick is in the parted set is listed again with its `JOIN` published, in the
+//! same script: every process's members see it come back, and `WHO` is right
+//! everywhere. A real `PART` or nick change clears the nick from the parted set in its
+//! own script, so a listing after it does not bring it back. Only members whose own
+//! `JOIN` has come back are repaired (their join script ran first). The member itself
+//! is shown neither the false `PART` nor the `JOIN`: it never left.
 //!
 //! The bridge runs on a thread of its own with a single-threaded tokio runtime, so it
 //! works the same under every model. When Redis cannot be reached it marks itself
@@ -136,12 +146,13 @@ const QUEUE: usize = 8192;
 /// Most requests sent in one pipeline. Large enough that a join storm drains in a
 /// few round trips; small enough that one pipeline's replies stay a few hundred KiB.
 const BATCH: usize = 1024;
-/// Most nicks re-listed by one script call, so no single call holds Redis (which runs
-/// one script at a time) for long. The scripts `unpack` up to `2 * CHUNK + 1` values,
-/// well below what Redis's Lua stack takes (about 8,000).
+/// Most nick claims renewed by one script call, so no single call holds Redis (which
+/// runs one script at a time) for long. The script `unpack`s `CHUNK` keys, well below
+/// what Redis's Lua stack takes (about 8,000).
 const CHUNK: usize = 1000;
-/// Re-listing commands sent in one pipeline at most, after the first registration.
-const SPREAD: usize = 4;
+/// Renewal commands (a room's lease, a chunk of nick claims) sent in one pipeline at
+/// most, so a process in many rooms does not hold its members' requests behind them.
+const SPREAD: usize = 16;
 /// First reconnection delay.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Longest reconnection delay.

@@ -1,5 +1,5 @@
-//! Presence in Redis: the periods derived from `--presence-ttl`, the renewal of this
-//! process's listings and nick claims, and the expiry scan (see the bridge's
+//! Presence in Redis: the periods derived from `--presence-ttl`, the listing of this
+//! process's members, the renewal of its leases and nick claims, and the scan (see the bridge's
 //! documentation, "Presence").
 
 use std::collections::{HashMap, HashSet};
@@ -15,11 +15,11 @@ use crate::hub::fanout::Listing;
 /// The presence periods derived from `--presence-ttl` (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Timing {
-    /// How long a listing or nick claim lasts after each refresh.
+    /// How long a lease or nick claim lasts after each refresh.
     pub(super) lifetime: Duration,
-    /// How often this process re-lists its members and nicks.
+    /// How often this process renews its leases and nick claims.
     pub(super) refresh: Duration,
-    /// How often it removes expired listings (and publishes their `PART`s).
+    /// How often it parts the members of lapsed leases (and publishes their `PART`s).
     pub(super) scan: Duration,
     /// How long an expired member stays in its room's parted set, where its process
     /// finds it if it is alive after all (see [`PRESENCE_SCRIPT`]): two lifetimes, then
