@@ -72,7 +72,7 @@ impl Run {
                     .arg(life);
                 c
             }
-            Request::Release { nick, member } => {
+            Request::Release { nick, member, .. } => {
                 let mut c = self.scripts.release.call(1);
                 c.arg(nick_key(nick)).arg(self.owner(*member));
                 c

@@ -200,8 +200,14 @@ pub(super) enum Request {
         member: MemberId,
         to: Sender<ChatEvent>,
     },
-    /// `member` has gone: its nick is free.
-    Release { nick: Arc<str>, member: MemberId },
+    /// `member` has gone, or renamed itself: its nick is free. After a rename on a
+    /// cluster (the new nick claimed on another slot) it carries the rename's answer,
+    /// sent once the old nick is free: whoever hears of the rename may take it.
+    Release {
+        nick: Arc<str>,
+        member: MemberId,
+        renamed: Option<(Arc<str>, Sender<ChatEvent>)>,
+    },
     /// This process has no member left in `room` (a cluster: its channel is left).
     Forget { room: Arc<str> },
     /// Messages from the room's history: after `after` (a replay) or the last `last`.
@@ -524,6 +530,7 @@ impl Broker for Bridge {
         let _ = self.send(Request::Release {
             nick: nick.clone(),
             member: id,
+            renamed: None,
         });
     }
 

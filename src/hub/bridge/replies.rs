@@ -134,10 +134,8 @@ impl Run {
                 author: Some(_),
                 ..
             } => self.note_ran(room, reply),
-            Request::Say { .. }
-            | Request::Event { .. }
-            | Request::Release { .. }
-            | Request::Forget { .. } => {}
+            Request::Say { .. } | Request::Event { .. } | Request::Forget { .. } => {}
+            Request::Release { renamed, .. } => renamed_answer(renamed),
             Request::Claim {
                 nick,
                 old,
@@ -145,14 +143,18 @@ impl Run {
                 to,
             } => {
                 let answer = match redis::from_owned_redis_value::<i64>(reply) {
-                    Ok(1) => {
-                        // On a cluster the old nick is released now, on its own slot.
-                        if self.cluster && !old.eq_ignore_ascii_case(&nick) {
-                            let r = Request::Release { nick: old, member };
-                            self.followups.borrow_mut().push(r);
-                        }
-                        Ok(nick)
+                    Ok(1) if self.cluster && !old.eq_ignore_ascii_case(&nick) => {
+                        // On a cluster the old nick is released now, on its own slot,
+                        // and the rename is answered once it is.
+                        let r = Request::Release {
+                            nick: old,
+                            member,
+                            renamed: Some((nick, to)),
+                        };
+                        self.followups.borrow_mut().push(r);
+                        return;
                     }
+                    Ok(1) => Ok(nick),
                     Ok(_) => Err(HubError::NickTaken),
                     Err(_) => Err(HubError::Unavailable),
                 };
@@ -275,9 +277,21 @@ impl Run {
                 self.relist.borrow_mut().insert(room);
                 return;
             }
-            Request::Release { .. } | Request::Forget { .. } => return,
+            Request::Release { renamed, .. } => {
+                // The new nick is claimed all the same; the old claim lapses by itself.
+                renamed_answer(renamed);
+                return;
+            }
+            Request::Forget { .. } => return,
         };
         let _ = ev.0.send(ev.1, 64);
+    }
+}
+
+/// The answer of a rename whose old nick's release is done (see `Request::Release`).
+fn renamed_answer(renamed: Option<(Arc<str>, crate::base::mailbox::Sender<ChatEvent>)>) {
+    if let Some((nick, to)) = renamed {
+        let _ = to.send(ChatEvent::Answer(Answer::Nick(Ok(nick))), 64);
     }
 }
 
