@@ -50,7 +50,10 @@ pub(super) const RANGE_SCRIPT: &str = include_str!("../lua/range.lua");
 /// process's lease in the room again (or ends it with its last member there). A
 /// `PART` of a nick the set no longer holds is not published: a scan or a listing
 /// (below) published it already.
-pub(super) const EVENT_SCRIPT: &str = include_str!("../lua/event.lua");
+pub(super) const EVENT_SCRIPT: &str = concat!(
+    include_str!("../lua/leases.lua"),
+    include_str!("../lua/event.lua")
+);
 
 /// Lists a process's members of one room: its set of the room then holds exactly
 /// them, and its lease there starts again. Returns the nicks listed again after a scan
@@ -71,14 +74,20 @@ pub(super) const EVENT_SCRIPT: &str = include_str!("../lua/event.lua");
 /// Sent after a connect for every room, and for a room whose lease was found lost
 /// ([`RENEW_SCRIPT`]) or whose event failed, ahead of every request made after the
 /// listing was taken (see `Run::listings`).
-pub(super) const PRESENCE_SCRIPT: &str = include_str!("../lua/presence.lua");
+pub(super) const PRESENCE_SCRIPT: &str = concat!(
+    include_str!("../lua/leases.lua"),
+    include_str!("../lua/presence.lua")
+);
 
 /// Renews a process's lease in one room, whatever its members there: presence costs
 /// Redis one command per room and process every `T/3`, not one per member. `KEYS`:
 /// the room's leases, this process's set, evicted processes. `ARGV`: lease (ms), this
 /// process's id. Answers 1, renewing nothing, when a scan parted this process's
 /// members there or the lease is gone: the bridge lists the room again.
-pub(super) const RENEW_SCRIPT: &str = include_str!("../lua/renew.lua");
+pub(super) const RENEW_SCRIPT: &str = concat!(
+    include_str!("../lua/leases.lua"),
+    include_str!("../lua/renew.lua")
+);
 
 /// Parts the members of the processes whose lease lapsed in a room, publishing their
 /// `PART`s (marked `x`: by expiry); returns their nicks. Each is kept in the room's
@@ -87,7 +96,10 @@ pub(super) const RENEW_SCRIPT: &str = include_str!("../lua/renew.lua");
 /// (see [`PRESENCE_SCRIPT`]). `KEYS`: the room's leases, channel, parted set, evicted
 /// processes. `ARGV`: room, how long a parted nick is kept (ms), the prefix of the
 /// room's sets.
-pub(super) const EXPIRE_SCRIPT: &str = include_str!("../lua/expire.lua");
+pub(super) const EXPIRE_SCRIPT: &str = concat!(
+    include_str!("../lua/leases.lua"),
+    include_str!("../lua/expire.lua")
+);
 
 /// The members of a room: the union of the sets of the processes whose lease holds.
 /// `KEYS`: the room's leases. `ARGV`: the prefix of the room's sets.

@@ -8,10 +8,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t)
 if #dead == 0 then return {} end
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. t, '+inf')
 -- Each PART carries the room's size counting the member leaving (as event.lua's).
-local size = 0
-for _, i in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  size = size + redis.call('SCARD', ARGV[3] .. i)
-end
+local size = room_size(KEYS[1], ARGV[3])
 local keep = string.format('%.0f', now + tonumber(ARGV[2]))
 local gone = {}
 for _, i in ipairs(dead) do

@@ -22,10 +22,7 @@ for _, nick in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   if not listed[nick] then stale[#stale + 1] = nick end
 end
 if #stale > 0 then
-  local size = 0
-  for _, i in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-    size = size + redis.call('SCARD', ARGV[4] .. i)
-  end
+  local size = room_size(KEYS[1], ARGV[4])
   for _, nick in ipairs(stale) do
     redis.call('SREM', KEYS[4], nick)
     redis.call('PUBLISH', KEYS[3], cjson.encode({t='part', room=ARGV[2], nick=nick, x=1, n=size}))
@@ -33,12 +30,5 @@ if #stale > 0 then
   end
 end
 redis.call('ZREM', KEYS[5], ARGV[3])
-local life = tonumber(ARGV[1])
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('ZADD', KEYS[1], string.format('%.0f', now + life), ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * life))
-  redis.call('PEXPIRE', KEYS[4], string.format('%.0f', 2 * life))
-else
-  redis.call('ZREM', KEYS[1], ARGV[3])
-end
+hold_lease(KEYS[1], KEYS[4], ARGV[3], tonumber(ARGV[1]))
 return {back, stale}

@@ -6,8 +6,5 @@
 if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 or not redis.call('ZSCORE', KEYS[1], ARGV[2]) then
   return 1
 end
-local life = tonumber(ARGV[1])
-redis.call('ZADD', KEYS[1], string.format('%.0f', now + life), ARGV[2])
-redis.call('PEXPIRE', KEYS[1], string.format('%.0f', 2 * life))
-redis.call('PEXPIRE', KEYS[2], string.format('%.0f', 2 * life))
+hold_lease(KEYS[1], KEYS[2], ARGV[2], tonumber(ARGV[1]))
 return 0
