@@ -1146,3 +1146,103 @@ fn a_part_while_redis_is_down_reaches_the_others_once_it_is_back() {
     bob.send("WHO lobby");
     assert_eq!(bob.until("WHO lobby"), "WHO lobby bob cat");
 }
+
+/// The hang of `members_parted_by_a_hang_come_back` with two members in 300 rooms:
+/// every room whose leases lapsed is listed again at once, and in every room each
+/// member sees the other either not part at all or part and join again, and `WHO`
+/// lists both everywhere within a bounded wait.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn members_of_many_rooms_parted_by_a_hang_come_back_in_every_room() {
+    const ROOMS: usize = 300;
+    let redis = RedisServer::start();
+    let mut chat = chat_options(&redis.url());
+    chat.max_rooms_per_conn = ROOMS;
+    let one = Instance::serve(Model::Async { workers: 2 }, chat.clone());
+    let two = Instance::serve(Model::Threads, chat);
+    let mut ann = Client::connect(one.addr, "ann");
+    let mut bob = Client::connect(two.addr, "bob");
+    let joins: String = (0..ROOMS).map(|i| format!("JOIN r{i}\n")).collect();
+    ann.w.write_all(joins.as_bytes()).unwrap();
+    ann.until(&format!("OK JOIN r{}", ROOMS - 1));
+    bob.w.write_all(joins.as_bytes()).unwrap();
+    bob.until(&format!("OK JOIN r{}", ROOMS - 1));
+    ann.until(&format!("JOIN r{} bob", ROOMS - 1));
+
+    redis.pause();
+    // The hang's length is what is tested: renewals and scans wait in Redis's buffers.
+    std::thread::sleep(Duration::from_millis(1700));
+    let resumed = Instant::now();
+    redis.resume();
+
+    // Presence lines seen, per member, until both are listed in every room.
+    let mut seen: [Vec<String>; 2] = Default::default();
+    let deadline = resumed + TTL * 5;
+    for (k, c) in [&mut ann, &mut bob].into_iter().enumerate() {
+        let mut left: Vec<usize> = (0..ROOMS).collect();
+        while !left.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{}: rooms not listing both after the resume: {left:?}",
+                c.nick
+            );
+            let whos: String = left.iter().map(|i| format!("WHO r{i}\n")).collect();
+            c.w.write_all(whos.as_bytes()).unwrap();
+            let mut still = Vec::new();
+            for &i in &left {
+                let answer = loop {
+                    let l = c.line();
+                    if l.starts_with("JOIN ") || l.starts_with("PART ") {
+                        seen[k].push(l);
+                    } else {
+                        break l;
+                    }
+                };
+                // Redis may still be reconnecting: WHO answers unavailable.
+                if answer != format!("WHO r{i} ann bob") {
+                    still.push(i);
+                }
+            }
+            left = still;
+            if !left.is_empty() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    // A barrier: one channel, one order, so every presence event above came before it.
+    ann.send("SAY r0 barrier");
+    for (k, c) in [&mut ann, &mut bob].into_iter().enumerate() {
+        loop {
+            let l = c.line();
+            if l.starts_with("MSG r0 ") && l.ends_with(" ann barrier") {
+                break;
+            }
+            if l.starts_with("JOIN ") || l.starts_with("PART ") {
+                seen[k].push(l);
+            }
+        }
+    }
+    eprintln!(
+        "listed in every room {:?} after the resume; ann saw {} presence lines, bob {}",
+        resumed.elapsed(),
+        seen[0].len(),
+        seen[1].len()
+    );
+    for (who, saw, other) in [("ann", &seen[0], "bob"), ("bob", &seen[1], "ann")] {
+        for i in 0..ROOMS {
+            let room = format!("r{i}");
+            let lines: Vec<&String> = saw
+                .iter()
+                .filter(|l| l.split(' ').nth(1) == Some(room.as_str()))
+                .collect();
+            for pair in lines.chunks(2) {
+                assert_eq!(
+                    pair,
+                    [&format!("PART r{i} {other}"), &format!("JOIN r{i} {other}")],
+                    "{who} in r{i} saw {lines:?}"
+                );
+            }
+        }
+    }
+    drop((one, two));
+}
