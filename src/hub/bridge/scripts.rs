@@ -69,7 +69,8 @@ pub(super) const EVENT_SCRIPT: &str = concat!(
 /// renewal came late. It is listed again and its `JOIN` is published, in this one
 /// script, so every process's members see it come back and `WHO` is right everywhere.
 /// A nick in the set that is no member here any more (its `PART` was lost: Redis was
-/// down, or the room's master failing over) is parted everywhere.
+/// down, or the room's master failing over) is parted everywhere, unless a member of
+/// another process has taken the nick and listed it there since.
 ///
 /// Sent after a connect for every room, and for a room whose lease was found lost
 /// ([`RENEW_SCRIPT`]) or whose event failed, ahead of every request made after the
@@ -103,7 +104,10 @@ pub(super) const EXPIRE_SCRIPT: &str = concat!(
 
 /// The members of a room: the union of the sets of the processes whose lease holds.
 /// `KEYS`: the room's leases. `ARGV`: the prefix of the room's sets.
-pub(super) const WHO_SCRIPT: &str = include_str!("../lua/who.lua");
+pub(super) const WHO_SCRIPT: &str = concat!(
+    include_str!("../lua/leases.lua"),
+    include_str!("../lua/who.lua")
+);
 
 /// Claims a nick unless another member holds it, then releases the member's old one.
 /// `KEYS`: new nick, old nick. `ARGV`: owner, claim lifetime (ms). 1 if claimed.

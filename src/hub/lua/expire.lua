@@ -6,9 +6,9 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', t)
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', t)
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', t)
 if #dead == 0 then return {} end
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. t, '+inf')
 -- Each PART carries the room's size counting the member leaving (as event.lua's).
 local size = room_size(KEYS[1], ARGV[3])
+local live = live_processes(KEYS[1])
 local keep = string.format('%.0f', now + tonumber(ARGV[2]))
 local gone = {}
 for _, i in ipairs(dead) do
@@ -16,14 +16,7 @@ for _, i in ipairs(dead) do
   for _, n in ipairs(redis.call('SMEMBERS', set)) do
     -- A nick a live process lists too (a member that took it after this one went)
     -- has not left.
-    local here = false
-    for _, l in ipairs(live) do
-      if redis.call('SISMEMBER', ARGV[3] .. l, n) == 1 then
-        here = true
-        break
-      end
-    end
-    if not here then
+    if not listed_elsewhere(live, ARGV[3], i, n) then
       gone[#gone + 1] = n
       redis.call('ZADD', KEYS[3], keep, n)
       redis.call('PUBLISH', KEYS[2], cjson.encode({t='part', room=ARGV[1], nick=n, x=1, n=size}))

@@ -24,3 +24,19 @@ local function hold_lease(leases, set, process, life)
   end
 end
 
+-- The processes whose lease in the room holds.
+local function live_processes(leases)
+  return redis.call('ZRANGEBYSCORE', leases, '(' .. string.format('%.0f', now), '+inf')
+end
+
+-- Whether a process of `live` other than `process` lists `nick` in the room (a member
+-- that took the nick after the one that left).
+local function listed_elsewhere(live, prefix, process, nick)
+  for _, l in ipairs(live) do
+    if l ~= process and redis.call('SISMEMBER', prefix .. l, nick) == 1 then
+      return true
+    end
+  end
+  return false
+end
+

@@ -15,17 +15,21 @@ for i = 5, #ARGV, 2 do
   end
 end
 -- Listed here but gone from this process (its PART was lost: Redis was down, or the
--- room's master was failing over): parted everywhere now, each PART carrying the
--- room's size counting the member leaving (as event.lua's).
+-- room's master was failing over): parted everywhere now (unless a member elsewhere
+-- has taken the nick since), each PART carrying the room's size counting the member
+-- leaving (as event.lua's).
 local stale = {}
 for _, nick in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   if not listed[nick] then stale[#stale + 1] = nick end
 end
 if #stale > 0 then
   local size = room_size(KEYS[1], ARGV[4])
+  local live = live_processes(KEYS[1])
   for _, nick in ipairs(stale) do
     redis.call('SREM', KEYS[4], nick)
-    redis.call('PUBLISH', KEYS[3], cjson.encode({t='part', room=ARGV[2], nick=nick, x=1, n=size}))
+    if not listed_elsewhere(live, ARGV[4], ARGV[3], nick) then
+      redis.call('PUBLISH', KEYS[3], cjson.encode({t='part', room=ARGV[2], nick=nick, x=1, n=size}))
+    end
     size = size - 1
   end
 end
