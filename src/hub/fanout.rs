@@ -309,23 +309,20 @@ impl Hub {
         r.members.iter().find(|e| &*e.nick == nick).map(|e| e.id)
     }
 
-    /// This process's members, room by room, each with its id once its join has been
-    /// ordered (`None` before: its `JOIN` may not have run yet).
-    pub(super) fn listings(&self) -> Vec<(Arc<str>, Vec<Listing>)> {
-        let mut all = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = lock(shard);
-            for r in shard.values() {
-                if !r.members.is_empty() {
-                    let members = r.members.iter().map(|e| {
-                        let ordered = e.since != Since::Unordered;
-                        (e.nick.clone(), ordered.then_some(e.id))
-                    });
-                    all.push((r.name.clone(), members.collect()));
-                }
-            }
-        }
-        all
+    /// This process's members of `room` (none if it has none), each with its id once
+    /// its join has been ordered (`None` before: its `JOIN` may not have run yet).
+    pub(super) fn listing(&self, room: &str) -> Vec<Listing> {
+        let shard = lock(self.shard(room));
+        let Some(r) = shard.get(room) else {
+            return Vec::new();
+        };
+        r.members
+            .iter()
+            .map(|e| {
+                let ordered = e.since != Since::Unordered;
+                (e.nick.clone(), ordered.then_some(e.id))
+            })
+            .collect()
     }
 
     /// The rooms with a member on this process.

@@ -2,7 +2,7 @@
 //! process's members, the renewal of its leases and nick claims, and the scan (see the bridge's
 //! documentation, "Presence").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,6 @@ use super::run::Run;
 use super::{channel, evicted_key, leases_key, members_key, members_prefix};
 use super::{nick_key, nick_tag, parted_key};
 use super::{Job, BACKOFF_MAX, CHUNK, COMMAND_TIMEOUT};
-use crate::hub::fanout::Listing;
 
 /// The presence periods derived from `--presence-ttl` (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +109,9 @@ impl Run {
             return Vec::new();
         };
         let life = self.timing.lifetime.as_millis() as u64;
-        let mut all: HashMap<Arc<str>, Vec<Listing>> = hub.listings().into_iter().collect();
         let mut out = Vec::new();
         for room in rooms {
-            let members = all.remove(&room).unwrap_or_default();
+            let members = hub.listing(&room);
             let mut c = self.scripts.presence.call(5);
             c.arg(leases_key(&room))
                 .arg(parted_key(&room))

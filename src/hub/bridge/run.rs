@@ -549,11 +549,9 @@ impl Run {
         let mut pipe = Vec::new();
         // Listings first: taken now, they go out ahead of every request made since.
         let relist: Vec<Arc<str>> = self.relist.borrow_mut().drain().collect();
-        if !relist.is_empty() {
-            for (job, c) in self.listings(relist) {
-                pipe.push(c);
-                jobs.push(job);
-            }
+        for (job, c) in self.listings(relist) {
+            pipe.push(c);
+            jobs.push(job);
         }
         for (job, c) in renewals.drain(..spread.min(renewals.len())) {
             pipe.push(c);

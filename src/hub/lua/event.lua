@@ -2,10 +2,8 @@
 --
 -- The room's size, counting the member joining or leaving, is added to the event as
 -- "n": every process then agrees whether the room is past its presence limit.
-local n = 0
 local publish = true
 if ARGV[3] ~= '' then
-  n = room_size(KEYS[1], ARGV[6])
   redis.call('ZREM', KEYS[3], ARGV[3])
   -- A PART of a nick this process no longer lists: a scan (its lease lapsed) or its
   -- own listing of the room parted it already, and everyone was told.
@@ -16,10 +14,12 @@ end
 if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[4])
   redis.call('SADD', KEYS[4], ARGV[4])
-  n = room_size(KEYS[1], ARGV[6])
 end
 hold_lease(KEYS[1], KEYS[4], ARGV[5], tonumber(ARGV[2]))
 if not publish then return 0 end
+-- A PART's member is counted as it was before leaving.
+local n = room_size(KEYS[1], ARGV[6])
+if ARGV[4] == '' then n = n + 1 end
 -- ARGV[1] is one JSON object (serde's): the count goes in before its closing brace.
 local ev = ARGV[1]
 if n > 0 and string.sub(ev, -1) == '}' then
