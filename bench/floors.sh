@@ -12,6 +12,12 @@
 # server's ratio to the floor; both are kept in $OUT (default
 # bench/results/floors-<time>).
 #
+# TOGETHER=1 (fixed-rate workloads): in each run every server of the protocol runs at
+# once, each with its own tester, so all of them meet the same machine (a neighbour's
+# load, the host's clock) and a run's ratio to the floor cancels it; the table's
+# "paired" column is the median of those per-run ratios. ONLY='floor ours' keeps just
+# the servers named.
+#
 # Usage: bench/floors.sh [WORKLOAD ...]   (default: all; RUNS=3 SECS=5)
 #   workloads: ack-rate ack-sat http-rate http-sat http-pipe ws-rate ws-sat
 #              chat-rate chat-sat
@@ -21,7 +27,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 . bench/lib.sh
-B=target/release/multiclient
+B=${B:-target/release/multiclient}
 E=${E:-target/release/examples}
 RUNS=${RUNS:-3}
 SECS=${SECS:-5}
@@ -75,21 +81,14 @@ args() {
   esac
 }
 
-[ $# -gt 0 ] || set -- ack-rate ack-sat http-rate http-sat http-pipe ws-rate ws-sat chat-rate chat-sat
-for w in "$@"; do
-  proto=${w%%-*}
-  a=$(args "$w")
-  [ -n "$a" ] || { echo "unknown workload $w" >&2; exit 2; }
-  for run in $(seq 1 "$RUNS"); do
-    servers "$proto" | while IFS= read -r spec; do
-      name=${spec%%=*}; cmd=${spec#*=}
-      start_server "$name" "$cmd" </dev/null || continue
-      load=$(cut -d' ' -f1 /proc/loadavg)
-      # shellcheck disable=SC2086
-      nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$port --threads 1 \
-        --server-pid $pid --json > "$OUT/last.json" 2>/dev/null </dev/null || true
-      kill $pid; wait $pid 2>/dev/null || true
-      python3 - "$w" "$name" "$run" "$load" "$OUT/last.json" <<'PY' | tee -a "$RAW"
+ONLY=${ONLY:-}
+TOGETHER=${TOGETHER:-}
+# Whether server NAME is measured (ONLY unset: all).
+keep() { [ -z "$ONLY" ] || case " $ONLY " in *" $1 "*) true ;; *) false ;; esac; }
+
+# report WORKLOAD NAME RUN LOAD JSON: the raw line of one run, appended to $RAW.
+report() {
+  python3 - "$@" <<'PY' | tee -a "$RAW"
 import json, sys
 w, name, run, load, js = sys.argv[1:]
 try:
@@ -106,6 +105,54 @@ else:
 print("\t".join([w, name, run, load, "%.0f" % ops, "%.2f" % sv.get("cpu_us_per_op", float("nan")),
                  str(r["latency"]["p99_us"]), str(errs)]))
 PY
+}
+
+[ $# -gt 0 ] || set -- ack-rate ack-sat http-rate http-sat http-pipe ws-rate ws-sat chat-rate chat-sat
+for w in "$@"; do
+  proto=${w%%-*}
+  a=$(args "$w")
+  [ -n "$a" ] || { echo "unknown workload $w" >&2; exit 2; }
+  for run in $(seq 1 "$RUNS"); do
+    if [ -n "$TOGETHER" ]; then
+      # Every server first, then every tester at once; servers are this shell's
+      # children (no pipe), so each is ended by its PID.
+      servers "$proto" >"$OUT/specs"
+      : >"$OUT/started"
+      while IFS= read -r spec; do
+        name=${spec%%=*}
+        keep "$name" || continue
+        start_server "$name" "${spec#*=}" </dev/null || continue
+        echo "$name $pid $port" >>"$OUT/started"
+      done <"$OUT/specs"
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      testers=
+      while read -r name spid sport; do
+        # shellcheck disable=SC2086
+        nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$sport --threads 1 \
+          --server-pid $spid --json >"$OUT/last-$name.json" 2>/dev/null </dev/null &
+        testers="$testers $!"
+      done <"$OUT/started"
+      # shellcheck disable=SC2086
+      wait $testers || true
+      while read -r name spid sport; do
+        kill "$spid"; wait "$spid" 2>/dev/null || true
+        report "$w" "$name" "$run" "$load" "$OUT/last-$name.json"
+        rm -f "$OUT/last-$name.json"
+      done <"$OUT/started"
+      rm -f "$OUT/specs" "$OUT/started"
+      sleep 1
+      continue
+    fi
+    servers "$proto" | while IFS= read -r spec; do
+      name=${spec%%=*}; cmd=${spec#*=}
+      keep "$name" || continue
+      start_server "$name" "$cmd" </dev/null || continue
+      load=$(cut -d' ' -f1 /proc/loadavg)
+      # shellcheck disable=SC2086
+      nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$port --threads 1 \
+        --server-pid $pid --json > "$OUT/last.json" 2>/dev/null </dev/null || true
+      kill $pid; wait $pid 2>/dev/null || true
+      report "$w" "$name" "$run" "$load" "$OUT/last.json"
       sleep 1
     done
   done
@@ -120,9 +167,9 @@ order, data = [], {}
 for w, name, run, load, ops, cpu, p99, errs in rows:
     if (w, name) not in data:
         order.append((w, name))
-    data.setdefault((w, name), []).append((float(ops), float(cpu), int(p99) if p99 != "nan" else -1, errs, float(load)))
-print("| workload | server | ops/s (runs) | median ops/s | CPU µs/op (runs) | median CPU µs/op | × floor CPU | × floor ops/s | p99 µs (median run) | errors | load |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+    data.setdefault((w, name), []).append((float(ops), float(cpu), int(p99) if p99 != "nan" else -1, errs, float(load), run))
+print("| workload | server | ops/s (runs) | median ops/s | CPU µs/op (runs) | median CPU µs/op | × floor CPU | × floor CPU, paired | × floor ops/s | p99 µs (median run) | errors | load |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 med = {}
 for w, name in order:
     # Failed runs (no report) are left out of the medians; the errors column shows them.
@@ -135,8 +182,13 @@ for w, name in order:
     ops, cpu = med[(w, name)]
     fops, fcpu = med.get((w, "floor"), (float("nan"), float("nan")))
     mid = sorted(d, key=lambda x: x[0])[len(d) // 2]
-    print("| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.2f | %d | %s | %s |" % (
+    # Each run's CPU per operation over the floor's in the same run (the floor's run
+    # just before, or beside it with TOGETHER=1), then their median.
+    floor_run = {x[5]: x[1] for x in data.get((w, "floor"), []) if x[1] == x[1]}
+    pairs = [x[1] / floor_run[x[5]] for x in d if x[1] == x[1] and x[5] in floor_run]
+    paired = st.median(pairs) if pairs else float("nan")
+    print("| %s | %s | %s | %.0f | %s | %.2f | %.2f | %.2f | %.2f | %d | %s | %s |" % (
         w, name, ", ".join("%.0f" % x[0] for x in d), ops, ", ".join("%.2f" % x[1] for x in d), cpu,
-        cpu / fcpu, ops / fops, mid[2], "/".join(x[3] for x in d),
+        cpu / fcpu, paired, ops / fops, mid[2], "/".join(x[3] for x in d),
         "%.0f–%.0f" % (min(x[4] for x in d), max(x[4] for x in d))))
 PY

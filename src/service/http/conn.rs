@@ -356,10 +356,13 @@ impl<A: App> HttpSession<A> {
     ) {
         let req = request(raw, body);
         let head_only = req.method == Method::Head;
-        let wants_upgrade = req.header_has_token("upgrade", "websocket");
-        if let (Some(why), false) = (self.busy, wants_upgrade) {
-            self.error(503, refusal_body(why), cx);
-            return;
+        // A refused client is told why with a 503, or, asking for a WebSocket, after
+        // the handshake with a close (1013): only then are its fields searched.
+        if let Some(why) = self.busy {
+            if !req.header_has_token("upgrade", "websocket") {
+                self.error(503, refusal_body(why), cx);
+                return;
+            }
         }
         let routes = self.app.routes();
         let Some(route) = routes.iter().find(|r| r.matches(req.path)) else {
