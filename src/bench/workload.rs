@@ -243,8 +243,9 @@ impl AsyncWrite for Stream {
 
 /// One client connection, kept between operations.
 pub enum Conn {
-    /// A plain or TLS connection, with the bytes read but not yet used.
-    Tcp(Stream, Vec<u8>),
+    /// A plain or TLS connection, with the bytes read but not yet used (and, for
+    /// http, the responses' last head).
+    Tcp(Stream, Vec<u8>, http::Responses),
     /// A WebSocket connection.
     Ws(Box<WebSocketStream<Stream>>),
 }
@@ -253,7 +254,7 @@ impl Conn {
     /// Ends the connection politely (see [`Stream::close`]).
     async fn close(self) {
         match self {
-            Conn::Tcp(s, _) => s.close().await,
+            Conn::Tcp(s, ..) => s.close().await,
             Conn::Ws(mut ws) => {
                 let _ = ws.close().await;
             }
@@ -343,7 +344,7 @@ impl Client {
             Workload::Greet => {
                 let mut buf = Vec::with_capacity(64);
                 read_exact_reply(&mut stream, &mut buf, GREETING).await?;
-                Ok(Conn::Tcp(stream, buf))
+                Ok(Conn::Tcp(stream, buf, http::Responses::default()))
             }
             Workload::Ws { path } => {
                 let url = format!("ws://{}{}", self.addr, path);
@@ -352,7 +353,11 @@ impl Client {
                     .map_err(|e| ws_error(&e))?;
                 Ok(Conn::Ws(Box::new(ws)))
             }
-            _ => Ok(Conn::Tcp(stream, Vec::with_capacity(64))),
+            _ => Ok(Conn::Tcp(
+                stream,
+                Vec::with_capacity(64),
+                http::Responses::default(),
+            )),
         }
     }
 
@@ -415,7 +420,7 @@ impl Client {
     /// One batch on an open connection; `Ok(true)` when the server said it closes.
     async fn run_on(&self, conn: &mut Conn, done: &mut impl FnMut()) -> Result<bool, ErrorKind> {
         match (conn, &self.workload) {
-            (Conn::Tcp(s, buf), Workload::Ack) => {
+            (Conn::Tcp(s, buf, _), Workload::Ack) => {
                 s.write_all(&self.msg)
                     .await
                     .map_err(|e| ErrorKind::of_io(&e))?;
@@ -423,7 +428,7 @@ impl Client {
                 done();
                 Ok(false)
             }
-            (Conn::Tcp(s, buf), Workload::Greet) => {
+            (Conn::Tcp(s, buf, _), Workload::Greet) => {
                 s.write_all(GREET_ANSWER)
                     .await
                     .map_err(|e| ErrorKind::of_io(&e))?;
@@ -431,17 +436,21 @@ impl Client {
                 done();
                 Ok(false)
             }
-            (Conn::Tcp(s, buf), Workload::Http { pipeline, body, .. }) => {
+            (Conn::Tcp(s, buf, responses), Workload::Http { pipeline, body, .. }) => {
                 s.write_all(&self.http_batch)
                     .await
                     .map_err(|e| ErrorKind::of_io(&e))?;
                 let mut eof = false;
                 let mut left = (*pipeline).max(1);
+                // The responses are used up from `at` on, and the buffer moved once
+                // per read, not once per response.
+                let mut at = 0;
                 while left > 0 {
-                    match http::parse_response(buf, eof) {
+                    match responses.parse(&buf[at..], eof) {
                         Ok(Some((head, len))) => {
-                            let ok = head.status == 200 && &buf[head.head_len..len] == body;
-                            buf.drain(..len);
+                            let resp = &buf[at..at + len];
+                            let ok = head.status == 200 && &resp[head.head_len..] == body;
+                            at += len;
                             if !ok {
                                 return Err(ErrorKind::WrongReply);
                             }
@@ -459,11 +468,14 @@ impl Client {
                         }
                         Ok(None) if eof => return Err(ErrorKind::Closed),
                         Ok(None) => {
+                            buf.drain(..at);
+                            at = 0;
                             eof = read_more(s, buf).await? == 0;
                         }
                         Err(_) => return Err(ErrorKind::WrongReply),
                     }
                 }
+                buf.drain(..at);
                 Ok(false)
             }
             (Conn::Ws(ws), Workload::Ws { .. }) => {
@@ -495,10 +507,9 @@ async fn read_more(s: &mut Stream, buf: &mut Vec<u8>) -> Result<usize, ErrorKind
     if buf.len() > 64 * 1024 {
         return Err(ErrorKind::WrongReply);
     }
-    let mut chunk = [0u8; 4096];
-    let n = s.read(&mut chunk).await.map_err(|e| ErrorKind::of_io(&e))?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
+    // Into the buffer's spare room: no zeroed chunk to copy from.
+    buf.reserve(4096);
+    s.read_buf(buf).await.map_err(|e| ErrorKind::of_io(&e))
 }
 
 /// Reads until `want.len()` bytes are buffered and checks them against `want`.
