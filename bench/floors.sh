@@ -19,7 +19,7 @@
 # the servers named.
 #
 # Usage: bench/floors.sh [WORKLOAD ...]   (default: all; RUNS=3 SECS=5)
-#   workloads: ack-rate ack-sat http-rate http-sat http-pipe ws-rate ws-sat
+#   workloads: ack-rate ack-sat http-rate http-sat http-pipe http-pipe-rate ws-rate ws-sat
 #              chat-rate chat-sat
 # Needs: cargo build --release --bin multiclient --examples; nginx (apt-get install
 # nginx-light; its row is skipped without it); python3 with websockets
@@ -32,14 +32,16 @@ E=${E:-target/release/examples}
 RUNS=${RUNS:-3}
 SECS=${SECS:-5}
 # The fixed offered rates (operations per second in total; chat: messages per second
-# to 1,000 members, so deliveries are 1,000 times that). Low enough that the tester
+# to 1,000 members, so deliveries are 1,000 times that; pipelined http: batches of 16
+# per second, so requests are 16 times that). Low enough that the tester
 # keeps up on the shared 2-core machine: a starved tester measures the load, not the
 # server.
 ACK_RATE=${ACK_RATE:-10000}
 HTTP_RATE=${HTTP_RATE:-10000}
 WS_RATE=${WS_RATE:-5000}
 CHAT_RATE=${CHAT_RATE:-10}
-results floors "RUNS=$RUNS SECS=$SECS ACK_RATE=$ACK_RATE HTTP_RATE=$HTTP_RATE WS_RATE=$WS_RATE CHAT_RATE=$CHAT_RATE"
+PIPE_RATE=${PIPE_RATE:-20000}
+results floors "RUNS=$RUNS SECS=$SECS ACK_RATE=$ACK_RATE HTTP_RATE=$HTTP_RATE WS_RATE=$WS_RATE CHAT_RATE=$CHAT_RATE PIPE_RATE=$PIPE_RATE"
 
 OURS="$B serve --model async"
 NGINX=
@@ -74,6 +76,7 @@ args() {
     http-rate) echo "http --conns 100 --rate $HTTP_RATE --secs $SECS" ;;
     http-sat) echo "http --conns 100 --secs $SECS" ;;
     http-pipe) echo "http --conns 10 --pipeline 16 --secs $SECS" ;;
+    http-pipe-rate) echo "http --conns 10 --pipeline 16 --rate $PIPE_RATE --secs $SECS" ;;
     ws-rate) echo "ws --conns 100 --rate $WS_RATE --secs $SECS" ;;
     ws-sat) echo "ws --conns 100 --secs $SECS" ;;
     chat-rate) echo "chat --members 1000 --rate $CHAT_RATE --secs $SECS" ;;

@@ -23,7 +23,7 @@
 //! Room events are handed on as the hub's shared encoding for the member's wire
 //! ([`Publication::encoded`]): encoded once per wire, never per member.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ mod room;
 mod says;
 
 use auth::Auth;
-use room::RoomState;
+use room::{Joined, RoomState};
 use says::{Outcome, Refusal, Said, Says};
 
 /// How long a command waits for an answer from Redis before it is answered
@@ -175,7 +175,7 @@ struct State {
     hub: Arc<Hub>,
     me: Option<Me>,
     /// The rooms joined.
-    rooms: HashMap<Arc<str>, RoomState>,
+    rooms: Joined,
     rate: Option<Rate>,
     /// Answers awaited (`NICK`, `JOIN`, `WHO`, `HISTORY` with `--redis`; `SAY`
     /// always): the inputs after them wait in `queued`, so replies come in command
@@ -219,7 +219,7 @@ impl<D: Decoder> Member<D> {
             s: State {
                 hub,
                 me: None,
-                rooms: HashMap::new(),
+                rooms: Joined::default(),
                 rate: max_rate.filter(|&r| r > 0).map(Rate::new),
                 waiting: 0,
                 says: Says(None),
@@ -725,7 +725,7 @@ impl State {
                 let tag = self.says.next_tag();
                 let cost = (QUEUED_ENTRY_COST + text.len()) as u32;
                 hub.say_tagged(me.id, room, text, tag).map(|_| {
-                    let known = self.rooms.get_key_value(room).map(|(k, _)| k.clone());
+                    let known = self.rooms.key(room).cloned();
                     let room = known.unwrap_or_else(|| Arc::from(room));
                     self.says.push_back(Said {
                         tag,

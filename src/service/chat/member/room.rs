@@ -1,6 +1,7 @@
 //! A member's view of one room: what it waits for before handing events on, and the
 //! duplicates it drops.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Encoder;
@@ -69,5 +70,139 @@ impl RoomState {
             self.last = Some(id);
         }
         out.publication(p);
+    }
+}
+
+/// The rooms a member is in, by name. Most members are in one room: that one is kept
+/// in the member itself, so a delivery finds its room without reaching into a table
+/// of its own (with every member's room in a `HashMap`, the table's cache misses were
+/// most of the member's own cost per delivery: `perf record` in BENCHMARKS.md). The
+/// others are in a map. A name is in one of the two, never both.
+#[derive(Debug, Default)]
+pub(super) struct Joined {
+    first: Option<(Arc<str>, RoomState)>,
+    rest: HashMap<Arc<str>, RoomState>,
+}
+
+/// Whether `key` names `room`: the same allocation (a delivery's room is the hub's
+/// own name, which the member keeps), or the same text.
+fn names(key: &Arc<str>, room: &str) -> bool {
+    std::ptr::eq(key.as_ptr(), room.as_ptr()) && key.len() == room.len() || **key == *room
+}
+
+impl Joined {
+    pub(super) fn get_mut(&mut self, room: &str) -> Option<&mut RoomState> {
+        match &mut self.first {
+            Some((key, st)) if names(key, room) => Some(st),
+            _ => self.rest.get_mut(room),
+        }
+    }
+
+    /// The name as kept, shared with the hub.
+    pub(super) fn key(&self, room: &str) -> Option<&Arc<str>> {
+        match &self.first {
+            Some((key, _)) if names(key, room) => Some(key),
+            _ => self.rest.get_key_value(room).map(|(k, _)| k),
+        }
+    }
+
+    pub(super) fn contains_key(&self, room: &str) -> bool {
+        self.key(room).is_some()
+    }
+
+    pub(super) fn insert(&mut self, room: Arc<str>, st: RoomState) {
+        match &mut self.first {
+            Some((key, old)) if names(key, &room) => *old = st,
+            Some(_) => {
+                self.rest.insert(room, st);
+            }
+            None if self.rest.contains_key(&room) => {
+                self.rest.insert(room, st);
+            }
+            None => self.first = Some((room, st)),
+        }
+    }
+
+    pub(super) fn remove(&mut self, room: &str) {
+        match &self.first {
+            Some((key, _)) if names(key, room) => self.first = None,
+            _ => {
+                self.rest.remove(room);
+            }
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+
+    pub(super) fn keys(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.first.iter().map(|(k, _)| k).chain(self.rest.keys())
+    }
+
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Arc<str>, &mut RoomState) -> bool) {
+        if let Some((key, st)) = &mut self.first {
+            if !keep(key, st) {
+                self.first = None;
+            }
+        }
+        self.rest.retain(|k, st| keep(k, st));
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.first = None;
+        self.rest.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(since: u64) -> RoomState {
+        RoomState {
+            since,
+            last: None,
+            confirmed: true,
+            awaiting_replay: false,
+            stashed: None,
+            held: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn joined_rooms_are_found_by_name_wherever_they_are_kept() {
+        let mut j = Joined::default();
+        assert!(j.is_empty());
+        let lobby: Arc<str> = "lobby".into();
+        j.insert(lobby.clone(), state(1));
+        j.insert("b".into(), state(2));
+        j.insert("c".into(), state(3));
+        assert_eq!(j.len(), 3);
+        // By the hub's own name and by a copy of its text.
+        assert_eq!(j.get_mut(&lobby).map(|s| s.since), Some(1));
+        assert_eq!(j.get_mut("lobby").map(|s| s.since), Some(1));
+        assert!(Arc::ptr_eq(j.key("lobby").unwrap(), &lobby));
+        assert_eq!(j.get_mut("c").map(|s| s.since), Some(3));
+        assert!(j.get_mut("lobb").is_none() && !j.contains_key("d"));
+        // The inline room leaves; the others stay found, and a room joined next
+        // takes its place.
+        j.remove("lobby");
+        assert!(!j.contains_key("lobby") && j.contains_key("b") && j.len() == 2);
+        j.insert("d".into(), state(4));
+        j.insert("b".into(), state(5)); // kept where it was, replaced
+        assert_eq!(j.len(), 3);
+        assert_eq!(j.get_mut("b").map(|s| s.since), Some(5));
+        let mut keys: Vec<&str> = j.keys().map(|k| &**k).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["b", "c", "d"]);
+        j.retain(|k, _| &**k != "d" && &**k != "c");
+        assert_eq!(j.keys().map(|k| &**k).collect::<Vec<_>>(), ["b"]);
+        j.clear();
+        assert!(j.is_empty() && j.len() == 0);
     }
 }
