@@ -146,7 +146,7 @@ impl State {
             }
             Command::Join { room, .. }
                 if g.rooms.as_ref().is_some_and(|r| !r.allows(room))
-                    && !self.rooms.contains_key(*room) =>
+                    && !self.rooms.contains_key(room) =>
             {
                 out.error("forbidden", "the token does not allow this room");
                 false
