@@ -87,7 +87,7 @@ pub(super) struct Joined {
 /// Whether `key` names `room`: the same allocation (a delivery's room is the hub's
 /// own name, which the member keeps), or the same text.
 fn names(key: &Arc<str>, room: &str) -> bool {
-    std::ptr::eq(key.as_ptr(), room.as_ptr()) && key.len() == room.len() || **key == *room
+    (std::ptr::eq(key.as_ptr(), room.as_ptr()) && key.len() == room.len()) || **key == *room
 }
 
 impl Joined {
