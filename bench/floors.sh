@@ -89,6 +89,14 @@ TOGETHER=${TOGETHER:-}
 # Whether server NAME is measured (ONLY unset: all).
 keep() { [ -z "$ONLY" ] || case " $ONLY " in *" $1 "*) true ;; *) false ;; esac; }
 
+# tester PORT PID JSON: one run of `bench $a` against the server on PORT (process PID),
+# on CPU 0, its JSON report written to JSON.
+tester() {
+  # shellcheck disable=SC2086
+  nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$1 --threads 1 \
+    --server-pid $2 --json >"$3" 2>/dev/null </dev/null
+}
+
 # report WORKLOAD NAME RUN LOAD JSON: the raw line of one run, appended to $RAW.
 report() {
   python3 - "$@" <<'PY' | tee -a "$RAW"
@@ -130,9 +138,7 @@ for w in "$@"; do
       load=$(cut -d' ' -f1 /proc/loadavg)
       testers=
       while read -r name spid sport; do
-        # shellcheck disable=SC2086
-        nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$sport --threads 1 \
-          --server-pid $spid --json >"$OUT/last-$name.json" 2>/dev/null </dev/null &
+        tester "$sport" "$spid" "$OUT/last-$name.json" &
         testers="$testers $!"
       done <"$OUT/started"
       # shellcheck disable=SC2086
@@ -151,9 +157,7 @@ for w in "$@"; do
       keep "$name" || continue
       start_server "$name" "$cmd" </dev/null || continue
       load=$(cut -d' ' -f1 /proc/loadavg)
-      # shellcheck disable=SC2086
-      nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$port --threads 1 \
-        --server-pid $pid --json > "$OUT/last.json" 2>/dev/null </dev/null || true
+      tester "$port" "$pid" "$OUT/last.json" || true
       kill $pid; wait $pid 2>/dev/null || true
       report "$w" "$name" "$run" "$load" "$OUT/last.json"
       sleep 1

@@ -132,30 +132,26 @@ fn with_body(head: Head, buf: &[u8], eof: bool) -> Result<Option<(Head, usize)>,
 /// already parsed are that head, whatever follows.
 #[derive(Debug, Default)]
 pub struct Responses {
-    /// The last head parsed, and its bytes.
-    last: Option<(Head, Vec<u8>)>,
+    /// The last head parsed (`None` before the first)...
+    head: Option<Head>,
+    /// ...and its bytes.
+    bytes: Vec<u8>,
 }
 
 impl Responses {
     /// As [`parse_response`].
     pub fn parse(&mut self, buf: &[u8], eof: bool) -> Result<Option<(Head, usize)>, HttpError> {
-        if let Some((head, bytes)) = &self.last {
-            if buf.starts_with(bytes) {
-                return with_body(*head, buf, eof);
+        if let Some(head) = self.head {
+            if buf.starts_with(&self.bytes) {
+                return with_body(head, buf, eof);
             }
         }
         let Some(head) = parse_head(buf)? else {
             return Ok(None);
         };
-        let bytes = match self.last.take() {
-            Some((_, mut bytes)) => {
-                bytes.clear();
-                bytes.extend_from_slice(&buf[..head.head_len]);
-                bytes
-            }
-            None => buf[..head.head_len].to_vec(),
-        };
-        self.last = Some((head, bytes));
+        self.head = Some(head);
+        self.bytes.clear();
+        self.bytes.extend_from_slice(&buf[..head.head_len]);
         with_body(head, buf, eof)
     }
 }

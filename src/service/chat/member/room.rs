@@ -84,16 +84,10 @@ pub(super) struct Joined {
     rest: HashMap<Arc<str>, RoomState>,
 }
 
-/// Whether `key` names `room`: the same allocation (a delivery's room is the hub's
-/// own name, which the member keeps), or the same text.
-fn names(key: &Arc<str>, room: &str) -> bool {
-    (std::ptr::eq(key.as_ptr(), room.as_ptr()) && key.len() == room.len()) || **key == *room
-}
-
 impl Joined {
     pub(super) fn get_mut(&mut self, room: &str) -> Option<&mut RoomState> {
         match &mut self.first {
-            Some((key, st)) if names(key, room) => Some(st),
+            Some((key, st)) if **key == *room => Some(st),
             _ => self.rest.get_mut(room),
         }
     }
@@ -101,7 +95,7 @@ impl Joined {
     /// The name as kept, shared with the hub.
     pub(super) fn key(&self, room: &str) -> Option<&Arc<str>> {
         match &self.first {
-            Some((key, _)) if names(key, room) => Some(key),
+            Some((key, _)) if **key == *room => Some(key),
             _ => self.rest.get_key_value(room).map(|(k, _)| k),
         }
     }
@@ -112,7 +106,7 @@ impl Joined {
 
     pub(super) fn insert(&mut self, room: Arc<str>, st: RoomState) {
         match &mut self.first {
-            Some((key, old)) if names(key, &room) => *old = st,
+            Some((key, old)) if *key == room => *old = st,
             Some(_) => {
                 self.rest.insert(room, st);
             }
@@ -125,7 +119,7 @@ impl Joined {
 
     pub(super) fn remove(&mut self, room: &str) {
         match &self.first {
-            Some((key, _)) if names(key, room) => self.first = None,
+            Some((key, _)) if **key == *room => self.first = None,
             _ => {
                 self.rest.remove(room);
             }
