@@ -138,6 +138,12 @@ impl<E> Mailbox<E> {
     pub(crate) fn take(&self, into: &mut impl Extend<E>) -> bool {
         self.reset_wake();
         let mut q = self.lock();
+        // Everything pushed so far is taken here, so the wake-up its push left is
+        // spent too: without this the task would turn once more, find the mailbox
+        // empty and only then wait (a push after this line sets it again).
+        if let Wake::Task(_, pending) = &self.wake {
+            pending.store(false, Ordering::Relaxed);
+        }
         self.waiting.store(q.overflowed, Ordering::Release);
         into.extend(q.items.drain(..));
         if q.items.capacity() > KEEP_EVENTS {
@@ -154,7 +160,8 @@ impl<E> Mailbox<E> {
         q.items.clear();
     }
 
-    /// Ready (async models) once an event was pushed since the last ready poll.
+    /// Ready (async models) once an event was pushed since the last ready poll or
+    /// [`take`](Mailbox::take).
     pub(crate) fn poll_notified(&self, cx: &mut Context<'_>) -> Poll<()> {
         if let Wake::Task(waker, pending) = &self.wake {
             waker.register(cx.waker());
@@ -253,6 +260,26 @@ mod tests {
         let mut got = VecDeque::new();
         assert!(!mb.take(&mut got));
         assert_eq!(got, [1]);
+    }
+
+    /// A task that took its events has spent the wake-up their push left: the next
+    /// `poll_notified` waits (registering the waker) instead of waking it once more for
+    /// an empty mailbox; an event pushed after the take wakes it again.
+    #[test]
+    fn taking_the_events_spends_their_wake_up() {
+        let mb = Arc::new(Mailbox::new(100, WakeKind::Task).unwrap());
+        let tx = Sender::new(mb.clone());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(mb.poll_notified(&mut cx).is_pending());
+        tx.send(1, 1).unwrap();
+        tx.send(2, 1).unwrap();
+        let mut got = VecDeque::new();
+        assert!(!mb.take(&mut got));
+        assert_eq!(got, [1, 2]);
+        assert!(mb.poll_notified(&mut cx).is_pending());
+        tx.send(3, 1).unwrap();
+        assert!(mb.poll_notified(&mut cx).is_ready());
+        assert!(mb.poll_notified(&mut cx).is_pending());
     }
 
     #[test]

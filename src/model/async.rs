@@ -283,6 +283,10 @@ impl<S: Service> Future for Task<S> {
         // A deadline found past is run at most once per poll: a session that leaves
         // its deadline in the past is ticked once a millisecond, not in a busy loop.
         let mut ticked = false;
+        // The socket's read readiness was found not ready on this poll: the waker is
+        // registered with the reactor, which wakes the task when data comes, so later
+        // turns need not ask again (a mailbox wake-up would otherwise ask on each).
+        let mut read_armed = false;
         for _ in 0..TURNS_PER_POLL {
             let blocked = !sock::flush(conn, this.fd.get_ref(), &clock);
             if conn.phase() == Phase::Done {
@@ -305,8 +309,10 @@ impl<S: Service> Future for Task<S> {
                 }
                 continue;
             }
-            if conn.wants_read() {
-                if let Poll::Ready(g) = this.fd.poll_read_ready(cx) {
+            if conn.wants_read() && !read_armed {
+                let ready = this.fd.poll_read_ready(cx);
+                read_armed = ready.is_pending();
+                if let Poll::Ready(g) = ready {
                     let Ok(mut g) = g else { return Poll::Ready(()) };
                     with_scratch(|s| {
                         for _ in 0..READS_PER_WAKE {

@@ -228,9 +228,7 @@ impl Handler for WebSocketApp {
     fn message(&mut self, msg: Message, ws: &mut WsCx<'_, '_, '_, ChatEvent>) {
         match self {
             WebSocketApp::Echo(e) => {
-                if let Some(reply) = e.reply(msg) {
-                    ws.send(reply);
-                }
+                e.answer(msg, ws);
             }
             WebSocketApp::Chat(c) => c.message(msg, ws),
         }

@@ -166,6 +166,69 @@ fn echo_mode_answers_exactly_the_message() {
     );
 }
 
+/// What tungstenite's own writer sends for `msg` from a server.
+fn tungstenite_frame(msg: Message) -> Vec<u8> {
+    struct Out(Vec<u8>);
+    impl std::io::Read for Out {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+    }
+    impl std::io::Write for Out {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut ctx =
+        tungstenite::protocol::WebSocketContext::new(tungstenite::protocol::Role::Server, None);
+    let mut out = Out(Vec::new());
+    ctx.write(&mut out, msg).unwrap();
+    ctx.flush(&mut out).unwrap();
+    out.0
+}
+
+/// Replies are framed into the output directly, not by tungstenite's writer: byte
+/// for byte what that writer sends, at each edge of the three length forms, for text
+/// and binary, the seed's prefixed reply and the exact echo.
+#[test]
+fn replies_are_framed_as_tungstenite_frames_them() {
+    for exact in [false, true] {
+        let mut h = open(exact, 1 << 20);
+        for n in [
+            0, 1, 108, 109, 125, 126, 127, 65_518, 65_535, 65_536, 70_000,
+        ] {
+            let text = "é".repeat(n / 2) + &"x".repeat(n % 2);
+            let reply = if exact {
+                text.clone()
+            } else {
+                format!("{PREFIX}{text}")
+            };
+            h.feed(&frame(TEXT, text.as_bytes(), true));
+            assert_eq!(
+                h.take_output(),
+                tungstenite_frame(Message::text(reply)),
+                "text {n}"
+            );
+            let bin: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let reply = if exact {
+                bin.clone()
+            } else {
+                [PREFIX.as_bytes(), &bin].concat()
+            };
+            h.feed(&frame(BINARY, &bin, true));
+            assert_eq!(
+                h.take_output(),
+                tungstenite_frame(Message::binary(reply)),
+                "binary {n}"
+            );
+        }
+    }
+}
+
 #[test]
 fn ping_gets_pong_with_its_payload() {
     let mut h = open(false, 1 << 20);
@@ -378,6 +441,24 @@ fn mailbox_events_reach_an_upgraded_session() {
         frames(&h.take_output()),
         [(TEXT, b"from elsewhere".to_vec())]
     );
+}
+
+/// Once the server's close is out, events are not sent: no data frame may follow a
+/// close (RFC 6455 §5.5.1).
+#[test]
+fn nothing_follows_the_servers_close() {
+    let registry = Arc::new(std::sync::Mutex::new(None));
+    let app = Arc::new(NotifyApp(registry.clone()));
+    let mut h = Harness::new(HttpSession::new(app, Arc::default()));
+    h.feed(upgrade_request("/chat/ws").as_bytes());
+    assert!(h.take_output().starts_with(b"HTTP/1.1 101 "));
+    let tx = registry.lock().unwrap().take().expect("registered on open");
+    h.goodbye(Goodbye::Shutdown);
+    assert_eq!(close_code(&frames(&h.take_output())[0]), 1001);
+    assert!(!h.is_closing(), "waits for the client's close");
+    tx.send("too late".to_string(), 8).unwrap();
+    h.deliver();
+    assert_eq!(h.take_output(), b"", "an event after the close is dropped");
 }
 
 fn run_split(bytes: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
