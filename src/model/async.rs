@@ -159,6 +159,12 @@ pin_project_lite::pin_project! {
         conn: ManuallyDrop<Conn<S::Session>>,
         fd: AsyncFd<TcpStream>,
         timer: Option<Pin<Box<Sleep>>>,
+        // The timer was polled since it was last armed or moved: its waker, the
+        // task's own for the task's whole life, is registered, so until it fires it
+        // need not be polled again (each poll costs about a hundred instructions, on
+        // every wake-up of a connection with a precise deadline, such as a
+        // WebSocket's ping check).
+        timer_polled: bool,
         drain: Option<Registration>,
         // The drain's signal word as last seen (drain started, sweeps), and in its
         // spare bit whether the connection was admitted (or is being refused): one
@@ -210,6 +216,7 @@ impl<S: Service> Task<S> {
             conn: ManuallyDrop::new(conn),
             fd,
             timer: None,
+            timer_polled: false,
             drain: None,
             // Sweeps before this connection are none of its business; a started drain is.
             seen: (ctx.drain.signal() & !STARTED) | if admitted { ADMITTED } else { 0 },
@@ -224,38 +231,67 @@ impl<S: Service> Task<S> {
 ///
 /// Most waits have neither a precise deadline nor a timer: that test is inlined, and
 /// the call (some 17 instructions of frame per ACK round trip) made only otherwise.
+/// Returns whether the timer was made or moved (and so must be polled to be armed).
 #[inline(always)]
-fn sync_timer(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>, clock: &Clock) {
+fn sync_timer(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>, clock: &Clock) -> bool {
     if due.is_some() || timer.is_some() {
-        move_timer(timer, due, clock);
+        move_timer(timer, due, clock)
+    } else {
+        false
     }
 }
 
 /// [`sync_timer`] with a deadline or a timer.
 #[inline(never)]
-fn move_timer(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>, clock: &Clock) {
+fn move_timer(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>, clock: &Clock) -> bool {
     match (due, timer.as_mut()) {
-        (None, None) => {}
-        (None, Some(_)) => *timer = None,
+        (None, None) => false,
+        (None, Some(_)) => {
+            *timer = None;
+            false
+        }
         (Some(d), None) => {
             let d = d.max(clock.now() + Duration::from_millis(1));
             *timer = Some(Box::pin(tokio::time::sleep_until(d.into())));
+            true
         }
         (Some(d), Some(t)) => {
             let armed = t.deadline().into_std();
             if d == armed {
-                return;
+                return false;
             }
             let d = if d < armed {
                 d.max(clock.now() + Duration::from_millis(1))
             } else {
                 d
             };
-            if d != armed {
-                t.as_mut().reset(d.into());
+            if d == armed {
+                return false;
             }
+            t.as_mut().reset(d.into());
+            true
         }
     }
+}
+
+/// Polls the connection's timer if it may have news: once after it was armed or
+/// moved (which registers the task's waker with it) and again once it fired. Polled
+/// without tokio's cooperative budget: a poll the budget turned away would leave the
+/// timer unarmed while `polled` says otherwise.
+fn timer_fired(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    polled: &mut bool,
+    cx: &mut Context<'_>,
+) -> bool {
+    let Some(t) = timer.as_mut() else {
+        return false;
+    };
+    if *polled && !t.is_elapsed() {
+        return false;
+    }
+    *polled = true;
+    let mut t = tokio::task::unconstrained(t.as_mut());
+    Pin::new(&mut t).poll(cx).is_ready()
 }
 
 /// The bit of a task's `seen` word that says the connection was admitted: the drain's
@@ -372,21 +408,23 @@ impl<S: Service> Future for Task<S> {
                 }
                 continue;
             }
-            sync_timer(this.timer, precise, &clock);
-            if let Some(t) = this.timer.as_mut() {
-                if t.as_mut().poll(cx).is_ready() {
-                    // A fresh clock: the one of this poll may predate the timer's
-                    // deadline, and `tick` would find nothing due.
-                    sock::tick(conn, this.fd.get_ref(), &Clock::lazy());
-                    if let Some(r) = *this.drain {
-                        conn.listener().drain.reschedule(r, conn.idle_deadline());
-                    }
-                    // Fired: re-armed (or dropped) on the next turn, never in the past.
-                    let floor = clock.now() + Duration::from_millis(1);
-                    let due = conn.precise_deadline().map(|d| d.max(floor));
-                    sync_timer(this.timer, due, &clock);
-                    continue;
+            if sync_timer(this.timer, precise, &clock) {
+                *this.timer_polled = false;
+            }
+            if timer_fired(this.timer, this.timer_polled, cx) {
+                // A fresh clock: the one of this poll may predate the timer's
+                // deadline, and `tick` would find nothing due.
+                sock::tick(conn, this.fd.get_ref(), &Clock::lazy());
+                if let Some(r) = *this.drain {
+                    conn.listener().drain.reschedule(r, conn.idle_deadline());
                 }
+                // Fired: re-armed (or dropped) on the next turn, never in the past.
+                let floor = clock.now() + Duration::from_millis(1);
+                let due = conn.precise_deadline().map(|d| d.max(floor));
+                if sync_timer(this.timer, due, &clock) {
+                    *this.timer_polled = false;
+                }
+                continue;
             }
             return Poll::Pending;
         }
