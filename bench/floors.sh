@@ -18,6 +18,10 @@
 # "paired" column is the median of those per-run ratios. ONLY='floor ours' keeps just
 # the servers named.
 #
+# A=BIN (another build of ours, the parent commit's say) adds its server as `a`, run
+# like ours: with TOGETHER=1 each run then has both builds side by side, and the
+# table's last lines give ours over `a` per run and their median.
+#
 # Usage: bench/floors.sh [WORKLOAD ...]   (default: all; RUNS=3 SECS=5)
 #   workloads: ack-rate ack-sat http-rate http-sat http-pipe http-pipe-rate ws-rate ws-sat
 #              chat-rate chat-sat
@@ -44,6 +48,7 @@ PIPE_RATE=${PIPE_RATE:-20000}
 results floors "RUNS=$RUNS SECS=$SECS ACK_RATE=$ACK_RATE HTTP_RATE=$HTTP_RATE WS_RATE=$WS_RATE CHAT_RATE=$CHAT_RATE PIPE_RATE=$PIPE_RATE"
 
 OURS="$B serve --model async"
+A=${A:-}
 NGINX=
 if command -v nginx >/dev/null 2>&1; then NGINX="nginx=bench/peers/nginx_hello.sh {port}"; fi
 
@@ -65,7 +70,11 @@ servers() {
             "ours=$OURS --service chat=127.0.0.1:{port}" \
             "tokio-chat=$E/peer_tokio_chat {port}" ;;
   esac
-  for s in "$@"; do printf '%s\n' "$s"; done
+  for s in "$@"; do
+    printf '%s\n' "$s"
+    # The other build, right after ours, with ours' arguments.
+    case $s in ours=*) [ -z "$A" ] || printf 'a=%s\n' "$A serve --model async${s#ours="$OURS"}" ;; esac
+  done
 }
 
 # The bench arguments of each workload (without --addr, --threads, --server-pid).
@@ -113,7 +122,7 @@ if "deliveries_per_sec" in r:
     errs = sum(v for v in errs.values() if isinstance(v, int))
 else:
     ops, errs = r["throughput"], sum(r["errors"].values())
-print("\t".join([w, name, run, load, "%.0f" % ops, "%.2f" % sv.get("cpu_us_per_op", float("nan")),
+print("\t".join([w, name, run, load, "%.0f" % ops, "%.3f" % sv.get("cpu_us_per_op", float("nan")),
                  str(r["latency"]["p99_us"]), str(errs)]))
 PY
 }
@@ -198,4 +207,11 @@ for w, name in order:
         w, name, ", ".join("%.0f" % x[0] for x in d), ops, ", ".join("%.2f" % x[1] for x in d), cpu,
         cpu / fcpu, paired, ops / fops, mid[2], "/".join(x[3] for x in d),
         "%.0f–%.0f" % (min(x[4] for x in d), max(x[4] for x in d))))
+# With A=: ours over the other build, run by run (the CPU per operation of each).
+for w in dict.fromkeys(w for w, _ in order):
+    a = {x[5]: x[1] for x in data.get((w, "a"), []) if x[1] == x[1]}
+    r = [x[1] / a[x[5]] for x in data.get((w, "ours"), []) if x[1] == x[1] and x[5] in a]
+    if r:
+        print("\n%s: ours / a, CPU per operation, per run: %s; median %.3f" % (
+            w, " ".join("%.3f" % v for v in r), st.median(r)))
 PY

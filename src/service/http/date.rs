@@ -5,7 +5,7 @@
 //! Wall time is derived from the session clock (`cx.now()`) and one reading of the
 //! system clock taken at first use, so tests that move the clock move the date.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,7 +22,8 @@ struct Cached {
 }
 
 thread_local! {
-    static CACHED: Cell<Option<Cached>> = const { Cell::new(None) };
+    // Borrowed in place: a `Cell` would copy the whole entry out to read it.
+    static CACHED: RefCell<Option<Cached>> = const { RefCell::new(None) };
 }
 
 /// The wall time at `now`: one reading of the system clock, at first use, and the
@@ -40,11 +41,32 @@ fn wall(now: Instant) -> SystemTime {
 /// The date at `now`, if it is the usual 29 bytes (it is not past the year 9999, nor
 /// before 1970, where it is formatted each time instead).
 pub(super) fn imf(now: Instant) -> Option<[u8; DATE_LEN]> {
-    if let Some(c) = CACHED.get() {
-        if now >= c.from && now < c.until {
-            return Some(c.text);
+    let mut text = [0; DATE_LEN];
+    imf_into(now, &mut text).then_some(text)
+}
+
+/// Writes the date at `now` into `dst`, if it is the usual 29 bytes ([`imf`]); the
+/// hot path of a prebuilt response, which leaves room for it in place.
+pub(super) fn imf_into(now: Instant, dst: &mut [u8; DATE_LEN]) -> bool {
+    let hit = CACHED.with_borrow(|c| match c {
+        Some(c) if now >= c.from && now < c.until => {
+            *dst = c.text;
+            true
         }
+        _ => false,
+    });
+    hit || match format(now) {
+        Some(text) => {
+            *dst = text;
+            true
+        }
+        None => false,
     }
+}
+
+/// Formats the date at `now` and caches it for the rest of its second.
+#[cold]
+fn format(now: Instant) -> Option<[u8; DATE_LEN]> {
     let wall = wall(now);
     let into_second = wall
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -194,9 +194,6 @@ pub(super) fn prebuilt(
     persist: Persist,
     head_only: bool,
 ) {
-    let Some(date) = date::imf(now) else {
-        return response(out, &pre.resp, now, persist, head_only);
-    };
     let start = out.len();
     if persist == Persist::Implied && !head_only {
         out.extend_from_slice(&pre.bytes);
@@ -208,7 +205,14 @@ pub(super) fn prebuilt(
         }
     }
     let at = start + pre.date_at;
-    out[at..at + date::DATE_LEN].copy_from_slice(&date);
+    let date: &mut [u8; date::DATE_LEN] = (&mut out[at..at + date::DATE_LEN])
+        .try_into()
+        .expect("a prebuilt head has room for the date");
+    if !date::imf_into(now, date) {
+        // A date of another length (past the year 9999): the head is built afresh.
+        out.truncate(start);
+        response(out, &pre.resp, now, persist, head_only);
+    }
 }
 
 #[cfg(test)]
