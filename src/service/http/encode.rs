@@ -209,7 +209,7 @@ pub(super) fn prebuilt(
         .try_into()
         .expect("a prebuilt head has room for the date");
     if !date::imf_into(now, date) {
-        // A date of another length (past the year 9999): the head is built afresh.
+        // A date the cache does not hold (see `date::imf`): the head is built afresh.
         out.truncate(start);
         response(out, &pre.resp, now, persist, head_only);
     }

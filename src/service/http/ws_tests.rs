@@ -427,14 +427,23 @@ impl App for NotifyApp {
     }
 }
 
-#[test]
-fn mailbox_events_reach_an_upgraded_session() {
+/// An upgraded [`Notified`] session, and the sender into its mailbox.
+fn notified() -> (
+    Harness<HttpSession<NotifyApp>>,
+    crate::base::mailbox::Sender<String>,
+) {
     let registry = Arc::new(std::sync::Mutex::new(None));
     let app = Arc::new(NotifyApp(registry.clone()));
     let mut h = Harness::new(HttpSession::new(app, Arc::default()));
     h.feed(upgrade_request("/chat/ws").as_bytes());
     assert!(h.take_output().starts_with(b"HTTP/1.1 101 "));
     let tx = registry.lock().unwrap().take().expect("registered on open");
+    (h, tx)
+}
+
+#[test]
+fn mailbox_events_reach_an_upgraded_session() {
+    let (mut h, tx) = notified();
     tx.send("from elsewhere".to_string(), 14).unwrap();
     h.deliver();
     assert_eq!(
@@ -447,12 +456,7 @@ fn mailbox_events_reach_an_upgraded_session() {
 /// close (RFC 6455 §5.5.1).
 #[test]
 fn nothing_follows_the_servers_close() {
-    let registry = Arc::new(std::sync::Mutex::new(None));
-    let app = Arc::new(NotifyApp(registry.clone()));
-    let mut h = Harness::new(HttpSession::new(app, Arc::default()));
-    h.feed(upgrade_request("/chat/ws").as_bytes());
-    assert!(h.take_output().starts_with(b"HTTP/1.1 101 "));
-    let tx = registry.lock().unwrap().take().expect("registered on open");
+    let (mut h, tx) = notified();
     h.goodbye(Goodbye::Shutdown);
     assert_eq!(close_code(&frames(&h.take_output())[0]), 1001);
     assert!(!h.is_closing(), "waits for the client's close");
