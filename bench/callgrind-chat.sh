@@ -23,16 +23,10 @@ name=$1; cmd=$2
 out=${TMPDIR:-/tmp}/callgrind-chat.$$
 mkdir -p "$out"
 run() { # seconds -> "instructions deliveries"
-  port=$(free_port)
-  c=$(echo "$cmd" | sed "s/{port}/$port/g")
-  # shellcheck disable=SC2086
-  valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" $c >/dev/null 2>&1 &
-  pid=$!
-  wait_port "$port" 300 || { kill $pid; exit 1; }
+  callgrind_start "$out/cg.$1" "$cmd" || { echo "$name did not start" >&2; exit 1; }
   $B bench chat --addr 127.0.0.1:$port --members "$MEMBERS" --rate "$RATE" --secs "$1" \
     --threads 1 --json >"$out/bench.$1" 2>/dev/null
-  # SIGINT drains our server; a peer without a handler may ignore it under valgrind.
-  kill -INT $pid; (sleep 10; kill -TERM $pid 2>/dev/null) & wait $pid 2>/dev/null || true
+  callgrind_stop
   python3 - "$out/bench.$1" "$out/cg.$1" <<'PY'
 import json, re, sys
 r = json.load(open(sys.argv[1]))

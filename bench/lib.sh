@@ -29,6 +29,25 @@ start_server() {
   sleep 0.5
 }
 
+# callgrind_start FILE 'COMMAND with {port}': starts the server under
+# `valgrind --tool=callgrind` (its counts written to FILE) on a free port and waits
+# (30 s at most) until it accepts. Sets $port and $pid.
+callgrind_start() {
+  port=$(free_port)
+  _c=$(echo "$2" | sed "s/{port}/$port/g")
+  # shellcheck disable=SC2086
+  valgrind --tool=callgrind --callgrind-out-file="$1" $_c >/dev/null 2>&1 &
+  pid=$!
+  wait_port "$port" 300 || { kill "$pid"; return 1; }
+}
+
+# callgrind_stop: ends the server of callgrind_start and waits for its counts. SIGINT
+# drains our server; a peer without a handler may ignore it under valgrind, so it
+# gets SIGTERM 10 s later.
+callgrind_stop() {
+  kill -INT "$pid"; (sleep 10; kill -TERM "$pid" 2>/dev/null) & wait "$pid" 2>/dev/null || true
+}
+
 # make_tls_pki DIR NAME: in DIR, a CA (ca.pem, ca.key) named NAME and a server
 # certificate it signed for localhost and 127.0.0.1 (cert.pem, key.pem), ECDSA P-256,
 # valid two days. The CA is apart from the server's certificate, as .ci/tls.sh makes

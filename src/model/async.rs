@@ -231,45 +231,49 @@ impl<S: Service> Task<S> {
 ///
 /// Most waits have neither a precise deadline nor a timer: that test is inlined, and
 /// the call (some 17 instructions of frame per ACK round trip) made only otherwise.
-/// Returns whether the timer was made or moved (and so must be polled to be armed).
+/// A timer made or moved is marked not `polled` (see [`timer_fired`]).
 #[inline(always)]
-fn sync_timer(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>, clock: &Clock) -> bool {
+fn sync_timer(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    polled: &mut bool,
+    due: Option<Instant>,
+    clock: &Clock,
+) {
     if due.is_some() || timer.is_some() {
-        move_timer(timer, due, clock)
-    } else {
-        false
+        move_timer(timer, polled, due, clock);
     }
 }
 
 /// [`sync_timer`] with a deadline or a timer.
 #[inline(never)]
-fn move_timer(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>, clock: &Clock) -> bool {
+fn move_timer(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    polled: &mut bool,
+    due: Option<Instant>,
+    clock: &Clock,
+) {
     match (due, timer.as_mut()) {
-        (None, None) => false,
-        (None, Some(_)) => {
-            *timer = None;
-            false
-        }
+        (None, None) => {}
+        (None, Some(_)) => *timer = None,
         (Some(d), None) => {
             let d = d.max(clock.now() + Duration::from_millis(1));
             *timer = Some(Box::pin(tokio::time::sleep_until(d.into())));
-            true
+            *polled = false;
         }
         (Some(d), Some(t)) => {
             let armed = t.deadline().into_std();
             if d == armed {
-                return false;
+                return;
             }
             let d = if d < armed {
                 d.max(clock.now() + Duration::from_millis(1))
             } else {
                 d
             };
-            if d == armed {
-                return false;
+            if d != armed {
+                t.as_mut().reset(d.into());
+                *polled = false;
             }
-            t.as_mut().reset(d.into());
-            true
         }
     }
 }
@@ -408,9 +412,7 @@ impl<S: Service> Future for Task<S> {
                 }
                 continue;
             }
-            if sync_timer(this.timer, precise, &clock) {
-                *this.timer_polled = false;
-            }
+            sync_timer(this.timer, this.timer_polled, precise, &clock);
             if timer_fired(this.timer, this.timer_polled, cx) {
                 // A fresh clock: the one of this poll may predate the timer's
                 // deadline, and `tick` would find nothing due.
@@ -421,9 +423,7 @@ impl<S: Service> Future for Task<S> {
                 // Fired: re-armed (or dropped) on the next turn, never in the past.
                 let floor = clock.now() + Duration::from_millis(1);
                 let due = conn.precise_deadline().map(|d| d.max(floor));
-                if sync_timer(this.timer, due, &clock) {
-                    *this.timer_polled = false;
-                }
+                sync_timer(this.timer, this.timer_polled, due, &clock);
                 continue;
             }
             return Poll::Pending;

@@ -110,22 +110,15 @@ impl Echo {
     /// Sends the seed's reply to a text or binary message; `false` for control frames,
     /// which get none. For apps that echo on one path and do something else on another.
     pub fn answer<E>(&self, msg: Message, ws: &mut WsCx<'_, '_, '_, E>) -> bool {
+        let prefix = if self.exact { "" } else { PREFIX };
         match msg {
             Message::Text(t) => {
                 log_received(t.as_bytes());
-                if self.exact {
-                    ws.send_text(&[t.as_str()]);
-                } else {
-                    ws.send_text(&[PREFIX, t.as_str()]);
-                }
+                ws.send_text(&[prefix, t.as_str()]);
             }
             Message::Binary(b) => {
                 log_received(&b);
-                if self.exact {
-                    ws.send_binary(&[&b[..]]);
-                } else {
-                    ws.send_binary(&[PREFIX.as_bytes(), &b[..]]);
-                }
+                ws.send_binary(&[prefix.as_bytes(), &b[..]]);
             }
             _ => return false,
         }

@@ -49,7 +49,7 @@ struct JsonOut<'a, 'b, 'c, 'd>(&'a mut WsCx<'b, 'c, 'd, ChatEvent>);
 
 impl JsonOut<'_, '_, '_, '_> {
     fn send(&mut self, s: String) {
-        self.0.send(Message::text(s));
+        self.0.send_text(&[&s]);
     }
 }
 

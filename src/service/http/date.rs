@@ -47,21 +47,16 @@ pub(super) fn imf(now: Instant) -> Option<[u8; DATE_LEN]> {
 
 /// Writes the date at `now` into `dst`, if it is the usual 29 bytes ([`imf`]); the
 /// hot path of a prebuilt response, which leaves room for it in place.
-pub(super) fn imf_into(now: Instant, dst: &mut [u8; DATE_LEN]) -> bool {
+/// `dst` is [`DATE_LEN`] bytes long.
+pub(super) fn imf_into(now: Instant, dst: &mut [u8]) -> bool {
     let hit = CACHED.with_borrow(|c| match c {
         Some(c) if now >= c.from && now < c.until => {
-            *dst = c.text;
+            dst.copy_from_slice(&c.text);
             true
         }
         _ => false,
     });
-    hit || match format(now) {
-        Some(text) => {
-            *dst = text;
-            true
-        }
-        None => false,
-    }
+    hit || format(now).map(|text| dst.copy_from_slice(&text)).is_some()
 }
 
 /// Formats the date at `now` and caches it for the rest of its second.

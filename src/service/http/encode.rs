@@ -205,10 +205,7 @@ pub(super) fn prebuilt(
         }
     }
     let at = start + pre.date_at;
-    let date: &mut [u8; date::DATE_LEN] = (&mut out[at..at + date::DATE_LEN])
-        .try_into()
-        .expect("a prebuilt head has room for the date");
-    if !date::imf_into(now, date) {
+    if !date::imf_into(now, &mut out[at..at + date::DATE_LEN]) {
         // A date the cache does not hold (see `date::imf`): the head is built afresh.
         out.truncate(start);
         response(out, &pre.resp, now, persist, head_only);
