@@ -395,6 +395,80 @@ fn slow_consumer_is_dropped_while_others_get_everything(model: Model, others: us
     sink.join().unwrap();
 }
 
+/// A member that stops reading while a room floods it: what it finally reads is
+/// every message of the flood from the first, whole lines in order with none
+/// missing or torn, then its goodbye. (Under `async` an idle member lends its socket
+/// and the deliverer writes on it; the line that fills it is cut short there and its
+/// rest goes out first when the member takes its socket back.)
+fn a_flooded_member_gets_whole_lines_in_order_then_its_goodbye(model: Model) {
+    let limits = Limits {
+        max_queue: 256 * 1024,
+        max_output: 64 * 1024,
+        write_timeout: Duration::from_secs(60),
+        // No write window: every event may be written by the deliverer while the
+        // member waits, so the line that fills its socket is cut short there.
+        coalesce: Duration::ZERO,
+        ..Limits::default()
+    };
+    // Long lines: a send that finds the socket nearly full then writes part of one.
+    let mut chat = ChatOptions::default();
+    chat.max_line = 48 * 1024;
+    let srv = start_with(model, limits, chat);
+    let mut slow = Client::connect_small_buffer(srv.addr());
+    slow.join("flood");
+    let mut flooder = Client::connect(srv.addr());
+    flooder.join("flood");
+    slow.expect(&format!("JOIN flood {}", flooder.nick));
+    let mut drain = flooder.r.get_ref().try_clone().unwrap();
+    let sink = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    // Texts of many lengths, so lines end at every offset of the socket's buffer.
+    let text = |i: usize| format!("{i:06}{}", "f".repeat(1000 + (i * 7919) % 39_000));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut sent = 0;
+    while srv.l.stats.slow_consumers.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "no slow consumer after {sent}");
+        if sent < 20_000 {
+            flooder.send(&format!("SAY flood {}", text(sent)));
+            sent += 1;
+        } else {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let mut rest = Vec::new();
+    if let Err(e) = slow.r.read_to_end(&mut rest) {
+        panic!(
+            "no end after {} bytes ({e}): {:?}",
+            rest.len(),
+            String::from_utf8_lossy(&rest[rest.len().saturating_sub(80)..])
+        );
+    }
+    let rest = String::from_utf8(rest).unwrap();
+    let lines: Vec<&str> = rest.split_inclusive('\n').collect();
+    // Events still queued when the mailbox overflowed are dropped with the member,
+    // so the messages read are a prefix of the flood (under `pool` it may be empty:
+    // the flood can fill the mailbox before the member's worker takes any of it).
+    let (last, msgs) = lines.split_last().expect("the member read something");
+    assert_eq!(*last, "ERR slow-consumer\n");
+    for (i, l) in msgs.iter().enumerate() {
+        let want = format!("{} {}\n", flooder.nick, text(i));
+        let said = l
+            .strip_prefix("MSG flood ")
+            .and_then(|l| l.split_once(' '))
+            .filter(|(id, _)| id.bytes().all(|b| b.is_ascii_digit()));
+        assert!(
+            said.is_some_and(|(_, said)| said == want),
+            "line {i} of {} is {:?}",
+            msgs.len(),
+            &l[..l.len().min(80)]
+        );
+    }
+    flooder.w.shutdown(std::net::Shutdown::Both).unwrap();
+    sink.join().unwrap();
+}
+
 fn busy_client_is_told_without_a_welcome(model: Model) {
     let srv = start_with(
         model,
@@ -615,6 +689,7 @@ every_model!(
     a_connection_is_in_at_most_max_rooms_per_conn,
     a_shutdown_answers_every_command_already_sent,
     a_flood_of_pipelined_says_is_answered_in_command_order,
+    a_flooded_member_gets_whole_lines_in_order_then_its_goodbye,
 );
 
 #[test]

@@ -8,11 +8,21 @@
 //!
 //! The receiver is woken only when the queue goes from empty to non-empty: it takes the
 //! whole batch at once, so a burst of events costs one wake-up and one write.
+//!
+//! A connection waiting with nothing queued and nothing unsent may lend its socket to
+//! the senders ([`Mailbox::lend`]): an event that is already its wire bytes is then
+//! written by the sender itself ([`Sender::send_or_write`]), one `send` and no wake-up,
+//! as a fan-out floor does. Order holds because the socket is written under the
+//! mailbox's lock and only while the queue is empty; the first send that cannot write
+//! it all (a full socket buffer, an error) ends the loan and queues the event (or the
+//! rest of it) for the connection, which takes its socket back whenever it wakes
+//! ([`Mailbox::reclaim`]).
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
@@ -46,6 +56,37 @@ struct Queue<E> {
     bytes: usize,
     overflowed: bool,
     closed: bool,
+    /// The connection's socket while it is lent to the senders (see the module
+    /// documentation), with what they wrote on it.
+    loan: Option<Loan>,
+}
+
+/// A socket lent to a mailbox's senders, and what they wrote on it.
+struct Loan {
+    /// The connection's socket: open for as long as the loan is (the contract of
+    /// [`Mailbox::lend`]).
+    fd: RawFd,
+    /// Still writable by senders: cleared by the first send that did not write
+    /// everything, after which events queue again (the tallies stay for
+    /// [`Mailbox::reclaim`]).
+    open: bool,
+    /// Events are written at most once per `window` (the connection's write
+    /// coalescing): an event sooner than that is queued, and the connection holds it.
+    window: Duration,
+    /// The tallies the connection takes back.
+    used: Used,
+}
+
+/// What senders wrote on a lent socket ([`Mailbox::reclaim`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Used {
+    /// Bytes written.
+    pub bytes: u64,
+    /// `send` calls that wrote something.
+    pub writes: u32,
+    /// When events were last written: the lender's own last write of events, or the
+    /// senders' latest.
+    pub last: Option<Instant>,
 }
 
 /// The receiving end, owned by the model's connection driver.
@@ -85,6 +126,7 @@ impl<E> Mailbox<E> {
                 bytes: 0,
                 overflowed: false,
                 closed: false,
+                loan: None,
             }),
             waiting: AtomicBool::new(false),
             limit,
@@ -153,11 +195,49 @@ impl<E> Mailbox<E> {
         q.overflowed
     }
 
-    /// Marks the mailbox closed: later sends fail with [`SendError::Closed`].
+    /// Marks the mailbox closed: later sends fail with [`SendError::Closed`]. A lent
+    /// socket is given back (unwritten from here on).
     pub(crate) fn close(&self) {
         let mut q = self.lock();
         q.closed = true;
         q.items.clear();
+        q.loan = None;
+    }
+
+    /// Lends the connection's socket `fd` to the senders, if nothing is queued: events
+    /// that are their wire bytes are then written on it by [`Sender::send_or_write`]
+    /// (at most once per `window` after `last`, the connection's last write of
+    /// events) until the connection [`reclaim`](Mailbox::reclaim)s it. Returns whether
+    /// it was lent.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must stay an open socket of this connection until `reclaim` or
+    /// [`close`](Mailbox::close) has returned, and the connection must write nothing on
+    /// it meanwhile (senders write it under the mailbox's lock, with `MSG_DONTWAIT`).
+    pub(crate) unsafe fn lend(&self, fd: RawFd, window: Duration, last: Option<Instant>) -> bool {
+        let mut q = self.lock();
+        if q.closed || q.overflowed || !q.items.is_empty() {
+            return false;
+        }
+        let used = Used {
+            last,
+            ..Used::default()
+        };
+        q.loan = Some(Loan {
+            fd,
+            open: true,
+            window,
+            used,
+        });
+        true
+    }
+
+    /// Takes the lent socket back: from now on senders queue. Returns what they wrote
+    /// on it, if anything.
+    pub(crate) fn reclaim(&self) -> Option<Used> {
+        let loan = self.lock().loan.take()?;
+        (loan.used.writes > 0).then_some(loan.used)
     }
 
     /// Ready (async models) once an event was pushed since the last ready poll or
@@ -198,32 +278,81 @@ impl<E> Sender<E> {
     /// Queues `event`, counted as `cost` bytes against the mailbox's limit.
     pub fn send(&self, event: E, cost: usize) -> Result<(), SendError> {
         let mb = &*self.0;
-        let was_empty;
-        {
-            let mut q = mb.lock();
-            if q.closed {
-                return Err(SendError::Closed);
-            }
-            if q.overflowed {
-                return Err(SendError::Overflow);
-            }
-            if q.bytes + cost > mb.limit && !q.items.is_empty() {
-                q.overflowed = true;
-                q.items.clear();
-                mb.waiting.store(true, Ordering::Release);
-                drop(q);
-                mb.notify();
-                return Err(SendError::Overflow);
-            }
-            was_empty = q.items.is_empty();
-            q.items.push_back(event);
-            q.bytes += cost;
-            mb.waiting.store(true, Ordering::Release);
-        }
+        let mut q = mb.lock();
+        let was_empty = Self::queue(mb, &mut q, event, cost)?;
+        drop(q);
         if was_empty {
             mb.notify();
         }
         Ok(())
+    }
+
+    /// Writes `bytes`, an event's wire form, on the connection's socket if it is lent
+    /// ([`Mailbox::lend`]) and takes all of it now; otherwise queues `event(n)` like
+    /// [`send`](Sender::send), where `n` bytes were written (0, or the first part of
+    /// a send cut short: the event must then stand for the rest), counted as `cost`
+    /// less `n` bytes. Returns whether the event was written.
+    pub fn send_or_write(
+        &self,
+        bytes: &[u8],
+        now: Instant,
+        event: impl FnOnce(usize) -> E,
+        cost: usize,
+    ) -> Result<bool, SendError> {
+        let mb = &*self.0;
+        let mut q = mb.lock();
+        let mut written = 0;
+        if q.items.is_empty() && !q.closed && !q.overflowed {
+            if let Some(loan) = q.loan.as_mut().filter(|l| l.open) {
+                if loan.used.last.is_none_or(|t| now >= t + loan.window) {
+                    // SAFETY: the connection keeps the socket open while it is lent
+                    // (`Mailbox::lend`), and the lock is held.
+                    let fd = unsafe { BorrowedFd::borrow_raw(loan.fd) };
+                    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+                    // An error (a full buffer, a reset) ends the loan like a short
+                    // send: the connection meets it itself when it writes the event.
+                    if let Ok(n) = rustix::net::send(fd, bytes, flags) {
+                        written = n;
+                        loan.used.bytes += n as u64;
+                        loan.used.writes += 1;
+                        loan.used.last = Some(now);
+                        if n == bytes.len() {
+                            return Ok(true);
+                        }
+                    }
+                    loan.open = false;
+                }
+            }
+        }
+        let was_empty = Self::queue(mb, &mut q, event(written), cost.saturating_sub(written))?;
+        drop(q);
+        if was_empty {
+            mb.notify();
+        }
+        Ok(false)
+    }
+
+    /// Queues `event` under the lock; returns whether the queue was empty (the
+    /// receiver must be woken).
+    fn queue(mb: &Mailbox<E>, q: &mut Queue<E>, event: E, cost: usize) -> Result<bool, SendError> {
+        if q.closed {
+            return Err(SendError::Closed);
+        }
+        if q.overflowed {
+            return Err(SendError::Overflow);
+        }
+        if q.bytes + cost > mb.limit && !q.items.is_empty() {
+            q.overflowed = true;
+            q.items.clear();
+            mb.waiting.store(true, Ordering::Release);
+            mb.notify();
+            return Err(SendError::Overflow);
+        }
+        let was_empty = q.items.is_empty();
+        q.items.push_back(event);
+        q.bytes += cost;
+        mb.waiting.store(true, Ordering::Release);
+        Ok(was_empty)
     }
 
     /// Whether the receiving connection has ended.
@@ -280,6 +409,109 @@ mod tests {
         tx.send(3, 1).unwrap();
         assert!(mb.poll_notified(&mut cx).is_ready());
         assert!(mb.poll_notified(&mut cx).is_pending());
+    }
+
+    /// A lent socket takes whole events at once, no wake-up and nothing queued; the
+    /// first event it cannot take whole is written in part, the rest queued (as the
+    /// event made for what was written) and the loan ended, so the events after it
+    /// queue behind it however much room the socket has again; the connection takes
+    /// back the tallies of what was written.
+    #[test]
+    fn a_lent_socket_is_written_until_it_fills_then_events_queue_behind_the_rest() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let (ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mb = Arc::new(Mailbox::new(1 << 30, WakeKind::Task).unwrap());
+        let tx = Sender::new(mb.clone());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(mb.poll_notified(&mut cx).is_pending());
+        let t0 = Instant::now();
+        // SAFETY: `ours` outlives the loan (reclaimed below, before it is dropped).
+        assert!(unsafe { mb.lend(ours.as_raw_fd(), Duration::ZERO, None) });
+        let event = [7u8; 1000];
+        let mut whole = 0;
+        let mut cut = None;
+        for i in 0..10_000 {
+            let sent = tx
+                .send_or_write(&event, t0, |n| (i, n), event.len())
+                .unwrap();
+            if !sent {
+                cut = Some(i);
+                break;
+            }
+            whole += 1;
+            assert!(
+                mb.poll_notified(&mut cx).is_pending(),
+                "no wake-up for a write"
+            );
+        }
+        let cut = cut.expect("the socket filled up");
+        assert!(whole > 0);
+        // Room again, but the loan ended: the next events queue behind the rest.
+        let mut drained = vec![0u8; whole * 1000 + 1000];
+        peer.set_nonblocking(true).unwrap();
+        let n = peer.read(&mut drained).unwrap();
+        assert!(!tx
+            .send_or_write(&event, t0, |n| (cut + 1, n), 1000)
+            .unwrap());
+        assert!(mb.poll_notified(&mut cx).is_ready(), "queued events wake");
+        let mut got = VecDeque::new();
+        assert!(!mb.take(&mut got));
+        let (i, from) = got[0];
+        assert_eq!(i, cut);
+        assert_eq!(got[1], (cut + 1, 0));
+        let used = mb.reclaim().expect("the senders wrote");
+        assert_eq!(used.bytes as usize, whole * 1000 + from);
+        assert_eq!(used.writes as usize, whole + usize::from(from > 0));
+        assert_eq!(used.last, Some(t0));
+        // What was written is what the peer reads: every whole event, then `from`.
+        let mut all = drained[..n].to_vec();
+        let mut buf = vec![0u8; 1 << 20];
+        while let Ok(k) = peer.read(&mut buf) {
+            all.extend_from_slice(&buf[..k]);
+        }
+        assert_eq!(all.len(), whole * 1000 + from);
+        assert!(mb.reclaim().is_none(), "reclaimed once");
+    }
+
+    /// A lent socket is written at most once per window after the connection's last
+    /// write of events: an event sooner than that is queued for the connection,
+    /// which holds it for its own coalescing.
+    #[test]
+    fn a_lent_socket_keeps_the_write_window() {
+        use std::os::fd::AsRawFd;
+        let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mb = Arc::new(Mailbox::new(1 << 20, WakeKind::None).unwrap());
+        let tx = Sender::new(mb.clone());
+        let t0 = Instant::now();
+        let window = Duration::from_millis(5);
+        // SAFETY: `ours` outlives the loan (the mailbox is closed before it drops).
+        assert!(unsafe { mb.lend(ours.as_raw_fd(), window, Some(t0)) });
+        assert!(!tx.send_or_write(b"a\n", t0 + window / 2, |n| n, 2).unwrap());
+        mb.take(&mut VecDeque::new());
+        // SAFETY: as above.
+        assert!(unsafe { mb.lend(ours.as_raw_fd(), window, Some(t0)) });
+        assert!(tx.send_or_write(b"b\n", t0 + window, |n| n, 2).unwrap());
+        assert!(!tx.send_or_write(b"c\n", t0 + window, |n| n, 2).unwrap());
+        mb.close();
+        assert!(mb.reclaim().is_none(), "a closed mailbox holds no loan");
+    }
+
+    /// Nothing is lent while events wait, and a closed mailbox refuses as before.
+    #[test]
+    fn a_socket_is_not_lent_over_waiting_events() {
+        use std::os::fd::AsRawFd;
+        let (ours, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mb = Arc::new(Mailbox::new(1 << 20, WakeKind::None).unwrap());
+        let tx = Sender::new(mb.clone());
+        tx.send(1, 1).unwrap();
+        // SAFETY: nothing is lent.
+        assert!(!unsafe { mb.lend(ours.as_raw_fd(), Duration::ZERO, None) });
+        mb.close();
+        assert_eq!(
+            tx.send_or_write(b"x", Instant::now(), |_| 2, 1),
+            Err(SendError::Closed)
+        );
     }
 
     #[test]

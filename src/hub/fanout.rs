@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::broker::{Newcomer, Order};
 use super::room::{Entry, Room, Shard, Since};
@@ -325,6 +326,22 @@ impl Hub {
             .collect()
     }
 
+    /// Whether `room`'s events are being handed out: a deliverer may still hold a
+    /// list of its members from before a member parted.
+    pub(crate) fn delivering(&self, room: &str) -> bool {
+        lock(self.shard(room))
+            .get(room)
+            .is_some_and(|r| r.delivering)
+    }
+
+    /// Marks `room` as being handed out, or not, as a deliverer at work does.
+    #[cfg(test)]
+    pub(crate) fn set_delivering(&self, room: &str, on: bool) {
+        if let Some(r) = lock(self.shard(room)).get_mut(room) {
+            r.delivering = on;
+        }
+    }
+
     /// The rooms with a member on this process.
     pub(super) fn local_rooms(&self) -> Vec<Arc<str>> {
         let mut all = Vec::new();
@@ -366,17 +383,32 @@ impl Hub {
             };
             let (mut delivered, mut overflowed) = (0u64, 0u64);
             for p in batch.drain(..) {
+                let now = Instant::now();
                 for m in members.iter() {
                     if !m.since.receives(p.seq) || p.skip == Some(m.id) {
                         continue;
                     }
-                    let cost = p.publication.encoded(m.wire).len();
-                    let ev = ChatEvent::Room {
-                        seq: p.seq,
-                        publication: p.publication.clone(),
-                        own: p.author == Some(m.id),
+                    let bytes = p.publication.encoded(m.wire);
+                    let own = p.author == Some(m.id);
+                    let ev = |from: usize| match from {
+                        0 => ChatEvent::Room {
+                            seq: p.seq,
+                            publication: p.publication.clone(),
+                            own,
+                        },
+                        from => ChatEvent::Rest {
+                            publication: p.publication.clone(),
+                            from,
+                        },
                     };
-                    match m.tx.send(ev, cost) {
+                    // A member's own message answers its `SAY`: it always goes
+                    // through the member's session. Others are written on the
+                    // member's socket here when the member lent it.
+                    let sent = match own {
+                        true => m.tx.send(ev(0), bytes.len()),
+                        false => m.tx.send_or_write(bytes, now, ev, bytes.len()).map(|_| ()),
+                    };
+                    match sent {
                         Ok(()) => delivered += 1,
                         Err(SendError::Overflow) => overflowed += 1,
                         Err(SendError::Closed) => {}

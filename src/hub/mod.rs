@@ -224,6 +224,16 @@ pub enum ChatEvent {
         /// the commands after that `SAY` only once it is handed on.
         own: bool,
     },
+    /// The rest of a room event whose first `from` bytes of its encoding for the
+    /// member's wire a sender already wrote on the member's socket
+    /// ([`Sender::send_or_write`](crate::base::mailbox::Sender::send_or_write)): it
+    /// goes on the wire next, whatever else the member does.
+    Rest {
+        /// The event.
+        publication: Arc<Publication>,
+        /// Bytes of its encoding already written.
+        from: usize,
+    },
     /// The answer to one of this member's requests.
     Answer(Answer),
 }

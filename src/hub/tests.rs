@@ -37,6 +37,9 @@ impl M {
                 ChatEvent::Room { publication, .. } => {
                     String::from_utf8(publication.encoded(Wire::Line).to_vec()).unwrap()
                 }
+                ChatEvent::Rest { publication, from } => {
+                    String::from_utf8(publication.encoded(Wire::Line)[from..].to_vec()).unwrap()
+                }
                 ChatEvent::Answer(a) => panic!("unexpected answer {a:?}"),
             })
             .collect()
@@ -47,6 +50,7 @@ impl M {
         q.into_iter()
             .filter_map(|ev| match ev {
                 ChatEvent::Room { publication, .. } => publication.msg_id(),
+                ChatEvent::Rest { .. } => panic!("no socket is lent here"),
                 ChatEvent::Answer(_) => None,
             })
             .collect()
@@ -70,6 +74,48 @@ fn members_see_each_other_and_the_author_gets_its_own_message() {
     assert_eq!(a.lines(), [format!("PART lobby {}\n", b.nick)]);
     assert_eq!(hub.say(b.id, "lobby", "x"), Err(HubError::NotMember));
     assert_eq!(hub.part(b.id, "lobby"), Err(HubError::NotMember));
+}
+
+/// A member that lent its socket gets its rooms' events written on it by the
+/// deliverer, nothing in its mailbox; its own message still comes through the
+/// mailbox (it answers the `SAY`); once it takes its socket back, events queue again.
+#[test]
+fn room_events_are_written_on_a_lent_socket_and_own_messages_are_queued() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    let hub = Hub::new(HubConfig::default());
+    let a = member(&hub, 1 << 20);
+    let b = member(&hub, 1 << 20);
+    a.join(&hub, "lobby", None);
+    b.join(&hub, "lobby", None);
+    a.lines();
+    let (a_sock, mut a_peer) = UnixStream::pair().unwrap();
+    let (b_sock, mut b_peer) = UnixStream::pair().unwrap();
+    a_peer.set_nonblocking(true).unwrap();
+    let window = std::time::Duration::ZERO;
+    // SAFETY: both sockets outlive their loans (reclaimed or closed below).
+    unsafe {
+        assert!(a.mb.lend(a_sock.as_raw_fd(), window, None));
+        assert!(b.mb.lend(b_sock.as_raw_fd(), window, None));
+    }
+    let id = hub.say(a.id, "lobby", "hi").unwrap().now().unwrap();
+    let want = format!("MSG lobby {id} {} hi\n", a.nick);
+    assert_eq!(a.lines(), std::slice::from_ref(&want));
+    assert!(b.lines().is_empty(), "nothing queued for b");
+    let mut got = vec![0u8; want.len()];
+    b_peer.read_exact(&mut got).unwrap();
+    assert_eq!(got, want.as_bytes());
+    assert!(
+        a_peer.read(&mut [0u8; 64]).is_err(),
+        "nothing on a's socket"
+    );
+    let used = b.mb.reclaim().expect("written on b's socket");
+    assert_eq!((used.bytes, used.writes), (want.len() as u64, 1));
+    assert_eq!(hub.stats.deliveries.load(Ordering::Relaxed), 3);
+    let id = hub.say(a.id, "lobby", "again").unwrap().now().unwrap();
+    assert_eq!(b.lines(), [format!("MSG lobby {id} {} again\n", a.nick)]);
+    a.mb.close();
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use std::future::Future;
@@ -311,6 +312,10 @@ impl<S: Service> Future for Task<S> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.project();
         let conn: &mut Conn<S::Session> = this.conn;
+        if conn.is_lent() {
+            // Woken: the socket is the task's again before anything is read or written.
+            conn.reclaim();
+        }
         if this.drain.is_none() {
             let r = conn
                 .listener()
@@ -425,6 +430,12 @@ impl<S: Service> Future for Task<S> {
                 let due = conn.precise_deadline().map(|d| d.max(floor));
                 sync_timer(this.timer, this.timer_polled, due, &clock);
                 continue;
+            }
+            if conn.mailbox().is_some() {
+                // SAFETY: `fd` is the connection's socket, and it is closed after the
+                // connection (whose drop closes the mailbox, ending the loan): the
+                // task's drop drops `conn` by hand before its fields.
+                unsafe { conn.lend(this.fd.get_ref().as_raw_fd()) };
             }
             return Poll::Pending;
         }

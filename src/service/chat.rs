@@ -375,6 +375,10 @@ impl Encoder for LineOut<'_, '_> {
         self.0.send(p.encoded(Wire::Line));
     }
 
+    fn rest(&mut self, p: &Publication, from: usize) {
+        self.0.send(&p.encoded(Wire::Line)[from..]);
+    }
+
     fn end(&mut self, why: End) {
         if why == End::AuthFailed {
             self.0.refuse_auth();
@@ -511,6 +515,12 @@ impl Session for ChatSession {
     /// A member of a room may only listen: a quiet room is no reason to drop it.
     fn idle_ok(&self) -> bool {
         self.member.in_a_room()
+    }
+
+    /// A room event's line is what goes on the wire: the deliverer may write it
+    /// while the member has nothing of its own in between.
+    fn may_lend(&mut self) -> bool {
+        self.farewell.is_none() && !self.eof && !self.skipping && self.member.may_lend()
     }
 
     fn timeout(&mut self, cx: &mut Cx<'_, ChatEvent>) {

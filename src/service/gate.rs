@@ -293,6 +293,14 @@ impl<S: Service> Session for GateSession<S> {
         }
     }
 
+    /// The gate adds nothing to an admitted client's bytes: its session decides.
+    fn may_lend(&mut self) -> bool {
+        match &mut self.state {
+            State::Inner(s) => !self.refused && s.may_lend(),
+            _ => false,
+        }
+    }
+
     fn timeout(&mut self, cx: &mut Cx<'_, Self::Event>) {
         let now = cx.now();
         if self.deadline.is_some_and(|d| now >= d) {

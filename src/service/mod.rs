@@ -122,6 +122,17 @@ pub trait Session: Send + 'static {
         false
     }
 
+    /// Whether, while the connection waits with nothing unsent, the senders of its
+    /// mailbox may write events on its socket themselves
+    /// ([`Sender::send_or_write`](crate::base::mailbox::Sender::send_or_write)): only a
+    /// session that would hand the next events on as those bytes, unchanged and in
+    /// order (nothing of its own held back or awaited), with no framing or encryption
+    /// of the connection's own around them. Asked each time the connection goes to
+    /// wait with a mailbox; the default says no.
+    fn may_lend(&mut self) -> bool {
+        false
+    }
+
     /// The deadline returned by [`Session::deadline`] has passed.
     fn timeout(&mut self, cx: &mut Cx<'_, Self::Event>) {
         let _ = cx;

@@ -138,6 +138,14 @@ pub trait Encoder {
     fn reply(&mut self, reply: Reply<'_>);
     /// Hands on a room event, as the hub encoded it for [`Self::WIRE`].
     fn publication(&mut self, p: &Publication);
+    /// Sends the rest of a room event's encoding for [`Self::WIRE`], from byte
+    /// `from`: the deliverer wrote the first part on the socket
+    /// ([`ChatEvent::Rest`]). Only a wire whose session lends its socket gets one.
+    fn rest(&mut self, p: &Publication, from: usize) {
+        let _ = from;
+        tracing::error!("chat: a partly written event on a wire that never lends its socket");
+        self.publication(p);
+    }
     /// Closes the connection once what was said is sent.
     fn end(&mut self, why: End);
 
@@ -202,6 +210,10 @@ struct State {
     /// Token authentication, when the chat requires it (boxed: a connection of an
     /// open chat pays one pointer for it).
     auth: Option<Box<Auth>>,
+    /// Rooms left while their events were being handed out: a deliverer may still
+    /// hold a list of members with this one in it, so the member's socket is not lent
+    /// (see [`Member::may_lend`]) until none of them is being handed out.
+    fenced: Vec<Arc<str>>,
 }
 
 /// One chat member, on any wire: see the module documentation.
@@ -228,6 +240,7 @@ impl<D: Decoder> Member<D> {
                 overflow: 0,
                 queued_bytes: 0,
                 auth: None,
+                fenced: Vec::new(),
             },
         }
     }
@@ -429,12 +442,13 @@ impl<D: Decoder> Member<D> {
                 if st.holding() {
                     st.held.push((publication, own));
                 } else {
-                    st.hand_on(&publication, out);
+                    st.hand_on_live(&publication, out);
                     if own {
                         self.said(&publication.room, 1, out);
                     }
                 }
             }
+            ChatEvent::Rest { publication, from } => out.rest(&publication, from),
             ChatEvent::Answer(Answer::History { room, msgs }) => {
                 match msgs {
                     Ok(msgs) => history(&room, &msgs, out),
@@ -591,9 +605,11 @@ impl<D: Decoder> Member<D> {
         // nothing but is listed everywhere.
         let s = &mut self.s;
         if let Some(me) = &s.me {
+            let fenced = &mut s.fenced;
             s.rooms.retain(|room, st| {
                 if !st.confirmed {
                     let _ = s.hub.part(me.id, room);
+                    fenced.push(room.clone());
                 }
                 st.confirmed
             });
@@ -614,6 +630,29 @@ impl<D: Decoder> Member<D> {
     /// Whether an answer is awaited (from Redis), with commands queued behind it.
     pub fn is_waiting(&self) -> bool {
         self.s.waiting > 0
+    }
+
+    /// Whether the member's next room events may be written on its socket by the
+    /// deliverer itself ([`Session::may_lend`](crate::service::Session::may_lend)):
+    /// nothing awaited or queued, and every room's events handed on as they come (no
+    /// join unconfirmed, no replay to deduplicate against, no room just left whose
+    /// events a deliverer may still be handing out).
+    pub fn may_lend(&mut self) -> bool {
+        let s = &mut self.s;
+        if s.me.is_none()
+            || s.waiting > 0
+            || s.overflow > 0
+            || !s.queued.is_empty()
+            || s.says.len() > 0
+            || !s.rooms.values().all(RoomState::settled)
+        {
+            return false;
+        }
+        if !s.fenced.is_empty() {
+            let hub = &s.hub;
+            s.fenced.retain(|room| hub.delivering(room));
+        }
+        s.fenced.is_empty()
     }
 
     /// Whether the member is in at least one room: it may then only listen, and a
@@ -639,6 +678,13 @@ fn history(room: &str, msgs: &[Arc<Publication>], out: &mut impl Encoder) {
 }
 
 impl State {
+    /// `room` was left: its deliverer, if one is at work, may still hold this member.
+    fn fence(&mut self, room: &str) {
+        if self.hub.delivering(room) {
+            self.fenced.push(room.into());
+        }
+    }
+
     fn room_list(&self) -> Vec<Arc<str>> {
         self.rooms.keys().cloned().collect()
     }
@@ -703,6 +749,7 @@ impl State {
                         awaiting_replay: j.replay_pending,
                         stashed: None,
                         held: Vec::new(),
+                        replayed: !j.replay.is_empty(),
                     };
                     if st.confirmed {
                         out.reply(Reply::Ok(Done::Join(&j.room)));
@@ -716,6 +763,7 @@ impl State {
                 }),
             Command::Part(room) => hub.part(me.id, room).map(|()| {
                 self.rooms.remove(room);
+                self.fence(room);
                 out.reply(Reply::Ok(Done::Part(room)));
             }),
             // The author's own message arrives through its mailbox like everyone's,

@@ -67,7 +67,7 @@ impl<S: Session, L: Host> Conn<S, L> {
         }
     }
 
-    fn events_written_at(&self) -> Option<Instant> {
+    pub(super) fn events_written_at(&self) -> Option<Instant> {
         (self.events_written > 0)
             .then(|| self.opened + Duration::from_millis(u64::from(self.events_written - 1)))
     }

@@ -206,6 +206,8 @@ pub(crate) struct Conn<S: Session, L: Host> {
     /// before them came (in [`meter::ticks`]): timed once their reply is written.
     answers: (u16, Answer),
     read_at: u64,
+    /// The socket is lent to the mailbox's senders ([`Conn::lend`]).
+    lent: bool,
 }
 
 impl<S: Session, L: Host> Conn<S, L> {
@@ -247,6 +249,7 @@ impl<S: Session, L: Host> Conn<S, L> {
             reason: Reason::Open,
             answers: (0, Answer::Message),
             read_at: 0,
+            lent: false,
         }
     }
 
@@ -504,6 +507,55 @@ impl<S: Session, L: Host> Conn<S, L> {
             .max(1)
     }
 
+    /// The connection goes to wait: lends its socket `fd` to the mailbox's senders if
+    /// nothing is unsent, nothing held for coalescing, no goodbye said and the session
+    /// agrees ([`Session::may_lend`]). The model calls [`Conn::reclaim`] as soon as it
+    /// wakes, before anything else.
+    ///
+    /// # Safety
+    ///
+    /// `fd` is this connection's socket, kept open until [`Conn::reclaim`] or the
+    /// connection's drop (which closes the mailbox) has returned.
+    pub(crate) unsafe fn lend(&mut self, fd: std::os::fd::RawFd) {
+        let Some(mb) = &self.mailbox else {
+            return;
+        };
+        if self.phase != Phase::Open
+            || self.goodbye.is_some()
+            || self.draining
+            || self.has_output()
+            || self.timers.is_set(Timer::Coalesce)
+            || !self.session.may_lend()
+        {
+            return;
+        }
+        let last = self.events_written_at();
+        // SAFETY: the caller's promise.
+        self.lent = unsafe { mb.lend(fd, self.limits.coalesce, last) };
+    }
+
+    /// Whether the socket is lent ([`Conn::lend`]).
+    #[inline(always)]
+    pub(crate) fn is_lent(&self) -> bool {
+        self.lent
+    }
+
+    /// Takes the socket back from the mailbox's senders, counting what they wrote on
+    /// it as this connection's output.
+    pub(crate) fn reclaim(&mut self) {
+        self.lent = false;
+        let Some(used) = self.mailbox.as_ref().and_then(|mb| mb.reclaim()) else {
+            return;
+        };
+        self.bytes_out += used.bytes;
+        self.writes = self.writes.wrapping_add(used.writes);
+        self.active = true;
+        self.count_out(used.bytes as usize);
+        if let Some(t) = used.last {
+            self.set_events_written(t);
+        }
+    }
+
     /// Bytes were read from the client: feeds the session (and delivers events pushed
     /// meanwhile).
     pub(crate) fn handle_read(&mut self, data: &[u8], clock: &Clock) {
@@ -627,6 +679,10 @@ impl<S: Session, L: Host> Conn<S, L> {
 
 impl<S: Session, L: Host> Drop for Conn<S, L> {
     fn drop(&mut self) {
+        if self.lent {
+            // What the senders wrote belongs in the close's tallies.
+            self.reclaim();
+        }
         if let Some(mb) = &self.mailbox {
             mb.close();
         }

@@ -26,6 +26,10 @@ pub(super) struct RoomState {
     /// Live events held until the join is confirmed and the replay handed on, each
     /// with whether it is the member's own message.
     pub(super) held: Vec<(Arc<Publication>, bool)>,
+    /// Messages were handed on from a replay and no live message after them yet: a
+    /// live message may still be one of them, to be dropped here, so events of this
+    /// room must come through the member (its socket is not lent).
+    pub(super) replayed: bool,
 }
 
 impl RoomState {
@@ -43,6 +47,7 @@ impl RoomState {
                 for p in &msgs {
                     self.hand_on(p, out);
                 }
+                self.replayed |= !msgs.is_empty();
             }
             Err(e) => out.error(e.code(), "the replay of missed messages failed"),
         }
@@ -55,21 +60,39 @@ impl RoomState {
         let mut own = 0;
         if !self.holding() {
             for (p, mine) in std::mem::take(&mut self.held) {
-                self.hand_on(&p, out);
+                self.hand_on_live(&p, out);
                 own += usize::from(mine);
             }
         }
         own
     }
 
-    pub(super) fn hand_on(&mut self, p: &Publication, out: &mut impl Encoder) {
-        if let Some(id) = p.msg_id() {
+    /// Hands `p` on unless it is a message handed on already; returns whether it
+    /// was a message handed on.
+    pub(super) fn hand_on(&mut self, p: &Publication, out: &mut impl Encoder) -> bool {
+        let id = p.msg_id();
+        if let Some(id) = id {
             if self.last.is_some_and(|last| id <= last) {
-                return;
+                return false;
             }
             self.last = Some(id);
         }
         out.publication(p);
+        id.is_some()
+    }
+
+    /// [`RoomState::hand_on`] for a live event: a live message handed on is later
+    /// than anything replayed, so no later one can be a duplicate.
+    pub(super) fn hand_on_live(&mut self, p: &Publication, out: &mut impl Encoder) {
+        if self.hand_on(p, out) {
+            self.replayed = false;
+        }
+    }
+
+    /// Whether the room's next events may be written as they are, with no member
+    /// state in between: nothing held, awaited, or to be dropped as replayed.
+    pub(super) fn settled(&self) -> bool {
+        !self.holding() && self.held.is_empty() && !self.replayed
     }
 }
 
@@ -147,6 +170,13 @@ impl Joined {
         self.rest.retain(|k, st| keep(k, st));
     }
 
+    pub(super) fn values(&self) -> impl Iterator<Item = &RoomState> {
+        self.first
+            .iter()
+            .map(|(_, st)| st)
+            .chain(self.rest.values())
+    }
+
     pub(super) fn clear(&mut self) {
         self.first = None;
         self.rest.clear();
@@ -165,6 +195,7 @@ mod tests {
             awaiting_replay: false,
             stashed: None,
             held: Vec::new(),
+            replayed: false,
         }
     }
 

@@ -617,3 +617,40 @@ fn pipelined_says_never_answered_time_out_once_each_in_order() {
     assert!(!m.is_waiting());
     assert_eq!(m.deadline(), None);
 }
+
+/// The member lends its socket only while every room's events would be handed on as
+/// they come: not while a `SAY` awaits its own message, not while a join awaits its
+/// confirmation, and not after leaving a room whose events a deliverer may still be
+/// handing out (it may hold a list of members from before the `PART`).
+#[test]
+fn the_socket_is_lent_only_while_events_go_on_as_they_come() {
+    let (mut m, mut rec) = member(None);
+    assert!(m.may_lend(), "a member in no room");
+    m.input(Ok(b"JOIN r"), &mut rec);
+    m.input(Ok(b"JOIN s"), &mut rec);
+    assert!(m.may_lend());
+    m.input(Ok(b"SAY r hi"), &mut rec);
+    assert!(!m.may_lend(), "its SAY awaits its own message");
+    rec.deliver(&mut m);
+    assert!(m.may_lend());
+    // Another member keeps s, whose events are being handed out.
+    let hub = m.s.hub.clone();
+    let other = hub.connect();
+    let tx = rec.mailbox().unwrap();
+    hub.join(other.0, &other.1, &tx, Wire::Line, "s", None)
+        .unwrap();
+    hub.set_delivering("s", true);
+    m.input(Ok(b"PART s"), &mut rec);
+    assert!(!m.may_lend(), "a deliverer of s may still hold the member");
+    assert!(!m.may_lend());
+    hub.set_delivering("s", false);
+    assert!(
+        m.may_lend(),
+        "s handed out: nobody holds the member any more"
+    );
+    m.s.rooms.get_mut("r").unwrap().confirmed = false;
+    assert!(!m.may_lend(), "a join awaiting its confirmation");
+    m.s.rooms.get_mut("r").unwrap().confirmed = true;
+    m.s.rooms.get_mut("r").unwrap().replayed = true;
+    assert!(!m.may_lend(), "a live message may still be a replayed one");
+}
