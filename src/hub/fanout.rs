@@ -14,6 +14,7 @@ use super::{
     lock, Answer, ChatEvent, Hub, HubError, Kind, MemberId, Publication, SERVER_NICK, SHARDS,
 };
 use crate::base::mailbox::{SendError, Sender};
+use crate::base::meter;
 
 /// A member added to a room ([`Hub::join_local`]).
 pub(super) struct Added {
@@ -363,12 +364,17 @@ impl Hub {
     pub(super) fn deliver(&self, room: &Arc<str>) {
         let shard = self.shard(room);
         let mut batch = VecDeque::new();
+        // The start of the last batch written on lent sockets, for the room's record.
+        let mut lent_from: Option<Instant> = None;
         loop {
-            let members = {
+            let (members, lent) = {
                 let mut s = lock(shard);
                 let Some(r) = s.get_mut(room) else {
                     return;
                 };
+                if let Some(start) = lent_from.take() {
+                    r.lent_fanout = Some((start, start.elapsed()));
+                }
                 if r.outbox.is_empty() {
                     r.delivering = false;
                     if r.members.is_empty() {
@@ -379,7 +385,10 @@ impl Hub {
                     return;
                 }
                 std::mem::swap(&mut batch, &mut r.outbox);
-                r.members.clone()
+                let now = Instant::now();
+                let lent = r.writes_lent(batch.len(), now);
+                lent_from = lent.then_some(now);
+                (r.members.clone(), lent)
             };
             let (mut delivered, mut overflowed) = (0u64, 0u64);
             for p in batch.drain(..) {
@@ -403,8 +412,9 @@ impl Hub {
                     };
                     // A member's own message answers its `SAY`: it always goes
                     // through the member's session. Others are written on the
-                    // member's socket here when the member lent it.
-                    let sent = match own {
+                    // member's socket here when the member lent it, unless the
+                    // room is busy (`Room::writes_lent`).
+                    let sent = match own || !lent {
                         true => m.tx.send(ev(0), bytes.len()),
                         false => m.tx.send_or_write(bytes, now, ev, bytes.len()).map(|_| ()),
                     };
@@ -414,7 +424,7 @@ impl Hub {
                         Err(SendError::Closed) => {}
                     }
                 }
-                let took = crate::base::meter::ticks().saturating_sub(p.ordered);
+                let took = meter::ticks().saturating_sub(p.ordered);
                 self.stats.fanout.record(took);
             }
             self.stats

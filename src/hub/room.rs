@@ -61,6 +61,9 @@ pub(super) struct Room {
     pub(super) outbox: VecDeque<Pending>,
     /// Someone is handing out the outbox.
     pub(super) delivering: bool,
+    /// When the last fan-out that wrote on lent sockets started, and how long it took
+    /// ([`Room::writes_lent`]).
+    pub(super) lent_fanout: Option<(std::time::Instant, std::time::Duration)>,
     /// The room's size on every process as the broker last reported it (with Redis:
     /// the presence set's count carried by a `JOIN` or `PART`); 0 when it reports
     /// none. Decides with the local count whether presence lines are sent
@@ -82,9 +85,24 @@ impl Room {
             seq: 0,
             outbox: VecDeque::new(),
             delivering: false,
+            lent_fanout: None,
             reported: 0,
             last_msg: None,
         }
+    }
+
+    /// Whether a fan-out of `events` events starting `now` writes them on the sockets
+    /// members lent: one send per member and no wake-up is the cheapest delivery
+    /// while the room is not busy, but it runs on the publisher's thread, one line per
+    /// send. In a busy room (events piled up, or the last such fan-out would hold that
+    /// thread more than a tenth of the time) the events go through the members'
+    /// mailboxes: the members' tasks share the work over every worker, and each takes
+    /// what piled up at once and writes it in one send.
+    pub(super) fn writes_lent(&self, events: usize, now: std::time::Instant) -> bool {
+        events == 1
+            && self
+                .lent_fanout
+                .is_none_or(|(start, took)| now.saturating_duration_since(start) >= took * 10)
     }
 
     /// Whether the `JOIN` or `PART` of a member is sent to the room's members: only in

@@ -99,6 +99,11 @@ fn room_events_are_written_on_a_lent_socket_and_own_messages_are_queued() {
         assert!(a.mb.lend(a_sock.as_raw_fd(), window, None));
         assert!(b.mb.lend(b_sock.as_raw_fd(), window, None));
     }
+    // The join's fan-out a moment ago must not make the room look busy.
+    lock(hub.shard("lobby"))
+        .get_mut("lobby")
+        .unwrap()
+        .lent_fanout = None;
     let id = hub.say(a.id, "lobby", "hi").unwrap().now().unwrap();
     let want = format!("MSG lobby {id} {} hi\n", a.nick);
     assert_eq!(a.lines(), std::slice::from_ref(&want));
@@ -116,6 +121,22 @@ fn room_events_are_written_on_a_lent_socket_and_own_messages_are_queued() {
     let id = hub.say(a.id, "lobby", "again").unwrap().now().unwrap();
     assert_eq!(b.lines(), [format!("MSG lobby {id} {} again\n", a.nick)]);
     a.mb.close();
+}
+
+/// A room writes on lent sockets one event at a time, and only while such fan-outs
+/// hold the publisher's thread at most a tenth of the time; a busy room's events go
+/// through the mailboxes, where members' tasks batch them.
+#[test]
+fn a_busy_room_goes_through_the_mailboxes() {
+    use std::time::{Duration, Instant};
+    let mut r = room::Room::new("r".into());
+    let t0 = Instant::now();
+    assert!(r.writes_lent(1, t0), "a room's first event");
+    assert!(!r.writes_lent(2, t0), "events piled up");
+    r.lent_fanout = Some((t0, Duration::from_millis(5)));
+    assert!(!r.writes_lent(1, t0 + Duration::from_millis(10)));
+    assert!(!r.writes_lent(1, t0 + Duration::from_millis(49)));
+    assert!(r.writes_lent(1, t0 + Duration::from_millis(50)));
 }
 
 #[test]
