@@ -279,11 +279,9 @@ impl<E> Sender<E> {
     pub fn send(&self, event: E, cost: usize) -> Result<(), SendError> {
         let mb = &*self.0;
         let mut q = mb.lock();
-        let was_empty = Self::queue(mb, &mut q, event, cost)?;
+        let queued = Self::queue(mb, &mut q, event, cost);
         drop(q);
-        if was_empty {
-            mb.notify();
-        }
+        Self::wake(mb, queued)?;
         Ok(())
     }
 
@@ -324,35 +322,48 @@ impl<E> Sender<E> {
                 }
             }
         }
-        let was_empty = Self::queue(mb, &mut q, event(written), cost.saturating_sub(written))?;
+        let queued = Self::queue(mb, &mut q, event(written), cost.saturating_sub(written));
         drop(q);
-        if was_empty {
-            mb.notify();
-        }
+        Self::wake(mb, queued)?;
         Ok(false)
     }
 
-    /// Queues `event` under the lock; returns whether the queue was empty (the
-    /// receiver must be woken).
-    fn queue(mb: &Mailbox<E>, q: &mut Queue<E>, event: E, cost: usize) -> Result<bool, SendError> {
+    /// Wakes the receiver, outside the lock, if [`Sender::queue`] says so.
+    fn wake(
+        mb: &Mailbox<E>,
+        (queued, wake): (Result<(), SendError>, bool),
+    ) -> Result<(), SendError> {
+        if wake {
+            mb.notify();
+        }
+        queued
+    }
+
+    /// Queues `event` under the lock; returns the outcome and whether the receiver
+    /// must be woken (the queue was empty, or it overflowed just now).
+    fn queue(
+        mb: &Mailbox<E>,
+        q: &mut Queue<E>,
+        event: E,
+        cost: usize,
+    ) -> (Result<(), SendError>, bool) {
         if q.closed {
-            return Err(SendError::Closed);
+            return (Err(SendError::Closed), false);
         }
         if q.overflowed {
-            return Err(SendError::Overflow);
+            return (Err(SendError::Overflow), false);
         }
         if q.bytes + cost > mb.limit && !q.items.is_empty() {
             q.overflowed = true;
             q.items.clear();
             mb.waiting.store(true, Ordering::Release);
-            mb.notify();
-            return Err(SendError::Overflow);
+            return (Err(SendError::Overflow), true);
         }
         let was_empty = q.items.is_empty();
         q.items.push_back(event);
         q.bytes += cost;
         mb.waiting.store(true, Ordering::Release);
-        Ok(was_empty)
+        (Ok(()), was_empty)
     }
 
     /// Whether the receiving connection has ended.

@@ -367,7 +367,7 @@ impl Hub {
         // The start of the last batch written on lent sockets, for the room's record.
         let mut lent_from: Option<Instant> = None;
         loop {
-            let (members, lent) = {
+            let (members, lent, now) = {
                 let mut s = lock(shard);
                 let Some(r) = s.get_mut(room) else {
                     return;
@@ -388,11 +388,10 @@ impl Hub {
                 let now = Instant::now();
                 let lent = r.writes_lent(batch.len(), now);
                 lent_from = lent.then_some(now);
-                (r.members.clone(), lent)
+                (r.members.clone(), lent, now)
             };
             let (mut delivered, mut overflowed) = (0u64, 0u64);
             for p in batch.drain(..) {
-                let now = Instant::now();
                 for m in members.iter() {
                     if !m.since.receives(p.seq) || p.skip == Some(m.id) {
                         continue;
