@@ -16,7 +16,8 @@
 # Prints the raw lines and the table of medians; both are kept in $OUT (default
 # bench/results/fanout-<time>).
 #
-# Usage: bench/fanout-floor.sh   (RUNS=3 MEMBERS=10000 RATE=1 SECS=10)
+# Usage: bench/fanout-floor.sh   (RUNS=3 MEMBERS=10000 RATE=1 SECS=10; A=BIN runs another
+# build of ours as `a`, right after ours, in every round)
 # Needs: cargo build --release --bin multiclient --examples.
 set -eu
 cd "$(dirname "$0")/.."
@@ -29,9 +30,12 @@ RATE=${RATE:-1}
 SECS=${SECS:-10}
 results fanout "RUNS=$RUNS MEMBERS=$MEMBERS RATE=$RATE SECS=$SECS"
 
+A=${A:-}
+OURS="serve --model async --workers 2 --max-conns 19000 --service chat=127.0.0.1:{port}"
 for run in $(seq 1 "$RUNS"); do
   for spec in "floor-server=$E/floor_chat {port}" \
-              "ours=$B serve --model async --workers 2 --max-conns 19000 --service chat=127.0.0.1:{port}" \
+              "ours=$B $OURS" \
+              ${A:+"a=$A $OURS"} \
               "tokio-chat=$E/peer_tokio_chat {port}"; do
     name=${spec%%=*}; port=$(free_port); cmd=$(echo "${spec#*=}" | sed "s/{port}/$port/")
     setsid sh -c "exec $cmd" >/dev/null 2>&1 &

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::broker::{Newcomer, Order};
-use super::room::{Entry, Room, Shard, Since};
+use super::room::{Entry, LentFanout, Pending, Room, Shard, Since};
 use super::{
     lock, Answer, ChatEvent, Hub, HubError, Kind, MemberId, Publication, SERVER_NICK, SHARDS,
 };
@@ -364,16 +364,16 @@ impl Hub {
     pub(super) fn deliver(&self, room: &Arc<str>) {
         let shard = self.shard(room);
         let mut batch = VecDeque::new();
-        // The start of the last batch written on lent sockets, for the room's record.
-        let mut lent_from: Option<Instant> = None;
+        // The last batch's writes on lent sockets, for the room's record.
+        let mut record: Option<LentFanout> = None;
         loop {
             let (members, lent, now) = {
                 let mut s = lock(shard);
                 let Some(r) = s.get_mut(room) else {
                     return;
                 };
-                if let Some(start) = lent_from.take() {
-                    r.lent_fanout = Some((start, start.elapsed()));
+                if let Some(rec) = record.take() {
+                    r.lent_fanout = Some(rec);
                 }
                 if r.outbox.is_empty() {
                     r.delivering = false;
@@ -386,46 +386,31 @@ impl Hub {
                 }
                 std::mem::swap(&mut batch, &mut r.outbox);
                 let now = Instant::now();
-                let lent = r.writes_lent(batch.len(), now);
-                lent_from = lent.then_some(now);
+                let lent = r.lent_share(batch.len(), r.members.len(), now);
                 (r.members.clone(), lent, now)
             };
-            let (mut delivered, mut overflowed) = (0u64, 0u64);
+            let mut tally = (0u64, 0u64);
             for p in batch.drain(..) {
-                for m in members.iter() {
-                    if !m.since.receives(p.seq) || p.skip == Some(m.id) {
-                        continue;
+                // The members past the lent share first: their tasks, woken now, write
+                // on the other workers while this thread writes the share.
+                for m in &members[lent..] {
+                    self.hand(&p, m, None, &mut tally);
+                }
+                if lent > 0 {
+                    let start = Instant::now();
+                    for m in &members[..lent] {
+                        self.hand(&p, m, Some(now), &mut tally);
                     }
-                    let bytes = p.publication.encoded(m.wire);
-                    let own = p.author == Some(m.id);
-                    let ev = |from: usize| match from {
-                        0 => ChatEvent::Room {
-                            seq: p.seq,
-                            publication: p.publication.clone(),
-                            own,
-                        },
-                        from => ChatEvent::Rest {
-                            publication: p.publication.clone(),
-                            from,
-                        },
-                    };
-                    // A member's own message answers its `SAY`: it always goes
-                    // through the member's session. Others are written on the
-                    // member's socket here when the member lent it, unless the
-                    // room is busy (`Room::writes_lent`).
-                    let sent = match own || !lent {
-                        true => m.tx.send(ev(0), bytes.len()),
-                        false => m.tx.send_or_write(bytes, now, ev, bytes.len()).map(|_| ()),
-                    };
-                    match sent {
-                        Ok(()) => delivered += 1,
-                        Err(SendError::Overflow) => overflowed += 1,
-                        Err(SendError::Closed) => {}
-                    }
+                    record = Some(LentFanout {
+                        start: now,
+                        took: start.elapsed(),
+                        members: lent,
+                    });
                 }
                 let took = meter::ticks().saturating_sub(p.ordered);
                 self.stats.fanout.record(took);
             }
+            let (delivered, overflowed) = tally;
             self.stats
                 .deliveries
                 .fetch_add(delivered, Ordering::Relaxed);
@@ -434,6 +419,39 @@ impl Hub {
                     .overflows
                     .fetch_add(overflowed, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// Hands event `p` to member `m`, if it is for it: written on its lent socket at
+    /// `lent` (the fan-out's time), or into its mailbox. Counts it in `tally`
+    /// (delivered, overflowed).
+    fn hand(&self, p: &Pending, m: &Entry, lent: Option<Instant>, tally: &mut (u64, u64)) {
+        if !m.since.receives(p.seq) || p.skip == Some(m.id) {
+            return;
+        }
+        let bytes = p.publication.encoded(m.wire);
+        let own = p.author == Some(m.id);
+        let ev = |from: usize| match from {
+            0 => ChatEvent::Room {
+                seq: p.seq,
+                publication: p.publication.clone(),
+                own,
+            },
+            from => ChatEvent::Rest {
+                publication: p.publication.clone(),
+                from,
+            },
+        };
+        // A member's own message answers its `SAY`: it always goes through the
+        // member's session.
+        let sent = match lent.filter(|_| !own) {
+            Some(now) => m.tx.send_or_write(bytes, now, ev, bytes.len()).map(|_| ()),
+            None => m.tx.send(ev(0), bytes.len()),
+        };
+        match sent {
+            Ok(()) => tally.0 += 1,
+            Err(SendError::Overflow) => tally.1 += 1,
+            Err(SendError::Closed) => {}
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{ChatEvent, MemberId, Publication, Wire};
 use crate::base::mailbox::Sender;
@@ -51,6 +52,23 @@ pub(super) struct Pending {
     pub(super) ordered: u64,
 }
 
+/// How long one fan-out writes on lent sockets, at most (see [`Room::lent_share`]):
+/// the other members' tasks take the rest over every worker.
+pub(super) const LENT_BUDGET: Duration = Duration::from_millis(10);
+
+/// How many members a room's first fan-out writes on lent sockets, before any cost
+/// per send is measured.
+const FIRST_LENT_SHARE: usize = 256;
+
+/// A fan-out's writes on lent sockets: when it started, how long they took and for
+/// how many members.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LentFanout {
+    pub(super) start: Instant,
+    pub(super) took: Duration,
+    pub(super) members: usize,
+}
+
 /// A room with at least one member on this process (or a delivery under way).
 pub(super) struct Room {
     pub(super) name: Arc<str>,
@@ -61,9 +79,8 @@ pub(super) struct Room {
     pub(super) outbox: VecDeque<Pending>,
     /// Someone is handing out the outbox.
     pub(super) delivering: bool,
-    /// When the last fan-out that wrote on lent sockets started, and how long it took
-    /// ([`Room::writes_lent`]).
-    pub(super) lent_fanout: Option<(std::time::Instant, std::time::Duration)>,
+    /// The last fan-out that wrote on lent sockets ([`Room::lent_share`]).
+    pub(super) lent_fanout: Option<LentFanout>,
     /// The room's size on every process as the broker last reported it (with Redis:
     /// the presence set's count carried by a `JOIN` or `PART`); 0 when it reports
     /// none. Decides with the local count whether presence lines are sent
@@ -91,18 +108,29 @@ impl Room {
         }
     }
 
-    /// Whether a fan-out of `events` events starting `now` writes them on the sockets
-    /// members lent: one send per member and no wake-up is the cheapest delivery
-    /// while the room is not busy, but it runs on the publisher's thread, one line per
-    /// send. In a busy room (events piled up, or the last such fan-out would hold that
-    /// thread more than a tenth of the time) the events go through the members'
-    /// mailboxes: the members' tasks share the work over every worker, and each takes
-    /// what piled up at once and writes it in one send.
-    pub(super) fn writes_lent(&self, events: usize, now: std::time::Instant) -> bool {
-        events == 1
-            && self
-                .lent_fanout
-                .is_none_or(|(start, took)| now.saturating_duration_since(start) >= took * 10)
+    /// How many of the room's `members` (the first ones) a fan-out of `events` events
+    /// starting `now` writes on the sockets they lent, the others' events going into
+    /// their mailboxes. Writing on a lent socket, one send and no wake-up, is the
+    /// cheapest delivery, but it runs on the publisher's thread, one line per send,
+    /// while the members' tasks spread their sends over every worker and batch what
+    /// piles up. So: none in a busy room (events piled up, or the last such fan-out
+    /// would hold the thread over a tenth of the time), and at most what that thread
+    /// writes in [`LENT_BUDGET`] (at the cost per send the last one measured; 256 to
+    /// begin with), so a large room's last member waits for a share of its sends,
+    /// not all of them.
+    pub(super) fn lent_share(&self, events: usize, members: usize, now: Instant) -> usize {
+        if events != 1 {
+            return 0;
+        }
+        let Some(last) = &self.lent_fanout else {
+            return members.min(FIRST_LENT_SHARE);
+        };
+        if now.saturating_duration_since(last.start) < last.took * 10 {
+            return 0;
+        }
+        let per_send = last.took.as_secs_f64() / last.members.max(1) as f64;
+        let share = (LENT_BUDGET.as_secs_f64() / per_send.max(1e-9)) as usize;
+        members.min(share.max(1))
     }
 
     /// Whether the `JOIN` or `PART` of a member is sent to the room's members: only in

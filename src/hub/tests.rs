@@ -123,20 +123,36 @@ fn room_events_are_written_on_a_lent_socket_and_own_messages_are_queued() {
     a.mb.close();
 }
 
-/// A room writes on lent sockets one event at a time, and only while such fan-outs
-/// hold the publisher's thread at most a tenth of the time; a busy room's events go
-/// through the mailboxes, where members' tasks batch them.
+/// A room writes on lent sockets one event at a time, for at most what one thread
+/// writes in the budget at the last measured cost per send, and only while such
+/// fan-outs hold that thread at most a tenth of the time; the rest of its members, and
+/// a busy room's, get their events through their mailboxes.
 #[test]
-fn a_busy_room_goes_through_the_mailboxes() {
+fn a_room_writes_a_bounded_share_on_lent_sockets_and_none_when_busy() {
     use std::time::{Duration, Instant};
     let mut r = room::Room::new("r".into());
     let t0 = Instant::now();
-    assert!(r.writes_lent(1, t0), "a room's first event");
-    assert!(!r.writes_lent(2, t0), "events piled up");
-    r.lent_fanout = Some((t0, Duration::from_millis(5)));
-    assert!(!r.writes_lent(1, t0 + Duration::from_millis(10)));
-    assert!(!r.writes_lent(1, t0 + Duration::from_millis(49)));
-    assert!(r.writes_lent(1, t0 + Duration::from_millis(50)));
+    assert_eq!(r.lent_share(1, 100, t0), 100, "a room's first event");
+    assert_eq!(
+        r.lent_share(1, 10_000, t0),
+        256,
+        "before any cost is measured"
+    );
+    assert_eq!(r.lent_share(2, 100, t0), 0, "events piled up");
+    // 1,000 sends in 5 ms: 5 µs each, so 2,000 fit in the budget of 10 ms.
+    r.lent_fanout = Some(room::LentFanout {
+        start: t0,
+        took: Duration::from_millis(5),
+        members: 1_000,
+    });
+    assert_eq!(r.lent_share(1, 1_000, t0 + Duration::from_millis(10)), 0);
+    assert_eq!(r.lent_share(1, 1_000, t0 + Duration::from_millis(49)), 0);
+    assert_eq!(
+        r.lent_share(1, 1_000, t0 + Duration::from_millis(50)),
+        1_000
+    );
+    let share = r.lent_share(1, 10_000, t0 + Duration::from_millis(50));
+    assert!((1_990..=2_010).contains(&share), "{share}");
 }
 
 #[test]
