@@ -36,7 +36,7 @@ use super::sock::{self, Read_};
 use super::{accept_backoff, next_conn_id, Ctx, BACKOFF_START};
 use crate::base::mailbox::WakeKind;
 use crate::base::Clock;
-use crate::service::{ConnInfo, Service};
+use crate::service::{ConnInfo, Service, Session};
 
 /// Per-thread read buffer shared by every connection of that thread.
 const SCRATCH: usize = 64 * 1024;
@@ -431,7 +431,7 @@ impl<S: Service> Future for Task<S> {
                 sync_timer(this.timer, this.timer_polled, due, &clock);
                 continue;
             }
-            if conn.mailbox().is_some() {
+            if <S::Session as Session>::LENDS && conn.mailbox().is_some() {
                 // SAFETY: `fd` is the connection's socket, and it is closed after the
                 // connection (whose drop closes the mailbox, ending the loan): the
                 // task's drop drops `conn` by hand before its fields.

@@ -442,6 +442,7 @@ impl ChatSession {
 
 impl Session for ChatSession {
     type Event = ChatEvent;
+    const LENDS: bool = true;
 
     fn open(&mut self, cx: &mut Cx<'_, ChatEvent>) {
         self.member.open(&mut LineOut(cx));

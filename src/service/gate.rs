@@ -247,6 +247,7 @@ impl<S: Service> GateSession<S> {
 
 impl<S: Service> Session for GateSession<S> {
     type Event = <S::Session as Session>::Event;
+    const LENDS: bool = <S::Session as Session>::LENDS;
 
     fn open(&mut self, cx: &mut Cx<'_, Self::Event>) {
         match (&self.state, self.shared.proxy) {

@@ -89,6 +89,10 @@ pub trait Session: Send + 'static {
     /// Sessions that are only driven by their own bytes use `()`.
     type Event: Send + 'static;
 
+    /// Whether [`Session::may_lend`] can ever say yes: a model asks only sessions
+    /// that can.
+    const LENDS: bool = false;
+
     /// The connection is established: a greeting goes here.
     fn open(&mut self, cx: &mut Cx<'_, Self::Event>) {
         let _ = cx;
