@@ -56,6 +56,10 @@ struct Queue<E> {
     bytes: usize,
     overflowed: bool,
     closed: bool,
+    /// The first queued event stands for the rest of one a sender wrote in part on
+    /// the lent socket: an overflow keeps it, so the connection can finish that line
+    /// before its goodbye.
+    partial_front: bool,
     /// The connection's socket while it is lent to the senders (see the module
     /// documentation), with what they wrote on it.
     loan: Option<Loan>,
@@ -126,6 +130,7 @@ impl<E> Mailbox<E> {
                 bytes: 0,
                 overflowed: false,
                 closed: false,
+                partial_front: false,
                 loan: None,
             }),
             waiting: AtomicBool::new(false),
@@ -173,7 +178,9 @@ impl<E> Mailbox<E> {
         }
     }
 
-    /// Moves every queued event into `into`; returns whether the mailbox overflowed.
+    /// Moves every queued event into `into`; returns whether the mailbox overflowed
+    /// (then `into` gets at most the rest of an event a sender wrote in part, which
+    /// must go out before anything else).
     ///
     /// The queue keeps its buffer (up to a small size), so a steady stream of events
     /// costs no allocation per wake-up when `into` is a stack buffer.
@@ -187,6 +194,7 @@ impl<E> Mailbox<E> {
             pending.store(false, Ordering::Relaxed);
         }
         self.waiting.store(q.overflowed, Ordering::Release);
+        q.partial_front = false;
         into.extend(q.items.drain(..));
         if q.items.capacity() > KEEP_EVENTS {
             q.items = VecDeque::new();
@@ -323,6 +331,10 @@ impl<E> Sender<E> {
             }
         }
         let queued = Self::queue(mb, &mut q, event(written), cost.saturating_sub(written));
+        if written > 0 {
+            // Queued first: the loan was only ever open over an empty queue.
+            q.partial_front = true;
+        }
         drop(q);
         Self::wake(mb, queued)?;
         Ok(false)
@@ -355,7 +367,7 @@ impl<E> Sender<E> {
         }
         if q.bytes + cost > mb.limit && !q.items.is_empty() {
             q.overflowed = true;
-            q.items.clear();
+            q.items.truncate(usize::from(q.partial_front));
             mb.waiting.store(true, Ordering::Release);
             return (Err(SendError::Overflow), true);
         }
@@ -483,6 +495,45 @@ mod tests {
         }
         assert_eq!(all.len(), whole * 1000 + from);
         assert!(mb.reclaim().is_none(), "reclaimed once");
+    }
+
+    /// An overflow drops what is queued but the rest of a line a sender wrote in
+    /// part: the connection finishes that line before its goodbye.
+    #[test]
+    fn an_overflow_keeps_the_rest_of_a_line_written_in_part() {
+        use std::os::fd::AsRawFd;
+        // TCP: a send into a nearly full buffer writes what fits.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _peer = listener.accept().unwrap();
+        let mb = Arc::new(Mailbox::new(100_000, WakeKind::None).unwrap());
+        let tx = Sender::new(mb.clone());
+        let t0 = Instant::now();
+        // SAFETY: `ours` outlives the loan (the mailbox is closed before it drops).
+        assert!(unsafe { mb.lend(ours.as_raw_fd(), Duration::ZERO, None) });
+        let event = vec![1u8; 50_000];
+        let mut cut = None;
+        for i in 0..1000 {
+            if !tx
+                .send_or_write(&event, t0, |n| (i, n), event.len())
+                .unwrap()
+            {
+                cut = Some(i);
+                break;
+            }
+        }
+        let cut = cut.expect("the socket filled up");
+        let mut got = VecDeque::new();
+        let mut next = cut + 1;
+        while tx.send((next, 0), event.len()).is_ok() {
+            next += 1;
+        }
+        assert!(mb.take(&mut got), "overflowed");
+        // A loopback TCP buffer takes part of a 50 kB send before it is full.
+        assert_eq!(got.len(), 1, "only the rest is kept: {got:?}");
+        assert_eq!(got[0].0, cut);
+        assert!(got[0].1 > 0, "written in part: {got:?}");
+        mb.close();
     }
 
     /// A lent socket is written at most once per window after the connection's last

@@ -42,6 +42,11 @@ impl<S: Session, L: Host> Conn<S, L> {
         let mut batch = smallvec::SmallVec::<[S::Event; 8]>::new();
         let overflowed = mb.take(&mut batch);
         if overflowed {
+            // At most the rest of a line a sender wrote in part on the lent socket:
+            // finished before the goodbye, so the client reads whole lines.
+            for ev in batch {
+                self.call(clock, |s, cx| s.event(ev, cx));
+            }
             self.listener
                 .stats
                 .slow_consumers
