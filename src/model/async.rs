@@ -431,7 +431,7 @@ impl<S: Service> Future for Task<S> {
                 sync_timer(this.timer, this.timer_polled, due, &clock);
                 continue;
             }
-            if <S::Session as Session>::LENDS && conn.mailbox().is_some() {
+            if <S::Session as Session>::LENDS {
                 // SAFETY: `fd` is the connection's socket, and it is closed after the
                 // connection (whose drop closes the mailbox, ending the loan): the
                 // task's drop drops `conn` by hand before its fields.
