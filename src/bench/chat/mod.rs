@@ -561,14 +561,14 @@ async fn drive(
     let send_start = ctx.us();
     let _ = phase_tx.send(Phase::Send);
     let drain_deadline = Instant::now() + cfg.duration + cfg.drain_timeout;
-    let mut peak = proc::Sample::default();
+    let sampler = cfg
+        .server_pid
+        .map(|pid| proc::Peak::start(pid, Duration::from_millis(20)))
+        .transpose()?;
     while !reached(&sh.finished) && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if let Some(Ok(s)) = cfg.server_pid.map(proc::sample_tree) {
-            peak.rss_kib = peak.rss_kib.max(s.rss_kib);
-            peak.threads = peak.threads.max(s.threads);
-        }
     }
+    let peak = sampler.map(proc::Peak::finish).unwrap_or_default();
     let server_after = cfg.server_pid.map(proc::sample_tree).transpose()?;
     let tester_after = proc::sample(None)?;
     // What this process's senders sent, before the counts of every copy's come.
