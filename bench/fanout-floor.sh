@@ -83,18 +83,24 @@ order, data = [], {}
 for name, run, load, mx, p99, p50, cpu, missing in rows:
     if name not in data:
         order.append(name)
-    data.setdefault(name, []).append((float(mx), float(p99), float(p50), float(cpu), missing, float(load)))
+    data.setdefault(name, []).append((float(mx), float(p99), float(p50), float(cpu), missing, float(load), run))
 # Failed runs (no report) are left out of the medians; the missing column shows them.
 ok = {n: [x for x in d if x[0] == x[0]] or d for n, d in data.items()}
 med = {n: (st.median(x[0] for x in d), st.median(x[3] for x in d)) for n, d in ok.items()}
 fs, fl = med.get("floor-server", (float("nan"),) * 2), med.get("send-loop", (float("nan"),) * 2)
-print("| server | last delivery ms (runs) | median | × floor server | × send loop | p99 ms (median) | CPU µs/delivery (runs) | median | × floor server | × send loop | missing | load |")
+# Paired: the median over rounds of the last delivery over the send loop's in the same
+# round, which the machine's drift from round to round moves less than the medians.
+loop = {x[6]: x[0] for x in data.get("send-loop", [])}
+def paired(d):
+    r = [x[0] / loop[x[6]] for x in d if x[0] == x[0] and loop.get(x[6], 0) > 0]
+    return "%.2f" % st.median(r) if r else "nan"
+print("| server | last delivery ms (runs) | median | × floor server | × send loop (paired) | p99 ms (median) | CPU µs/delivery (runs) | median | × floor server | × send loop | missing | load |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in order:
     d = data[n]
     mx, cpu = med[n]
-    print("| %s | %s | %.1f | %.2f | %.2f | %s | %s | %.2f | %.2f | %.2f | %s | %.1f–%.1f |" % (
-        n, ", ".join("%.1f" % x[0] for x in d), mx, mx / fs[0], mx / fl[0],
+    print("| %s | %s | %.1f | %.2f | %.2f (%s) | %s | %s | %.2f | %.2f | %.2f | %s | %.1f–%.1f |" % (
+        n, ", ".join("%.1f" % x[0] for x in d), mx, mx / fs[0], mx / fl[0], paired(d),
         "%.1f" % st.median(x[1] for x in ok[n]), ", ".join("%.2f" % x[3] for x in d), cpu,
         cpu / fs[1], cpu / fl[1], "/".join(x[4] for x in d),
         min(x[5] for x in d), max(x[5] for x in d)))
