@@ -59,6 +59,7 @@ servers() {
            "ours=$OURS --service ack=127.0.0.1:{port}" \
            "py-asyncio=python3 bench/peers/asyncio_ack.py {port}" ;;
     http) set -- "floor=$E/floor_http {port}" \
+            "floor-head=$E/floor_http {port} head" \
             "ours=$OURS --service http=127.0.0.1:{port}" \
             ${NGINX:+"$NGINX"} \
             "hyper=$E/peer_hyper_hello {port}" ;;

@@ -8,6 +8,11 @@
 //! requests read at once are answered with one `write` of as many responses. The
 //! shape is the common tokio one (a task per connection, a stack buffer). Port from
 //! argv (default 8080). Run: `cargo run --release --example floor_http -- 8080`.
+//!
+//! With `head` after the port it sends the head a server owes instead (`Server`,
+//! `Date`, `Content-Type`: the bytes of the `http` service's, the date fixed), still
+//! with no parsing: what is left between it and a real server is the server's work,
+//! not the bytes its responses must carry.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -15,6 +20,12 @@ use tokio::net::TcpListener;
 /// The one response: the `http` service's body, framed by its length.
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 39\r\n\r\nHello from Multi-threaded Flask Server!";
+
+/// The same response with the head a server owes, as many bytes as the `http`
+/// service's (a fixed date, as long as any).
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: multiclient/0.1.0\r\n\
+    Date: Fri, 04 Dec 2026 18:52:29 GMT\r\nContent-Type: text/plain; charset=utf-8\r\n\
+    Content-Length: 39\r\n\r\nHello from Multi-threaded Flask Server!";
 
 /// Most responses one write carries (a 64 KiB read holds at most this many requests
 /// of the tester's 40-odd bytes in practice; beyond it the rest go in further writes).
@@ -26,8 +37,12 @@ async fn main() -> std::io::Result<()> {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(8080);
+    let response = match std::env::args().nth(2).as_deref() {
+        Some("head") => RESPONSE_HEAD,
+        _ => RESPONSE,
+    };
     let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-    let batch: Vec<u8> = RESPONSE.repeat(BATCH);
+    let batch: Vec<u8> = response.repeat(BATCH);
     let batch: &'static [u8] = batch.leak();
     loop {
         let (mut socket, _) = listener.accept().await?;
@@ -57,7 +72,7 @@ async fn main() -> std::io::Result<()> {
                 while count > 0 {
                     let k = count.min(BATCH);
                     if socket
-                        .write_all(&batch[..k * RESPONSE.len()])
+                        .write_all(&batch[..k * response.len()])
                         .await
                         .is_err()
                     {
