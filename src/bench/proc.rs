@@ -41,11 +41,14 @@ impl Sample {
 /// `--processes N` is its supervisor and N workers, each with memory of its own.
 /// A child that exits between the listing and the read no longer counts.
 pub fn sample_tree(pid: u32) -> io::Result<Sample> {
+    sample_with(pid, &children(pid))
+}
+
+/// Samples process `pid` and the processes `kids`, summed.
+fn sample_with(pid: u32, kids: &[u32]) -> io::Result<Sample> {
     let mut total = sample(Some(pid))?;
-    for child in children(pid) {
-        if let Ok(s) = sample(Some(child)) {
-            total.add(&s);
-        }
+    for s in kids.iter().filter_map(|&k| sample(Some(k)).ok()) {
+        total.add(&s);
     }
     Ok(total)
 }
@@ -79,12 +82,7 @@ impl Peak {
                         kids = children(pid);
                         listed = Some(Instant::now());
                     }
-                    // A child that exits between the listing and the read no longer
-                    // counts.
-                    if let Ok(mut total) = sample(Some(pid)) {
-                        for s in kids.iter().filter_map(|&k| sample(Some(k)).ok()) {
-                            total.add(&s);
-                        }
+                    if let Ok(total) = sample_with(pid, &kids) {
                         peak.rss_kib = peak.rss_kib.max(total.rss_kib);
                         peak.threads = peak.threads.max(total.threads);
                     }
