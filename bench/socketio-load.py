@@ -6,7 +6,7 @@ lighter than python-socketio's client); the first also sends RATE messages a sec
 for SECS seconds. Every member checks it gets each message once, in order, and keeps
 its latency. Prints one JSON line: deliveries, the ones expected, latency percentiles,
 and the server's CPU per delivery over the sending phase (utime + stime of PID from
-/proc, the server's children included).
+/proc).
 
 Usage: bench/socketio-load.py PORT PID [MEMBERS 1000] [RATE 10] [SECS 10]
 """
@@ -27,27 +27,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_secs(p):
-    """utime + stime of process p and its children, in seconds."""
-    total = 0
-    for q in [p] + children(p):
-        try:
-            f = open(f"/proc/{q}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(f[11]) + int(f[12])
-    return total / TICK
-
-
-def children(p):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1]) == p:
-                    out.append(int(d))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
+    """utime + stime of process p, in seconds (the peer is one process)."""
+    f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / TICK
 
 
 class Member:

@@ -9,6 +9,9 @@
 //! only meaningful over runs of a few seconds; the benchmark record uses 5 s or more.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -60,16 +63,14 @@ fn sample_with(pid: u32, kids: &[u32]) -> io::Result<Sample> {
 /// the tester's runtime, it held the members' reads back for that long 50 times a
 /// second, a third of a one-thread tester's time in a 10,000-member fan-out.
 pub struct Peak {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<Sample>,
 }
 
 impl Peak {
     /// Starts sampling `pid` every `every`.
-    pub fn start(pid: u32, every: std::time::Duration) -> io::Result<Peak> {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::time::{Duration, Instant};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
+    pub fn start(pid: u32, every: Duration) -> io::Result<Peak> {
+        let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("peak-sampler".into())
@@ -98,7 +99,7 @@ impl Peak {
 
     /// Stops sampling; the peak of the samples taken (at least one is).
     pub fn finish(self) -> Sample {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         self.thread.thread().unpark();
         self.thread.join().unwrap_or_default()
     }
@@ -312,13 +313,11 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = sh.id();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while children(pid).is_empty() && std::time::Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children(pid).is_empty() && Instant::now() < deadline {
             std::thread::yield_now();
         }
-        let peak = Peak::start(pid, std::time::Duration::from_secs(60))
-            .unwrap()
-            .finish();
+        let peak = Peak::start(pid, Duration::from_secs(60)).unwrap().finish();
         for kid in children(pid) {
             let _ = rustix::process::kill_process(
                 rustix::process::Pid::from_raw(kid as i32).unwrap(),
