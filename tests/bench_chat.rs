@@ -44,6 +44,15 @@ fn our_chat_delivers_every_message_to_every_member() {
     assert_eq!(r.expected_deliveries, r.sent * 10);
     assert_eq!(r.deliveries, r.expected_deliveries, "{r:#?}");
     assert_eq!(r.latency.count, r.deliveries);
+    // Every message's last delivery is known, and the slowest is the run's slowest
+    // delivery (the histogram rounds it up by at most a thousandth).
+    let last = r.last_delivery.expect("tracked");
+    assert_eq!(last.messages, r.sent, "{r:#?}");
+    assert!(last.p50_us <= last.max_us && last.max_us <= r.latency.max_us);
+    assert!(
+        r.latency.max_us - last.max_us <= r.latency.max_us / 1000,
+        "{r:#?}"
+    );
     server.drain().start();
     server.wait();
 }

@@ -312,13 +312,15 @@ fn handle_line(ctx: &Ctx, m: &mut Member, line: &[u8], now_us: u64) -> Seen {
             if e.2 {
                 // After the end mark.
                 sh.dup.fetch_add(1, Ordering::Relaxed);
-            } else if n == e.1 {
-                e.1 += 1;
-                m.lat.push(now_us.saturating_sub(at));
-            } else if n > e.1 {
-                sh.missing.fetch_add(n - e.1, Ordering::Relaxed);
+            } else if n >= e.1 {
+                // In order, or after a gap the member counts as missing.
+                if n > e.1 {
+                    sh.missing.fetch_add(n - e.1, Ordering::Relaxed);
+                }
                 e.1 = n + 1;
-                m.lat.push(now_us.saturating_sub(at));
+                let us = now_us.saturating_sub(at);
+                m.lat.push(us);
+                ctx.last.note(j, n, us);
             } else {
                 sh.dup.fetch_add(1, Ordering::Relaxed);
             }
@@ -345,5 +347,91 @@ impl Member {
             self.warm = true;
             sh.warm.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+    use tokio::time::Instant;
+
+    use super::super::{ChatConfig, LastDelivery, LastSlots, SenderInfo, Shared};
+    use super::*;
+
+    fn ctx(cfg: ChatConfig) -> Ctx {
+        let (_, phase) = watch::channel(Phase::Send);
+        Ctx {
+            hists: Vec::new(),
+            last: LastSlots::new(&cfg),
+            origin: Instant::now(),
+            shared: Shared::default(),
+            senders: (0..cfg.senders)
+                .map(|j| SenderInfo {
+                    room: j % cfg.rooms,
+                    sent: AtomicU64::new(0),
+                })
+                .collect(),
+            phase,
+            cfg,
+        }
+    }
+
+    fn member(i: usize, senders: usize) -> Member {
+        Member {
+            i,
+            room: "bench0".into(),
+            expect: (0..senders).map(|j| (j, 0, false)).collect(),
+            warm: true,
+            ended: 0,
+            lat: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_message_s_last_delivery_is_its_latest_reader_s() {
+        let mut cfg = ChatConfig::new(([127, 0, 0, 1], 1).into(), 2, 1);
+        cfg.senders = 2;
+        cfg.rate = 20.0;
+        cfg.duration = Duration::from_secs(1);
+        let ctx = ctx(cfg);
+        let (mut a, mut b) = (member(0, 2), member(1, 2));
+        // Sender 0's message 0, said at 1,000 µs: read by a at 1,200, by b at 1,900.
+        handle_line(&ctx, &mut a, b"MSG bench0 1 g0 m 0 0 1000", 1200);
+        handle_line(&ctx, &mut b, b"MSG bench0 1 g0 m 0 0 1000", 1900);
+        // Its message 1: b first, then a; a's duplicate later changes nothing.
+        handle_line(&ctx, &mut b, b"MSG bench0 2 g0 m 0 1 2000", 2100);
+        handle_line(&ctx, &mut a, b"MSG bench0 2 g0 m 0 1 2000", 2500);
+        handle_line(&ctx, &mut a, b"MSG bench0 2 g0 m 0 1 2000", 9000);
+        // Sender 1's message 0, read by a alone so far.
+        handle_line(&ctx, &mut a, b"MSG bench0 3 g1 m 1 0 3000", 3300);
+        assert_eq!(ctx.shared.dup.load(Ordering::Relaxed), 1);
+        let v = ctx.last.values().unwrap();
+        // 20 msg/s over 2 senders for 1 s: 11 slots a sender.
+        assert_eq!(v.len(), 22);
+        assert_eq!((v[0], v[1], v[2], v[11], v[12]), (900, 500, 0, 300, 0));
+        assert_eq!(
+            LastDelivery::of(&v),
+            Some(LastDelivery {
+                messages: 3,
+                p50_us: 500,
+                max_us: 900
+            })
+        );
+        // A number past a sender's slots is not taken for the next sender's message.
+        handle_line(&ctx, &mut b, b"MSG bench0 4 g0 m 0 11 4000", 4700);
+        assert_eq!(ctx.last.values().unwrap()[11], 300);
+    }
+
+    #[test]
+    fn a_run_of_too_many_messages_tracks_none() {
+        let mut cfg = ChatConfig::new(([127, 0, 0, 1], 1).into(), 2, 1);
+        cfg.rate = 1e6;
+        cfg.duration = Duration::from_secs(60);
+        let ctx = ctx(cfg);
+        handle_line(&ctx, &mut member(0, 1), b"MSG bench0 1 g0 m 0 0 1000", 1200);
+        assert_eq!(ctx.last.values(), None);
     }
 }

@@ -60,7 +60,7 @@ mod member;
 pub mod report;
 mod sender;
 
-pub use report::{ChatErrors, ChatReport};
+pub use report::{ChatErrors, ChatReport, LastDelivery};
 
 /// Connections being opened at once, so a large run does not overflow the server's
 /// listen backlog.
@@ -72,6 +72,8 @@ const READ_BUF: usize = 8 * 1024;
 /// Latency histograms shared by the members (member `i` uses `i % HISTS`): one per
 /// member would cost hundreds of MiB at 10,000 members.
 const HISTS: usize = 64;
+/// Most messages whose last delivery is tracked ([`LastSlots`]): 1 MiB of counters.
+const TRACKED: usize = 1 << 17;
 
 /// Options of `bench chat`.
 #[derive(Args, Debug, Clone)]
@@ -252,6 +254,7 @@ struct Ctx {
     origin: Instant,
     shared: Shared,
     hists: Vec<Mutex<Histogram<u64>>>,
+    last: LastSlots,
     senders: Vec<SenderInfo>,
     phase: watch::Receiver<Phase>,
 }
@@ -262,6 +265,49 @@ impl Ctx {
     }
     fn us(&self) -> u64 {
         self.origin.elapsed().as_micros() as u64
+    }
+}
+
+/// Each message's last delivery so far: slot `j * per_sender + n` holds the highest
+/// latency at which a member read sender `j`'s message `n` (0: none yet). Empty when
+/// the run would publish more than [`TRACKED`] messages.
+struct LastSlots {
+    per_sender: usize,
+    slots: Vec<AtomicU64>,
+}
+
+impl LastSlots {
+    fn new(cfg: &ChatConfig) -> LastSlots {
+        // A sender publishes one message per interval of its share of the rate.
+        let per_sender =
+            (cfg.duration.as_secs_f64() * cfg.rate / cfg.senders.max(1) as f64).ceil() as usize + 1;
+        let n = per_sender.saturating_mul(cfg.senders);
+        let slots = if n <= TRACKED {
+            (0..n).map(|_| AtomicU64::new(0)).collect()
+        } else {
+            Vec::new()
+        };
+        LastSlots { per_sender, slots }
+    }
+
+    /// A member read sender `j`'s message `n` after `us` microseconds.
+    fn note(&self, j: usize, n: u64, us: u64) {
+        let Ok(n) = usize::try_from(n) else { return };
+        if n < self.per_sender {
+            if let Some(slot) = self.slots.get(j * self.per_sender + n) {
+                slot.fetch_max(us.max(1), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Every slot's value, or `None` when nothing is tracked.
+    fn values(&self) -> Option<Vec<u64>> {
+        (!self.slots.is_empty()).then(|| {
+            self.slots
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed))
+                .collect()
+        })
     }
 }
 
@@ -282,6 +328,9 @@ enum ChatLine {
         report: Box<ChatReport>,
         /// Its histogram.
         histogram: Vec<(u64, u64)>,
+        /// Its members' last delivery of each message ([`LastSlots`]).
+        #[serde(default)]
+        last: Option<Vec<u64>>,
     },
 }
 
@@ -376,15 +425,21 @@ pub fn run_chat_fanout(cfg: &ChatConfig, procs: usize) -> anyhow::Result<ChatRep
     copies.tell(&format!("stop {}", sent.join(",")))?;
     let mut reports = Vec::with_capacity(procs);
     let mut hist = histogram();
+    let mut lasts = Vec::with_capacity(procs);
     for (i, line) in copies
         .next_json::<ChatLine>("its report")?
         .into_iter()
         .enumerate()
     {
         match line {
-            ChatLine::Report { report, histogram } => {
+            ChatLine::Report {
+                report,
+                histogram,
+                last,
+            } => {
                 fanout::add_pairs(&mut hist, &histogram)?;
                 reports.push(*report);
+                lasts.push(last);
             }
             ChatLine::Reached { phase, .. } => {
                 anyhow::bail!("tester process {i} wrote {phase:?} instead of its report")
@@ -418,12 +473,34 @@ pub fn run_chat_fanout(cfg: &ChatConfig, procs: usize) -> anyhow::Result<ChatRep
             0.0
         },
         latency: Latency::of(&hist),
+        last_delivery: lasts
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .and_then(latest_each)
+            .as_deref()
+            .and_then(LastDelivery::of),
         slow_consumer_drops: sum(|r| r.slow_consumer_drops),
         missed_by_dropped: sum(|r| r.missed_by_dropped),
         errors,
         tester_cpu_secs: reports.iter().map(|r| r.tester_cpu_secs).sum(),
         server: server_use(server_before, server_after, None, deliveries),
     })
+}
+
+/// Each message's last delivery over every copy's ([`LastSlots::values`]); `None` if
+/// the copies' layouts differ.
+fn latest_each(copies: Vec<Vec<u64>>) -> Option<Vec<u64>> {
+    let mut it = copies.into_iter();
+    let mut all = it.next()?;
+    for l in it {
+        if l.len() != all.len() {
+            return None;
+        }
+        for (a, b) in all.iter_mut().zip(l) {
+            *a = (*a).max(b);
+        }
+    }
+    Some(all)
 }
 
 /// Reads every copy's next line, which must say it reached `phase`; returns what the
@@ -517,6 +594,7 @@ async fn drive(
         .collect();
     let ctx = Arc::new(Ctx {
         hists: (0..HISTS).map(|_| Mutex::new(histogram())).collect(),
+        last: LastSlots::new(&cfg),
         origin,
         shared: Shared::default(),
         senders,
@@ -623,6 +701,7 @@ async fn drive(
             0.0
         },
         latency: Latency::of(&hist),
+        last_delivery: ctx.last.values().as_deref().and_then(LastDelivery::of),
         slow_consumer_drops: g(&sh.slow_drops),
         missed_by_dropped: g(&sh.missed_by_dropped),
         errors: ChatErrors {
@@ -640,6 +719,7 @@ async fn drive(
         fanout::emit_json(&ChatLine::Report {
             report: Box::new(report.clone()),
             histogram: fanout::histogram_pairs(&hist),
+            last: ctx.last.values(),
         })?;
         let _ = rx.recv().await;
     }

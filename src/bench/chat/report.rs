@@ -55,6 +55,11 @@ pub struct ChatReport {
     pub deliveries_per_sec: f64,
     /// Send-to-delivery latency, from the intended send time.
     pub latency: Latency,
+    /// Each message's last delivery (the latency of the member that got it last),
+    /// over the messages: one fan-out's time to reach its whole room. `None` when the
+    /// run published more messages than are tracked.
+    #[serde(default)]
+    pub last_delivery: Option<LastDelivery>,
     /// Members the server dropped as slow consumers (`ERR slow-consumer`).
     pub slow_consumer_drops: u64,
     /// Messages the dropped members did not get (not counted as errors).
@@ -67,6 +72,33 @@ pub struct ChatReport {
     pub server: Option<ServerUse>,
 }
 
+/// The latency of each message's last delivery, over the messages of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastDelivery {
+    /// Messages delivered to at least one member.
+    pub messages: u64,
+    /// The median message's last delivery, in microseconds.
+    pub p50_us: u64,
+    /// The slowest message's last delivery, in microseconds.
+    pub max_us: u64,
+}
+
+impl LastDelivery {
+    /// Summarizes each message's last-delivery latency (0: never delivered, left out).
+    pub fn of(per_message: &[u64]) -> Option<LastDelivery> {
+        let mut v: Vec<u64> = per_message.iter().copied().filter(|&us| us > 0).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        Some(LastDelivery {
+            messages: v.len() as u64,
+            p50_us: v[(v.len() - 1) / 2],
+            max_us: v[v.len() - 1],
+        })
+    }
+}
+
 impl ChatReport {
     /// The human summary.
     pub fn summary(&self) -> String {
@@ -76,6 +108,7 @@ impl ChatReport {
             "chat: {} members in {} rooms, {} senders at {} msg/s (setup {:.1} s)\n\
              \x20 sent {} messages, {} of {} deliveries in {:.2} s = {:.0} deliveries/s\n\
              \x20 latency p50 {} us, p99 {} us, p99.9 {} us, max {} us\n\
+             \x20 last delivery of a message: median {} us, slowest {} us ({} messages)\n\
              \x20 slow-consumer drops {} ({} deliveries missed by them)\n\
              \x20 errors {}: missing {}, duplicate/reordered {}, wrong {}, conn {}, timeout {}\n\
              \x20 tester CPU {:.2} s\n",
@@ -93,6 +126,11 @@ impl ChatReport {
             l.p99_us,
             l.p999_us,
             l.max_us,
+            self.last_delivery
+                .map_or("-".into(), |d| d.p50_us.to_string()),
+            self.last_delivery
+                .map_or("-".into(), |d| d.max_us.to_string()),
+            self.last_delivery.map_or(0, |d| d.messages),
             self.slow_consumer_drops,
             self.missed_by_dropped,
             e.total(),
@@ -114,5 +152,26 @@ impl ChatReport {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LastDelivery;
+
+    #[test]
+    fn last_delivery_leaves_out_undelivered_messages() {
+        let d = LastDelivery::of(&[0, 500, 300, 0, 900]).unwrap();
+        assert_eq!(
+            d,
+            LastDelivery {
+                messages: 3,
+                p50_us: 500,
+                max_us: 900
+            }
+        );
+        assert_eq!(LastDelivery::of(&[0, 0]), None);
+        // An even count: the lower middle.
+        assert_eq!(LastDelivery::of(&[4, 1, 3, 2]).unwrap().p50_us, 2);
     }
 }
