@@ -780,3 +780,19 @@ pub fn run(args: ChatArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::latest_each;
+
+    #[test]
+    fn the_copies_last_deliveries_merge_message_by_message() {
+        assert_eq!(
+            latest_each(vec![vec![5, 0, 7], vec![3, 4, 9], vec![6, 0, 0]]),
+            Some(vec![6, 4, 9])
+        );
+        // Copies that tracked different runs give no figure.
+        assert_eq!(latest_each(vec![vec![5, 0], vec![3, 4, 9]]), None);
+        assert_eq!(latest_each(Vec::new()), None);
+    }
+}
