@@ -30,6 +30,7 @@ perf record -q -e sched:sched_switch -a -o "$OUT/sched.data" -- sleep "$SECS" >/
 wait $tester || true
 kill $pid; wait $pid 2>/dev/null || true
 perf script -i "$OUT/sched.data" -F pid,tid,cpu,time,event,trace 2>/dev/null > "$OUT/sched.txt"
-rm -f "$OUT/sched.data"
+rm -f "$OUT/sched.data" "$RAW"
+[ -s "$OUT/tester.err" ] || rm -f "$OUT/tester.err"
 python3 bench/sched-timeline.py $pid $tester "$OUT/sched.txt" ${ROWS:+--rows} | tee "$OUT/windows.txt"
 gzip "$OUT/sched.txt"
