@@ -430,8 +430,23 @@ mod tests {
         let mut cfg = ChatConfig::new(([127, 0, 0, 1], 1).into(), 2, 1);
         cfg.rate = 1e6;
         cfg.duration = Duration::from_secs(60);
-        let ctx = ctx(cfg);
-        handle_line(&ctx, &mut member(0, 1), b"MSG bench0 1 g0 m 0 0 1000", 1200);
-        assert_eq!(ctx.last.values(), None);
+        let many = ctx(cfg.clone());
+        handle_line(
+            &many,
+            &mut member(0, 1),
+            b"MSG bench0 1 g0 m 0 0 1000",
+            1200,
+        );
+        assert_eq!(many.last.values(), None);
+        // Nor does one whose count is past any number's range.
+        cfg.rate = f64::MAX;
+        let past = ctx(cfg);
+        handle_line(
+            &past,
+            &mut member(0, 1),
+            b"MSG bench0 1 g0 m 0 0 1000",
+            1200,
+        );
+        assert_eq!(past.last.values(), None);
     }
 }

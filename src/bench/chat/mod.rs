@@ -279,8 +279,10 @@ struct LastSlots {
 impl LastSlots {
     fn new(cfg: &ChatConfig) -> LastSlots {
         // A sender publishes one message per interval of its share of the rate.
+        // (A float past usize's range converts to its largest value.)
         let per_sender =
-            (cfg.duration.as_secs_f64() * cfg.rate / cfg.senders.max(1) as f64).ceil() as usize + 1;
+            ((cfg.duration.as_secs_f64() * cfg.rate / cfg.senders.max(1) as f64).ceil() as usize)
+                .saturating_add(1);
         let n = per_sender.saturating_mul(cfg.senders);
         let slots = if n <= TRACKED {
             (0..n).map(|_| AtomicU64::new(0)).collect()
@@ -293,10 +295,14 @@ impl LastSlots {
     /// A member read sender `j`'s message `n` after `us` microseconds.
     fn note(&self, j: usize, n: u64, us: u64) {
         let Ok(n) = usize::try_from(n) else { return };
-        if n < self.per_sender {
-            if let Some(slot) = self.slots.get(j * self.per_sender + n) {
-                slot.fetch_max(us.max(1), Ordering::Relaxed);
-            }
+        let at = j
+            .checked_mul(self.per_sender)
+            .and_then(|a| a.checked_add(n));
+        if let Some(slot) = at
+            .filter(|_| n < self.per_sender)
+            .and_then(|i| self.slots.get(i))
+        {
+            slot.fetch_max(us.max(1), Ordering::Relaxed);
         }
     }
 
