@@ -2,7 +2,8 @@
 # CI steps for the admin listener: install Debian's prometheus (for promtool) and
 # chromium, and Playwright's driver library (no browser download). Then:
 #   1. cargo test --test admin (counters against what clients did, /readyz during a
-#      drain, the exposition format, the dashboard's CSP);
+#      drain, the exposition format, the dashboard's CSP), then its checks that start
+#      their own redis-server (/readyz and the Redis metrics; it installs redis-server);
 #   2. under every model but single: every service under load from `multiclient bench`
 #      at once, a scrape of /metrics taken while every service has accepted clients and
 #      connections are open and every service has answers in its latency histogram,
@@ -18,6 +19,7 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "admin.sh: installing ${missing[*]}"
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -29,6 +31,8 @@ command -v node >/dev/null || { echo "admin.sh: node (>= 20) is needed" >&2; exi
 
 cargo build
 cargo test --test admin
+# The checks that start their own redis-server (ignored by a plain `cargo test`).
+cargo test --test admin -- --ignored
 bin=target/debug/multiclient
 
 pids=()
