@@ -352,31 +352,16 @@ impl Member {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 
     use tokio::sync::watch;
     use tokio::time::Instant;
 
-    use super::super::{ChatConfig, LastDelivery, LastSlots, SenderInfo, Shared};
+    use super::super::{ChatConfig, LastDelivery};
     use super::*;
 
     fn ctx(cfg: ChatConfig) -> Ctx {
-        let (_, phase) = watch::channel(Phase::Send);
-        Ctx {
-            hists: Vec::new(),
-            last: LastSlots::new(&cfg),
-            origin: Instant::now(),
-            shared: Shared::default(),
-            senders: (0..cfg.senders)
-                .map(|j| SenderInfo {
-                    room: j % cfg.rooms,
-                    sent: AtomicU64::new(0),
-                })
-                .collect(),
-            phase,
-            cfg,
-        }
+        Ctx::new(cfg, Instant::now(), watch::channel(Phase::Send).1)
     }
 
     fn member(i: usize, senders: usize) -> Member {

@@ -260,6 +260,24 @@ struct Ctx {
 }
 
 impl Ctx {
+    /// A run's context, its counters at zero, every task watching `phase`.
+    fn new(cfg: ChatConfig, origin: Instant, phase: watch::Receiver<Phase>) -> Ctx {
+        Ctx {
+            hists: (0..HISTS).map(|_| Mutex::new(histogram())).collect(),
+            last: LastSlots::new(&cfg),
+            origin,
+            shared: Shared::default(),
+            senders: (0..cfg.senders)
+                .map(|j| SenderInfo {
+                    room: j % cfg.rooms,
+                    sent: AtomicU64::new(0),
+                })
+                .collect(),
+            phase,
+            cfg,
+        }
+    }
+
     fn room_name(&self, room: usize) -> String {
         format!("{}{}", self.cfg.room_prefix, room)
     }
@@ -585,12 +603,6 @@ async fn drive(
     mut link: Option<Link>,
 ) -> anyhow::Result<(ChatReport, Histogram<u64>)> {
     let (phase_tx, phase) = watch::channel(Phase::Setup);
-    let senders = (0..cfg.senders)
-        .map(|j| SenderInfo {
-            room: j % cfg.rooms,
-            sent: AtomicU64::new(0),
-        })
-        .collect();
     let origin = match cfg.origin_us {
         Some(us) => Instant::from_std(fanout::instant_of(us)),
         None => Instant::now(),
@@ -598,15 +610,7 @@ async fn drive(
     let mine: Vec<usize> = (0..cfg.members)
         .filter(|i| cfg.share.is_none_or(|s| i % s.procs == s.index))
         .collect();
-    let ctx = Arc::new(Ctx {
-        hists: (0..HISTS).map(|_| Mutex::new(histogram())).collect(),
-        last: LastSlots::new(&cfg),
-        origin,
-        shared: Shared::default(),
-        senders,
-        phase,
-        cfg,
-    });
+    let ctx = Arc::new(Ctx::new(cfg, origin, phase));
     let cfg = &ctx.cfg;
     let setup_deadline = ctx.origin + cfg.setup_timeout;
     let gate = Arc::new(Semaphore::new(CONNECTING));
