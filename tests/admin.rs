@@ -419,6 +419,7 @@ fn metrics_are_a_well_formed_exposition_with_every_family() {
         "multiclient_buffered_limit_bytes",
         "multiclient_chat_rooms",
         "multiclient_chat_deliveries_total",
+        "multiclient_chat_helped_deliveries_total",
         "multiclient_ready",
         "multiclient_answer_duration_seconds_count{service=\"ack\",model=\"async\",kind=\"message\"}",
         "multiclient_chat_fanout_duration_seconds_count{model=\"async\"}",

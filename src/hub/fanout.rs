@@ -4,12 +4,14 @@
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::runtime::{Handle, RuntimeFlavor};
+
 use super::broker::{Newcomer, Order};
-use super::room::{Entry, LentFanout, Pending, Room, Shard, Since};
+use super::room::{Entry, LentFanout, Pending, Room, Shard, Since, SHARED_FROM};
 use super::{
     lock, Answer, ChatEvent, Hub, HubError, Kind, MemberId, Publication, SERVER_NICK, SHARDS,
 };
@@ -362,10 +364,14 @@ impl Hub {
     /// whoever set the room's `delivering` flag; sends happen outside every hub lock.
     /// A room left with no member is forgotten, and its broker told.
     pub(super) fn deliver(&self, room: &Arc<str>) {
+        self.deliver_after(room, None);
+    }
+
+    /// [`Hub::deliver`], after a fan-out on lent sockets that took `record`.
+    fn deliver_after(&self, room: &Arc<str>, mut record: Option<LentFanout>) {
         let shard = self.shard(room);
         let mut batch = VecDeque::new();
-        // The last batch's writes on lent sockets, for the room's record.
-        let mut record: Option<LentFanout> = None;
+        let mut helpers = None;
         loop {
             let (members, lent, now) = {
                 let mut s = lock(shard);
@@ -386,20 +392,36 @@ impl Hub {
                 }
                 std::mem::swap(&mut batch, &mut r.outbox);
                 let now = Instant::now();
-                let lent = r.lent_share(batch.len(), r.members.len(), now);
+                if helpers.is_none() && r.members.len() >= SHARED_FROM {
+                    helpers = self.helpers();
+                }
+                let lent = r.lent_share(batch.len(), r.members.len(), now, helpers.is_some());
                 (r.members.clone(), lent, now)
             };
+            // A lent share is only ever given to a batch of one event: one a helper may
+            // finish.
+            debug_assert!(lent == 0 || batch.len() == 1);
             let mut tally = (0u64, 0u64);
+            let mut handed_on = false;
             for p in batch.drain(..) {
                 // The members past the lent share first: their tasks, woken now, write
-                // on the other workers while this thread writes the share.
+                // on the other workers while the share is written.
                 for m in &members[lent..] {
-                    self.hand(&p, m, None, &mut tally);
+                    hand(&p, m, None, &mut tally);
+                }
+                if lent >= SHARED_FROM {
+                    if let Some(helpers) = &helpers {
+                        match self.share_lent(room, p, &members, lent, now, helpers) {
+                            Some(rec) => record = Some(rec),
+                            None => handed_on = true,
+                        }
+                        continue;
+                    }
                 }
                 if lent > 0 {
                     let start = Instant::now();
                     for m in &members[..lent] {
-                        self.hand(&p, m, Some(now), &mut tally);
+                        hand(&p, m, Some(now), &mut tally);
                     }
                     record = Some(LentFanout {
                         start: now,
@@ -410,48 +432,182 @@ impl Hub {
                 let took = meter::ticks().saturating_sub(p.ordered);
                 self.stats.fanout.record(took);
             }
-            let (delivered, overflowed) = tally;
-            self.stats
-                .deliveries
-                .fetch_add(delivered, Ordering::Relaxed);
-            if overflowed > 0 {
-                self.stats
-                    .overflows
-                    .fetch_add(overflowed, Ordering::Relaxed);
+            self.count(tally);
+            if handed_on {
+                // The helper that writes the fan-out's last chunk goes on from here.
+                return;
             }
         }
     }
 
-    /// Hands event `p` to member `m`, if it is for it: written on its lent socket at
-    /// `lent` (the fan-out's time), or into its mailbox. Counts it in `tally`
-    /// (delivered, overflowed).
-    fn hand(&self, p: &Pending, m: &Entry, lent: Option<Instant>, tally: &mut (u64, u64)) {
-        if !m.since.receives(p.seq) || p.skip == Some(m.id) {
-            return;
+    /// Counts deliveries and overflows, `(delivered, overflowed)`.
+    fn count(&self, (delivered, overflowed): (u64, u64)) {
+        if delivered > 0 {
+            self.stats
+                .deliveries
+                .fetch_add(delivered, Ordering::Relaxed);
         }
-        let bytes = p.publication.encoded(m.wire);
-        let own = p.author == Some(m.id);
-        let ev = |from: usize| match from {
-            0 => ChatEvent::Room {
-                seq: p.seq,
-                publication: p.publication.clone(),
-                own,
-            },
-            from => ChatEvent::Rest {
-                publication: p.publication.clone(),
-                from,
-            },
-        };
-        // A member's own message answers its `SAY`: it always goes through the
-        // member's session.
-        let sent = match lent.filter(|_| !own) {
-            Some(now) => m.tx.send_or_write(bytes, now, ev, bytes.len()).map(|_| ()),
-            None => m.tx.send(ev(0), bytes.len()),
-        };
-        match sent {
-            Ok(()) => tally.0 += 1,
-            Err(SendError::Overflow) => tally.1 += 1,
-            Err(SendError::Closed) => {}
+        if overflowed > 0 {
+            self.stats
+                .overflows
+                .fetch_add(overflowed, Ordering::Relaxed);
         }
+    }
+
+    /// Writes event `p` on the lent sockets of `members[..lent]` (a member whose socket
+    /// is not lent gets it in its mailbox), starting at `now`, with the help of the
+    /// runtime's other workers: a helper task per worker claims chunks of members beside
+    /// this thread, so the sends run on every core with no task woken per member and no
+    /// thread waiting for another. A helper that starts late finds nothing left and
+    /// ends. Returns the fan-out's record once each member has the event, or `None`
+    /// when a helper is still writing: the one that writes the last chunk then records
+    /// it and goes on with the room's outbox ([`Hub::deliver_after`]), so the room's
+    /// next event follows this one on every socket, and its `delivering` flag stays set
+    /// until then.
+    fn share_lent(
+        &self,
+        room: &Arc<str>,
+        p: Pending,
+        members: &Arc<Vec<Entry>>,
+        lent: usize,
+        now: Instant,
+        (handle, hub): &(Handle, Arc<Hub>),
+    ) -> Option<LentFanout> {
+        let start = Instant::now();
+        let w = Arc::new(LentWrites {
+            hub: hub.clone(),
+            room: room.clone(),
+            p,
+            members: members.clone(),
+            end: lent,
+            now,
+            start,
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        });
+        // One helper per worker: spawned from a worker, a task waits in that worker's
+        // next-task slot, which the others do not steal from, until the next spawn moves
+        // it to the queue they do; so with n workers, n - 1 helpers can start elsewhere
+        // now.
+        for _ in 0..handle.metrics().num_workers() {
+            let w = w.clone();
+            handle.spawn(async move {
+                if w.work(true) {
+                    let rec = w.finish();
+                    w.hub.deliver_after(&w.room, Some(rec));
+                }
+            });
+        }
+        w.work(false).then(|| w.finish())
+    }
+
+    /// The runtime whose other workers help this thread with a large fan-out on lent
+    /// sockets ([`Hub::share_lent`]), and the hub they finish it with: on a worker of a
+    /// multi-threaded runtime of two or more (`async`). None on the thread models' threads
+    /// and the Redis bridge's.
+    fn helpers(&self) -> Option<(Handle, Arc<Hub>)> {
+        let handle = Handle::try_current().ok().filter(|h| {
+            h.runtime_flavor() == RuntimeFlavor::MultiThread && h.metrics().num_workers() > 1
+        })?;
+        Some((handle, self.me.upgrade()?))
+    }
+
+    /// Records a fan-out on lent sockets: its event's latency, and what
+    /// [`Room::lent_share`](super::room::Room::lent_share) sizes the next one by.
+    fn lent_done(&self, ordered: u64, now: Instant, start: Instant, lent: usize) -> LentFanout {
+        self.stats
+            .fanout
+            .record(meter::ticks().saturating_sub(ordered));
+        LentFanout {
+            start: now,
+            took: start.elapsed(),
+            members: lent,
+        }
+    }
+}
+
+/// Hands event `p` to member `m`, if it is for it: written on its lent socket at
+/// `lent` (the fan-out's time), or into its mailbox. Counts it in `tally`
+/// (delivered, overflowed).
+fn hand(p: &Pending, m: &Entry, lent: Option<Instant>, tally: &mut (u64, u64)) {
+    if !m.since.receives(p.seq) || p.skip == Some(m.id) {
+        return;
+    }
+    let bytes = p.publication.encoded(m.wire);
+    let own = p.author == Some(m.id);
+    let ev = |from: usize| match from {
+        0 => ChatEvent::Room {
+            seq: p.seq,
+            publication: p.publication.clone(),
+            own,
+        },
+        from => ChatEvent::Rest {
+            publication: p.publication.clone(),
+            from,
+        },
+    };
+    // A member's own message answers its `SAY`: it always goes through the
+    // member's session.
+    let sent = match lent.filter(|_| !own) {
+        Some(now) => m.tx.send_or_write(bytes, now, ev, bytes.len()).map(|_| ()),
+        None => m.tx.send(ev(0), bytes.len()),
+    };
+    match sent {
+        Ok(()) => tally.0 += 1,
+        Err(SendError::Overflow) => tally.1 += 1,
+        Err(SendError::Closed) => {}
+    }
+}
+
+/// Members written per claim of a shared fan-out ([`Hub::share_lent`]).
+const CHUNK: usize = 32;
+
+/// One event's writes on the lent sockets of `members[..end]`, claimed [`CHUNK`]
+/// members at a time by the deliverer and by helper tasks on the other workers.
+struct LentWrites {
+    hub: Arc<Hub>,
+    room: Arc<str>,
+    p: Pending,
+    members: Arc<Vec<Entry>>,
+    end: usize,
+    /// When the fan-out started, and when its writes did.
+    now: Instant,
+    start: Instant,
+    /// The first member not claimed yet (past `end` once all are).
+    next: AtomicUsize,
+    /// Members handed, counted once their chunk is written.
+    done: AtomicUsize,
+}
+
+impl LentWrites {
+    /// Writes chunks until none is left to claim, counting what it delivered (a
+    /// `helper`'s share also as helped). Returns whether it wrote the last chunk to
+    /// finish: then the fan-out is done, and its caller goes on with the room.
+    fn work(&self, helper: bool) -> bool {
+        loop {
+            let from = self.next.fetch_add(CHUNK, Ordering::Relaxed);
+            if from >= self.end {
+                return false;
+            }
+            let to = (from + CHUNK).min(self.end);
+            let mut tally = (0, 0);
+            for m in &self.members[from..to] {
+                hand(&self.p, m, Some(self.now), &mut tally);
+            }
+            self.hub.count(tally);
+            if helper && tally.0 > 0 {
+                self.hub.stats.helped.fetch_add(tally.0, Ordering::Relaxed);
+            }
+            // AcqRel: whoever finishes last sees every other chunk's writes done.
+            if self.done.fetch_add(to - from, Ordering::AcqRel) + (to - from) == self.end {
+                return true;
+            }
+        }
+    }
+
+    /// The fan-out's record, once its last chunk is written.
+    fn finish(&self) -> LentFanout {
+        self.hub
+            .lent_done(self.p.ordered, self.now, self.start, self.end)
     }
 }

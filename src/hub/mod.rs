@@ -58,7 +58,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use crate::base::mailbox::Sender;
 use crate::base::meter;
@@ -346,6 +346,9 @@ pub struct HubStats {
     pub messages: AtomicU64,
     /// Events handed to member mailboxes.
     pub deliveries: AtomicU64,
+    /// Of `deliveries`, those a worker made on lent sockets while helping another
+    /// worker's fan-out of a large room.
+    pub helped: AtomicU64,
     /// Sends refused because the member's mailbox overflowed (the model then ends
     /// that member as a slow consumer).
     pub overflows: AtomicU64,
@@ -395,6 +398,9 @@ pub struct Hub {
     guest_prefix: String,
     /// Orders, stores and claims: in this process or across processes.
     broker: Box<dyn Broker>,
+    /// The hub itself, for the helpers of a shared fan-out (`Hub::share_lent`),
+    /// which may finish it.
+    me: Weak<Hub>,
     /// Counters.
     pub stats: HubStats,
 }
@@ -415,12 +421,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Hub {
     /// An empty hub, one chat in this process.
-    pub fn new(config: HubConfig) -> Hub {
-        let broker = Box::new(MemoryBroker::new(&config));
-        Hub::with_broker(config, broker, String::new())
+    pub fn new(config: HubConfig) -> Arc<Hub> {
+        Arc::new_cyclic(|me| {
+            let broker = Box::new(MemoryBroker::new(&config));
+            Hub::with_broker(config, broker, String::new(), me.clone())
+        })
     }
 
-    fn with_broker(config: HubConfig, broker: Box<dyn Broker>, guest_prefix: String) -> Hub {
+    fn with_broker(
+        config: HubConfig,
+        broker: Box<dyn Broker>,
+        guest_prefix: String,
+        me: Weak<Hub>,
+    ) -> Hub {
         Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: BuildHasherDefault::default(),
@@ -430,6 +443,7 @@ impl Hub {
             config,
             guest_prefix,
             broker,
+            me,
             stats: HubStats::default(),
         }
     }
@@ -449,7 +463,7 @@ impl Hub {
             .unwrap_or(0);
         Ok(Arc::new_cyclic(|weak| {
             let bridge = bridge::Bridge::start(target, weak.clone(), history, ttl);
-            Hub::with_broker(config, Box::new(bridge), format!("{t:08x}-"))
+            Hub::with_broker(config, Box::new(bridge), format!("{t:08x}-"), weak.clone())
         }))
     }
 

@@ -52,9 +52,20 @@ pub(super) struct Pending {
     pub(super) ordered: u64,
 }
 
-/// How long one fan-out writes on lent sockets, at most (see [`Room::lent_share`]):
-/// the other members' tasks take the rest over every worker.
-pub(super) const LENT_BUDGET: Duration = Duration::from_millis(10);
+/// How long one fan-out writes on lent sockets, at most, on the publisher's thread
+/// alone (see [`Room::lent_share`]): the other members' tasks take the rest on the
+/// other workers meanwhile.
+const LENT_BUDGET: Duration = Duration::from_millis(10);
+
+/// The same when the runtime's other workers help with a large fan-out
+/// (`Hub::share_lent`), for one of [`SHARED_FROM`] members or more.
+const SHARED_LENT_BUDGET: Duration = Duration::from_millis(50);
+
+/// Fan-outs to this many lent sockets or more are shared with the runtime's other
+/// workers. A smaller one, about 10 ms of sends at most, is written by one thread as
+/// before: shared, a room of 1,000 cost 13% more CPU per delivery for a quarter off
+/// its last delivery (BENCHMARKS.md).
+pub(super) const SHARED_FROM: usize = 2048;
 
 /// How many members a room's first fan-out writes on lent sockets, before any cost
 /// per send is measured.
@@ -111,14 +122,22 @@ impl Room {
     /// How many of the room's `members` (the first ones) a fan-out of `events` events
     /// starting `now` writes on the sockets they lent, the others' events going into
     /// their mailboxes. Writing on a lent socket, one send and no wake-up, is the
-    /// cheapest delivery, but it runs on the publisher's thread, one line per send,
-    /// while the members' tasks spread their sends over every worker and batch what
-    /// piles up. So: none in a busy room (events piled up, or the last such fan-out
-    /// would hold the thread over a tenth of the time), and at most what that thread
-    /// writes in [`LENT_BUDGET`] (at the cost per send the last one measured; 256 to
-    /// begin with), so a large room's last member waits for a share of its sends,
-    /// not all of them.
-    pub(super) fn lent_share(&self, events: usize, members: usize, now: Instant) -> usize {
+    /// cheapest delivery, but one line per send, and it holds the publisher's thread
+    /// (and, when they `can_share` it, the other workers, which help with a large
+    /// room), while the members' tasks spread over every worker, interleave with every
+    /// other task and batch what piles up. So: none in a busy room (events piled up,
+    /// or the last such fan-out would hold its writers over a tenth of the time), and
+    /// at most what they write in [`LENT_BUDGET`], or in [`SHARED_LENT_BUDGET`] with
+    /// help when that is [`SHARED_FROM`] members or more (at the time per member the
+    /// last one measured; 256 to begin with); a larger room's other members get the
+    /// event in their mailboxes first.
+    pub(super) fn lent_share(
+        &self,
+        events: usize,
+        members: usize,
+        now: Instant,
+        can_share: bool,
+    ) -> usize {
         if events != 1 {
             return 0;
         }
@@ -129,8 +148,14 @@ impl Room {
             return 0;
         }
         let per_send = last.took.as_secs_f64() / last.members.max(1) as f64;
-        let share = (LENT_BUDGET.as_secs_f64() / per_send.max(1e-9)) as usize;
-        members.min(share.max(1))
+        let fits = |budget: Duration| {
+            let share = (budget.as_secs_f64() / per_send.max(1e-9)) as usize;
+            members.min(share.max(1))
+        };
+        match fits(SHARED_LENT_BUDGET) {
+            share if can_share && share >= SHARED_FROM => share,
+            _ => fits(LENT_BUDGET),
+        }
     }
 
     /// Whether the `JOIN` or `PART` of a member is sent to the room's members: only in

@@ -274,6 +274,9 @@ pub struct ChatStats {
     pub messages: u64,
     /// Events handed to members' mailboxes.
     pub deliveries: u64,
+    /// Of those, the ones a worker wrote on lent sockets while helping another
+    /// worker's fan-out of a large room.
+    pub helped_deliveries: u64,
     /// Events refused by a full mailbox (that member is then dropped).
     pub overflows: u64,
     /// Tokens refused (`ERR bad-token`), with `--jwt-secret` or `--jwt-public-key`.
@@ -348,6 +351,7 @@ impl Snapshot {
                 memberships: memberships as u64,
                 messages: s.messages.load(Ordering::Relaxed),
                 deliveries: s.deliveries.load(Ordering::Relaxed),
+                helped_deliveries: s.helped.load(Ordering::Relaxed),
                 overflows: s.overflows.load(Ordering::Relaxed),
                 auth_failures: s.auth_failures.load(Ordering::Relaxed),
                 fanout: LatencyStats(s.fanout.read()),

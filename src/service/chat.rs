@@ -114,7 +114,7 @@ impl ChatOptions {
                 };
                 match &self.redis {
                     Some(url) => Hub::with_redis(config, url).map_err(Arc::new),
-                    None => Ok(Arc::new(Hub::new(config))),
+                    None => Ok(Hub::new(config)),
                 }
             })
             .clone()

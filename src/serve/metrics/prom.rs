@@ -259,6 +259,12 @@ impl Snapshot {
                 c.deliveries as f64,
             );
             p.one(
+                "multiclient_chat_helped_deliveries_total",
+                "counter",
+                "Of the chat's deliveries, those a worker wrote while helping another worker's fan-out of a large room.",
+                c.helped_deliveries as f64,
+            );
+            p.one(
                 "multiclient_chat_overflows_total",
                 "counter",
                 "Chat events refused by a full mailbox (the member is dropped).",

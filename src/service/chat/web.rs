@@ -363,7 +363,7 @@ mod tests {
     }
 
     fn post(web: &WebOptions, path: &str, auth: Option<&str>, body: &str) -> u16 {
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let hub = Hub::new(HubConfig::default());
         let svc = ChatHttp::new(
             hub,
             HttpOptions::default(),
@@ -440,7 +440,7 @@ mod tests {
         // A client that waits for `100 Continue` gets the refusal instead, and its body
         // is never read (the connection closes).
         for (auth, status) in [("", 401), ("Authorization: Bearer x\r\n", 403)] {
-            let hub = Arc::new(Hub::new(HubConfig::default()));
+            let hub = Hub::new(HubConfig::default());
             let svc = ChatHttp::new(
                 hub,
                 HttpOptions::default(),
@@ -461,7 +461,7 @@ mod tests {
             assert!(h.is_closing());
         }
         // The other routes let a waiting body come.
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let hub = Hub::new(HubConfig::default());
         let svc = ChatHttp::new(
             hub,
             HttpOptions::default(),

@@ -83,7 +83,7 @@ impl Decoder for Lines {
 }
 
 fn member(max_rate: Option<u32>) -> (Member<Lines>, Rec) {
-    let hub = Arc::new(Hub::new(HubConfig::default()));
+    let hub = Hub::new(HubConfig::default());
     let mut m = Member::new(hub, Lines, max_rate);
     let mut rec = Rec::new();
     m.open(&mut rec);
