@@ -461,10 +461,14 @@ impl Hub {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ std::process::id().rotate_left(16))
             .unwrap_or(0);
-        Ok(Arc::new_cyclic(|weak| {
-            let bridge = bridge::Bridge::start(target, weak.clone(), history, ttl);
+        let (made, ready) = std::sync::mpsc::channel();
+        let hub = Arc::new_cyclic(|weak| {
+            let bridge = bridge::Bridge::start(target, weak.clone(), history, ttl, ready);
             Hub::with_broker(config, Box::new(bridge), format!("{t:08x}-"), weak.clone())
-        }))
+        });
+        // Only now can the bridge reach the hub (its counters, its members).
+        let _ = made.send(());
+        Ok(hub)
     }
 
     /// Rooms with a member on this process, and the memberships in them, counted

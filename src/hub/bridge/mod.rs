@@ -315,8 +315,16 @@ fn channel(room: &str, cluster: bool) -> String {
 }
 
 impl Bridge {
-    /// Starts the bridge thread for `client`; it connects in the background.
-    pub(super) fn start(target: Target, hub: Weak<Hub>, history: usize, ttl: Duration) -> Bridge {
+    /// Starts the bridge thread for `client`; it connects in the background once
+    /// `ready` is told the hub is made (before, the hub it counts and registers in
+    /// cannot be reached: a first connection would go uncounted).
+    pub(super) fn start(
+        target: Target,
+        hub: Weak<Hub>,
+        history: usize,
+        ttl: Duration,
+        ready: std::sync::mpsc::Receiver<()>,
+    ) -> Bridge {
         let (tx, rx) = queue::queue(QUEUE);
         let up = Arc::new(AtomicBool::new(false));
         let cluster = target.is_cluster();
@@ -324,6 +332,9 @@ impl Bridge {
         let spawned = std::thread::Builder::new()
             .name("redis-bridge".into())
             .spawn(move || {
+                if ready.recv().is_err() {
+                    return; // The hub was never made.
+                }
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
