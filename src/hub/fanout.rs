@@ -423,11 +423,8 @@ impl Hub {
                     for m in &members[..lent] {
                         hand(&p, m, Some(now), &mut tally);
                     }
-                    record = Some(LentFanout {
-                        start: now,
-                        took: start.elapsed(),
-                        members: lent,
-                    });
+                    record = Some(self.lent_done(p.ordered, now, start, lent));
+                    continue;
                 }
                 let took = meter::ticks().saturating_sub(p.ordered);
                 self.stats.fanout.record(took);
@@ -512,7 +509,8 @@ impl Hub {
         Some((handle, self.me.upgrade()?))
     }
 
-    /// Records a fan-out on lent sockets: its event's latency, and what
+    /// Records a fan-out on lent sockets (one thread's or shared) whose writes began
+    /// at `start`: its event's latency, and what
     /// [`Room::lent_share`](super::room::Room::lent_share) sizes the next one by.
     fn lent_done(&self, ordered: u64, now: Instant, start: Instant, lent: usize) -> LentFanout {
         self.stats
