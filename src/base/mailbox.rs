@@ -277,13 +277,13 @@ pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let p = p.cast::<i8>();
-        let mut off = 0;
-        while off < std::mem::size_of::<T>() {
+        // From the line `p` starts in to the one its last byte is in.
+        let skew = p.addr() % 64;
+        let first = p.cast::<i8>().wrapping_sub(skew);
+        for line in 0..(skew + std::mem::size_of::<T>()).div_ceil(64) {
             // SAFETY: a prefetch reads nothing the program sees and does not fault,
             // whatever the address.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-            off += 64;
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(first.wrapping_add(line * 64)) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
