@@ -2,6 +2,7 @@
 //! brokers feed. Every function here takes one shard lock at a time and never calls
 //! the broker while holding it.
 
+use std::cell::OnceCell;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -371,9 +372,10 @@ impl Hub {
     fn deliver_after(&self, room: &Arc<str>, mut record: Option<LentFanout>) {
         let shard = self.shard(room);
         let mut batch = VecDeque::new();
-        let mut helpers = None;
+        // Looked up once, for the first batch of a room of SHARED_FROM members or more.
+        let helpers = OnceCell::new();
         loop {
-            let (members, lent, now) = {
+            let (members, lent, now, helpers) = {
                 let mut s = lock(shard);
                 let Some(r) = s.get_mut(room) else {
                     return;
@@ -392,11 +394,11 @@ impl Hub {
                 }
                 std::mem::swap(&mut batch, &mut r.outbox);
                 let now = Instant::now();
-                if helpers.is_none() && r.members.len() >= SHARED_FROM {
-                    helpers = self.helpers();
-                }
+                let helpers = (r.members.len() >= SHARED_FROM)
+                    .then(|| helpers.get_or_init(|| self.helpers()).as_ref())
+                    .flatten();
                 let lent = r.lent_share(batch.len(), r.members.len(), now, helpers.is_some());
-                (r.members.clone(), lent, now)
+                (r.members.clone(), lent, now, helpers)
             };
             // A lent share is only ever given to a batch of one event: one a helper may
             // finish.
@@ -408,7 +410,7 @@ impl Hub {
                 // on the other workers while the share is written.
                 hand_each(&p, &members[lent..], None, &mut tally);
                 if lent >= SHARED_FROM {
-                    if let Some(helpers) = &helpers {
+                    if let Some(helpers) = helpers {
                         match self.share_lent(room, p, &members, lent, now, helpers) {
                             Some(rec) => record = Some(rec),
                             None => handed_on = true,

@@ -244,7 +244,9 @@ fn a_large_room_s_lent_writes_are_shared_by_the_workers_in_order() {
     }
     let helped = hub.stats.helped.load(Ordering::Relaxed);
     assert!(helped > 0, "no fan-out of {} was shared", said.len());
-    assert!(helped < (said.len() * (MEMBERS - 1)) as u64, "{helped}");
+    // Helpers may write every chunk (the publisher's thread can lose its CPU to the
+    // helper it woke), never more than every delivery.
+    assert!(helped <= (said.len() * MEMBERS) as u64, "{helped}");
     assert_eq!(
         hub.stats.deliveries.load(Ordering::Relaxed) - before,
         (said.len() * MEMBERS) as u64
