@@ -16,8 +16,9 @@ use super::room::{Entry, LentFanout, Pending, Room, Shard, Since, SHARED_FROM};
 use super::{
     lock, Answer, ChatEvent, Hub, HubError, Kind, MemberId, Publication, SERVER_NICK, SHARDS,
 };
-use crate::base::mailbox::{prefetch, SendError, Sender};
+use crate::base::mailbox::{SendError, Sender};
 use crate::base::meter;
+use crate::base::prefetch::prefetch;
 
 /// A member added to a room ([`Hub::join_local`]).
 pub(super) struct Added {
