@@ -338,7 +338,10 @@ impl Refusal {
         let after = after.unwrap();
         for c in [&mut self.ann, &mut self.bob] {
             c.send("HISTORY lobby 10");
-            let got: Vec<String> = (0..3).map(|_| c.line()).collect();
+            // Presence events are not HISTORY's answer: the hang may have let both
+            // instances' leases lapse, and a member parted by an expiry comes back
+            // (its JOIN) whenever its instance next renews.
+            let got: Vec<String> = (0..3).map(|_| skip_presence(c)).collect();
             assert_eq!(
                 got,
                 [&self.before, &after, "OK HISTORY lobby"],
@@ -613,6 +616,59 @@ fn members_parted_by_a_short_redis_hang_come_back() {
 #[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
 fn members_parted_by_a_long_redis_hang_come_back() {
     members_parted_by_a_hang_come_back(Duration::from_millis(3500), 1);
+}
+
+/// A member whose process's lease lapsed and whom a scan parted (every process told
+/// its members `PART`) and who then speaks, before its process's renewal lists it
+/// again, is back before its message: the others read its `JOIN`, then the message,
+/// and `WHO` lists it; it is told neither. Instance one renews every 20 s here (a TTL
+/// of 60 s), so its renewal cannot come between; the lapse is made by hand in Redis.
+#[test]
+#[ignore = "needs redis-server: .ci/chat.sh installs it and runs this with --ignored"]
+fn a_member_parted_by_an_expiry_that_speaks_joins_before_its_message() {
+    let redis = RedisServer::start();
+    let mut slow = chat_options(&redis.url());
+    slow.presence_ttl = Duration::from_secs(60);
+    let one = Instance::serve(Model::Async { workers: 2 }, slow);
+    let two = start(Model::Threads, &redis.url());
+    let mut ann = Client::connect(one.addr, "ann");
+    let mut bob = Client::connect(two.addr, "bob");
+    ann.send("JOIN lobby");
+    ann.expect("OK JOIN lobby");
+    bob.send("JOIN lobby");
+    bob.expect("OK JOIN lobby");
+    ann.expect("JOIN lobby bob");
+
+    // Instance one's lease in the room ends now: the next scan (instance two's, every
+    // TTL/6) parts ann.
+    let lapse = "EVAL \"for _, p in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do \
+                 if redis.call('SISMEMBER', ARGV[1] .. p, 'ann') == 1 then \
+                 redis.call('ZADD', KEYS[1], 1, p) return p end end return false\" \
+                 1 mc:room:{lobby}:here mc:room:{lobby}:at:";
+    let port = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse::<u16>();
+    let lapsed = common::redis::query(port.unwrap(), lapse).expect("EVAL answered");
+    assert!(!lapsed.starts_with(['-', '$', ':']), "{lapsed}");
+    bob.expect("PART lobby ann");
+
+    ann.send("SAY lobby still here");
+    let said = ann.line();
+    assert!(said.starts_with("MSG lobby ") && said.ends_with(" ann still here"));
+    let l = bob.line();
+    assert_eq!(l, "JOIN lobby ann", "ann comes back before her message");
+    bob.expect(&said);
+    for c in [&mut ann, &mut bob] {
+        c.send("WHO lobby");
+        c.expect("WHO lobby ann bob");
+    }
+    // Ann was told nothing of it: her next lines answer her own commands.
+    ann.send("SAY lobby again");
+    assert!(ann.line().ends_with(" ann again"));
 }
 
 /// Everything the server sends until it closes, as lines, with each `MSG`'s id

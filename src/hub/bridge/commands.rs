@@ -18,11 +18,14 @@ impl Run {
                 author,
             } => {
                 let (seq, hist) = keys(room);
-                let mut c = self.scripts.say.call(4);
+                let mut c = self.scripts.say.call(7);
                 c.arg(seq)
                     .arg(hist)
                     .arg(channel(room, self.cluster))
                     .arg(cursor_key(room))
+                    .arg(parted_key(room))
+                    .arg(members_key(room, &self.instance))
+                    .arg(leases_key(room))
                     .arg(self.history)
                     .arg(&**room)
                     .arg(&**nick)
@@ -35,7 +38,8 @@ impl Run {
                             .map_or(String::new(), |(m, _, _)| m.0.to_string()),
                     )
                     // Published now, or once replicas have it (`WAIT`, then a flush).
-                    .arg(if self.acks.get() == 0 { "1" } else { "" });
+                    .arg(if self.acks.get() == 0 { "1" } else { "" })
+                    .arg(life);
                 c
             }
             Request::Event { room, kind, member } => {

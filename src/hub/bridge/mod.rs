@@ -102,7 +102,10 @@
 //! everywhere. A real `PART` or nick change clears the nick from the parted set in its
 //! own script, so a listing after it does not bring it back. Only members whose own
 //! `JOIN` has come back are repaired (their join script ran first). The member itself
-//! is shown neither the false `PART` nor the `JOIN`: it never left.
+//! is shown neither the false `PART` nor the `JOIN`: it never left. A parted member
+//! that speaks before that renewal is listed again by its `SAY`'s script, its `JOIN`
+//! published before its message: nobody reads a message from a member it was told
+//! had left.
 //!
 //! The bridge runs on a thread of its own with a single-threaded tokio runtime, so it
 //! works the same under every model. When Redis cannot be reached it marks itself
@@ -597,7 +600,7 @@ mod tests {
         assert!(SAY_BUDGET * 2 <= COMMAND_TIMEOUT, "{SAY_BUDGET:?}");
         // The deadline is checked before the script writes anything.
         let check = SAY_SCRIPT.find("now > tonumber(ARGV[6])").unwrap();
-        for write in ["'SET'", "'INCR'", "'XADD'", "'PUBLISH'"] {
+        for write in ["'SET'", "'INCR'", "'XADD'", "'PUBLISH'", "'SADD'"] {
             assert!(check < SAY_SCRIPT.find(write).unwrap(), "{write}");
         }
     }

@@ -4,10 +4,16 @@
 /// Milliseconds of Redis's clock, as a Lua number (exact: below 2^53).
 pub(super) const NOW_MS: &str = include_str!("../lua/now.lua");
 
-/// `KEYS`: counter, stream, channel, published cursor. `ARGV`: history length, room,
-/// nick, text, origin, deadline (ms of Redis's clock), the author's member id (empty
-/// for a notification), `1` to publish now (else [`FLUSH_SCRIPT`] publishes it once a
-/// replica has it; see "Acknowledged by a replica" in the module documentation).
+/// `KEYS`: counter, stream, channel, published cursor, the room's parted set, this
+/// process's set of the room, the room's leases. `ARGV`: history length, room, nick,
+/// text, origin (this process's id), deadline (ms of Redis's clock), the author's
+/// member id (empty for a notification), `1` to publish now (else [`FLUSH_SCRIPT`]
+/// publishes it once a replica has it; see "Acknowledged by a replica" in the module
+/// documentation), lease (ms).
+///
+/// An author a scan parted (its process's lease lapsed) is listed again and its `JOIN`
+/// published first, as [`PRESENCE_SCRIPT`] does, so no process reads a message from a
+/// member it was told had left; the renewal then lists the process's other members.
 ///
 /// The cursor is the id of the room's last published message: [`RANGE_SCRIPT`] reads
 /// history only up to it, so nobody reads a message before it is published.
@@ -20,7 +26,10 @@ pub(super) const NOW_MS: &str = include_str!("../lua/now.lua");
 /// even when Redis restarts empty: a client's `AFTER <old id>` then misses nothing and
 /// sessions never take new messages for duplicates. (`%.0f`: Lua numbers are doubles,
 /// exact below 2^53, and `tostring` would print them in exponent form.)
-pub(super) const SAY_SCRIPT: &str = include_str!("../lua/say.lua");
+pub(super) const SAY_SCRIPT: &str = concat!(
+    include_str!("../lua/leases.lua"),
+    include_str!("../lua/say.lua")
+);
 
 /// Publishes, in id order, a room's messages after its cursor up to `ARGV[1]` and
 /// moves the cursor there; run once a replica acknowledged that id (`WAIT`), which

@@ -1,6 +1,18 @@
 if now > tonumber(ARGV[6]) then
   return redis.error_reply('EXPIRED the deadline passed before Redis ran the message')
 end
+-- The author's listing (ARGV[7] names a member): a scan that parted it (its process's
+-- lease lapsed: Redis hung, or a renewal came late) told every process it left; it is
+-- listed again and its JOIN published before its message, as presence.lua would, so
+-- nobody reads a message from a member it was told had left. The process's other
+-- members of the room wait for its renewal, which finds the process evicted and
+-- lists them all.
+if ARGV[7] ~= '' and redis.call('ZREM', KEYS[5], ARGV[3]) == 1
+    and redis.call('SADD', KEYS[6], ARGV[3]) == 1 then
+  hold_lease(KEYS[7], KEYS[6], ARGV[5], tonumber(ARGV[9]))
+  redis.call('PUBLISH', KEYS[3], cjson.encode(
+    {t='join', room=ARGV[2], nick=ARGV[3], o=ARGV[5], m=tonumber(ARGV[7]), r=1}))
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[1], string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2])))
 end
