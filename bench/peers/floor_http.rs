@@ -9,8 +9,8 @@
 //! shape is the common tokio one (a task per connection, a stack buffer). Port from
 //! argv (default 8080). Run: `cargo run --release --example floor_http -- 8080`.
 //!
-//! With `head` after the port it sends the head a server owes instead (`Server`,
-//! `Date`, `Content-Type`: the bytes of the `http` service's, the date fixed), still
+//! With `head` after the port it sends the head a server owes instead (`Date`,
+//! `Content-Type`: the bytes of the `http` service's, the date fixed), still
 //! with no parsing: what is left between it and a real server is the server's work,
 //! not the bytes its responses must carry.
 
@@ -23,7 +23,7 @@ const RESPONSE: &[u8] =
 
 /// The same response with the head a server owes, as many bytes as the `http`
 /// service's (a fixed date, as long as any).
-const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: multiclient/0.1.0\r\n\
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\n\
     Date: Fri, 04 Dec 2026 18:52:29 GMT\r\nContent-Type: text/plain; charset=utf-8\r\n\
     Content-Length: 39\r\n\r\nHello from Multi-threaded Flask Server!";
 

@@ -6,9 +6,6 @@ use std::time::Instant;
 
 use super::date;
 
-/// The `Server` header.
-const SERVER: &str = concat!("multiclient/", env!("CARGO_PKG_VERSION"));
-
 /// A response an [`App`] returns.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -98,14 +95,15 @@ fn head_end(persist: Persist) -> &'static [u8] {
     }
 }
 
-/// The head of `resp` up to its `Date` value: status line, `Server`, `Date: `.
+/// The head of `resp` up to its `Date` value: status line, `Date: `. There is no
+/// `Server` header: naming the software and its version helps an attacker pick an
+/// exploit and tells a client nothing it needs (hyper and Go's `net/http` send none
+/// either), and it was a fifth of the hello response's head.
 fn head_to_date(out: &mut Vec<u8>, resp: &Response) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(resp.status).as_bytes());
     out.push(b' ');
     out.extend_from_slice(reason(resp.status).as_bytes());
-    out.extend_from_slice(b"\r\nServer: ");
-    out.extend_from_slice(SERVER.as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
 }
 
@@ -224,7 +222,7 @@ mod tests {
         let mut out = Vec::new();
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nServer: {SERVER}\r\nDate: ",
+            "HTTP/1.1 {} {}\r\nDate: ",
             resp.status,
             reason(resp.status)
         );
