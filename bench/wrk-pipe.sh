@@ -1,0 +1,60 @@
+#!/bin/sh
+# Pipelined HTTP measured by wrk, the tool of issue 15's first table: 16 requests
+# pipelined per write (a wrk Lua script), `wrk -t1 -c10`, wrk on CPU 0, each server on
+# CPU 1 (bench/lib.sh's start_server), one server at a time in rounds of floor,
+# floor-head (the floor with our head's bytes), ours, then A's build when given; each
+# round's req/s and its ratio to the floor of that round; medians at the end. A second tester beside `bench http --pipeline 16`
+# (bench/floors.sh http-pipe), which parses every response: wrk parses less.
+#
+# Usage: [RUNS=9] [SECS=5] [A=BIN] bench/wrk-pipe.sh
+# Output: bench/results/wrk-pipe-<UTC time>/ (raw.tsv, summary.txt)
+set -eu
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+B=${B:-target/release/multiclient}
+E=target/release/examples
+RUNS=${RUNS:-9}; SECS=${SECS:-5}; A=${A:-}
+cargo build --release --example floor_http >/dev/null 2>&1
+out=bench/results/wrk-pipe-$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$out"
+echo "# $(git rev-parse --short=8 HEAD) $(date -u +%FT%TZ) RUNS=$RUNS SECS=$SECS A=$A" >"$out/head.txt"
+cat >"$out/pipe.lua" <<'LUA'
+-- 16 GET / requests in one write; wrk counts each response.
+init = function(args)
+  local r = {}
+  for i = 1, 16 do r[i] = wrk.format("GET", "/") end
+  req = table.concat(r)
+end
+request = function() return req end
+LUA
+trap 'kill "$pid" 2>/dev/null || true' EXIT
+pid=
+for run in $(seq "$RUNS"); do
+  for s in floor floor-head ours ${A:+a}; do
+    case $s in
+      floor) start_server floor "$E/floor_http {port}" ;;
+      floor-head) start_server floor-head "$E/floor_http {port} head" ;;
+      ours) start_server ours "$B serve --model async --service http=127.0.0.1:{port}" ;;
+      a) start_server a "$A serve --model async --service http=127.0.0.1:{port}" ;;
+    esac
+    rps=$(nice -n -20 taskset -c 0 wrk -t1 -c10 -d"${SECS}s" -s "$out/pipe.lua" \
+      "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
+    printf '%s\t%s\t%s\n' "$run" "$s" "$rps" | tee -a "$out/raw.tsv"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+python3 - "$out/raw.tsv" <<'PY' | tee "$out/summary.txt"
+import statistics as st, sys
+runs = {}
+for line in open(sys.argv[1]):
+    r, s, rps = line.split()
+    runs.setdefault(r, {})[s] = float(rps)
+for s in ("floor", "floor-head", "ours", "a"):
+    v = [x[s] for x in runs.values() if s in x]
+    if not v:
+        continue
+    paired = [x[s] / x["floor"] for x in runs.values() if s in x]
+    print("%-10s median %10.0f req/s; x floor: %.3f by the medians, %.3f paired (per round %s)"
+          % (s, st.median(v), st.median(v) / st.median([x["floor"] for x in runs.values()]),
+             st.median(paired), " ".join("%.3f" % p for p in paired)))
+PY
