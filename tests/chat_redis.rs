@@ -94,6 +94,12 @@ fn id(line: &str) -> &str {
 fn two_in_lobby(url: &str) -> (Instance, Instance, Client, Client) {
     let one = start(Model::Async { workers: 2 }, url);
     let two = start(Model::Threads, url);
+    let (ann, bob) = ann_and_bob_in_lobby(&one, &two);
+    (one, two, ann, bob)
+}
+
+/// `ann` on `one` and `bob` on `two`, both in `lobby`, each having seen the other.
+fn ann_and_bob_in_lobby(one: &Instance, two: &Instance) -> (Client, Client) {
     let mut ann = Client::connect(one.addr, "ann");
     let mut bob = Client::connect(two.addr, "bob");
     ann.send("JOIN lobby");
@@ -101,7 +107,7 @@ fn two_in_lobby(url: &str) -> (Instance, Instance, Client, Client) {
     bob.send("JOIN lobby");
     bob.expect("OK JOIN lobby");
     ann.expect("JOIN lobby bob");
-    (one, two, ann, bob)
+    (ann, bob)
 }
 
 #[test]
@@ -631,13 +637,7 @@ fn a_member_parted_by_an_expiry_that_speaks_joins_before_its_message() {
     slow.presence_ttl = Duration::from_secs(60);
     let one = Instance::serve(Model::Async { workers: 2 }, slow);
     let two = start(Model::Threads, &redis.url());
-    let mut ann = Client::connect(one.addr, "ann");
-    let mut bob = Client::connect(two.addr, "bob");
-    ann.send("JOIN lobby");
-    ann.expect("OK JOIN lobby");
-    bob.send("JOIN lobby");
-    bob.expect("OK JOIN lobby");
-    ann.expect("JOIN lobby bob");
+    let (mut ann, mut bob) = ann_and_bob_in_lobby(&one, &two);
 
     // Instance one's lease in the room ends now: the next scan (instance two's, every
     // TTL/6) parts ann.

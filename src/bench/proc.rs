@@ -367,14 +367,16 @@ mod tests {
     #[test]
     fn cpu_time_is_finer_than_a_tick_and_counts_exited_threads() {
         let cpu = || sample(None).unwrap().cpu_secs;
-        // Burn until the clock moves by at least 1 ms: with ticks it would first move
-        // by a whole tick (10 ms).
-        let (start, deadline) = (cpu(), Instant::now() + Duration::from_secs(5));
-        let mut moved = 0.0;
-        while moved < 0.001 && Instant::now() < deadline {
-            moved = cpu() - start;
-        }
-        assert!((0.001..0.009).contains(&moved), "moved by {moved} s");
+        // Ticks make every reading a whole number of hundredths of a second; a reading
+        // in nanoseconds is one by chance once in a hundred million. (A bound on how far
+        // the clock moves would not do: the other tests' threads run in this process.)
+        let hundredths = cpu() * 100.0;
+        let off = (hundredths - hundredths.round()).abs();
+        assert!(
+            off > 1e-6,
+            "{} s: a whole number of ticks",
+            hundredths / 100.0
+        );
         // A thread that burns 20 ms of its own CPU, then exits.
         let before = cpu();
         std::thread::spawn(|| {
@@ -393,11 +395,21 @@ mod tests {
         .join()
         .unwrap();
         assert!(cpu() - before >= 0.020, "{} s", cpu() - before);
-        // Another process: a shell that has only started costs less than a tick.
+        // Another process, which has only started `sleep`, costs less than a tick. Its
+        // clock is read once it sleeps: the kernel adds a thread's time to it when the
+        // thread stops running (or at a tick), so a child still on its first run on the
+        // other CPU reads 0.
         let mut sh = std::process::Command::new("sh")
-            .args(["-c", "sleep 30"])
+            .args(["-c", "exec sleep 30"])
             .spawn()
             .unwrap();
+        let stat = format!("/proc/{}/stat", sh.id());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&stat).is_ok_and(|s| s.contains("(sleep) S"))
+            && Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
         let s = sample(Some(sh.id()));
         let _ = sh.kill();
         let _ = sh.wait();
