@@ -645,14 +645,7 @@ fn a_member_parted_by_an_expiry_that_speaks_joins_before_its_message() {
                  if redis.call('SISMEMBER', ARGV[1] .. p, 'ann') == 1 then \
                  redis.call('ZADD', KEYS[1], 1, p) return p end end return false\" \
                  1 mc:room:{lobby}:here mc:room:{lobby}:at:";
-    let port = redis
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .parse::<u16>();
-    let lapsed = common::redis::query(port.unwrap(), lapse).expect("EVAL answered");
+    let lapsed = common::redis::query(redis.port(), lapse).expect("EVAL answered");
     assert!(!lapsed.starts_with(['-', '$', ':']), "{lapsed}");
     bob.expect("PART lobby ann");
 

@@ -176,6 +176,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Its port, for [`query`].
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Freezes the server (SIGSTOP): connections stay open, nothing is answered, as
     /// when Redis hangs.
     pub fn pause(&self) {
