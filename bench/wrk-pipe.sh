@@ -3,8 +3,9 @@
 # pipelined per write (a wrk Lua script), `wrk -t1 -c10`, wrk on CPU 0, each server on
 # CPU 1 (bench/lib.sh's start_server), one server at a time in rounds of floor,
 # floor-head (the floor with our head's bytes), ours, then A's build when given; each
-# round's req/s and its ratio to the floor of that round; medians at the end. A second tester beside `bench http --pipeline 16`
-# (bench/floors.sh http-pipe), which parses every response: wrk parses less.
+# round's req/s and its ratio to the floor of that round; medians at the end. A second
+# tester beside `bench http --pipeline 16` (bench/floors.sh http-pipe). Under wrk the
+# client is the slower side: its figure follows the cost of parsing each response.
 #
 # Usage: [RUNS=9] [SECS=5] [A=BIN] bench/wrk-pipe.sh
 # Output: bench/results/wrk-pipe-<UTC time>/ (raw.tsv, summary.txt)

@@ -170,6 +170,11 @@ fn cpu_clock_secs(pid: Option<u32>) -> Option<f64> {
     if unsafe { libc::clock_getcpuclockid(pid, &mut clock) } != 0 {
         return None;
     }
+    clock_secs(clock)
+}
+
+/// The reading of `clock`, in seconds; `None` if it cannot be read.
+fn clock_secs(clock: libc::clockid_t) -> Option<f64> {
     let mut t = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -216,7 +221,7 @@ pub fn sample(pid: Option<u32>) -> io::Result<Sample> {
     let (utime, stime) = parse_stat_cpu(&stat).ok_or_else(|| bad(&dir, "stat"))?;
     let ticks = rustix::param::clock_ticks_per_second() as f64;
     Ok(Sample {
-        cpu_secs: cpu_clock_secs(pid).unwrap_or((utime + stime) as f64 / ticks),
+        cpu_secs: cpu_clock_secs(pid).unwrap_or_else(|| (utime + stime) as f64 / ticks),
         rss_kib: status_field(&status, "VmRSS:").unwrap_or(0),
         threads: status_field(&status, "Threads:").unwrap_or(0),
         rss_anon_kib: status_field(&status, "RssAnon:").unwrap_or(0),
@@ -380,15 +385,7 @@ mod tests {
         // A thread that burns 20 ms of its own CPU, then exits.
         let before = cpu();
         std::thread::spawn(|| {
-            let own = || {
-                let mut t = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: `t` is a valid timespec for the call to fill.
-                unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-                t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
-            };
+            let own = || clock_secs(libc::CLOCK_THREAD_CPUTIME_ID).unwrap();
             let (start, deadline) = (own(), Instant::now() + Duration::from_secs(5));
             while own() - start < 0.020 && Instant::now() < deadline {}
         })
