@@ -100,15 +100,21 @@ TOGETHER=${TOGETHER:-}
 keep() { [ -z "$ONLY" ] || case " $ONLY " in *" $1 "*) true ;; *) false ;; esac; }
 
 # tester PORT PID JSON: one run of `bench $a` against the server on PORT (process PID),
-# on CPU 0, its JSON report written to JSON.
+# on CPU 0, its JSON report written to JSON and what it says on stderr to JSON.err
+# (kept in $OUT by `report` when the run failed).
 tester() {
   # shellcheck disable=SC2086
   nice -n -20 taskset -c 0 $B bench $a --addr 127.0.0.1:$1 --threads 1 \
-    --server-pid $2 --json >"$3" 2>/dev/null </dev/null
+    --server-pid $2 --json >"$3" 2>"$3.err" </dev/null
 }
 
-# report WORKLOAD NAME RUN LOAD JSON: the raw line of one run, appended to $RAW.
+# report WORKLOAD NAME RUN LOAD JSON: the raw line of one run, appended to $RAW; a
+# failed run's stderr is kept as $OUT/failed-WORKLOAD-NAME-RUN.txt.
 report() {
+  if ! python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$5" 2>/dev/null; then
+    cp "$5.err" "$OUT/failed-$1-$2-$3.txt" 2>/dev/null || true
+  fi
+  rm -f "$5.err"
   python3 - "$@" <<'PY' | tee -a "$RAW"
 import json, sys
 w, name, run, load, js = sys.argv[1:]

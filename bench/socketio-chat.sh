@@ -30,7 +30,7 @@ for run in $(seq 1 "$RUNS"); do
     # shellcheck disable=SC2086
     taskset -c 1 $cmd >/dev/null 2>&1 &
     pid=$!
-    wait_port "$port" || { echo "$name did not start"; kill "$pid"; continue; }
+    wait_port "$port" || { echo "$name did not start"; kill "$pid" 2>/dev/null || true; continue; }
     load=$(cut -d' ' -f1 /proc/loadavg)
     if [ "$name" = socketio ]; then
       nice -n -20 taskset -c 0 python3 bench/socketio-load.py "$port" "$pid" "$MEMBERS" "$RATE" "$SECS" \

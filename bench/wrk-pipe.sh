@@ -58,4 +58,10 @@ for s in ("floor", "floor-head", "ours", "a"):
     print("%-10s median %10.0f req/s; x floor: %.3f by the medians, %.3f paired (per round %s)"
           % (s, st.median(v), st.median(v) / st.median([x["floor"] for x in runs.values()]),
              st.median(paired), " ".join("%.3f" % p for p in paired)))
+# Ours (and A) beside the floor that sends the same bytes: the server's own share.
+for s in ("ours", "a"):
+    head = [x[s] / x["floor-head"] for x in runs.values() if s in x and "floor-head" in x]
+    if head:
+        print("%-10s x floor-head: %.3f paired (per round %s)"
+              % (s, st.median(head), " ".join("%.3f" % p for p in head)))
 PY
