@@ -23,15 +23,7 @@ cargo build --release --example floor_http >/dev/null 2>&1
 out=bench/results/callgrind-wrk-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 echo "# $(git rev-parse --short=8 HEAD) $(date -u +%FT%TZ) LONG=$LONG SHORT=$SHORT" >"$out/head.txt"
-cat >"$out/pipe.lua" <<'LUA'
--- 16 GET / requests in one write; wrk counts each response.
-init = function(args)
-  local r = {}
-  for i = 1, 16 do r[i] = wrk.format("GET", "/") end
-  req = table.concat(r)
-end
-request = function() return req end
-LUA
+cp bench/wrk-pipe.lua "$out/pipe.lua"
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 pid=
 # run NAME SECS: wrk under callgrind against the running server; prints
