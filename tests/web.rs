@@ -261,6 +261,53 @@ fn slowloris_gets_408(model: Model) {
     assert_eq!(read_response(&mut c, false).0, 200);
 }
 
+/// A client pipelines far more replies than the server holds unsent and reads none
+/// for five header timeouts: the server stops reading meanwhile, the request cut at
+/// the end of what it had read waits in the socket, and once the client reads every
+/// request is answered, in order, with no 408 among them. (Before, that request's
+/// timer ran while the server was not reading: a 408, and the rest unanswered.)
+fn a_client_that_pauses_reading_gets_every_answer(model: Model) {
+    let timeout = Duration::from_millis(200);
+    let opts = HttpOptions {
+        header_timeout: timeout,
+        ..HttpOptions::default()
+    };
+    // Replies held unsent before the server stops reading: 64 KiB instead of 1 MiB,
+    // and a client receive buffer of a few KiB, so that 12 MB of replies surely fill
+    // what the sockets hold (the async model's took over 3 MB here).
+    let limits = Limits {
+        max_output: 64 << 10,
+        ..Limits::default()
+    };
+    let srv = start(model, limits, Http::new(opts));
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&srv.addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // The reply's length, from one exchange (the date's length never changes).
+    let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    c.write_all(req).unwrap();
+    let (_, head, body) = read_response(&mut c, false);
+    let reply_len = head.len() + body.len();
+    let n = 80_000;
+    let mut w = c.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&req.repeat(n)));
+    std::thread::sleep(5 * timeout);
+    let mut got = vec![0; n * reply_len];
+    c.read_exact(&mut got).expect("every reply");
+    writer.join().unwrap().expect("every request sent");
+    let statuses: Vec<&[u8]> = got.chunks(reply_len).map(|r| &r[9..12]).collect();
+    assert!(
+        statuses.iter().all(|s| *s == b"200"),
+        "{} replies of {n} not 200",
+        statuses.iter().filter(|s| **s != b"200").count()
+    );
+    // Still open and serving.
+    c.write_all(req).unwrap();
+    assert_eq!(read_response(&mut c, false).0, 200);
+}
+
 /// A body trickling in at a byte per 20 ms is cut off at `--body-timeout` with a 408,
 /// while (on the models that serve clients at once) another client is served.
 fn slow_body_gets_408_and_others_are_served(model: Model, concurrent: bool) {
@@ -496,6 +543,9 @@ macro_rules! matrix {
         mod http_under { use super::*; $(#[test] fn $name() { http_conversation($model) })* }
         mod ws_under { use super::*; $(#[test] fn $name() { ws_conversation($model) })* }
         mod slowloris_under { use super::*; $(#[test] fn $name() { slowloris_gets_408($model) })* }
+        mod paused_reader_under { use super::*; $(#[test] fn $name() {
+            a_client_that_pauses_reading_gets_every_answer($model)
+        })* }
         mod ws_shutdown_under { use super::*; $(#[test] fn $name() {
             shutdown_closes_ws_1001($model, if $concurrent { 3 } else { 1 })
         })* }

@@ -166,6 +166,7 @@ impl<S: Service> GateSession<S> {
             &self.client,
             cx.input_limit,
             cx.budget,
+            cx.paused,
         );
         let r = f(inner, &mut icx);
         let answers = icx.answers();

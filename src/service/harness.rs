@@ -132,6 +132,12 @@ impl<S: Session> Harness<S> {
         v
     }
 
+    /// Whether a model would read the socket now: not while the client leaves more
+    /// than `max_output` of replies unread (take them with [`Harness::take_output`]).
+    pub fn is_reading(&self) -> bool {
+        self.conn.wants_read()
+    }
+
     /// Whether the connection is ending: the session asked to close, or the engine
     /// ended it (see [`Harness::closed_by`]).
     pub fn is_closing(&self) -> bool {

@@ -164,6 +164,9 @@ pub struct Cx<'a, E> {
     conn: &'a ConnInfo,
     input_limit: usize,
     budget: &'a Arc<Budget>,
+    /// The model is not reading the socket now (backpressure: see
+    /// [`Cx::is_reading_paused`]).
+    paused: bool,
     /// Requests answered in this call, and the kind of the last (for the metrics).
     answers: (u32, Answer),
     /// Refusals the session made in this call (for the metrics).
@@ -214,6 +217,7 @@ impl<'a, E> Cx<'a, E> {
         conn: &'a ConnInfo,
         input_limit: usize,
         budget: &'a Arc<Budget>,
+        paused: bool,
     ) -> Self {
         Cx {
             clock,
@@ -225,6 +229,7 @@ impl<'a, E> Cx<'a, E> {
             conn,
             input_limit,
             budget,
+            paused,
             answers: (0, Answer::Message),
             refusals: Refusals(0),
         }
@@ -301,6 +306,15 @@ impl<'a, E> Cx<'a, E> {
     /// Whether [`Cx::close`] was called.
     pub fn is_closing(&self) -> bool {
         *self.closing
+    }
+
+    /// Whether the model has stopped reading the socket: the client leaves more than
+    /// the output limit of replies unread, so whatever it sent since waits in the
+    /// socket. A timer on the client's input (a request head that must arrive in
+    /// time) should not run out then: the wait is the server's, and a client that
+    /// never reads is ended by the write timeout.
+    pub fn is_reading_paused(&self) -> bool {
+        self.paused
     }
 
     /// The most input bytes the model will hold for this session at once.

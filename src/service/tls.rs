@@ -342,6 +342,7 @@ impl<S: Session> TlsSession<S> {
             cx.conn,
             cx.input_limit,
             cx.budget,
+            cx.paused,
         );
         let r = f(&mut self.inner, &mut icx);
         let answers = icx.answers();

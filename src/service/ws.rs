@@ -455,6 +455,12 @@ impl<H: Handler> WsConn<H> {
         }
         let silent_from = self.heard + self.opts.ping_interval;
         match self.pinged {
+            // The server stopped reading (the client leaves our frames unread): its
+            // answer may be waiting in the socket. The wait starts again; a client
+            // that never reads is ended by the write timeout.
+            Some(t) if now >= t + self.opts.ping_timeout && cx.is_reading_paused() => {
+                self.pinged = Some(now);
+            }
             Some(t) if now >= t + self.opts.ping_timeout => {
                 tracing::info!("websocket client stopped answering pings");
                 start_close(&mut self.ws, cx, CloseCode::Away, "ping timeout");

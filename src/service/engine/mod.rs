@@ -283,6 +283,7 @@ impl<S: Session, L: Host> Conn<S, L> {
         clock: &Clock,
         f: impl FnOnce(&mut S, &mut Cx<'_, S::Event>) -> R,
     ) -> R {
+        let paused = self.phase == Phase::Open && self.unsent() >= self.limits.max_output;
         let mut cx = Cx::new(
             clock,
             &mut self.out,
@@ -293,6 +294,7 @@ impl<S: Session, L: Host> Conn<S, L> {
             &self.info,
             self.limits.max_input,
             &self.listener.budget,
+            paused,
         );
         let r = f(&mut self.session, &mut cx);
         let (n, kind) = cx.answers();

@@ -466,6 +466,13 @@ impl<A: App> Session for HttpSession<A> {
                 cx.close();
             }
             State::Ws(conn) => conn.timeout(cx),
+            // The server stopped reading (the client leaves its replies unread): the
+            // rest of the request may be waiting in the socket. Its timer starts
+            // again; a client that never reads is ended by the write timeout.
+            State::Head if head_late && cx.is_reading_paused() => self.since = Some(cx.now()),
+            State::Body(_) if body_late && cx.is_reading_paused() => {
+                self.since = Some(cx.now());
+            }
             State::Head if head_late => {
                 self.error(408, "request head not received in time\n", cx);
             }

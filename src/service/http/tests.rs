@@ -302,6 +302,45 @@ fn slow_heads_get_408_from_their_first_byte() {
     assert!(h.is_closing());
 }
 
+/// A client pipelines more than the output limit of replies and stops reading them:
+/// the server stops reading too, and the request cut at the end of what it read is
+/// not late however long that lasts (its rest waits in the socket); every request is
+/// answered once the client reads again. A head that stalls while the server reads
+/// still gets its 408.
+#[test]
+fn a_head_waiting_behind_unread_replies_is_not_timed_out() {
+    let limits = crate::base::Limits {
+        coalesce: Duration::ZERO,
+        max_output: 1024,
+        ..crate::base::Limits::default()
+    };
+    let session = Http::new(HttpOptions::default()).session(&ConnInfo::test(1));
+    let mut h = Harness::with_limits(session, limits);
+    let t0 = h.now;
+    let n = 20;
+    let req = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    h.feed(format!("{}GET / HT", req.repeat(n)).as_bytes());
+    assert!(!h.is_reading(), "20 replies unread pass the 1024 bytes");
+    let timeout = HttpOptions::default().header_timeout;
+    h.advance_to(t0 + timeout);
+    h.advance_to(t0 + 3 * timeout);
+    assert!(!h.is_closing());
+    let r = responses(&h.take_output(), &[]);
+    assert_eq!(r.len(), n);
+    assert!(r.iter().all(|r| r.status == 200), "no 408 among them");
+    assert!(h.is_reading());
+    h.feed(b"TP/1.1\r\nHost: x\r\n\r\n");
+    let r = responses(&h.take_output(), &[]);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].status, 200);
+    let t1 = h.now;
+    h.feed(b"GET / HT");
+    h.advance_to(t1 + timeout);
+    let r = responses(&h.take_output(), &[]);
+    assert_eq!(r[0].status, 408);
+    assert!(h.is_closing());
+}
+
 #[test]
 fn slow_bodies_get_408_from_the_end_of_their_head() {
     let mut h = harness();

@@ -370,6 +370,38 @@ fn silent_clients_are_pinged_then_closed() {
     assert!(h.is_closing());
 }
 
+/// A client that leaves our frames unread past the output limit: the server stops
+/// reading, so the pong it may have sent waits in the socket; the ping's timeout
+/// does not close it then, and its pong counts once it reads again.
+#[test]
+fn a_pong_waiting_behind_unread_frames_is_not_timed_out() {
+    let opts = WsOptions::default();
+    let limits = crate::base::Limits {
+        coalesce: Duration::ZERO,
+        max_output: 64,
+        ..crate::base::Limits::default()
+    };
+    let mut h = Harness::with_limits(service(false, 1 << 20).session(&ConnInfo::test(1)), limits);
+    h.feed(upgrade_request("/").as_bytes());
+    assert!(String::from_utf8(h.take_output())
+        .unwrap()
+        .starts_with("HTTP/1.1 101"));
+    let t0 = h.now;
+    h.feed(&frame(TEXT, &[b'x'; 100], true));
+    assert!(!h.is_reading(), "the answer, unread, passes the 64 bytes");
+    h.advance_to(t0 + opts.ping_interval);
+    h.advance_to(t0 + opts.ping_interval + opts.ping_timeout);
+    h.advance_to(t0 + opts.ping_interval + 2 * opts.ping_timeout);
+    assert!(!h.is_closing());
+    let f = frames(&h.take_output());
+    assert_eq!(f.len(), 2, "the answer and one ping: {f:?}");
+    assert_eq!(f[1], (PING, vec![]));
+    assert!(h.is_reading());
+    h.feed(&frame(PONG, b"", true));
+    h.advance_to(h.now + opts.ping_timeout);
+    assert!(!h.is_closing());
+}
+
 /// A message does not move the silence check (moving it reset the connection's timer
 /// on every message): the check stays where it was, and when it comes for a client
 /// heard since, it moves to a ping interval after that client last spoke, where the
