@@ -11,27 +11,24 @@
 # response rank the throughput any server can reach with those bytes.
 #
 # Usage: [LONG=8] [SHORT=3] bench/callgrind-wrk.sh
-# Output: bench/results/callgrind-wrk-<UTC time>/ (summary.txt, each run's
+# Output: bench/results/callgrind-wrk-<UTC time>/ (raw.tsv, summary.txt, each run's
 # callgrind_annotate: exclusive instructions per function)
 set -eu
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 B=${B:-target/release/multiclient}
-E=target/release/examples
 LONG=${LONG:-8}; SHORT=${SHORT:-3}
 cargo build --release --example floor_http >/dev/null 2>&1
-out=bench/results/callgrind-wrk-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$out"
-echo "# $(git rev-parse --short=8 HEAD) $(date -u +%FT%TZ) LONG=$LONG SHORT=$SHORT" >"$out/head.txt"
-cp bench/wrk-pipe.lua "$out/pipe.lua"
+results callgrind-wrk "LONG=$LONG SHORT=$SHORT"
+cp bench/wrk-pipe.lua "$OUT/pipe.lua"
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 pid=
 # run NAME SECS: wrk under callgrind against the running server; prints
 # "responses total_instructions parser_instructions".
 run() {
-  cg="$out/cg.$1.$2"
+  cg="$OUT/cg.$1.$2"
   n=$(taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$cg" \
-    wrk -t1 -c10 -d"$2s" -s "$out/pipe.lua" "http://127.0.0.1:$port/" 2>/dev/null |
+    wrk -t1 -c10 -d"$2s" -s "$OUT/pipe.lua" "http://127.0.0.1:$port/" 2>/dev/null |
     awk '/requests in/ {print $1}')
   callgrind_annotate "$cg" >"$cg.txt" 2>/dev/null
   total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$cg")
@@ -40,17 +37,13 @@ run() {
   echo "$n $total ${parser:-0}"
 }
 for s in floor floor-head ours; do
-  case $s in
-    floor) start_server floor "$E/floor_http {port}" ;;
-    floor-head) start_server floor-head "$E/floor_http {port} head" ;;
-    ours) start_server ours "$B serve --model async --service http=127.0.0.1:{port}" ;;
-  esac
+  start_hello "$s"
   long=$(run "$s" "$LONG")
   short=$(run "$s" "$SHORT")
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  printf '%s %s %s\n' "$s" "$long" "$short" >>"$out/raw.txt"
+  printf '%s %s %s\n' "$s" "$long" "$short" >>"$RAW"
 done
-python3 - "$out/raw.txt" <<'PY' | tee "$out/summary.txt"
+python3 - "$RAW" <<'PY' | tee "$OUT/summary.txt"
 import sys
 rows = [l.split() for l in open(sys.argv[1])]
 base = None

@@ -111,16 +111,14 @@ tester() {
 # report WORKLOAD NAME RUN LOAD JSON: the raw line of one run, appended to $RAW; a
 # failed run's stderr is kept as $OUT/failed-WORKLOAD-NAME-RUN.txt.
 report() {
-  if ! python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$5" 2>/dev/null; then
-    cp "$5.err" "$OUT/failed-$1-$2-$3.txt" 2>/dev/null || true
-  fi
-  rm -f "$5.err"
-  python3 - "$@" <<'PY' | tee -a "$RAW"
-import json, sys
-w, name, run, load, js = sys.argv[1:]
+  python3 - "$OUT" "$@" <<'PY' | tee -a "$RAW"
+import json, os, shutil, sys
+out, w, name, run, load, js = sys.argv[1:]
 try:
     r = json.load(open(js))
 except Exception:
+    if os.path.exists(js + ".err"):
+        shutil.copy(js + ".err", "%s/failed-%s-%s-%s.txt" % (out, w, name, run))
     print("\t".join([w, name, run, load, "nan", "nan", "nan", "failed"]))
     sys.exit()
 sv = r.get("server") or {}
@@ -162,7 +160,7 @@ for w in "$@"; do
       while read -r name spid sport; do
         kill "$spid"; wait "$spid" 2>/dev/null || true
         report "$w" "$name" "$run" "$load" "$OUT/last-$name.json"
-        rm -f "$OUT/last-$name.json"
+        rm -f "$OUT/last-$name.json" "$OUT/last-$name.json.err"
       done <"$OUT/started"
       rm -f "$OUT/specs" "$OUT/started"
       sleep 1
@@ -176,6 +174,7 @@ for w in "$@"; do
       tester "$port" "$pid" "$OUT/last.json" || true
       kill $pid; wait $pid 2>/dev/null || true
       report "$w" "$name" "$run" "$load" "$OUT/last.json"
+      rm -f "$OUT/last.json.err"
       sleep 1
     done
   done

@@ -29,6 +29,17 @@ start_server() {
   sleep 0.5
 }
 
+# start_hello NAME [BIN]: start_server for the pipelined-HTTP scripts' servers by
+# name: floor and floor-head (bench/peers/floor_http.rs, built by the caller), or our
+# http service from BIN (default $B).
+start_hello() {
+  case $1 in
+    floor) start_server floor "target/release/examples/floor_http {port}" ;;
+    floor-head) start_server floor-head "target/release/examples/floor_http {port} head" ;;
+    *) start_server "$1" "${2:-$B} serve --model async --service http=127.0.0.1:{port}" ;;
+  esac
+}
+
 # callgrind_start FILE 'COMMAND with {port}': starts the server under
 # `valgrind --tool=callgrind` (its counts written to FILE) on a free port and waits
 # (30 s at most) until it accepts. Sets $port and $pid.

@@ -13,30 +13,22 @@ set -eu
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 B=${B:-target/release/multiclient}
-E=target/release/examples
 RUNS=${RUNS:-9}; SECS=${SECS:-5}; A=${A:-}
 cargo build --release --example floor_http >/dev/null 2>&1
-out=bench/results/wrk-pipe-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$out"
-echo "# $(git rev-parse --short=8 HEAD) $(date -u +%FT%TZ) RUNS=$RUNS SECS=$SECS A=$A" >"$out/head.txt"
-cp bench/wrk-pipe.lua "$out/pipe.lua"
+results wrk-pipe "RUNS=$RUNS SECS=$SECS A=$A"
+cp bench/wrk-pipe.lua "$OUT/pipe.lua"
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 pid=
 for run in $(seq "$RUNS"); do
   for s in floor floor-head ours ${A:+a}; do
-    case $s in
-      floor) start_server floor "$E/floor_http {port}" ;;
-      floor-head) start_server floor-head "$E/floor_http {port} head" ;;
-      ours) start_server ours "$B serve --model async --service http=127.0.0.1:{port}" ;;
-      a) start_server a "$A serve --model async --service http=127.0.0.1:{port}" ;;
-    esac
-    rps=$(nice -n -20 taskset -c 0 wrk -t1 -c10 -d"${SECS}s" -s "$out/pipe.lua" \
+    if [ "$s" = a ]; then start_hello a "$A"; else start_hello "$s"; fi
+    rps=$(nice -n -20 taskset -c 0 wrk -t1 -c10 -d"${SECS}s" -s "$OUT/pipe.lua" \
       "http://127.0.0.1:$port/" | awk '/Requests\/sec/ {print $2}')
-    printf '%s\t%s\t%s\n' "$run" "$s" "$rps" | tee -a "$out/raw.tsv"
+    printf '%s\t%s\t%s\n' "$run" "$s" "$rps" | tee -a "$RAW"
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
-python3 - "$out/raw.tsv" <<'PY' | tee "$out/summary.txt"
+python3 - "$RAW" <<'PY' | tee "$OUT/summary.txt"
 import statistics as st, sys
 runs = {}
 for line in open(sys.argv[1]):

@@ -107,6 +107,18 @@ impl<A: App> HttpSession<A> {
         self.write(&resp, false, cx);
     }
 
+    /// The request being read is late: 408 and close, unless the server has stopped
+    /// reading (the client leaves its replies unread) and the rest of the request may
+    /// be waiting in the socket: then its timer starts again, and a client that never
+    /// reads is ended by the write timeout.
+    fn late(&mut self, why: &'static str, cx: &mut Cx<'_, <A::Ws as Handler>::Event>) {
+        if cx.is_reading_paused() {
+            self.since = Some(cx.now());
+        } else {
+            self.error(408, why, cx);
+        }
+    }
+
     /// Answers a request whose framing is refused with its status and why, and closes.
     fn refuse(&mut self, e: FramingError, cx: &mut Cx<'_, <A::Ws as Handler>::Event>) {
         self.error(e.status(), format!("{e}\n"), cx);
@@ -466,19 +478,8 @@ impl<A: App> Session for HttpSession<A> {
                 cx.close();
             }
             State::Ws(conn) => conn.timeout(cx),
-            // The server stopped reading (the client leaves its replies unread): the
-            // rest of the request may be waiting in the socket. Its timer starts
-            // again; a client that never reads is ended by the write timeout.
-            State::Head if head_late && cx.is_reading_paused() => self.since = Some(cx.now()),
-            State::Body(_) if body_late && cx.is_reading_paused() => {
-                self.since = Some(cx.now());
-            }
-            State::Head if head_late => {
-                self.error(408, "request head not received in time\n", cx);
-            }
-            State::Body(_) if body_late => {
-                self.error(408, "request body not received in time\n", cx);
-            }
+            State::Head if head_late => self.late("request head not received in time\n", cx),
+            State::Body(_) if body_late => self.late("request body not received in time\n", cx),
             _ => {}
         }
     }
